@@ -1,0 +1,1 @@
+"""Envoy ext_authz gRPC service: a thin adapter around `dynaseal.authorizer`."""

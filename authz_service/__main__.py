@@ -1,0 +1,38 @@
+"""`python -m authz_service` / `dynaseal authz`: run the ext_authz gRPC server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from authz_service.server import AuthzOptions, AuthzServer
+from dynaseal.config import ConfigError
+from dynaseal.logs import setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and serve until stopped."""
+    parser = argparse.ArgumentParser(prog="dynaseal authz", description=__doc__)
+    parser.add_argument("--config", help="config file (default: $DYNASEAL_CONFIG or dynaseal.yaml)")
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--metrics-port", type=int)
+    args = parser.parse_args(argv)
+    setup_logging("authz")
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a declared dependency on POSIX
+        uvloop = None
+    try:
+        server = AuthzServer(AuthzOptions(args.config, args.host, args.port, args.metrics_port))
+    except ConfigError as exc:
+        print(f"dynaseal authz: {exc}", file=sys.stderr)
+        return 2
+    runner = uvloop.run if uvloop else asyncio.run
+    runner(server.serve())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""Translate between Envoy's ext_authz protos and the core's plain request and decision values.
+
+This is the only module that knows the protos: `to_auth_request` on the way in,
+`allow_response` / `deny_response` on the way out.
+"""
+
+from __future__ import annotations
+
+from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from envoy.service.auth.v3.external_auth_pb2 import (
+    CheckRequest,
+    CheckResponse,
+    DeniedHttpResponse,
+    OkHttpResponse,
+)
+from envoy.type.v3.http_status_pb2 import HttpStatus
+from google.protobuf.struct_pb2 import Struct
+from google.rpc import code_pb2, status_pb2
+
+from dynaseal.authorizer import AuthRequest
+from dynaseal.decision import Decision
+
+_OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+_OK = status_pb2.Status(code=code_pb2.OK)
+_DENIED = status_pb2.Status(code=code_pb2.PERMISSION_DENIED)
+
+
+def to_auth_request(check: CheckRequest) -> AuthRequest:
+    """Plain request from a CheckRequest (body comes as raw bytes: `pack_as_bytes`)."""
+    http = check.attributes.request.http
+    return AuthRequest(
+        method=http.method,
+        path=http.path,
+        headers=http.headers,  # a read-only map with lowercase names, as Envoy sends it
+        body=http.raw_body or http.body.encode("utf-8", "surrogateescape"),
+        request_id=http.id or http.headers.get("x-request-id", ""),
+    )
+
+
+def allow_response(decision: Decision) -> CheckResponse:
+    """CheckResponse for an allow: credential swap, key headers removed, metadata for the log."""
+    metadata = Struct()
+    metadata.update(decision.metadata)
+    return CheckResponse(
+        status=_OK,
+        ok_response=OkHttpResponse(
+            headers=[HeaderValueOption(header=HeaderValue(key=k, value=v), append_action=_OVERWRITE)
+                     for k, v in decision.headers.items()],
+            headers_to_remove=list(decision.headers_to_remove),
+        ),
+        dynamic_metadata=metadata,
+    )
+
+
+def deny_response(decision: Decision) -> CheckResponse:
+    """CheckResponse for a refusal: OpenAI-shaped JSON error with the decision's status."""
+    headers = {"content-type": "application/json", **decision.headers}
+    metadata = Struct()
+    metadata.update({"deny_code": decision.code, **({"jti": decision.jti} if decision.jti else {})})
+    return CheckResponse(
+        status=_DENIED,
+        denied_response=DeniedHttpResponse(
+            status=HttpStatus(code=decision.status),  # type: ignore[arg-type]
+            headers=[HeaderValueOption(header=HeaderValue(key=k, value=v), append_action=_OVERWRITE)
+                     for k, v in headers.items()],
+            body=decision.error_body().decode(),
+        ),
+        dynamic_metadata=metadata,
+    )
+
+
+def to_check_response(decision: Decision) -> CheckResponse:
+    """The CheckResponse for any decision."""
+    return allow_response(decision) if decision.allowed else deny_response(decision)

@@ -1,0 +1,92 @@
+"""Run the authz gRPC server: Authorization, Health, reflection, metrics, reload, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from authz_service.metrics import CONFIG_RELOADS
+from authz_service.servicer import AuthorizationServicer
+from dynaseal.authorizer import Authorizer
+from dynaseal.config import ConfigError, DynasealConfig, load_config
+from dynaseal.tenants import build_registry
+
+log = logging.getLogger("dynaseal.authz")
+AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+DRAIN_SECONDS = 10.0
+
+
+@dataclass
+class AuthzOptions:
+    """Command-line options of the authz service."""
+
+    config_path: str | None
+    host: str | None = None
+    port: int | None = None
+    metrics_port: int | None = None
+
+
+def build_authorizer(cfg: DynasealConfig) -> Authorizer:
+    """An Authorizer for a loaded config (raises ConfigError)."""
+    return Authorizer(build_registry(cfg), quota=None, cache_size=cfg.gateway.key_cache_size)
+
+
+class AuthzServer:
+    """The running server and what a reload or shutdown needs to touch."""
+
+    def __init__(self, options: AuthzOptions) -> None:
+        self.options = options
+        self.cfg = load_config(options.config_path)
+        self.servicer = AuthorizationServicer(build_authorizer(self.cfg))
+        self.health = HealthServicer()
+        self._stopping = asyncio.Event()
+
+    def reload(self) -> None:
+        """Load the config again; keep serving the old one if the new one is bad."""
+        try:
+            cfg = load_config(self.options.config_path)
+            self.servicer.authorizer = build_authorizer(cfg)
+            self.cfg = cfg
+            CONFIG_RELOADS.labels("ok").inc()
+            log.info("config reloaded", extra={"tenants": len(cfg.tenants)})
+        except ConfigError as exc:
+            CONFIG_RELOADS.labels("rejected").inc()
+            log.error("config reload rejected; keeping the previous config", extra={"error": str(exc)})
+
+    async def serve(self) -> None:
+        """Start, serve until SIGTERM/SIGINT, then drain."""
+        gateway = self.cfg.gateway
+        host = self.options.host or gateway.host
+        port = self.options.port or gateway.ports.authz
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (AUTHZ_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), self.server)
+        self.server.add_insecure_port(f"{host}:{port}")
+        start_http_server(self.options.metrics_port or gateway.ports.authz_metrics, addr=host)
+        await self.server.start()
+        for name in ("", AUTHZ_SERVICE):
+            await self.health.set(name, SERVING)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        log.info("authz listening", extra={"address": f"{host}:{port}"})
+        await self._stopping.wait()
+        # Report NOT_SERVING first so health-checking Envoys move away, then finish in-flight Checks.
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(DRAIN_SECONDS)
+        log.info("authz stopped")

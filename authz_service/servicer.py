@@ -1,0 +1,36 @@
+"""The `envoy.service.auth.v3.Authorization` servicer: proto in, decision, proto out."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+
+from authz_service.envoy_adapter import to_auth_request, to_check_response
+from authz_service.metrics import CHECK_SECONDS, DECISIONS
+from dynaseal.authorizer import Authorizer
+
+log = logging.getLogger("dynaseal.authz")
+
+
+class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
+    """Holds the current Authorizer; a config reload swaps it in one assignment."""
+
+    def __init__(self, authorizer: Authorizer) -> None:
+        self.authorizer = authorizer
+
+    async def Check(self, request: CheckRequest, context: grpc.aio.ServicerContext) -> CheckResponse:
+        """Decide one request."""
+        started = time.perf_counter()
+        auth_request = to_auth_request(request)
+        decision = await self.authorizer.decide(auth_request)
+        DECISIONS.labels("allow" if decision.allowed else "deny", decision.code).inc()
+        if not decision.allowed:
+            log.info("deny", extra={"code": decision.code, "status": decision.status, "jti": decision.jti,
+                                    "request_id": auth_request.request_id, "reason": decision.message})
+        response = to_check_response(decision)
+        CHECK_SECONDS.observe(time.perf_counter() - started)
+        return response

@@ -1,0 +1,185 @@
+"""Claims of a verified dynamic key, checked and intersected with the tenant's ceilings.
+
+Native claims and the seed's claim names (`api-key`, `model`, `expiring`) end up in the same
+`VerifiedKey`; nothing downstream needs to know which format a key used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from dynaseal.config import ParamLimit
+from dynaseal.errors import ErrorCode, Refusal
+from dynaseal.tenants import Registry, Tenant
+
+MAX_CB_BYTES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedKey:
+    """A dynamic key whose signature and claims have been checked."""
+
+    tenant: Tenant
+    jti: str
+    exp: float
+    event_id: str
+    sub: str | None
+    models: frozenset[str] | None
+    max_tokens: int
+    budget: int | None
+    uses: int | None
+    rpm: int | None
+    param_limits: Mapping[str, ParamLimit] = field(default_factory=dict)
+    allowed_params: frozenset[str] | None = None
+    cb: Mapping[str, Any] | None = None
+    seed_format: bool = False
+
+    def allows_model(self, model: str) -> bool:
+        """Key allowlist ∩ tenant allowlist."""
+        return (self.models is None or model in self.models) and self.tenant.allows_model(model)
+
+
+def _bad(claim: str, why: str = "is malformed") -> Refusal:
+    return Refusal(ErrorCode.INVALID_API_KEY, f"dynamic key claim '{claim}' {why}")
+
+
+def _number(payload: Mapping[str, Any], name: str, required: bool = False) -> float | None:
+    value = payload.get(name)
+    if value is None:
+        if required:
+            raise _bad(name, "is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(name)
+    return float(value)
+
+
+def _positive_int(payload: Mapping[str, Any], name: str) -> int | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _bad(name, "must be a positive integer")
+    return value
+
+
+def _min_of(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _param_limits(raw: Any, tenant: Tenant) -> tuple[dict[str, ParamLimit], frozenset[str] | None]:
+    limits = dict(tenant.limits.params)
+    if raw is None:
+        return limits, None
+    if not isinstance(raw, dict):
+        raise _bad("params")
+    allowed: frozenset[str] | None = None
+    for name, spec in raw.items():
+        if name == "allow":
+            if not isinstance(spec, list) or not all(isinstance(x, str) for x in spec):
+                raise _bad("params.allow")
+            allowed = frozenset(spec)
+            continue
+        if not isinstance(spec, dict) or set(spec) - {"min", "max"}:
+            raise _bad(f"params.{name}")
+        try:
+            key_limit = ParamLimit.model_validate(spec)
+        except ValueError:
+            raise _bad(f"params.{name}") from None
+        ceiling = limits.get(name)
+        if ceiling is not None:  # a key can only narrow its tenant's range
+            lo = [v for v in (key_limit.min, ceiling.min) if v is not None]
+            hi = [v for v in (key_limit.max, ceiling.max) if v is not None]
+            key_limit = ParamLimit(min=max(lo) if lo else None, max=min(hi) if hi else None)
+        limits[name] = key_limit
+    return limits, allowed
+
+
+def _seed_to_native(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """Map the seed's claim names onto native ones."""
+    model = payload.get("model")
+    return {
+        "iss": str(payload.get("api-key")),
+        "models": [model] if isinstance(model, str) else model,
+        "max_tokens": payload.get("max_tokens"),
+        "exp": payload.get("expiring"),
+        "event_id": payload.get("event_id"),
+    }
+
+
+def tenant_id_of(payload: Mapping[str, Any]) -> str | None:
+    """The tenant a payload names (native `iss` or the seed's `api-key`), unverified."""
+    iss = payload.get("iss", payload.get("api-key"))
+    if isinstance(iss, bool) or not isinstance(iss, str | int):
+        return None
+    return str(iss)
+
+
+def check_claims(payload: Mapping[str, Any], tenant: Tenant, registry: Registry, token: str,
+                 now: float) -> VerifiedKey:
+    """Validate time, audience and limit claims; raise Refusal on the first problem."""
+    seed = "iss" not in payload and "api-key" in payload
+    claims = _seed_to_native(payload) if seed else payload
+    leeway = registry.leeway_s
+
+    exp = _number(claims, "exp", required=True)
+    assert exp is not None
+    if now > exp + leeway:
+        raise Refusal(ErrorCode.EXPIRED_KEY, "dynamic key has expired")
+    nbf = _number(claims, "nbf")
+    if nbf is not None and now + leeway < nbf:
+        raise _bad("nbf", "is in the future: key not yet valid")
+    iat = _number(claims, "iat")
+    if iat is not None and now + leeway < iat:
+        raise _bad("iat", "is in the future")
+    if exp - max(iat or now, now) > tenant.limits.max_ttl:
+        raise _bad("exp", f"gives a lifetime over the tenant's max_ttl ({tenant.limits.max_ttl} s)")
+
+    if not seed:
+        aud = claims.get("aud")
+        auds = aud if isinstance(aud, list) else [aud]
+        if registry.audience not in auds:
+            raise _bad("aud", "does not name this gateway")
+
+    jti = claims.get("jti")
+    if jti is None:  # the seed format has no jti: the token's hash is a stable id for counters
+        jti = "h-" + hashlib.sha256(token.encode()).hexdigest()[:32]
+    elif not isinstance(jti, str) or not 1 <= len(jti) <= 128:
+        raise _bad("jti")
+    event_id = claims.get("event_id", jti)
+    if isinstance(event_id, bool) or not isinstance(event_id, str | int):
+        raise _bad("event_id")
+    sub = claims.get("sub")
+    if sub is not None and not isinstance(sub, str):
+        raise _bad("sub")
+
+    models = claims.get("models")
+    if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
+        raise _bad("models")
+    key_max = _positive_int(claims, "max_tokens")
+    cb = claims.get("cb")
+    if cb is not None and (not isinstance(cb, dict) or len(orjson.dumps(cb)) > MAX_CB_BYTES):
+        raise _bad("cb", f"must be an object of at most {MAX_CB_BYTES} bytes")
+    param_limits, allowed = _param_limits(claims.get("params"), tenant)
+
+    return VerifiedKey(
+        tenant=tenant,
+        jti=jti,
+        exp=exp,
+        event_id=str(event_id),
+        sub=sub,
+        models=frozenset(models) if models is not None else None,
+        max_tokens=_min_of(key_max, tenant.limits.max_tokens) or tenant.limits.max_tokens,
+        budget=_positive_int(claims, "budget"),
+        uses=_positive_int(claims, "uses"),
+        rpm=_min_of(_positive_int(claims, "rpm"), tenant.limits.rpm),
+        param_limits=param_limits,
+        allowed_params=allowed,
+        cb=cb,
+        seed_format=seed,
+    )

@@ -1,0 +1,152 @@
+"""The `dynaseal` command: run the local stack, the demo, a single service, or key tools."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from dynaseal.config import ConfigError, load_config
+from dynaseal.processes import StartupError
+
+# `dynaseal <service>` execs the service's own module: the core never imports a service.
+SERVICE_MODULES = {"authz": "authz_service", "issuer": "issuer_api", "mock-llm": "mock_llm",
+                   "shipper": "log_shipper", "consumer": "callback_consumer"}
+
+
+def _say(line: str) -> None:
+    print(f"dynaseal: {line}", flush=True)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run the whole local stack until Ctrl-C / SIGTERM."""
+    from dynaseal.up import run_stack
+
+    return run_stack(args.config, demo=False)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the stack, then the demo edge client, then stop."""
+    from dynaseal.up import run_stack
+
+    return run_stack(args.config, demo=True, keep_running=args.keep_running)
+
+
+def cmd_envoy_config(args: argparse.Namespace) -> int:
+    """Render (and validate) the Envoy config."""
+    from dynaseal import envoy_config
+
+    cfg = load_config(args.config)
+    text = envoy_config.render(cfg, Path(args.access_log or Path(cfg.gateway.data_dir) / "envoy" / "access.log"),
+                               authz_host=args.authz_host)
+    out = Path(args.out)
+    out.write_text(text)
+    if args.validate:
+        ok, output = envoy_config.validate(out)
+        if not ok:
+            print(output, file=sys.stderr)
+            return 1
+    _say(f"wrote {out}")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Manage the issuer's signing keys."""
+    from dynaseal.signing_keystore import SigningKeyStore
+
+    cfg = load_config(args.config)
+    store = SigningKeyStore(Path(cfg.gateway.data_dir) / "issuer")
+    if args.action == "init":
+        _say(f"active signing key {store.ensure().kid} ({store.jwks_path})")
+    elif args.action == "rotate":
+        max_ttl = max(t.limits.max_ttl for t in cfg.tenants)
+        _say(f"new active signing key {store.rotate(max_ttl).kid}; previous keys verify for {max_ttl} s more")
+    elif args.action == "remove":
+        if not args.kid or not store.remove(args.kid):
+            _say(f"no removable key {args.kid!r} (unknown, or the only key)")
+            return 1
+        _say(f"removed {args.kid}: keys it signed no longer verify")
+    return 0
+
+
+def cmd_key_revoke(args: argparse.Namespace) -> int:
+    """Revoke a dynamic key by jti in Redis."""
+    import time
+
+    from redis import Redis
+
+    from dynaseal.revocation import revoke
+
+    cfg = load_config(args.config)
+    url = os.environ.get("REDIS_URL") or cfg.gateway.redis_url or \
+        f"redis://{cfg.gateway.host}:{cfg.gateway.ports.redis}/0"
+    exp = args.exp or time.time() + max(t.limits.max_ttl for t in cfg.tenants)
+    revoke(Redis.from_url(url), args.jti, exp)
+    _say(f"revoked {args.jti}")
+    return 0
+
+
+def _exec_service(module: str, rest: list[str]) -> int:
+    os.execv(sys.executable, [sys.executable, "-m", module, *rest])
+    return 0  # pragma: no cover - execv does not return
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="dynaseal", description="Dynamic keys for LLM calls from the edge.")
+    parser.add_argument("--config", help="config file (default: $DYNASEAL_CONFIG, ./dynaseal.yaml, "
+                                         "else the bundled dev config)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="run the local stack (Envoy, authz, issuer, mock LLM, …)").set_defaults(func=cmd_up)
+    demo = sub.add_parser("demo", help="run the stack and a demo edge client through Envoy")
+    demo.add_argument("--keep-running", action="store_true", help="keep the stack up after the demo")
+    demo.set_defaults(func=cmd_demo)
+    env = sub.add_parser("envoy-config", help="render the Envoy config")
+    env.add_argument("--out", required=True)
+    env.add_argument("--access-log")
+    env.add_argument("--authz-host")
+    env.add_argument("--validate", action="store_true")
+    env.set_defaults(func=cmd_envoy_config)
+    keys = sub.add_parser("keys", help="issuer signing keys: init, rotate, remove KID")
+    keys.add_argument("action", choices=["init", "rotate", "remove"])
+    keys.add_argument("kid", nargs="?")
+    keys.set_defaults(func=cmd_keys)
+    key = sub.add_parser("key", help="dynamic keys: revoke JTI")
+    key_sub = key.add_subparsers(dest="key_command", required=True)
+    revoke = key_sub.add_parser("revoke", help="refuse a key from the next request on")
+    revoke.add_argument("jti")
+    revoke.add_argument("--exp", type=float, help="the key's exp (default: now + the largest max_ttl)")
+    revoke.set_defaults(func=cmd_key_revoke)
+    for name in SERVICE_MODULES:
+        sub.add_parser(name, help=f"run the {name} service alone", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `dynaseal` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, word in enumerate(argv):
+        if word in SERVICE_MODULES:  # pass everything through to the service's own parser
+            config = argv[:i]
+            rest = argv[i + 1:]
+            if len(config) == 2 and config[0] == "--config":
+                rest = ["--config", config[1], *rest]
+            return _exec_service(SERVICE_MODULES[word], rest)
+        if not word.startswith("-") and (i == 0 or argv[i - 1] != "--config"):
+            break
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ConfigError as exc:
+        print(f"dynaseal: {exc}", file=sys.stderr)
+        return 2
+    except StartupError as exc:
+        print(f"dynaseal: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

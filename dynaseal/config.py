@@ -1,0 +1,248 @@
+"""The config file's schema and loader: YAML in, one validated immutable object out.
+
+Secrets never appear in the file: they are named by environment variable (`*_env`) and
+resolved by `dynaseal.tenants`. Every validation error is reported at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+KID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+DEFAULT_CONFIG_NAME = "dynaseal.yaml"
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable or invalid; the message lists every problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Ports(_Strict):
+    """Listening ports of the local stack."""
+
+    envoy: int = 8000
+    envoy_admin: int = 9901
+    issuer: int = 9000
+    authz: int = 9191
+    mock_upstream: int = 8100
+    redis: int = 6379
+    kafka: int = 9092
+    authz_metrics: int = 9102
+    consumer_metrics: int = 9103
+    shipper_metrics: int = 9104
+
+
+class KeyConfig(_Strict):
+    """One verification key of a tenant: an inline public JWK or an HMAC secret from the env."""
+
+    kid: str | None = None
+    alg: Literal["EdDSA", "ES256", "HS256"]
+    public_jwk: dict[str, Any] | None = None
+    secret_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KeyConfig:
+        if self.kid is not None and not KID_PATTERN.match(self.kid):
+            raise ValueError("kid must match [A-Za-z0-9._-]{1,64}")
+        if self.alg == "HS256":
+            if not self.secret_env or self.public_jwk:
+                raise ValueError("HS256 keys take secret_env (and no public_jwk)")
+        elif not self.public_jwk or self.secret_env:
+            raise ValueError(f"{self.alg} keys take public_jwk (and no secret_env)")
+        return self
+
+
+class ParamLimit(_Strict):
+    """Numeric range for one request parameter."""
+
+    min: float | None = None
+    max: float | None = None
+
+
+class Limits(_Strict):
+    """A tenant's ceilings: no key of the tenant may exceed them."""
+
+    models: tuple[str, ...] = ("*",)
+    max_tokens: int = Field(4096, ge=1)
+    max_ttl: int = Field(86400, ge=1)
+    rpm: int | None = Field(None, ge=1)
+    budget: int | None = Field(None, ge=1)
+    params: dict[str, ParamLimit] = Field(default_factory=dict)
+
+
+class UpstreamConfig(_Strict):
+    """Where allowed requests go and with which provider credential (named by env var)."""
+
+    base_url: str | None = None
+    api_key_env: str | None = None
+
+
+class TenantUpstream(_Strict):
+    """A tenant's own provider credential (named by env var), used instead of the gateway's."""
+
+    api_key_env: str | None = None
+
+
+class CallbackConfig(_Strict):
+    """The tenant's usage callback endpoint."""
+
+    url: str
+    secret_env: str
+    include_content: bool = False
+    timeout_s: float = Field(5.0, gt=0)
+    max_attempts: int = Field(8, ge=1)
+
+
+class TenantConfig(_Strict):
+    """One tenant: its verification keys, limits, upstream and callback."""
+
+    id: str = Field(min_length=1, max_length=128)
+    name: str = ""
+    keys: tuple[KeyConfig, ...] = ()
+    jwks_file: str | None = None
+    jwks_url: str | None = None
+    limits: Limits = Field(default_factory=Limits)
+    upstream: TenantUpstream | None = None
+    callback: CallbackConfig | None = None
+
+    @model_validator(mode="after")
+    def _has_keys(self) -> TenantConfig:
+        if not (self.keys or self.jwks_file or self.jwks_url):
+            raise ValueError("a tenant needs keys, jwks_file or jwks_url")
+        if sum(1 for k in self.keys if k.kid is None) > 1:
+            raise ValueError("at most one key without kid (the seed-format HS256 secret)")
+        kids = [k.kid for k in self.keys if k.kid is not None]
+        if len(kids) != len(set(kids)):
+            raise ValueError("duplicate kid")
+        return self
+
+
+class IssuerConfig(_Strict):
+    """The bundled issuer API: which tenant it mints for and its session settings."""
+
+    tenant: str
+    session_secret_env: str
+    access_token_minutes: int = 30
+    refresh_token_minutes: int = 60 * 24 * 7
+    key_ttl: int = Field(600, ge=1)
+    key_max_tokens: int = Field(256, ge=1)
+    key_models: tuple[str, ...] = ()
+    demo_users: bool = False
+    database_url: str | None = None
+
+
+class GatewayConfig(_Strict):
+    """Gateway-wide settings."""
+
+    audience: str = "dynaseal"
+    host: str = "127.0.0.1"
+    ports: Ports = Field(default_factory=Ports)
+    data_dir: str = ".dynaseal"
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    leeway_s: int = Field(30, ge=0, le=30)
+    upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+    redis_url: str | None = None
+    kafka_bootstrap: str | None = None
+    key_cache_size: int = Field(10_000, ge=0)
+
+
+class DynasealConfig(_Strict):
+    """The whole config file."""
+
+    env_file: str | None = None
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    tenants: tuple[TenantConfig, ...]
+    issuer: IssuerConfig | None = None
+
+    @field_validator("tenants")
+    @classmethod
+    def _unique_ids(cls, tenants: tuple[TenantConfig, ...]) -> tuple[TenantConfig, ...]:
+        ids = [t.id for t in tenants]
+        if len(ids) != len(set(ids)):
+            raise ValueError("duplicate tenant id")
+        return tenants
+
+    @model_validator(mode="after")
+    def _issuer_tenant_exists(self) -> DynasealConfig:
+        if self.issuer and self.issuer.tenant not in {t.id for t in self.tenants}:
+            raise ValueError(f"issuer.tenant {self.issuer.tenant!r} is not a configured tenant")
+        return self
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory as a path."""
+        return Path(self.gateway.data_dir)
+
+
+def bundled_dev_config() -> Path:
+    """Path of the dev config shipped with the package (seed demo tenant)."""
+    return Path(str(resources.files("dynaseal") / "defaults" / "dev.yaml"))
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Explicit path, else $DYNASEAL_CONFIG, else ./dynaseal.yaml, else the bundled dev config."""
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get("DYNASEAL_CONFIG"):
+        return Path(env)
+    local = Path(DEFAULT_CONFIG_NAME)
+    return local if local.exists() else bundled_dev_config()
+
+
+def load_env_file(path: Path) -> None:
+    """Set KEY=VALUE lines from a dev env file, never overriding what the environment has."""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        name, _, value = line.partition("=")
+        os.environ.setdefault(name.strip(), value.strip())
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: {err.error_count()} problem(s):"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top)"
+        lines.append(f"  - {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, data_dir: str | None = None) -> DynasealConfig:
+    """Read, validate and return the config; `data_dir` overrides the file's (tests, CLI)."""
+    cfg_path = resolve_config_path(path)
+    try:
+        raw = yaml.safe_load(cfg_path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {cfg_path}") from exc
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {cfg_path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{cfg_path}: top level must be a mapping")
+    if data_dir is not None:
+        raw.setdefault("gateway", {})["data_dir"] = data_dir
+    try:
+        cfg = DynasealConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(cfg_path, exc)) from None
+    if cfg.env_file:
+        env_path = Path(cfg.env_file)
+        if not env_path.is_absolute():
+            env_path = cfg_path.parent / env_path
+        if env_path.exists():
+            load_env_file(env_path)
+    return cfg
+
+
+def expand_path(template: str, cfg: DynasealConfig) -> Path:
+    """Expand `{data_dir}` in a configured path."""
+    return Path(template.replace("{data_dir}", cfg.gateway.data_dir))

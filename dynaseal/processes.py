@@ -1,0 +1,133 @@
+"""Child-process supervision for the local stack: start, wait until ready, stop without orphans."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the launcher dies, even by SIGKILL (Linux), so no orphan."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class StartupError(Exception):
+    """A service could not start; the message is one line meant for people."""
+
+
+@dataclass
+class ServiceSpec:
+    """How to run one service and how to know it is ready."""
+
+    name: str
+    argv: Sequence[str]
+    address: str
+    ready: Callable[[], bool]
+    env: dict[str, str] = field(default_factory=dict)
+    ports: Sequence[tuple[str, int]] = ()
+    ready_timeout_s: float = 30.0
+
+
+@dataclass
+class RunningService:
+    """A started service."""
+
+    spec: ServiceSpec
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a TCP port can be bound on host."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def tcp_open(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a log file, for an error message."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class Supervisor:
+    """Starts services in order, stops them in reverse, and notices a child that died."""
+
+    def __init__(self, log_dir: Path, host: str) -> None:
+        self.log_dir = log_dir
+        self.host = host
+        self.running: list[RunningService] = []
+
+    def start(self, spec: ServiceSpec, progress: Callable[[str], None] = lambda _: None) -> RunningService:
+        """Start one service and wait until its probe passes."""
+        for label, port in spec.ports:
+            if not port_is_free(self.host, port):
+                raise StartupError(f"port {port} ({spec.name} {label}) on {self.host} is already in use: "
+                                   f"stop what holds it or choose another port in the config")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{spec.name}.log"
+        with log_path.open("ab") as log_file:
+            process = subprocess.Popen(list(spec.argv), stdout=log_file, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, env={**os.environ, **spec.env},
+                                       preexec_fn=_die_with_parent)
+        service = RunningService(spec, process, log_path)
+        self.running.append(service)
+        progress(f"starting {spec.name} …")
+        deadline = time.monotonic() + spec.ready_timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise StartupError(f"{spec.name} exited with code {process.returncode} while starting; "
+                                   f"last lines of {log_path}:\n{tail(log_path)}")
+            if spec.ready():
+                return service
+            time.sleep(0.1)
+        raise StartupError(f"{spec.name} was not ready after {spec.ready_timeout_s:.0f} s; "
+                           f"last lines of {log_path}:\n{tail(log_path)}")
+
+    def dead(self) -> RunningService | None:
+        """The first service that exited on its own, if any."""
+        return next((s for s in self.running if s.process.poll() is not None), None)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM every process group in reverse start order, SIGKILL what outlives the timeout."""
+        for service in reversed(self.running):
+            if service.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(service.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for service in reversed(self.running):
+            try:
+                service.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(service.process.pid, signal.SIGKILL)
+                service.process.wait(5)
+        self.running.clear()

@@ -1,0 +1,96 @@
+"""The local stack: which real servers `dynaseal up` runs, with what arguments, in what order."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from dynaseal import envoy_config
+from dynaseal.config import DynasealConfig
+from dynaseal.probes import grpc_serving, http_ok
+from dynaseal.processes import ServiceSpec, StartupError, Supervisor
+from dynaseal.signing_keystore import SigningKeyStore
+
+AUTHZ_SERVICE_NAME = "envoy.service.auth.v3.Authorization"
+
+
+class LocalStack:
+    """Every service of one config, started as child processes and stopped together."""
+
+    def __init__(self, cfg: DynasealConfig, config_path: Path) -> None:
+        self.cfg = cfg
+        self.config_path = config_path.resolve()
+        self.data_dir = Path(cfg.gateway.data_dir).resolve()
+        self.supervisor = Supervisor(self.data_dir / "logs", cfg.gateway.host)
+
+    @property
+    def access_log(self) -> Path:
+        """Envoy's JSON access log."""
+        return self.data_dir / "envoy" / "access.log"
+
+    def _python(self, module: str, *args: str) -> list[str]:
+        return [sys.executable, "-m", module, "--config", str(self.config_path), *args]
+
+    def prepare(self) -> Path:
+        """Create signing keys and the Envoy config before anything starts; return the Envoy file."""
+        if self.cfg.issuer is not None:
+            SigningKeyStore(self.data_dir / "issuer").ensure()
+        envoy_dir = self.data_dir / "envoy"
+        envoy_dir.mkdir(parents=True, exist_ok=True)
+        envoy_file = envoy_dir / "envoy.yaml"
+        envoy_file.write_text(envoy_config.render(self.cfg, self.access_log))
+        ok, output = envoy_config.validate(envoy_file)
+        if not ok:
+            raise StartupError(f"rendered Envoy config {envoy_file} is invalid:\n{output[-2000:]}")
+        return envoy_file
+
+    def specs(self, envoy_file: Path) -> list[ServiceSpec]:
+        """The services in start order."""
+        gw = self.cfg.gateway
+        host, ports = gw.host, gw.ports
+        specs: list[ServiceSpec] = []
+        if gw.upstream.base_url is None:
+            # The mock checks the provider credential the way a real provider would.
+            provider_key = os.environ.get(gw.upstream.api_key_env or "", "")
+            specs.append(ServiceSpec(
+                "mock-llm",
+                [sys.executable, "-m", "mock_llm", "--host", host, "--port", str(ports.mock_upstream)],
+                f"http://{host}:{ports.mock_upstream}/v1",
+                lambda: http_ok(f"http://{host}:{ports.mock_upstream}/healthz"),
+                env={"MOCK_LLM_API_KEY": provider_key} if provider_key else {},
+                ports=[("http", ports.mock_upstream)]))
+        specs.append(ServiceSpec(
+            "authz", self._python("authz_service"), f"grpc://{host}:{ports.authz}",
+            lambda: grpc_serving(f"{host}:{ports.authz}", AUTHZ_SERVICE_NAME),
+            ports=[("grpc", ports.authz), ("metrics", ports.authz_metrics)]))
+        if self.cfg.issuer is not None:
+            specs.append(ServiceSpec(
+                "issuer", self._python("issuer_api"), f"http://{host}:{ports.issuer}",
+                lambda: http_ok(f"http://{host}:{ports.issuer}/healthz"),
+                ports=[("http", ports.issuer)]))
+        specs.append(ServiceSpec(
+            "envoy",
+            [envoy_config.envoy_binary(), "-c", str(envoy_file), "--disable-hot-restart",
+             "--log-level", "warn", "--file-flush-interval-msec", "200", "--concurrency", "2"],
+            f"http://{host}:{ports.envoy}/v1",
+            lambda: http_ok(f"http://{host}:{ports.envoy_admin}/ready"),
+            ports=[("http", ports.envoy), ("admin", ports.envoy_admin)]))
+        return specs
+
+    def start(self, progress: Callable[[str], None] = lambda _: None) -> list[ServiceSpec]:
+        """Start everything in order; on any failure stop what started and re-raise."""
+        envoy_file = self.prepare()
+        specs = self.specs(envoy_file)
+        try:
+            for spec in specs:
+                self.supervisor.start(spec, progress)
+        except BaseException:
+            self.supervisor.stop()
+            raise
+        return specs
+
+    def stop(self) -> None:
+        """Stop every child."""
+        self.supervisor.stop()

@@ -1,0 +1,185 @@
+"""HTTP layer: the Starlette ASGI app exposing the mock OpenAI endpoints, fault hooks and recording."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import secrets
+from collections.abc import AsyncIterator, Iterator
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from mock_llm.completion import build_completion
+from mock_llm.errors import ApiError, hook_error, invalid_request, json_response
+from mock_llm.recording import RecordingMiddleware, RequestRecorder
+from mock_llm.render import completion_body, new_completion_id, now, stream_events
+
+MODEL_IDS: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "deepseek-chat", "mock-large")
+MODELS_CREATED = 1_700_000_000  # fixed so /v1/models responses are byte-stable
+STATUS_HEADER = "x-mock-status"
+DELAY_HEADER = "x-mock-delay-ms"
+CHUNK_DELAY_HEADER = "x-mock-chunk-delay-ms"
+_PARSE_ERROR = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
+    "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)"
+)
+
+
+def _header_ms(request: Request, name: str) -> float:
+    """Read a non-negative millisecond hook header and return seconds (0 when absent)."""
+    raw = request.headers.get(name)
+    if raw is None:
+        return 0.0
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise invalid_request(f"Invalid '{name}' header: expected a non-negative integer.", name)
+    return value / 1000
+
+
+def _model_object(model_id: str) -> dict[str, object]:
+    """Build one OpenAI ``model`` object."""
+    return {"id": model_id, "object": "model", "created": MODELS_CREATED, "owned_by": "mock-llm"}
+
+
+async def _paced(frames: Iterator[bytes], delay: float) -> AsyncIterator[bytes]:
+    """Yield SSE frames, sleeping ``delay`` seconds between consecutive frames."""
+    first = True
+    for frame in frames:
+        if delay and not first:
+            await asyncio.sleep(delay)
+        first = False
+        yield frame
+
+
+class _Handlers:
+    """Route endpoints bound to one app's configuration (API key) and recorder."""
+
+    def __init__(self, api_key: str | None, recorder: RequestRecorder) -> None:
+        self.api_key = api_key
+        self.recorder = recorder
+
+    async def _preamble(self, request: Request) -> None:
+        """Apply the delay hook, authentication and the status hook common to every /v1 route."""
+        delay = _header_ms(request, DELAY_HEADER)
+        if delay:
+            await asyncio.sleep(delay)  # asyncio sleep: never blocks other in-flight requests
+        if self.api_key is not None:
+            auth = request.headers.get("authorization", "")
+            scheme, _, token = auth.partition(" ")
+            # Constant-time compare so the mock does not model a timing side channel the real API lacks.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+                shown = f"{token[:3]}***{token[-4:]}" if len(token) > 8 else "***"
+                message = (
+                    f"Incorrect API key provided: {shown}."
+                    if token
+                    else "You didn't provide an API key. You need to provide your API key in an Authorization "
+                    "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+                )
+                raise ApiError(401, message, code="invalid_api_key")
+        raw_status = request.headers.get(STATUS_HEADER)
+        if raw_status is not None:
+            try:
+                status = int(raw_status.strip())
+            except ValueError:
+                status = 0
+            if not 400 <= status <= 599:
+                raise invalid_request(f"Invalid '{STATUS_HEADER}' header: expected 400-599.", STATUS_HEADER)
+            raise hook_error(status)
+
+    async def chat_completions(self, request: Request) -> Response:
+        """POST /v1/chat/completions: answer deterministically, as JSON or as an SSE stream."""
+        await self._preamble(request)
+        raw = await request.body()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise invalid_request(_PARSE_ERROR) from None
+        completion = build_completion(body)
+        completion_id, created = new_completion_id(), now()
+        headers = {"x-request-id": "req_" + secrets.token_hex(16)}
+        if not completion.stream:
+            return json_response(completion_body(completion, completion_id, created), headers=headers)
+        chunk_delay = _header_ms(request, CHUNK_DELAY_HEADER)
+        frames = stream_events(completion, completion_id, created)
+        headers["cache-control"] = "no-cache"
+        return StreamingResponse(_paced(frames, chunk_delay), media_type="text/event-stream", headers=headers)
+
+    async def list_models(self, request: Request) -> Response:
+        """GET /v1/models: list the advertised model ids."""
+        await self._preamble(request)
+        return json_response({"object": "list", "data": [_model_object(m) for m in MODEL_IDS]})
+
+    async def retrieve_model(self, request: Request) -> Response:
+        """GET /v1/models/{model}: return one advertised model or a 404 ``model_not_found``."""
+        await self._preamble(request)
+        model_id: str = request.path_params["model"]
+        if model_id not in MODEL_IDS:
+            raise ApiError(404, f"The model '{model_id}' does not exist", code="model_not_found", param="model")
+        return json_response(_model_object(model_id))
+
+    async def healthz(self, request: Request) -> Response:
+        """GET /healthz: liveness probe."""
+        return json_response({"status": "ok"})
+
+    async def get_requests(self, request: Request) -> Response:
+        """GET /_mock/requests: every recorded request, oldest first."""
+        return json_response(self.recorder.snapshot())
+
+    async def clear_requests(self, request: Request) -> Response:
+        """DELETE /_mock/requests: forget all recorded requests."""
+        return json_response({"cleared": self.recorder.clear()})
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    """Render :class:`ApiError` raised anywhere in a handler."""
+    assert isinstance(exc, ApiError)
+    return exc.to_response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Turn Starlette routing errors (404 unknown path, 405 wrong method) into OpenAI-shaped errors."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"Invalid URL ({request.method} {request.url.path})"
+        return ApiError(404, message, code="unknown_url").to_response()
+    if exc.status_code == 405:
+        message = f"Method {request.method} not allowed for {request.url.path}"
+        return ApiError(405, message, code="method_not_allowed").to_response()
+    return ApiError(exc.status_code, str(exc.detail)).to_response()
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    """Keep even unexpected crashes OpenAI-shaped so the SDK raises InternalServerError."""
+    return ApiError(500, "The server had an error while processing your request.", type_="server_error").to_response()
+
+
+def create_app(api_key: str | None = None) -> Starlette:
+    """Build the mock app; ``api_key=None`` accepts any (or no) bearer token."""
+    recorder = RequestRecorder()
+    h = _Handlers(api_key, recorder)
+    routes = [
+        Route("/v1/chat/completions", h.chat_completions, methods=["POST"]),
+        Route("/v1/models", h.list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", h.retrieve_model, methods=["GET"]),
+        Route("/healthz", h.healthz, methods=["GET"]),
+        Route("/_mock/requests", h.get_requests, methods=["GET"]),
+        Route("/_mock/requests", h.clear_requests, methods=["DELETE"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(RecordingMiddleware, recorder=recorder)],
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
+    )
+    # Exposed so in-process tests can inspect or clear recordings without going through HTTP.
+    app.state.recorder = recorder
+    app.state.api_key = api_key
+    return app

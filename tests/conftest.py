@@ -1,0 +1,115 @@
+"""Shared fixtures: one real local stack per test session (per xdist worker), on free ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from dynaseal.config import DynasealConfig, bundled_dev_config, load_config  # noqa: E402
+from dynaseal.keys import SigningKey  # noqa: E402
+
+DEMO_TENANT = "671249a93f1cf2f8bf9b2b82"
+DEMO_SECRET = "4d72c063-881f-45fa-85ab-3375c84f5dd7"
+OTHER_TENANT = "acme"
+OTHER_SECRET = "acme-shared-secret-for-tests-0123456789"
+PROVIDER_KEY = "sk-mock-provider-test-key"
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free TCP ports on loopback."""
+    socks, ports = [], []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+@dataclass
+class TestKeys:
+    """Signing keys the tests hold for the second tenant (an offline-minting backend)."""
+
+    acme_ed25519: SigningKey
+    acme_rotated: SigningKey
+
+
+def write_test_config(directory: Path, keys: TestKeys) -> Path:
+    """A config like the bundled dev one, on free ports, with a second tenant for isolation tests."""
+    raw = yaml.safe_load(bundled_dev_config().read_text())
+    names = ["envoy", "envoy_admin", "issuer", "authz", "mock_upstream", "redis", "kafka",
+             "authz_metrics", "consumer_metrics", "shipper_metrics"]
+    raw["env_file"] = str(bundled_dev_config().parent / "dev.env")
+    raw["gateway"]["ports"] = dict(zip(names, free_ports(len(names)), strict=True))
+    raw["gateway"]["data_dir"] = str(directory / "data")
+    raw["gateway"]["max_body_bytes"] = 65536
+    raw["gateway"]["upstream"]["api_key_env"] = "DYNASEAL_TEST_PROVIDER_KEY"
+    raw["tenants"][0]["callback"]["url"] = f"http://127.0.0.1:{raw['gateway']['ports']['issuer']}/v1/callback/usage"
+    raw["tenants"].append({
+        "id": OTHER_TENANT,
+        "name": "Acme (test tenant)",
+        "keys": [
+            {"alg": "HS256", "secret_env": "DYNASEAL_TEST_ACME_SECRET"},
+            {"kid": keys.acme_ed25519.kid, "alg": "EdDSA", "public_jwk": keys.acme_ed25519.public_jwk()},
+            {"kid": keys.acme_rotated.kid, "alg": "EdDSA", "public_jwk": keys.acme_rotated.public_jwk()},
+        ],
+        "limits": {"models": ["gpt-4o-mini", "gpt-4o"], "max_tokens": 512, "max_ttl": 3600,
+                   "params": {"temperature": {"min": 0, "max": 1.5}}},
+    })
+    path = directory / "dynaseal.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def test_keys() -> TestKeys:
+    """Signing keys of the test tenant."""
+    return TestKeys(SigningKey.generate("acme-1"), SigningKey.generate("acme-2"))
+
+
+@pytest.fixture(scope="session")
+def config_path(tmp_path_factory: pytest.TempPathFactory, test_keys: TestKeys) -> Path:
+    """Path of this session's config file."""
+    os.environ["DYNASEAL_TEST_PROVIDER_KEY"] = PROVIDER_KEY
+    os.environ["DYNASEAL_TEST_ACME_SECRET"] = OTHER_SECRET
+    return write_test_config(tmp_path_factory.mktemp("dynaseal"), test_keys)
+
+
+@pytest.fixture(scope="session")
+def cfg(config_path: Path) -> DynasealConfig:
+    """This session's loaded config."""
+    return load_config(config_path)
+
+
+@pytest.fixture(scope="session")
+def stack(cfg: DynasealConfig, config_path: Path) -> Iterator[object]:
+    """The real local stack (Envoy, authz, issuer, mock LLM), started once per session."""
+    from dynaseal.stack import LocalStack
+
+    local = LocalStack(cfg, config_path)
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+def jwt_payload(token: str) -> dict[str, object]:
+    """Decode a JWT payload without verifying (tests only)."""
+    import base64
+
+    part = token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))))
