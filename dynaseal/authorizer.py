@@ -103,4 +103,6 @@ class Authorizer:
         }
         if key.sub is not None:
             metadata["sub"] = key.sub
+        if key.tenant.callback is not None and key.tenant.callback.include_content:
+            metadata["capture_content"] = True
         return allow(headers, removed, metadata, key.jti)

@@ -27,3 +27,14 @@ def grpc_serving(target: str, service: str = "", timeout_s: float = 0.5) -> bool
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
     except grpc.RpcError:
         return False
+
+
+def redis_ping(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """Whether a Redis server answers PING."""
+    import redis
+
+    try:
+        return bool(redis.Redis(host=host, port=port, socket_timeout=timeout_s,
+                                socket_connect_timeout=timeout_s).ping())
+    except redis.RedisError:
+        return False

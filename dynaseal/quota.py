@@ -1,0 +1,121 @@
+"""Admission and settlement of a key's counters in Redis: revocation, uses, rpm, token budget.
+
+Admission reserves `prompt estimate + n × max_tokens` atomically (quota_scripts.ADMIT), so
+concurrent requests can never overspend. The usage pipeline settles each reservation with
+the real usage (SETTLE), idempotently per request id.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import RedisError
+
+from dynaseal import redis_keys
+from dynaseal.claims import VerifiedKey
+from dynaseal.config import DynasealConfig
+from dynaseal.errors import ErrorCode, Refusal
+from dynaseal.quota_scripts import ADMIT, SETTLE
+from dynaseal.request_policy import CheckedRequest
+
+RESERVATION_TTL_MS = 15 * 60 * 1000
+# Counters outlive the key by a day so a late settlement still finds them.
+KEY_TTL_MARGIN_S = 24 * 3600
+
+
+class QuotaUnavailable(Exception):
+    """Redis could not be reached or answered an error: the caller must fail closed."""
+
+
+def redis_url(cfg: DynasealConfig) -> str:
+    """$REDIS_URL, else gateway.redis_url, else the local Redis that `dynaseal up` starts."""
+    return os.environ.get("REDIS_URL") or cfg.gateway.redis_url or \
+        f"redis://{cfg.gateway.host}:{cfg.gateway.ports.redis}/0"
+
+
+def script_keys(jti: str) -> list[str]:
+    """The KEYS of both scripts, all in one hash slot."""
+    return [redis_keys.revoked(jti), redis_keys.counters(jti), redis_keys.reservations(jti),
+            redis_keys.reservation_deadlines(jti), redis_keys.rate_window(jti), redis_keys.settled(jti)]
+
+
+def _limit(value: int | None) -> int:
+    return -1 if value is None else value
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What settling one request did."""
+
+    outcome: int
+    spent: int
+
+    @property
+    def duplicate(self) -> bool:
+        """True when the request id had already been settled."""
+        return self.outcome == 0
+
+
+class RedisQuota:
+    """The `Quota` of the authorizer, backed by one Redis (or a Cluster: keys share a slot)."""
+
+    def __init__(self, client: AsyncRedis, reservation_ttl_ms: int = RESERVATION_TTL_MS) -> None:
+        self.client = client
+        self.reservation_ttl_ms = reservation_ttl_ms
+        self._admit = client.register_script(ADMIT)
+
+    @classmethod
+    def from_url(cls, url: str, timeout_s: float = 0.05) -> RedisQuota:
+        """A quota with bounded socket timeouts (a slow Redis must fail closed quickly)."""
+        return cls(AsyncRedis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                       health_check_interval=0))
+
+    async def admit(self, key: VerifiedKey, request: CheckedRequest, request_id: str) -> None:
+        """Reserve for one request or raise Refusal / QuotaUnavailable."""
+        now_ms = int(time.time() * 1000)
+        key_ttl = int(key.exp - time.time()) + KEY_TTL_MARGIN_S
+        try:
+            status, spent, reserved, retry_ms = await self._admit(
+                keys=script_keys(key.jti),
+                args=[now_ms, request_id or f"anon-{now_ms}", request.reservation, _limit(key.budget),
+                      _limit(key.uses), _limit(key.rpm), self.reservation_ttl_ms, max(key_ttl, 60)])
+        except RedisError as exc:
+            raise QuotaUnavailable(str(exc)) from exc
+        if status >= 0:
+            return
+        if status == -1:
+            raise Refusal(ErrorCode.REVOKED_KEY, "dynamic key has been revoked")
+        if status == -2:
+            raise Refusal(ErrorCode.KEY_EXHAUSTED, f"dynamic key has no uses left (uses: {key.uses})")
+        if status == -3:
+            raise Refusal(ErrorCode.RATE_LIMITED, f"rate limit of {key.rpm} requests per minute reached; "
+                                                  f"retry in {max(1, -(-retry_ms // 1000))} s")
+        left = max(0, (key.budget or 0) - spent - reserved)
+        raise Refusal(ErrorCode.INSUFFICIENT_QUOTA,
+                      f"token budget exhausted: this request may use up to {request.reservation} tokens, "
+                      f"{left} remain")
+
+    async def ping(self) -> bool:
+        """Whether Redis answers."""
+        try:
+            return bool(await self.client.ping())
+        except RedisError:
+            return False
+
+
+def settle(client: Redis, jti: str, request_id: str, actual_tokens: int, key_exp: float | None = None) -> Settlement:
+    """Replace a request's reservation with its real usage; idempotent per request id."""
+    ttl = int((key_exp or time.time()) - time.time()) + KEY_TTL_MARGIN_S
+    outcome, spent = client.register_script(SETTLE)(
+        keys=script_keys(jti), args=[int(time.time() * 1000), request_id, int(actual_tokens), max(ttl, 60)])
+    return Settlement(int(outcome), int(spent))
+
+
+def counters(client: Redis, jti: str) -> dict[str, int]:
+    """A key's counters (uses, reserved, spent), for tests and tools."""
+    raw = client.hgetall(redis_keys.counters(jti))
+    return {k.decode(): int(v) for k, v in raw.items()}  # type: ignore[union-attr]
