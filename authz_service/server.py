@@ -14,10 +14,11 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from authz_service.metrics import CONFIG_RELOADS
+from authz_service.metrics import CONFIG_RELOADS, REDIS_ERRORS
 from authz_service.servicer import AuthorizationServicer
 from dynaseal.authorizer import Authorizer
 from dynaseal.config import ConfigError, DynasealConfig, load_config
+from dynaseal.quota import RedisQuota, redis_url
 from dynaseal.tenants import build_registry
 
 log = logging.getLogger("dynaseal.authz")
@@ -25,6 +26,7 @@ AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].f
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 DRAIN_SECONDS = 10.0
+HEALTH_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -37,9 +39,9 @@ class AuthzOptions:
     metrics_port: int | None = None
 
 
-def build_authorizer(cfg: DynasealConfig) -> Authorizer:
+def build_authorizer(cfg: DynasealConfig, quota: RedisQuota) -> Authorizer:
     """An Authorizer for a loaded config (raises ConfigError)."""
-    return Authorizer(build_registry(cfg), quota=None, cache_size=cfg.gateway.key_cache_size)
+    return Authorizer(build_registry(cfg), quota=quota, cache_size=cfg.gateway.key_cache_size)
 
 
 class AuthzServer:
@@ -48,7 +50,8 @@ class AuthzServer:
     def __init__(self, options: AuthzOptions) -> None:
         self.options = options
         self.cfg = load_config(options.config_path)
-        self.servicer = AuthorizationServicer(build_authorizer(self.cfg))
+        self.quota = RedisQuota.from_url(redis_url(self.cfg), self.cfg.gateway.redis_timeout_ms / 1000)
+        self.servicer = AuthorizationServicer(build_authorizer(self.cfg, self.quota))
         self.health = HealthServicer()
         self._stopping = asyncio.Event()
 
@@ -56,13 +59,29 @@ class AuthzServer:
         """Load the config again; keep serving the old one if the new one is bad."""
         try:
             cfg = load_config(self.options.config_path)
-            self.servicer.authorizer = build_authorizer(cfg)
+            self.servicer.authorizer = build_authorizer(cfg, self.quota)
             self.cfg = cfg
             CONFIG_RELOADS.labels("ok").inc()
             log.info("config reloaded", extra={"tenants": len(cfg.tenants)})
         except ConfigError as exc:
             CONFIG_RELOADS.labels("rejected").inc()
             log.error("config reload rejected; keeping the previous config", extra={"error": str(exc)})
+
+    async def _watch_dependencies(self) -> None:
+        """Report SERVING only while Redis answers: an authz that cannot decide takes no traffic."""
+        current = None
+        while True:
+            ok = await self.quota.ping()
+            if ok != current:
+                for name in ("", AUTHZ_SERVICE):
+                    await self.health.set(name, SERVING if ok else NOT_SERVING)
+                if ok:
+                    log.info("redis reachable: SERVING")
+                else:
+                    REDIS_ERRORS.inc()
+                    log.warning("redis unreachable: NOT_SERVING (requests fail closed with 503)")
+                current = ok
+            await asyncio.sleep(HEALTH_INTERVAL_S)
 
     async def serve(self) -> None:
         """Start, serve until SIGTERM/SIGINT, then drain."""
@@ -78,14 +97,14 @@ class AuthzServer:
         self.server.add_insecure_port(f"{host}:{port}")
         start_http_server(self.options.metrics_port or gateway.ports.authz_metrics, addr=host)
         await self.server.start()
-        for name in ("", AUTHZ_SERVICE):
-            await self.health.set(name, SERVING)
+        health_task = asyncio.create_task(self._watch_dependencies())
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         log.info("authz listening", extra={"address": f"{host}:{port}"})
         await self._stopping.wait()
+        health_task.cancel()
         # Report NOT_SERVING first so health-checking Envoys move away, then finish in-flight Checks.
         await self.health.enter_graceful_shutdown()
         await self.server.stop(DRAIN_SECONDS)

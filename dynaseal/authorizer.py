@@ -15,7 +15,7 @@ from typing import Protocol
 
 from dynaseal.claims import VerifiedKey
 from dynaseal.decision import Decision, allow, deny, deny_from
-from dynaseal.errors import ErrorCode, Refusal
+from dynaseal.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.key_verification import VerifiedKeyCache
 from dynaseal.request_policy import CheckedRequest, check_request, parse_body
 from dynaseal.tenants import Registry
@@ -67,6 +67,7 @@ class Authorizer:
         self.registry = registry
         self.quota = quota
         self.keys = VerifiedKeyCache(registry, cache_size)
+        self.quota_errors = 0
 
     async def decide(self, request: AuthRequest) -> Decision:
         """Run every step; never raises."""
@@ -80,6 +81,12 @@ class Authorizer:
             return self._allow(key, checked)
         except Refusal as refusal:
             return deny_from(refusal, key.jti if key else None)
+        except QuotaUnavailable as exc:
+            self.quota_errors += 1
+            log.warning("counter store unavailable: failing closed", extra={"error": str(exc),
+                                                                            "jti": key.jti if key else None})
+            return deny(ErrorCode.AUTHZ_UNAVAILABLE, "authorization is temporarily unavailable",
+                        jti=key.jti if key else None)
         except Exception:
             log.exception("internal error deciding request_id=%s jti=%s", request.request_id,
                           key.jti if key else "-")

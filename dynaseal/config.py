@@ -152,6 +152,7 @@ class GatewayConfig(_Strict):
     leeway_s: int = Field(30, ge=0, le=30)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
     redis_url: str | None = None
+    redis_timeout_ms: int = Field(50, ge=1, le=5000)
     kafka_bootstrap: str | None = None
     key_cache_size: int = Field(10_000, ge=0)
 

@@ -68,3 +68,7 @@ class Refusal(Exception):
         self.code = code
         self.message = message
         self.param = param
+
+
+class QuotaUnavailable(Exception):
+    """The counter store could not be reached or answered an error: the caller must fail closed."""

@@ -12,23 +12,20 @@ import time
 from dataclasses import dataclass
 
 from redis import Redis
+from redis.asyncio import BlockingConnectionPool
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
 from dynaseal import redis_keys
 from dynaseal.claims import VerifiedKey
 from dynaseal.config import DynasealConfig
-from dynaseal.errors import ErrorCode, Refusal
+from dynaseal.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.quota_scripts import ADMIT, SETTLE
 from dynaseal.request_policy import CheckedRequest
 
 RESERVATION_TTL_MS = 15 * 60 * 1000
 # Counters outlive the key by a day so a late settlement still finds them.
 KEY_TTL_MARGIN_S = 24 * 3600
-
-
-class QuotaUnavailable(Exception):
-    """Redis could not be reached or answered an error: the caller must fail closed."""
 
 
 def redis_url(cfg: DynasealConfig) -> str:
@@ -71,8 +68,10 @@ class RedisQuota:
     @classmethod
     def from_url(cls, url: str, timeout_s: float = 0.05) -> RedisQuota:
         """A quota with bounded socket timeouts (a slow Redis must fail closed quickly)."""
-        return cls(AsyncRedis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                       health_check_interval=0))
+        # A blocking pool: a burst waits (bounded) for a connection instead of failing at once.
+        pool = BlockingConnectionPool.from_url(url, max_connections=64, timeout=max(timeout_s, 0.1),
+                                               socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        return cls(AsyncRedis(connection_pool=pool))
 
     async def admit(self, key: VerifiedKey, request: CheckedRequest, request_id: str) -> None:
         """Reserve for one request or raise Refusal / QuotaUnavailable."""

@@ -46,8 +46,10 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         """The JSON envelope for this error."""
-        error_type = _TYPE_BY_STATUS.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
-        return {"error": {"message": self.message, "type": error_type, "code": self.code, "param": self.param}}
+        fallback = "server_error" if self.status >= 500 else "invalid_request_error"
+        error_type = _TYPE_BY_STATUS.get(self.status, fallback)
+        return {"error": {"message": self.message, "type": error_type, "code": self.code,
+                          "param": self.param}}
 
     def response(self) -> JSONResponse:
         """This error as a JSON response."""

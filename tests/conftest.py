@@ -40,14 +40,14 @@ def free_ports(count: int) -> list[int]:
 
 
 @dataclass
-class TestKeys:
+class TenantKeys:
     """Signing keys the tests hold for the second tenant (an offline-minting backend)."""
 
     acme_ed25519: SigningKey
     acme_rotated: SigningKey
 
 
-def write_test_config(directory: Path, keys: TestKeys) -> Path:
+def write_test_config(directory: Path, keys: TenantKeys) -> Path:
     """A config like the bundled dev one, on free ports, with a second tenant for isolation tests."""
     raw = yaml.safe_load(bundled_dev_config().read_text())
     names = ["envoy", "envoy_admin", "issuer", "authz", "mock_upstream", "redis", "kafka",
@@ -75,13 +75,13 @@ def write_test_config(directory: Path, keys: TestKeys) -> Path:
 
 
 @pytest.fixture(scope="session")
-def test_keys() -> TestKeys:
+def test_keys() -> TenantKeys:
     """Signing keys of the test tenant."""
-    return TestKeys(SigningKey.generate("acme-1"), SigningKey.generate("acme-2"))
+    return TenantKeys(SigningKey.generate("acme-1"), SigningKey.generate("acme-2"))
 
 
 @pytest.fixture(scope="session")
-def config_path(tmp_path_factory: pytest.TempPathFactory, test_keys: TestKeys) -> Path:
+def config_path(tmp_path_factory: pytest.TempPathFactory, test_keys: TenantKeys) -> Path:
     """Path of this session's config file."""
     os.environ["DYNASEAL_TEST_PROVIDER_KEY"] = PROVIDER_KEY
     os.environ["DYNASEAL_TEST_ACME_SECRET"] = OTHER_SECRET
@@ -113,3 +113,25 @@ def jwt_payload(token: str) -> dict[str, object]:
 
     part = token.split(".")[1]
     return dict(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server of its own (not the stack's), for counter tests; yields its URL."""
+    import redis
+
+    from dynaseal.probes import redis_ping
+    from dynaseal.processes import ServiceSpec, Supervisor
+    from dynaseal.stack import redis_server_binary
+
+    port = free_ports(1)[0]
+    directory = tmp_path_factory.mktemp("redis")
+    supervisor = Supervisor(directory, "127.0.0.1")
+    supervisor.start(ServiceSpec("redis", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                                           "--save", "", "--appendonly", "no", "--dir", str(directory)],
+                                 f"redis://127.0.0.1:{port}", lambda: redis_ping("127.0.0.1", port)))
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        redis.Redis.from_url(f"redis://127.0.0.1:{port}/0").close()
+        supervisor.stop()

@@ -99,8 +99,10 @@ def test_no_key_is_authentication_error(gw: str) -> None:
                                                           "max_tokens": 5})
     assert reply.status_code == 401
     assert reply.json()["error"]["code"] == "invalid_api_key"
+    # The SDK insists on some api_key: a provider-style key is not a dynamic key.
     with pytest.raises(openai.AuthenticationError):
-        sdk(gw, "").chat.completions.create(model="deepseek-chat", messages=MESSAGES, max_tokens=5)
+        sdk(gw, "sk-not-a-dynamic-key").chat.completions.create(model="deepseek-chat", messages=MESSAGES,
+                                                                max_tokens=5)
 
 
 def test_seed_path_with_dynasealtoken_and_seed_key(gw: str, mock_url: str) -> None:

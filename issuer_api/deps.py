@@ -1,0 +1,52 @@
+"""FastAPI dependencies: the shared state and the account behind a bearer access token."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+
+from issuer_api.errors import unauthenticated
+from issuer_api.state import IssuerState
+from issuer_api.users import Account, account_by_id
+
+# auto_error=False: a missing token must get our JSON error envelope, not FastAPI's default body.
+bearer_scheme = OAuth2PasswordBearer(tokenUrl="user/login", auto_error=False)
+
+
+def state_of(request: Request) -> IssuerState:
+    """The issuer state of the app serving this request."""
+    state: IssuerState = request.app.state.issuer
+    return state
+
+
+def bearer_token(request: Request) -> str | None:
+    """The bearer credential of the request, if any."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def current_account(
+    state: Annotated[IssuerState, Depends(state_of)],
+    token: Annotated[str | None, Depends(bearer_scheme)],
+) -> Account:
+    """The account named by a valid access token; 401 otherwise."""
+    if not token:
+        raise unauthenticated("missing bearer access token", "missing_token")
+    user_id = state.tokens.subject(token, "access")
+    with state.sessions() as db:
+        account = account_by_id(db, user_id)
+    if account is None:  # deleted since the token was issued
+        raise unauthenticated("the account of this token no longer exists")
+    return account
+
+
+def client_ip(request: Request) -> str:
+    """The peer address (proxies are not trusted: a forged X-Forwarded-For would dodge the limiter)."""
+    return request.client.host if request.client else "unknown"
+
+
+StateDep = Annotated[IssuerState, Depends(state_of)]
+AccountDep = Annotated[Account, Depends(current_account)]

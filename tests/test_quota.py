@@ -1,0 +1,128 @@
+"""Counters in a real Redis: concurrent admits never overspend, uses and rpm hold, settlement is idempotent."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+import redis
+from conftest import OTHER_TENANT
+
+from dynaseal.claims import VerifiedKey
+from dynaseal.config import DynasealConfig
+from dynaseal.errors import Refusal
+from dynaseal.quota import RedisQuota, counters, settle
+from dynaseal.request_policy import CheckedRequest
+from dynaseal.revocation import revoke
+from dynaseal.tenants import build_registry
+
+
+@pytest.fixture
+def sync_redis(redis_server: str) -> Iterator[redis.Redis]:
+    """A plain client for settlement and inspection."""
+    client = redis.Redis.from_url(redis_server)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def base_key(cfg: DynasealConfig) -> VerifiedKey:
+    """A verified key of the test tenant with no counters limits; tests `replace()` what they need."""
+    from dynaseal.signing_keystore import SigningKeyStore
+
+    SigningKeyStore(cfg.data_path / "issuer").ensure()
+    tenant = build_registry(cfg).get(OTHER_TENANT)
+    assert tenant is not None
+    return VerifiedKey(tenant=tenant, jti=f"q-{uuid.uuid4().hex}", exp=time.time() + 600, event_id="e",
+                       sub=None, models=None, max_tokens=100, budget=None, uses=None, rpm=None)
+
+
+def request(reserve: int) -> CheckedRequest:
+    return CheckedRequest(model="gpt-4o-mini", stream=False, n=1, max_tokens=reserve, prompt_estimate=0)
+
+
+async def admit_many(url: str, key: VerifiedKey, count: int, reserve: int) -> list[str]:
+    quota = RedisQuota.from_url(url, timeout_s=2.0)
+    async def one(i: int) -> str:
+        try:
+            await quota.admit(key, request(reserve), f"r-{i}")
+            return "ok"
+        except Refusal as refusal:
+            return refusal.code.value
+    try:
+        return await asyncio.gather(*(one(i) for i in range(count)))
+    finally:
+        await quota.client.aclose()
+
+
+def test_concurrent_admits_never_exceed_budget(redis_server: str, sync_redis: redis.Redis,
+                                               base_key: VerifiedKey) -> None:
+    key = replace(base_key, budget=1000)
+    results = asyncio.run(admit_many(redis_server, key, 200, 30))
+    admitted = results.count("ok")
+    assert admitted == 1000 // 30
+    assert set(results) == {"ok", "insufficient_quota"}
+    assert counters(sync_redis, key.jti)["reserved"] == admitted * 30 <= 1000
+    # Settle every admitted request with its true usage: the budget ends at the true total.
+    for i, outcome in enumerate(results):
+        if outcome == "ok":
+            settle(sync_redis, key.jti, f"r-{i}", 12)
+    final = counters(sync_redis, key.jti)
+    assert final["reserved"] == 0
+    assert final["spent"] == admitted * 12
+
+
+def test_single_use_key_admits_exactly_one_of_fifty(redis_server: str, base_key: VerifiedKey) -> None:
+    key = replace(base_key, uses=1)
+    results = asyncio.run(admit_many(redis_server, key, 50, 10))
+    assert results.count("ok") == 1
+    assert results.count("key_exhausted") == 49
+
+
+def test_rpm_holds(redis_server: str, base_key: VerifiedKey) -> None:
+    key = replace(base_key, rpm=5)
+    results = asyncio.run(admit_many(redis_server, key, 20, 1))
+    assert results.count("ok") == 5
+    assert results.count("rate_limit_exceeded") == 15
+
+
+def test_revoked_key_is_refused(redis_server: str, sync_redis: redis.Redis, base_key: VerifiedKey) -> None:
+    assert asyncio.run(admit_many(redis_server, base_key, 1, 1)) == ["ok"]
+    revoke(sync_redis, base_key.jti, base_key.exp)
+    assert asyncio.run(admit_many(redis_server, base_key, 1, 1)) == ["revoked_key"]
+
+
+def test_settlement_is_idempotent(redis_server: str, sync_redis: redis.Redis, base_key: VerifiedKey) -> None:
+    asyncio.run(admit_many(redis_server, base_key, 1, 50))
+    first = settle(sync_redis, base_key.jti, "r-0", 20)
+    again = settle(sync_redis, base_key.jti, "r-0", 20)
+    assert (first.outcome, again.outcome) == (1, 0)
+    assert counters(sync_redis, base_key.jti) == {"uses": 1, "reserved": 0, "spent": 20}
+
+
+def test_expired_reservation_is_billed_then_corrected_once(redis_server: str, sync_redis: redis.Redis,
+                                                           base_key: VerifiedKey) -> None:
+    async def admit_short() -> None:
+        quota = RedisQuota(redis.asyncio.Redis.from_url(redis_server), reservation_ttl_ms=1)
+        await quota.admit(base_key, request(40), "late")
+        await quota.client.aclose()
+    asyncio.run(admit_short())
+    time.sleep(0.01)
+    asyncio.run(admit_many(redis_server, replace(base_key), 0, 1))
+    assert settle(sync_redis, base_key.jti, "late", 15).outcome == 2  # expired, billed 40, corrected to 15
+    assert counters(sync_redis, base_key.jti)["spent"] == 15
+    assert settle(sync_redis, base_key.jti, "late", 15).outcome == 0
+
+
+def test_redis_down_fails_closed(base_key: VerifiedKey) -> None:
+    from dynaseal.errors import QuotaUnavailable
+
+    async def admit_dead() -> None:
+        quota = RedisQuota.from_url("redis://127.0.0.1:1/0", timeout_s=0.05)
+        await quota.admit(base_key, request(1), "x")
+    with pytest.raises(QuotaUnavailable):
+        asyncio.run(admit_dead())
