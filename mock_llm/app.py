@@ -52,9 +52,15 @@ def _model_object(model_id: str) -> dict[str, object]:
 
 async def _paced(frames: Iterator[bytes], delay: float) -> AsyncIterator[bytes]:
     """Yield SSE frames, sleeping ``delay`` seconds between consecutive frames."""
+    if not delay:
+        # Unpaced streams go out in one write: per-frame sends through uvicorn/h11 cut benchmark
+        # throughput ~3x (measured ~700 vs ~1900 streams/s) and SSE clients parse events, not writes.
+        # Tests that need observable incremental delivery set x-mock-chunk-delay-ms.
+        yield b"".join(frames)
+        return
     first = True
     for frame in frames:
-        if delay and not first:
+        if not first:
             await asyncio.sleep(delay)
         first = False
         yield frame

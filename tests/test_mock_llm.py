@@ -297,6 +297,15 @@ def test_delay_hooks(http: httpx.Client) -> None:
     streamed = http.post("/v1/chat/completions", json={**body, "stream": True}, headers={"x-mock-chunk-delay-ms": "60"})
     assert len(_sse_frames(streamed)) == 5
     assert time.monotonic() - start >= 0.24
+    # With a chunk delay, frames are delivered incrementally (first frame well before the last).
+    arrivals: list[float] = []
+    start = time.monotonic()
+    with http.stream(
+        "POST", "/v1/chat/completions", json={**body, "stream": True}, headers={"x-mock-chunk-delay-ms": "60"}
+    ) as resp:
+        arrivals.extend(time.monotonic() - start for line in resp.iter_lines() if line.startswith("data: "))
+    assert len(arrivals) == 5
+    assert arrivals[-1] - arrivals[0] >= 0.2
     bad = http.post("/v1/chat/completions", json=body, headers={"x-mock-delay-ms": "soon"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "x-mock-delay-ms"
 
