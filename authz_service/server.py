@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
@@ -17,7 +18,7 @@ from prometheus_client import start_http_server
 from authz_service.metrics import CONFIG_RELOADS, REDIS_ERRORS
 from authz_service.servicer import AuthorizationServicer
 from dynaseal.authorizer import Authorizer
-from dynaseal.config import ConfigError, DynasealConfig, load_config
+from dynaseal.config import ConfigError, DynasealConfig, expand_path, load_config, resolve_config_path
 from dynaseal.quota import RedisQuota, redis_url
 from dynaseal.tenants import build_registry
 
@@ -27,6 +28,15 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 DRAIN_SECONDS = 10.0
 HEALTH_INTERVAL_S = 1.0
+CONFIG_POLL_S = 1.0
+
+
+def _stat(path: Path) -> tuple[float, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime, st.st_size
 
 
 @dataclass
@@ -67,6 +77,22 @@ class AuthzServer:
             CONFIG_RELOADS.labels("rejected").inc()
             log.error("config reload rejected; keeping the previous config", extra={"error": str(exc)})
 
+    def _watched_files(self) -> dict[Path, tuple[float, int] | None]:
+        """The config file and every JWKS file it names, with their (mtime, size)."""
+        paths = [resolve_config_path(self.options.config_path)]
+        paths += [expand_path(t.jwks_file, self.cfg) for t in self.cfg.tenants if t.jwks_file]
+        return {p: _stat(p) for p in paths}
+
+    async def _watch_config(self) -> None:
+        """Reload when the config or a JWKS file changes (key rotation needs no restart)."""
+        seen = self._watched_files()
+        while True:
+            await asyncio.sleep(CONFIG_POLL_S)
+            now = self._watched_files()
+            if now != seen:
+                self.reload()
+                seen = self._watched_files()
+
     async def _watch_dependencies(self) -> None:
         """Report SERVING only while Redis answers: an authz that cannot decide takes no traffic."""
         current = None
@@ -98,6 +124,7 @@ class AuthzServer:
         start_http_server(self.options.metrics_port or gateway.ports.authz_metrics, addr=host)
         await self.server.start()
         health_task = asyncio.create_task(self._watch_dependencies())
+        config_task = asyncio.create_task(self._watch_config())
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -105,6 +132,7 @@ class AuthzServer:
         log.info("authz listening", extra={"address": f"{host}:{port}"})
         await self._stopping.wait()
         health_task.cancel()
+        config_task.cancel()
         # Report NOT_SERVING first so health-checking Envoys move away, then finish in-flight Checks.
         await self.health.enter_graceful_shutdown()
         await self.server.stop(DRAIN_SECONDS)

@@ -54,6 +54,8 @@ class RunningService:
 def port_is_free(host: str, port: int) -> bool:
     """Whether a TCP port can be bound on host."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers do: connections of a previous run in TIME_WAIT do not make the port busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -115,6 +117,19 @@ class Supervisor:
     def dead(self) -> RunningService | None:
         """The first service that exited on its own, if any."""
         return next((s for s in self.running if s.process.poll() is not None), None)
+
+    def stop_service(self, name: str, sig: int = signal.SIGTERM) -> ServiceSpec:
+        """Stop one service (SIGTERM, or e.g. SIGKILL) and forget it; return its spec to restart it."""
+        service = next(s for s in self.running if s.spec.name == name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.process.pid, sig)
+        try:
+            service.process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(service.process.pid, signal.SIGKILL)
+            service.process.wait(5)
+        self.running.remove(service)
+        return service.spec
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM every process group in reverse start order, SIGKILL what outlives the timeout."""

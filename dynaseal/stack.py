@@ -44,15 +44,18 @@ def tansu_binary() -> str:
 class LocalStack:
     """Every service of one config, started as child processes and stopped together."""
 
-    def __init__(self, cfg: DynasealConfig, config_path: Path) -> None:
+    def __init__(self, cfg: DynasealConfig, config_path: Path, pipeline: bool | None = None) -> None:
         self.cfg = cfg
+        self._pipeline = pipeline
         self.config_path = config_path.resolve()
         self.data_dir = Path(cfg.gateway.data_dir).resolve()
         self.supervisor = Supervisor(self.data_dir / "logs", cfg.gateway.host)
 
     @property
     def pipeline_enabled(self) -> bool:
-        """Whether the usage pipeline (Kafka, shipper, consumer) is installed and runs."""
+        """Whether the usage pipeline (Kafka, shipper, consumer) runs: by default when it is installed."""
+        if self._pipeline is not None:
+            return self._pipeline
         return all(importlib.util.find_spec(m) is not None for m in ("log_shipper", "callback_consumer"))
 
     @property

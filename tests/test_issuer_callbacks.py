@@ -1,0 +1,146 @@
+"""issuer_api callbacks: Standard Webhooks verification, idempotent storage, and /usage visibility."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from test_issuer_support import (
+    assert_error,
+    bearer,
+    callback_secret,
+    issuer_client,
+    login,
+    signed_callback,
+    usage_body,
+)
+
+from dynaseal.config import DynasealConfig
+from issuer_api.app import issuer_state
+from issuer_api.store import Callback
+
+
+@pytest.fixture(scope="module")
+def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DynasealConfig, TestClient]]:
+    cfg, client = issuer_client(tmp_path_factory.mktemp("issuer-callbacks"))
+    yield cfg, client
+    client.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def secret(issuer: tuple[DynasealConfig, TestClient]) -> str:
+    return callback_secret(issuer[0])
+
+
+def _stored(client: TestClient, webhook_id: str) -> int:
+    with issuer_state(client.app).sessions() as db:  # type: ignore[arg-type]
+        return db.scalar(select(func.count(Callback.id)).where(Callback.webhook_id == webhook_id)) or 0
+
+
+def test_valid_callback_is_stored_once_and_printed(issuer: tuple[DynasealConfig, TestClient], secret: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    client = issuer[1]
+    body, headers = signed_callback(secret, usage_body("evt-1", "jti-print", "client1"))
+    for path in ("/v1/callback/usage", "/callback/usage"):  # a redelivery, to the seed's path
+        response = client.post(path, content=body, headers=headers)
+        assert response.status_code == 200, response.text
+    assert _stored(client, headers["webhook-id"]) == 1
+    assert "callback event_id=evt-1 tokens=57 content='hello from the model'" in capsys.readouterr().out
+    duplicate = client.post("/v1/callback/usage", content=body, headers=headers).json()
+    assert duplicate["status"] == "duplicate"
+
+
+def test_seed_minimal_body_is_accepted(issuer: tuple[DynasealConfig, TestClient], secret: str) -> None:
+    body, headers = signed_callback(secret, {"event_id": 111, "content": "hi", "tokens": 3})
+    response = issuer[1].post("/callback/usage", content=body, headers=headers)
+    assert response.json()["status"] == "stored"
+
+
+@pytest.mark.parametrize("tamper", ["body", "signature", "missing", "garbage", "secret"])
+def test_bad_or_missing_signature_is_401(issuer: tuple[DynasealConfig, TestClient], secret: str,
+                                         tamper: str) -> None:
+    client = issuer[1]
+    body, headers = signed_callback(secret, usage_body("evt-bad", "jti-bad", "client1"))
+    if tamper == "body":
+        body = body.replace(b"57", b"58")
+    elif tamper == "signature":
+        headers["webhook-signature"] = "v1,AAAA" + headers["webhook-signature"][7:]
+    elif tamper == "missing":
+        del headers["webhook-signature"]
+    elif tamper == "garbage":
+        headers["webhook-signature"] = "no-comma-here"
+    else:
+        body, headers = signed_callback("whsec_" + "b3RoZXItc2VjcmV0LW9mLTMyLWJ5dGVzLWxvbmctLS0=",
+                                        usage_body("evt-bad", "jti-bad", "client1"))
+    assert_error(client.post("/v1/callback/usage", content=body, headers=headers), 401, "invalid_signature")
+    assert _stored(client, headers["webhook-id"]) == 0
+
+
+def test_stale_or_future_timestamp_is_401(issuer: tuple[DynasealConfig, TestClient], secret: str) -> None:
+    client = issuer[1]
+    for shift in (timedelta(minutes=-10), timedelta(minutes=10)):
+        body, headers = signed_callback(secret, usage_body("evt-old", "jti-old", "client1"),
+                                        when=datetime.now(UTC) + shift)
+        assert_error(client.post("/v1/callback/usage", content=body, headers=headers), 401, "invalid_signature")
+
+
+def test_signed_but_malformed_bodies_are_400(issuer: tuple[DynasealConfig, TestClient], secret: str) -> None:
+    client = issuer[1]
+    for payload in ([1, 2], {"event_id": "e", "tokens": "many"}, {"event_id": "e", "usage": "x"}):
+        body, headers = signed_callback(secret, payload)  # type: ignore[arg-type]
+        assert_error(client.post("/v1/callback/usage", content=body, headers=headers), 400)
+
+
+def test_usage_visibility_tenant_sees_all_end_user_only_own(tmp_path_factory: pytest.TempPathFactory) -> None:
+    cfg, client = issuer_client(tmp_path_factory.mktemp("issuer-usage"))
+    try:
+        secret = callback_secret(cfg)
+        client1 = bearer(login(client, "client1")["access_token"])
+        user1 = bearer(login(client, "user1")["access_token"])
+        own = client.post("/key/create", headers=client1).json()["jti"]
+        tenants = client.post("/key/create", headers=user1).json()["jti"]
+        deliveries = [(own, "client1", 10), (own, "client1", 20), (tenants, "user1", 30), ("stranger", None, 5)]
+        for i, (jti, sub, tokens) in enumerate(deliveries):
+            body, headers = signed_callback(secret, usage_body(f"evt-{i}", jti, sub, tokens=tokens))
+            assert client.post("/v1/callback/usage", content=body, headers=headers).status_code == 200
+
+        mine = client.get("/usage", headers=client1).json()
+        assert {item["jti"] for item in mine["items"]} == {own}
+        assert mine["totals"] == [{"jti": own, "requests": 2, "tokens": 30}]
+        everything = client.get("/usage", headers=user1).json()
+        assert len(everything["items"]) == 4
+        assert {t["jti"]: t["tokens"] for t in everything["totals"]} == {own: 30, tenants: 30, "stranger": 5}
+        assert everything["items"][0]["event_id"] == "evt-3"  # newest first
+
+        assert client.get("/usage", headers=client1, params={"jti": tenants}).json()["items"] == []
+        filtered = client.get("/usage", headers=user1, params={"jti": own}).json()
+        assert [i["event_id"] for i in filtered["items"]] == ["evt-1", "evt-0"]
+
+        seen, cursor = [], None
+        while True:
+            page = client.get("/usage", headers=user1, params={"limit": 3, **({"cursor": cursor} if cursor else {})})
+            seen += [i["event_id"] for i in page.json()["items"]]
+            cursor = page.json()["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == ["evt-3", "evt-2", "evt-1", "evt-0"]
+
+        assert_error(client.get("/usage"), 401)
+        assert_error(client.get("/usage", headers=user1, params={"limit": 101}), 400)
+        assert_error(client.get("/usage", headers=user1, params={"cursor": "abc"}), 400)
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_callback_body_is_kept_verbatim(issuer: tuple[DynasealConfig, TestClient], secret: str) -> None:
+    client = issuer[1]
+    payload = usage_body("evt-verbatim", "jti-v", "client1")
+    body, headers = signed_callback(secret, payload)
+    client.post("/v1/callback/usage", content=body, headers=headers)
+    with issuer_state(client.app).sessions() as db:  # type: ignore[arg-type]
+        row = db.scalar(select(Callback).where(Callback.webhook_id == headers["webhook-id"]))
+    assert row is not None and row.payload == json.loads(body) and row.jti == "jti-v" and row.tokens == 57
