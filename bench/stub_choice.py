@@ -1,26 +1,52 @@
 """Which protobuf stubs decode a CheckRequest fastest: xds-protos (upb) vs envoy-data-plane (betterproto).
 
-Run: python bench/stub_choice.py  (envoy-data-plane is not a project dependency: install it in a
-scratch venv beside xds-protos to compare). One 5-header request with a 324-byte body.
+Run: `python bench/stub_choice.py`. envoy-data-plane is not a project dependency: install it in a
+scratch venv beside xds-protos to compare. One request with 5 headers and a 324-byte body.
 """
+
+from __future__ import annotations
+
 import time
 
-from envoy.service.auth.v3 import external_auth_pb2 as x
+from envoy.service.auth.v3 import external_auth_pb2
 
-req = x.CheckRequest()
-h = req.attributes.request.http
-h.method="POST"; h.path="/v1/chat/completions"; h.id="abc-123"
-for k,v in {"authorization":"Bearer "+"e"*414,"content-type":"application/json",":authority":"gw","user-agent":"OpenAI/Python","x-request-id":"abc-123"}.items(): h.headers[k]=v
-h.raw_body=b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"'+b"x"*250+b'"}],"max_tokens":64}'
-data = req.SerializeToString()
-N=20000
-t=time.perf_counter()
-for _ in range(N): r=x.CheckRequest.FromString(data); _=r.attributes.request.http.headers["authorization"]
-print("xds-protos upb parse: %.2f us" % ((time.perf_counter()-t)/N*1e6))
-try:
-    from envoy_data_plane.envoy.service.auth.v3 import CheckRequest as BPCheck
-    t=time.perf_counter()
-    for _ in range(N//10): r=BPCheck().parse(data); _=r.attributes.request.http.headers["authorization"]
-    print("envoy-data-plane (betterproto) parse: %.2f us" % ((time.perf_counter()-t)/(N//10)*1e6))
-except Exception as e:
-    print("edp failed", repr(e))
+ROUNDS = 20_000
+
+
+def sample_request() -> bytes:
+    """A serialized CheckRequest like the ones Envoy sends."""
+    request = external_auth_pb2.CheckRequest()
+    http = request.attributes.request.http
+    http.method, http.path, http.id = "POST", "/v1/chat/completions", "abc-123"
+    headers = {"authorization": "Bearer " + "e" * 414, "content-type": "application/json", ":authority": "gw",
+               "user-agent": "OpenAI/Python", "x-request-id": "abc-123"}
+    for name, value in headers.items():
+        http.headers[name] = value
+    http.raw_body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"' + b"x" * 250 + b'"}]}'
+    return request.SerializeToString()
+
+
+def per_call_us(decode: object, data: bytes, rounds: int) -> float:
+    """Mean microseconds to decode and read one header."""
+    started = time.perf_counter()
+    for _ in range(rounds):
+        decoded = decode(data)  # type: ignore[operator]
+        _ = decoded.attributes.request.http.headers["authorization"]
+    return (time.perf_counter() - started) / rounds * 1e6
+
+
+def main() -> None:
+    """Print both timings."""
+    data = sample_request()
+    print(f"xds-protos (upb): {per_call_us(external_auth_pb2.CheckRequest.FromString, data, ROUNDS):.2f} us")
+    try:
+        from envoy_data_plane.envoy.service.auth.v3 import CheckRequest
+    except ImportError:
+        print("envoy-data-plane not installed: skipped")
+        return
+    timing = per_call_us(lambda raw: CheckRequest().parse(raw), data, ROUNDS // 10)
+    print(f"envoy-data-plane (betterproto): {timing:.2f} us")
+
+
+if __name__ == "__main__":
+    main()

@@ -85,7 +85,8 @@ def test_stale_or_future_timestamp_is_401(issuer: tuple[DynasealConfig, TestClie
     for shift in (timedelta(minutes=-10), timedelta(minutes=10)):
         body, headers = signed_callback(secret, usage_body("evt-old", "jti-old", "client1"),
                                         when=datetime.now(UTC) + shift)
-        assert_error(client.post("/v1/callback/usage", content=body, headers=headers), 401, "invalid_signature")
+        response = client.post("/v1/callback/usage", content=body, headers=headers)
+        assert_error(response, 401, "invalid_signature")
 
 
 def test_signed_but_malformed_bodies_are_400(issuer: tuple[DynasealConfig, TestClient], secret: str) -> None:
@@ -103,7 +104,8 @@ def test_usage_visibility_tenant_sees_all_end_user_only_own(tmp_path_factory: py
         user1 = bearer(login(client, "user1")["access_token"])
         own = client.post("/key/create", headers=client1).json()["jti"]
         tenants = client.post("/key/create", headers=user1).json()["jti"]
-        deliveries = [(own, "client1", 10), (own, "client1", 20), (tenants, "user1", 30), ("stranger", None, 5)]
+        deliveries = [(own, "client1", 10), (own, "client1", 20), (tenants, "user1", 30),
+                      ("stranger", None, 5)]
         for i, (jti, sub, tokens) in enumerate(deliveries):
             body, headers = signed_callback(secret, usage_body(f"evt-{i}", jti, sub, tokens=tokens))
             assert client.post("/v1/callback/usage", content=body, headers=headers).status_code == 200
@@ -122,7 +124,8 @@ def test_usage_visibility_tenant_sees_all_end_user_only_own(tmp_path_factory: py
 
         seen, cursor = [], None
         while True:
-            page = client.get("/usage", headers=user1, params={"limit": 3, **({"cursor": cursor} if cursor else {})})
+            params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+            page = client.get("/usage", headers=user1, params=params)
             seen += [i["event_id"] for i in page.json()["items"]]
             cursor = page.json()["next_cursor"]
             if cursor is None:

@@ -59,7 +59,8 @@ def test_default_key_verifies_with_the_gateway_code(issuer: tuple[DynasealConfig
     assert str(created["token"]) not in str(record.scope)  # the token itself is never stored
 
 
-def test_narrowed_scope_is_honoured(issuer: tuple[DynasealConfig, TestClient], client1: dict[str, str]) -> None:
+def test_narrowed_scope_is_honoured(issuer: tuple[DynasealConfig, TestClient],
+                                    client1: dict[str, str]) -> None:
     cfg, client = issuer
     created = _mint(client, client1, models=["gpt-4o-mini"], max_tokens=64, ttl=60, uses=1, budget=500, rpm=5)
     verified = verify_token(str(created["token"]), build_registry(cfg))
@@ -118,7 +119,8 @@ def test_revoke_own_key_and_not_another_users(issuer: tuple[DynasealConfig, Test
     assert client.post("/key/revoke", headers=user1, json={"jti": theirs["jti"]}).status_code == 200
 
 
-def test_revoke_with_unreachable_redis_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_revoke_with_unreachable_redis_changes_nothing(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as s:  # a port nothing listens on: connection refused at once
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

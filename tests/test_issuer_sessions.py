@@ -62,8 +62,9 @@ def test_incomplete_credentials_are_400(issuer: tuple[DynasealConfig, TestClient
 
 def test_malformed_login_bodies_are_400(issuer: tuple[DynasealConfig, TestClient]) -> None:
     client = issuer[1]
-    assert_error(client.post("/user/login", content=b"{nope", headers={"content-type": "application/json"}), 400)
-    assert_error(client.post("/user/login", content=b"[1]", headers={"content-type": "application/json"}), 400)
+    as_json = {"content-type": "application/json"}
+    assert_error(client.post("/user/login", content=b"{nope", headers=as_json), 400)
+    assert_error(client.post("/user/login", content=b"[1]", headers=as_json), 400)
     assert_error(client.post("/user/login", content=b"\xff\xfe", headers={"content-type": "text/plain"}), 400)
 
 
