@@ -13,6 +13,7 @@ from dynaseal import envoy_config
 from dynaseal.config import DynasealConfig
 from dynaseal.probes import grpc_serving, http_ok, redis_ping
 from dynaseal.processes import ServiceSpec, StartupError, Supervisor, tcp_open
+from dynaseal.quota import redis_url
 from dynaseal.signing_keystore import SigningKeyStore
 
 AUTHZ_SERVICE_NAME = "envoy.service.auth.v3.Authorization"
@@ -122,6 +123,7 @@ class LocalStack:
             specs.append(ServiceSpec(
                 "issuer", self._python("issuer_api"), f"http://{host}:{ports.issuer}",
                 lambda: http_ok(f"http://{host}:{ports.issuer}/healthz"),
+                env={"REDIS_URL": redis_url(self.cfg)},  # revocations reach the gateway's Redis
                 ports=[("http", ports.issuer)]))
         specs.append(ServiceSpec(
             "envoy",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import uvicorn
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     """Load the config, build the app and serve it until interrupted; 2 on a config error."""
     args = build_parser().parse_args(argv)
     setup_logging("issuer_api")
+    # Alembic narrates every plugin and step at INFO; only its problems matter in the service log.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         cfg = load_config(args.config)
         # Imported late so `--help` stays fast and a config error is reported before heavy imports.

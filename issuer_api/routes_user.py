@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -18,6 +19,7 @@ MAX_BODY_BYTES = 16 * 1024
 MAX_USERNAME_CHARS = 128
 MAX_PASSWORD_CHARS = 1024
 
+log = logging.getLogger("issuer_api.sessions")
 router = APIRouter(tags=["session"])
 
 
@@ -102,12 +104,14 @@ async def login(request: Request, state: StateDep) -> dict[str, str]:
     ip = client_ip(request)
     wait = state.limiter.retry_after(username, ip)
     if wait:
+        log.warning("login throttled", extra={"username": username, "client_ip": ip})
         raise ApiError(429, "too_many_login_attempts", f"too many failed logins; retry in {wait} s",
                        headers={"Retry-After": str(wait)})
     # Counted before the (slow) bcrypt check, so parallel guesses cannot slip past the limit.
     state.limiter.record_failure(username, ip)
     account = await run_in_threadpool(_check_password, state, username, password)
     if account is None:
+        log.info("login failed", extra={"username": username, "client_ip": ip})
         raise unauthenticated("incorrect username or password", "invalid_credentials")
     state.limiter.reset(username, ip)
     return state.tokens.pair(account)
@@ -116,10 +120,12 @@ async def login(request: Request, state: StateDep) -> dict[str, str]:
 @router.post("/user/refresh", response_model=TokenPair, openapi_extra=_REFRESH_BODY,
              summary="Exchange a refresh token for a new pair")
 async def refresh(request: Request, state: StateDep) -> dict[str, str]:
-    """A new pair for a valid refresh token, sent as `{"refresh_token": ...}` or as bearer."""
+    """A new pair for a valid refresh token, sent as `{"refresh_token": ...}`, a form field or bearer."""
     raw = await _body(request)
     token: Any = None
-    if raw.strip():
+    if _media_type(request) == "application/x-www-form-urlencoded":
+        token = (await request.form(max_files=0, max_fields=16)).get("refresh_token")
+    elif raw.strip():
         token = _json_object(raw).get("refresh_token")
         if token is not None and (not isinstance(token, str) or not token):
             raise invalid_request("refresh_token must be a non-empty string", "refresh_token")

@@ -61,7 +61,7 @@ def _webhook(secret: SecretStr | None) -> Webhook | None:
         return None
     try:
         return Webhook(secret.get_secret_value())
-    except Exception as exc:
+    except Exception as exc:  # binascii.Error, EmptyWebhookSecretError, ...
         raise ConfigError(f"the tenant's callback secret is not a valid Standard Webhooks secret "
                           f"(whsec_<base64>): {type(exc).__name__}") from None
 

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from test_issuer_support import CLIENT1_ID, assert_error, bearer, issuer_client, login, session_secret
 
 from dynaseal.config import DynasealConfig
+from issuer_api.login_limiter import LoginLimiter
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +93,8 @@ def test_refresh_returns_a_new_pair(issuer: tuple[DynasealConfig, TestClient],
     assert client.post("/key/create", headers=bearer(fresh["access_token"])).status_code == 200
     by_header = client.post("/user/refresh", headers=bearer(client1_pair["refresh_token"]))
     assert by_header.status_code == 200, by_header.text
+    by_form = client.post("/user/refresh", data={"refresh_token": client1_pair["refresh_token"]})
+    assert by_form.status_code == 200, by_form.text
 
 
 def test_access_token_is_not_a_refresh_token(issuer: tuple[DynasealConfig, TestClient],
@@ -131,3 +134,14 @@ def test_health_and_docs(issuer: tuple[DynasealConfig, TestClient]) -> None:
                  "/callback/usage", "/v1/callback/usage", "/usage"):
         assert path in paths
     assert_error(client.get("/no/such/route"), 404, "not_found")
+
+
+def test_login_limiter_window_slides_and_resets() -> None:
+    limiter = LoginLimiter(max_failures=2, window_s=60)
+    for t in (0.0, 10.0):
+        limiter.record_failure("u", "1.2.3.4", now=t)
+    assert limiter.retry_after("u", "1.2.3.4", now=11.0) == 49
+    assert limiter.retry_after("u", "5.6.7.8", now=11.0) == 0  # per client address
+    assert limiter.retry_after("u", "1.2.3.4", now=60.5) == 0  # the first failure left the window
+    limiter.reset("u", "1.2.3.4")
+    assert limiter.retry_after("u", "1.2.3.4", now=11.0) == 0
