@@ -16,7 +16,8 @@ from typing import Protocol
 from dynaseal.claims import VerifiedKey
 from dynaseal.decision import Decision, allow, deny, deny_from
 from dynaseal.errors import ErrorCode, QuotaUnavailable, Refusal
-from dynaseal.key_verification import VerifiedKeyCache
+from dynaseal.key_verification import UnknownKid, VerifiedKeyCache
+from dynaseal.remote_jwks import JwksRefresher
 from dynaseal.request_policy import CheckedRequest, check_request, parse_body
 from dynaseal.tenants import Registry
 
@@ -67,6 +68,7 @@ class Authorizer:
         self.registry = registry
         self.quota = quota
         self.keys = VerifiedKeyCache(registry, cache_size)
+        self.jwks = JwksRefresher()
         self.quota_errors = 0
 
     async def decide(self, request: AuthRequest) -> Decision:
@@ -74,7 +76,7 @@ class Authorizer:
         key: VerifiedKey | None = None
         try:
             token = extract_token(request.headers)
-            key = self.keys.verify(token)
+            key = await self._verify(token)
             checked = check_request(parse_body(request.body, request.headers), key)
             if self.quota is not None:
                 await self.quota.admit(key, checked, request.request_id)
@@ -92,6 +94,21 @@ class Authorizer:
                           key.jti if key else "-")
             return deny(ErrorCode.AUTHZ_UNAVAILABLE, "authorization is temporarily unavailable",
                         jti=key.jti if key else None)
+
+    async def _verify(self, token: str) -> VerifiedKey:
+        """Verify through the cache; on an unknown kid of a jwks_url tenant, refresh once and retry."""
+        try:
+            return self.keys.verify(token)
+        except UnknownKid as unknown:
+            tenant = self.registry.get(unknown.tenant_id)
+            if tenant is None or not tenant.jwks_url:
+                raise
+            fresh = await self.jwks.refresh(tenant.id, tenant.jwks_url)
+            if fresh is None:
+                raise
+            self.registry = self.registry.with_tenant(tenant.with_keys(fresh))
+            self.keys = VerifiedKeyCache(self.registry, self.keys.capacity)
+            return self.keys.verify(token)
 
     def _allow(self, key: VerifiedKey, checked: CheckedRequest) -> Decision:
         provider_key = key.tenant.provider_key or self.registry.default_provider_key

@@ -29,6 +29,14 @@ _ALGORITHMS = {name: alg for name, alg in get_default_algorithms().items()
                if name in ("EdDSA", "ES256", "HS256")}
 
 
+class UnknownKid(Refusal):
+    """A kid the tenant does not (yet) have: the one refusal a JWKS refresh can turn around."""
+
+    def __init__(self, tenant_id: str) -> None:
+        super().__init__(ErrorCode.INVALID_API_KEY, "dynamic key was signed with a key this gateway does not know")
+        self.tenant_id = tenant_id
+
+
 def _invalid(message: str) -> Refusal:
     return Refusal(ErrorCode.INVALID_API_KEY, message)
 
@@ -82,6 +90,8 @@ def verify_token(token: str, registry: Registry, now: float | None = None) -> Ve
         raise _invalid("dynamic key has a malformed kid")
     else:
         verification_key = tenant.keys_by_kid.get(kid)
+        if verification_key is None:
+            raise UnknownKid(tenant.id)
     if verification_key is None:
         raise _invalid("dynamic key was signed with a key this gateway does not know")
     if verification_key.alg != alg:

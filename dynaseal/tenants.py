@@ -6,9 +6,10 @@ Built once per config (re)load and never mutated, so a request sees one consiste
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -24,6 +25,8 @@ from dynaseal.config import (
     TenantConfig,
     expand_path,
 )
+
+log = logging.getLogger("dynaseal.tenants")
 
 _ALG_BY_JWK = {("OKP", "Ed25519"): "EdDSA", ("EC", "P-256"): "ES256"}
 
@@ -49,6 +52,12 @@ class Tenant:
     provider_key: SecretStr | None
     callback: CallbackConfig | None
     callback_secret: SecretStr | None
+    jwks_url: str | None = None
+
+    def with_keys(self, keys: list[VerificationKey]) -> Tenant:
+        """A copy whose kid keys are this tenant's inline/file keys plus `keys` (a refreshed JWKS)."""
+        merged = {**self.keys_by_kid, **{k.kid: k for k in keys if k.kid is not None}}
+        return replace(self, keys_by_kid=MappingProxyType(merged))
 
     def allows_model(self, model: str) -> bool:
         """Whether the tenant's allowlist admits a model."""
@@ -67,6 +76,10 @@ class Registry:
     def get(self, tenant_id: str) -> Tenant | None:
         """The tenant with this id, if any."""
         return self.tenants.get(tenant_id)
+
+    def with_tenant(self, tenant: Tenant) -> Registry:
+        """A copy with one tenant replaced."""
+        return replace(self, tenants=MappingProxyType({**self.tenants, tenant.id: tenant}))
 
 
 def _env_secret(name: str | None, what: str, errors: list[str]) -> SecretStr | None:
@@ -129,6 +142,14 @@ def _tenant_keys(cfg: DynasealConfig, tc: TenantConfig, errors: list[str]) -> li
             errors.append(f"tenant {tc.id}: jwks_file {path} does not exist")
         except (ValueError, OSError, jwt.PyJWKError) as exc:
             errors.append(f"tenant {tc.id}: jwks_file {path}: {exc}")
+    if tc.jwks_url:
+        from dynaseal.remote_jwks import fetch_jwks
+
+        try:
+            keys.extend(fetch_jwks(tc.jwks_url))
+        except Exception as exc:  # an unreachable JWKS must not stop start-up: its kids are refused until it answers
+            log.warning("jwks_url fetch failed at load; will retry on an unknown kid",
+                        extra={"tenant": tc.id, "error": str(exc)})
     return keys
 
 
@@ -150,6 +171,7 @@ def build_registry(cfg: DynasealConfig) -> Registry:
             callback=tc.callback,
             callback_secret=_env_secret(tc.callback.secret_env if tc.callback else None,
                                         f"tenant {tc.id} callback", errors),
+            jwks_url=tc.jwks_url,
         )
     default_key = _env_secret(cfg.gateway.upstream.api_key_env, "gateway upstream", errors)
     if errors:
