@@ -56,6 +56,8 @@ def write_test_config(directory: Path, keys: TenantKeys) -> Path:
     raw["gateway"]["ports"] = dict(zip(names, free_ports(len(names)), strict=True))
     raw["gateway"]["data_dir"] = str(directory / "data")
     raw["gateway"]["max_body_bytes"] = 65536
+    # Two test stacks share two cores: a generous Redis deadline keeps fail-closed tests about outages.
+    raw["gateway"]["redis_timeout_ms"] = 1000
     raw["gateway"]["upstream"]["api_key_env"] = "DYNASEAL_TEST_PROVIDER_KEY"
     raw["tenants"][0]["callback"]["url"] = f"http://127.0.0.1:{raw['gateway']['ports']['issuer']}/v1/callback/usage"
     raw["tenants"].append({
