@@ -168,3 +168,39 @@ def test_streaming_without_include_usage_is_refused(gw: str, issuer_key: Signing
         sdk(gw, demo_key(issuer_key)).chat.completions.create(
             model="deepseek-chat", messages=MESSAGES, max_tokens=5, stream=True)
     assert err.value.code == "stream_usage_required"
+
+
+def test_authz_metrics_count_decisions_by_code(gw: str, cfg: DynasealConfig, issuer_key: SigningKey) -> None:
+    metrics_url = f"http://127.0.0.1:{cfg.gateway.ports.authz_metrics}/metrics"
+
+    def count(code: str) -> float:
+        for line in httpx.get(metrics_url).text.splitlines():
+            if line.startswith("dynaseal_authz_decisions_total{") and f'code="{code}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = count("model_not_allowed")
+    with pytest.raises(openai.PermissionDeniedError):
+        sdk(gw, demo_key(issuer_key)).chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=5)
+    assert count("model_not_allowed") == before + 1
+    assert "dynaseal_authz_check_seconds_bucket" in httpx.get(metrics_url).text
+
+
+def test_deny_log_line_names_jti_never_the_key(gw: str, cfg: DynasealConfig, issuer_key: SigningKey) -> None:
+    key = demo_key(issuer_key)
+    with pytest.raises(openai.PermissionDeniedError):
+        sdk(gw, key).chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=5)
+    log_text = (Path(cfg.gateway.data_dir) / "logs" / "authz.log").read_text()
+    jti = key_jti(key)
+    deadline = time.monotonic() + 5
+    while jti not in log_text and time.monotonic() < deadline:
+        time.sleep(0.1)
+        log_text = (Path(cfg.gateway.data_dir) / "logs" / "authz.log").read_text()
+    assert jti in log_text
+    assert key not in log_text and key.split(".")[2] not in log_text
+
+
+def key_jti(key: str) -> str:
+    from conftest import jwt_payload
+
+    return str(jwt_payload(key)["jti"])
