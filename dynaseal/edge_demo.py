@@ -31,7 +31,23 @@ def _wait_for_usage_line(access_log: Path, jti: str, timeout_s: float = 5.0) -> 
     return None
 
 
-def run_demo(cfg: DynasealConfig, access_log: Path) -> int:
+def _wait_for_callback(issuer: str, jti: str, timeout_s: float = 30.0) -> dict[str, object] | None:
+    """Poll the backend's stored callbacks (as the tenant account user1) for this key's usage."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=issuer, timeout=5) as backend:
+        login = backend.post("/user/login", data={"username": "user1", "password": "user1"})
+        login.raise_for_status()
+        auth = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        while time.monotonic() < deadline:
+            items = backend.get("/usage", params={"jti": jti}, headers=auth).json().get("items", [])
+            streamed = [i for i in items if (i.get("usage") or {}).get("completion_tokens", 0) > 8]
+            if streamed:
+                return dict(streamed[0])
+            time.sleep(0.2)
+    return None
+
+
+def run_demo(cfg: DynasealConfig, access_log: Path, expect_callback: bool = False) -> int:
     """Run the edge-client flow against a running stack; 0 on success."""
     gw = cfg.gateway
     issuer = f"http://{gw.host}:{gw.ports.issuer}"
@@ -82,6 +98,16 @@ def run_demo(cfg: DynasealConfig, access_log: Path) -> int:
         _say("no access-log line with token counts appeared")
         return 1
     _say(f"Envoy metered it: tenant={line['tenant']} jti={line['jti']} total_tokens={line['total_tokens']}")
+    if not expect_callback:
+        return 0
+    _say("waiting for the signed usage callback to reach the backend (log → Kafka → consumer → backend) …")
+    callback = _wait_for_callback(f"http://{gw.host}:{gw.ports.issuer}", jti)
+    if callback is None:
+        _say("no callback arrived within 30 s")
+        return 1
+    content = str(callback.get("content") or "")
+    _say(f"callback stored by the backend: event_id={callback['event_id']} tokens={callback['tokens']} "
+         f"content={content[:60]!r}{'…' if len(content) > 60 else ''}")
     return 0
 
 

@@ -38,7 +38,7 @@ def run_stack(config: str | None, demo: bool, keep_running: bool = False) -> int
         if demo:
             from dynaseal.edge_demo import run_demo
 
-            code = run_demo(cfg, stack.access_log)
+            code = run_demo(cfg, stack.access_log, expect_callback=stack.pipeline_enabled)
             if not keep_running:
                 return code
         _say("press Ctrl-C to stop")
