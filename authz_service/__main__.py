@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 
 from authz_service.server import AuthzOptions, AuthzServer
@@ -29,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dynaseal authz: {exc}", file=sys.stderr)
         return 2
+    # Everything loaded so far lives as long as the process: move it out of the collector's way, so
+    # collections triggered by per-request garbage stay short (a full one was ~35 ms here: a p99 spike).
+    gc.collect()
+    gc.freeze()
     runner = uvloop.run if uvloop else asyncio.run
     runner(server.serve())
     return 0

@@ -6,12 +6,14 @@ This is the only module that knows the protos: `to_auth_request` on the way in,
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
 from envoy.service.auth.v3.external_auth_pb2 import (
     CheckRequest,
     CheckResponse,
     DeniedHttpResponse,
-    OkHttpResponse,
 )
 from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct
@@ -33,23 +35,40 @@ def to_auth_request(check: CheckRequest) -> AuthRequest:
         path=http.path,
         headers=http.headers,  # a read-only map with lowercase names, as Envoy sends it
         body=http.raw_body or http.body.encode("utf-8", "surrogateescape"),
-        request_id=http.id or http.headers.get("x-request-id", ""),
+        # x-request-id (Envoy-generated, client value not trusted) is the access log's and the usage
+        # pipeline's request id: reservations must be filed under the same id to be settled.
+        request_id=http.headers.get("x-request-id") or http.id,
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _header_option(name: str, value: str) -> HeaderValueOption:
+    """A prebuilt header option: the same few (per tenant) on every allow, so build each once."""
+    return HeaderValueOption(header=HeaderValue(key=name, value=value), append_action=_OVERWRITE)
+
+
+def _fill_struct(struct: Struct, values: Mapping[str, str | int | float | bool]) -> None:
+    """Set flat values field by field, in place (about twice as fast as building and copying a Struct)."""
+    fields = struct.fields
+    for name, value in values.items():
+        if isinstance(value, bool):
+            fields[name].bool_value = value
+        elif isinstance(value, str):
+            fields[name].string_value = value
+        else:
+            fields[name].number_value = value
 
 
 def allow_response(decision: Decision) -> CheckResponse:
     """CheckResponse for an allow: credential swap, key headers removed, metadata for the log."""
-    metadata = Struct()
-    metadata.update(decision.metadata)
-    return CheckResponse(
-        status=_OK,
-        ok_response=OkHttpResponse(
-            headers=[HeaderValueOption(header=HeaderValue(key=k, value=v), append_action=_OVERWRITE)
-                     for k, v in decision.headers.items()],
-            headers_to_remove=list(decision.headers_to_remove),
-        ),
-        dynamic_metadata=metadata,
-    )
+    response = CheckResponse(status=_OK)
+    ok = response.ok_response
+    ok.SetInParent()
+    for name, value in decision.headers.items():
+        ok.headers.append(_header_option(name, value))
+    ok.headers_to_remove.extend(decision.headers_to_remove)
+    _fill_struct(response.dynamic_metadata, decision.metadata)
+    return response
 
 
 def deny_response(decision: Decision) -> CheckResponse:

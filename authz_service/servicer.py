@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from prometheus_client import Counter
 
 from authz_service.envoy_adapter import to_auth_request, to_check_response
 from authz_service.metrics import CHECK_SECONDS, DECISIONS
 from dynaseal.authorizer import Authorizer
 
 log = logging.getLogger("dynaseal.authz")
+
+
+@functools.lru_cache(maxsize=128)
+def _decision_counter(result: str, code: str) -> Counter:
+    """The labelled counter child, looked up once per (result, code) instead of on every Check."""
+    return DECISIONS.labels(result, code)
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
@@ -27,7 +35,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         started = time.perf_counter()
         auth_request = to_auth_request(request)
         decision = await self.authorizer.decide(auth_request)
-        DECISIONS.labels("allow" if decision.allowed else "deny", decision.code).inc()
+        _decision_counter("allow" if decision.allowed else "deny", decision.code).inc()
         if not decision.allowed:
             log.info("deny", extra={"code": decision.code, "status": decision.status, "jti": decision.jti,
                                     "request_id": auth_request.request_id, "reason": decision.message})

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
 from redis.asyncio import BlockingConnectionPool
@@ -21,6 +23,7 @@ from dynaseal.claims import VerifiedKey
 from dynaseal.config import DynasealConfig
 from dynaseal.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.quota_scripts import ADMIT, SETTLE
+from dynaseal.redis_pipeline import PipelinedRedis
 from dynaseal.request_policy import CheckedRequest
 
 RESERVATION_TTL_MS = 15 * 60 * 1000
@@ -60,14 +63,26 @@ class Settlement:
 class RedisQuota:
     """The `Quota` of the authorizer, backed by one Redis (or a Cluster: keys share a slot)."""
 
-    def __init__(self, client: AsyncRedis, reservation_ttl_ms: int = RESERVATION_TTL_MS) -> None:
+    def __init__(self, client: AsyncRedis | PipelinedRedis, reservation_ttl_ms: int = RESERVATION_TTL_MS) -> None:
         self.client = client
         self.reservation_ttl_ms = reservation_ttl_ms
-        self._admit = client.register_script(ADMIT)
+        if isinstance(client, PipelinedRedis):
+            self._run_admit: Callable[[list[str], list[Any]], Awaitable[Any]] = \
+                lambda keys, args: client.eval_script(ADMIT, keys, args)
+        else:
+            script = client.register_script(ADMIT)
+            self._run_admit = lambda keys, args: script(keys=keys, args=args)
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float = 0.05) -> RedisQuota:
-        """A quota with bounded socket timeouts (a slow Redis must fail closed quickly)."""
+        """A quota with bounded timeouts (a slow Redis must fail closed quickly).
+
+        Plain `redis://` URLs get the pipelined client (one shared connection, one EVALSHA per
+        admit); others (TLS, unix sockets, URL options) get redis-py with a blocking pool.
+        """
+        pipelined = PipelinedRedis.from_url(url, timeout_s)
+        if pipelined is not None:
+            return cls(pipelined)
         # A blocking pool: a burst waits (bounded) for a connection instead of failing at once.
         pool = BlockingConnectionPool.from_url(url, max_connections=64, timeout=max(timeout_s, 0.1),
                                                socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
@@ -78,10 +93,10 @@ class RedisQuota:
         now_ms = int(time.time() * 1000)
         key_ttl = int(key.exp - time.time()) + KEY_TTL_MARGIN_S
         try:
-            status, spent, reserved, retry_ms = await self._admit(
-                keys=script_keys(key.jti),
-                args=[now_ms, request_id or f"anon-{now_ms}", request.reservation, _limit(key.budget),
-                      _limit(key.uses), _limit(key.rpm), self.reservation_ttl_ms, max(key_ttl, 60)])
+            status, spent, reserved, retry_ms = await self._run_admit(
+                script_keys(key.jti),
+                [now_ms, request_id or f"anon-{now_ms}", request.reservation, _limit(key.budget),
+                 _limit(key.uses), _limit(key.rpm), self.reservation_ttl_ms, max(key_ttl, 60)])
         except RedisError as exc:
             raise QuotaUnavailable(str(exc)) from exc
         if status >= 0:

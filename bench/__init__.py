@@ -1,0 +1,1 @@
+"""Dynaseal benchmarks: `python -m bench` (see bench/README.md)."""

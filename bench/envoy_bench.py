@@ -1,0 +1,105 @@
+"""One Envoy config with a listener per benchmark configuration, derived from the real gateway.
+
+Everything dynaseal-specific (the ext_authz filter, the authz cluster, the upstream cluster, the
+usage filters) is taken from `envoy/gateway.yaml.tmpl` as `dynaseal envoy-config` renders it, so
+tuning the template shows up here. The listeners:
+
+| name | auth | route | used by |
+|---|---|---|---|
+| `a_none` | none | `direct_response` 200 | gateway bench A |
+| `b_jwt` | Envoy `jwt_authn`: inline JWKS, same key and claims, jwt_cache | `direct_response` 200 | gateway bench B |
+| `c_dynaseal` | the gateway's ext_authz filter (dynaseal authz + Redis) | `direct_response` 200 | gateway bench C |
+| `s_none` | the gateway listener with ext_authz removed | the upstream mock | streaming bench |
+| `s_dynaseal` | the gateway listener exactly as rendered | the upstream mock | streaming bench |
+
+A to C share a minimal chain (auth filter, router) and end in a `direct_response`, so their
+difference is the auth filter alone, not the Python mock upstream (which would be the bottleneck).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.fixture import AUDIENCE, TENANT, BenchKeys
+from dynaseal import envoy_config
+from dynaseal.config import DynasealConfig
+
+EXT_AUTHZ = "envoy.filters.http.ext_authz"
+ROUTER = "envoy.filters.http.router"
+DIRECT_BODY = '{"id":"bench","object":"chat.completion","choices":[]}'
+
+
+def _hcm(listener: dict[str, Any]) -> dict[str, Any]:
+    typed: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return typed
+
+
+def _filter(hcm: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(f for f in hcm["http_filters"] if f["name"] == name)
+
+
+def jwt_authn_filter(keys: BenchKeys) -> dict[str, Any]:
+    """Envoy's native JWT check of the same token: issuer, audience, exp/nbf, EdDSA signature."""
+    return {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"bench": {
+                "issuer": TENANT,
+                "audiences": [AUDIENCE],
+                "local_jwks": {"inline_string": keys.jwks()},
+                "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+                "forward": False,
+                # dynaseal caches verified keys; give Envoy the same advantage.
+                "jwt_cache_config": {"jwt_cache_size": 1000},
+            }},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}],
+        },
+    }
+
+
+def _bench_listener(template: dict[str, Any], name: str, port: int,
+                    auth_filter: dict[str, Any] | None) -> dict[str, Any]:
+    listener = copy.deepcopy(template)
+    listener["name"] = name
+    listener["address"]["socket_address"]["port_value"] = port
+    hcm = _hcm(listener)
+    hcm["stat_prefix"] = name
+    hcm.pop("access_log", None)
+    hcm.pop("local_reply_config", None)
+    hcm["http_filters"] = [*([auth_filter] if auth_filter else []), _filter(hcm, ROUTER)]
+    hcm["route_config"] = {"name": name, "virtual_hosts": [{
+        "name": name, "domains": ["*"],
+        "routes": [{"match": {"prefix": "/"},
+                    "direct_response": {"status": 200, "body": {"inline_string": DIRECT_BODY}}}],
+    }]}
+    return listener
+
+
+def render(cfg: DynasealConfig, keys: BenchKeys, ports: dict[str, int], access_log: Path) -> str:
+    """The bench Envoy YAML; `ports` maps each listener name above to its port."""
+    gateway = yaml.safe_load(envoy_config.render(cfg, access_log))
+    listener = gateway["static_resources"]["listeners"][0]
+    ext_authz = copy.deepcopy(_filter(_hcm(listener), EXT_AUTHZ))
+
+    s_none = copy.deepcopy(listener)
+    s_none["name"] = "s_none"
+    s_none["address"]["socket_address"]["port_value"] = ports["s_none"]
+    _hcm(s_none)["stat_prefix"] = "s_none"
+    _hcm(s_none)["http_filters"] = [f for f in _hcm(s_none)["http_filters"] if f["name"] != EXT_AUTHZ]
+    s_dynaseal = copy.deepcopy(listener)
+    s_dynaseal["name"] = "s_dynaseal"
+    s_dynaseal["address"]["socket_address"]["port_value"] = ports["s_dynaseal"]
+
+    gateway["static_resources"]["listeners"] = [
+        _bench_listener(listener, "a_none", ports["a_none"], None),
+        _bench_listener(listener, "b_jwt", ports["b_jwt"], jwt_authn_filter(keys)),
+        _bench_listener(listener, "c_dynaseal", ports["c_dynaseal"], ext_authz),
+        s_none,
+        s_dynaseal,
+    ]
+    return yaml.safe_dump(gateway, sort_keys=False)

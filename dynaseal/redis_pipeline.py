@@ -1,0 +1,242 @@
+"""A minimal pipelined Redis client for the authz hot path: one connection, replies matched in order.
+
+Every in-flight Check shares one connection: commands issued in the same event-loop turn go out
+in one write, and Redis answers in order (RESP guarantees it), so a Check costs a few
+microseconds of Python instead of a pool checkout, a socket of its own and redis-py's layers.
+It speaks RESP2 over plain TCP with optional AUTH and SELECT; anything else (TLS, unix sockets,
+Cluster) stays with redis-py (`RedisQuota.from_url` decides). Failures raise redis-py's own
+exception types, so callers handle both clients alike (fail closed on `RedisError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import deque
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+_CRLF = b"\r\n"
+
+
+class _Incomplete(Exception):
+    """The buffer ends inside a reply."""
+
+
+def encode(args: tuple[Any, ...]) -> bytes:
+    """One command as a RESP array of bulk strings."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def parse(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
+    """One RESP2 reply starting at `pos`: (value, next position); errors come back as ResponseError."""
+    end = buf.find(_CRLF, pos)
+    if end < 0:
+        raise _Incomplete
+    kind, line = buf[pos:pos + 1], bytes(buf[pos + 1:end])
+    pos = end + 2
+    if kind == b":":
+        return int(line), pos
+    if kind == b"+":
+        return line, pos
+    if kind == b"-":
+        return ResponseError(line.decode(errors="replace")), pos
+    if kind == b"$":
+        size = int(line)
+        if size < 0:
+            return None, pos
+        if len(buf) < pos + size + 2:
+            raise _Incomplete
+        return bytes(buf[pos:pos + size]), pos + size + 2
+    if kind == b"*":
+        count = int(line)
+        if count < 0:
+            return None, pos
+        items = []
+        for _ in range(count):
+            item, pos = parse(buf, pos)
+            items.append(item)
+        return items, pos
+    raise RedisConnectionError(f"unexpected RESP reply type {kind!r}")
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection: writes batched per loop turn, replies handed to waiters in order."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.waiters: deque[asyncio.Future[Any]] = deque()
+        self.buffer = bytearray()
+        self.outgoing: list[bytes] = []
+        self.closed = False
+        self.last_read = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport (uvloop's is not an asyncio.Transport subclass, but behaves as one)."""
+        self.transport = cast(asyncio.Transport, transport)
+
+    def send(self, command: bytes) -> asyncio.Future[Any]:
+        """Queue a command; the future gets its reply (or the connection's failure)."""
+        if self.closed:
+            raise RedisConnectionError("redis connection is closed")
+        if not self.outgoing:
+            self.loop.call_soon(self._flush)
+        self.outgoing.append(command)
+        waiter = self.loop.create_future()
+        self.waiters.append(waiter)
+        return waiter
+
+    def _flush(self) -> None:
+        if self.outgoing and self.transport is not None and not self.closed:
+            self.transport.write(b"".join(self.outgoing))
+        self.outgoing.clear()
+
+    def data_received(self, data: bytes) -> None:
+        """Hand every complete reply to the oldest waiter (timed-out waiters just drop theirs)."""
+        self.last_read = time.monotonic()
+        buf: bytes | bytearray = data
+        if self.buffer:
+            self.buffer += data
+            buf = self.buffer
+        pos = 0
+        try:
+            while pos < len(buf):
+                reply, pos = parse(buf, pos)
+                waiter = self.waiters.popleft()
+                if not waiter.done():
+                    if isinstance(reply, ResponseError):
+                        waiter.set_exception(reply)
+                    else:
+                        waiter.set_result(reply)
+        except _Incomplete:
+            pass
+        except (IndexError, ValueError, RedisConnectionError) as exc:  # a reply nobody asked for: resync
+            self.abort(RedisConnectionError(f"redis protocol error: {exc}"))
+            return
+        self.buffer = bytearray(buf[pos:]) if pos < len(buf) else bytearray()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Fail everything still waiting."""
+        self.abort(RedisConnectionError(f"redis connection lost: {exc or 'closed by server'}"))
+
+    def abort(self, error: Exception) -> None:
+        """Close and fail every waiter with `error` (idempotent)."""
+        already = self.closed
+        self.closed = True
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+        if self.transport is not None and not already:
+            self.transport.abort()
+
+
+class PipelinedRedis:
+    """A lazily connected, self-reconnecting pipelined client with a per-command deadline."""
+
+    def __init__(self, host: str, port: int, *, db: int = 0, username: str | None = None,
+                 password: str | None = None, timeout_s: float = 0.05) -> None:
+        self.host, self.port, self.db = host, port, db
+        self.username, self.password = username, password
+        self.timeout_s = timeout_s
+        self._connection: _Connection | None = None
+        self._connecting: asyncio.Future[_Connection] | None = None
+        self._scripts: dict[str, str] = {}
+
+    @classmethod
+    def from_url(cls, url: str, timeout_s: float) -> PipelinedRedis | None:
+        """A client for a plain `redis://host:port/db` URL (user and password allowed), else None."""
+        parts = urlsplit(url)
+        if parts.scheme != "redis" or not parts.hostname or parts.query:
+            return None
+        path = parts.path.strip("/")
+        if path and not path.isdigit():
+            return None
+        return cls(parts.hostname, parts.port or 6379, db=int(path or 0),
+                   username=unquote(parts.username) if parts.username else None,
+                   password=unquote(parts.password) if parts.password else None, timeout_s=timeout_s)
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, connection = await asyncio.wait_for(
+                loop.create_connection(lambda: _Connection(loop), self.host, self.port), self.timeout_s)
+        except (OSError, TimeoutError) as exc:
+            raise RedisConnectionError(f"cannot connect to redis at {self.host}:{self.port}: {exc}") from None
+        setup = []
+        if self.password is not None:
+            auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
+            setup.append(connection.send(encode(auth)))
+        if self.db:
+            setup.append(connection.send(encode(("SELECT", self.db))))
+        try:
+            for waiter in setup:
+                await asyncio.wait_for(waiter, self.timeout_s)
+        except (TimeoutError, ResponseError) as exc:
+            connection.abort(RedisConnectionError("redis connection setup failed"))
+            raise RedisConnectionError(f"redis AUTH/SELECT failed: {exc}") from None
+        return connection
+
+    async def _ready(self) -> _Connection:
+        connection = self._connection
+        if connection is not None and not connection.closed:
+            return connection
+        if self._connecting is None:  # one connect attempt shared by every caller that needs it
+            self._connecting = asyncio.ensure_future(self._connect())
+        connecting = self._connecting
+        try:
+            connection = await asyncio.shield(connecting)
+        finally:
+            if self._connecting is connecting and connecting.done():
+                self._connecting = None
+        self._connection = connection
+        return connection
+
+    def _expire(self, waiter: asyncio.Future[Any], connection: _Connection, sent: float) -> None:
+        if waiter.done():
+            return
+        waiter.set_exception(RedisTimeoutError(f"redis did not answer within {self.timeout_s * 1000:.0f} ms"))
+        if connection.last_read < sent:  # nothing at all came back since: treat the connection as dead
+            connection.abort(RedisConnectionError("redis connection timed out"))
+
+    async def execute(self, *args: Any) -> Any:
+        """Run one command; raise RedisError subclasses on failure or after the deadline."""
+        connection = await self._ready()
+        waiter = connection.send(encode(args))
+        timer = connection.loop.call_later(self.timeout_s, self._expire, waiter, connection, time.monotonic())
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+
+    async def eval_script(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, or EVAL (which also caches the script) when Redis does not know it: one round trip."""
+        sha = self._scripts.get(script)
+        if sha is None:
+            sha = self._scripts[script] = hashlib.sha1(script.encode()).hexdigest()
+        try:
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await self.execute("EVAL", script, len(keys), *keys, *args)
+
+    async def ping(self) -> bool:
+        """PING answered with PONG."""
+        return bool(await self.execute("PING") == b"PONG")
+
+    async def aclose(self) -> None:
+        """Close the connection (a later command reconnects)."""
+        if self._connection is not None:
+            self._connection.abort(RedisConnectionError("client closed"))
+            self._connection = None
