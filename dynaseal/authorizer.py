@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+import orjson
+
 from dynaseal.claims import VerifiedKey
 from dynaseal.decision import Decision, allow, deny, deny_from
 from dynaseal.errors import ErrorCode, QuotaUnavailable, Refusal
@@ -127,6 +129,8 @@ class Authorizer:
         }
         if key.sub is not None:
             metadata["sub"] = key.sub
+        if key.cb is not None:  # echoed in callbacks; the claim check bounded it to 1 KiB
+            metadata["cb"] = orjson.dumps(key.cb).decode()
         if key.tenant.callback is not None and key.tenant.callback.include_content:
             metadata["capture_content"] = True
         return allow(headers, removed, metadata, key.jti)

@@ -20,6 +20,7 @@ MAX_N = 128
 # Reservation per message for role and framing tokens, and characters per prompt token: a
 # deliberately high estimate, replaced by the real usage when the usage event settles it.
 TOKENS_PER_MESSAGE = 4
+TOKENS_PER_REQUEST = 3  # the reply's priming tokens, counted in prompt_tokens by OpenAI-style servers
 CHARS_PER_TOKEN = 3
 
 
@@ -84,7 +85,7 @@ def _prompt_estimate(messages: list[Any]) -> int:
         elif isinstance(content, list):
             chars += sum(len(p.get("text", "")) for p in content if isinstance(p, dict)
                          and isinstance(p.get("text", ""), str))
-    return TOKENS_PER_MESSAGE * len(messages) + -(-chars // CHARS_PER_TOKEN)
+    return TOKENS_PER_REQUEST + TOKENS_PER_MESSAGE * len(messages) + -(-chars // CHARS_PER_TOKEN)
 
 
 def _check_params(body: Mapping[str, Any], key: VerifiedKey) -> None:

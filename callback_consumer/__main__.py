@@ -1,0 +1,76 @@
+"""`python -m callback_consumer` / `dynaseal consumer`: settle usage and deliver callbacks until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+from types import FrameType
+
+from prometheus_client import start_http_server
+
+from callback_consumer.consumer import CallbackConsumer, ConsumerOptions
+from callback_consumer.delivery import RetryPolicy
+from dynaseal import kafka_io
+from dynaseal.config import ConfigError, load_config
+from dynaseal.logs import setup_logging
+
+GROUP_ENV = "DYNASEAL_CONSUMER_GROUP"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options."""
+    parser = argparse.ArgumentParser(prog="dynaseal consumer", description=__doc__)
+    parser.add_argument("--config", help="config file (default: $DYNASEAL_CONFIG or dynaseal.yaml)")
+    parser.add_argument("--group-id", default=os.environ.get(GROUP_ENV) or kafka_io.DEFAULT_GROUP_ID,
+                        help=f"consumer group (default: ${GROUP_ENV} or %(default)s)")
+    parser.add_argument("--metrics-port", type=int, help="default: ports.consumer_metrics")
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP, config)")
+    parser.add_argument("--per-tenant", type=int, default=32, help="callbacks in flight per tenant")
+    parser.add_argument("--retry-base-s", type=float, default=0.5, help="first retry delay (doubles each time)")
+    parser.add_argument("--retry-cap-s", type=float, default=30.0, help="longest retry delay")
+    parser.add_argument("--session-timeout-ms", type=int, default=kafka_io.SESSION_TIMEOUT_MS)
+    parser.add_argument("--heartbeat-interval-ms", type=int, default=kafka_io.HEARTBEAT_INTERVAL_MS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and consume until stopped."""
+    args = build_parser().parse_args(argv)
+    setup_logging("consumer")
+    # kafka-python narrates every connection at INFO.
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    try:
+        cfg = load_config(args.config)
+        consumer = CallbackConsumer(ConsumerOptions(
+            config_path=args.config, bootstrap=args.bootstrap or kafka_io.bootstrap_servers(cfg),
+            group_id=args.group_id, client_id=f"dynaseal-consumer-{socket.gethostname()}-{os.getpid()}",
+            policy=RetryPolicy(args.retry_base_s, args.retry_cap_s), per_tenant=args.per_tenant,
+            session_timeout_ms=args.session_timeout_ms, heartbeat_interval_ms=args.heartbeat_interval_ms))
+    except ConfigError as exc:
+        print(f"dynaseal consumer: {exc}", file=sys.stderr)
+        return 2
+    try:
+        start_http_server(args.metrics_port or cfg.gateway.ports.consumer_metrics, addr=cfg.gateway.host)
+    except OSError as exc:
+        print(f"dynaseal consumer: cannot serve metrics: {exc}", file=sys.stderr)
+        return 2
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        consumer.stop()
+
+    def _reload(signum: int, frame: FrameType | None) -> None:
+        consumer.reload()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _reload)
+    consumer.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,225 @@
+"""The consumer's poll loop: fetch, hand off to deliveries, commit in order, report lag; and a clean shutdown.
+
+Only this thread touches the KafkaConsumer (it is not thread-safe). It polls every 100 ms whatever
+the deliveries are doing, so a slow tenant can never push it past max_poll_interval_ms; when too
+much is in flight it pauses its partitions instead of blocking.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+from redis import Redis
+
+from callback_consumer import metrics
+from callback_consumer.delivery import Deliverer, Job, RetryPolicy
+from callback_consumer.dispatcher import Dispatcher
+from callback_consumer.dlq import DeadLetters
+from callback_consumer.offsets import OffsetTracker
+from callback_consumer.settlement import SettlementBatcher
+from dynaseal import kafka_io
+from dynaseal.config import ConfigError, load_config
+from dynaseal.quota import redis_url
+from dynaseal.tenants import Registry, build_registry
+
+log = logging.getLogger("callback_consumer")
+POLL_MS = 100
+COMMIT_EVERY_S = 0.2
+LAG_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class ConsumerOptions:
+    """How the consumer runs (command line and defaults)."""
+
+    config_path: str | None
+    bootstrap: str
+    group_id: str = kafka_io.DEFAULT_GROUP_ID
+    client_id: str = "dynaseal-consumer"
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    per_tenant: int = 32
+    # Events held in memory before partitions are paused: a dead tenant's retries may hold many.
+    max_in_flight: int = 20_000
+    drain_s: float = 8.0
+    session_timeout_ms: int = kafka_io.SESSION_TIMEOUT_MS
+    heartbeat_interval_ms: int = kafka_io.HEARTBEAT_INTERVAL_MS
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Runs on kafka's IO thread, where blocking calls (commit) are not allowed: it only forgets."""
+
+    def __init__(self, tracker: OffsetTracker) -> None:
+        self.tracker = tracker
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        """Forget revoked partitions: finished-but-uncommitted events there will be read again."""
+        self.tracker.forget(revoked)
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """Log the new assignment."""
+        log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
+
+
+class CallbackConsumer:
+    """One member of the callback consumer group."""
+
+    def __init__(self, options: ConsumerOptions) -> None:
+        self.options = options
+        cfg = load_config(options.config_path)
+        self.registry: Registry = build_registry(cfg)
+        self.stopping = threading.Event()
+        self._reload_requested = threading.Event()
+        self.tracker = OffsetTracker()
+        self._abandon = threading.Event()
+        self.dead_letters = DeadLetters(options.bootstrap, options.client_id, self._abandon)
+        self.redis = Redis.from_url(redis_url(cfg), socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blocking")
+        self.dispatcher = Dispatcher(lambda abandon: Deliverer(
+            lambda: self.registry, SettlementBatcher(self.redis, self.executor), self.dead_letters, self.executor,
+            options.policy, options.per_tenant, abandon))
+        self._paused = False
+        self._last_commit = 0.0
+        self._lag_at = 0.0
+        self._lag_labels: set[str] = set()
+
+    def stop(self) -> None:
+        """Ask the loop to stop polling, drain and exit."""
+        self.stopping.set()
+
+    def reload(self) -> None:
+        """Ask for the config to be loaded again (safe from a signal handler: the loop does it)."""
+        self._reload_requested.set()
+
+    def _reload(self) -> None:
+        """Load tenants (callback URLs, secrets) again; keep the old ones if the new config is bad."""
+        self._reload_requested.clear()
+        try:
+            self.registry = build_registry(load_config(self.options.config_path))
+            log.info("config reloaded")
+        except ConfigError as exc:
+            log.error("config reload rejected; keeping the previous config", extra={"error": str(exc)})
+
+    def _connect(self) -> KafkaConsumer | None:
+        while not self.stopping.is_set():
+            try:
+                kafka_io.ensure_topics(self.options.bootstrap)
+                consumer = kafka_io.new_consumer(
+                    self.options.bootstrap, self.options.group_id, self.options.client_id,
+                    session_timeout_ms=self.options.session_timeout_ms,
+                    heartbeat_interval_ms=self.options.heartbeat_interval_ms)
+                consumer.subscribe([kafka_io.USAGE_TOPIC], listener=_Rebalance(self.tracker))
+                log.info("consuming", extra={"group_id": self.options.group_id})
+                return consumer
+            except KafkaError as exc:
+                log.warning("broker unreachable; retrying", extra={"error": str(exc)})
+                self.stopping.wait(1.0)
+        return None
+
+    def _collect(self) -> None:
+        while True:
+            try:
+                job, outcome = self.dispatcher.finished.get_nowait()
+            except queue.Empty:
+                return
+            if outcome.finished:
+                self.tracker.done(job.tp, job.offset)
+
+    def _commit(self, consumer: KafkaConsumer, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_commit < COMMIT_EVERY_S:
+            return
+        self._last_commit = now
+        offsets = self.tracker.committable()
+        if not offsets:
+            return
+        try:
+            consumer.commit({tp: OffsetAndMetadata(n, "", -1) for tp, n in offsets.items()})
+            self.tracker.committed(offsets)
+        except KafkaError as exc:  # lost the partitions in a rebalance: their new owner redelivers
+            log.warning("offset commit failed; those events may be delivered again", extra={"error": str(exc)})
+
+    def _flow_control(self, consumer: KafkaConsumer) -> None:
+        in_flight = self.tracker.in_flight()
+        if in_flight >= self.options.max_in_flight:
+            consumer.pause(*consumer.assignment())
+            self._paused = True
+        elif self._paused and in_flight <= self.options.max_in_flight // 2:
+            consumer.resume(*consumer.paused())
+            self._paused = False
+
+    def _update_lag(self, consumer: KafkaConsumer) -> None:
+        now = time.monotonic()
+        if now - self._lag_at < LAG_EVERY_S:
+            return
+        self._lag_at = now
+        total, labels = 0, set()
+        for tp in consumer.assignment():
+            # The fetch high-water mark, not end_offsets(): the dev broker answers ListOffsets wrongly.
+            high = consumer.highwater(tp)
+            low = self.tracker.low_water(tp)
+            if high is None or low is None:
+                continue
+            lag = max(0, high - low)
+            metrics.LAG.labels(str(tp.partition)).set(lag)
+            labels.add(str(tp.partition))
+            total += lag
+        for stale in self._lag_labels - labels:
+            metrics.LAG.remove(stale)
+        self._lag_labels = labels
+        metrics.LAG_TOTAL.set(total)
+
+    def _poll_once(self, consumer: KafkaConsumer) -> None:
+        if self._reload_requested.is_set():
+            self._reload()
+        self._flow_control(consumer)
+        records = consumer.poll(timeout_ms=POLL_MS)
+        owned = consumer.assignment()
+        jobs = []
+        for tp, batch in records.items():
+            if tp not in owned:
+                continue
+            for record in batch:
+                self.tracker.add(tp, record.offset)
+                jobs.append(Job(tp, record.offset, record.key, record.value))
+        if jobs:
+            self.dispatcher.submit(jobs)
+        self._collect()
+        self._commit(consumer)
+        self._update_lag(consumer)
+
+    def run(self) -> None:
+        """Consume until stopped, then drain deliveries, commit and leave the group."""
+        self.dispatcher.start()
+        consumer = self._connect()
+        try:
+            while consumer is not None and not self.stopping.is_set():
+                try:
+                    self._poll_once(consumer)
+                except KafkaError as exc:
+                    log.warning("poll failed; retrying", extra={"error": str(exc)})
+                    self.stopping.wait(0.5)
+        finally:
+            self._shutdown(consumer)
+
+    def _shutdown(self, consumer: KafkaConsumer | None) -> None:
+        log.info("stopping: draining in-flight deliveries", extra={"in_flight": self.tracker.in_flight()})
+        self._abandon.set()
+        self.dispatcher.drain(self.options.drain_s)
+        if consumer is not None:
+            self._collect()
+            self._commit(consumer, force=True)
+            kafka_io.close_quietly(consumer, timeout_s=5)
+        self.dead_letters.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.redis.close()
+        log.info("stopped")

@@ -1,0 +1,223 @@
+"""One event's journey: settle its reservation, then deliver its signed callback, retrying or dead-lettering.
+
+Outcomes: `delivered` (2xx), `dlq` (a non-retryable status, exhausted retries, an undecodable event,
+a tenant no longer configured), `no_callback` (the tenant has no callback: settled only) — all three
+let the offset be committed — and `abandoned` (shutdown came first), which leaves the offset
+uncommitted so the event is read again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+from kafka import TopicPartition
+from redis.exceptions import RedisError
+
+from callback_consumer import metrics
+from callback_consumer.dlq import DeadLetters, dlq_headers
+from callback_consumer.http_client import CallbackClient, CallbackTransportError
+from callback_consumer.settlement import SettlementBatcher
+from dynaseal.callbacks import CallbackSigner, callback_body, is_retryable
+from dynaseal.pb import UsageEvent
+from dynaseal.tenants import Registry, Tenant
+
+log = logging.getLogger("callback_consumer.delivery")
+
+
+class Outcome(enum.StrEnum):
+    """How handling one event ended."""
+
+    DELIVERED = "delivered"
+    DLQ = "dlq"
+    NO_CALLBACK = "no_callback"
+    ABANDONED = "abandoned"
+
+    @property
+    def finished(self) -> bool:
+        """Whether the event's offset may be committed."""
+        return self is not Outcome.ABANDONED
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One Kafka record to handle."""
+
+    tp: TopicPartition
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: attempt n waits between half and all of min(cap, base·2ⁿ⁻¹)."""
+
+    base_s: float = 0.5
+    cap_s: float = 30.0
+
+    def delay(self, attempt: int, retry_after_s: float | None = None) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        ceiling = min(self.cap_s, self.base_s * 2 ** (attempt - 1))
+        wait = ceiling / 2 + random.uniform(0, ceiling / 2)
+        if retry_after_s is not None:  # the receiver said when (429/503): honour it, within the cap
+            wait = max(wait, min(retry_after_s, self.cap_s))
+        return wait
+
+
+def _seconds(retry_after: str | None) -> float | None:
+    try:
+        return float(retry_after) if retry_after else None
+    except ValueError:  # an HTTP date: not worth parsing, the backoff applies
+        return None
+
+
+class Deliverer:
+    """Handles jobs on one event loop; per-tenant HTTP clients bound how much any one tenant can hold."""
+
+    def __init__(self, registry: Callable[[], Registry], settlements: SettlementBatcher, dead_letters: DeadLetters,
+                 executor: Executor, policy: RetryPolicy, per_tenant: int, abandon: asyncio.Event) -> None:
+        self.registry = registry
+        self.settlements = settlements
+        self.dead_letters = dead_letters
+        self.executor = executor
+        self.policy = policy
+        self.per_tenant = per_tenant
+        self.abandon = abandon
+        self._clients: dict[str, CallbackClient] = {}
+        self._signers: dict[str, tuple[str, CallbackSigner]] = {}
+        self._gates: dict[str, asyncio.Semaphore] = {}
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep, unless shutdown comes first; True if the full pause passed."""
+        try:
+            await asyncio.wait_for(self.abandon.wait(), seconds)
+        except TimeoutError:
+            return True
+        return False
+
+    async def _blocking(self, fn: Callable[..., object], *args: object) -> object:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def _settle(self, event: UsageEvent) -> bool:
+        """Settle the reservation with the event's tokens (idempotent per request_id); False if abandoned."""
+        delay = 0.2
+        while True:
+            try:
+                await self.settlements.settle(event.jti, event.request_id, event.total_tokens)
+                return True
+            except RedisError as exc:
+                metrics.SETTLE_ERRORS.inc()
+                log.warning("settlement failed; retrying", extra={"request_id": event.request_id,
+                                                                   "jti": event.jti, "error": str(exc)})
+            # Shutdown stops retries only: a job handed out before it still gets its first attempt.
+            if not await self._pause(delay):
+                return False
+            delay = min(delay * 2, 5.0)
+
+    def _client(self, tenant: Tenant) -> CallbackClient:
+        assert tenant.callback is not None
+        client = self._clients.get(tenant.id)
+        if client is None or client.url != tenant.callback.url:  # new tenant, or its URL changed on reload
+            if client is not None:
+                client.close()
+            # One pool per tenant: a slow tenant holds its own connections, never another's.
+            client = self._clients[tenant.id] = CallbackClient(tenant.callback.url, max_idle=self.per_tenant)
+        return client
+
+    def _signer(self, tenant: Tenant) -> CallbackSigner:
+        assert tenant.callback_secret is not None
+        secret = tenant.callback_secret.get_secret_value()
+        cached = self._signers.get(tenant.id)
+        if cached is None or cached[0] != secret:
+            cached = (secret, CallbackSigner.from_secret(secret))
+            self._signers[tenant.id] = cached
+        return cached[1]
+
+    async def _attempt(self, tenant: Tenant, event: UsageEvent, body: bytes) -> tuple[int | None, float | None]:
+        """One POST: (status or None on a timeout/connection error, Retry-After seconds)."""
+        assert tenant.callback is not None
+        headers = self._signer(tenant).headers(event.request_id, body)
+        started = time.perf_counter()
+        try:
+            reply = await self._client(tenant).post(body, headers, tenant.callback.timeout_s)
+        except TimeoutError:
+            metrics.CALLBACK_SECONDS.labels("timeout").observe(time.perf_counter() - started)
+            return None, None
+        except CallbackTransportError:
+            metrics.CALLBACK_SECONDS.labels("connection_error").observe(time.perf_counter() - started)
+            return None, None
+        metrics.CALLBACK_SECONDS.labels(f"{reply.status // 100}xx").observe(time.perf_counter() - started)
+        return reply.status, _seconds(reply.retry_after)
+
+    async def _dead_letter(self, job: Job, request_id: str, reason: str, status: int | None, attempts: int) -> Outcome:
+        headers = dlq_headers(reason, status, attempts, f"{job.tp.topic}/{job.tp.partition}/{job.offset}")
+        if not await self._blocking(self.dead_letters.publish, job.key, job.value, headers):
+            return Outcome.ABANDONED
+        metrics.DLQ.labels(reason.split(":")[0]).inc()
+        log.warning("event sent to the DLQ", extra={"request_id": request_id, "reason": reason, "status": status,
+                                                    "attempts": attempts})
+        return Outcome.DLQ
+
+    async def _deliver(self, job: Job, tenant: Tenant, event: UsageEvent) -> Outcome:
+        assert tenant.callback is not None
+        body = callback_body(event, tenant.callback.include_content)
+        max_attempts = tenant.callback.max_attempts
+        for attempt in range(1, max_attempts + 1):
+            async with self._gate(tenant.id):
+                status, retry_after = await self._attempt(tenant, event, body)
+            if status is not None and 200 <= status < 300:
+                metrics.EVENT_AGE_SECONDS.observe(max(0.0, time.time() - event.shipped_at_ms / 1000))
+                return Outcome.DELIVERED
+            reason = "timeout_or_connection" if status is None else f"http_{status}"
+            if status is not None and not is_retryable(status):
+                return await self._dead_letter(job, event.request_id, f"rejected:{reason}", status, attempt)
+            if attempt == max_attempts:
+                return await self._dead_letter(job, event.request_id, f"exhausted:{reason}", status, attempt)
+            metrics.RETRIES.labels(reason if status is None else f"{status // 100}xx").inc()
+            if not await self._pause(self.policy.delay(attempt, retry_after)):
+                return Outcome.ABANDONED
+        return Outcome.ABANDONED  # unreachable: the loop returns on its last attempt
+
+    def _gate(self, tenant_id: str) -> asyncio.Semaphore:
+        """At most `per_tenant` callbacks in flight to one tenant."""
+        gate = self._gates.get(tenant_id)
+        if gate is None:
+            gate = self._gates[tenant_id] = asyncio.Semaphore(self.per_tenant)
+        return gate
+
+    async def handle(self, job: Job) -> Outcome:
+        """Settle and deliver one event; how it ended."""
+        try:
+            event = UsageEvent.FromString(job.value)
+        except DecodeError:
+            return await self._dead_letter(job, "-", "undecodable", None, 0)
+        if not await self._settle(event):
+            return Outcome.ABANDONED
+        tenant = self.registry().get(event.tenant)
+        if tenant is None:  # removed from the config since: keep the event for a person to look at
+            return await self._dead_letter(job, event.request_id, "unknown_tenant", None, 0)
+        if tenant.callback is None or tenant.callback_secret is None:
+            return Outcome.NO_CALLBACK
+        return await self._deliver(job, tenant, event)
+
+    async def dead_letter_on_error(self, job: Job) -> Outcome:
+        """DLQ an event whose handling raised unexpectedly (abandoned if even that fails)."""
+        try:
+            return await self._dead_letter(job, "-", "internal_error", None, 0)
+        except Exception:
+            log.exception("could not dead-letter an event after an error", extra={"offset": job.offset})
+            return Outcome.ABANDONED
+
+    async def aclose(self) -> None:
+        """Close every tenant's connections."""
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()

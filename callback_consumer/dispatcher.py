@@ -1,0 +1,99 @@
+"""Deliveries run on an asyncio loop in their own thread, so the Kafka poll loop never waits on a tenant.
+
+The poll thread hands over whole poll batches (`submit`) and collects finished jobs from `finished`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+from callback_consumer import metrics
+from callback_consumer.delivery import Deliverer, Job, Outcome
+
+log = logging.getLogger("callback_consumer.dispatcher")
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a declared dependency on POSIX
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class Dispatcher:
+    """Owns the delivery event loop; `drain` finishes what is in flight and stops it."""
+
+    def __init__(self, make_deliverer: Callable[[asyncio.Event], Deliverer]) -> None:
+        self.finished: queue.SimpleQueue[tuple[Job, Outcome]] = queue.SimpleQueue()
+        self._make_deliverer = make_deliverer
+        self._loop = _new_loop()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="deliveries", daemon=True)
+        self._abandon: asyncio.Event | None = None
+        self._deliverer: Deliverer | None = None
+
+    def start(self) -> None:
+        """Start the loop thread and wait until it accepts jobs."""
+        self._thread.start()
+        self._ready.wait()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._abandon = asyncio.Event()
+        self._deliverer = self._make_deliverer(self._abandon)
+        self._loop.call_soon(self._ready.set)
+        self._loop.run_forever()
+
+    def submit(self, jobs: list[Job]) -> None:
+        """Start delivering these jobs (thread-safe, returns at once)."""
+        self._loop.call_soon_threadsafe(self._spawn, jobs)
+
+    def _spawn(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            task = self._loop.create_task(self._one(job))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        metrics.IN_FLIGHT.set(len(self._tasks))
+
+    async def _one(self, job: Job) -> None:
+        assert self._deliverer is not None
+        try:
+            outcome = await self._deliverer.handle(job)
+        except Exception:
+            # A bug, not a tenant problem: keep the event where a person will see it.
+            log.exception("unexpected error handling an event", extra={"offset": job.offset})
+            outcome = await self._deliverer.dead_letter_on_error(job)
+        metrics.DELIVERIES.labels(outcome.value).inc()
+        self.finished.put((job, outcome))
+        metrics.IN_FLIGHT.set(len(self._tasks) - 1)
+
+    async def _drain(self, timeout_s: float) -> None:
+        assert self._abandon is not None and self._deliverer is not None
+        self._abandon.set()  # retries give up now; every job handed out still gets its first attempt
+        pending = set(self._tasks)
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=timeout_s)
+            for task in still:
+                task.cancel()
+            if still:
+                log.warning("deliveries cut off by shutdown; they will be redelivered", extra={"count": len(still)})
+                await asyncio.wait(still, timeout=1.0)
+        await self._deliverer.aclose()
+
+    def drain(self, timeout_s: float) -> None:
+        """Let in-flight deliveries finish (at most timeout_s), then stop the loop and its thread."""
+        if not self._thread.is_alive():
+            return
+        future = asyncio.run_coroutine_threadsafe(self._drain(timeout_s), self._loop)
+        try:
+            future.result(timeout_s + 5)
+        except Exception:
+            log.exception("error while draining deliveries")
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)

@@ -1,0 +1,70 @@
+"""The dead-letter queue: events that cannot be delivered go to `dynaseal.usage.v1.dlq`, acknowledged."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from dynaseal import kafka_io
+
+log = logging.getLogger("callback_consumer.dlq")
+SEND_TIMEOUT_S = 15.0
+RETRY_MIN_S, RETRY_MAX_S = 0.5, 5.0
+
+
+class DeadLetters:
+    """Publishes to the DLQ topic from any thread; a failed send recreates the producer and tries again."""
+
+    def __init__(self, bootstrap: str, client_id: str, abandon: threading.Event) -> None:
+        self.bootstrap = bootstrap
+        self.client_id = client_id
+        # Set at shutdown: stop retrying, the event stays uncommitted and is read again later.
+        self.abandon = abandon
+        self._lock = threading.Lock()
+        self._producer: KafkaProducer | None = None
+
+    def _current(self) -> KafkaProducer:
+        with self._lock:
+            if self._producer is None:
+                kafka_io.ensure_topics(self.bootstrap)
+                self._producer = kafka_io.new_producer(self.bootstrap, f"{self.client_id}-dlq", linger_ms=0)
+            return self._producer
+
+    def _discard(self, producer: KafkaProducer | None) -> None:
+        with self._lock:
+            if producer is not None and self._producer is producer:
+                self._producer = None
+        kafka_io.close_quietly(producer, timeout_s=0)
+
+    def publish(self, key: bytes | None, value: bytes, headers: dict[str, str]) -> bool:
+        """Write one record and wait for the broker's acknowledgement; False if shutdown stopped the retries."""
+        delay = RETRY_MIN_S
+        encoded = [(name, text.encode()) for name, text in headers.items()]
+        while True:
+            producer = None
+            try:
+                producer = self._current()
+                producer.send(kafka_io.DLQ_TOPIC, key=key, value=value, headers=encoded).get(timeout=SEND_TIMEOUT_S)
+                return True
+            except KafkaError as exc:
+                log.warning("DLQ write failed; retrying with a new producer", extra={"error": str(exc)})
+                self._discard(producer)
+                if self.abandon.wait(delay):
+                    return False
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    def close(self) -> None:
+        """Flush and close the producer."""
+        with self._lock:
+            producer, self._producer = self._producer, None
+        kafka_io.close_quietly(producer, timeout_s=5)
+
+
+def dlq_headers(reason: str, status: int | None, attempts: int, source: str) -> dict[str, str]:
+    """Why an event is dead-lettered, for whoever replays the DLQ."""
+    return {"dlq_reason": reason, "dlq_status": "" if status is None else str(status),
+            "dlq_attempts": str(attempts), "dlq_source": source, "dlq_at_ms": str(int(time.time() * 1000))}

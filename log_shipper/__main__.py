@@ -1,0 +1,64 @@
+"""`python -m log_shipper` / `dynaseal shipper`: ship Envoy's access log to Kafka until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from prometheus_client import start_http_server
+
+from dynaseal import kafka_io
+from dynaseal.config import ConfigError, load_config
+from dynaseal.logs import setup_logging
+from log_shipper.shipper import Shipper, ShipperOptions
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options."""
+    parser = argparse.ArgumentParser(prog="dynaseal shipper", description=__doc__)
+    parser.add_argument("--config", help="config file (default: $DYNASEAL_CONFIG or dynaseal.yaml)")
+    parser.add_argument("--access-log", type=Path, help="default: <data_dir>/envoy/access.log")
+    parser.add_argument("--checkpoint", type=Path, help="default: <data_dir>/shipper/checkpoint.json")
+    parser.add_argument("--metrics-port", type=int, help="default: ports.shipper_metrics")
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP, config)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and ship until stopped."""
+    args = build_parser().parse_args(argv)
+    setup_logging("shipper")
+    # kafka-python narrates every connection at INFO.
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"dynaseal shipper: {exc}", file=sys.stderr)
+        return 2
+    data_dir = Path(cfg.gateway.data_dir)
+    shipper = Shipper(ShipperOptions(
+        access_log=args.access_log or data_dir / "envoy" / "access.log",
+        checkpoint_path=args.checkpoint or data_dir / "shipper" / "checkpoint.json",
+        bootstrap=args.bootstrap or kafka_io.bootstrap_servers(cfg),
+    ))
+    try:
+        start_http_server(args.metrics_port or cfg.gateway.ports.shipper_metrics, addr=cfg.gateway.host)
+    except OSError as exc:
+        print(f"dynaseal shipper: cannot serve metrics: {exc}", file=sys.stderr)
+        return 2
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        shipper.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    shipper.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""The callback body (DESIGN §7), its Standard Webhooks signature, and the HTTP client that delivers it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from dynaseal.callbacks import CallbackSigner, callback_body, callback_payload, is_retryable
+from dynaseal.pb import UsageEvent
+
+SECRET = "whsec_ZHluYXNlYWwtZGV2LXdlYmhvb2stc2VjcmV0LTAwMQ=="
+
+
+def event(**overrides: object) -> UsageEvent:
+    """A typical streamed, upstream-billed event."""
+    fields: dict[str, object] = {
+        "request_id": "req-1", "tenant": "t1", "jti": "key-1", "event_id": "evt-1", "sub": "client1",
+        "model": "deepseek-chat", "stream": True, "status": 200, "response_flags": "-", "prompt_tokens": 12,
+        "completion_tokens": 45, "total_tokens": 57, "reserved": 80, "usage_source": "upstream",
+        "started_at": "2026-11-23T10:32:22.903Z", "duration_ms": 812, "path": "/v1/chat/completions",
+        "content": "Hello edge", "cb_json": '{"order": 7}',
+    }
+    fields.update(overrides)
+    return UsageEvent(**fields)  # type: ignore[arg-type]
+
+
+def test_body_has_the_design_fields() -> None:
+    body = json.loads(callback_body(event(), include_content=True))
+    assert body == {
+        "type": "usage", "event_id": "evt-1", "content": "Hello edge", "tokens": 57,
+        "usage": {"prompt_tokens": 12, "completion_tokens": 45, "total_tokens": 57},
+        "usage_source": "upstream", "model": "deepseek-chat", "key_id": "key-1", "sub": "client1",
+        "request_id": "req-1", "status": 200, "stream": True, "started_at": "2026-11-23T10:32:22.903Z",
+        "duration_ms": 812, "cb": {"order": 7},
+    }
+
+
+def test_content_only_when_the_tenant_asks() -> None:
+    assert callback_payload(event(), include_content=False)["content"] is None
+    assert callback_payload(event(content=None), include_content=True)["content"] is None
+
+
+def test_missing_optional_fields_become_null_and_empty() -> None:
+    bare = UsageEvent(request_id="r", tenant="t", jti="k", event_id="k", usage_source="none", status=500)
+    payload = callback_payload(bare, include_content=True)
+    assert payload["sub"] is None and payload["content"] is None and payload["cb"] == {}
+    assert payload["tokens"] == 0 and payload["status"] == 500
+
+
+def test_bad_cb_json_does_not_break_the_callback() -> None:
+    assert callback_payload(event(cb_json="{not json"), include_content=False)["cb"] == {}
+
+
+def test_signature_verifies_with_the_tenant_secret_and_webhook_id_is_the_request_id() -> None:
+    body = callback_body(event(), include_content=True)
+    headers = CallbackSigner.from_secret(SECRET).headers("req-1", body)
+    assert headers["webhook-id"] == "req-1"
+    assert headers["content-type"] == "application/json"
+    assert headers["webhook-signature"].startswith("v1,")
+    assert Webhook(SECRET).verify(body, headers)["request_id"] == "req-1"
+
+
+def test_every_attempt_has_a_fresh_timestamp_and_the_same_id() -> None:
+    signer = CallbackSigner.from_secret(SECRET)
+    body = callback_body(event(), include_content=False)
+    now = datetime.now(UTC)
+    first = signer.headers("req-1", body, now - timedelta(minutes=4))
+    retry = signer.headers("req-1", body, now)
+    assert first["webhook-id"] == retry["webhook-id"]
+    assert first["webhook-timestamp"] != retry["webhook-timestamp"]
+    assert first["webhook-signature"] != retry["webhook-signature"]
+    Webhook(SECRET).verify(body, retry)
+
+
+def test_tampered_body_or_other_secret_fails_verification() -> None:
+    body = callback_body(event(), include_content=False)
+    headers = CallbackSigner.from_secret(SECRET).headers("req-1", body)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(body.replace(b"57", b"5"), headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook("whsec_b3RoZXItc2VjcmV0LW90aGVyLXNlY3JldA==").verify(body, headers)
+
+
+@pytest.mark.parametrize(("status", "retry"), [(500, True), (502, True), (503, True), (408, True), (429, True),
+                                               (400, False), (401, False), (404, False), (410, False),
+                                               (301, False)])
+def test_which_statuses_are_retried(status: int, retry: bool) -> None:
+    assert is_retryable(status) is retry
+
+
+# The consumer's HTTP client (callback_consumer.http_client): asyncio + h11, keep-alive per tenant.
+
+class _Server:
+    """A scripted HTTP/1.1 server: answers each request with the next canned reply, counts connections."""
+
+    def __init__(self, replies: list[bytes]) -> None:
+        self.replies = replies
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.server: asyncio.AbstractServer | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                self.requests.append(head + await reader.readexactly(length))
+                reply = self.replies.pop(0)
+                if reply == b"hang":
+                    await asyncio.sleep(10)
+                writer.write(reply)
+                await writer.drain()
+                if b"connection: close" in reply.lower():
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/v1/callback/usage?tenant=t1"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+CHUNKED = b"HTTP/1.1 503 Unavailable\r\nretry-after: 7\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+CLOSE = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+def test_client_reuses_connections_and_reads_chunked_replies() -> None:
+    from callback_consumer.http_client import CallbackClient
+
+    async def scenario() -> None:
+        server = _Server([OK, CHUNKED, OK])
+        async with server as url:
+            client = CallbackClient(url)
+            first = await client.post(b"{}", {"webhook-id": "a"}, 2)
+            second = await client.post(b"{}", {"webhook-id": "b"}, 2)
+            third = await client.post(b"{}", {"webhook-id": "c"}, 2)
+            client.close()
+        assert (first.status, second.status, third.status) == (200, 503, 200)
+        assert second.retry_after == "7"
+        assert server.connections == 1
+        assert server.requests[0].startswith(b"POST /v1/callback/usage?tenant=t1 HTTP/1.1\r\n")
+        assert b"webhook-id: a" in server.requests[0] and server.requests[0].endswith(b"{}")
+
+    asyncio.run(scenario())
+
+
+def test_client_opens_a_new_connection_when_the_receiver_closed_one() -> None:
+    from callback_consumer.http_client import CallbackClient
+
+    async def scenario() -> None:
+        server = _Server([CLOSE, OK])
+        async with server as url:
+            client = CallbackClient(url)
+            assert (await client.post(b"{}", {}, 2)).status == 200
+            assert (await client.post(b"{}", {}, 2)).status == 200
+            client.close()
+        assert server.connections == 2
+
+    asyncio.run(scenario())
+
+
+def test_client_times_out_and_reports_connection_errors() -> None:
+    from conftest import free_ports
+
+    from callback_consumer.http_client import CallbackClient, CallbackTransportError
+
+    async def scenario() -> None:
+        async with _Server([b"hang"]) as url:
+            with pytest.raises(TimeoutError):
+                await CallbackClient(url).post(b"{}", {}, 0.2)
+        with pytest.raises(CallbackTransportError):
+            await CallbackClient(f"http://127.0.0.1:{free_ports(1)[0]}/cb").post(b"{}", {}, 2)
+
+    asyncio.run(scenario())
+
+
+def test_client_rejects_non_http_urls() -> None:
+    from callback_consumer.http_client import CallbackClient
+
+    with pytest.raises(ValueError):
+        CallbackClient("ftp://example.com/cb")
