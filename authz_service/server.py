@@ -94,13 +94,14 @@ class AuthzServer:
                 seen = self._watched_files()
 
     async def _watch_dependencies(self) -> None:
-        """Report SERVING only while Redis answers: an authz that cannot decide takes no traffic."""
+        """Readiness: the Authorization service is SERVING only while Redis answers, so an authz that
+        cannot decide takes no traffic. Liveness (service "") stays SERVING: a Redis outage is not a
+        reason to restart authz."""
         current = None
         while True:
             ok = await self.quota.ping()
             if ok != current:
-                for name in ("", AUTHZ_SERVICE):
-                    await self.health.set(name, SERVING if ok else NOT_SERVING)
+                await self.health.set(AUTHZ_SERVICE, SERVING if ok else NOT_SERVING)
                 if ok:
                     log.info("redis reachable: SERVING")
                 else:

@@ -85,6 +85,8 @@ class UpstreamConfig(_Strict):
 
     base_url: str | None = None
     api_key_env: str | None = None
+    # CA bundle Envoy verifies an https upstream against: the provider key must never go to an impostor.
+    ca_file: str = "/etc/ssl/certs/ca-certificates.crt"
 
 
 class TenantUpstream(_Strict):

@@ -46,7 +46,7 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _tls_block(upstream: Upstream) -> str:
+def _tls_block(upstream: Upstream, ca_file: str) -> str:
     if upstream.scheme != "https":
         return ""
     return (
@@ -55,6 +55,10 @@ def _tls_block(upstream: Upstream) -> str:
         "      typed_config:\n"
         '        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n'
         f"        sni: {upstream.host}\n"
+        "        common_tls_context:\n"
+        "          validation_context:\n"
+        f"            trusted_ca: {{ filename: {ca_file} }}\n"
+        f"            match_typed_subject_alt_names: [{{ san_type: DNS, matcher: {{ exact: {upstream.host} }} }}]\n"
     )
 
 
@@ -79,7 +83,7 @@ def render(cfg: DynasealConfig, access_log: Path, authz_host: str | None = None,
         upstream_discovery="STATIC" if _is_ip(upstream.host) else "LOGICAL_DNS",
         upstream_address=upstream.host,
         upstream_port=upstream.port,
-        upstream_tls=_tls_block(upstream),
+        upstream_tls=_tls_block(upstream, gw.upstream.ca_file),
     )
 
 

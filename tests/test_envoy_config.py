@@ -28,6 +28,11 @@ def test_rendered_config_validates(tmp_path: Path, cfg: DynasealConfig, config_p
     ext_authz = filters["http_filters"][0]["typed_config"]
     assert ext_authz["failure_mode_allow"] is False
     assert ext_authz["with_request_body"]["pack_as_bytes"] is True
+    if base_url and base_url.startswith("https"):  # the provider key only goes to a verified upstream
+        cluster = next(c for c in parsed["static_resources"]["clusters"] if c["name"] == "upstream_llm")
+        tls = cluster["transport_socket"]["typed_config"]
+        assert tls["common_tls_context"]["validation_context"]["trusted_ca"]["filename"]
+        assert tls["sni"] in base_url
 
 
 def test_upstream_path_prefix_is_kept() -> None:

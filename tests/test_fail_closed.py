@@ -71,6 +71,8 @@ def test_redis_outage_fails_closed_then_recovers(own_stack: LocalStack, test_key
             assert reply.status_code == 503
             assert reply.json()["error"]["code"] == "authz_unavailable"
         assert wait_until(lambda: not authz_serving(own_stack)), "health never went NOT_SERVING"
+        # Liveness (service "") stays SERVING: a Redis outage must not get authz restarted.
+        assert grpc_serving(f"127.0.0.1:{own_stack.cfg.gateway.ports.authz}", "")
     finally:
         own_stack.supervisor.start(redis_spec)
     assert wait_until(lambda: authz_serving(own_stack)), "health never came back to SERVING"
