@@ -18,7 +18,6 @@ import base64
 import json
 import os
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from bench.harness import free_ports
 from dynaseal.probes import http_ok, redis_ping
 from dynaseal.processes import ServiceSpec, Supervisor, tcp_open
 from dynaseal.stack import redis_server_binary, tansu_binary
@@ -38,17 +38,6 @@ HOST = "127.0.0.1"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"pipeline-bench-webhook-secret-01").decode()
 TENANT_SECRET = "pipeline-bench-tenant-secret-0123456789"
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free TCP ports on loopback."""
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind((HOST, 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 # --- the receiver process ----------------------------------------------------------------------
