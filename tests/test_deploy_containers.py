@@ -22,7 +22,7 @@ import openai
 import pytest
 import yaml
 from conftest import TenantKeys, free_ports, jwt_payload, write_test_config
-from test_deploy import DEPLOY, env_example, interpolate
+from deploy_support import DEPLOY, env_example, interpolate
 
 from dynaseal import redis_keys
 from dynaseal.config import DynasealConfig, load_config
