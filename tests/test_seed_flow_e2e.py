@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import httpx
 import openai
 import pytest
@@ -39,7 +42,27 @@ def test_seed_flow_with_dynasealtoken(urls: tuple[str, str]) -> None:
     assert reply.status_code == 200, reply.text
     events = [line for line in reply.text.splitlines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]"
-    assert '"usage":{"prompt_tokens"' in events[-2].replace(" ", "")
+    usage = json.loads(events[-2][len("data: "):])["usage"]
+    # The backend then receives and stores the signed callback (seed fields: event_id, content, tokens).
+    jti = str(jwt_payload(key)["jti"])
+    stored = wait_for_callback(backend_url, jti)
+    assert stored is not None, "the callback never reached the backend"
+    assert stored["tokens"] == usage["total_tokens"]
+    assert stored["event_id"] == jti  # keys from /key/create use their jti as event_id
+    assert stored["content"]
+
+
+def wait_for_callback(backend_url: str, jti: str, timeout_s: float = 30) -> dict[str, object] | None:
+    """Poll GET /usage as the tenant account until the key's callback is stored."""
+    login = httpx.post(f"{backend_url}/user/login", data={"username": "user1", "password": "user1"}).json()
+    auth = {"Authorization": f"Bearer {login['access_token']}"}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        items = httpx.get(f"{backend_url}/usage", params={"jti": jti}, headers=auth).json()["items"]
+        if items:
+            return dict(items[0])
+        time.sleep(0.2)
+    return None
 
 
 def test_openai_sdk_flow_with_issued_key(urls: tuple[str, str]) -> None:
