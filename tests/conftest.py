@@ -137,3 +137,23 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         redis.Redis.from_url(f"redis://127.0.0.1:{port}/0").close()
         supervisor.stop()
+
+
+@pytest.fixture(scope="module")
+def issuer_key(cfg: DynasealConfig, stack: object) -> SigningKey:
+    """The bundled issuer's active signing key (mints demo-tenant keys as the issuer would)."""
+    from dynaseal.signing_keystore import SigningKeyStore
+
+    return SigningKeyStore(Path(cfg.gateway.data_dir) / "issuer").active()
+
+
+@pytest.fixture(scope="module")
+def redis_client(cfg: DynasealConfig, stack: object) -> Iterator[object]:
+    """A client of the stack's Redis, where reservations are settled."""
+    from redis import Redis
+
+    from dynaseal.quota import redis_url
+
+    client = Redis.from_url(redis_url(cfg))
+    yield client
+    client.close()

@@ -12,7 +12,6 @@ from conftest import DEMO_SECRET, DEMO_TENANT, PROVIDER_KEY
 
 from dynaseal.config import DynasealConfig
 from dynaseal.keys import SigningKey, mint, mint_seed_key
-from dynaseal.signing_keystore import SigningKeyStore
 
 pytestmark = pytest.mark.integration
 
@@ -29,12 +28,6 @@ def gw(cfg: DynasealConfig, stack: object) -> str:
 def mock_url(cfg: DynasealConfig, stack: object) -> str:
     """Base URL of the mock upstream (for its request recording)."""
     return f"http://127.0.0.1:{cfg.gateway.ports.mock_upstream}"
-
-
-@pytest.fixture(scope="module")
-def issuer_key(cfg: DynasealConfig, stack: object) -> SigningKey:
-    """The bundled issuer's active signing key (as the issuer would mint)."""
-    return SigningKeyStore(Path(cfg.gateway.data_dir) / "issuer").active()
 
 
 def demo_key(signing_key: SigningKey, **overrides: object) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +14,6 @@ from conftest import DEMO_TENANT, jwt_payload
 from dynaseal.config import DynasealConfig
 from dynaseal.keys import SigningKey, mint
 from dynaseal.quota import counters, redis_url
-from dynaseal.signing_keystore import SigningKeyStore
 
 pytestmark = pytest.mark.integration
 BODY = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "count to three"}], "max_tokens": 20}
@@ -26,11 +24,6 @@ def gw(cfg: DynasealConfig, stack: object) -> str:
     return f"http://127.0.0.1:{cfg.gateway.ports.envoy}/v1/chat/completions"
 
 
-@pytest.fixture(scope="module")
-def signing_key(cfg: DynasealConfig, stack: object) -> SigningKey:
-    return SigningKeyStore(Path(cfg.gateway.data_dir) / "issuer").active()
-
-
 async def fire(url: str, key: str, count: int, body: dict[str, object] = BODY) -> list[int]:
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
@@ -39,8 +32,8 @@ async def fire(url: str, key: str, count: int, body: dict[str, object] = BODY) -
     return [r.status_code for r in replies]
 
 
-def test_budget_holds_under_200_concurrent_requests(gw: str, signing_key: SigningKey, cfg: DynasealConfig) -> None:
-    key = mint(signing_key, tenant=DEMO_TENANT, models=["deepseek-chat"], max_tokens=20, ttl=600, budget=1000)
+def test_budget_holds_under_200_concurrent_requests(gw: str, issuer_key: SigningKey, cfg: DynasealConfig) -> None:
+    key = mint(issuer_key, tenant=DEMO_TENANT, models=["deepseek-chat"], max_tokens=20, ttl=600, budget=1000)
     statuses = asyncio.run(fire(gw, key, 200))
     admitted = statuses.count(200)
     assert set(statuses) <= {200, 429}
@@ -52,22 +45,22 @@ def test_budget_holds_under_200_concurrent_requests(gw: str, signing_key: Signin
     assert state.get("reserved", 0) + state.get("spent", 0) <= 1000
 
 
-def test_single_use_key_admits_exactly_one_of_50(gw: str, signing_key: SigningKey) -> None:
-    key = mint(signing_key, tenant=DEMO_TENANT, models=["deepseek-chat"], max_tokens=20, ttl=600, uses=1)
+def test_single_use_key_admits_exactly_one_of_50(gw: str, issuer_key: SigningKey) -> None:
+    key = mint(issuer_key, tenant=DEMO_TENANT, models=["deepseek-chat"], max_tokens=20, ttl=600, uses=1)
     statuses = asyncio.run(fire(gw, key, 50))
     assert statuses.count(200) == 1
     assert statuses.count(429) == 49
 
 
-def test_rpm_holds_through_envoy(gw: str, signing_key: SigningKey) -> None:
-    key = mint(signing_key, tenant=DEMO_TENANT, models=["deepseek-chat"], max_tokens=20, ttl=600, rpm=10)
+def test_rpm_holds_through_envoy(gw: str, issuer_key: SigningKey) -> None:
+    key = mint(issuer_key, tenant=DEMO_TENANT, models=["deepseek-chat"], max_tokens=20, ttl=600, rpm=10)
     statuses = asyncio.run(fire(gw, key, 30))
     assert statuses.count(200) == 10
     assert statuses.count(429) == 20
 
 
-def test_hostile_bytes_never_get_a_5xx(gw: str, signing_key: SigningKey) -> None:
-    key = mint(signing_key, tenant=DEMO_TENANT, models=["deepseek-chat"], max_tokens=20, ttl=600)
+def test_hostile_bytes_never_get_a_5xx(gw: str, issuer_key: SigningKey) -> None:
+    key = mint(issuer_key, tenant=DEMO_TENANT, models=["deepseek-chat"], max_tokens=20, ttl=600)
     rng = random.Random(1234)
     bodies = [bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 3000))) for _ in range(40)]
     bodies += [b"\x1f\x8b\x08\x00" + b"\x00" * 50, b'{"model":' * 5000, b"[" * 10000 + b"]" * 10000,

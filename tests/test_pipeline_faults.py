@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 from conftest import free_ports
 from kafka import KafkaConsumer, TopicPartition
-from redis import Redis
-from test_pipeline_e2e import (
+from pipeline_harness import (
     Delivery,
     Receiver,
     Services,
@@ -31,6 +30,7 @@ from test_pipeline_e2e import (
     settled,
     wait_until,
 )
+from redis import Redis
 
 from callback_consumer.offsets import OffsetTracker
 from dynaseal.config import DynasealConfig
@@ -175,24 +175,6 @@ def pipeline(cfg: DynasealConfig, config_path: Path, stack: object, receiver: Re
         services.stop()
 
 
-@pytest.fixture(scope="module")
-def signing_key(cfg: DynasealConfig, stack: object) -> SigningKey:
-    """The issuer's key, to mint demo-tenant keys."""
-    from dynaseal.signing_keystore import SigningKeyStore
-
-    return SigningKeyStore(Path(cfg.gateway.data_dir) / "issuer").active()
-
-
-@pytest.fixture(scope="module")
-def redis_client(cfg: DynasealConfig, stack: object) -> Iterator[Redis]:
-    """The stack's Redis."""
-    from dynaseal.quota import redis_url
-
-    client = Redis.from_url(redis_url(cfg))
-    yield client
-    client.close()
-
-
 def send(cfg: DynasealConfig, key: str, count: int, pause_s: float = 0.0) -> list[int]:
     """`count` non-streaming completions with one key; their totals."""
     totals = []
@@ -232,9 +214,9 @@ def assert_each_delivered_once_by_id(receiver: Receiver, jti: str, count: int) -
 
 @pytest.mark.integration
 def test_consumer_killed_mid_run_redelivers_with_the_same_webhook_id(
-        cfg: DynasealConfig, pipeline: Services, receiver: Receiver, signing_key: SigningKey,
+        cfg: DynasealConfig, pipeline: Services, receiver: Receiver, issuer_key: SigningKey,
         redis_client: Redis) -> None:
-    key, jti = new_key(signing_key)
+    key, jti = new_key(issuer_key)
     killed, lock = threading.Event(), threading.Lock()
 
     def kill_on_fifth(delivery: Delivery) -> None:
@@ -266,8 +248,8 @@ def test_consumer_killed_mid_run_redelivers_with_the_same_webhook_id(
 
 @pytest.mark.integration
 def test_sigterm_drains_in_flight_callbacks_before_exit(
-        cfg: DynasealConfig, pipeline: Services, receiver: Receiver, signing_key: SigningKey) -> None:
-    key, jti = new_key(signing_key)
+        cfg: DynasealConfig, pipeline: Services, receiver: Receiver, issuer_key: SigningKey) -> None:
+    key, jti = new_key(issuer_key)
     exit_codes: list[int] = []
     stopper = threading.Thread(target=lambda: exit_codes.append(pipeline.terminate("consumer")), daemon=True)
     once = threading.Lock()
@@ -291,9 +273,9 @@ def test_sigterm_drains_in_flight_callbacks_before_exit(
 
 @pytest.mark.integration
 def test_shipper_killed_mid_run_resumes_from_its_checkpoint(
-        cfg: DynasealConfig, pipeline: Services, receiver: Receiver, signing_key: SigningKey,
+        cfg: DynasealConfig, pipeline: Services, receiver: Receiver, issuer_key: SigningKey,
         redis_client: Redis) -> None:
-    key, jti = new_key(signing_key)
+    key, jti = new_key(issuer_key)
     thread, totals = in_background(cfg, key, 20, 0.03)
     wait_until(lambda: len(receiver.delivered(jti)) >= 3, 30, "the first callbacks")
     pipeline.kill("shipper")
@@ -310,8 +292,8 @@ def test_shipper_killed_mid_run_resumes_from_its_checkpoint(
 
 @pytest.mark.integration
 def test_receiver_failing_for_a_while_gets_retried_with_the_same_webhook_id(
-        cfg: DynasealConfig, pipeline: Services, receiver: Receiver, signing_key: SigningKey) -> None:
-    key, jti = new_key(signing_key)
+        cfg: DynasealConfig, pipeline: Services, receiver: Receiver, issuer_key: SigningKey) -> None:
+    key, jti = new_key(issuer_key)
     receiver.behaviours[jti] = lambda payload, attempt: 503 if attempt == 1 else (500 if attempt == 2 else 200)
     retries_before = pipeline.metric("consumer", "dynaseal_consumer_callback_retries_total")
     send(cfg, key, 5)
@@ -341,8 +323,8 @@ def _dlq_records(pipeline: Services, jti: str) -> list[tuple[UsageEvent, dict[st
 
 @pytest.mark.integration
 def test_receiver_rejecting_with_400_sends_events_to_the_dlq(
-        cfg: DynasealConfig, pipeline: Services, receiver: Receiver, signing_key: SigningKey) -> None:
-    key, jti = new_key(signing_key)
+        cfg: DynasealConfig, pipeline: Services, receiver: Receiver, issuer_key: SigningKey) -> None:
+    key, jti = new_key(issuer_key)
     receiver.behaviours[jti] = lambda payload, attempt: 400
     send(cfg, key, 3)
     wait_until(lambda: len(_dlq_records(pipeline, jti)) == 3, 30, "three events in the DLQ")
@@ -355,8 +337,8 @@ def test_receiver_rejecting_with_400_sends_events_to_the_dlq(
 
 @pytest.mark.integration
 def test_receiver_down_for_good_exhausts_retries_into_the_dlq(
-        cfg: DynasealConfig, pipeline: Services, receiver: Receiver, signing_key: SigningKey) -> None:
-    key, jti = new_key(signing_key)
+        cfg: DynasealConfig, pipeline: Services, receiver: Receiver, issuer_key: SigningKey) -> None:
+    key, jti = new_key(issuer_key)
     receiver.behaviours[jti] = lambda payload, attempt: 503
     send(cfg, key, 2)
     wait_until(lambda: len(_dlq_records(pipeline, jti)) == 2, 30, "two events in the DLQ")
@@ -368,9 +350,9 @@ def test_receiver_down_for_good_exhausts_retries_into_the_dlq(
 
 @pytest.mark.integration
 def test_broker_down_while_traffic_continues_loses_nothing(
-        cfg: DynasealConfig, pipeline: Services, receiver: Receiver, signing_key: SigningKey,
+        cfg: DynasealConfig, pipeline: Services, receiver: Receiver, issuer_key: SigningKey,
         redis_client: Redis) -> None:
-    key, jti = new_key(signing_key)
+    key, jti = new_key(issuer_key)
     before = send(cfg, key, 5)
     wait_until(lambda: len(receiver.delivered(jti)) == 5, 30, "callbacks before the outage")
     # Down before the next records are acknowledged: the dev broker keeps records in memory only
