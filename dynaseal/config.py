@@ -75,6 +75,7 @@ class Limits(_Strict):
     models: tuple[str, ...] = ("*",)
     max_tokens: int = Field(4096, ge=1)
     max_ttl: int = Field(86400, ge=1)
+    # Per-key ceilings: a key's own `rpm` / `budget` is capped by these, and a key without one gets them.
     rpm: int | None = Field(None, ge=1)
     budget: int | None = Field(None, ge=1)
     params: dict[str, ParamLimit] = Field(default_factory=dict)

@@ -157,3 +157,24 @@ def test_non_bearer_authorization_is_refused(authorizer: Authorizer, test_keys: 
     decision = asyncio.run(authorizer.decide(AuthRequest(
         "POST", "/v1/chat/completions", {"authorization": f"Basic {acme_ed(test_keys)}"}, BODY)))
     assert decision.code == "invalid_api_key"
+
+
+def test_tenant_budget_and_rpm_cap_every_key(cfg: DynasealConfig, test_keys: TenantKeys) -> None:
+    import yaml
+
+    from dynaseal.claims import check_claims
+    from dynaseal.config import DynasealConfig as Config
+
+    raw = cfg.model_dump(mode="json")
+    acme = next(t for t in raw["tenants"] if t["id"] == OTHER_TENANT)
+    acme["limits"].update(budget=500, rpm=20)
+    registry = build_registry(Config.model_validate(yaml.safe_load(yaml.safe_dump(raw))))
+    tenant = registry.get(OTHER_TENANT)
+    assert tenant is not None
+    now = time.time()
+    over = check_claims(native_claims(OTHER_TENANT, budget=10_000, rpm=1000), tenant, registry, "t1", now)
+    assert (over.budget, over.rpm) == (500, 20)
+    none = check_claims(native_claims(OTHER_TENANT), tenant, registry, "t2", now)
+    assert (none.budget, none.rpm) == (500, 20)
+    under = check_claims(native_claims(OTHER_TENANT, budget=100, rpm=5), tenant, registry, "t3", now)
+    assert (under.budget, under.rpm) == (100, 5)
