@@ -9,12 +9,11 @@ idempotent per request_id.
 from __future__ import annotations
 
 import asyncio
-import time
 from concurrent.futures import Executor
 
 from redis import Redis
 
-from dynaseal.quota import KEY_TTL_MARGIN_S, script_keys
+from dynaseal.quota import script_keys, settle_args
 from dynaseal.quota_scripts import SETTLE
 
 MAX_BATCH = 500
@@ -54,10 +53,7 @@ class SettlementBatcher:
                     future.set_result(None)
 
     def _run(self, items: list[tuple[str, str, int]]) -> None:
-        # The arguments of dynaseal.quota.settle without a key expiry: counters live a day past now.
-        now_ms = int(time.time() * 1000)
         pipe = self.redis.pipeline(transaction=False)
         for jti, request_id, tokens in items:
-            self._script(keys=script_keys(jti), args=[now_ms, request_id, int(tokens), max(KEY_TTL_MARGIN_S, 60)],
-                         client=pipe)
+            self._script(keys=script_keys(jti), args=settle_args(request_id, tokens), client=pipe)
         pipe.execute()

@@ -121,11 +121,17 @@ class RedisQuota:
             return False
 
 
+def settle_args(request_id: str, actual_tokens: int, key_exp: float | None = None) -> list[int | str]:
+    """ARGV of the SETTLE script; without a key expiry the counters live a day past now."""
+    now = time.time()
+    ttl = int((key_exp or now) - now) + KEY_TTL_MARGIN_S
+    return [int(now * 1000), request_id, int(actual_tokens), max(ttl, 60)]
+
+
 def settle(client: Redis, jti: str, request_id: str, actual_tokens: int, key_exp: float | None = None) -> Settlement:
     """Replace a request's reservation with its real usage; idempotent per request id."""
-    ttl = int((key_exp or time.time()) - time.time()) + KEY_TTL_MARGIN_S
     outcome, spent = client.register_script(SETTLE)(
-        keys=script_keys(jti), args=[int(time.time() * 1000), request_id, int(actual_tokens), max(ttl, 60)])
+        keys=script_keys(jti), args=settle_args(request_id, actual_tokens, key_exp))
     return Settlement(int(outcome), int(spent))
 
 
