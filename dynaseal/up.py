@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 from types import FrameType
 
 from dynaseal.config import load_config, resolve_config_path
@@ -58,15 +57,3 @@ def run_stack(config: str | None, demo: bool, keep_running: bool = False) -> int
         signal.signal(signal.SIGTERM, previous)
         _say("stopped")
 
-
-def wait_for_access_log_line(access_log: Path, request_id: str | None, timeout_s: float = 5.0) -> str | None:
-    """The access-log line of a request (or the last line), once Envoy has flushed it."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if access_log.exists():
-            lines = access_log.read_text().splitlines()
-            for line in reversed(lines):
-                if request_id is None or request_id in line:
-                    return line
-        time.sleep(0.1)
-    return None
