@@ -157,3 +157,12 @@ def redis_client(cfg: DynasealConfig, stack: object) -> Iterator[object]:
     client = Redis.from_url(redis_url(cfg))
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def receiver(cfg: DynasealConfig) -> Iterator[object]:
+    """A tenant callback endpoint in this process that verifies every signature (pipeline tests)."""
+    from pipeline_harness import Receiver
+
+    with Receiver(os.environ["DYNASEAL_DEMO_WEBHOOK_SECRET"]) as running:
+        yield running

@@ -8,7 +8,6 @@ The harness here (receiver, config copy, service runner) is shared with test_pip
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +38,6 @@ from dynaseal.quota import counters
 pytestmark = pytest.mark.integration
 
 # --- fixtures ----------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def receiver(cfg: DynasealConfig) -> Iterator[Receiver]:
-    """The tenant's callback endpoint, in this process."""
-    with Receiver(os.environ["DYNASEAL_DEMO_WEBHOOK_SECRET"]) as running:
-        yield running
-
 
 @pytest.fixture(scope="module")
 def own_consumer(cfg: DynasealConfig, config_path: Path, stack: object, receiver: Receiver,

@@ -9,7 +9,6 @@ other test. The first tests are unit tests of the pieces those guarantees rest o
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections import Counter
@@ -150,13 +149,6 @@ def test_commit_point_advances_only_over_a_finished_prefix() -> None:
 
 
 # --- integration: our own broker + shipper + consumer ------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def receiver(cfg: DynasealConfig) -> Iterator[Receiver]:
-    """The tenant backend for this module."""
-    with Receiver(os.environ["DYNASEAL_DEMO_WEBHOOK_SECRET"]) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
