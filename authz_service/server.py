@@ -15,7 +15,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from authz_service.metrics import CONFIG_RELOADS, REDIS_ERRORS
+from authz_service.metrics import CONFIG_RELOADS
 from authz_service.servicer import AuthorizationServicer
 from dynaseal.authorizer import Authorizer
 from dynaseal.config import ConfigError, DynasealConfig, expand_path, load_config, resolve_config_path
@@ -105,7 +105,6 @@ class AuthzServer:
                 if ok:
                     log.info("redis reachable: SERVING")
                 else:
-                    REDIS_ERRORS.inc()
                     log.warning("redis unreachable: NOT_SERVING (requests fail closed with 503)")
                 current = ok
             await asyncio.sleep(HEALTH_INTERVAL_S)
