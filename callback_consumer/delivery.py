@@ -83,7 +83,8 @@ class Deliverer:
     """Handles jobs on one event loop; per-tenant HTTP clients bound how much any one tenant can hold."""
 
     def __init__(self, registry: Callable[[], Registry], settlements: SettlementBatcher, dead_letters: DeadLetters,
-                 executor: Executor, policy: RetryPolicy, per_tenant: int, abandon: asyncio.Event) -> None:
+                 executor: Executor, policy: RetryPolicy, per_tenant: int, abandon: asyncio.Event,
+                 max_attempts: int | None = None) -> None:
         self.registry = registry
         self.settlements = settlements
         self.dead_letters = dead_letters
@@ -91,9 +92,11 @@ class Deliverer:
         self.policy = policy
         self.per_tenant = per_tenant
         self.abandon = abandon
+        # Overrides every tenant's callback.max_attempts (a DLQ replay tries a few times, not eight).
+        self.max_attempts = max_attempts
         self._clients: dict[str, CallbackClient] = {}
         self._signers: dict[str, tuple[str, CallbackSigner]] = {}
-        self._gates: dict[str, asyncio.Semaphore] = {}
+        self._gates: dict[str, tuple[int, asyncio.Semaphore]] = {}
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep, unless shutdown comes first; True if the full pause passed."""
@@ -129,7 +132,7 @@ class Deliverer:
             if client is not None:
                 client.close()
             # One pool per tenant: a slow tenant holds its own connections, never another's.
-            client = self._clients[tenant.id] = CallbackClient(tenant.callback.url, max_idle=self.per_tenant)
+            client = self._clients[tenant.id] = CallbackClient(tenant.callback.url, max_idle=self._limit(tenant))
         return client
 
     def _signer(self, tenant: Tenant) -> CallbackSigner:
@@ -169,9 +172,10 @@ class Deliverer:
     async def _deliver(self, job: Job, tenant: Tenant, event: UsageEvent) -> Outcome:
         assert tenant.callback is not None
         body = callback_body(event, tenant.callback.include_content)
-        max_attempts = tenant.callback.max_attempts
+        max_attempts = self.max_attempts or tenant.callback.max_attempts
         for attempt in range(1, max_attempts + 1):
-            async with self._gate(tenant.id):
+            # Held for the attempt only, never across a backoff: a failing tenant frees its slots.
+            async with self._gate(tenant):
                 status, retry_after = await self._attempt(tenant, event, body)
             if status is not None and 200 <= status < 300:
                 metrics.EVENT_AGE_SECONDS.observe(max(0.0, time.time() - event.shipped_at_ms / 1000))
@@ -186,12 +190,17 @@ class Deliverer:
                 return Outcome.ABANDONED
         return Outcome.ABANDONED  # unreachable: the loop returns on its last attempt
 
-    def _gate(self, tenant_id: str) -> asyncio.Semaphore:
-        """At most `per_tenant` callbacks in flight to one tenant."""
-        gate = self._gates.get(tenant_id)
-        if gate is None:
-            gate = self._gates[tenant_id] = asyncio.Semaphore(self.per_tenant)
-        return gate
+    def _limit(self, tenant: Tenant) -> int:
+        assert tenant.callback is not None
+        return tenant.callback.concurrency or self.per_tenant
+
+    def _gate(self, tenant: Tenant) -> asyncio.Semaphore:
+        """At most the tenant's concurrency in flight to it; others' callbacks never wait on this one."""
+        limit = self._limit(tenant)
+        cached = self._gates.get(tenant.id)
+        if cached is None or cached[0] != limit:  # new tenant, or its concurrency changed on reload
+            cached = self._gates[tenant.id] = (limit, asyncio.Semaphore(limit))
+        return cached[1]
 
     async def handle(self, job: Job) -> Outcome:
         """Settle and deliver one event; how it ended."""
