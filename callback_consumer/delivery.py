@@ -13,7 +13,7 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -54,6 +54,8 @@ class Job:
     offset: int
     key: bytes | None
     value: bytes
+    # The headers it carried in the DLQ, when a replay delivers it again.
+    dlq: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,8 @@ def _seconds(retry_after: str | None) -> float | None:
 class Deliverer:
     """Handles jobs on one event loop; per-tenant HTTP clients bound how much any one tenant can hold."""
 
-    def __init__(self, registry: Callable[[], Registry], settlements: SettlementBatcher, dead_letters: DeadLetters,
+    def __init__(self, registry: Callable[[], Registry], settlements: SettlementBatcher | None,
+                 dead_letters: DeadLetters,
                  executor: Executor, policy: RetryPolicy, per_tenant: int, abandon: asyncio.Event,
                  max_attempts: int | None = None) -> None:
         self.registry = registry
@@ -111,6 +114,7 @@ class Deliverer:
 
     async def _settle(self, event: UsageEvent) -> bool:
         """Settle the reservation with the event's tokens (idempotent per request_id); False if abandoned."""
+        assert self.settlements is not None
         delay = 0.2
         while True:
             try:
@@ -161,7 +165,7 @@ class Deliverer:
         return reply.status, _seconds(reply.retry_after)
 
     async def _dead_letter(self, job: Job, request_id: str, reason: str, status: int | None, attempts: int) -> Outcome:
-        headers = dlq_headers(reason, status, attempts, f"{job.tp.topic}/{job.tp.partition}/{job.offset}")
+        headers = dlq_headers(reason, status, attempts, f"{job.tp.topic}/{job.tp.partition}/{job.offset}", job.dlq)
         if not await self._blocking(self.dead_letters.publish, job.key, job.value, headers):
             return Outcome.ABANDONED
         metrics.DLQ.labels(reason.split(":")[0]).inc()
@@ -210,6 +214,10 @@ class Deliverer:
             return await self._dead_letter(job, "-", "undecodable", None, 0)
         if not await self._settle(event):
             return Outcome.ABANDONED
+        return await self.deliver(job, event)
+
+    async def deliver(self, job: Job, event: UsageEvent) -> Outcome:
+        """Deliver a settled event to its tenant's callback as configured now (a DLQ replay starts here)."""
         tenant = self.registry().get(event.tenant)
         if tenant is None:  # removed from the config since: keep the event for a person to look at
             return await self._dead_letter(job, event.request_id, "unknown_tenant", None, 0)
