@@ -29,7 +29,7 @@ from callback_consumer.delivery import Deliverer, Job, Outcome, RetryPolicy
 from callback_consumer.dlq import DeadLetters, dlq_headers
 from callback_consumer.dlq_reader import REPLAY_GROUP_ID, DlqReader
 from dynaseal import kafka_io
-from dynaseal.config import ConfigError, load_config
+from dynaseal.config import ConfigError, DynasealConfig, load_config
 from dynaseal.logs import setup_logging
 from dynaseal.pb import UsageEvent
 from dynaseal.tenants import build_registry
@@ -70,8 +70,8 @@ def _event(record: ConsumerRecord) -> UsageEvent | None:
 class Replay:
     """One pass: select entries, deliver them in batches, put failures back, commit after each batch."""
 
-    def __init__(self, args: argparse.Namespace, bootstrap: str) -> None:
-        cfg = load_config(args.config)
+    def __init__(self, args: argparse.Namespace, cfg: DynasealConfig) -> None:
+        bootstrap = args.bootstrap or kafka_io.bootstrap_servers(cfg)
         self.registry = build_registry(cfg)
         self.args = args
         self.stopping = threading.Event()
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("dlq-replay")
     logging.getLogger("kafka").setLevel(logging.ERROR)
     try:
-        replay = Replay(args, args.bootstrap or kafka_io.bootstrap_servers(load_config(args.config)))
+        replay = Replay(args, load_config(args.config))
     except ConfigError as exc:
         print(f"dynaseal dlq: {exc}", file=sys.stderr)
         return 2

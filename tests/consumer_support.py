@@ -100,9 +100,10 @@ class ConsumerRig:
         ids = []
         for _ in range(count):
             request_id = f"req-{uuid.uuid4().hex[:12]}"
-            event = UsageEvent(request_id=request_id, tenant=tenant, jti=jti, event_id=f"evt-{jti}", model="gpt-4o-mini",
-                               status=200, prompt_tokens=7, completion_tokens=5, total_tokens=12, reserved=40,
-                               usage_source="upstream", started_at="2026-11-23T10:32:22.903Z", duration_ms=80,
+            event = UsageEvent(request_id=request_id, tenant=tenant, jti=jti, event_id=f"evt-{jti}",
+                               model="gpt-4o-mini", status=200, prompt_tokens=7, completion_tokens=5,
+                               total_tokens=12, reserved=40, usage_source="upstream",
+                               started_at="2026-11-23T10:32:22.903Z", duration_ms=80,
                                shipped_at_ms=int(time.time() * 1000))
             self._producer.send(kafka_io.USAGE_TOPIC, key=jti.encode(), value=event.SerializeToString()).get(10)
             ids.append(request_id)

@@ -6,11 +6,11 @@ import asyncio
 import threading
 
 from kafka import TopicPartition
+from pipeline_harness import wait_until
 from prometheus_client import REGISTRY
 
 from callback_consumer.delivery import Job, Outcome
 from callback_consumer.dispatcher import Dispatcher
-from pipeline_harness import wait_until
 
 IN_FLIGHT = "dynaseal_consumer_in_flight"
 
