@@ -1,9 +1,9 @@
 """One event's journey: settle its reservation, then deliver its signed callback, retrying or dead-lettering.
 
 Outcomes: `delivered` (2xx), `dlq` (a non-retryable status, exhausted retries, an undecodable event,
-a tenant no longer configured), `no_callback` (the tenant has no callback: settled only) — all three
-let the offset be committed — and `abandoned` (shutdown came first), which leaves the offset
-uncommitted so the event is read again.
+a tenant no longer configured, a tenant with more events waiting than its backlog allows),
+`no_callback` (the tenant has no callback: settled only) — all three let the offset be committed —
+and `abandoned` (shutdown came first), which leaves the offset uncommitted so the event is read again.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class Deliverer:
     def __init__(self, registry: Callable[[], Registry], settlements: SettlementBatcher | None,
                  dead_letters: DeadLetters,
                  executor: Executor, policy: RetryPolicy, per_tenant: int, abandon: asyncio.Event,
-                 max_attempts: int | None = None) -> None:
+                 max_attempts: int | None = None, tenant_backlog: int | None = None) -> None:
         self.registry = registry
         self.settlements = settlements
         self.dead_letters = dead_letters
@@ -97,6 +97,12 @@ class Deliverer:
         self.abandon = abandon
         # Overrides every tenant's callback.max_attempts (a DLQ replay tries a few times, not eight).
         self.max_attempts = max_attempts
+        # Events one tenant may hold waiting (for a slot, a reply or a retry). Its events share
+        # partitions and the consumer's in-flight limit with every other tenant's: past this, a dead
+        # or very slow tenant would pause consumption for all, so its new events go to the DLQ
+        # (`overloaded`, for `dynaseal dlq replay`) instead.
+        self.tenant_backlog = tenant_backlog
+        self._waiting: dict[str, int] = {}
         self._clients: dict[str, CallbackClient] = {}
         self._signers: dict[str, tuple[str, CallbackSigner]] = {}
         self._gates: dict[str, tuple[int, asyncio.Semaphore]] = {}
@@ -223,7 +229,14 @@ class Deliverer:
             return await self._dead_letter(job, event.request_id, "unknown_tenant", None, 0)
         if tenant.callback is None or tenant.callback_secret is None:
             return Outcome.NO_CALLBACK
-        return await self._deliver(job, tenant, event)
+        waiting = self._waiting.get(tenant.id, 0)
+        if self.tenant_backlog is not None and waiting >= self.tenant_backlog:
+            return await self._dead_letter(job, event.request_id, "overloaded", None, 0)
+        self._waiting[tenant.id] = waiting + 1
+        try:
+            return await self._deliver(job, tenant, event)
+        finally:
+            self._waiting[tenant.id] -= 1
 
     async def dead_letter_on_error(self, job: Job) -> Outcome:
         """DLQ an event whose handling raised unexpectedly (abandoned if even that fails)."""

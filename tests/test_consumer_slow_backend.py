@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from consumer_support import FAST, SLOW, ConsumerRig
 from pipeline_harness import wait_until
 
@@ -23,6 +24,7 @@ from dynaseal.config import CallbackConfig
 
 HANDLER_S = 10.0  # the seed backend's callback handler
 PER_TENANT = 3
+BACKLOG = 6  # events one tenant may hold waiting
 
 
 def test_default_callback_timeout_covers_a_ten_second_handler() -> None:
@@ -44,9 +46,9 @@ def slow_handler(delay_s: float, arrivals: list[str]) -> Callable[[dict[str, Any
 
 @pytest.fixture(scope="module")
 def rig(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsumerRig]:
-    """Broker + consumer with the default callback timeout and PER_TENANT callbacks in flight per tenant."""
+    """Broker + consumer: default callback timeout, PER_TENANT callbacks in flight and BACKLOG waiting per tenant."""
     running = ConsumerRig(tmp_path_factory.mktemp("slow-backend"), redis_server,
-                          consumer_args=["--per-tenant", str(PER_TENANT)])
+                          consumer_args=["--per-tenant", str(PER_TENANT), "--tenant-backlog", str(BACKLOG)])
     try:
         running.start()
         yield running
@@ -88,7 +90,23 @@ def test_slow_backend_gets_each_callback_once_and_the_fast_tenant_is_not_delayed
 
 @pytest.mark.integration
 def test_slow_backend_rig_config_uses_the_default_timeout(rig: ConsumerRig) -> None:
-    import yaml
-
     raw = yaml.safe_load(Path(rig.config_path).read_text())
     assert all("timeout_s" not in tenant["callback"] for tenant in raw["tenants"])
+
+
+@pytest.mark.integration
+def test_a_tenant_past_its_backlog_has_new_events_dead_lettered_not_the_others_stalled(rig: ConsumerRig) -> None:
+    slow, fast = rig.receivers[SLOW], rig.receivers[FAST]
+    slow_jti, fast_jti = f"flood-{uuid.uuid4().hex[:8]}", f"fast-{uuid.uuid4().hex[:8]}"
+    arrivals: list[str] = []
+    slow.behaviours[slow_jti] = slow_handler(3.0, arrivals)
+    slow_ids = rig.produce(SLOW, slow_jti, BACKLOG + 2)
+    wait_until(lambda: len(rig.dlq(slow_jti)) == 2, 30, "the two events past the backlog in the DLQ")
+    fast_ids = rig.produce(FAST, fast_jti, 3)
+    wait_until(lambda: len(fast.delivered(fast_jti)) == 3, 30, "the fast tenant's callbacks")
+    wait_until(lambda: len(slow.delivered(slow_jti)) == BACKLOG, 30, "the slow tenant's accepted callbacks")
+    shed = rig.dlq(slow_jti)
+    assert {h["dlq_reason"] for _, h in shed} == {"overloaded"}
+    assert set(slow.delivered(slow_jti)) | {e.request_id for e, _ in shed} == set(slow_ids)
+    assert Counter(arrivals) == Counter(slow.delivered(slow_jti).keys())  # the shed ones were never sent
+    assert set(fast.delivered(fast_jti)) == set(fast_ids)
