@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -88,7 +89,8 @@ class Replay:
     def stop(self) -> None:
         """Stop after what is in flight (safe from a signal handler)."""
         self.stopping.set()
-        self.loop.call_soon_threadsafe(self.abandon.set)
+        with contextlib.suppress(RuntimeError):  # the loop already closed: nothing left to stop
+            self.loop.call_soon_threadsafe(self.abandon.set)
 
     def _wanted(self, event: UsageEvent | None) -> bool:
         return event is not None and (self.args.tenant is None or event.tenant == self.args.tenant)
