@@ -112,8 +112,13 @@ class CallbackConfig(_Strict):
     url: str
     secret_env: str
     include_content: bool = False
-    timeout_s: float = Field(5.0, gt=0)
+    # Covers a handler that works before it answers (the seed backend's takes 10 s): an attempt that
+    # times out is retried although it arrived, and a too-short timeout dead-letters every callback.
+    timeout_s: float = Field(30.0, gt=0)
     max_attempts: int = Field(8, ge=1)
+    # Callbacks in flight to this tenant at once (null: the consumer's --per-tenant). Throughput to a
+    # tenant is at most concurrency / its answer time.
+    concurrency: int | None = Field(None, ge=1, le=1024)
 
 
 class TenantConfig(_Strict):
