@@ -98,17 +98,24 @@ class Authorizer:
                         jti=key.jti if key else None)
 
     async def _verify(self, token: str) -> VerifiedKey:
-        """Verify through the cache; on an unknown kid of a jwks_url tenant, refresh once and retry."""
+        """Verify through the cache, against the latest remote JWKS; on an unknown kid of a jwks_url
+        tenant, refresh (rate-limited) and retry once."""
+        remote = self.registry.remote_jwks
+        if remote is not None and remote.generation != self.registry.remote_generation:
+            # A refresh (scheduled or not) changed some tenant's set: rebuild, and drop cached
+            # verifications, so a withdrawn kid stops verifying now.
+            self.registry = remote.apply(self.registry)
+            self.keys = VerifiedKeyCache(self.registry, self.keys.capacity)
         try:
             return self.keys.verify(token)
         except UnknownKid as unknown:
             tenant = self.registry.get(unknown.tenant_id)
-            if tenant is None or not tenant.jwks_url:
+            if remote is None or tenant is None or not tenant.jwks_url:
                 raise
-            fresh = await self.jwks.refresh(tenant.id, tenant.jwks_url)
-            if fresh is None:
+            await remote.refresh_for_unknown_kid(tenant.id)
+            if remote.generation == self.registry.remote_generation:
                 raise
-            self.registry = self.registry.with_tenant(tenant.with_keys(fresh))
+            self.registry = remote.apply(self.registry)
             self.keys = VerifiedKeyCache(self.registry, self.keys.capacity)
             return self.keys.verify(token)
 

@@ -114,9 +114,18 @@ class TenantConfig(_Strict):
     keys: tuple[KeyConfig, ...] = ()
     jwks_file: str | None = None
     jwks_url: str | None = None
+    # How often the jwks_url is fetched again (default: gateway.jwks_refresh_s).
+    jwks_refresh_s: float | None = Field(None, ge=30, le=86400)
     limits: Limits = Field(default_factory=Limits)
     upstream: TenantUpstream | None = None
     callback: CallbackConfig | None = None
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^/?#\s]+(?:[/?#]\S*)?$", url, re.IGNORECASE):
+            raise ValueError("jwks_url must be an absolute http:// or https:// URL")
+        return url
 
     @model_validator(mode="after")
     def _has_keys(self) -> TenantConfig:
@@ -158,6 +167,8 @@ class GatewayConfig(_Strict):
     redis_timeout_ms: int = Field(50, ge=1, le=5000)
     kafka_bootstrap: str | None = None
     key_cache_size: int = Field(10_000, ge=0)
+    # Remote JWKS (tenants' jwks_url) are fetched again this often; a kid removed there stops verifying.
+    jwks_refresh_s: float = Field(300.0, ge=30, le=86400)
 
 
 class DynasealConfig(_Strict):
