@@ -6,6 +6,7 @@ resolved by `dynaseal.tenants`. Every validation error is reported at once.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from importlib import resources
@@ -151,6 +152,19 @@ class IssuerConfig(_Strict):
     key_models: tuple[str, ...] = ()
     demo_users: bool = False
     database_url: str | None = None
+    # Addresses or networks of the reverse proxies in front of the issuer. Only their
+    # X-Forwarded-For is believed (the login throttle counts per client address); empty = none.
+    trusted_proxies: tuple[str, ...] = ()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _ip_networks(cls, proxies: tuple[str, ...]) -> tuple[str, ...]:
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies entry {proxy!r} is not an IP address or network") from None
+        return proxies
 
 
 class GatewayConfig(_Strict):

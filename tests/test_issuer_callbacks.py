@@ -147,3 +147,27 @@ def test_callback_body_is_kept_verbatim(issuer: tuple[DynasealConfig, TestClient
     with issuer_state(client.app).sessions() as db:  # type: ignore[arg-type]
         row = db.scalar(select(Callback).where(Callback.webhook_id == headers["webhook-id"]))
     assert row is not None and row.payload == json.loads(body) and row.jti == "jti-v" and row.tokens == 57
+
+
+@pytest.mark.parametrize("webhook_id", [
+    b"", b"a" * 129, "caf\u00e9".encode(), "caf\u00e9".encode("latin-1"), b"id with space", b"id\x7f", b"id\x01",
+    b"\xff\xfe", "\u2028".encode(),
+])
+def test_a_malformed_webhook_id_is_a_clear_400(issuer: tuple[DynasealConfig, TestClient], secret: str,
+                                               webhook_id: bytes) -> None:
+    client = issuer[1]
+    as_text = webhook_id.decode("latin-1")  # what the receiver sees of these bytes
+    body, headers = signed_callback(secret, usage_body("evt-wid", "jti-wid", "client1"), msg_id=as_text or "x")
+    sent: dict[str, str | bytes] = {**headers, "webhook-id": webhook_id}
+    error = assert_error(client.post("/v1/callback/usage", content=body, headers=sent), 400, "invalid_webhook_id")
+    assert error["param"] == "webhook-id"
+    assert _stored(client, as_text) == 0
+
+
+def test_the_longest_printable_webhook_id_is_stored(issuer: tuple[DynasealConfig, TestClient], secret: str) -> None:
+    client = issuer[1]
+    webhook_id = "msg_" + "~!#$%&'*+-.^_`|" * 8 + "z" * 4
+    assert len(webhook_id) == 128
+    body, headers = signed_callback(secret, usage_body("evt-long", "jti-long", "client1"), msg_id=webhook_id)
+    assert client.post("/callback/usage", content=body, headers=headers).json()["status"] == "stored"
+    assert _stored(client, webhook_id) == 1
