@@ -22,7 +22,7 @@ def create_app(cfg: DynasealConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        state.engine.dispose()
+        state.close()
 
     app = FastAPI(
         title="Dynaseal issuer API",

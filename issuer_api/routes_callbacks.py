@@ -1,7 +1,8 @@
 """`POST /callback/usage` (also `/api/v1/callback/usage`, `/v1/callback/usage`): signed usage callbacks.
 
 Verified per Standard Webhooks with the tenant's callback secret, then stored once per
-`webhook-id`: the gateway delivers at least once, so a repeat must change nothing.
+`webhook-id`: the gateway delivers at least once, so a repeat must change nothing. Rows go through
+the `CallbackWriter` (group commits on one thread).
 """
 
 from __future__ import annotations
@@ -13,17 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
-from sqlalchemy import Insert, insert
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from standardwebhooks.webhooks import WebhookVerificationError
-from starlette.concurrency import run_in_threadpool
 
 from dynaseal.logs import redact
 from issuer_api.deps import StateDep
 from issuer_api.errors import ApiError, invalid_request
-from issuer_api.state import IssuerState
-from issuer_api.store import Callback, utcnow
+from issuer_api.store import utcnow
 
 log = logging.getLogger("issuer_api.callbacks")
 router = APIRouter(tags=["callbacks"])
@@ -76,32 +72,11 @@ def parse_callback(payload: dict[str, Any]) -> UsageCallback:
                          _optional_str(payload, "sub", MAX_ID_CHARS))
 
 
-def _insert_once(dialect: str, values: dict[str, Any]) -> Insert:
-    """One INSERT that skips a webhook-id stored before, where the dialect can say so in SQL."""
-    table = Callback.__table__
-    if dialect == "sqlite":
-        return sqlite.insert(table).values(values).on_conflict_do_nothing(index_elements=["webhook_id"])
-    if dialect == "postgresql":
-        return postgresql.insert(table).values(values).on_conflict_do_nothing(index_elements=["webhook_id"])
-    return insert(table).values(values)  # the unique index refuses a repeat: IntegrityError below
-
-
-def _store_once(state: IssuerState, webhook_id: str, callback: UsageCallback,
-                payload: dict[str, Any]) -> bool:
-    """Insert the callback unless this webhook-id was stored before; True if stored now.
-
-    One Core statement on a pooled connection: no ORM session or unit of work, and no separate
-    SELECT, which is most of what a stored callback used to cost.
-    """
-    values = {"webhook_id": webhook_id, "event_id": callback.event_id, "jti": callback.jti,
-              "sub": callback.sub, "tokens": callback.tokens, "usage": callback.usage,
-              "content": callback.content, "payload": payload, "received_at": utcnow()}
-    try:
-        with state.engine.begin() as connection:
-            result = connection.execute(_insert_once(state.engine.dialect.name, values))
-    except IntegrityError:  # a repeat on a dialect without ON CONFLICT
-        return False
-    return bool(result.rowcount)
+def row_values(webhook_id: str, callback: UsageCallback, payload: dict[str, Any]) -> dict[str, Any]:
+    """The callbacks-table row of one callback."""
+    return {"webhook_id": webhook_id, "event_id": callback.event_id, "jti": callback.jti, "sub": callback.sub,
+            "tokens": callback.tokens, "usage": callback.usage, "content": callback.content,
+            "payload": payload, "received_at": utcnow()}
 
 
 def webhook_id_of(request: Request) -> str | None:
@@ -142,7 +117,7 @@ async def receive_usage(request: Request, state: StateDep) -> dict[str, str]:
     if not isinstance(payload, dict):
         raise invalid_request("callback body must be a JSON object")
     callback = parse_callback(payload)
-    stored = await run_in_threadpool(_store_once, state, webhook_id, callback, payload)
+    stored = await state.callbacks.store(row_values(webhook_id, callback, payload))
     if not stored:
         log.info("duplicate callback ignored",
                  extra={"webhook_id": webhook_id, "event_id": callback.event_id})

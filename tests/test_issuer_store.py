@@ -68,7 +68,7 @@ def test_default_locations_and_demo_users_created_once(tmp_path: Path) -> None:
     assert users["user1"].id == "671249a93f1cf2f8bf9b2b82" and users["user1"].role == "tenant"
     assert users["client1"].role == "end_user"
     assert all(u.password_hash.startswith("$2b$") for u in users.values())  # bcrypt, never plaintext
-    state.engine.dispose()
+    state.close()
 
 
 def test_database_url_and_demo_users_switch(tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_database_url_and_demo_users_switch(tmp_path: Path) -> None:
     assert other.exists() and not (tmp_path / "data" / "issuer" / "issuer.db").exists()
     with state.sessions() as db:
         assert db.scalar(select(func.count()).select_from(User)) == 0
-    state.engine.dispose()
+    state.close()
 
 
 def test_missing_session_secret_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
