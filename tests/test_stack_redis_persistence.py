@@ -82,16 +82,16 @@ def test_revocation_and_spent_uses_survive_a_redis_restart(
         assert _admit(url, once, "r-2") == "key_exhausted"
         assert _admit(url, revoked, "r-3") == "ok"
         client = redis.Redis.from_url(url)
-        revoke(client, revoked.jti, revoked.exp)
+        revoke(client, OTHER_TENANT, revoked.jti, revoked.exp)
         client.close()
         assert _admit(url, revoked, "r-4") == "revoked_key"
-        before = counters(redis.Redis.from_url(url), once.jti)
+        before = counters(redis.Redis.from_url(url), OTHER_TENANT, once.jti)
         if stop is signal.SIGKILL:
             time.sleep(2 * FSYNC_WINDOW_S)  # past the fsync window: a crash of the machine would keep it too
         supervisor.stop_service("redis", stop)
 
         supervisor.start(spec)  # the same arguments, the same directory
-        assert counters(redis.Redis.from_url(url), once.jti) == before == {"uses": 1, "reserved": 25}
+        assert counters(redis.Redis.from_url(url), OTHER_TENANT, once.jti) == before == {"uses": 1, "reserved": 25}
         assert _admit(url, once, "r-5") == "key_exhausted"
         assert _admit(url, revoked, "r-6") == "revoked_key"
         assert any(redis_dir.rglob("*.aof")), "the append-only file lives in data_dir/redis"
