@@ -26,8 +26,6 @@ log = logging.getLogger("log_shipper")
 CHUNK_BYTES = 256 * 1024
 # How long the old file must stay quiet, with a newer file already written, before it is closed.
 ROTATION_GRACE_S = 1.0
-# How often an idle tailer checks that the file's first bytes are unchanged (truncated and regrown).
-HEAD_RECHECK_S = 0.5
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
 # mtime is compared with times taken by this process: allow for coarse file-system clocks.
 MTIME_SLACK_S = 2.0
@@ -100,7 +98,8 @@ class LogTailer:
         self._discarding = False  # inside a line longer than max_line_bytes
         self._grew_at = 0.0
         self._head = b""  # the file's first bytes as read: a change means it was rewritten in place
-        self._head_checked_at = 0.0
+        # Files read to their end and left, by inode, with their first bytes (an inode can be reused).
+        self._retired: dict[int, bytes] = {}
 
     @property
     def inode(self) -> int | None:
@@ -115,6 +114,7 @@ class LogTailer:
         """
         self.close()
         self._start, self._written_after = checkpoint, written_after
+        self._retired.clear()  # going back: the files after the checkpoint are read again in order
 
     def close(self) -> None:
         """Close the open file, if any."""
@@ -124,6 +124,7 @@ class LogTailer:
 
     def _use(self, handle: BinaryIO, offset: int) -> None:
         if self._file is not None and self._file is not handle:
+            self._retired[self._inode] = self._head
             self._file.close()
         handle.seek(offset)
         self._file, self._inode, self._pos = handle, os.fstat(handle.fileno()).st_ino, offset
@@ -156,20 +157,38 @@ class LogTailer:
         return True
 
     def _rewritten(self) -> bool:
-        """Same inode, but truncated (shorter than read) or rewritten (first bytes differ)."""
+        """Same inode, but truncated (shorter than read) or rewritten (first bytes differ).
+
+        Checked before every read (an fstat and a pread of at most HEAD_BYTES): a file truncated and
+        regrown between two polls must not be read on from the old offset, mid-way through a new line.
+        """
         assert self._file is not None
         fd = self._file.fileno()
         if os.fstat(fd).st_size < self._pos:
             return True
-        now = time.monotonic()
-        if self._head and now - self._head_checked_at >= HEAD_RECHECK_S:
-            self._head_checked_at = now
-            return os.pread(fd, len(self._head), 0) != self._head
-        return False
+        return bool(self._head) and os.pread(fd, len(self._head), 0) != self._head
+
+    def _restart_if_rewritten(self) -> bool:
+        if not self._rewritten():
+            return False
+        self.restarts["truncated"] += 1
+        log.warning("access log truncated; reading it from the start", extra={"file": str(self.path)})
+        assert self._file is not None
+        self._use(self._file, 0)
+        return True
 
     def _next_file(self) -> Path | None:
-        """A file the writer moved on to: not the open one, with data, written no earlier than it."""
+        """The file the writer moved on to: not one already left, with data, written no earlier than this one.
+
+        The live log is always the last file: once on it, only a truncation moves the reader (back to
+        its start). Equal mtimes (coarse clocks) are ordered by name, the live log last.
+        """
         assert self._file is not None
+        try:
+            if os.stat(self.path).st_ino == self._inode:
+                return None
+        except FileNotFoundError:
+            pass
         current_mtime = os.fstat(self._file.fileno()).st_mtime
         newer = []
         for candidate in log_files(self.path):
@@ -177,17 +196,25 @@ class LogTailer:
                 st = candidate.stat()
             except OSError:
                 continue
-            if st.st_ino != self._inode and st.st_size > 0 and st.st_mtime >= current_mtime:
-                newer.append((st.st_mtime, candidate))
-        return min(newer)[1] if newer else None
+            if st.st_ino != self._inode and st.st_size > 0 and st.st_mtime >= current_mtime \
+                    and not self._was_retired(candidate, st.st_ino):
+                newer.append((st.st_mtime, candidate == self.path, candidate.name, candidate))
+        return min(newer)[3] if newer else None
+
+    def _was_retired(self, candidate: Path, inode: int) -> bool:
+        """Whether this is a file already left behind (mtimes can tie: never go back to one)."""
+        head = self._retired.get(inode)
+        if not head:
+            return False
+        try:
+            with candidate.open("rb") as handle:
+                return os.pread(handle.fileno(), len(head), 0) == head
+        except OSError:
+            return True
 
     def _switched(self) -> bool:
         """At end of file: start over after truncation, or move on once the writer has."""
-        if self._rewritten():
-            self.restarts["truncated"] += 1
-            log.warning("access log truncated; reading it from the start", extra={"file": str(self.path)})
-            assert self._file is not None
-            self._use(self._file, 0)
+        if self._restart_if_rewritten():
             return True
         if time.monotonic() - self._grew_at < ROTATION_GRACE_S:
             return False
@@ -225,6 +252,7 @@ class LogTailer:
         if self._file is None and not self._open():
             return []
         assert self._file is not None
+        self._restart_if_rewritten()
         while True:
             chunk = self._file.read(CHUNK_BYTES)
             if not chunk:
