@@ -8,7 +8,6 @@ drill reconciles what authz admitted (Redis), what the access log holds and what
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,24 +136,23 @@ def test_truncated_while_the_shipper_is_stopped_loses_nothing(
 def test_rotation_that_creates_the_new_file_before_envoy_reopens_loses_nothing(
         drill: Drill, receiver: Receiver, issuer_key: SigningKey, redis_client: Redis) -> None:
     key, jti = new_key(issuer_key)
-    sent: list[int] = []
-    sender = threading.Thread(target=lambda: sent.append(send(drill, key, 40, pause_s=0.05)), daemon=True)
-    sender.start()
-    wait_until(lambda: len(set(received(receiver, jti))) >= 5, 30, "the first callbacks")
+    send(drill, key, 5)
+    wait_until(lambda: len(set(received(receiver, jti))) == 5, 30, "the first callbacks")
     rotated = drill.access_log.with_name("access.log.1")
     drill.access_log.rename(rotated)
     drill.access_log.write_bytes(b"")  # logrotate `create`: the new file exists, Envoy still writes the old
-    in_old_at_create = len(admitted_ids(rotated.read_bytes().splitlines(), {jti}))
-    time.sleep(2.5)  # longer than the shipper's grace: the old file's quiet moments must not make it move
-    in_old_before_reopen = len(admitted_ids(rotated.read_bytes().splitlines(), {jti}))
+    time.sleep(1.8)  # quiet for longer than the shipper's grace, the new file empty
+    send(drill, key, 10)  # Envoy has not reopened: these go to the old file
+    time.sleep(1.5)
+    in_old = len(admitted_ids(rotated.read_bytes().splitlines(), {jti}))
     drill.reopen_logs()
-    sender.join(60)
+    send(drill, key, 10)
     time.sleep(0.5)  # Envoy's flush interval
+    in_new = len(admitted_ids(drill.access_log.read_bytes().splitlines(), {jti}))
     expected = admitted_ids(log_lines(drill.access_log), {jti})
     report = settle(drill, receiver, redis_client, jti, expected, "rotation-create-mode")
-    assert in_old_before_reopen > in_old_at_create, "Envoy wrote the old file after the new one existed"
-    assert len(admitted_ids(drill.access_log.read_bytes().splitlines(), {jti})) > 0, "and the new one after"
-    assert len(expected) == sum(sent) == 40
+    assert (in_old, in_new) == (15, 10), "the old file got the lines written before the reopen"
+    assert len(expected) == 25
     assert report.clean, report
     rotated.unlink()
 
