@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conftest import DEMO_TENANT
 from redis import Redis
 
 from dynaseal.quota import counters
@@ -63,9 +64,9 @@ def admitted_ids(lines: Iterable[bytes], jtis: set[str]) -> set[str]:
     return ids
 
 
-def admitted_by_authz(redis_client: Redis, jtis: set[str]) -> int:
-    """Requests authz admitted for these keys (their `uses` counters)."""
-    return sum(counters(redis_client, jti).get("uses", 0) for jti in jtis)
+def admitted_by_authz(redis_client: Redis, jtis: set[str], tenant: str = DEMO_TENANT) -> int:
+    """Requests authz admitted for these keys of one tenant (their `uses` counters)."""
+    return sum(counters(redis_client, tenant, jti).get("uses", 0) for jti in jtis)
 
 
 def reconcile(admitted: int, expected: set[str] | int, received: Iterable[str]) -> Report:
