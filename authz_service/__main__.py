@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--metrics-port", type=int)
+    parser.add_argument("--server", choices=("native", "grpcio"),
+                        help="gRPC transport (default: the config's authz.server)")
     args = parser.parse_args(argv)
     setup_logging("authz")
     try:
@@ -26,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover - uvloop is a declared dependency on POSIX
         uvloop = None
     try:
-        server = AuthzServer(AuthzOptions(args.config, args.host, args.port, args.metrics_port))
+        server = AuthzServer(AuthzOptions(args.config, args.host, args.port, args.metrics_port, args.server))
     except ConfigError as exc:
         print(f"dynaseal authz: {exc}", file=sys.stderr)
         return 2

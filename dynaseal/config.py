@@ -202,11 +202,20 @@ class GatewayConfig(_Strict):
     jwks_refresh_s: float = Field(300.0, ge=30, le=86400)
 
 
+class AuthzConfig(_Strict):
+    """The authz service's own settings."""
+
+    # The gRPC transport serving the same grpcio servicers: `native` (pygrpc-native: HTTP/2 in Rust,
+    # the handlers on the Python event loop) or `grpcio` (grpc.aio), the switch back if native misbehaves.
+    server: Literal["native", "grpcio"] = "native"
+
+
 class DynasealConfig(_Strict):
     """The whole config file."""
 
     env_file: str | None = None
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    authz: AuthzConfig = Field(default_factory=AuthzConfig)
     tenants: tuple[TenantConfig, ...]
     issuer: IssuerConfig | None = None
 
