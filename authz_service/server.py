@@ -123,7 +123,7 @@ class AuthzServer:
         host = self.options.host or gateway.host
         port = self.options.port or gateway.ports.authz
         kind = self.options.server or self.cfg.authz.server
-        self.server = new_server(kind)
+        self.server = new_server(kind, self.cfg.authz.io_threads)
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

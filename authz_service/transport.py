@@ -16,13 +16,14 @@ ServerKind = Literal["native", "grpcio"]
 SERVER_OPTIONS = [("grpc.so_reuseport", 1)]
 
 
-def new_server(kind: ServerKind) -> grpc.aio.Server:
-    """An unstarted grpc.aio-compatible server of this kind."""
+def new_server(kind: ServerKind, io_threads: int = 1) -> grpc.aio.Server:
+    """An unstarted grpc.aio-compatible server of this kind (`io_threads`: native only)."""
     if kind == "native":
         # Imported only when chosen: `grpcio` must work even where the native wheel is broken.
         import pygrpc_native.aio
 
-        server: grpc.aio.Server = pygrpc_native.aio.server(options=SERVER_OPTIONS)
+        # The Server class, not pygrpc_native.aio.server(): only it takes io_threads.
+        server: grpc.aio.Server = pygrpc_native.aio.Server(options=SERVER_OPTIONS, io_threads=io_threads)
         return server
     if kind == "grpcio":
         return grpc.aio.server(options=SERVER_OPTIONS)

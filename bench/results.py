@@ -65,7 +65,7 @@ def gateway_table(runs: list[GatewayRun]) -> list[str]:
                       "those numbers are suspect."]
     by_label = {r.label: r.result.rps for r in runs}
     ratios = [f"{a}/{b} = {by_label[a] / by_label[b]:.2f}"
-              for a, b in (("B", "A"), ("C", "A"), ("C", "B"), ("C", "C'"))
+              for a, b in (("B", "A"), ("C", "A"), ("C", "B"), ("C*", "B"), ("C", "C*"), ("C", "C'"))
               if a in by_label and b in by_label]
     if ratios:
         goal = " (goal C/B ≥ 0.5)" if {"B", "C"} <= by_label.keys() else ""

@@ -208,6 +208,9 @@ class AuthzConfig(_Strict):
     # The gRPC transport serving the same grpcio servicers: `native` (pygrpc-native: HTTP/2 in Rust,
     # the handlers on the Python event loop) or `grpcio` (grpc.aio), the switch back if native misbehaves.
     server: Literal["native", "grpcio"] = "native"
+    # native only: threads doing the HTTP/2 work. 1 costs the least CPU per Check on 2 cores (measured
+    # in bench/RESULTS.md); more only help where authz has cores to itself.
+    io_threads: int = Field(1, ge=1, le=64)
 
 
 class DynasealConfig(_Strict):
