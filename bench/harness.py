@@ -111,9 +111,13 @@ class BenchStack:
         self.authz_cpus = authz_cpus
         self.redis_cpus = redis_cpus
         self.services: dict[str, RunningService] = {}
+        # Targets that are not Envoy listeners (another proxy under test), by name.
+        self.other_urls: dict[str, str] = {}
 
     def url(self, listener: str) -> str:
-        """The chat-completions URL on one bench listener."""
+        """The chat-completions URL on one bench listener (or of a target in `other_urls`)."""
+        if listener in self.other_urls:
+            return self.other_urls[listener]
         return f"http://{HOST}:{self.listener_ports[listener]}/v1/chat/completions"
 
     @property
