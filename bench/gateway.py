@@ -15,7 +15,7 @@ import httpx
 
 from bench import wrk
 from bench.fixture import BODY
-from bench.harness import BenchStack, children_cpu_seconds, machine_busy_seconds, wait_for_quiet
+from bench.harness import BenchStack, children_cpu_seconds, machine_busy_seconds, rss_mib, wait_for_quiet
 
 CONFIGS = (("A", "a_none", "Envoy, no auth"),
            ("B", "b_jwt", "Envoy jwt_authn (EdDSA, inline JWKS, jwt_cache)"),
@@ -36,6 +36,7 @@ class GatewayRun:
     result: wrk.WrkResult
     cpu_s: dict[str, float] = field(default_factory=dict)
     busy_before: float = 0.0  # cores busy on the machine just before the run (other work)
+    authz_rss_mib: float = 0.0  # authz's resident memory right after the run
 
     def cpu_us_per_request(self, service: str) -> float:
         """CPU microseconds a service (all its processes: `authz`, `authz-2`, …) spent per request."""
@@ -98,4 +99,5 @@ def measure(stack: BenchStack, script: Path, label: str, listener: str, name: st
     cpu["other"] = max(0.0, machine_busy_seconds() - busy - sum(cpu.values()))  # + kernel networking
     if result.non_2xx or result.errors:
         raise RuntimeError(f"{label}: {result.non_2xx} non-2xx answers and {result.errors} socket errors")
-    return GatewayRun(label, name, result, cpu, quiet)
+    authz = stack.services.get("authz")
+    return GatewayRun(label, name, result, cpu, quiet, rss_mib(authz.process.pid) if authz else 0.0)

@@ -55,6 +55,22 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory (MiB) of every live process in the process group led by `pid`."""
+    total_kib = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[2]) != pid:
+                continue
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        total_kib += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return total_kib / 1024
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all cores spent not idle since boot (steal excluded), from /proc/stat."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
