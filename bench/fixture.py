@@ -75,7 +75,9 @@ def write_config(directory: Path, ports: dict[str, int], keys: BenchKeys) -> Pat
             "ports": ports,
             "data_dir": str(directory / "data"),
             "max_body_bytes": 65536,
-            "upstream": {"base_url": None, "api_key_env": PROVIDER_KEY_ENV},
+            # The streaming bench paces the mock's chunks with this header; authz strips every other one.
+            "upstream": {"base_url": None, "api_key_env": PROVIDER_KEY_ENV,
+                         "forward_headers": ["x-mock-chunk-delay-ms"]},
         },
         "tenants": [{
             "id": TENANT,

@@ -172,8 +172,9 @@ def access_line(jti: str, rng: random.Random) -> tuple[str | None, bytes]:
 class PipelineRig:
     """Redis, broker, shipper, consumer and receiver on free ports in a work directory."""
 
-    def __init__(self, work: Path, tenant_backlog: int = 5000) -> None:
+    def __init__(self, work: Path, tenant_backlog: int = 5000, consumers: int = 1) -> None:
         self.work = work
+        self.consumers = consumers
         self.tenant_backlog = tenant_backlog
         names = ["kafka", "redis", "consumer_metrics", "shipper_metrics", "receiver"]
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
@@ -206,13 +207,20 @@ class PipelineRig:
                                   "--storage-engine", "memory://tansu/"], "", lambda: tcp_open(HOST, p["kafka"])),
             ServiceSpec("receiver", [*py, "bench.pipeline_bench", "--serve-receiver", str(p["receiver"])], "",
                         lambda: http_ok(f"http://{HOST}:{p['receiver']}/stats"), env=env),
-            ServiceSpec("consumer", [*py, "callback_consumer", "--config", str(self.config), "--group-id",
-                                     "bench", "--tenant-backlog", str(self.tenant_backlog)], "", lambda: http_ok(f"http://{HOST}:{p['consumer_metrics']}/metrics"),
-                        env=env),
+            *self._consumers(py, env),
             ServiceSpec("shipper", [*py, "log_shipper", "--config", str(self.config)], "",
                         lambda: http_ok(f"http://{HOST}:{p['shipper_metrics']}/metrics"), env=env),
         ):
             self.supervisor.start(spec)
+
+    def _consumers(self, py: list[str], env: dict[str, str]) -> list[ServiceSpec]:
+        """The consumer processes of the one group (the usage topic's partitions are split among them)."""
+        ports = [self.ports["consumer_metrics"], *free_ports(self.consumers - 1)]
+        return [ServiceSpec("consumer" if n == 0 else f"consumer-{n + 1}",
+                            [*py, "callback_consumer", "--config", str(self.config), "--group-id", "bench",
+                             "--metrics-port", str(port), "--tenant-backlog", str(self.tenant_backlog)], "",
+                            lambda port=port: http_ok(f"http://{HOST}:{port}/metrics"), env=env)  # type: ignore[misc]
+                for n, port in enumerate(ports)]
 
     def write(self, lines: list[bytes]) -> float:
         """Append lines in one write, flushed; the time just after."""
@@ -249,7 +257,7 @@ class PipelineRig:
         return [subprocess.Popen([py_spy(), "record", "--nonblocking", "-r", "200", "-d", str(max(1, round(seconds))),
                                   "-f", "raw", "-o", str(directory / f"{s.spec.name}.txt"), "-p",
                                   str(s.process.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                for s in self.supervisor.running if s.spec.name in ("shipper", "consumer")]
+                for s in self.supervisor.running if s.spec.name in ("shipper", "consumer")]  # the first consumer
 
     def stop(self) -> None:
         """Stop every process."""
@@ -312,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tenant-backlog", type=int,
                         help="the consumer's --tenant-backlog (default: above --events, so the backlog run "
                              "measures delivery, not the overload guard)")
+    parser.add_argument("--consumers", type=int, default=1, help="consumer processes in the group (default 1)")
     parser.add_argument("--profile", type=Path,
                         help="py-spy the shipper and consumer during the latency run; raw stacks and a summary "
                              "go to this directory")
@@ -323,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(7)
     jtis = [f"bench-key-{i}" for i in range(200)]
     rig = PipelineRig(Path(tempfile.mkdtemp(prefix="dynaseal-pipeline-bench-")),
-                      args.tenant_backlog or max(5000, 2 * args.events))
+                      args.tenant_backlog or max(5000, 2 * args.events), args.consumers)
     try:
         rig.start()
         warm = run_throughput(rig, 200, rng, jtis)  # group joined, connections open, code paths warm

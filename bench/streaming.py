@@ -47,7 +47,9 @@ def one_stream(client: httpx.Client, url: str, token: str, body: bytes) -> tuple
                 first = time.perf_counter()
             chunks += 1
     ended = time.perf_counter()
-    assert first is not None
+    if first is None or chunks < 2:
+        # Unpaced (one piece) means the mock never saw x-mock-chunk-delay-ms: the numbers would say nothing.
+        raise RuntimeError(f"{url}: the stream came in {chunks} piece(s): chunks were not paced")
     return (first - started) * 1000, (ended - started) * 1000, chunks
 
 

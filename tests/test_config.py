@@ -86,3 +86,20 @@ def test_alg_must_match_key_type(tmp_path: Path) -> None:
         {"kid": "p-1", "alg": "ES256", "public_jwk": SigningKey.generate("p-1").public_jwk()}]}]}))
     with pytest.raises(ConfigError, match="does not match"):
         build_registry(cfg)
+
+
+def test_authz_server_defaults_to_native_and_takes_only_known_transports(tmp_path: Path) -> None:
+    assert load_config(bundled_dev_config()).authz.server == "native"
+    raw = yaml.safe_load(bundled_dev_config().read_text())
+    raw["env_file"] = str(bundled_dev_config().parent / "dev.env")
+    raw["authz"] = {"server": "grpcio", "io_threads": 2}
+    path = tmp_path / "ok.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_config(path).authz.server == "grpcio"
+    assert load_config(path).authz.io_threads == 2
+    raw["authz"] = {"server": "grpc", "io_threads": 0, "workers": 2}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as bad:
+        load_config(path)
+    message = str(bad.value)
+    assert "authz.server" in message and "authz.io_threads" in message and "authz.workers" in message

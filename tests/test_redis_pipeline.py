@@ -129,3 +129,39 @@ def test_server_closing_fails_every_waiter() -> None:
             await client.aclose()
             server.close()
     assert all(isinstance(r, RedisConnectionError) for r in asyncio.run(run()))
+
+
+def test_each_command_has_its_own_deadline_not_the_oldest_ones(redis_server: str) -> None:
+    """Commands spread over several deadlines all succeed: one timer serves them, re-armed per command."""
+    async def run() -> list[object]:
+        client = PipelinedRedis.from_url(redis_server, 0.2)
+        assert client is not None
+        try:
+            pending = []
+            for n in range(8):  # 8 × 60 ms: later commands are sent long after the first one's deadline
+                pending.append(asyncio.ensure_future(client.execute("ECHO", n)))
+                await asyncio.sleep(0.06)
+            return await asyncio.gather(*pending)
+        finally:
+            await client.aclose()
+    assert asyncio.run(run()) == [str(n).encode() for n in range(8)]
+
+
+def test_a_busy_server_times_out_every_command_and_the_next_one_reconnects() -> None:
+    """A server that reads but never answers: each waiter fails within its deadline, none hangs."""
+    async def run() -> list[object]:
+        async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while await reader.read(65536):
+                pass
+        server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+        client = PipelinedRedis("127.0.0.1", server.sockets[0].getsockname()[1], timeout_s=0.05)
+        try:
+            first = await asyncio.wait_for(
+                asyncio.gather(*(client.execute("PING") for _ in range(20)), return_exceptions=True), 2)
+            second = await asyncio.wait_for(asyncio.gather(client.execute("PING"), return_exceptions=True), 2)
+            return [*first, *second]
+        finally:
+            await client.aclose()
+            server.close()
+    results = asyncio.run(run())
+    assert all(isinstance(r, RedisError) for r in results), results
