@@ -31,7 +31,8 @@ def callback_payload(event: UsageEvent, include_content: bool) -> dict[str, Any]
     return {
         "type": "usage",
         "event_id": event.event_id,
-        "content": event.content if include_content and event.HasField("content") else None,
+        # Always a string: the seed's backend declares `content: str` and refuses null (a 422, i.e. a DLQ).
+        "content": event.content if include_content and event.HasField("content") else "",
         "tokens": event.total_tokens,
         "usage": {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
                   "total_tokens": event.total_tokens},

@@ -6,7 +6,9 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
+from pydantic import BaseModel
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -41,14 +43,14 @@ def test_body_has_the_design_fields() -> None:
 
 
 def test_content_only_when_the_tenant_asks() -> None:
-    assert callback_payload(event(), include_content=False)["content"] is None
-    assert callback_payload(event(content=None), include_content=True)["content"] is None
+    assert callback_payload(event(), include_content=False)["content"] == ""
+    assert callback_payload(event(content=None), include_content=True)["content"] == ""
 
 
 def test_missing_optional_fields_become_null_and_empty() -> None:
     bare = UsageEvent(request_id="r", tenant="t", jti="k", event_id="k", usage_source="none", status=500)
     payload = callback_payload(bare, include_content=True)
-    assert payload["sub"] is None and payload["content"] is None and payload["cb"] == {}
+    assert payload["sub"] is None and payload["content"] == "" and payload["cb"] == {}
     assert payload["tokens"] == 0 and payload["status"] == 500
 
 
@@ -194,3 +196,20 @@ def test_client_rejects_non_http_urls() -> None:
 
     with pytest.raises(ValueError):
         CallbackClient("ftp://example.com/cb")
+
+
+class SeedUsageCallback(BaseModel):
+    """The original Dynaseal backend's callback model, as it declares it (extra fields ignored)."""
+
+    event_id: str
+    content: str
+    tokens: int
+
+
+@pytest.mark.parametrize("include_content", [True, False])
+@pytest.mark.parametrize("fields", [{}, {"content": None}, {"sub": None}, {"usage_source": "none", "status": 500},
+                                    {"event_id": "12345"}])
+def test_every_callback_satisfies_the_seed_backends_model(include_content: bool, fields: dict[str, object]) -> None:
+    payload = callback_payload(event(**fields), include_content=include_content)
+    parsed = SeedUsageCallback.model_validate_json(orjson.dumps(payload))  # strict types, as pydantic parses JSON
+    assert parsed.tokens == payload["tokens"] and isinstance(parsed.content, str)
