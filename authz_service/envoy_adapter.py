@@ -23,6 +23,8 @@ from dynaseal.authorizer import AuthRequest
 from dynaseal.decision import Decision
 
 _OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+# The response header that tells a client the gateway's id of its request (its callback's webhook-id).
+REQUEST_ID_HEADER = "x-dynaseal-request-id"
 _OK = status_pb2.Status(code=code_pb2.OK)
 _DENIED = status_pb2.Status(code=code_pb2.PERMISSION_DENIED)
 
@@ -35,9 +37,6 @@ def to_auth_request(check: CheckRequest) -> AuthRequest:
         path=http.path,
         headers=http.headers,  # a read-only map with lowercase names, as Envoy sends it
         body=http.raw_body or http.body.encode("utf-8", "surrogateescape"),
-        # x-request-id (Envoy-generated, client value not trusted) is the access log's and the usage
-        # pipeline's request id: reservations must be filed under the same id to be settled.
-        request_id=http.headers.get("x-request-id") or http.id,
     )
 
 
@@ -73,9 +72,10 @@ def allow_response(decision: Decision) -> CheckResponse:
 
 def deny_response(decision: Decision) -> CheckResponse:
     """CheckResponse for a refusal: OpenAI-shaped JSON error with the decision's status."""
-    headers = {"content-type": "application/json", **decision.headers}
+    headers = {"content-type": "application/json", **decision.headers, REQUEST_ID_HEADER: decision.request_id}
     metadata = Struct()
-    metadata.update({"deny_code": decision.code, **({"jti": decision.jti} if decision.jti else {})})
+    metadata.update({"deny_code": decision.code, "request_id": decision.request_id,
+                     **({"jti": decision.jti} if decision.jti else {})})
     return CheckResponse(
         status=_DENIED,
         denied_response=DeniedHttpResponse(

@@ -12,7 +12,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from prometheus_client import Counter
 
 from authz_service.envoy_adapter import to_auth_request, to_check_response
-from authz_service.metrics import CHECK_SECONDS, DECISIONS
+from authz_service.metrics import CHECK_SECONDS, DECISIONS, FAILURES
 from dynaseal.authorizer import Authorizer
 
 log = logging.getLogger("dynaseal.authz")
@@ -22,6 +22,11 @@ log = logging.getLogger("dynaseal.authz")
 def _decision_counter(result: str, code: str) -> Counter:
     """The labelled counter child, looked up once per (result, code) instead of on every Check."""
     return DECISIONS.labels(result, code)
+
+
+@functools.lru_cache(maxsize=16)
+def _failure_counter(reason: str) -> Counter:
+    return FAILURES.labels(reason)
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
@@ -36,9 +41,11 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         auth_request = to_auth_request(request)
         decision = await self.authorizer.decide(auth_request)
         _decision_counter("allow" if decision.allowed else "deny", decision.code).inc()
-        if not decision.allowed:
+        if decision.reason:
+            _failure_counter(decision.reason).inc()
+        if decision.status >= 400:
             log.info("deny", extra={"code": decision.code, "status": decision.status, "jti": decision.jti,
-                                    "request_id": auth_request.request_id, "reason": decision.message})
+                                    "request_id": decision.request_id, "reason": decision.message})
         response = to_check_response(decision)
         CHECK_SECONDS.observe(time.perf_counter() - started)
         return response

@@ -111,7 +111,7 @@ class Deliverer:
         delay = 0.2
         while True:
             try:
-                await self.settlements.settle(event.jti, event.request_id, event.total_tokens)
+                await self.settlements.settle(event.tenant, event.jti, event.request_id, event.total_tokens)
                 return True
             except RedisError as exc:
                 metrics.SETTLE_ERRORS.inc()

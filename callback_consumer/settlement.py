@@ -26,13 +26,13 @@ class SettlementBatcher:
         self.redis = redis_client
         self.executor = executor
         self._script = redis_client.register_script(SETTLE)
-        self._queue: list[tuple[tuple[str, str, int], asyncio.Future[None]]] = []
+        self._queue: list[tuple[tuple[str, str, str, int], asyncio.Future[None]]] = []
         self._runner: asyncio.Task[None] | None = None
 
-    async def settle(self, jti: str, request_id: str, tokens: int) -> None:
+    async def settle(self, tenant: str, jti: str, request_id: str, tokens: int) -> None:
         """Replace the request's reservation with `tokens`; raises RedisError if Redis failed."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(((jti, request_id, tokens), future))
+        self._queue.append(((tenant, jti, request_id, tokens), future))
         if self._runner is None or self._runner.done():
             self._runner = asyncio.get_running_loop().create_task(self._drain())
         await future
@@ -52,8 +52,8 @@ class SettlementBatcher:
                 if not future.done():
                     future.set_result(None)
 
-    def _run(self, items: list[tuple[str, str, int]]) -> None:
+    def _run(self, items: list[tuple[str, str, str, int]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        for jti, request_id, tokens in items:
-            self._script(keys=script_keys(jti), args=settle_args(request_id, tokens), client=pipe)
+        for tenant, jti, request_id, tokens in items:
+            self._script(keys=script_keys(tenant, jti), args=settle_args(request_id, tokens), client=pipe)
         pipe.execute()

@@ -56,7 +56,13 @@ def _number(payload: Mapping[str, Any], name: str, required: bool = False) -> fl
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad(name)
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a timestamp
+        raise _bad(name) from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise _bad(name)
+    return number
 
 
 def _positive_int(payload: Mapping[str, Any], name: str) -> int | None:
@@ -120,7 +126,7 @@ def tenant_id_of(payload: Mapping[str, Any]) -> str | None:
     return str(iss)
 
 
-def check_claims(payload: Mapping[str, Any], tenant: Tenant, registry: Registry, token: str,
+def check_claims(payload: Mapping[str, Any], tenant: Tenant, registry: Registry, signed_content: bytes,
                  now: float) -> VerifiedKey:
     """Validate time, audience and limit claims; raise Refusal on the first problem."""
     seed = "iss" not in payload and "api-key" in payload
@@ -147,8 +153,8 @@ def check_claims(payload: Mapping[str, Any], tenant: Tenant, registry: Registry,
             raise _bad("aud", "does not name this gateway")
 
     jti = claims.get("jti")
-    if jti is None:  # the seed format has no jti: the token's hash is a stable id for counters
-        jti = "h-" + hashlib.sha256(token.encode()).hexdigest()[:32]
+    if jti is None:  # the seed format has no jti: the signed content's hash is a stable id for counters
+        jti = "h-" + hashlib.sha256(signed_content).hexdigest()[:32]
     elif not isinstance(jti, str) or not 1 <= len(jti) <= 128:
         raise _bad("jti")
     event_id = claims.get("event_id", jti)

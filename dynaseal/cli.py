@@ -77,14 +77,18 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
 
     from redis import Redis
 
+    from dynaseal.quota import redis_url
     from dynaseal.revocation import revoke
 
     cfg = load_config(args.config)
-    url = os.environ.get("REDIS_URL") or cfg.gateway.redis_url or \
-        f"redis://{cfg.gateway.host}:{cfg.gateway.ports.redis}/0"
-    exp = args.exp or time.time() + max(t.limits.max_ttl for t in cfg.tenants)
-    revoke(Redis.from_url(url), args.jti, exp)
-    _say(f"revoked {args.jti}")
+    tenants = {t.id: t for t in cfg.tenants}
+    tenant = args.tenant or (next(iter(tenants)) if len(tenants) == 1 else None)
+    if tenant is None or tenant not in tenants:
+        _say(f"name the key's tenant with --tenant (one of: {', '.join(sorted(tenants))})")
+        return 2
+    exp = args.exp or time.time() + tenants[tenant].limits.max_ttl
+    revoke(Redis.from_url(redis_url(cfg)), tenant, args.jti, exp)
+    _say(f"revoked {args.jti} of tenant {tenant}")
     return 0
 
 
@@ -117,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     key_sub = key.add_subparsers(dest="key_command", required=True)
     revoke = key_sub.add_parser("revoke", help="refuse a key from the next request on")
     revoke.add_argument("jti")
+    revoke.add_argument("--tenant", help="the key's tenant (its `iss`); optional when the config has one tenant")
     revoke.add_argument("--exp", type=float, help="the key's exp (default: now + the largest max_ttl)")
     revoke.set_defaults(func=cmd_key_revoke)
     for name in SERVICE_MODULES:

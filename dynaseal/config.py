@@ -79,6 +79,13 @@ class Limits(_Strict):
     rpm: int | None = Field(None, ge=1)
     budget: int | None = Field(None, ge=1)
     params: dict[str, ParamLimit] = Field(default_factory=dict)
+    # Refuse requests without a token cap or streams without usage (instead of the gateway adding them).
+    strict_requests: bool = False
+    # The member the gateway adds when a request sets no cap (o-series models take max_completion_tokens).
+    cap_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    # Tokens reserved per image/audio/file part (their bytes do not bound their cost); unset = such parts
+    # are refused for keys with a budget.
+    media_part_tokens: int | None = Field(None, ge=0)
 
 
 class UpstreamConfig(_Strict):
@@ -88,6 +95,9 @@ class UpstreamConfig(_Strict):
     api_key_env: str | None = None
     # CA bundle Envoy verifies an https upstream against: the provider key must never go to an impostor.
     ca_file: str = "/etc/ssl/certs/ca-certificates.crt"
+    # Client headers passed on to the provider beyond the fixed allowlist (content-type, accept, ...);
+    # everything else a client sends (OpenAI-Organization, OpenAI-Beta, ...) is removed.
+    forward_headers: tuple[str, ...] = ()
 
 
 class TenantUpstream(_Strict):

@@ -25,9 +25,17 @@ class Decision:
     metadata: dict[str, str | int | float | bool] = field(default_factory=dict)
     # Key id, for logs only; never the key itself.
     jti: str | None = None
+    # The gateway's id of this request: reserved under, logged, the usage event's and callback's id.
+    request_id: str = ""
+    # A body the gateway answers with itself (e.g. the model list), instead of an error body.
+    body: bytes | None = None
+    # Why an internal failure failed closed (a small closed set, the metric label); "" otherwise.
+    reason: str = ""
 
     def error_body(self) -> bytes:
-        """OpenAI-shaped error body for a refusal."""
+        """OpenAI-shaped error body for a refusal (or the gateway's own answer)."""
+        if self.body is not None:
+            return self.body
         return orjson.dumps(
             {"error": {"message": self.message, "type": type_of(ErrorCode(self.code)),
                        "code": self.code, "param": self.param}}
@@ -35,17 +43,23 @@ class Decision:
 
 
 def allow(headers: dict[str, str], headers_to_remove: tuple[str, ...],
-          metadata: dict[str, str | int | float | bool], jti: str) -> Decision:
+          metadata: dict[str, str | int | float | bool], jti: str, request_id: str = "") -> Decision:
     """An allow decision."""
-    return Decision(True, 200, "ok", "", None, headers, headers_to_remove, metadata, jti)
+    return Decision(True, 200, "ok", "", None, headers, headers_to_remove, metadata, jti, request_id)
 
 
 def deny(code: ErrorCode, message: str, param: str | None = None, jti: str | None = None,
-         headers: dict[str, str] | None = None) -> Decision:
+         headers: dict[str, str] | None = None, request_id: str = "") -> Decision:
     """A refusal with its status taken from the closed set of codes."""
-    return Decision(False, status_of(code), code.value, message, param, headers or {}, (), {}, jti)
+    return Decision(False, status_of(code), code.value, message, param, headers or {}, (), {}, jti, request_id)
 
 
-def deny_from(refusal: Refusal, jti: str | None = None) -> Decision:
+def deny_from(refusal: Refusal, jti: str | None = None, request_id: str = "") -> Decision:
     """Turn a step's `Refusal` into a decision."""
-    return deny(refusal.code, refusal.message, refusal.param, jti)
+    return deny(refusal.code, refusal.message, refusal.param, jti, request_id=request_id)
+
+
+def answer(body: bytes, jti: str, request_id: str = "") -> Decision:
+    """A 200 the gateway gives itself (the request never reaches the upstream)."""
+    return Decision(False, 200, "ok", "", None, {"content-type": "application/json"}, (), {}, jti, request_id,
+                    body)

@@ -71,4 +71,12 @@ class Refusal(Exception):
 
 
 class QuotaUnavailable(Exception):
-    """The counter store could not be reached or answered an error: the caller must fail closed."""
+    """The counter store could not be reached or answered an error: the caller must fail closed.
+
+    `reason` is one of a small closed set (`redis_error`, `redis_late`, `duplicate_request_id`,
+    `no_request_id`): a metric label, so operators can tell the failures apart.
+    """
+
+    def __init__(self, message: str, reason: str = "redis_error") -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import re
 import time
 from collections import OrderedDict
@@ -23,6 +24,7 @@ from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.jsonsafe import loads_strict
 from dynaseal.tenants import Registry
 
+log = logging.getLogger("dynaseal.keys")
 MAX_TOKEN_CHARS = 8192
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 _ALGORITHMS = {name: alg for name, alg in get_default_algorithms().items()
@@ -42,12 +44,21 @@ def _invalid(message: str) -> Refusal:
 
 
 def _b64decode(segment: str) -> bytes:
+    """Decode one JWS segment, accepting only its canonical encoding.
+
+    base64url lets the last character carry unused low bits: `...Q` and `...R` can decode to the
+    same bytes. Re-encoding and comparing leaves exactly one spelling per key, so one key has one
+    identity (cache entry, fallback jti) and no encoding variant escapes its counters.
+    """
     if not _B64URL.match(segment):
         raise _invalid("dynamic key is not valid base64url")
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        decoded = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except (binascii.Error, ValueError):
         raise _invalid("dynamic key is not valid base64url") from None
+    if base64.urlsafe_b64encode(decoded).rstrip(b"=") != segment.encode("ascii"):
+        raise _invalid("dynamic key is not canonical base64url")
+    return decoded
 
 
 def _json_object(segment: str, what: str) -> dict[str, Any]:
@@ -55,7 +66,7 @@ def _json_object(segment: str, what: str) -> dict[str, Any]:
         value = loads_strict(_b64decode(segment))
     except Refusal:
         raise
-    except ValueError:
+    except (ValueError, RecursionError):
         raise _invalid(f"dynamic key {what} is not a valid JSON object") from None
     if not isinstance(value, dict):
         raise _invalid(f"dynamic key {what} is not a JSON object")
@@ -63,7 +74,21 @@ def _json_object(segment: str, what: str) -> dict[str, Any]:
 
 
 def verify_token(token: str, registry: Registry, now: float | None = None) -> VerifiedKey:
-    """Verify signature and claims of a dynamic key; raise Refusal otherwise."""
+    """Verify signature and claims of a dynamic key; raise Refusal otherwise.
+
+    A malformed token is always a 401: whatever types or shapes its header and payload carry, no
+    exception other than `Refusal` leaves this function.
+    """
+    try:
+        return _verify_token(token, registry, now)
+    except Refusal:
+        raise
+    except Exception as exc:  # a shape no check anticipated: still the client's malformed key, never a 5xx
+        log.debug("malformed dynamic key refused: %s", type(exc).__name__)
+        raise _invalid("dynamic key is malformed") from None
+
+
+def _verify_token(token: str, registry: Registry, now: float | None) -> VerifiedKey:
     if len(token) > MAX_TOKEN_CHARS:
         raise _invalid("dynamic key is too long")
     parts = token.split(".")
@@ -73,7 +98,7 @@ def verify_token(token: str, registry: Registry, now: float | None = None) -> Ve
     payload = _json_object(parts[1], "payload")
 
     alg = header.get("alg")
-    if alg not in _ALGORITHMS:
+    if not isinstance(alg, str) or alg not in _ALGORITHMS:
         raise _invalid("dynamic key uses an algorithm that is not accepted")
     if "crit" in header or "jku" in header or "x5u" in header or "jwk" in header:
         raise _invalid("dynamic key header carries parameters that are not accepted")
@@ -106,7 +131,9 @@ def verify_token(token: str, registry: Registry, now: float | None = None) -> Ve
         valid = False
     if not valid:
         raise _invalid("dynamic key signature is invalid")
-    return check_claims(payload, tenant, registry, token, time.time() if now is None else now)
+    # Derived ids come from the signed content, not the token string: the signature is left out
+    # (an ECDSA signature has two valid forms), the segments are canonical, so one key, one id.
+    return check_claims(payload, tenant, registry, signing_input, time.time() if now is None else now)
 
 
 class VerifiedKeyCache:
@@ -122,6 +149,8 @@ class VerifiedKeyCache:
         now = time.time()
         if self.capacity <= 0:
             return verify_token(token, self.registry, now)
+        # Keyed by the whole token, signature included: a key of the signed content alone would let a
+        # forged signature ride on a cached verification.
         digest = hashlib.sha256(token.encode()).digest()
         hit = self._entries.get(digest)
         if hit is not None:

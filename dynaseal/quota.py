@@ -37,10 +37,11 @@ def redis_url(cfg: DynasealConfig) -> str:
         f"redis://{cfg.gateway.host}:{cfg.gateway.ports.redis}/0"
 
 
-def script_keys(jti: str) -> list[str]:
-    """The KEYS of both scripts, all in one hash slot."""
-    return [redis_keys.revoked(jti), redis_keys.counters(jti), redis_keys.reservations(jti),
-            redis_keys.reservation_deadlines(jti), redis_keys.rate_window(jti), redis_keys.settled(jti)]
+def script_keys(tenant: str, jti: str) -> list[str]:
+    """The KEYS of both scripts, all in one hash slot (`{tenant:jti}`)."""
+    return [redis_keys.revoked(tenant, jti), redis_keys.counters(tenant, jti),
+            redis_keys.reservations(tenant, jti), redis_keys.reservation_deadlines(tenant, jti),
+            redis_keys.rate_window(tenant, jti), redis_keys.settled(tenant, jti)]
 
 
 def _limit(value: int | None) -> int:
@@ -63,9 +64,14 @@ class Settlement:
 class RedisQuota:
     """The `Quota` of the authorizer, backed by one Redis (or a Cluster: keys share a slot)."""
 
-    def __init__(self, client: AsyncRedis | PipelinedRedis, reservation_ttl_ms: int = RESERVATION_TTL_MS) -> None:
+    def __init__(self, client: AsyncRedis | PipelinedRedis, reservation_ttl_ms: int = RESERVATION_TTL_MS,
+                 timeout_s: float = 0.05) -> None:
         self.client = client
         self.reservation_ttl_ms = reservation_ttl_ms
+        self.timeout_ms = int(timeout_s * 1000)
+        # Redis's clock minus ours (ms), measured by `ping`; None until first measured. The admit
+        # script's deadline is written in Redis's clock so no two clocks ever have to agree.
+        self.clock_offset_ms: int | None = None
         if isinstance(client, PipelinedRedis):
             self._run_admit: Callable[[list[str], list[Any]], Awaitable[Any]] = \
                 lambda keys, args: client.eval_script(ADMIT, keys, args)
@@ -82,25 +88,33 @@ class RedisQuota:
         """
         pipelined = PipelinedRedis.from_url(url, timeout_s)
         if pipelined is not None:
-            return cls(pipelined)
+            return cls(pipelined, timeout_s=timeout_s)
         # A blocking pool: a burst waits (bounded) for a connection instead of failing at once.
         pool = BlockingConnectionPool.from_url(url, max_connections=64, timeout=max(timeout_s, 0.1),
                                                socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        return cls(AsyncRedis(connection_pool=pool))
+        return cls(AsyncRedis(connection_pool=pool), timeout_s=timeout_s)
 
     async def admit(self, key: VerifiedKey, request: CheckedRequest, request_id: str) -> None:
         """Reserve for one request or raise Refusal / QuotaUnavailable."""
+        if not request_id:
+            raise QuotaUnavailable("no request id to reserve under", "no_request_id")
         now_ms = int(time.time() * 1000)
         key_ttl = int(key.exp - time.time()) + KEY_TTL_MARGIN_S
+        # Past this instant (Redis's clock) authz has answered 503: the script must then write nothing.
+        deadline = 0 if self.clock_offset_ms is None else now_ms + self.clock_offset_ms + self.timeout_ms
         try:
             status, spent, reserved, retry_ms = await self._run_admit(
-                script_keys(key.jti),
-                [now_ms, request_id or f"anon-{now_ms}", request.reservation, _limit(key.budget),
-                 _limit(key.uses), _limit(key.rpm), self.reservation_ttl_ms, max(key_ttl, 60)])
+                script_keys(key.tenant.id, key.jti),
+                [now_ms, request_id, request.reservation, _limit(key.budget),
+                 _limit(key.uses), _limit(key.rpm), self.reservation_ttl_ms, max(key_ttl, 60), deadline])
         except RedisError as exc:
-            raise QuotaUnavailable(str(exc)) from exc
+            raise QuotaUnavailable(str(exc), "redis_error") from exc
         if status >= 0:
             return
+        if status == -5:
+            raise QuotaUnavailable("request id already reserved", "duplicate_request_id")
+        if status == -6:
+            raise QuotaUnavailable("redis ran the admit after its deadline: nothing was reserved", "redis_late")
         if status == -1:
             raise Refusal(ErrorCode.REVOKED_KEY, "dynamic key has been revoked")
         if status == -2:
@@ -114,11 +128,18 @@ class RedisQuota:
                       f"{left} remain")
 
     async def ping(self) -> bool:
-        """Whether Redis answers."""
+        """Whether Redis answers; also measures Redis's clock against ours for the admit deadline."""
         try:
-            return bool(await self.client.ping())
+            sent = time.time()
+            seconds, micros = await (self.client.execute("TIME") if isinstance(self.client, PipelinedRedis)
+                                     else self.client.time())
+            received = time.time()
         except RedisError:
             return False
+        redis_ms = int(seconds) * 1000 + int(micros) // 1000
+        # The reply was produced somewhere between sent and received: assume the middle.
+        self.clock_offset_ms = redis_ms - int((sent + received) * 500)
+        return True
 
 
 def settle_args(request_id: str, actual_tokens: int, key_exp: float | None = None) -> list[int | str]:
@@ -128,14 +149,15 @@ def settle_args(request_id: str, actual_tokens: int, key_exp: float | None = Non
     return [int(now * 1000), request_id, int(actual_tokens), max(ttl, 60)]
 
 
-def settle(client: Redis, jti: str, request_id: str, actual_tokens: int, key_exp: float | None = None) -> Settlement:
+def settle(client: Redis, tenant: str, jti: str, request_id: str, actual_tokens: int,
+           key_exp: float | None = None) -> Settlement:
     """Replace a request's reservation with its real usage; idempotent per request id."""
     outcome, spent = client.register_script(SETTLE)(
-        keys=script_keys(jti), args=settle_args(request_id, actual_tokens, key_exp))
+        keys=script_keys(tenant, jti), args=settle_args(request_id, actual_tokens, key_exp))
     return Settlement(int(outcome), int(spent))
 
 
-def counters(client: Redis, jti: str) -> dict[str, int]:
+def counters(client: Redis, tenant: str, jti: str) -> dict[str, int]:
     """A key's counters (uses, reserved, spent), for tests and tools."""
-    raw = client.hgetall(redis_keys.counters(jti))
+    raw = client.hgetall(redis_keys.counters(tenant, jti))
     return {k.decode(): int(v) for k, v in raw.items()}  # type: ignore[union-attr]

@@ -24,10 +24,19 @@ end
 """
 
 # KEYS: revoked, counters, reservations, deadlines, rpm window, settled
-# ARGV: now_ms, request_id, reserve, budget, uses, rpm, reservation_ttl_ms, key_ttl_s  (-1 = no limit)
-# Returns {status, spent, reserved, retry_after_ms}; status 1 = admitted, 0 = duplicate request id,
-# -1 revoked, -2 uses spent, -3 rpm, -4 budget.
+# ARGV: now_ms, request_id, reserve, budget, uses, rpm, reservation_ttl_ms, key_ttl_s  (-1 = no limit),
+#       deadline_ms (Redis's own clock; 0 = none)
+# Returns {status, spent, reserved, retry_after_ms}; status 1 = admitted, -1 revoked, -2 uses spent,
+# -3 rpm, -4 budget, -5 request id already known (never admitted twice), -6 past the deadline.
+#
+# The deadline check comes first and uses Redis's clock: a script that Redis only gets to run after
+# authz has given up on it (Redis paused, a slow fork) writes nothing, so a refused request never spends.
 ADMIT = _EXPIRE + """
+local deadline = tonumber(ARGV[9] or '0')
+if deadline > 0 then
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > deadline then return {-6, 0, 0, 0} end
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {-1, 0, 0, 0} end
 local now = tonumber(ARGV[1])
 local rid = ARGV[2]
@@ -37,7 +46,7 @@ local uses = tonumber(ARGV[5])
 local rpm = tonumber(ARGV[6])
 expire_stale(now)
 if redis.call('HEXISTS', KEYS[3], rid) == 1 or redis.call('HEXISTS', KEYS[6], rid) == 1 then
-  return {0, 0, 0, 0}
+  return {-5, 0, 0, 0}
 end
 local c = redis.call('HMGET', KEYS[2], 'uses', 'reserved', 'spent')
 local used = tonumber(c[1] or '0')

@@ -1,39 +1,53 @@
 """Names of every Redis key Dynaseal uses, in one place.
 
-All keys of one dynamic key share the hash tag `{jti}` (tenant-wide ones `{tenant}`), so a
-Lua script touching them runs on one slot and works unchanged on Redis Cluster.
+Every key names its tenant: the keys of one dynamic key share the hash tag `{tenant:jti}`, so
+one tenant's key ids can never reach another tenant's counters or revocations, and a Lua script
+touching them runs on one slot (it works unchanged on Redis Cluster).
+
+The tag escapes `{`, `}` and `:` inside the tenant id and the jti, so a tenant id such as `a:b`
+with jti `c` can never produce the same tag as tenant `a` with jti `b:c`.
 """
 
 from __future__ import annotations
 
-PREFIX = "dynaseal"
+PREFIX = "dynaseal:v2"
 
 
-def revoked(jti: str) -> str:
+def _escape(part: str) -> str:
+    # `%` first, so the escape itself is unambiguous; braces would end the hash tag early.
+    return part.replace("%", "%25").replace(":", "%3A").replace("{", "%7B").replace("}", "%7D")
+
+
+def key_tag(tenant: str, jti: str) -> str:
+    """The hash tag shared by every key of one dynamic key of one tenant."""
+    return f"{{{_escape(tenant)}:{_escape(jti)}}}"
+
+
+def revoked(tenant: str, jti: str) -> str:
     """Marker that a key is revoked (expires with the key)."""
-    return f"{PREFIX}:{{{jti}}}:revoked"
+    return f"{PREFIX}:{key_tag(tenant, jti)}:revoked"
 
 
-def counters(jti: str) -> str:
+def counters(tenant: str, jti: str) -> str:
     """Hash of a key's counters: uses, reserved and spent tokens."""
-    return f"{PREFIX}:{{{jti}}}:counters"
+    return f"{PREFIX}:{key_tag(tenant, jti)}:counters"
 
 
-def reservations(jti: str) -> str:
+def reservations(tenant: str, jti: str) -> str:
     """Hash of open reservations of a key: request_id -> reserved tokens."""
-    return f"{PREFIX}:{{{jti}}}:reservations"
+    return f"{PREFIX}:{key_tag(tenant, jti)}:reservations"
 
 
-def reservation_deadlines(jti: str) -> str:
+def reservation_deadlines(tenant: str, jti: str) -> str:
     """Sorted set of open reservations by expiry time."""
-    return f"{PREFIX}:{{{jti}}}:deadlines"
+    return f"{PREFIX}:{key_tag(tenant, jti)}:deadlines"
 
 
-def rate_window(jti: str) -> str:
+def rate_window(tenant: str, jti: str) -> str:
     """Sorted set of admit times in the last minute (rpm)."""
-    return f"{PREFIX}:{{{jti}}}:rpm"
+    return f"{PREFIX}:{key_tag(tenant, jti)}:rpm"
 
 
-def settled(jti: str) -> str:
-    """Set of request ids already settled (idempotent settlement)."""
-    return f"{PREFIX}:{{{jti}}}:settled"
+def settled(tenant: str, jti: str) -> str:
+    """Hash of request ids already settled (idempotent settlement) or cancelled."""
+    return f"{PREFIX}:{key_tag(tenant, jti)}:settled"

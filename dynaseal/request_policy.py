@@ -1,6 +1,9 @@
 """Check a chat-completions body against a verified key: model, token caps, streaming, params.
 
-The body is only read, never rewritten: what the upstream receives is exactly what was checked.
+The body is never rewritten here. Where metering needs more than the client sent (no token cap,
+a stream without usage), the policy decides the gateway's additions (`body_prefix`) and Envoy
+inserts exactly those bytes after the body's opening `{`: what the upstream receives is the
+checked body plus those keys, nothing else.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ from dynaseal.jsonsafe import DuplicateKeyError, loads_strict
 CORE_FIELDS = frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "n", "stream",
                          "stream_options", "user"})
 MAX_N = 128
-# Reservation per message for role and framing tokens, and characters per prompt token: a
-# deliberately high estimate, replaced by the real usage when the usage event settles it.
-TOKENS_PER_MESSAGE = 4
-TOKENS_PER_REQUEST = 3  # the reply's priming tokens, counted in prompt_tokens by OpenAI-style servers
-CHARS_PER_TOKEN = 3
+# The prompt bound: a byte-level tokenizer (every OpenAI model's, and most others') never makes
+# more tokens than the UTF-8 bytes it reads, and every message, tool, tool call and schema the
+# provider turns into prompt tokens is inside the body. So `len(body)` bounds the prompt; the
+# constant covers the reply's priming tokens and chat framing that has no bytes of its own.
+PROMPT_OVERHEAD_TOKENS = 32
+# Content parts whose token cost is not a function of their bytes (an image URL is a few bytes
+# and costs hundreds of tokens): charged at the tenant's `media_part_tokens`, or refused for a
+# key with a budget when the tenant sets none.
+TEXT_PART_TYPES = frozenset({"text", "refusal"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +39,16 @@ class CheckedRequest:
     stream: bool
     n: int
     max_tokens: int
-    prompt_estimate: int
+    prompt_bound: int
+    # JSON members to insert after the body's opening `{` (each followed by a comma), or "".
+    body_prefix: str = ""
+    # The client did not ask for the usage chunk the gateway asked for: remove it from its stream.
+    strip_usage: bool = False
 
     @property
     def reservation(self) -> int:
-        """Tokens to reserve at admit: prompt estimate + n × max_tokens."""
-        return self.prompt_estimate + self.n * self.max_tokens
+        """Tokens to reserve at admit: a true upper bound, prompt bound + n × max_tokens."""
+        return self.prompt_bound + self.n * self.max_tokens
 
 
 def _invalid(message: str, param: str | None = None, code: ErrorCode = ErrorCode.INVALID_REQUEST) -> Refusal:
@@ -74,18 +85,38 @@ def _int_field(body: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
-def _prompt_estimate(messages: list[Any]) -> int:
-    chars = 0
+def _media_parts(messages: list[Any]) -> int:
+    """Parts of the prompt whose cost their bytes do not bound (images, audio, files, unknown)."""
+    count = 0
     for message in messages:
         if not isinstance(message, dict):
             raise _invalid("each message must be an object", "messages")
+        if message.get("audio") is not None:  # an earlier audio reply, referenced by id
+            count += 1
         content = message.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            chars += sum(len(p.get("text", "")) for p in content if isinstance(p, dict)
-                         and isinstance(p.get("text", ""), str))
-    return TOKENS_PER_REQUEST + TOKENS_PER_MESSAGE * len(messages) + -(-chars // CHARS_PER_TOKEN)
+        if isinstance(content, list):
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") not in TEXT_PART_TYPES:
+                    count += 1
+        elif content is not None and not isinstance(content, str):
+            raise _invalid("message content must be a string or an array of parts", "messages")
+    return count
+
+
+def prompt_bound(body_size: int, messages: list[Any], key: VerifiedKey) -> int:
+    """An upper bound of the request's prompt tokens, or Refusal when none can be given."""
+    media = _media_parts(messages)
+    bound = body_size + PROMPT_OVERHEAD_TOKENS
+    if media:
+        per_part = key.tenant.limits.media_part_tokens
+        if per_part is None:
+            if key.budget is not None:
+                raise Refusal(ErrorCode.PARAM_NOT_ALLOWED,
+                              "this key has a token budget and images, audio or files have no bounded cost here: "
+                              "send text parts only", "messages")
+            per_part = 0  # no budget to protect; the real usage is still billed
+        bound += media * per_part
+    return bound
 
 
 def _check_params(body: Mapping[str, Any], key: VerifiedKey) -> None:
@@ -104,8 +135,49 @@ def _check_params(body: Mapping[str, Any], key: VerifiedKey) -> None:
                           f"parameter '{name}'={value} is outside [{limit.min}, {limit.max}]", name)
 
 
-def check_request(body: dict[str, Any], key: VerifiedKey) -> CheckedRequest:
-    """Enforce the key's policy on a parsed body; raise Refusal on the first violation."""
+def _token_cap(body: Mapping[str, Any], key: VerifiedKey, n: int) -> tuple[int, str]:
+    """The per-choice completion cap and, when the client set none, the member the gateway adds."""
+    caps = [v for v in (_int_field(body, "max_tokens"), _int_field(body, "max_completion_tokens")) if v]
+    if caps:
+        max_tokens = max(caps)
+        if n * max_tokens > key.max_tokens:
+            raise Refusal(ErrorCode.PARAM_NOT_ALLOWED,
+                          f"n × max_tokens = {n * max_tokens} exceeds this key's cap of {key.max_tokens}",
+                          "max_tokens")
+        return max_tokens, ""
+    limits = key.tenant.limits
+    if limits.strict_requests:
+        raise _invalid("this key caps tokens: set 'max_tokens' or 'max_completion_tokens'", "max_tokens",
+                       ErrorCode.MAX_TOKENS_REQUIRED)
+    if body.get("max_tokens", 0) is None or body.get("max_completion_tokens", 0) is None:
+        # An explicit null would sit beside the added member as a duplicate key: refuse, clearly.
+        raise _invalid("omit 'max_tokens' / 'max_completion_tokens' or give a positive integer", "max_tokens")
+    per_choice = key.max_tokens // n
+    if per_choice < 1:
+        raise Refusal(ErrorCode.PARAM_NOT_ALLOWED, f"n = {n} exceeds this key's token cap of {key.max_tokens}", "n")
+    return per_choice, f'"{limits.cap_field}":{per_choice},'
+
+
+def _stream_usage(body: Mapping[str, Any], key: VerifiedKey, stream: bool) -> tuple[str, bool]:
+    """The member that asks the upstream for usage on a stream, and whether to hide it from the client."""
+    if not stream:
+        return "", False
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return "", False
+    if key.tenant.limits.strict_requests:
+        raise _invalid("streaming needs stream_options.include_usage: true so usage can be billed",
+                       "stream_options", ErrorCode.STREAM_USAGE_REQUIRED)
+    if "stream_options" in body:
+        # Amending the client's own object would mean rewriting it; a member added beside it would
+        # be a duplicate key that parsers resolve differently. Refuse, saying what works.
+        raise _invalid("stream_options must include include_usage: true, or be left out (the gateway then asks "
+                       "for usage itself)", "stream_options", ErrorCode.STREAM_USAGE_REQUIRED)
+    return '"stream_options":{"include_usage":true},', True
+
+
+def check_request(body: dict[str, Any], key: VerifiedKey, body_size: int = 0) -> CheckedRequest:
+    """Enforce the key's policy on a parsed body of `body_size` bytes; raise Refusal on the first violation."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _invalid("'model' must be a non-empty string", "model")
@@ -118,23 +190,12 @@ def check_request(body: dict[str, Any], key: VerifiedKey) -> CheckedRequest:
     n = _int_field(body, "n") or 1
     if n > MAX_N:
         raise _invalid(f"'n' must be at most {MAX_N}", "n")
-    caps = [v for v in (_int_field(body, "max_tokens"), _int_field(body, "max_completion_tokens")) if v]
-    if not caps:
-        raise _invalid("this key caps tokens: set 'max_tokens' or 'max_completion_tokens'", "max_tokens",
-                       ErrorCode.MAX_TOKENS_REQUIRED)
-    max_tokens = max(caps)
-    if n * max_tokens > key.max_tokens:
-        raise Refusal(ErrorCode.PARAM_NOT_ALLOWED,
-                      f"n × max_tokens = {n * max_tokens} exceeds this key's cap of {key.max_tokens}",
-                      "max_tokens")
+    max_tokens, cap_member = _token_cap(body, key, n)
 
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _invalid("'stream' must be a boolean", "stream")
-    if stream:
-        options = body.get("stream_options")
-        if not isinstance(options, dict) or options.get("include_usage") is not True:
-            raise _invalid("streaming needs stream_options.include_usage: true so usage can be billed",
-                           "stream_options", ErrorCode.STREAM_USAGE_REQUIRED)
+    usage_member, strip_usage = _stream_usage(body, key, stream)
     _check_params(body, key)
-    return CheckedRequest(model, stream, n, max_tokens, _prompt_estimate(messages))
+    return CheckedRequest(model, stream, n, max_tokens, prompt_bound(body_size, messages, key),
+                          cap_member + usage_member, strip_usage)

@@ -1,4 +1,8 @@
-"""Revoking a dynamic key: a Redis marker that lives until the key would have expired anyway."""
+"""Revoking a dynamic key: a Redis marker that lives until the key would have expired anyway.
+
+The marker names the tenant and the key id: revoking tenant A's `jti` never touches tenant B's
+key that happens to carry the same `jti`.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +21,11 @@ def _ttl(exp: float) -> int:
     return max(1, int(exp - time.time()) + LEEWAY_S)
 
 
-def revoke(redis: Redis, jti: str, exp: float) -> None:
-    """Mark `jti` revoked until its `exp` (plus leeway)."""
-    redis.set(redis_keys.revoked(jti), "1", ex=_ttl(exp))
+def revoke(redis: Redis, tenant: str, jti: str, exp: float) -> None:
+    """Mark tenant's `jti` revoked until its `exp` (plus leeway)."""
+    redis.set(redis_keys.revoked(tenant, jti), "1", ex=_ttl(exp))
 
 
-async def revoke_async(redis: AsyncRedis, jti: str, exp: float) -> None:
+async def revoke_async(redis: AsyncRedis, tenant: str, jti: str, exp: float) -> None:
     """Async form of `revoke`."""
-    await redis.set(redis_keys.revoked(jti), "1", ex=_ttl(exp))
+    await redis.set(redis_keys.revoked(tenant, jti), "1", ex=_ttl(exp))

@@ -72,6 +72,8 @@ class Registry:
     audience: str
     leeway_s: int
     default_provider_key: SecretStr | None
+    # Client headers the provider may see beyond the fixed allowlist (lowercase).
+    forward_headers: frozenset[str] = frozenset()
 
     def get(self, tenant_id: str) -> Tenant | None:
         """The tenant with this id, if any."""
@@ -176,4 +178,5 @@ def build_registry(cfg: DynasealConfig) -> Registry:
     default_key = _env_secret(cfg.gateway.upstream.api_key_env, "gateway upstream", errors)
     if errors:
         raise ConfigError("invalid tenant configuration:\n  - " + "\n  - ".join(errors))
-    return Registry(MappingProxyType(tenants), cfg.gateway.audience, cfg.gateway.leeway_s, default_key)
+    return Registry(MappingProxyType(tenants), cfg.gateway.audience, cfg.gateway.leeway_s, default_key,
+                    frozenset(h.lower() for h in cfg.gateway.upstream.forward_headers))

@@ -14,13 +14,13 @@ log = logging.getLogger("issuer_api.revocation")
 TIMEOUT_S = 3.0
 
 
-async def notify_revoked(redis_url: str, jti: str, exp: float) -> None:
+async def notify_revoked(redis_url: str, tenant: str, jti: str, exp: float) -> None:
     """Write the revocation marker; raise a 503 ApiError if Redis cannot be reached."""
     # One short-lived client per revocation: revocations are rare, and it avoids binding a
     # connection pool to whichever event loop happened to create it.
     client = Redis.from_url(redis_url, socket_connect_timeout=TIMEOUT_S, socket_timeout=TIMEOUT_S)
     try:
-        await revoke_async(client, jti, exp)
+        await revoke_async(client, tenant, jti, exp)
     except (RedisError, OSError) as exc:
         log.warning("gateway revocation failed", extra={"jti": jti, "error": type(exc).__name__})
         raise ApiError(503, "gateway_unavailable", "could not reach the gateway's revocation store; "

@@ -59,6 +59,8 @@ def write_test_config(directory: Path, keys: TenantKeys) -> Path:
     # Two test stacks share two cores: a generous Redis deadline keeps fail-closed tests about outages.
     raw["gateway"]["redis_timeout_ms"] = 1000
     raw["gateway"]["upstream"]["api_key_env"] = "DYNASEAL_TEST_PROVIDER_KEY"
+    # The mock upstream's test hooks; every other client header is stripped before the upstream.
+    raw["gateway"]["upstream"]["forward_headers"] = ["x-mock-status", "x-mock-delay-ms", "x-mock-chunk-delay-ms"]
     raw["tenants"][0]["callback"]["url"] = f"http://127.0.0.1:{raw['gateway']['ports']['issuer']}/v1/callback/usage"
     raw["tenants"].append({
         "id": OTHER_TENANT,

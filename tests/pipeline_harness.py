@@ -268,4 +268,4 @@ def stream(cfg: DynasealConfig, key: str, max_tokens: int = 16) -> tuple[str, in
 
 def settled(redis_client: Redis, jti: str, spent: int, uses: int) -> Callable[[], bool]:
     """Predicate: the key's budget counters settled to exactly `spent`, nothing left reserved."""
-    return lambda: counters(redis_client, jti) == {"uses": uses, "reserved": 0, "spent": spent}
+    return lambda: counters(redis_client, DEMO_TENANT, jti) == {"uses": uses, "reserved": 0, "spent": spent}

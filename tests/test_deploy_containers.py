@@ -21,7 +21,7 @@ import httpx
 import openai
 import pytest
 import yaml
-from conftest import TenantKeys, free_ports, jwt_payload, write_test_config
+from conftest import DEMO_TENANT, TenantKeys, free_ports, jwt_payload, write_test_config
 from deploy_support import DEPLOY, env_example, interpolate
 
 from dynaseal import redis_keys
@@ -143,7 +143,7 @@ def test_usage_reaches_the_tenant_through_real_kafka_and_redis(stack_on_containe
         total = reply.usage.total_tokens
 
         store = redis.Redis.from_url(redis_url)
-        assert store.hget(redis_keys.counters(jti), "uses") == b"1"  # admitted in the Redis container
+        assert store.hget(redis_keys.counters(DEMO_TENANT, jti), "uses") == b"1"  # admitted in the Redis container
 
         tenant = _login(backend, "user1")
         deadline = time.monotonic() + 180  # the first consumer-group join on a fresh broker is slow
@@ -157,9 +157,10 @@ def test_usage_reaches_the_tenant_through_real_kafka_and_redis(stack_on_containe
     assert delivered, "no usage callback reached the tenant backend"
     assert delivered[0]["tokens"] == total
 
-    while store.hget(redis_keys.counters(jti), "spent") != str(total).encode() and time.monotonic() < deadline:
+    spent_key = redis_keys.counters(DEMO_TENANT, jti)
+    while store.hget(spent_key, "spent") != str(total).encode() and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert store.hmget(redis_keys.counters(jti), "spent", "reserved") == [str(total).encode(), b"0"]
+    assert store.hmget(redis_keys.counters(DEMO_TENANT, jti), "spent", "reserved") == [str(total).encode(), b"0"]
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=5000)
     try:

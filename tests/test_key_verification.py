@@ -172,9 +172,9 @@ def test_tenant_budget_and_rpm_cap_every_key(cfg: DynasealConfig, test_keys: Ten
     tenant = registry.get(OTHER_TENANT)
     assert tenant is not None
     now = time.time()
-    over = check_claims(native_claims(OTHER_TENANT, budget=10_000, rpm=1000), tenant, registry, "t1", now)
+    over = check_claims(native_claims(OTHER_TENANT, budget=10_000, rpm=1000), tenant, registry, b"t1", now)
     assert (over.budget, over.rpm) == (500, 20)
-    none = check_claims(native_claims(OTHER_TENANT), tenant, registry, "t2", now)
+    none = check_claims(native_claims(OTHER_TENANT), tenant, registry, b"t2", now)
     assert (none.budget, none.rpm) == (500, 20)
-    under = check_claims(native_claims(OTHER_TENANT, budget=100, rpm=5), tenant, registry, "t3", now)
+    under = check_claims(native_claims(OTHER_TENANT, budget=100, rpm=5), tenant, registry, b"t3", now)
     assert (under.budget, under.rpm) == (100, 5)

@@ -39,7 +39,7 @@ def test_budget_holds_under_200_concurrent_requests(gw: str, issuer_key: Signing
     assert set(statuses) <= {200, 429}
     assert 0 < admitted < 200
     client = redis.Redis.from_url(redis_url(cfg))
-    state = counters(client, str(jwt_payload(key)["jti"]))
+    state = counters(client, DEMO_TENANT, str(jwt_payload(key)["jti"]))
     # Every admitted request holds (or has settled) its reservation: never more than the budget.
     assert state["uses"] == admitted
     assert state.get("reserved", 0) + state.get("spent", 0) <= 1000

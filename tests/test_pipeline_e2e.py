@@ -17,6 +17,7 @@ import httpx
 import openai
 import pytest
 import yaml
+from conftest import DEMO_TENANT
 from pipeline_harness import (
     MESSAGES,
     Receiver,
@@ -31,6 +32,7 @@ from pipeline_harness import (
 )
 from redis import Redis
 
+from dynaseal import redis_keys
 from dynaseal.config import DynasealConfig
 from dynaseal.keys import SigningKey
 from dynaseal.quota import counters
@@ -118,9 +120,9 @@ def test_mixed_requests_give_exactly_the_expected_callbacks(
 
 
 def _reservation_ids_are_request_ids(redis_client: Redis, jti: str) -> bool:
-    """Whether authz reserved (open or settled) under Envoy's x-request-id, a UUID: the id usage events carry."""
-    ids = [rid.decode() for name in ("reservations", "settled")
-           for rid in redis_client.hkeys(f"dynaseal:{{{jti}}}:{name}")]
+    """Whether authz reserved (open or settled) under the gateway's request id, a UUID: the id usage events carry."""
+    ids = [rid.decode() for name in (redis_keys.reservations, redis_keys.settled)
+           for rid in redis_client.hkeys(name(DEMO_TENANT, jti))]
     return bool(ids) and all(len(rid) == 36 and rid.count("-") == 4 for rid in ids)
 
 
@@ -131,14 +133,14 @@ def test_budgets_settle_to_the_true_totals(cfg: DynasealConfig, issuer_key: Sign
     wait_until(lambda: all(len(receiver.delivered(j)) == 1 for j in expected), 30, "callbacks")
     # Settlement finds a reservation only if authz reserved under the id the event carries.
     assert _reservation_ids_are_request_ids(redis_client, traffic.failing), \
-        "authz must reserve under x-request-id (not Envoy's numeric stream id) for settlement to match"
+        "authz must reserve under the request id the access log carries for settlement to match"
     # Upstream usage; 0 for the upstream error (released); the reservation for the client that left.
     for jti, total in traffic.totals.items():
         wait_until(settled(redis_client, jti, total, 1), 10, f"settlement of {jti}")
     wait_until(settled(redis_client, traffic.failing, 0, 1), 10, "release of the failed request's reservation")
     ((_, left),) = receiver.delivered(traffic.leaving).items()
     wait_until(settled(redis_client, traffic.leaving, left["tokens"], 1), 10, "billing of the abandoned stream")
-    assert not counters(redis_client, traffic.denied).get("spent")
+    assert not counters(redis_client, DEMO_TENANT, traffic.denied).get("spent")
 
 
 def test_stack_consumer_delivers_to_the_bundled_issuer(cfg: DynasealConfig, issuer_key: SigningKey) -> None:

@@ -42,7 +42,7 @@ def base_key(cfg: DynasealConfig) -> VerifiedKey:
 
 
 def request(reserve: int) -> CheckedRequest:
-    return CheckedRequest(model="gpt-4o-mini", stream=False, n=1, max_tokens=reserve, prompt_estimate=0)
+    return CheckedRequest(model="gpt-4o-mini", stream=False, n=1, max_tokens=reserve, prompt_bound=0)
 
 
 async def admit_many(url: str, key: VerifiedKey, count: int, reserve: int) -> list[str]:
@@ -66,12 +66,12 @@ def test_concurrent_admits_never_exceed_budget(redis_server: str, sync_redis: re
     admitted = results.count("ok")
     assert admitted == 1000 // 30
     assert set(results) == {"ok", "insufficient_quota"}
-    assert counters(sync_redis, key.jti)["reserved"] == admitted * 30 <= 1000
+    assert counters(sync_redis, OTHER_TENANT, key.jti)["reserved"] == admitted * 30 <= 1000
     # Settle every admitted request with its true usage: the budget ends at the true total.
     for i, outcome in enumerate(results):
         if outcome == "ok":
-            settle(sync_redis, key.jti, f"r-{i}", 12)
-    final = counters(sync_redis, key.jti)
+            settle(sync_redis, OTHER_TENANT, key.jti, f"r-{i}", 12)
+    final = counters(sync_redis, OTHER_TENANT, key.jti)
     assert final["reserved"] == 0
     assert final["spent"] == admitted * 12
 
@@ -92,16 +92,16 @@ def test_rpm_holds(redis_server: str, base_key: VerifiedKey) -> None:
 
 def test_revoked_key_is_refused(redis_server: str, sync_redis: redis.Redis, base_key: VerifiedKey) -> None:
     assert asyncio.run(admit_many(redis_server, base_key, 1, 1)) == ["ok"]
-    revoke(sync_redis, base_key.jti, base_key.exp)
+    revoke(sync_redis, OTHER_TENANT, base_key.jti, base_key.exp)
     assert asyncio.run(admit_many(redis_server, base_key, 1, 1)) == ["revoked_key"]
 
 
 def test_settlement_is_idempotent(redis_server: str, sync_redis: redis.Redis, base_key: VerifiedKey) -> None:
     asyncio.run(admit_many(redis_server, base_key, 1, 50))
-    first = settle(sync_redis, base_key.jti, "r-0", 20)
-    again = settle(sync_redis, base_key.jti, "r-0", 20)
+    first = settle(sync_redis, OTHER_TENANT, base_key.jti, "r-0", 20)
+    again = settle(sync_redis, OTHER_TENANT, base_key.jti, "r-0", 20)
     assert (first.outcome, again.outcome) == (1, 0)
-    assert counters(sync_redis, base_key.jti) == {"uses": 1, "reserved": 0, "spent": 20}
+    assert counters(sync_redis, OTHER_TENANT, base_key.jti) == {"uses": 1, "reserved": 0, "spent": 20}
 
 
 def test_expired_reservation_is_billed_then_corrected_once(redis_server: str, sync_redis: redis.Redis,
@@ -113,9 +113,10 @@ def test_expired_reservation_is_billed_then_corrected_once(redis_server: str, sy
     asyncio.run(admit_short())
     time.sleep(0.01)
     asyncio.run(admit_many(redis_server, replace(base_key), 0, 1))
-    assert settle(sync_redis, base_key.jti, "late", 15).outcome == 2  # expired, billed 40, corrected to 15
-    assert counters(sync_redis, base_key.jti)["spent"] == 15
-    assert settle(sync_redis, base_key.jti, "late", 15).outcome == 0
+    # expired, billed 40, corrected to 15
+    assert settle(sync_redis, OTHER_TENANT, base_key.jti, "late", 15).outcome == 2
+    assert counters(sync_redis, OTHER_TENANT, base_key.jti)["spent"] == 15
+    assert settle(sync_redis, OTHER_TENANT, base_key.jti, "late", 15).outcome == 0
 
 
 def test_redis_down_fails_closed(base_key: VerifiedKey) -> None:
@@ -126,3 +127,117 @@ def test_redis_down_fails_closed(base_key: VerifiedKey) -> None:
         await quota.admit(base_key, request(1), "x")
     with pytest.raises(QuotaUnavailable):
         asyncio.run(admit_dead())
+
+
+def test_a_known_request_id_is_refused_not_admitted_for_free(redis_server: str, sync_redis: redis.Redis,
+                                                             base_key: VerifiedKey) -> None:
+    from dynaseal.errors import QuotaUnavailable
+
+    key = replace(base_key, uses=5)
+
+    async def twice() -> None:
+        quota = RedisQuota.from_url(redis_server, timeout_s=2.0)
+        await quota.admit(key, request(10), "same-id")
+        try:
+            with pytest.raises(QuotaUnavailable) as refused:
+                await quota.admit(key, request(10), "same-id")
+            assert refused.value.reason == "duplicate_request_id"
+        finally:
+            await quota.client.aclose()
+    asyncio.run(twice())
+    assert counters(sync_redis, OTHER_TENANT, key.jti) == {"uses": 1, "reserved": 10}
+
+
+def test_same_jti_in_two_tenants_shares_nothing(redis_server: str, sync_redis: redis.Redis, cfg: DynasealConfig,
+                                                base_key: VerifiedKey) -> None:
+    from conftest import DEMO_TENANT
+
+    other = build_registry(cfg).get(DEMO_TENANT)
+    assert other is not None
+    victim = replace(base_key, uses=1)
+    attacker = replace(victim, tenant=other)  # tenant B minted a key with tenant A's jti
+    assert asyncio.run(admit_many(redis_server, attacker, 3, 1)) == ["ok", "key_exhausted", "key_exhausted"]
+    revoke(sync_redis, DEMO_TENANT, victim.jti, victim.exp)
+    assert asyncio.run(admit_many(redis_server, victim, 1, 1)) == ["ok"]  # A's key: untouched by B's spend/revoke
+    assert counters(sync_redis, OTHER_TENANT, victim.jti)["uses"] == 1
+
+
+def test_an_admit_redis_runs_after_its_deadline_writes_nothing(redis_server: str, sync_redis: redis.Redis,
+                                                               base_key: VerifiedKey) -> None:
+    from dynaseal.errors import QuotaUnavailable
+
+    async def late() -> str:
+        quota = RedisQuota.from_url(redis_server, timeout_s=2.0)
+        assert await quota.ping() and quota.clock_offset_ms is not None
+        quota.clock_offset_ms -= 10_000  # as if Redis got to the script 10 s after authz gave up
+        try:
+            await quota.admit(replace(base_key, uses=1, budget=100, rpm=1), request(10), "late-1")
+        except QuotaUnavailable as exc:
+            return exc.reason
+        finally:
+            await quota.client.aclose()
+        return "admitted"
+    assert asyncio.run(late()) == "redis_late"
+    assert counters(sync_redis, OTHER_TENANT, base_key.jti) == {}
+
+
+def test_redis_paused_past_the_deadline_refused_requests_spend_nothing(
+        tmp_path_factory: pytest.TempPathFactory, base_key: VerifiedKey) -> None:
+    """Fault drill: Redis stops answering (SIGSTOP) for longer than authz waits; it then runs the queued scripts."""
+    import os
+    import signal
+
+    from conftest import free_ports
+
+    from dynaseal.errors import QuotaUnavailable
+    from dynaseal.probes import redis_ping
+    from dynaseal.processes import ServiceSpec, Supervisor
+    from dynaseal.stack import redis_server_binary
+
+    port = free_ports(1)[0]
+    directory = tmp_path_factory.mktemp("paused-redis")
+    supervisor = Supervisor(directory, "127.0.0.1")
+    spec = ServiceSpec("redis", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no", "--dir", str(directory)],
+                       f"redis://127.0.0.1:{port}", lambda: redis_ping("127.0.0.1", port))
+    supervisor.start(spec)
+    url = f"redis://127.0.0.1:{port}/0"
+    key = replace(base_key, uses=1, budget=1000, rpm=100)
+    pid = int((directory / "redis.pid").read_text()) if (directory / "redis.pid").exists() else None
+
+    async def drill() -> list[str]:
+        quota = RedisQuota.from_url(url, timeout_s=0.05)
+        assert await quota.ping()
+        await quota.admit(replace(key, jti=key.jti + "-warm"), request(1), "warm")  # Redis knows the script now
+        redis_pid = pid or int(redis.Redis.from_url(url).info("server")["process_id"])
+        os.kill(redis_pid, signal.SIGSTOP)
+        try:
+            async def one(i: int) -> str:
+                try:
+                    await quota.admit(key, request(10), f"paused-{i}")
+                    return "ok"
+                except QuotaUnavailable as exc:
+                    return exc.reason
+            outcomes = await asyncio.gather(*(one(i) for i in range(51)))
+            await asyncio.sleep(0.3)  # authz has long given up: every one of these was a 503
+        finally:
+            os.kill(redis_pid, signal.SIGCONT)
+        await asyncio.sleep(0.3)  # Redis wakes and runs whatever reached it
+        await quota.client.aclose()
+        return list(outcomes)
+
+    try:
+        outcomes = asyncio.run(drill())
+        assert "ok" not in outcomes
+        client = redis.Redis.from_url(url)
+        assert counters(client, OTHER_TENANT, key.jti) == {}  # no use, no reservation, no rate slot taken
+        client.close()
+
+        async def after() -> None:  # the key is still fully usable
+            quota = RedisQuota.from_url(url, timeout_s=1.0)
+            await quota.ping()
+            await quota.admit(key, request(10), "after-1")
+            await quota.client.aclose()
+        asyncio.run(after())
+    finally:
+        supervisor.stop()
