@@ -64,7 +64,7 @@ class _Servicer(external_auth_pb2_grpc.AuthorizationServicer):
         self.answer = answer
         self.seen = seen
 
-    def Check(self, request: CheckRequest, context: grpc.ServicerContext) -> CheckResponse:  # noqa: N802
+    def Check(self, request: CheckRequest, context: grpc.ServicerContext) -> CheckResponse:
         """Record the request and answer as scripted."""
         self.seen.append(request)
         return self.answer(request)
