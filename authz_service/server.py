@@ -15,11 +15,12 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from authz_service.metrics import CONFIG_RELOADS, REDIS_ERRORS
+from authz_service.metrics import CONFIG_RELOADS
 from authz_service.servicer import AuthorizationServicer
 from dynaseal.authorizer import Authorizer
 from dynaseal.config import ConfigError, DynasealConfig, expand_path, load_config, resolve_config_path
 from dynaseal.quota import RedisQuota, redis_url
+from dynaseal.remote_jwks import RemoteJwks
 from dynaseal.tenants import build_registry
 
 log = logging.getLogger("dynaseal.authz")
@@ -49,9 +50,11 @@ class AuthzOptions:
     metrics_port: int | None = None
 
 
-def build_authorizer(cfg: DynasealConfig, quota: RedisQuota) -> Authorizer:
-    """An Authorizer for a loaded config (raises ConfigError)."""
-    return Authorizer(build_registry(cfg), quota=quota, cache_size=cfg.gateway.key_cache_size)
+def build_authorizer(cfg: DynasealConfig, quota: RedisQuota, remote_jwks: RemoteJwks | None = None, *,
+                     fetch_new_jwks: bool = True) -> Authorizer:
+    """An Authorizer for a loaded config (raises ConfigError); remote JWKS come from `remote_jwks`."""
+    registry = build_registry(cfg, remote_jwks, fetch_new_jwks=fetch_new_jwks)
+    return Authorizer(registry, quota=quota, cache_size=cfg.gateway.key_cache_size)
 
 
 class AuthzServer:
@@ -61,7 +64,10 @@ class AuthzServer:
         self.options = options
         self.cfg = load_config(options.config_path)
         self.quota = RedisQuota.from_url(redis_url(self.cfg), self.cfg.gateway.redis_timeout_ms / 1000)
-        self.servicer = AuthorizationServicer(build_authorizer(self.cfg, self.quota))
+        # One store of remote JWKS for the server's life: refreshed keys and the unknown-kid
+        # limiter survive reloads.
+        self.remote_jwks = RemoteJwks()
+        self.servicer = AuthorizationServicer(build_authorizer(self.cfg, self.quota, self.remote_jwks))
         self.health = HealthServicer()
         self._stopping = asyncio.Event()
 
@@ -69,7 +75,8 @@ class AuthzServer:
         """Load the config again; keep serving the old one if the new one is bad."""
         try:
             cfg = load_config(self.options.config_path)
-            self.servicer.authorizer = build_authorizer(cfg, self.quota)
+            # No blocking fetch on the event loop: a new jwks_url is fetched by the scheduled refresh.
+            self.servicer.authorizer = build_authorizer(cfg, self.quota, self.remote_jwks, fetch_new_jwks=False)
             self.cfg = cfg
             CONFIG_RELOADS.labels("ok").inc()
             log.info("config reloaded", extra={"tenants": len(cfg.tenants)})
@@ -105,7 +112,6 @@ class AuthzServer:
                 if ok:
                     log.info("redis reachable: SERVING")
                 else:
-                    REDIS_ERRORS.inc()
                     log.warning("redis unreachable: NOT_SERVING (requests fail closed with 503)")
                 current = ok
             await asyncio.sleep(HEALTH_INTERVAL_S)
@@ -126,6 +132,7 @@ class AuthzServer:
         await self.server.start()
         health_task = asyncio.create_task(self._watch_dependencies())
         config_task = asyncio.create_task(self._watch_config())
+        jwks_task = asyncio.create_task(self.remote_jwks.run())
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -134,6 +141,7 @@ class AuthzServer:
         await self._stopping.wait()
         health_task.cancel()
         config_task.cancel()
+        jwks_task.cancel()
         # Report NOT_SERVING first so health-checking Envoys move away, then finish in-flight Checks.
         await self.health.enter_graceful_shutdown()
         await self.server.stop(DRAIN_SECONDS)

@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics-port", type=int, help="default: ports.consumer_metrics")
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP, config)")
     parser.add_argument("--per-tenant", type=int, default=32, help="callbacks in flight per tenant")
+    parser.add_argument("--tenant-backlog", type=int, default=5000,
+                        help="events one tenant may hold waiting before new ones go to the DLQ")
     parser.add_argument("--retry-base-s", type=float, default=0.5, help="first retry delay (doubles each time)")
     parser.add_argument("--retry-cap-s", type=float, default=30.0, help="longest retry delay")
     parser.add_argument("--session-timeout-ms", type=int, default=kafka_io.SESSION_TIMEOUT_MS)
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             config_path=args.config, bootstrap=args.bootstrap or kafka_io.bootstrap_servers(cfg),
             group_id=args.group_id, client_id=f"dynaseal-consumer-{socket.gethostname()}-{os.getpid()}",
             policy=RetryPolicy(args.retry_base_s, args.retry_cap_s), per_tenant=args.per_tenant,
+            tenant_backlog=args.tenant_backlog,
             session_timeout_ms=args.session_timeout_ms, heartbeat_interval_ms=args.heartbeat_interval_ms))
     except ConfigError as exc:
         print(f"dynaseal consumer: {exc}", file=sys.stderr)

@@ -48,6 +48,8 @@ class ConsumerOptions:
     client_id: str = "dynaseal-consumer"
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     per_tenant: int = 32
+    # Events one tenant may hold before its new ones are dead-lettered (a quarter of max_in_flight).
+    tenant_backlog: int = 5_000
     # Events held in memory before partitions are paused: a dead tenant's retries may hold many.
     max_in_flight: int = 20_000
     drain_s: float = 8.0
@@ -86,7 +88,7 @@ class CallbackConsumer:
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blocking")
         self.dispatcher = Dispatcher(lambda abandon: Deliverer(
             lambda: self.registry, SettlementBatcher(self.redis, self.executor), self.dead_letters, self.executor,
-            options.policy, options.per_tenant, abandon))
+            options.policy, options.per_tenant, abandon, tenant_backlog=options.tenant_backlog))
         self._paused = False
         self._last_commit = 0.0
         self._lag_at = 0.0

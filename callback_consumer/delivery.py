@@ -1,9 +1,9 @@
 """One event's journey: settle its reservation, then deliver its signed callback, retrying or dead-lettering.
 
 Outcomes: `delivered` (2xx), `dlq` (a non-retryable status, exhausted retries, an undecodable event,
-a tenant no longer configured), `no_callback` (the tenant has no callback: settled only) — all three
-let the offset be committed — and `abandoned` (shutdown came first), which leaves the offset
-uncommitted so the event is read again.
+a tenant no longer configured, a tenant with more events waiting than its backlog allows),
+`no_callback` (the tenant has no callback: settled only) — all three let the offset be committed —
+and `abandoned` (shutdown came first), which leaves the offset uncommitted so the event is read again.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -54,6 +54,8 @@ class Job:
     offset: int
     key: bytes | None
     value: bytes
+    # The headers it carried in the DLQ, when a replay delivers it again.
+    dlq: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,10 @@ def _seconds(retry_after: str | None) -> float | None:
 class Deliverer:
     """Handles jobs on one event loop; per-tenant HTTP clients bound how much any one tenant can hold."""
 
-    def __init__(self, registry: Callable[[], Registry], settlements: SettlementBatcher, dead_letters: DeadLetters,
-                 executor: Executor, policy: RetryPolicy, per_tenant: int, abandon: asyncio.Event) -> None:
+    def __init__(self, registry: Callable[[], Registry], settlements: SettlementBatcher | None,
+                 dead_letters: DeadLetters,
+                 executor: Executor, policy: RetryPolicy, per_tenant: int, abandon: asyncio.Event,
+                 max_attempts: int | None = None, tenant_backlog: int | None = None) -> None:
         self.registry = registry
         self.settlements = settlements
         self.dead_letters = dead_letters
@@ -91,9 +95,17 @@ class Deliverer:
         self.policy = policy
         self.per_tenant = per_tenant
         self.abandon = abandon
+        # Overrides every tenant's callback.max_attempts (a DLQ replay tries a few times, not eight).
+        self.max_attempts = max_attempts
+        # Events one tenant may hold waiting (for a slot, a reply or a retry). Its events share
+        # partitions and the consumer's in-flight limit with every other tenant's: past this, a dead
+        # or very slow tenant would pause consumption for all, so its new events go to the DLQ
+        # (`overloaded`, for `dynaseal dlq replay`) instead.
+        self.tenant_backlog = tenant_backlog
+        self._waiting: dict[str, int] = {}
         self._clients: dict[str, CallbackClient] = {}
         self._signers: dict[str, tuple[str, CallbackSigner]] = {}
-        self._gates: dict[str, asyncio.Semaphore] = {}
+        self._gates: dict[str, tuple[int, asyncio.Semaphore]] = {}
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep, unless shutdown comes first; True if the full pause passed."""
@@ -108,6 +120,7 @@ class Deliverer:
 
     async def _settle(self, event: UsageEvent) -> bool:
         """Settle the reservation with the event's tokens (idempotent per request_id); False if abandoned."""
+        assert self.settlements is not None
         delay = 0.2
         while True:
             try:
@@ -129,7 +142,7 @@ class Deliverer:
             if client is not None:
                 client.close()
             # One pool per tenant: a slow tenant holds its own connections, never another's.
-            client = self._clients[tenant.id] = CallbackClient(tenant.callback.url, max_idle=self.per_tenant)
+            client = self._clients[tenant.id] = CallbackClient(tenant.callback.url, max_idle=self._limit(tenant))
         return client
 
     def _signer(self, tenant: Tenant) -> CallbackSigner:
@@ -158,7 +171,7 @@ class Deliverer:
         return reply.status, _seconds(reply.retry_after)
 
     async def _dead_letter(self, job: Job, request_id: str, reason: str, status: int | None, attempts: int) -> Outcome:
-        headers = dlq_headers(reason, status, attempts, f"{job.tp.topic}/{job.tp.partition}/{job.offset}")
+        headers = dlq_headers(reason, status, attempts, f"{job.tp.topic}/{job.tp.partition}/{job.offset}", job.dlq)
         if not await self._blocking(self.dead_letters.publish, job.key, job.value, headers):
             return Outcome.ABANDONED
         metrics.DLQ.labels(reason.split(":")[0]).inc()
@@ -169,9 +182,10 @@ class Deliverer:
     async def _deliver(self, job: Job, tenant: Tenant, event: UsageEvent) -> Outcome:
         assert tenant.callback is not None
         body = callback_body(event, tenant.callback.include_content)
-        max_attempts = tenant.callback.max_attempts
+        max_attempts = self.max_attempts or tenant.callback.max_attempts
         for attempt in range(1, max_attempts + 1):
-            async with self._gate(tenant.id):
+            # Held for the attempt only, never across a backoff: a failing tenant frees its slots.
+            async with self._gate(tenant):
                 status, retry_after = await self._attempt(tenant, event, body)
             if status is not None and 200 <= status < 300:
                 metrics.EVENT_AGE_SECONDS.observe(max(0.0, time.time() - event.shipped_at_ms / 1000))
@@ -186,12 +200,17 @@ class Deliverer:
                 return Outcome.ABANDONED
         return Outcome.ABANDONED  # unreachable: the loop returns on its last attempt
 
-    def _gate(self, tenant_id: str) -> asyncio.Semaphore:
-        """At most `per_tenant` callbacks in flight to one tenant."""
-        gate = self._gates.get(tenant_id)
-        if gate is None:
-            gate = self._gates[tenant_id] = asyncio.Semaphore(self.per_tenant)
-        return gate
+    def _limit(self, tenant: Tenant) -> int:
+        assert tenant.callback is not None
+        return tenant.callback.concurrency or self.per_tenant
+
+    def _gate(self, tenant: Tenant) -> asyncio.Semaphore:
+        """At most the tenant's concurrency in flight to it; others' callbacks never wait on this one."""
+        limit = self._limit(tenant)
+        cached = self._gates.get(tenant.id)
+        if cached is None or cached[0] != limit:  # new tenant, or its concurrency changed on reload
+            cached = self._gates[tenant.id] = (limit, asyncio.Semaphore(limit))
+        return cached[1]
 
     async def handle(self, job: Job) -> Outcome:
         """Settle and deliver one event; how it ended."""
@@ -201,12 +220,23 @@ class Deliverer:
             return await self._dead_letter(job, "-", "undecodable", None, 0)
         if not await self._settle(event):
             return Outcome.ABANDONED
+        return await self.deliver(job, event)
+
+    async def deliver(self, job: Job, event: UsageEvent) -> Outcome:
+        """Deliver a settled event to its tenant's callback as configured now (a DLQ replay starts here)."""
         tenant = self.registry().get(event.tenant)
         if tenant is None:  # removed from the config since: keep the event for a person to look at
             return await self._dead_letter(job, event.request_id, "unknown_tenant", None, 0)
         if tenant.callback is None or tenant.callback_secret is None:
             return Outcome.NO_CALLBACK
-        return await self._deliver(job, tenant, event)
+        waiting = self._waiting.get(tenant.id, 0)
+        if self.tenant_backlog is not None and waiting >= self.tenant_backlog:
+            return await self._dead_letter(job, event.request_id, "overloaded", None, 0)
+        self._waiting[tenant.id] = waiting + 1
+        try:
+            return await self._deliver(job, tenant, event)
+        finally:
+            self._waiting[tenant.id] -= 1
 
     async def dead_letter_on_error(self, job: Job) -> Outcome:
         """DLQ an event whose handling raised unexpectedly (abandoned if even that fails)."""

@@ -33,6 +33,9 @@ class Dispatcher:
         self._make_deliverer = make_deliverer
         self._loop = _new_loop()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Counted, not len(self._tasks): a finished task leaves the set only in a later loop
+        # callback, so a gauge set from the set's size stayed above 0 after a burst drained.
+        self._in_flight = 0
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="deliveries", daemon=True)
         self._abandon: asyncio.Event | None = None
@@ -59,19 +62,28 @@ class Dispatcher:
             task = self._loop.create_task(self._one(job))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        metrics.IN_FLIGHT.set(len(self._tasks))
+        self._in_flight += len(jobs)
+        metrics.IN_FLIGHT.set(self._in_flight)
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs handed to the loop and not finished (cancelled ones included once they stop)."""
+        return self._in_flight
 
     async def _one(self, job: Job) -> None:
         assert self._deliverer is not None
         try:
-            outcome = await self._deliverer.handle(job)
-        except Exception:
-            # A bug, not a tenant problem: keep the event where a person will see it.
-            log.exception("unexpected error handling an event", extra={"offset": job.offset})
-            outcome = await self._deliverer.dead_letter_on_error(job)
-        metrics.DELIVERIES.labels(outcome.value).inc()
-        self.finished.put((job, outcome))
-        metrics.IN_FLIGHT.set(len(self._tasks) - 1)
+            try:
+                outcome = await self._deliverer.handle(job)
+            except Exception:
+                # A bug, not a tenant problem: keep the event where a person will see it.
+                log.exception("unexpected error handling an event", extra={"offset": job.offset})
+                outcome = await self._deliverer.dead_letter_on_error(job)
+            metrics.DELIVERIES.labels(outcome.value).inc()
+            self.finished.put((job, outcome))
+        finally:  # also when shutdown cancels it: the job is no longer in flight
+            self._in_flight -= 1
+            metrics.IN_FLIGHT.set(self._in_flight)
 
     async def _drain(self, timeout_s: float) -> None:
         assert self._abandon is not None and self._deliverer is not None

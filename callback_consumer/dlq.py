@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -64,7 +65,18 @@ class DeadLetters:
         kafka_io.close_quietly(producer, timeout_s=5)
 
 
-def dlq_headers(reason: str, status: int | None, attempts: int, source: str) -> dict[str, str]:
-    """Why an event is dead-lettered, for whoever replays the DLQ."""
-    return {"dlq_reason": reason, "dlq_status": "" if status is None else str(status),
-            "dlq_attempts": str(attempts), "dlq_source": source, "dlq_at_ms": str(int(time.time() * 1000))}
+def dlq_headers(reason: str, status: int | None, attempts: int, source: str,
+                previous: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Why an event is dead-lettered, for whoever replays the DLQ.
+
+    `previous` are the headers it had in the DLQ when a replay failed again: the entry keeps its
+    original source and first reason, and counts its replays.
+    """
+    headers = {"dlq_reason": reason, "dlq_status": "" if status is None else str(status),
+               "dlq_attempts": str(attempts), "dlq_source": source, "dlq_at_ms": str(int(time.time() * 1000))}
+    if previous is not None:
+        headers["dlq_source"] = previous.get("dlq_source") or source
+        headers["dlq_first_reason"] = previous.get("dlq_first_reason") or previous.get("dlq_reason", "")
+        replays = previous.get("dlq_replays", "0")
+        headers["dlq_replays"] = str((int(replays) if replays.isdigit() else 0) + 1)
+    return headers

@@ -20,7 +20,6 @@ from dynaseal.claims import VerifiedKey
 from dynaseal.decision import Decision, allow, answer, deny, deny_from
 from dynaseal.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.key_verification import UnknownKid, VerifiedKeyCache
-from dynaseal.remote_jwks import JwksRefresher
 from dynaseal.request_policy import CheckedRequest, check_request, parse_body
 from dynaseal.tenants import Registry
 
@@ -103,7 +102,6 @@ class Authorizer:
         self.registry = registry
         self.quota = quota
         self.keys = VerifiedKeyCache(registry, cache_size)
-        self.jwks = JwksRefresher()
         self.quota_errors = 0
 
     async def decide(self, request: AuthRequest) -> Decision:
@@ -136,17 +134,24 @@ class Authorizer:
                                 jti=key.jti if key else None, request_id=request_id), reason="internal_error")
 
     async def _verify(self, token: str) -> VerifiedKey:
-        """Verify through the cache; on an unknown kid of a jwks_url tenant, refresh once and retry."""
+        """Verify through the cache, against the latest remote JWKS; on an unknown kid of a jwks_url
+        tenant, refresh (rate-limited) and retry once."""
+        remote = self.registry.remote_jwks
+        if remote is not None and remote.generation != self.registry.remote_generation:
+            # A refresh (scheduled or not) changed some tenant's set: rebuild, and drop cached
+            # verifications, so a withdrawn kid stops verifying now.
+            self.registry = remote.apply(self.registry)
+            self.keys = VerifiedKeyCache(self.registry, self.keys.capacity)
         try:
             return self.keys.verify(token)
         except UnknownKid as unknown:
             tenant = self.registry.get(unknown.tenant_id)
-            if tenant is None or not tenant.jwks_url:
+            if remote is None or tenant is None or not tenant.jwks_url:
                 raise
-            fresh = await self.jwks.refresh(tenant.id, tenant.jwks_url)
-            if fresh is None:
+            await remote.refresh_for_unknown_kid(tenant.id)
+            if remote.generation == self.registry.remote_generation:
                 raise
-            self.registry = self.registry.with_tenant(tenant.with_keys(fresh))
+            self.registry = remote.apply(self.registry)
             self.keys = VerifiedKeyCache(self.registry, self.keys.capacity)
             return self.keys.verify(token)
 

@@ -14,6 +14,8 @@ from dynaseal.processes import StartupError
 # `dynaseal <service>` execs the service's own module: the core never imports a service.
 SERVICE_MODULES = {"authz": "authz_service", "issuer": "issuer_api", "mock-llm": "mock_llm",
                    "shipper": "log_shipper", "consumer": "callback_consumer"}
+# Tools that live with a service, run the same way: `dynaseal dlq replay …`.
+TOOL_MODULES = {"dlq": "callback_consumer.dlq_replay"}
 
 
 def _say(line: str) -> None:
@@ -126,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.set_defaults(func=cmd_key_revoke)
     for name in SERVICE_MODULES:
         sub.add_parser(name, help=f"run the {name} service alone", add_help=False)
+    sub.add_parser("dlq", help="dead-lettered callbacks: replay [--tenant T] [--dry-run] [--max N]", add_help=False)
     return parser
 
 
@@ -133,12 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dynaseal` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     for i, word in enumerate(argv):
-        if word in SERVICE_MODULES:  # pass everything through to the service's own parser
+        if word in SERVICE_MODULES or word in TOOL_MODULES:  # pass everything through to its own parser
             config = argv[:i]
             rest = argv[i + 1:]
             if len(config) == 2 and config[0] == "--config":
                 rest = ["--config", config[1], *rest]
-            return _exec_service(SERVICE_MODULES[word], rest)
+            return _exec_service(SERVICE_MODULES.get(word) or TOOL_MODULES[word], rest)
         if not word.startswith("-") and (i == 0 or argv[i - 1] != "--config"):
             break
     args = build_parser().parse_args(argv)

@@ -6,6 +6,7 @@ resolved by `dynaseal.tenants`. Every validation error is reported at once.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from importlib import resources
@@ -112,8 +113,13 @@ class CallbackConfig(_Strict):
     url: str
     secret_env: str
     include_content: bool = False
-    timeout_s: float = Field(5.0, gt=0)
+    # Covers a handler that works before it answers (the seed backend's takes 10 s): an attempt that
+    # times out is retried although it arrived, and a too-short timeout dead-letters every callback.
+    timeout_s: float = Field(30.0, gt=0)
     max_attempts: int = Field(8, ge=1)
+    # Callbacks in flight to this tenant at once (null: the consumer's --per-tenant). Throughput to a
+    # tenant is at most concurrency / its answer time.
+    concurrency: int | None = Field(None, ge=1, le=1024)
 
 
 class TenantConfig(_Strict):
@@ -124,9 +130,18 @@ class TenantConfig(_Strict):
     keys: tuple[KeyConfig, ...] = ()
     jwks_file: str | None = None
     jwks_url: str | None = None
+    # How often the jwks_url is fetched again (default: gateway.jwks_refresh_s).
+    jwks_refresh_s: float | None = Field(None, ge=30, le=86400)
     limits: Limits = Field(default_factory=Limits)
     upstream: TenantUpstream | None = None
     callback: CallbackConfig | None = None
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^/?#\s]+(?:[/?#]\S*)?$", url, re.IGNORECASE):
+            raise ValueError("jwks_url must be an absolute http:// or https:// URL")
+        return url
 
     @model_validator(mode="after")
     def _has_keys(self) -> TenantConfig:
@@ -152,6 +167,19 @@ class IssuerConfig(_Strict):
     key_models: tuple[str, ...] = ()
     demo_users: bool = False
     database_url: str | None = None
+    # Addresses or networks of the reverse proxies in front of the issuer. Only their
+    # X-Forwarded-For is believed (the login throttle counts per client address); empty = none.
+    trusted_proxies: tuple[str, ...] = ()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _ip_networks(cls, proxies: tuple[str, ...]) -> tuple[str, ...]:
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies entry {proxy!r} is not an IP address or network") from None
+        return proxies
 
 
 class EdgeLimits(_Strict):
@@ -181,6 +209,8 @@ class GatewayConfig(_Strict):
     redis_timeout_ms: int = Field(50, ge=1, le=5000)
     kafka_bootstrap: str | None = None
     key_cache_size: int = Field(10_000, ge=0)
+    # Remote JWKS (tenants' jwks_url) are fetched again this often; a kid removed there stops verifying.
+    jwks_refresh_s: float = Field(300.0, ge=30, le=86400)
 
 
 class DynasealConfig(_Strict):

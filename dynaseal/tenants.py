@@ -6,12 +6,11 @@ Built once per config (re)load and never mutated, so a request sees one consiste
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from pydantic import SecretStr
@@ -26,7 +25,8 @@ from dynaseal.config import (
     expand_path,
 )
 
-log = logging.getLogger("dynaseal.tenants")
+if TYPE_CHECKING:
+    from dynaseal.remote_jwks import RemoteJwks
 
 _ALG_BY_JWK = {("OKP", "Ed25519"): "EdDSA", ("EC", "P-256"): "ES256"}
 
@@ -53,11 +53,17 @@ class Tenant:
     callback: CallbackConfig | None
     callback_secret: SecretStr | None
     jwks_url: str | None = None
+    # The inline and jwks_file keys: what stays when the remote set is replaced.
+    local_keys_by_kid: Mapping[str, VerificationKey] = field(default_factory=lambda: MappingProxyType({}))
 
-    def with_keys(self, keys: list[VerificationKey]) -> Tenant:
-        """A copy whose kid keys are this tenant's inline/file keys plus `keys` (a refreshed JWKS)."""
-        merged = {**self.keys_by_kid, **{k.kid: k for k in keys if k.kid is not None}}
-        return replace(self, keys_by_kid=MappingProxyType(merged))
+    def with_remote_keys(self, keys: tuple[VerificationKey, ...]) -> Tenant:
+        """A copy whose kid keys are the local keys plus exactly `keys` (the latest remote JWKS).
+
+        A configured key wins over a remote one with the same kid: the tenant's server cannot
+        override what the operator pinned.
+        """
+        remote = {k.kid: k for k in keys if k.kid is not None}
+        return replace(self, keys_by_kid=MappingProxyType({**remote, **self.local_keys_by_kid}))
 
     def allows_model(self, model: str) -> bool:
         """Whether the tenant's allowlist admits a model."""
@@ -74,14 +80,20 @@ class Registry:
     default_provider_key: SecretStr | None
     # Client headers the provider may see beyond the fixed allowlist (lowercase).
     forward_headers: frozenset[str] = frozenset()
+    # The shared store of remote JWKS and the generation of it this registry reflects.
+    remote_jwks: RemoteJwks | None = field(default=None, compare=False, repr=False)
+    remote_generation: int = -1
 
     def get(self, tenant_id: str) -> Tenant | None:
         """The tenant with this id, if any."""
         return self.tenants.get(tenant_id)
 
-    def with_tenant(self, tenant: Tenant) -> Registry:
-        """A copy with one tenant replaced."""
-        return replace(self, tenants=MappingProxyType({**self.tenants, tenant.id: tenant}))
+    def with_remote_keys(self, keys_by_tenant: Mapping[str, tuple[VerificationKey, ...]],
+                         generation: int) -> Registry:
+        """A copy whose jwks_url tenants carry exactly these remote keys (none for a tenant not named)."""
+        tenants = {tid: t.with_remote_keys(keys_by_tenant.get(tid, ())) if t.jwks_url else t
+                   for tid, t in self.tenants.items()}
+        return replace(self, tenants=MappingProxyType(tenants), remote_generation=generation)
 
 
 def _env_secret(name: str | None, what: str, errors: list[str]) -> SecretStr | None:
@@ -144,28 +156,29 @@ def _tenant_keys(cfg: DynasealConfig, tc: TenantConfig, errors: list[str]) -> li
             errors.append(f"tenant {tc.id}: jwks_file {path} does not exist")
         except (ValueError, OSError, jwt.PyJWKError) as exc:
             errors.append(f"tenant {tc.id}: jwks_file {path}: {exc}")
-    if tc.jwks_url:
-        from dynaseal.remote_jwks import fetch_jwks
-
-        try:
-            keys.extend(fetch_jwks(tc.jwks_url))
-        except Exception as exc:  # an unreachable JWKS must not stop start-up: its kids are refused until it answers
-            log.warning("jwks_url fetch failed at load; will retry on an unknown kid",
-                        extra={"tenant": tc.id, "error": str(exc)})
     return keys
 
 
-def build_registry(cfg: DynasealConfig) -> Registry:
-    """Resolve every tenant's keys and secrets; raise ConfigError listing all problems."""
+def build_registry(cfg: DynasealConfig, remote_jwks: RemoteJwks | None = None, *,
+                   fetch_new_jwks: bool = True) -> Registry:
+    """Resolve every tenant's keys and secrets; raise ConfigError listing all problems.
+
+    Remote JWKS live in `remote_jwks` (a private store if none is given), which is told which
+    tenants to follow; with `fetch_new_jwks` the ones never fetched are fetched now (blocking:
+    start-up only; a server reloading on its event loop leaves them to the scheduled refresh).
+    """
+    from dynaseal.remote_jwks import RemoteJwks
+
     errors: list[str] = []
     tenants: dict[str, Tenant] = {}
     for tc in cfg.tenants:
         keys = _tenant_keys(cfg, tc, errors)
+        local_keys = MappingProxyType({k.kid: k for k in keys if k.kid is not None})
         upstream = tc.upstream
         tenants[tc.id] = Tenant(
             id=tc.id,
             name=tc.name or tc.id,
-            keys_by_kid=MappingProxyType({k.kid: k for k in keys if k.kid is not None}),
+            keys_by_kid=local_keys,
             seed_key=next((k for k in keys if k.kid is None), None),
             limits=tc.limits,
             provider_key=_env_secret(upstream.api_key_env if upstream else None,
@@ -174,9 +187,16 @@ def build_registry(cfg: DynasealConfig) -> Registry:
             callback_secret=_env_secret(tc.callback.secret_env if tc.callback else None,
                                         f"tenant {tc.id} callback", errors),
             jwks_url=tc.jwks_url,
+            local_keys_by_kid=local_keys,
         )
     default_key = _env_secret(cfg.gateway.upstream.api_key_env, "gateway upstream", errors)
     if errors:
         raise ConfigError("invalid tenant configuration:\n  - " + "\n  - ".join(errors))
-    return Registry(MappingProxyType(tenants), cfg.gateway.audience, cfg.gateway.leeway_s, default_key,
-                    frozenset(h.lower() for h in cfg.gateway.upstream.forward_headers))
+    store = remote_jwks if remote_jwks is not None else RemoteJwks()
+    store.track({tc.id: (tc.jwks_url, tc.jwks_refresh_s or cfg.gateway.jwks_refresh_s)
+                 for tc in cfg.tenants if tc.jwks_url})
+    if fetch_new_jwks:
+        store.fetch_untried()
+    registry = Registry(MappingProxyType(tenants), cfg.gateway.audience, cfg.gateway.leeway_s, default_key,
+                        frozenset(h.lower() for h in cfg.gateway.upstream.forward_headers), remote_jwks=store)
+    return store.apply(registry)

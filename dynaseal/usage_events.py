@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 import time
 import zlib
 from typing import Any
@@ -37,6 +38,10 @@ UPSTREAM, RESERVED, NONE = "upstream", "reserved", "none"
 # Local replies Envoy makes after the upstream already produced a (billable) answer.
 _PRODUCED_DETAILS = ("response_payload_too_large",)
 
+
+
+# Printable ASCII id characters, bounded: what authz mints (UUID4) and nothing a header could smuggle.
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
@@ -72,8 +77,13 @@ def _usage(record: dict[str, Any], status: int, reserved: int) -> tuple[str, int
 
 
 def _request_id(record: dict[str, Any], line: bytes) -> str:
-    # Envoy always generates one; should a line lack it, the line's hash keeps repeats idempotent.
-    return _text(record.get("request_id")) or "line-" + hashlib.sha256(line).hexdigest()[:32]
+    # authz mints it (a UUID) for every admitted request. Anything else in the field is refused here,
+    # where it is read: ids become Redis fields, Kafka keys and HTTP header values downstream. The
+    # line's hash keeps repeats of such a line idempotent (its reservation then expires, billed in full).
+    value = _text(record.get("request_id"))
+    if value and REQUEST_ID_PATTERN.fullmatch(value):
+        return value
+    return "line-" + hashlib.sha256(line).hexdigest()[:32]
 
 
 def parse_line(line: bytes | str, shipped_at_ms: int | None = None) -> UsageEvent | None:

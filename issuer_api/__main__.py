@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 import uvicorn
 
-from dynaseal.config import ConfigError, load_config
+from dynaseal.config import ConfigError, DynasealConfig, load_config
 from dynaseal.logs import setup_logging
 
 
@@ -21,6 +22,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help="bind address (default: gateway.host)")
     parser.add_argument("--port", type=int, help="bind port (default: gateway.ports.issuer)")
     return parser
+
+
+def server_options(cfg: DynasealConfig) -> dict[str, Any]:
+    """uvicorn settings from the config: forwarded headers are believed only from named proxies.
+
+    uvicorn's default trusts X-Forwarded-For from 127.0.0.1, so anyone on the host could rotate
+    that header to dodge the login throttle; with no `issuer.trusted_proxies` it is ignored.
+    """
+    proxies = list(cfg.issuer.trusted_proxies) if cfg.issuer else []
+    # log_config=None keeps our JSON, redacting root handler for uvicorn's own lines too.
+    return {"proxy_headers": bool(proxies), "forwarded_allow_ips": proxies or None,
+            "log_level": "warning", "log_config": None, "access_log": False}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     port = args.port if args.port is not None else cfg.gateway.ports.issuer
     print(f"issuer_api: serving tenant {cfg.issuer.tenant if cfg.issuer else '?'} on http://{host}:{port}",
           flush=True)
-    # log_config=None keeps our JSON, redacting root handler for uvicorn's own lines too.
-    uvicorn.run(app, host=host, port=port, log_level="warning", log_config=None, access_log=False)
+    uvicorn.run(app, host=host, port=port, **server_options(cfg))
     return 0
 
 

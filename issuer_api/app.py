@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 from dynaseal.config import DynasealConfig
 from issuer_api import routes_callbacks, routes_keys, routes_usage, routes_user
 from issuer_api.errors import install_error_handlers
 from issuer_api.state import IssuerState, build_state
+
+API_PREFIX = "/api/v1"
 
 
 def create_app(cfg: DynasealConfig) -> FastAPI:
@@ -20,26 +22,39 @@ def create_app(cfg: DynasealConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        state.engine.dispose()
+        state.close()
 
     app = FastAPI(
         title="Dynaseal issuer API",
         description="Seed-compatible business backend: log in, mint and revoke dynamic keys, "
-                    "receive the gateway's signed usage callbacks.",
+                    "receive the gateway's signed usage callbacks. Every route is also served "
+                    f"under `{API_PREFIX}` (the original client's layout).",
         version="0.1.0",
         lifespan=lifespan,
     )
     app.state.issuer = state
     install_error_handlers(app)
-    for module in (routes_user, routes_keys, routes_callbacks, routes_usage):
-        app.include_router(module.router)
+    routers = [module.router for module in (routes_user, routes_keys, routes_callbacks, routes_usage)]
+    routers.append(_health_router())
+    for router in routers:
+        app.include_router(router)
+    # The original client's layout (`backend_url = .../api/v1`): the same routes again, kept out
+    # of the OpenAPI document so it lists each operation once.
+    for router in routers:
+        app.include_router(router, prefix=API_PREFIX, include_in_schema=False)
+    app.include_router(routes_callbacks.root_router)
+    return app
 
-    @app.get("/healthz", tags=["health"], summary="Liveness")
+
+def _health_router() -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz", summary="Liveness")
     def healthz() -> dict[str, str]:
         """The process is up and serving."""
         return {"status": "ok"}
 
-    return app
+    return router
 
 
 def issuer_state(app: FastAPI) -> IssuerState:

@@ -44,7 +44,11 @@ def current_account(
 
 
 def client_ip(request: Request) -> str:
-    """The peer address (proxies are not trusted: a forged X-Forwarded-For would dodge the limiter)."""
+    """The client address: the peer, or what a proxy named in `issuer.trusted_proxies` forwarded.
+
+    uvicorn rewrites the peer from X-Forwarded-For only for those proxies (see `server_options`),
+    so a forged header from anyone else cannot dodge the login throttle.
+    """
     return request.client.host if request.client else "unknown"
 
 

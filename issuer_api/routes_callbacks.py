@@ -1,33 +1,34 @@
-"""`POST /callback/usage` (seed) and `/v1/callback/usage`: the gateway's signed usage callbacks.
+"""`POST /callback/usage` (also `/api/v1/callback/usage`, `/v1/callback/usage`): signed usage callbacks.
 
 Verified per Standard Webhooks with the tenant's callback secret, then stored once per
-`webhook-id`: the gateway delivers at least once, so a repeat must change nothing.
+`webhook-id`: the gateway delivers at least once, so a repeat must change nothing. Rows go through
+the `CallbackWriter` (group commits on one thread).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from standardwebhooks.webhooks import WebhookVerificationError
-from starlette.concurrency import run_in_threadpool
 
 from dynaseal.logs import redact
 from issuer_api.deps import StateDep
 from issuer_api.errors import ApiError, invalid_request
-from issuer_api.state import IssuerState
-from issuer_api.store import Callback
+from issuer_api.store import utcnow
 
 log = logging.getLogger("issuer_api.callbacks")
 router = APIRouter(tags=["callbacks"])
 
 MAX_BODY_BYTES = 1 << 20
 MAX_ID_CHARS = 256
+MAX_WEBHOOK_ID_CHARS = 128
+# Printable ASCII without space: what Standard Webhooks senders use (msg_…, UUIDs, request ids).
+_WEBHOOK_ID = re.compile(rf"^[\x21-\x7e]{{1,{MAX_WEBHOOK_ID_CHARS}}}$")
 PRINTED_CONTENT_CHARS = 200
 
 
@@ -71,19 +72,20 @@ def parse_callback(payload: dict[str, Any]) -> UsageCallback:
                          _optional_str(payload, "sub", MAX_ID_CHARS))
 
 
-def _store_once(state: IssuerState, webhook_id: str, callback: UsageCallback,
-                payload: dict[str, Any]) -> bool:
-    """Insert the callback unless this webhook-id was stored before; True if stored now."""
-    try:
-        with state.sessions.begin() as db:
-            if db.scalar(select(Callback.id).where(Callback.webhook_id == webhook_id)) is not None:
-                return False
-            db.add(Callback(webhook_id=webhook_id, event_id=callback.event_id, jti=callback.jti,
-                            sub=callback.sub, tokens=callback.tokens, usage=callback.usage,
-                            content=callback.content, payload=payload))
-    except IntegrityError:  # a concurrent delivery of the same webhook-id won the race
-        return False
-    return True
+def row_values(webhook_id: str, callback: UsageCallback, payload: dict[str, Any]) -> dict[str, Any]:
+    """The callbacks-table row of one callback."""
+    return {"webhook_id": webhook_id, "event_id": callback.event_id, "jti": callback.jti, "sub": callback.sub,
+            "tokens": callback.tokens, "usage": callback.usage, "content": callback.content,
+            "payload": payload, "received_at": utcnow()}
+
+
+def webhook_id_of(request: Request) -> str | None:
+    """The request's webhook-id if it is well formed, None if absent; 400 if malformed."""
+    webhook_id = request.headers.get("webhook-id")
+    if webhook_id is not None and not _WEBHOOK_ID.match(webhook_id):
+        raise invalid_request(f"webhook-id must be 1 to {MAX_WEBHOOK_ID_CHARS} printable ASCII characters",
+                              "webhook-id", "invalid_webhook_id")
+    return webhook_id
 
 
 def _human_line(callback: UsageCallback) -> str:
@@ -97,6 +99,8 @@ async def receive_usage(request: Request, state: StateDep) -> dict[str, str]:
     """Verify, parse and store one usage callback; answer 2xx so the gateway stops retrying."""
     if state.webhook is None:
         raise ApiError(503, "callback_not_configured", "this tenant has no callback secret configured")
+    # Checked before anything else: it is signed, stored and logged, so odd bytes must stop here.
+    webhook_id = webhook_id_of(request)
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, "request_too_large", f"callback body above {MAX_BODY_BYTES} bytes")
@@ -105,9 +109,7 @@ async def receive_usage(request: Request, state: StateDep) -> dict[str, str]:
     except (WebhookVerificationError, ValueError, TypeError):
         # Missing headers, a bad signature and a stale timestamp look alike to the sender on purpose.
         raise ApiError(401, "invalid_signature", "webhook signature is missing, invalid or too old") from None
-    webhook_id = request.headers["webhook-id"]
-    if len(webhook_id) > MAX_ID_CHARS:
-        raise invalid_request(f"webhook-id longer than {MAX_ID_CHARS} characters", "webhook-id")
+    assert webhook_id is not None  # verify() refuses a request without one
     try:
         payload = json.loads(raw)
     except ValueError:
@@ -115,7 +117,7 @@ async def receive_usage(request: Request, state: StateDep) -> dict[str, str]:
     if not isinstance(payload, dict):
         raise invalid_request("callback body must be a JSON object")
     callback = parse_callback(payload)
-    stored = await run_in_threadpool(_store_once, state, webhook_id, callback, payload)
+    stored = await state.callbacks.store(row_values(webhook_id, callback, payload))
     if not stored:
         log.info("duplicate callback ignored",
                  extra={"webhook_id": webhook_id, "event_id": callback.event_id})
@@ -127,5 +129,8 @@ async def receive_usage(request: Request, state: StateDep) -> dict[str, str]:
     return {"status": "stored", "webhook_id": webhook_id}
 
 
-for _path in ("/callback/usage", "/v1/callback/usage"):
-    router.add_api_route(_path, receive_usage, methods=["POST"], summary="Receive a signed usage callback")
+router.add_api_route("/callback/usage", receive_usage, methods=["POST"], summary="Receive a signed usage callback")
+# The seed's callback_url (`/v1/callback/usage` at the root), served at the root only.
+root_router = APIRouter(tags=["callbacks"])
+root_router.add_api_route("/v1/callback/usage", receive_usage, methods=["POST"],
+                          summary="Receive a signed usage callback (seed path)")

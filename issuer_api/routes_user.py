@@ -1,4 +1,8 @@
-"""`POST /user/login` and `POST /user/refresh`: the seed's session endpoints."""
+"""`POST /user/login` and `POST /user/refresh`: the seed's session endpoints.
+
+Login takes the username or the e-mail address in the OAuth2 form's `username` field (the
+original client sends the e-mail).
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,10 @@ from starlette.concurrency import run_in_threadpool
 from issuer_api.deps import StateDep, bearer_token, client_ip
 from issuer_api.errors import ApiError, invalid_request, unauthenticated
 from issuer_api.state import IssuerState
-from issuer_api.users import Account, account_by_id, authenticate
+from issuer_api.users import Account, account_by_id, authenticate, normalize_email
 
 MAX_BODY_BYTES = 16 * 1024
-MAX_USERNAME_CHARS = 128
+MAX_USERNAME_CHARS = 254  # an e-mail address is allowed here
 MAX_PASSWORD_CHARS = 1024
 
 log = logging.getLogger("issuer_api.sessions")
@@ -80,7 +84,8 @@ async def _credentials(request: Request) -> tuple[str, str]:
         raise invalid_request("send username and password as form fields or as a JSON object")
     username, password = fields.get("username"), fields.get("password")
     if not isinstance(username, str) or not username or len(username) > MAX_USERNAME_CHARS:
-        raise invalid_request("username is required (a string up to 128 characters)", "username")
+        raise invalid_request(f"username is required (a username or e-mail, up to {MAX_USERNAME_CHARS} "
+                              "characters)", "username")
     if not isinstance(password, str) or not password or len(password) > MAX_PASSWORD_CHARS:
         raise invalid_request("password is required", "password")
     return username, password
@@ -97,10 +102,12 @@ def _account(state: IssuerState, user_id: str) -> Account | None:
 
 
 @router.post("/user/login", response_model=TokenPair, openapi_extra=_LOGIN_BODY,
-             summary="Log in with username and password (form or JSON)")
+             summary="Log in with username (or e-mail) and password (form or JSON)")
 async def login(request: Request, state: StateDep) -> dict[str, str]:
     """Check the credentials and answer a fresh access/refresh pair; throttle repeated failures."""
     username, password = await _credentials(request)
+    if "@" in username:  # one throttle per address however it is capitalised
+        username = normalize_email(username)
     ip = client_ip(request)
     wait = state.limiter.retry_after(username, ip)
     if wait:
@@ -120,10 +127,13 @@ async def login(request: Request, state: StateDep) -> dict[str, str]:
 @router.post("/user/refresh", response_model=TokenPair, openapi_extra=_REFRESH_BODY,
              summary="Exchange a refresh token for a new pair")
 async def refresh(request: Request, state: StateDep) -> dict[str, str]:
-    """A new pair for a valid refresh token, sent as `{"refresh_token": ...}`, a form field or bearer."""
+    """A new pair for a valid refresh token, sent as `{"refresh_token": ...}`, a form field, the
+    `refresh_token` query parameter (the original backend's form) or bearer."""
     raw = await _body(request)
-    token: Any = None
-    if _media_type(request) == "application/x-www-form-urlencoded":
+    token: Any = request.query_params.get("refresh_token")
+    if token:
+        pass  # the original backend's form: `?refresh_token=` (with the access token as bearer)
+    elif _media_type(request) == "application/x-www-form-urlencoded":
         token = (await request.form(max_files=0, max_fields=16)).get("refresh_token")
     elif raw.strip():
         token = _json_object(raw).get("refresh_token")

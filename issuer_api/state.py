@@ -15,6 +15,7 @@ from standardwebhooks.webhooks import Webhook
 from dynaseal.config import ConfigError, DynasealConfig, IssuerConfig, Limits
 from dynaseal.signing_keystore import SigningKeyStore
 from dynaseal.tenants import build_registry
+from issuer_api.callback_writer import CallbackWriter
 from issuer_api.login_limiter import LoginLimiter
 from issuer_api.migrate import upgrade_to_head
 from issuer_api.sessions import MIN_SECRET_BYTES, SessionTokens
@@ -37,7 +38,13 @@ class IssuerState:
     tokens: SessionTokens
     webhook: Webhook | None = field(repr=False)
     redis_url: str | None
+    callbacks: CallbackWriter
     limiter: LoginLimiter = field(default_factory=LoginLimiter)
+
+    def close(self) -> None:
+        """Finish queued callback writes and release the database."""
+        self.callbacks.close()
+        self.engine.dispose()
 
     @property
     def tenant_id(self) -> str:
@@ -94,4 +101,4 @@ def build_state(cfg: DynasealConfig) -> IssuerState:
                                     "gateway_revocation": bool(redis_url)})
     return IssuerState(cfg=cfg, issuer=issuer, limits=tenant.limits, engine=engine, sessions=sessions,
                        keystore=keystore, tokens=tokens, webhook=_webhook(tenant.callback_secret),
-                       redis_url=redis_url)
+                       redis_url=redis_url, callbacks=CallbackWriter(engine))

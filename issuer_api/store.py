@@ -42,6 +42,8 @@ class User(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     username: Mapped[str] = mapped_column(String(128), unique=True)
+    # Stored lower-case; the original client logs in with it in the username field.
+    email: Mapped[str | None] = mapped_column(String(254), nullable=True, unique=True, index=True)
     password_hash: Mapped[str] = mapped_column("password", String(128))
     role: Mapped[str] = mapped_column(String(16))
     tenant_id: Mapped[str] = mapped_column(String(128), index=True)

@@ -93,7 +93,9 @@ def test_routes_are_exactly_the_served_paths(tmp_path: Path, config_path: Path) 
     assert {r["route"]["cluster"] for r in vhost["routes"]} == {"upstream_llm"}  # every one through ext_authz
     assert vhost["request_headers_to_add"] == [{"header": {"key": "accept-encoding", "value": "identity"},
                                                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
-    assert vhost["response_headers_to_remove"] == ["x-request-id"]
+    [request_id] = vhost["response_headers_to_add"]
+    assert request_id["header"] == {"key": "x-dynaseal-request-id",
+                                    "value": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:request_id)%"}
 
 
 def test_lua_filter_sits_between_ext_authz_and_the_usage_readers(tmp_path: Path, config_path: Path) -> None:

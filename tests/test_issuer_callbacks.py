@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -9,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from test_issuer_support import (
     assert_error,
     bearer,
@@ -21,7 +23,8 @@ from test_issuer_support import (
 
 from dynaseal.config import DynasealConfig
 from issuer_api.app import issuer_state
-from issuer_api.store import Callback
+from issuer_api.callback_writer import CallbackWriter
+from issuer_api.store import Callback, utcnow
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +150,52 @@ def test_callback_body_is_kept_verbatim(issuer: tuple[DynasealConfig, TestClient
     with issuer_state(client.app).sessions() as db:  # type: ignore[arg-type]
         row = db.scalar(select(Callback).where(Callback.webhook_id == headers["webhook-id"]))
     assert row is not None and row.payload == json.loads(body) and row.jti == "jti-v" and row.tokens == 57
+
+
+@pytest.mark.parametrize("webhook_id", [
+    b"", b"a" * 129, "caf\u00e9".encode(), "caf\u00e9".encode("latin-1"), b"id with space", b"id\x7f", b"id\x01",
+    b"\xff\xfe", "\u2028".encode(),
+])
+def test_a_malformed_webhook_id_is_a_clear_400(issuer: tuple[DynasealConfig, TestClient], secret: str,
+                                               webhook_id: bytes) -> None:
+    client = issuer[1]
+    as_text = webhook_id.decode("latin-1")  # what the receiver sees of these bytes
+    body, headers = signed_callback(secret, usage_body("evt-wid", "jti-wid", "client1"), msg_id=as_text or "x")
+    sent: dict[str, str | bytes] = {**headers, "webhook-id": webhook_id}
+    error = assert_error(client.post("/v1/callback/usage", content=body, headers=sent), 400, "invalid_webhook_id")
+    assert error["param"] == "webhook-id"
+    assert _stored(client, as_text) == 0
+
+
+def test_the_longest_printable_webhook_id_is_stored(issuer: tuple[DynasealConfig, TestClient], secret: str) -> None:
+    client = issuer[1]
+    webhook_id = "msg_" + "~!#$%&'*+-.^_`|" * 8 + "z" * 4
+    assert len(webhook_id) == 128
+    body, headers = signed_callback(secret, usage_body("evt-long", "jti-long", "client1"), msg_id=webhook_id)
+    assert client.post("/callback/usage", content=body, headers=headers).json()["status"] == "stored"
+    assert _stored(client, webhook_id) == 1
+
+
+def test_the_writer_answers_each_row_of_a_group_commit(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Rows stored together: repeats are duplicates, and one unstorable row fails alone."""
+    _cfg, client = issuer_client(tmp_path_factory.mktemp("issuer-writer"))
+    state = issuer_state(client.app)  # type: ignore[arg-type]
+    writer = CallbackWriter(state.engine)
+
+    def row(webhook_id: str, tokens: int | None = 1) -> dict[str, object]:
+        return {"webhook_id": webhook_id, "event_id": None, "jti": None, "sub": None, "tokens": tokens,
+                "usage": None, "content": None, "payload": {}, "received_at": utcnow()}
+
+    async def scenario() -> list[object]:
+        rows = [row(f"w-{i % 20}") for i in range(40)] + [row("w-bad", tokens=None)]
+        return await asyncio.gather(*(writer.store(r) for r in rows), return_exceptions=True)
+
+    try:
+        outcomes = asyncio.run(scenario())
+        assert outcomes[:40].count(True) == 20 and outcomes[:40].count(False) == 20
+        assert isinstance(outcomes[40], IntegrityError)  # NOT NULL: an error, never "duplicate"
+        for i in range(20):
+            assert _stored(client, f"w-{i}") == 1
+    finally:
+        writer.close()
+        client.__exit__(None, None, None)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, func, inspect, select
@@ -16,7 +17,7 @@ from dynaseal.config import ConfigError, bundled_dev_config
 from dynaseal.logs import JsonFormatter
 from issuer_api.__main__ import main
 from issuer_api.app import create_app, issuer_state
-from issuer_api.migrate import upgrade_to_head
+from issuer_api.migrate import alembic_config, upgrade_to_head
 from issuer_api.store import Base, User
 
 
@@ -27,9 +28,30 @@ def test_migrations_build_exactly_the_models_schema(tmp_path: Path) -> None:
     engine = create_engine(url)
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
-        assert conn.exec_driver_sql("select version_num from alembic_version").scalar() == "0001_initial"
+        assert conn.exec_driver_sql("select version_num from alembic_version").scalar() == "0002_user_email"
     assert {"users", "minted_keys", "callbacks"} <= set(inspect(engine).get_table_names())
     engine.dispose()
+
+
+def test_a_database_from_before_emails_is_upgraded_and_demo_users_get_theirs(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'issuer' / 'issuer.db'}"
+    (tmp_path / "issuer").mkdir()
+    command.upgrade(alembic_config(url), "0001_initial")
+    engine = create_engine(url)
+    with engine.begin() as conn:  # the demo users as the first schema stored them
+        conn.exec_driver_sql(
+            "insert into users (id, username, password, role, tenant_id, created_at) values "
+            "('671247fadb2faa4fec2c6f39', 'client1', "
+            "'$2b$12$fWy.Yjs9x5zSRirRibjliO4GX66GSO/.GuG7he9lIatuiNDoPPb9a', 'end_user', 't', '2025-01-01')")
+    engine.dispose()
+    _cfg, client = issuer_client(tmp_path)
+    try:
+        with issuer_state(client.app).sessions() as db:  # type: ignore[arg-type]
+            emails = {u.username: u.email for u in db.scalars(select(User))}
+        assert emails == {"client1": "client1@example.com", "user1": "user1@example.com"}
+        login(client, "client1@example.com", "client1")
+    finally:
+        client.__exit__(None, None, None)
 
 
 def test_default_locations_and_demo_users_created_once(tmp_path: Path) -> None:
@@ -46,7 +68,7 @@ def test_default_locations_and_demo_users_created_once(tmp_path: Path) -> None:
     assert users["user1"].id == "671249a93f1cf2f8bf9b2b82" and users["user1"].role == "tenant"
     assert users["client1"].role == "end_user"
     assert all(u.password_hash.startswith("$2b$") for u in users.values())  # bcrypt, never plaintext
-    state.engine.dispose()
+    state.close()
 
 
 def test_database_url_and_demo_users_switch(tmp_path: Path) -> None:
@@ -58,7 +80,7 @@ def test_database_url_and_demo_users_switch(tmp_path: Path) -> None:
     assert other.exists() and not (tmp_path / "data" / "issuer" / "issuer.db").exists()
     with state.sessions() as db:
         assert db.scalar(select(func.count()).select_from(User)) == 0
-    state.engine.dispose()
+    state.close()
 
 
 def test_missing_session_secret_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -112,7 +112,7 @@ def test_mixed_requests_give_exactly_the_expected_callbacks(
         assert payload["started_at"].endswith("Z") and payload["duration_ms"] >= 0
     ((failed_id, failed),) = receiver.delivered(traffic.failing).items()
     assert (failed["status"], failed["tokens"], failed["usage_source"]) == (500, 0, "none")
-    assert failed_id == failed["request_id"]  # webhook-id is Envoy's x-request-id
+    assert failed_id == failed["request_id"]  # webhook-id is the gateway's request id
     ((_, left),) = receiver.delivered(traffic.leaving).items()
     assert left["usage_source"] == "reserved" and left["tokens"] > 0 and left["content"] is None
     assert not receiver.for_key(traffic.denied), "a denied request must not produce a callback"
@@ -187,3 +187,22 @@ def test_rendered_envoy_config_with_content_capture_validates(cfg: DynasealConfi
         filters.index("envoy.filters.http.router")
     log_format = hcm["typed_config"]["access_log"][0]["typed_config"]["log_format"]["json_format"]
     assert log_format["content_b64"] == "%DYNAMIC_METADATA(dynaseal.content:body_b64)%"
+
+
+def test_replayed_client_request_ids_give_one_callback_per_request_with_the_gateways_id(
+        cfg: DynasealConfig, issuer_key: SigningKey, receiver: Receiver, own_consumer: Services,
+        redis_client: Redis) -> None:
+    key, jti = new_key(issuer_key, uses=5)
+    chosen = "0f0f0f0f-0000-4000-8000-000000000000"
+    client = sdk(cfg, key)
+    replies = [client.chat.completions.with_raw_response.create(
+        model="deepseek-chat", messages=MESSAGES, max_tokens=8, extra_headers={"x-request-id": chosen})
+        for _ in range(5)]
+    gateway_ids = [r.headers["x-dynaseal-request-id"] for r in replies]
+    assert len(set(gateway_ids)) == 5 and chosen not in gateway_ids
+    wait_until(lambda: len(receiver.delivered(jti)) == 5, 30, "five callbacks")
+    delivered = receiver.delivered(jti)
+    assert set(delivered) == set(gateway_ids)  # webhook-id = the id the client was told
+    assert all(payload["request_id"] == webhook_id for webhook_id, payload in delivered.items())
+    total = sum(p["tokens"] for p in delivered.values())
+    wait_until(settled(redis_client, jti, total, 5), 10, "settlement of all five")

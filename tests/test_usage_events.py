@@ -184,3 +184,9 @@ def test_error_body_capture_leaves_content_unset() -> None:
     event = parse_line(line(code=500, total_tokens=None, prompt_tokens=None, completion_tokens=None,
                             content_b64=b64(b'{"error": {"message": "boom"}}')))
     assert event is not None and not event.HasField("content") and event.usage_source == NONE
+
+
+@pytest.mark.parametrize("bad", ["é" * 5, "x" * 300, "a b", "a\r\nb", "../x", ""])
+def test_request_ids_that_are_not_bounded_ascii_are_replaced(bad: str) -> None:
+    event = parse_line(line(request_id=bad))
+    assert event is not None and event.request_id.startswith("line-") and event.request_id.isascii()

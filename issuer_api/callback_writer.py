@@ -1,0 +1,104 @@
+"""Storing usage callbacks on one writer thread, as many per transaction as arrive together.
+
+The gateway delivers callbacks concurrently; SQLite (and most databases) pay a sync per commit.
+Callbacks queued while a commit is under way go into the next transaction together, and each
+sender is answered only after the transaction holding its row committed (at-least-once stays
+intact: a 2xx always means stored). A batch that fails is retried one row per transaction, so one
+bad row never sinks its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+from typing import Any
+
+from sqlalchemy import Engine, Insert, insert
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from issuer_api.store import Callback
+
+log = logging.getLogger("issuer_api.callbacks")
+
+MAX_BATCH = 64
+_ON_CONFLICT = ("sqlite", "postgresql")
+_Item = tuple[dict[str, Any], asyncio.Future[bool], asyncio.AbstractEventLoop]
+
+
+def insert_once(dialect: str, values: dict[str, Any]) -> Insert:
+    """One INSERT that skips a webhook-id stored before, where the dialect can say so in SQL."""
+    table = Callback.__table__
+    if dialect == _ON_CONFLICT[0]:
+        return sqlite.insert(table).values(values).on_conflict_do_nothing(index_elements=["webhook_id"])
+    if dialect == _ON_CONFLICT[1]:
+        return postgresql.insert(table).values(values).on_conflict_do_nothing(index_elements=["webhook_id"])
+    return insert(table).values(values)  # the unique index refuses a repeat: IntegrityError
+
+
+def _settle(future: asyncio.Future[bool], outcome: bool | BaseException) -> None:
+    if future.done():  # the request was cancelled meanwhile
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+class CallbackWriter:
+    """A thread that inserts callback rows in group commits; `store` awaits one row's outcome."""
+
+    def __init__(self, engine: Engine, max_batch: int = MAX_BATCH) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self._dialect = engine.dialect.name
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="callback-writer", daemon=True)
+        self._thread.start()
+
+    async def store(self, values: dict[str, Any]) -> bool:
+        """Insert one callback row; True if stored now, False if its webhook-id was stored before."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._queue.put((values, future, loop))
+        return await future
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:  # close(): finish this batch, then stop
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+            for (_values, future, loop), outcome in zip(batch, self._write(batch), strict=True):
+                with contextlib.suppress(RuntimeError):  # that request's loop is gone: nobody waits
+                    loop.call_soon_threadsafe(_settle, future, outcome)
+
+    def _write(self, batch: list[_Item]) -> list[bool | BaseException]:
+        try:
+            with self.engine.begin() as connection:
+                return [bool(connection.execute(insert_once(self._dialect, values)).rowcount)
+                        for values, _future, _loop in batch]
+        except Exception as exc:
+            if len(batch) > 1:
+                log.warning("callback batch failed; storing its rows one by one", extra={"rows": len(batch)})
+                return [self._write([item])[0] for item in batch]
+            if isinstance(exc, IntegrityError) and self._dialect not in _ON_CONFLICT:
+                return [False]  # a repeat, refused by the unique index
+            return [exc]  # this row cannot be stored: its sender gets a 500 and retries

@@ -1,0 +1,112 @@
+"""A backend that takes 10 s to answer gets every callback once, none dead-lettered, and delays no other tenant.
+
+The seed backend's callback handler sleeps 10 s before it answers. The consumer runs with its
+default callback timeout and 3 callbacks in flight per tenant, so 5 slow callbacks fill the slow
+tenant's slots and queue two more behind them while the fast tenant's callbacks go through.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from consumer_support import FAST, SLOW, ConsumerRig
+from pipeline_harness import wait_until
+
+from dynaseal.config import CallbackConfig
+
+HANDLER_S = 10.0  # the seed backend's callback handler
+PER_TENANT = 3
+BACKLOG = 6  # events one tenant may hold waiting
+
+
+def test_default_callback_timeout_covers_a_ten_second_handler() -> None:
+    default = CallbackConfig(url="http://127.0.0.1:9000/v1/callback/usage", secret_env="X").timeout_s
+    assert default >= 2 * HANDLER_S  # room for a handler of 10 s on a loaded machine
+
+
+def slow_handler(delay_s: float, arrivals: list[str]) -> Callable[[dict[str, Any], int], int]:
+    """A receiver behaviour: note the arrival, work `delay_s`, then answer 200."""
+    lock = threading.Lock()
+
+    def behaviour(payload: dict[str, Any], attempt: int) -> int:
+        with lock:
+            arrivals.append(str(payload["request_id"]))
+        time.sleep(delay_s)
+        return 200
+    return behaviour
+
+
+@pytest.fixture(scope="module")
+def rig(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsumerRig]:
+    """Broker + consumer: default callback timeout, PER_TENANT callbacks in flight and BACKLOG waiting per tenant."""
+    running = ConsumerRig(tmp_path_factory.mktemp("slow-backend"), redis_server,
+                          consumer_args=["--per-tenant", str(PER_TENANT), "--tenant-backlog", str(BACKLOG)])
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.mark.integration
+def test_slow_backend_gets_each_callback_once_and_the_fast_tenant_is_not_delayed(rig: ConsumerRig) -> None:
+    slow, fast = rig.receivers[SLOW], rig.receivers[FAST]
+    slow_jti, fast_jti = f"slow-{uuid.uuid4().hex[:8]}", f"fast-{uuid.uuid4().hex[:8]}"
+    arrivals: list[str] = []
+    slow.behaviours[slow_jti] = slow_handler(HANDLER_S, arrivals)
+
+    slow_ids = rig.produce(SLOW, slow_jti, 5)
+    wait_until(lambda: len(arrivals) == PER_TENANT, 30, "the slow tenant's slots to fill")
+    assert rig.metric("dynaseal_consumer_in_flight") == 5  # 3 at the backend, 2 waiting for a slot
+
+    fast_ids = rig.produce(FAST, fast_jti, 5)
+    wait_until(lambda: len(fast.delivered(fast_jti)) == 5, 30, "the fast tenant's callbacks")
+    # Causal, not a stopwatch: the fast tenant finished while the slow backend still held its first
+    # callbacks and the rest waited for the slow tenant's slots.
+    assert not slow.delivered(slow_jti) and len(arrivals) == PER_TENANT
+
+    wait_until(lambda: len(slow.delivered(slow_jti)) == 5, 60, "every slow callback")
+    assert set(slow.delivered(slow_jti)) == set(slow_ids) and set(fast.delivered(fast_jti)) == set(fast_ids)
+    # Once each: no attempt timed out and was sent again (arrivals are noted before the handler works).
+    assert Counter(arrivals) == Counter(slow_ids)
+    assert set(Counter(d.webhook_id for d in slow.for_key(slow_jti)).values()) == {1}
+    assert set(Counter(d.webhook_id for d in fast.for_key(fast_jti)).values()) == {1}
+    assert slow.bad_signatures == fast.bad_signatures == 0
+    assert not rig.dlq() and rig.metric("dynaseal_consumer_dlq_total") == 0
+    assert rig.metric("dynaseal_consumer_callback_retries_total") == 0
+    # The gauge returns to 0 once the work drained (it used to stay above 0).
+    wait_until(lambda: rig.metric("dynaseal_consumer_deliveries_total", {"outcome": "delivered"}) == 10, 10,
+               "the consumer to count every delivery")
+    assert rig.metric("dynaseal_consumer_in_flight") == 0
+
+
+@pytest.mark.integration
+def test_slow_backend_rig_config_uses_the_default_timeout(rig: ConsumerRig) -> None:
+    raw = yaml.safe_load(Path(rig.config_path).read_text())
+    assert all("timeout_s" not in tenant["callback"] for tenant in raw["tenants"])
+
+
+@pytest.mark.integration
+def test_a_tenant_past_its_backlog_has_new_events_dead_lettered_not_the_others_stalled(rig: ConsumerRig) -> None:
+    slow, fast = rig.receivers[SLOW], rig.receivers[FAST]
+    slow_jti, fast_jti = f"flood-{uuid.uuid4().hex[:8]}", f"fast-{uuid.uuid4().hex[:8]}"
+    arrivals: list[str] = []
+    slow.behaviours[slow_jti] = slow_handler(3.0, arrivals)
+    slow_ids = rig.produce(SLOW, slow_jti, BACKLOG + 2)
+    wait_until(lambda: len(rig.dlq(slow_jti)) == 2, 30, "the two events past the backlog in the DLQ")
+    fast_ids = rig.produce(FAST, fast_jti, 3)
+    wait_until(lambda: len(fast.delivered(fast_jti)) == 3, 30, "the fast tenant's callbacks")
+    wait_until(lambda: len(slow.delivered(slow_jti)) == BACKLOG, 30, "the slow tenant's accepted callbacks")
+    shed = rig.dlq(slow_jti)
+    assert {h["dlq_reason"] for _, h in shed} == {"overloaded"}
+    assert set(slow.delivered(slow_jti)) | {e.request_id for e, _ in shed} == set(slow_ids)
+    assert Counter(arrivals) == Counter(slow.delivered(slow_jti).keys())  # the shed ones were never sent
+    assert set(fast.delivered(fast_jti)) == set(fast_ids)
