@@ -79,7 +79,7 @@ def deny_response(decision: Decision) -> CheckResponse:
     return CheckResponse(
         status=_DENIED,
         denied_response=DeniedHttpResponse(
-            status=HttpStatus(code=decision.status),  # type: ignore[arg-type]
+            status=HttpStatus(code=decision.status),
             headers=[HeaderValueOption(header=HeaderValue(key=k, value=v), append_action=_OVERWRITE)
                      for k, v in headers.items()],
             body=decision.error_body().decode(),

@@ -71,7 +71,7 @@ class RetryPolicy:
         wait = ceiling / 2 + random.uniform(0, ceiling / 2)
         if retry_after_s is not None:  # the receiver said when (429/503): honour it, within the cap
             wait = max(wait, min(retry_after_s, self.cap_s))
-        return wait
+        return float(wait)
 
 
 def _seconds(retry_after: str | None) -> float | None:

@@ -203,6 +203,8 @@ class GatewayConfig(_Strict):
     ports: Ports = Field(default_factory=Ports)
     data_dir: str = ".dynaseal"
     max_body_bytes: int = Field(1 << 20, ge=1024)
+    # The log shipper rotates Envoy's access log past this size (0 = never; rotate it yourself).
+    access_log_max_bytes: int = Field(64 << 20, ge=0)
     leeway_s: int = Field(30, ge=0, le=30)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
     redis_url: str | None = None

@@ -110,7 +110,7 @@ def jwk_to_key(jwk_dict: Mapping[str, Any], pinned_alg: str | None = None) -> Ve
     """Parse one public JWK; the algorithm comes from the config or the key type, never the token."""
     if any(k in jwk_dict for k in ("d", "p", "q", "k")):
         raise ValueError("a verification JWK must be public (it carries private or symmetric material)")
-    derived = _ALG_BY_JWK.get((jwk_dict.get("kty"), jwk_dict.get("crv")))
+    derived = _ALG_BY_JWK.get((str(jwk_dict.get("kty")), str(jwk_dict.get("crv"))))
     if derived is None:
         raise ValueError(f"unsupported key type {jwk_dict.get('kty')}/{jwk_dict.get('crv')}")
     if pinned_alg and pinned_alg != derived:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 from sqlalchemy import Engine
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
 from dynaseal.config import ConfigError, DynasealConfig, IssuerConfig, Limits
@@ -33,7 +33,7 @@ class IssuerState:
     issuer: IssuerConfig
     limits: Limits
     engine: Engine
-    sessions: sessionmaker
+    sessions: sessionmaker[Session]
     keystore: SigningKeyStore
     tokens: SessionTokens
     webhook: Webhook | None = field(repr=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -16,6 +17,9 @@ from dynaseal.config import ConfigError, load_config
 from dynaseal.logs import setup_logging
 from log_shipper.shipper import Shipper, ShipperOptions
 
+# The consumer's own variable: both sides name the same group.
+GROUP_ENV = "DYNASEAL_CONSUMER_GROUP"
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options."""
@@ -25,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, help="default: <data_dir>/shipper/checkpoint.json")
     parser.add_argument("--metrics-port", type=int, help="default: ports.shipper_metrics")
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP, config)")
+    parser.add_argument("--group-id", default=os.environ.get(GROUP_ENV) or kafka_io.DEFAULT_GROUP_ID,
+                        help=f"the consumer group whose commits let events be forgotten (default: ${GROUP_ENV} "
+                             "or %(default)s)")
+    parser.add_argument("--access-log-max-bytes", type=int,
+                        help="rotate the access log past this size, 0 = never (default: gateway.access_log_max_bytes)")
+    parser.add_argument("--envoy-admin", help="Envoy's admin URL, for reopen_logs (default: http://host:envoy_admin)")
     return parser
 
 
@@ -44,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         access_log=args.access_log or data_dir / "envoy" / "access.log",
         checkpoint_path=args.checkpoint or data_dir / "shipper" / "checkpoint.json",
         bootstrap=args.bootstrap or kafka_io.bootstrap_servers(cfg),
+        group_id=args.group_id,
+        max_log_bytes=cfg.gateway.access_log_max_bytes if args.access_log_max_bytes is None
+        else args.access_log_max_bytes,
+        envoy_admin=args.envoy_admin or f"http://{cfg.gateway.host}:{cfg.gateway.ports.envoy_admin}",
     ))
     try:
         start_http_server(args.metrics_port or cfg.gateway.ports.shipper_metrics, addr=cfg.gateway.host)

@@ -1,9 +1,11 @@
 """The shipper's loop: read lines, produce their events keyed by jti, checkpoint once the broker acknowledged.
 
-Failure handling is one rule: a batch the broker did not fully acknowledge is sent again from the
-checkpoint, with a fresh producer (an idempotent producer never recovers from a broker restart).
-Events of a batch resent after a partial success are duplicates, which the consumer absorbs: each
-carries its request_id, and settlement and callbacks are idempotent on it.
+Failure handling is one rule: what may not have reached the consumer is sent again. A batch the
+broker did not fully acknowledge is sent again from the acknowledged checkpoint, with a fresh
+producer (an idempotent producer never recovers from a broker restart); a broker that lost
+acknowledged records (`retention`) has everything after the consumed position sent again.
+Repeats are duplicates, which the consumer absorbs: each event carries its request_id, and
+settlement and callbacks are idempotent on it.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from kafka.errors import KafkaError
 from dynaseal import kafka_io
 from dynaseal.usage_events import parse_line
 from log_shipper import checkpoint, metrics
-from log_shipper.checkpoint import Checkpoint
+from log_shipper.checkpoint import Checkpoint, State, digest
 from log_shipper.lag import lag
+from log_shipper.retention import Record, Retention
+from log_shipper.rotation import Rotator
 from log_shipper.tailer import Line, LogTailer
 
 log = logging.getLogger("log_shipper")
@@ -44,6 +48,11 @@ class ShipperOptions:
     checkpoint_path: Path
     bootstrap: str
     client_id: str = "dynaseal-shipper"
+    # The consumer group whose commits say an event may be forgotten.
+    group_id: str = kafka_io.DEFAULT_GROUP_ID
+    # Rotate the access log past this size (0: never); needs Envoy's admin API at `envoy_admin`.
+    max_log_bytes: int = 0
+    envoy_admin: str = ""
 
 
 class Shipper:
@@ -52,9 +61,14 @@ class Shipper:
     def __init__(self, options: ShipperOptions) -> None:
         self.options = options
         self.stopping = threading.Event()
-        self.acked = checkpoint.load(options.checkpoint_path)
-        self._saved, self._saved_at = self.acked, 0.0
-        self.tailer = LogTailer(options.access_log, self.acked)
+        state = checkpoint.load(options.checkpoint_path)
+        self.acked, self.acked_at = state.acked, state.acked_at
+        self.retention = Retention(state, options.bootstrap, options.group_id)
+        self._dirty, self._saved_at = False, 0.0
+        self.tailer = LogTailer(options.access_log, self.acked, written_after=state.acked_at)
+        self.rotator = Rotator(options.access_log, options.max_log_bytes, options.envoy_admin) \
+            if options.max_log_bytes > 0 and options.envoy_admin else None
+        self._restarts_seen: dict[str, int] = {}
         self._producer: KafkaProducer | None = None
         self._retry_s = RETRY_MIN_S
         self._lag_at = 0.0
@@ -81,10 +95,10 @@ class Shipper:
         self.stopping.wait(self._retry_s)
         self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)
 
-    def _produce(self, producer: KafkaProducer, lines: list[Line]) -> bool:
-        """Send the events of these lines; True once the broker acknowledged all of them."""
+    def _produce(self, producer: KafkaProducer, lines: list[Line]) -> list[Record] | None:
+        """Send the events of these lines; once the broker acknowledged all of them, where they are."""
         shipped_at = int(time.time() * 1000)
-        futures = []
+        futures, digests = [], []
         for line in lines:
             if not line.data.strip():
                 metrics.LINES.labels("empty").inc()
@@ -93,14 +107,15 @@ class Shipper:
             # "skipped": not an admitted request (denied, not JSON): no usage to report.
             metrics.LINES.labels("event" if event else "skipped").inc()
             if event is not None:
-                futures.append(producer.send(kafka_io.USAGE_TOPIC, key=event.jti.encode(),
-                                             value=event.SerializeToString()))
+                value = event.SerializeToString()
+                futures.append(producer.send(kafka_io.USAGE_TOPIC, key=event.jti.encode(), value=value))
+                digests.append(digest(value))
         give_up_at: float | None = None
         while not all(f.is_done for f in futures):
             if self.stopping.is_set():
                 give_up_at = give_up_at or time.monotonic() + STOP_FLUSH_S
                 if time.monotonic() > give_up_at:
-                    return False
+                    return None
             with contextlib.suppress(KafkaError):  # not all acknowledged yet, or expired: the futures tell
                 producer.flush(timeout=0.5)
             self._update_lag()  # keeps the gauge honest while the broker is away
@@ -108,29 +123,67 @@ class Shipper:
         if failed:
             log.warning("broker did not acknowledge a batch; resending from the checkpoint",
                         extra={"events": len(futures), "failed": len(failed), "error": str(failed[0])})
-            return False
+            return None
         metrics.EVENTS_PRODUCED.inc(len(futures))
-        return True
+        return [(f.value.partition, f.value.offset, d) for f, d in zip(futures, digests, strict=True)]
 
-    def _commit(self, last: Line) -> None:
-        self.acked = Checkpoint(last.inode, last.end)
+    def _commit(self, lines: list[Line], records: list[Record]) -> None:
+        at = self.tailer.checkpoint_at(lines[-1])
+        # Nothing consumed yet: the group has to see everything from the first line read.
+        self.retention.start_at(Checkpoint(lines[0].inode, 0))
+        if not self.retention.acked(at, records):
+            self._broker_lost()
+            return
+        self.acked, self.acked_at, self._dirty = at, time.time(), True
         self._save()
 
+    def _broker_lost(self) -> None:
+        """The broker lost acknowledged records: produce everything the group had not committed again."""
+        metrics.BROKER_RESETS.inc()
+        consumed, consumed_at = self.retention.reset()
+        log.warning("broker lost acknowledged records; producing again from the consumed position",
+                    extra={"from": str(consumed), "acked": str(self.acked)})
+        self.acked, self.acked_at, self._dirty = consumed, consumed_at, True
+        self.tailer.seek(consumed, consumed_at)
+        # An idempotent producer never recovers from a broker restart.
+        kafka_io.close_quietly(self._producer, timeout_s=0)
+        self._producer = None
+        self._save(force=True)
+
+    def _housekeeping(self) -> None:
+        """Follow the group's commits, react to a broker that lost records, rotate and prune the log."""
+        if self.retention.lost:
+            self._broker_lost()
+        if self.retention.advance():
+            self._dirty = True
+        if self.rotator is not None:
+            self.rotator.check(self.retention.consumed, self.tailer.inode)
+        for reason, count in self.tailer.restarts.items():
+            seen = self._restarts_seen.get(reason, 0)
+            if count > seen:
+                metrics.LOG_RESTARTS.labels(reason).inc(count - seen)
+                self._restarts_seen[reason] = count
+
     def _save(self, force: bool = False) -> None:
-        """Persist the acknowledged position, at most every CHECKPOINT_EVERY_S (two fsyncs each)."""
+        """Persist the positions, at most every CHECKPOINT_EVERY_S (two fsyncs each)."""
         now = time.monotonic()
         due = force or now - self._saved_at >= CHECKPOINT_EVERY_S
-        if self.acked is not None and self.acked != self._saved and due:
-            checkpoint.save(self.options.checkpoint_path, self.acked)
-            self._saved, self._saved_at = self.acked, now
+        if self._dirty and due:
+            retention = self.retention
+            checkpoint.save(self.options.checkpoint_path,
+                            State(self.acked, retention.consumed, list(retention.marks), self.acked_at,
+                                  retention.consumed_at))
+            self._dirty, self._saved_at = False, now
 
     def _update_lag(self, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._lag_at >= LAG_EVERY_S:
             self._lag_at = now
-            behind, lines = lag(self.options.access_log, self.acked)
-            metrics.LAG_BYTES.set(behind)
-            metrics.LAG_LINES.set(lines)
+            behind = lag(self.options.access_log, self.acked)
+            metrics.LAG_BYTES.set(behind.bytes)
+            metrics.LAG_LINES.set(behind.lines)
+            metrics.LAG_SECONDS.set(behind.age_s)
+            metrics.UNCONSUMED_SECONDS.set(self.retention.oldest_unconsumed_s())
 
     def _ship_once(self) -> bool:
         """One batch; False when there was nothing to read."""
@@ -142,15 +195,15 @@ class Shipper:
             if self._producer is None:
                 return True
         try:
-            ok = self._produce(self._producer, lines)
+            records = self._produce(self._producer, lines)
         except KafkaError as exc:  # send() itself: metadata unavailable, buffer full for max_block_ms
             log.warning("send failed; resending from the checkpoint", extra={"error": str(exc)})
-            ok = False
-        if ok:
-            self._commit(lines[-1])
+            records = None
+        if records is not None:
+            self._commit(lines, records)
             self._retry_s = RETRY_MIN_S
             return True
-        self.tailer.seek(self.acked)
+        self.tailer.seek(self.acked, self.acked_at)
         if self.stopping.is_set():
             return True  # cut off by shutdown: the restart sends these lines again
         metrics.PRODUCE_ERRORS.inc()
@@ -164,15 +217,18 @@ class Shipper:
         """Ship until stopped; the saved checkpoint never names a line the broker has not acknowledged."""
         log.info("shipping", extra={"access_log": str(self.options.access_log), "from": str(self.acked)})
         self._producer = self._connect()  # at once, so the topics exist before the first request
+        self.retention.start()
         try:
             while not self.stopping.is_set():
                 busy = self._ship_once()
+                self._housekeeping()
                 self._update_lag()
                 if not busy:
                     self._save()
                     self.stopping.wait(IDLE_POLL_S)
         finally:
             self._save(force=True)
+            self.retention.stop()
             self.tailer.close()
             if self._producer is not None:
                 kafka_io.close_quietly(self._producer, timeout_s=STOP_FLUSH_S)

@@ -186,8 +186,9 @@ class Services:
         if name == "shipper":
             port = self.ports["shipper_metrics"]
             access_log = expand_path("{data_dir}/envoy/access.log", self.session_cfg)
+            # The shipper holds events until this group commits them (its broker may lose them).
             return ServiceSpec("shipper", [*py, "log_shipper", "--config", str(self.config_path),
-                                           "--access-log", str(access_log)],
+                                           "--access-log", str(access_log), "--group-id", self.group_id],
                                "", lambda: http_ok(f"http://127.0.0.1:{port}/metrics"),
                                env=env, ready_timeout_s=30)
         port = self.ports["kafka"]

@@ -118,12 +118,12 @@ def test_oversized_lines_are_skipped_but_passed(tmp_path: Path) -> None:
 
 def test_checkpoint_is_saved_atomically(tmp_path: Path) -> None:
     path = tmp_path / "shipper" / "checkpoint.json"
-    assert checkpoint.load(path) is None
-    checkpoint.save(path, Checkpoint(7, 42))
-    assert checkpoint.load(path) == Checkpoint(7, 42)
+    assert checkpoint.load(path) == checkpoint.State()
+    checkpoint.save(path, checkpoint.State(Checkpoint(7, 42), Checkpoint(7, 10)))
+    assert checkpoint.load(path).acked == Checkpoint(7, 42) and checkpoint.load(path).consumed == Checkpoint(7, 10)
     assert [p.name for p in path.parent.iterdir()] == ["checkpoint.json"]
     path.write_text("{torn")
-    assert checkpoint.load(path) is None
+    assert checkpoint.load(path) == checkpoint.State()
 
 
 def test_commit_point_advances_only_over_a_finished_prefix() -> None:
@@ -271,7 +271,7 @@ def test_shipper_killed_mid_run_resumes_from_its_checkpoint(
     thread, totals = in_background(cfg, key, 20, 0.03)
     wait_until(lambda: len(receiver.delivered(jti)) >= 3, 30, "the first callbacks")
     pipeline.kill("shipper")
-    saved = checkpoint.load(pipeline.checkpoint)
+    saved = checkpoint.load(pipeline.checkpoint).acked
     thread.join(30)
     assert saved is not None and saved.offset > 0
     pipeline.start("shipper")
@@ -360,4 +360,4 @@ def test_broker_down_while_traffic_continues_loses_nothing(
     assert tokens(delivered) == sum(before + during)
     wait_until(settled(redis_client, jti, sum(before + during), 15), 10, "settlement to the true total")
     assert pipeline.metric("shipper", "dynaseal_shipper_produce_errors_total") >= 1
-    assert json.loads(pipeline.checkpoint.read_text())["offset"] > 0
+    assert json.loads(pipeline.checkpoint.read_text())["acked"]["offset"] > 0
