@@ -182,9 +182,22 @@ class IssuerConfig(_Strict):
         return proxies
 
 
+class EdgeLimits(_Strict):
+    """Envoy's downstream limits: slow or idle clients cannot hold connections; streams end in time."""
+
+    max_connections: int = Field(10_000, ge=1)  # open client connections, all listeners
+    request_headers_timeout_s: int = Field(10, ge=1)  # for the request line and headers
+    request_timeout_s: int = Field(60, ge=1)  # for the whole request, body included
+    idle_timeout_s: int = Field(300, ge=1)  # a connection with no stream open
+    stream_idle_timeout_s: int = Field(300, ge=1)  # a stream with no bytes either way
+    max_stream_duration_s: int = Field(600, ge=1)  # the longest answer (a long LLM stream)
+
+
 class GatewayConfig(_Strict):
     """Gateway-wide settings."""
 
+    xff_trusted_hops: int = Field(0, ge=0, le=10)  # proxies in front of Envoy whose X-Forwarded-For counts
+    limits: EdgeLimits = Field(default_factory=EdgeLimits)
     audience: str = "dynaseal"
     host: str = "127.0.0.1"
     ports: Ports = Field(default_factory=Ports)

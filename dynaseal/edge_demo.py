@@ -64,26 +64,19 @@ def run_demo(cfg: DynasealConfig, access_log: Path, expect_callback: bool = Fals
 
     client = openai.OpenAI(base_url=f"http://{gw.host}:{gw.ports.envoy}/v1", api_key=key, max_retries=0)
     model = (cfg.issuer.key_models[0] if cfg.issuer and cfg.issuer.key_models else "deepseek-chat")
-    _say(f"streaming a completion from {model} through Envoy with the openai SDK:")
-    stream = client.chat.completions.create(
+    # The seed client's own call: no stream_options; the gateway asks the upstream for usage itself
+    # and keeps the usage-only chunk out of this stream, so every chunk has a choice.
+    _say(f"streaming a completion from {model} through Envoy with the openai SDK, as the seed's client does:")
+    raw = client.chat.completions.with_raw_response.create(
         model=model,
         messages=[{"role": "user", "content": "Say hello to the edge in a few words."}],
-        max_tokens=48,
-        stream=True,
-        stream_options={"include_usage": True},
+        stream=True, max_tokens=100, temperature=0.6, top_p=0.9,
     )
-    usage = None
     print("  > ", end="", flush=True)
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            print(chunk.choices[0].delta.content, end="", flush=True)
-        if chunk.usage is not None:
-            usage = chunk.usage
+    for chunk in raw.parse():
+        print(chunk.choices[0].delta.content or "", end="", flush=True)
     print(flush=True)
-    if usage is None:
-        _say("the stream carried no usage")
-        return 1
-    _say(f"usage: prompt={usage.prompt_tokens} completion={usage.completion_tokens} total={usage.total_tokens}")
+    _say(f"the gateway's id of that request (x-dynaseal-request-id): {raw.headers.get('x-dynaseal-request-id')}")
 
     try:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
@@ -97,7 +90,8 @@ def run_demo(cfg: DynasealConfig, access_log: Path, expect_callback: bool = Fals
     if line is None:
         _say("no access-log line with token counts appeared")
         return 1
-    _say(f"Envoy metered it: tenant={line['tenant']} jti={line['jti']} total_tokens={line['total_tokens']}")
+    _say(f"Envoy metered it from the upstream's usage: tenant={line['tenant']} jti={line['jti']} "
+         f"prompt={line['prompt_tokens']} completion={line['completion_tokens']} total={line['total_tokens']}")
     if not expect_callback:
         return 0
     _say("waiting for the signed usage callback to reach the backend (log → Kafka → consumer → backend) …")

@@ -69,6 +69,7 @@ def render(cfg: DynasealConfig, access_log: Path, authz_host: str | None = None,
     upstream = upstream_of(cfg)
     default_port = 443 if upstream.scheme == "https" else 80
     host_header = upstream.host if upstream.port == default_port else f"{upstream.host}:{upstream.port}"
+    limits = gw.limits
     return Template(template.read_text()).substitute(
         host=gw.host,
         admin_port=gw.ports.envoy_admin,
@@ -78,7 +79,15 @@ def render(cfg: DynasealConfig, access_log: Path, authz_host: str | None = None,
         authz_timeout="2s",
         authz_host=authz_host or gw.host,
         authz_port=gw.ports.authz,
-        upstream_path=f"{upstream.path_prefix}/chat/completions",
+        upstream_chat_path=f"{upstream.path_prefix}/chat/completions",
+        upstream_models_path=f"{upstream.path_prefix}/models",
+        xff_trusted_hops=gw.xff_trusted_hops,
+        max_connections=limits.max_connections,
+        request_headers_timeout=f"{limits.request_headers_timeout_s}s",
+        request_timeout=f"{limits.request_timeout_s}s",
+        idle_timeout=f"{limits.idle_timeout_s}s",
+        stream_idle_timeout=f"{limits.stream_idle_timeout_s}s",
+        max_stream_duration=f"{limits.max_stream_duration_s}s",
         host_rewrite=f"host_rewrite_literal: {host_header!r}".replace("'", '"'),
         upstream_discovery="STATIC" if _is_ip(upstream.host) else "LOGICAL_DNS",
         upstream_address=upstream.host,
