@@ -8,17 +8,25 @@ import os
 import signal
 import socket
 import sys
+import threading
+import time
 from types import FrameType
 
 from prometheus_client import start_http_server
+from redis import Redis
+from redis.exceptions import RedisError
 
 from callback_consumer.consumer import CallbackConsumer, ConsumerOptions
 from callback_consumer.delivery import RetryPolicy
+from callback_consumer.metrics import OLDEST_RESERVATION_SECONDS
 from dynaseal import kafka_io
 from dynaseal.config import ConfigError, load_config
 from dynaseal.logs import setup_logging
+from dynaseal.quota import redis_url
+from dynaseal.reservation_age import oldest_open_reservation_age_s
 
 GROUP_ENV = "DYNASEAL_CONSUMER_GROUP"
+RESERVATION_SCAN_S = 15.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +45,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--session-timeout-ms", type=int, default=kafka_io.SESSION_TIMEOUT_MS)
     parser.add_argument("--heartbeat-interval-ms", type=int, default=kafka_io.HEARTBEAT_INTERVAL_MS)
     return parser
+
+
+def watch_reservations(url: str, interval_s: float = RESERVATION_SCAN_S) -> threading.Thread:
+    """Keep the oldest-open-reservation gauge current, off the delivery path (a daemon thread)."""
+    client = Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0)
+
+    def loop() -> None:
+        while True:
+            try:
+                OLDEST_RESERVATION_SECONDS.set(oldest_open_reservation_age_s(client))
+            except RedisError as exc:  # the gauge keeps its last value; settlement reports Redis itself
+                logging.getLogger("dynaseal.consumer").debug("reservation scan failed: %s", exc)
+            time.sleep(interval_s)
+
+    thread = threading.Thread(target=loop, name="reservation-age", daemon=True)
+    thread.start()
+    return thread
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     def _reload(signum: int, frame: FrameType | None) -> None:
         consumer.reload()
 
+    watch_reservations(redis_url(cfg))
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGHUP, _reload)

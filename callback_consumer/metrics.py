@@ -11,6 +11,9 @@ IN_FLIGHT = Gauge("dynaseal_consumer_in_flight", "Events handed to delivery and 
 DELIVERIES = Counter("dynaseal_consumer_deliveries_total", "Events finished, by outcome", ["outcome"])
 RETRIES = Counter("dynaseal_consumer_callback_retries_total", "Callback attempts that will be retried", ["reason"])
 DLQ = Counter("dynaseal_consumer_dlq_total", "Events written to the DLQ topic", ["reason"])
+OLDEST_RESERVATION_SECONDS = Gauge(
+    "dynaseal_consumer_oldest_reservation_seconds",
+    "Age of the oldest reservation no usage event has settled yet (0 when none is open)")
 SETTLE_ERRORS = Counter("dynaseal_consumer_settle_errors_total", "Redis settlement attempts that failed")
 CALLBACK_SECONDS = Histogram(
     "dynaseal_consumer_callback_seconds", "Duration of one callback HTTP attempt", ["result"],

@@ -241,3 +241,34 @@ def test_redis_paused_past_the_deadline_refused_requests_spend_nothing(
         asyncio.run(after())
     finally:
         supervisor.stop()
+
+
+def test_oldest_open_reservation_age_finds_an_unsettled_one(tmp_path_factory: pytest.TempPathFactory,
+                                                           base_key: VerifiedKey) -> None:
+    from conftest import free_ports
+
+    from dynaseal.probes import redis_ping
+    from dynaseal.processes import ServiceSpec, Supervisor
+    from dynaseal.reservation_age import oldest_open_reservation_age_s
+    from dynaseal.stack import redis_server_binary
+
+    port = free_ports(1)[0]
+    directory = tmp_path_factory.mktemp("age-redis")
+    supervisor = Supervisor(directory, "127.0.0.1")
+    supervisor.start(ServiceSpec("redis", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                                           "--save", "", "--appendonly", "no", "--dir", str(directory)],
+                                 f"redis://127.0.0.1:{port}", lambda: redis_ping("127.0.0.1", port)))
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    try:
+        assert oldest_open_reservation_age_s(client) == 0.0
+        asyncio.run(admit_many(url, base_key, 2, 5))
+        later = int(time.time() * 1000) + 120_000  # two minutes on, nothing settled: the gauge says so
+        assert 119 <= oldest_open_reservation_age_s(client, later) <= 122
+        settle(client, OTHER_TENANT, base_key.jti, "r-0", 1)
+        assert 119 <= oldest_open_reservation_age_s(client, later) <= 122  # r-1 is still open
+        settle(client, OTHER_TENANT, base_key.jti, "r-1", 1)
+        assert oldest_open_reservation_age_s(client, later) == 0.0
+    finally:
+        client.close()
+        supervisor.stop()
