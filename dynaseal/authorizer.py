@@ -70,6 +70,18 @@ def is_model_list(method: str, path: str) -> bool:
     return method == "GET" and path.split("?", 1)[0] in MODEL_LIST_PATHS
 
 
+def check_method_and_path(method: str, path: str) -> None:
+    """Only a POST without a query string is a chat completion.
+
+    On the provider, other methods and queries on the same path are other operations (GET
+    /v1/chat/completions lists the account's stored completions): none of them may ride on a key.
+    """
+    if method != "POST":
+        raise Refusal(ErrorCode.INVALID_REQUEST, f"{method} is not served here: chat completions are POST only")
+    if "?" in path or "#" in path:
+        raise Refusal(ErrorCode.INVALID_REQUEST, "chat completions take no query string")
+
+
 def model_list(key: VerifiedKey) -> bytes:
     """The OpenAI-shaped list of the models this key may call (key ∩ tenant)."""
     tenant_models = {m for m in key.tenant.limits.models if m != "*"}
@@ -115,6 +127,7 @@ class Authorizer:
             key = await self._verify(token)
             if is_model_list(request.method, request.path):
                 return answer(model_list(key), key.jti, request_id)
+            check_method_and_path(request.method, request.path)
             checked = check_request(parse_body(request.body, request.headers), key, len(request.body))
             if self.quota is not None:
                 await self.quota.admit(key, checked, request_id)

@@ -21,6 +21,14 @@ local function expire_stale(now)
   end
   if #stale > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now) end
 end
+
+-- Counters live until the key's expiry (+ a margin) and never less: a settlement that does not
+-- know the key's exp must not shorten a long-lived key's counters to a day (fresh limits).
+local function keep_until(ttl)
+  for i = 2, 6 do
+    if redis.call('TTL', KEYS[i]) < ttl then redis.call('EXPIRE', KEYS[i], ttl) end
+  end
+end
 """
 
 # KEYS: revoked, counters, reservations, deadlines, rpm window, settled
@@ -67,7 +75,7 @@ redis.call('HSET', KEYS[3], rid, reserve)
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[7]), rid)
 if rpm >= 0 then redis.call('ZADD', KEYS[5], now, rid) end
 local ttl = tonumber(ARGV[8])
-for i = 2, 6 do redis.call('EXPIRE', KEYS[i], ttl) end
+keep_until(ttl)
 return {1, spent, reserved + reserve, 0}
 """
 
@@ -100,6 +108,6 @@ else
 end
 redis.call('HSET', KEYS[6], rid, actual)
 local ttl = tonumber(ARGV[4])
-for i = 2, 6 do redis.call('EXPIRE', KEYS[i], ttl) end
+keep_until(ttl)
 return {outcome, tonumber(redis.call('HGET', KEYS[2], 'spent') or '0')}
 """

@@ -35,8 +35,18 @@ import orjson
 from dynaseal.pb import UsageEvent
 
 UPSTREAM, RESERVED, NONE = "upstream", "reserved", "none"
-# Local replies Envoy makes after the upstream already produced a (billable) answer.
-_PRODUCED_DETAILS = ("response_payload_too_large",)
+# An error the upstream answered itself: it generated nothing billable, the reservation is released.
+_UPSTREAM_ANSWERED = "via_upstream"
+# Envoy's own replies for a request the upstream never received (connect failure, no endpoint,
+# a body Envoy never finished reading): nothing was sent, nothing is billed. Every other local
+# reply after authz admitted the request (an idle or response timeout, a reset mid-generation, a
+# payload too large for the metadata filters) may follow a generation the provider bills: such a
+# request is billed its reservation, never zero.
+_NEVER_SENT_DETAILS = ("upstream_reset_before_response_started{connection_failure",
+                       "upstream_reset_before_response_started{connection_timeout",
+                       "upstream_reset_before_response_started{overflow", "no_healthy_upstream",
+                       "cluster_not_found", "route_not_found", "request_overall_timeout",
+                       "request_headers_timeout", "request_payload_too_large", "lua_respond")
 
 
 
@@ -71,7 +81,8 @@ def _usage(record: dict[str, Any], status: int, reserved: int) -> tuple[str, int
         total = prompt + completion
     if total is not None:
         return UPSTREAM, prompt or 0, completion or 0, total
-    if status >= 400 and _text(record.get("details")) not in _PRODUCED_DETAILS:
+    details = _text(record.get("details"))
+    if status >= 400 and (details == _UPSTREAM_ANSWERED or details.startswith(_NEVER_SENT_DETAILS)):
         return NONE, 0, 0, 0
     return RESERVED, 0, 0, reserved
 

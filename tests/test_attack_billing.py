@@ -47,8 +47,6 @@ def test_a_refused_or_a_model_list_line_is_no_event() -> None:
     assert parse_line(line(tenant=None)) is None
 
 
-@pytest.mark.xfail(strict=True, reason="envoy-reply-after-send-billed-zero: a 5xx Envoy makes itself after the "
-                                       "request reached the upstream (idle timeout, reset) settles 0 tokens")
 @pytest.mark.parametrize(("code", "flags", "details"), [
     # the route's idle_timeout (300 s) on a non-streaming request the upstream is still generating
     (504, "SI", "stream_idle_timeout"),
@@ -61,8 +59,6 @@ def test_a_local_reply_after_the_upstream_started_bills_the_reservation(code: in
     assert event is not None and event.total_tokens == 4000  # the provider billed it: never under-bill
 
 
-@pytest.mark.xfail(strict=True, reason="settlement-shortens-counter-ttl: the consumer settles without the key's "
-                                       "exp, so a key living over a day loses uses/budget after a quiet day")
 def test_settling_never_shortens_a_long_lived_keys_counters(redis_server: str, cfg: DynasealConfig) -> None:
     from dynaseal.signing_keystore import SigningKeyStore
 

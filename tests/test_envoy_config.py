@@ -88,8 +88,9 @@ def test_routes_are_exactly_the_served_paths(tmp_path: Path, config_path: Path) 
     vhost = _hcm(_rendered(tmp_path, config_path))["route_config"]["virtual_hosts"][0]
     paths = {r["match"]["path"]: r["match"].get("headers") for r in vhost["routes"]}
     get_only = [{"name": ":method", "string_match": {"exact": "GET"}}]
-    assert paths == {"/v1/chat/completions": None, "/api/v1/chat/completions": None,
-                     "/client-side/chat/completions": None, "/v1/models": get_only, "/api/v1/models": get_only}
+    post_only = [{"name": ":method", "string_match": {"exact": "POST"}}]
+    assert paths == {"/v1/chat/completions": post_only, "/api/v1/chat/completions": post_only,
+                     "/client-side/chat/completions": post_only, "/v1/models": get_only, "/api/v1/models": get_only}
     assert {r["route"]["cluster"] for r in vhost["routes"]} == {"upstream_llm"}  # every one through ext_authz
     assert vhost["request_headers_to_add"] == [{"header": {"key": "accept-encoding", "value": "identity"},
                                                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]

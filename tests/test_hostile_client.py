@@ -271,3 +271,12 @@ def test_nested_payload_is_401(authorizer: Authorizer, test_keys: TenantKeys) ->
     token = raw_token({"alg": "EdDSA", "kid": test_keys.acme_ed25519.kid}, payload, ed25519(test_keys.acme_ed25519))
     decision = decide(authorizer, token, chat(max_tokens=5))
     assert (decision.status, decision.code) == (401, "invalid_api_key")
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/chat/completions"), ("DELETE", "/v1/chat/completions"),
+                                              ("POST", "/v1/chat/completions?limit=100"),
+                                              ("POST", "/api/v1/chat/completions?x=1"), ("PUT", "/client-side/x")])
+def test_only_a_query_less_post_is_a_completion(authorizer: Authorizer, test_keys: TenantKeys, method: str,
+                                                path: str) -> None:
+    decision = decide(authorizer, acme_key(test_keys), chat(max_tokens=5), method=method, path=path)
+    assert (decision.status, decision.code) == (400, "invalid_request_error")
