@@ -46,7 +46,7 @@ def decide(authorizer: Authorizer, token: str, body: str) -> Decision:
 
 
 def body(extra: str) -> str:
-    return '{"model":"gpt-4o-mini",%s%s}' % (MESSAGES, extra)
+    return f'{{"model":"gpt-4o-mini",{MESSAGES}{extra}}}'
 
 
 # --- holds ------------------------------------------------------------------------------------------
@@ -65,7 +65,7 @@ def body(extra: str) -> str:
     (',"max_tokens":10,"temperature":1e400', "param_not_allowed"),       # inf is outside the tenant range
     (',"max_tokens":10,"temperature":"2"', "param_not_allowed"),
     (',"max_tokens":%s' % ("9" * 5000), "invalid_request_error"),        # a 5000-digit int: no 5xx
-    (',"x":%s%s' % ("[" * 100000, "]" * 100000), "invalid_request_error"),  # deep nesting: no 5xx
+    (',"x":{}{}'.format("[" * 100000, "]" * 100000), "invalid_request_error"),  # deep nesting: no 5xx
 ])
 def test_body_tricks_are_refused(authorizer: Authorizer, test_keys: TenantKeys, extra: str, code: str) -> None:
     decision = decide(authorizer, acme_key(test_keys), body(extra))
