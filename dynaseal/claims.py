@@ -18,6 +18,7 @@ from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.tenants import Registry, Tenant
 
 MAX_CB_BYTES = 1024
+SEED_CLAIMS = frozenset({"api-key", "model", "max_tokens", "expiring", "event_id"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +128,17 @@ def tenant_id_of(payload: Mapping[str, Any]) -> str | None:
 
 
 def check_claims(payload: Mapping[str, Any], tenant: Tenant, registry: Registry, signed_content: bytes,
-                 now: float) -> VerifiedKey:
+                 now: float, seed_key: bool = True) -> VerifiedKey:
     """Validate time, audience and limit claims; raise Refusal on the first problem."""
     seed = "iss" not in payload and "api-key" in payload
+    if seed:
+        # The seed's format is the seed's five claims signed with the tenant's kid-less secret, nothing
+        # else: a native key in its clothes would drop its own limits (uses, budget, aud, ...) unseen.
+        if not seed_key:
+            raise _bad("api-key", "(the seed's format) is only accepted with the tenant's seed secret")
+        extra = sorted(set(payload) - SEED_CLAIMS)
+        if extra:
+            raise _bad(extra[0], "is not a claim of the seed's format: use native claims (iss, ...) instead")
     claims = _seed_to_native(payload) if seed else payload
     leeway = registry.leeway_s
 

@@ -87,6 +87,12 @@ class Limits(_Strict):
     # Tokens reserved per image/audio/file part (their bytes do not bound their cost); unset = such parts
     # are refused for keys with a budget.
     media_part_tokens: int | None = Field(None, ge=0)
+    # Set when the upstream honours both max_tokens and max_completion_tokens (OpenAI): then a client's
+    # cap in either is enough; otherwise the gateway adds `cap_field` when the client used the other.
+    upstream_reads_both_caps: bool = False
+    # Price- or storage-changing provider features a request may use (service_tier, web_search_options,
+    # modalities, audio, store, metadata, prediction); none by default.
+    provider_features: tuple[str, ...] = ()
 
 
 class UpstreamConfig(_Strict):

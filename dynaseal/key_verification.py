@@ -133,7 +133,8 @@ def _verify_token(token: str, registry: Registry, now: float | None) -> Verified
         raise _invalid("dynamic key signature is invalid")
     # Derived ids come from the signed content, not the token string: the signature is left out
     # (an ECDSA signature has two valid forms), the segments are canonical, so one key, one id.
-    return check_claims(payload, tenant, registry, signing_input, time.time() if now is None else now)
+    return check_claims(payload, tenant, registry, signing_input, time.time() if now is None else now,
+                        seed_key=verification_key.kid is None)
 
 
 class VerifiedKeyCache:

@@ -8,6 +8,7 @@ checked body plus those keys, nothing else.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,15 @@ PROMPT_OVERHEAD_TOKENS = 32
 # and costs hundreds of tokens): charged at the tenant's `media_part_tokens`, or refused for a
 # key with a budget when the tenant sets none.
 TEXT_PART_TYPES = frozenset({"text", "refusal"})
+# Provider features that change the price or keep data in the provider account (a price
+# multiplier, per-call fees, audio output, stored completions): refused unless the tenant's
+# `limits.provider_features` lists them, whatever a key says.
+RESTRICTED_FEATURES = frozenset({"service_tier", "web_search_options", "modalities", "audio", "store", "metadata",
+                                 "prediction"})
+# Member names where the policy reads fields. Every OpenAI field there is lowercase snake_case; a
+# name in another spelling (`N`, `Model`, `max_tokens\u0000`) is one a case-insensitive or lossy
+# upstream parser may read as the field the policy did not check.
+_FIELD_NAME = re.compile(r"[a-z0-9_]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +129,40 @@ def prompt_bound(body_size: int, messages: list[Any], key: VerifiedKey) -> int:
     return bound
 
 
+def _check_names(where: Mapping[str, Any], what: str) -> None:
+    for name in where:
+        if not _FIELD_NAME.fullmatch(name):
+            raise _invalid(f"{what} has a member {name!r}: names here are lowercase a-z, 0-9 and _", what)
+
+
+def check_member_names(body: Mapping[str, Any]) -> None:
+    """The request, its messages, their parts and stream_options name their members as OpenAI does."""
+    _check_names(body, "request")
+    options = body.get("stream_options")
+    if isinstance(options, dict):
+        _check_names(options, "stream_options")
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        if isinstance(message, dict):
+            _check_names(message, "messages")
+            content = message.get("content")
+            for part in content if isinstance(content, list) else ():
+                if isinstance(part, dict):
+                    _check_names(part, "messages")
+
+
+def _check_features(body: Mapping[str, Any], key: VerifiedKey) -> None:
+    allowed = key.tenant.limits.provider_features
+    for name in RESTRICTED_FEATURES & body.keys():
+        if name not in allowed and body[name] not in (None, False):
+            raise Refusal(ErrorCode.PARAM_NOT_ALLOWED,
+                          f"'{name}' changes what the provider charges or keeps: this tenant does not allow it", name)
+    if key.sub is not None:  # the end user the provider sees is the key's, not one the client names
+        for name in ("user", "safety_identifier"):
+            if body.get(name) not in (None, key.sub):
+                raise Refusal(ErrorCode.PARAM_NOT_ALLOWED, f"'{name}' must be this key's end user (its sub)", name)
+
+
 def _check_params(body: Mapping[str, Any], key: VerifiedKey) -> None:
     if key.allowed_params is not None:
         for name in body:
@@ -138,14 +182,19 @@ def _check_params(body: Mapping[str, Any], key: VerifiedKey) -> None:
 def _token_cap(body: Mapping[str, Any], key: VerifiedKey, n: int) -> tuple[int, str]:
     """The per-choice completion cap and, when the client set none, the member the gateway adds."""
     caps = [v for v in (_int_field(body, "max_tokens"), _int_field(body, "max_completion_tokens")) if v]
+    limits = key.tenant.limits
     if caps:
         max_tokens = max(caps)
         if n * max_tokens > key.max_tokens:
             raise Refusal(ErrorCode.PARAM_NOT_ALLOWED,
                           f"n × max_tokens = {n * max_tokens} exceeds this key's cap of {key.max_tokens}",
                           "max_tokens")
-        return max_tokens, ""
-    limits = key.tenant.limits
+        if limits.cap_field in body or limits.upstream_reads_both_caps:
+            return max_tokens, ""
+        # The client capped only the member this upstream does not read (DeepSeek and older vLLM
+        # read max_tokens alone): the gateway adds the one it reads, with the same value.
+        return max_tokens, f'"{limits.cap_field}":{max_tokens},'
+
     if limits.strict_requests:
         raise _invalid("this key caps tokens: set 'max_tokens' or 'max_completion_tokens'", "max_tokens",
                        ErrorCode.MAX_TOKENS_REQUIRED)
@@ -178,6 +227,7 @@ def _stream_usage(body: Mapping[str, Any], key: VerifiedKey, stream: bool) -> tu
 
 def check_request(body: dict[str, Any], key: VerifiedKey, body_size: int = 0) -> CheckedRequest:
     """Enforce the key's policy on a parsed body of `body_size` bytes; raise Refusal on the first violation."""
+    check_member_names(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _invalid("'model' must be a non-empty string", "model")
@@ -196,6 +246,7 @@ def check_request(body: dict[str, Any], key: VerifiedKey, body_size: int = 0) ->
     if not isinstance(stream, bool):
         raise _invalid("'stream' must be a boolean", "stream")
     usage_member, strip_usage = _stream_usage(body, key, stream)
+    _check_features(body, key)
     _check_params(body, key)
     return CheckedRequest(model, stream, n, max_tokens, prompt_bound(body_size, messages, key),
                           cap_member + usage_member, strip_usage)

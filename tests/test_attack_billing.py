@@ -1,6 +1,6 @@
 """Attacks on what a request is billed: the usage rules of the access log and the counters' lifetime.
 
-A test marked xfail is an open finding, named in its reason; the others are attacks that hold.
+Each test is an attack that must fail; those under "findings" were open before their fix.
 """
 
 from __future__ import annotations

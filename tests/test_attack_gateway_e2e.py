@@ -1,6 +1,6 @@
 """Attacks through the real Envoy + authz + Redis (only the LLM is a mock): methods, paths, framing, headers.
 
-A test marked xfail is an open finding, named in its reason; the others are attacks that hold.
+Each test is an attack that must fail; those under "findings" were open before their fix.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def http1(token: str, body: bytes, *extra: bytes) -> bytes:
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
-# --- open findings --------------------------------------------------------------------------------
+# --- findings of the review, fixed: regression tests ------------------------------------------------
 
 def test_only_a_post_without_query_reaches_the_upstream(base: str, mock: str, issuer_key: SigningKey) -> None:
     httpx.delete(f"{mock}/_mock/requests")
