@@ -149,3 +149,12 @@ def test_a_childs_callback_names_its_family_and_every_level_settles(
         wait_until(lambda p=path: level_counters(store, *p) == {"uses": 1, "reserved": 0, "spent": total}, 10,
                    f"settlement at level {len(path)}")
     assert post(gw, child).json()["error"]["code"] == "key_exhausted"
+
+
+def test_the_demo_hands_a_sub_agent_a_one_use_child(cfg: DynasealConfig, stack: object,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from dynaseal.edge_demo import run_delegation_demo
+
+    assert run_delegation_demo(cfg) == 0
+    out = capsys.readouterr().out
+    assert "401 invalid_dpop_proof" in out and "403 param_not_allowed" in out and "429 key_exhausted" in out
