@@ -93,11 +93,11 @@ def _params(payload: Mapping[str, Any], parent: VerifiedKey) -> tuple[dict[str, 
         except ValueError:
             raise _refuse(f"claim 'params.{name}' is malformed") from None
         ceiling = limits.get(name, ParamLimit())
-        if ceiling.min is not None and (asked.min is None and "min" in spec or
-                                        asked.min is not None and asked.min < ceiling.min):
+        if ceiling.min is not None and ((asked.min is None and "min" in spec) or
+                                        (asked.min is not None and asked.min < ceiling.min)):
             raise _refuse(f"allows {name} below its parent's minimum {ceiling.min}")
-        if ceiling.max is not None and (asked.max is None and "max" in spec or
-                                        asked.max is not None and asked.max > ceiling.max):
+        if ceiling.max is not None and ((asked.max is None and "max" in spec) or
+                                        (asked.max is not None and asked.max > ceiling.max)):
             raise _refuse(f"allows {name} above its parent's maximum {ceiling.max}")
         limits[name] = ParamLimit(min=asked.min if asked.min is not None else ceiling.min,
                                   max=asked.max if asked.max is not None else ceiling.max)

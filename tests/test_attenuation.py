@@ -17,8 +17,8 @@ from dynaseal.attenuation import CHILD_TYP
 from dynaseal.authorizer import Authorizer, AuthRequest
 from dynaseal.config import DynasealConfig
 from dynaseal.decision import Decision
-from dynaseal.keys import HolderKey, SigningKey, mint
 from dynaseal.key_verification import verify_token
+from dynaseal.keys import HolderKey, SigningKey, mint
 from dynaseal.tenants import build_registry
 
 URL = "http://gw.test/v1/chat/completions"
