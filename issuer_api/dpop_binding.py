@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from dynaseal.dpop import PROOF_WINDOW_S, DpopRefusal, confirmation, normalize_url, verify_proof
+from dynaseal.dpop import PROOF_WINDOW_S, DpopRefusal, confirmation, normalize_url, public_key_of, verify_proof
 from issuer_api.errors import ApiError, invalid_request
 from issuer_api.scope import ScopeRequest
 
@@ -66,6 +66,10 @@ def requested_binding(request: Request, body: ScopeRequest | None, leeway_s: int
             raise _invalid_proof("DPoP proof has been used before")
     cnf: dict[str, Any] | None = None
     if body is not None and body.holder_jwk is not None:
+        try:  # checked whole first: a private member means the client leaked its key, never strip it silently
+            public_key_of(body.holder_jwk)
+        except ValueError as exc:
+            raise invalid_request(f"holder_jwk is not a usable public key: {exc}", "holder_jwk") from None
         cnf = {"jwk": {k: v for k, v in body.holder_jwk.items() if k in ("kty", "crv", "x", "y")}}
         if body.dpop_jkt is not None:
             raise invalid_request("give dpop_jkt or holder_jwk, not both", "dpop_jkt")
