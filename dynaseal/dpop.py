@@ -46,7 +46,8 @@ class DpopRefusal(Refusal):
     """A missing or invalid proof: 401 with the RFC 9449 §7.1 challenge."""
 
     def __init__(self, message: str) -> None:
-        safe = message.replace("\\", "").replace('"', "'")
+        # A header value: printable ASCII only, bounded (messages may quote what the client sent).
+        safe = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in message)[:200]
         super().__init__(ErrorCode.INVALID_DPOP_PROOF, message, headers={
             "www-authenticate": f'DPoP error="invalid_dpop_proof", error_description="{safe}", '
                                 f'algs="{" ".join(DPOP_ALGS)}"'})

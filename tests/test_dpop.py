@@ -243,3 +243,14 @@ def test_public_url_pins_the_origin(signing_key: SigningKey) -> None:
 def test_the_dpop_header_is_never_forwarded() -> None:
     removed = headers_to_strip({"dpop": "p", "content-type": "x", ":path": "/"}, frozenset({"dpop"}), True)
     assert removed == ("dpop",)
+
+
+def test_what_a_proof_says_never_breaks_the_challenge_header(authorizer: Authorizer, signing_key: SigningKey) -> None:
+    holder = HolderKey.generate()
+    key = bound_key(signing_key, holder)
+    hostile = forged(holder, key, {"jwk": {"kty": 'é"\r\nx-injected: 1', "crv": "\\" * 500, "x": "AAAA"}})
+    decision = decide(authorizer, {"authorization": f"DPoP {key}", "dpop": hostile})
+    refused(decision)
+    challenge = decision.headers["www-authenticate"]
+    assert challenge.isascii() and "\r" not in challenge and "\n" not in challenge and len(challenge) < 300
+    assert challenge.count('"') == 6  # error, error_description, algs: each quoted once
