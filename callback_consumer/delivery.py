@@ -124,7 +124,8 @@ class Deliverer:
         delay = 0.2
         while True:
             try:
-                await self.settlements.settle(event.tenant, event.jti, event.request_id, event.total_tokens)
+                await self.settlements.settle(event.tenant, event.jti, event.request_id, event.total_tokens,
+                                             tuple(event.chain))
                 return True
             except RedisError as exc:
                 metrics.SETTLE_ERRORS.inc()

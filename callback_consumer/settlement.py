@@ -13,7 +13,8 @@ from concurrent.futures import Executor
 
 from redis import Redis
 
-from dynaseal.quota import script_keys, settle_args
+from dynaseal.chain_scripts import SETTLE_CHAIN
+from dynaseal.quota import settlement_call
 from dynaseal.quota_scripts import SETTLE
 
 MAX_BATCH = 500
@@ -25,14 +26,17 @@ class SettlementBatcher:
     def __init__(self, redis_client: Redis, executor: Executor) -> None:
         self.redis = redis_client
         self.executor = executor
-        self._script = redis_client.register_script(SETTLE)
-        self._queue: list[tuple[tuple[str, str, str, int], asyncio.Future[None]]] = []
+        # A child key's event settles every level of its chain (SETTLE_CHAIN), a plain key's just its own.
+        self._scripts = {SETTLE: redis_client.register_script(SETTLE),
+                         SETTLE_CHAIN: redis_client.register_script(SETTLE_CHAIN)}
+        self._queue: list[tuple[tuple[str, str, str, int, tuple[str, ...]], asyncio.Future[None]]] = []
         self._runner: asyncio.Task[None] | None = None
 
-    async def settle(self, tenant: str, jti: str, request_id: str, tokens: int) -> None:
+    async def settle(self, tenant: str, jti: str, request_id: str, tokens: int,
+                     chain: tuple[str, ...] = ()) -> None:
         """Replace the request's reservation with `tokens`; raises RedisError if Redis failed."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(((tenant, jti, request_id, tokens), future))
+        self._queue.append(((tenant, jti, request_id, tokens, chain), future))
         if self._runner is None or self._runner.done():
             self._runner = asyncio.get_running_loop().create_task(self._drain())
         await future
@@ -52,8 +56,9 @@ class SettlementBatcher:
                 if not future.done():
                     future.set_result(None)
 
-    def _run(self, items: list[tuple[str, str, str, int]]) -> None:
+    def _run(self, items: list[tuple[str, str, str, int, tuple[str, ...]]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        for tenant, jti, request_id, tokens in items:
-            self._script(keys=script_keys(tenant, jti), args=settle_args(request_id, tokens), client=pipe)
+        for tenant, jti, request_id, tokens, chain in items:
+            script, keys, args = settlement_call(tenant, jti, request_id, tokens, chain)
+            self._scripts[script](keys=keys, args=args, client=pipe)
         pipe.execute()

@@ -9,6 +9,7 @@ internal failure, logged and turned into 503 `authz_unavailable` (fail closed).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -18,6 +19,7 @@ import orjson
 
 from dynaseal.claims import VerifiedKey
 from dynaseal.decision import Decision, allow, answer, deny, deny_from
+from dynaseal.dpop import DpopProof, DpopRefusal, request_url, verify_proof
 from dynaseal.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.key_verification import UnknownKid, VerifiedKeyCache
 from dynaseal.request_policy import CheckedRequest, check_request, parse_body
@@ -33,6 +35,8 @@ KEY_HEADERS = ("authorization", "dynasealtoken")
 FORWARDED_HEADERS = frozenset({"content-type", "content-length", "accept", "host", "x-request-id",
                                "accept-encoding", "transfer-encoding"})
 MODEL_LIST_PATHS = frozenset({"/v1/models", "/api/v1/models"})
+# Never forwarded, whatever gateway.upstream.forward_headers says: the proof is the gateway's to check.
+NEVER_FORWARDED = frozenset({"dpop"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +52,9 @@ class AuthRequest:
 class Quota(Protocol):
     """Atomic admission against a key's counters (revocation, uses, rpm, budget)."""
 
-    async def admit(self, key: VerifiedKey, request: CheckedRequest, request_id: str) -> None:
-        """Reserve for this request or raise Refusal."""
+    async def admit(self, key: VerifiedKey, request: CheckedRequest, request_id: str,
+                    proof: DpopProof | None = None) -> None:
+        """Reserve for this request (and spend the DPoP proof's jti) or raise Refusal."""
 
 
 def new_request_id() -> str:
@@ -59,7 +64,7 @@ def new_request_id() -> str:
 
 def headers_to_strip(headers: Mapping[str, str], forward: frozenset[str], swapped_credential: bool) -> tuple[str, ...]:
     """Every client header the provider must not see: all but the allowlist (and the gateway's own)."""
-    keep = FORWARDED_HEADERS | forward
+    keep = (FORWARDED_HEADERS | forward) - NEVER_FORWARDED
     if swapped_credential:
         keep = keep | {"authorization"}  # overwritten with the provider credential
     return tuple(name for name in headers if name[0] != ":" and name not in keep)
@@ -90,21 +95,49 @@ def model_list(key: VerifiedKey) -> bytes:
         {"id": m, "object": "model", "created": 0, "owned_by": key.tenant.id} for m in sorted(models)]})
 
 
-def extract_token(headers: Mapping[str, str]) -> str:
-    """The dynamic key from `Authorization: Bearer` or `dynasealtoken`."""
+def extract_credential(headers: Mapping[str, str]) -> tuple[str, bool]:
+    """The dynamic key from `Authorization: Bearer`, `Authorization: DPoP` (RFC 9449 §7.1) or
+    `dynasealtoken`, and whether it came under the DPoP scheme."""
     bearer = headers.get("authorization", "")
     scheme, _, value = bearer.partition(" ")
-    from_bearer = value.strip() if scheme.lower() == "bearer" else ""
+    scheme = scheme.lower()
+    from_bearer = value.strip() if scheme in ("bearer", "dpop") else ""
     from_header = headers.get("dynasealtoken", "").strip()
     if bearer and not from_bearer:
-        raise Refusal(ErrorCode.INVALID_API_KEY, "Authorization header must be 'Bearer <dynamic key>'")
+        raise Refusal(ErrorCode.INVALID_API_KEY,
+                      "Authorization header must be 'Bearer <dynamic key>' (or 'DPoP <dynamic key>')")
     if from_bearer and from_header and from_bearer != from_header:
         raise Refusal(ErrorCode.INVALID_API_KEY, "two different dynamic keys were sent")
     token = from_bearer or from_header
     if not token:
         raise Refusal(ErrorCode.INVALID_API_KEY,
                       "no dynamic key: send 'Authorization: Bearer <key>' or a 'dynasealtoken' header")
-    return token
+    return token, bool(from_bearer) and scheme == "dpop"
+
+
+def extract_token(headers: Mapping[str, str]) -> str:
+    """The dynamic key from `Authorization: Bearer`/`DPoP` or `dynasealtoken`."""
+    return extract_credential(headers)[0]
+
+
+def check_binding(key: VerifiedKey, via_dpop: bool, request: AuthRequest, token: str, registry: Registry,
+                  now: float | None = None) -> DpopProof | None:
+    """The sender constraint (RFC 9449 §7): a key with `cnf` needs the DPoP scheme and a valid proof;
+    a tenant with `require_dpop` takes no other key. Returns the proof, whose jti Redis must not know yet."""
+    if key.cnf_jkt is None:
+        if key.tenant.limits.require_dpop:
+            raise DpopRefusal(f"tenant {key.tenant.id} accepts only sender-constrained keys (a cnf claim)")
+        if via_dpop:
+            raise Refusal(ErrorCode.INVALID_API_KEY,
+                          "this key is not bound to a DPoP key: send it as 'Authorization: Bearer <key>'")
+        return None
+    if not via_dpop:  # §7.2: a bound key sent as a bearer token is refused, proof or not
+        raise DpopRefusal("this key is sender-constrained: send it as 'Authorization: DPoP <key>' "
+                          "with a DPoP proof header")
+    return verify_proof(request.headers.get("dpop", ""), method=request.method,
+                        url=request_url(request.headers, request.path, registry.public_url),
+                        now=time.time() if now is None else now, leeway_s=registry.leeway_s,
+                        access_token=token, jkt=key.cnf_jkt)
 
 
 class Authorizer:
@@ -123,14 +156,18 @@ class Authorizer:
         request_id = new_request_id()
         key: VerifiedKey | None = None
         try:
-            token = extract_token(request.headers)
+            token, via_dpop = extract_credential(request.headers)
             key = await self._verify(token)
+            proof = check_binding(key, via_dpop, request, token, self.registry)
             if is_model_list(request.method, request.path):
                 return answer(model_list(key), key.jti, request_id)
             check_method_and_path(request.method, request.path)
             checked = check_request(parse_body(request.body, request.headers), key, len(request.body))
             if self.quota is not None:
-                await self.quota.admit(key, checked, request_id)
+                if proof is None:
+                    await self.quota.admit(key, checked, request_id)
+                else:
+                    await self.quota.admit(key, checked, request_id, proof)
             return self._allow(key, checked, request.headers, request_id)
         except Refusal as refusal:
             return deny_from(refusal, key.jti if key else None, request_id)
@@ -191,6 +228,10 @@ class Authorizer:
             metadata["strip_usage"] = True
         if key.sub is not None:
             metadata["sub"] = key.sub
+        if key.parent is not None:  # a child key: the callback names its family (root first)
+            chain = [level.jti for level in key.chain]
+            metadata["root_jti"] = chain[0]
+            metadata["chain"] = orjson.dumps(chain).decode()
         if key.cb is not None:  # echoed in callbacks; the claim check bounded it to 1 KiB
             metadata["cb"] = orjson.dumps(key.cb).decode()
         if key.tenant.callback is not None and key.tenant.callback.include_content:

@@ -28,6 +28,7 @@ def callback_payload(event: UsageEvent, include_content: bool) -> dict[str, Any]
             cb = orjson.loads(event.cb_json)
         except orjson.JSONDecodeError:
             cb = {}
+    family = {"root_key_id": event.root_jti, "chain": list(event.chain)} if event.chain else {}
     return {
         "type": "usage",
         "event_id": event.event_id,
@@ -46,6 +47,9 @@ def callback_payload(event: UsageEvent, include_content: bool) -> dict[str, Any]
         "started_at": event.started_at,
         "duration_ms": event.duration_ms,
         "cb": cb,
+        # A child key's callback also names its family: the root key (the one the tenant minted) and
+        # every key from it down to key_id.
+        **family,
     }
 
 

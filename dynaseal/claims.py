@@ -14,8 +14,9 @@ from typing import Any
 import orjson
 
 from dynaseal.config import ParamLimit
+from dynaseal.dpop import confirmation
 from dynaseal.errors import ErrorCode, Refusal
-from dynaseal.tenants import Registry, Tenant
+from dynaseal.tenants import Registry, Tenant, VerificationKey
 
 MAX_CB_BYTES = 1024
 SEED_CLAIMS = frozenset({"api-key", "model", "max_tokens", "expiring", "event_id"})
@@ -39,10 +40,32 @@ class VerifiedKey:
     allowed_params: frozenset[str] | None = None
     cb: Mapping[str, Any] | None = None
     seed_format: bool = False
+    # `cnf` (RFC 7800/9449): the thumbprint every request's DPoP proof must match; None = a bearer key.
+    cnf_jkt: str | None = None
+    # `cnf.jwk`: the holder's public key, which may also sign narrowed child keys (dynaseal.attenuation).
+    holder: VerificationKey | None = None
+    # A child key's parent (verified, its limits in force); None for a key the tenant signed.
+    parent: VerifiedKey | None = None
+    depth: int = 0
 
     def allows_model(self, model: str) -> bool:
         """Key allowlist ∩ tenant allowlist."""
         return (self.models is None or model in self.models) and self.tenant.allows_model(model)
+
+    @property
+    def chain(self) -> tuple[VerifiedKey, ...]:
+        """Every level from the tenant's key (the root) down to this one."""
+        levels: list[VerifiedKey] = []
+        node: VerifiedKey | None = self
+        while node is not None:
+            levels.append(node)
+            node = node.parent
+        return tuple(reversed(levels))
+
+    @property
+    def root(self) -> VerifiedKey:
+        """The tenant-signed key at the top of the chain (this key itself when it has no parent)."""
+        return self if self.parent is None else self.parent.root
 
 
 def _bad(claim: str, why: str = "is malformed") -> Refusal:
@@ -181,6 +204,12 @@ def check_claims(payload: Mapping[str, Any], tenant: Tenant, registry: Registry,
     if cb is not None and (not isinstance(cb, dict) or len(orjson.dumps(cb)) > MAX_CB_BYTES):
         raise _bad("cb", f"must be an object of at most {MAX_CB_BYTES} bytes")
     param_limits, allowed = _param_limits(claims.get("params"), tenant)
+    cnf = None
+    if claims.get("cnf") is not None:
+        try:
+            cnf = confirmation(claims["cnf"])
+        except ValueError as exc:
+            raise _bad("cnf", f"is not usable: {exc}") from None
 
     return VerifiedKey(
         tenant=tenant,
@@ -197,4 +226,6 @@ def check_claims(payload: Mapping[str, Any], tenant: Tenant, registry: Registry,
         allowed_params=allowed,
         cb=cb,
         seed_format=seed,
+        cnf_jkt=cnf.jkt if cnf else None,
+        holder=cnf.holder if cnf else None,
     )

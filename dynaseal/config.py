@@ -93,6 +93,10 @@ class Limits(_Strict):
     # Price- or storage-changing provider features a request may use (service_tier, web_search_options,
     # modalities, audio, store, metadata, prediction); none by default.
     provider_features: tuple[str, ...] = ()
+    # Every key presented must be sender-constrained (RFC 9449 DPoP: a `cnf` claim and a proof per request).
+    require_dpop: bool = False
+    # How many levels of narrowed child keys a key of this tenant may have below it (0 = no children).
+    max_chain_depth: int = Field(0, ge=0, le=4)
 
 
 class UpstreamConfig(_Strict):
@@ -219,6 +223,16 @@ class GatewayConfig(_Strict):
     key_cache_size: int = Field(10_000, ge=0)
     # Remote JWKS (tenants' jwks_url) are fetched again this often; a kid removed there stops verifying.
     jwks_refresh_s: float = Field(300.0, ge=30, le=86400)
+    # The origin clients reach the gateway at (e.g. https://llm.example.com, optionally with a path prefix):
+    # what DPoP proofs' `htu` must name. Unset = the scheme and :authority Envoy saw, which the client chooses.
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _origin(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", url, re.IGNORECASE):
+            raise ValueError("public_url must be http(s)://host[:port][/prefix], without query or fragment")
+        return url.rstrip("/") if url is not None else None
 
 
 class DynasealConfig(_Strict):

@@ -56,7 +56,8 @@ def deny(code: ErrorCode, message: str, param: str | None = None, jti: str | Non
 
 def deny_from(refusal: Refusal, jti: str | None = None, request_id: str = "") -> Decision:
     """Turn a step's `Refusal` into a decision."""
-    return deny(refusal.code, refusal.message, refusal.param, jti, request_id=request_id)
+    return deny(refusal.code, refusal.message, refusal.param, jti, headers=dict(refusal.headers) or None,
+                request_id=request_id)
 
 
 def answer(body: bytes, jti: str, request_id: str = "") -> Decision:

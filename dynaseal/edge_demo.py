@@ -8,12 +8,21 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 
 from dynaseal.config import DynasealConfig
 
+
+def _sdk_client(auth: httpx.Auth) -> Any:
+    """An httpx client that signs a DPoP proof per request, for the openai SDK.
+
+    The SDK is typed against its own httpx fork (httpx2) but only calls the client's `send`: an
+    httpx.Client with an auth flow serves it unchanged.
+    """
+    return httpx.Client(auth=auth, timeout=30)
 
 def _say(line: str) -> None:
     print(f"demo: {line}", flush=True)
@@ -84,6 +93,8 @@ def run_demo(cfg: DynasealConfig, access_log: Path, expect_callback: bool = Fals
         return 1
     except openai.PermissionDeniedError as exc:
         _say(f"a model outside the key is refused: {exc.status_code} {exc.code}")
+    if run_delegation_demo(cfg) != 0:
+        return 1
 
     jti = _jti_of(key)
     line = _wait_for_usage_line(access_log, jti)
@@ -110,3 +121,55 @@ def _jti_of(key: str) -> str:
 
     payload = key.split(".")[1]
     return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["jti"])
+
+
+def run_delegation_demo(cfg: DynasealConfig) -> int:
+    """An agent gets a key bound to its own key pair, then hands a sub-agent a 1-use, 50-token child; 0 on success."""
+    from dynaseal.keys import DpopAuth, HolderKey
+
+    gw = cfg.gateway
+    issuer, base_url = f"http://{gw.host}:{gw.ports.issuer}", f"http://{gw.host}:{gw.ports.envoy}/v1"
+    agent, sub_agent = HolderKey.generate(), HolderKey.generate()
+    with httpx.Client(base_url=issuer, timeout=10) as backend:
+        login = backend.post("/user/login", data={"username": "client1", "password": "client1"})
+        login.raise_for_status()
+        created = backend.post("/key/create", json={"holder_jwk": agent.public_jwk()},
+                               headers={"Authorization": f"Bearer {login.json()['access_token']}",
+                                        "DPoP": agent.proof("POST", f"{issuer}/key/create")})
+        created.raise_for_status()
+        key = created.json()["token"]
+    _say("an agent got a key bound to its own key pair (cnf.jwk): lifted without the private key it is useless")
+    try:
+        openai.OpenAI(base_url=base_url, api_key=key, max_retries=0).chat.completions.create(
+            model="deepseek-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
+        _say("the bound key worked without a DPoP proof")
+        return 1
+    except openai.AuthenticationError as exc:
+        _say(f"the same key without a DPoP proof: {exc.status_code} {exc.code}")
+    own = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0,
+                        http_client=_sdk_client(DpopAuth(agent, key)))
+    own.chat.completions.create(model="deepseek-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
+    _say("with a fresh proof per request (DPoP header) the agent's own call passes")
+
+    child = agent.child(key, uses=1, max_tokens=50, ttl=120, cnf=sub_agent.cnf_jkt())
+    _say(f"the agent mints offline a child key for a sub-agent: 1 use, at most 50 tokens ({len(child)} chars)")
+    worker = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0,
+                           http_client=_sdk_client(DpopAuth(sub_agent, child)))
+    try:
+        worker.chat.completions.create(model="deepseek-chat", messages=[{"role": "user", "content": "hi"}],
+                                       max_tokens=100)
+        _say("the child was allowed more than 50 tokens")
+        return 1
+    except openai.PermissionDeniedError as exc:
+        _say(f"the sub-agent asking for 100 tokens: {exc.status_code} {exc.code}")
+    reply = worker.chat.completions.create(model="deepseek-chat", messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=50)
+    _say(f"the sub-agent's one call: {reply.usage.total_tokens if reply.usage else '?'} tokens, charged to both keys")
+    try:
+        worker.chat.completions.create(model="deepseek-chat", messages=[{"role": "user", "content": "hi"}],
+                                       max_tokens=50)
+        _say("the 1-use child was used twice")
+        return 1
+    except openai.RateLimitError as exc:
+        _say(f"its second call: {exc.status_code} {exc.code}")
+    return 0

@@ -21,6 +21,7 @@ class ErrorCode(StrEnum):
     INVALID_API_KEY = "invalid_api_key"
     EXPIRED_KEY = "expired_key"
     REVOKED_KEY = "revoked_key"
+    INVALID_DPOP_PROOF = "invalid_dpop_proof"
     MODEL_NOT_ALLOWED = "model_not_allowed"
     PARAM_NOT_ALLOWED = "param_not_allowed"
     BODY_TOO_LARGE = "request_too_large"
@@ -40,6 +41,7 @@ _STATUS_AND_TYPE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.INVALID_API_KEY: (401, "authentication_error"),
     ErrorCode.EXPIRED_KEY: (401, "authentication_error"),
     ErrorCode.REVOKED_KEY: (401, "authentication_error"),
+    ErrorCode.INVALID_DPOP_PROOF: (401, "authentication_error"),
     ErrorCode.MODEL_NOT_ALLOWED: (403, "permission_error"),
     ErrorCode.PARAM_NOT_ALLOWED: (403, "permission_error"),
     ErrorCode.BODY_TOO_LARGE: (413, "invalid_request_error"),
@@ -63,11 +65,14 @@ def type_of(code: ErrorCode) -> str:
 class Refusal(Exception):
     """A check step refusing the request with one of the closed-set codes."""
 
-    def __init__(self, code: ErrorCode, message: str, param: str | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.param = param
+        # Headers of the refusal itself (e.g. a DPoP challenge in WWW-Authenticate).
+        self.headers = headers or {}
 
 
 class QuotaUnavailable(Exception):

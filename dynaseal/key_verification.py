@@ -18,6 +18,7 @@ from typing import Any
 
 from jwt.algorithms import get_default_algorithms
 
+from dynaseal.attenuation import MAX_DEPTH, check_child
 from dynaseal.claims import VerifiedKey, check_claims, tenant_id_of
 from dynaseal.config import KID_PATTERN
 from dynaseal.errors import ErrorCode, Refusal
@@ -25,7 +26,8 @@ from dynaseal.jsonsafe import loads_strict
 from dynaseal.tenants import Registry
 
 log = logging.getLogger("dynaseal.keys")
-MAX_TOKEN_CHARS = 8192
+# A child key carries its parent's whole token (`prn`): four levels of children fit in 16 KiB.
+MAX_TOKEN_CHARS = 16384
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 _ALGORITHMS = {name: alg for name, alg in get_default_algorithms().items()
                if name in ("EdDSA", "ES256", "HS256")}
@@ -88,15 +90,51 @@ def verify_token(token: str, registry: Registry, now: float | None = None) -> Ve
         raise _invalid("dynamic key is malformed") from None
 
 
-def _verify_token(token: str, registry: Registry, now: float | None) -> VerifiedKey:
+def _parse(token: str) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
+    """The segments, header and payload of a compact JWS (nothing verified yet)."""
     if len(token) > MAX_TOKEN_CHARS:
         raise _invalid("dynamic key is too long")
     parts = token.split(".")
     if len(parts) != 3 or not all(parts):
         raise _invalid("dynamic key is not a compact JWS")
-    header = _json_object(parts[0], "header")
-    payload = _json_object(parts[1], "payload")
+    return parts, _json_object(parts[0], "header"), _json_object(parts[1], "payload")
 
+
+def _verify_token(token: str, registry: Registry, now: float | None) -> VerifiedKey:
+    parts, header, payload = _parse(token)
+    if "prn" in payload:
+        return _verify_chain(parts, header, payload, registry, time.time() if now is None else now)
+    return _verify_root(parts, header, payload, registry, now)
+
+
+def _verify_chain(parts: list[str], header: dict[str, Any], payload: dict[str, Any], registry: Registry,
+                  now: float) -> VerifiedKey:
+    """A child key: unwrap `prn` down to the tenant's key, verify that, then each child below it in turn."""
+    children = [(parts, header, payload)]
+    while True:
+        parent_token = children[-1][2]["prn"]
+        if not isinstance(parent_token, str):
+            raise _invalid("child key claim 'prn' must be its parent's compact token")
+        if len(children) > MAX_DEPTH:
+            raise _invalid(f"child key is nested deeper than {MAX_DEPTH} levels")
+        parsed = _parse(parent_token)
+        if "prn" not in parsed[2]:
+            break
+        children.append(parsed)
+    # Cheap before any signature: a tenant that allows fewer levels refuses here.
+    tenant = registry.get(tenant_id_of(parsed[2]) or "")
+    if tenant is not None and len(children) > tenant.limits.max_chain_depth:
+        raise _invalid(f"child key is {len(children)} levels below its tenant's key; tenant {tenant.id} allows "
+                       f"{tenant.limits.max_chain_depth}")
+    key = _verify_root(*parsed, registry, now)
+    for child_parts, child_header, child_payload in reversed(children):
+        key = check_child(key, child_header, child_payload, f"{child_parts[0]}.{child_parts[1]}".encode("ascii"),
+                          _b64decode(child_parts[2]), registry.audience, registry.leeway_s, now)
+    return key
+
+
+def _verify_root(parts: list[str], header: dict[str, Any], payload: dict[str, Any], registry: Registry,
+                 now: float | None) -> VerifiedKey:
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in _ALGORITHMS:
         raise _invalid("dynamic key uses an algorithm that is not accepted")

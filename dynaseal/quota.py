@@ -19,8 +19,10 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
 from dynaseal import redis_keys
+from dynaseal.chain_scripts import ADMIT_CHAIN, SETTLE_CHAIN
 from dynaseal.claims import VerifiedKey
 from dynaseal.config import DynasealConfig
+from dynaseal.dpop import DpopProof, DpopRefusal, replay_set_ttl_ms
 from dynaseal.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.quota_scripts import ADMIT, SETTLE
 from dynaseal.redis_pipeline import PipelinedRedis
@@ -42,6 +44,11 @@ def script_keys(tenant: str, jti: str) -> list[str]:
     return [redis_keys.revoked(tenant, jti), redis_keys.counters(tenant, jti),
             redis_keys.reservations(tenant, jti), redis_keys.reservation_deadlines(tenant, jti),
             redis_keys.rate_window(tenant, jti), redis_keys.settled(tenant, jti)]
+
+
+def chain_script_keys(tenant: str, chain: tuple[str, ...]) -> list[str]:
+    """The KEYS of the chain scripts: 6 per level, root first, all under the root's tag `{tenant:root}`."""
+    return [name for depth in range(1, len(chain) + 1) for name in redis_keys.level_keys(tenant, chain[:depth])]
 
 
 def _limit(value: int | None) -> int:
@@ -75,9 +82,13 @@ class RedisQuota:
         if isinstance(client, PipelinedRedis):
             self._run_admit: Callable[[list[str], list[Any]], Awaitable[Any]] = \
                 lambda keys, args: client.eval_script(ADMIT, keys, args)
+            self._run_admit_chain: Callable[[list[str], list[Any]], Awaitable[Any]] = \
+                lambda keys, args: client.eval_script(ADMIT_CHAIN, keys, args)
         else:
             script = client.register_script(ADMIT)
             self._run_admit = lambda keys, args: script(keys=keys, args=args)
+            chain_script = client.register_script(ADMIT_CHAIN)
+            self._run_admit_chain = lambda keys, args: chain_script(keys=keys, args=args)
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float = 0.05) -> RedisQuota:
@@ -94,35 +105,60 @@ class RedisQuota:
                                                socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         return cls(AsyncRedis(connection_pool=pool), timeout_s=timeout_s)
 
-    async def admit(self, key: VerifiedKey, request: CheckedRequest, request_id: str) -> None:
-        """Reserve for one request or raise Refusal / QuotaUnavailable."""
+    async def admit(self, key: VerifiedKey, request: CheckedRequest, request_id: str,
+                    proof: DpopProof | None = None) -> None:
+        """Reserve for one request or raise Refusal / QuotaUnavailable.
+
+        A key with a parent is admitted against every level of its chain at once (ADMIT_CHAIN); a DPoP
+        proof's id goes into its family's replay set in the same round trip.
+        """
         if not request_id:
             raise QuotaUnavailable("no request id to reserve under", "no_request_id")
         now_ms = int(time.time() * 1000)
-        key_ttl = int(key.exp - time.time()) + KEY_TTL_MARGIN_S
+        # The root's exp bounds every level's: counters of the whole family live as long as the root's.
+        key_ttl = max(int(key.root.exp - time.time()) + KEY_TTL_MARGIN_S, 60)
         # Past this instant (Redis's clock) authz has answered 503: the script must then write nothing.
         deadline = 0 if self.clock_offset_ms is None else now_ms + self.clock_offset_ms + self.timeout_ms
+        replay_keys: list[str] = []
+        replay_args: list[int | str] = []
+        if proof is not None:
+            replay_keys = [redis_keys.dpop_proofs(key.tenant.id, key.root.jti)]
+            replay_args = [proof.replay_id(), proof.keep_until_ms(), replay_set_ttl_ms()]
+        level = 0
         try:
-            status, spent, reserved, retry_ms = await self._run_admit(
-                script_keys(key.tenant.id, key.jti),
-                [now_ms, request_id, request.reservation, _limit(key.budget),
-                 _limit(key.uses), _limit(key.rpm), self.reservation_ttl_ms, max(key_ttl, 60), deadline])
+            if key.parent is None:
+                status, spent, reserved, retry_ms = await self._run_admit(
+                    script_keys(key.tenant.id, key.jti) + replay_keys,
+                    [now_ms, request_id, request.reservation, _limit(key.budget), _limit(key.uses),
+                     _limit(key.rpm), self.reservation_ttl_ms, key_ttl, deadline, *replay_args])
+            else:
+                chain = key.chain
+                status, spent, reserved, retry_ms, level = await self._run_admit_chain(
+                    chain_script_keys(key.tenant.id, tuple(k.jti for k in chain)) + replay_keys,
+                    [now_ms, request_id, request.reservation, self.reservation_ttl_ms, key_ttl, deadline,
+                     len(chain), *[v for k in chain for v in (_limit(k.budget), _limit(k.uses), _limit(k.rpm))],
+                     *replay_args])
         except RedisError as exc:
             raise QuotaUnavailable(str(exc), "redis_error") from exc
+        # The level that refused (1 = root): its limits are the ones to quote.
+        limits = key.chain[level - 1] if 0 < level <= len(key.chain) else key
         if status >= 0:
             return
         if status == -5:
             raise QuotaUnavailable("request id already reserved", "duplicate_request_id")
         if status == -6:
             raise QuotaUnavailable("redis ran the admit after its deadline: nothing was reserved", "redis_late")
+        if status == -7:
+            raise DpopRefusal("DPoP proof has been used before: make a new proof (new jti) for every request")
+        whose = "dynamic key" if limits is key else f"its ancestor key {limits.jti!r}"
         if status == -1:
-            raise Refusal(ErrorCode.REVOKED_KEY, "dynamic key has been revoked")
+            raise Refusal(ErrorCode.REVOKED_KEY, f"{whose} has been revoked")
         if status == -2:
-            raise Refusal(ErrorCode.KEY_EXHAUSTED, f"dynamic key has no uses left (uses: {key.uses})")
+            raise Refusal(ErrorCode.KEY_EXHAUSTED, f"{whose} has no uses left (uses: {limits.uses})")
         if status == -3:
-            raise Refusal(ErrorCode.RATE_LIMITED, f"rate limit of {key.rpm} requests per minute reached; "
+            raise Refusal(ErrorCode.RATE_LIMITED, f"rate limit of {limits.rpm} requests per minute reached; "
                                                   f"retry in {max(1, -(-retry_ms // 1000))} s")
-        left = max(0, (key.budget or 0) - spent - reserved)
+        left = max(0, (limits.budget or 0) - spent - reserved)
         raise Refusal(ErrorCode.INSUFFICIENT_QUOTA,
                       f"token budget exhausted: this request may use up to {request.reservation} tokens, "
                       f"{left} remain")
@@ -149,11 +185,21 @@ def settle_args(request_id: str, actual_tokens: int, key_exp: float | None = Non
     return [int(now * 1000), request_id, int(actual_tokens), max(ttl, 60)]
 
 
+def settlement_call(tenant: str, jti: str, request_id: str, actual_tokens: int, chain: tuple[str, ...] = (),
+                    key_exp: float | None = None) -> tuple[str, list[str], list[int | str]]:
+    """(script, KEYS, ARGV) that settle one request: SETTLE for a plain key, SETTLE_CHAIN for a child key
+    (`chain`: the jtis from the root down to `jti`)."""
+    args = settle_args(request_id, actual_tokens, key_exp)
+    if len(chain) > 1 and chain[-1] == jti:
+        return SETTLE_CHAIN, chain_script_keys(tenant, chain), [*args, len(chain)]
+    return SETTLE, script_keys(tenant, jti), args
+
+
 def settle(client: Redis, tenant: str, jti: str, request_id: str, actual_tokens: int,
-           key_exp: float | None = None) -> Settlement:
-    """Replace a request's reservation with its real usage; idempotent per request id."""
-    outcome, spent = client.register_script(SETTLE)(
-        keys=script_keys(tenant, jti), args=settle_args(request_id, actual_tokens, key_exp))
+           key_exp: float | None = None, chain: tuple[str, ...] = ()) -> Settlement:
+    """Replace a request's reservation with its real usage, at every level of a chain; idempotent per request id."""
+    script, keys, args = settlement_call(tenant, jti, request_id, actual_tokens, chain, key_exp)
+    outcome, spent = client.register_script(script)(keys=keys, args=args)
     return Settlement(int(outcome), int(spent))
 
 

@@ -35,7 +35,8 @@ end
 # ARGV: now_ms, request_id, reserve, budget, uses, rpm, reservation_ttl_ms, key_ttl_s  (-1 = no limit),
 #       deadline_ms (Redis's own clock; 0 = none)
 # Returns {status, spent, reserved, retry_after_ms}; status 1 = admitted, -1 revoked, -2 uses spent,
-# -3 rpm, -4 budget, -5 request id already known (never admitted twice), -6 past the deadline.
+# -3 rpm, -4 budget, -5 request id already known (never admitted twice), -6 past the deadline,
+# -7 DPoP proof replayed (see the appended KEYS[7] below).
 #
 # The deadline check comes first and uses Redis's clock: a script that Redis only gets to run after
 # authz has given up on it (Redis paused, a slow fork) writes nothing, so a refused request never spends.
@@ -44,6 +45,15 @@ local deadline = tonumber(ARGV[9] or '0')
 if deadline > 0 then
   local t = redis.call('TIME')
   if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > deadline then return {-6, 0, 0, 0} end
+end
+-- DPoP replay cache (RFC 9449 §11.1), appended: KEYS[7] the key's proof set, ARGV[10] the proof's id,
+-- ARGV[11] when it may be forgotten (ms), ARGV[12] the set's TTL (ms). Only sender-constrained keys pass
+-- them. Returns -7 for a proof seen before; a proof is spent even if the request is refused further on.
+if KEYS[7] then
+  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', ARGV[1])
+  if redis.call('ZSCORE', KEYS[7], ARGV[10]) then return {-7, 0, 0, 0} end
+  redis.call('ZADD', KEYS[7], ARGV[11], ARGV[10])
+  redis.call('PEXPIRE', KEYS[7], ARGV[12])
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {-1, 0, 0, 0} end
 local now = tonumber(ARGV[1])

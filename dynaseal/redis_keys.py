@@ -10,6 +10,10 @@ with jti `c` can never produce the same tag as tenant `a` with jti `b:c`.
 
 from __future__ import annotations
 
+import hashlib
+
+import orjson
+
 PREFIX = "dynaseal:v2"
 
 
@@ -51,3 +55,28 @@ def rate_window(tenant: str, jti: str) -> str:
 def settled(tenant: str, jti: str) -> str:
     """Hash of request ids already settled (idempotent settlement) or cancelled."""
     return f"{PREFIX}:{key_tag(tenant, jti)}:settled"
+
+
+# --- sender-constrained keys and key chains --------------------------------------------------------
+# A child key's counters live under its ROOT's tag, so one script can charge every level of a family in
+# one slot. A level below the root is named by a digest of its jti path from the root (root, ..., itself):
+# two branches that pick the same jti never share counters.
+
+def dpop_proofs(tenant: str, root_jti: str) -> str:
+    """Sorted set of DPoP proof ids seen for a key family (score: when each may be forgotten, ms)."""
+    return f"{PREFIX}:{key_tag(tenant, root_jti)}:dpop"
+
+
+def node_id(path: tuple[str, ...]) -> str:
+    """The id of one level below the root, from its jti path (root first)."""
+    return hashlib.sha256(orjson.dumps(list(path))).hexdigest()[:32]
+
+
+def level_keys(tenant: str, path: tuple[str, ...]) -> list[str]:
+    """revoked, counters, reservations, deadlines, rpm, settled of one level (the root's are the plain names)."""
+    if len(path) == 1:
+        jti = path[0]
+        return [revoked(tenant, jti), counters(tenant, jti), reservations(tenant, jti),
+                reservation_deadlines(tenant, jti), rate_window(tenant, jti), settled(tenant, jti)]
+    base = f"{PREFIX}:{key_tag(tenant, path[0])}:n:{node_id(path)}"
+    return [f"{base}:{suffix}" for suffix in ("revoked", "counters", "reservations", "deadlines", "rpm", "settled")]

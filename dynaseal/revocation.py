@@ -21,11 +21,20 @@ def _ttl(exp: float) -> int:
     return max(1, int(exp - time.time()) + LEEWAY_S)
 
 
-def revoke(redis: Redis, tenant: str, jti: str, exp: float) -> None:
-    """Mark tenant's `jti` revoked until its `exp` (plus leeway)."""
-    redis.set(redis_keys.revoked(tenant, jti), "1", ex=_ttl(exp))
+def marker(tenant: str, jti: str, ancestors: tuple[str, ...] = ()) -> str:
+    """The revocation marker of a key; a child key's (`ancestors`: the jtis from the root down to its
+    parent, as its callbacks' `chain` lists them) lives under its root's tag."""
+    if not ancestors:
+        return redis_keys.revoked(tenant, jti)
+    return redis_keys.level_keys(tenant, (*ancestors, jti))[0]
 
 
-async def revoke_async(redis: AsyncRedis, tenant: str, jti: str, exp: float) -> None:
+def revoke(redis: Redis, tenant: str, jti: str, exp: float, ancestors: tuple[str, ...] = ()) -> None:
+    """Mark tenant's `jti` revoked until its `exp` (plus leeway); every key below it is refused with it."""
+    redis.set(marker(tenant, jti, ancestors), "1", ex=_ttl(exp))
+
+
+async def revoke_async(redis: AsyncRedis, tenant: str, jti: str, exp: float,
+                       ancestors: tuple[str, ...] = ()) -> None:
     """Async form of `revoke`."""
-    await redis.set(redis_keys.revoked(tenant, jti), "1", ex=_ttl(exp))
+    await redis.set(marker(tenant, jti, ancestors), "1", ex=_ttl(exp))

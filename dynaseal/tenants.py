@@ -83,6 +83,8 @@ class Registry:
     # The shared store of remote JWKS and the generation of it this registry reflects.
     remote_jwks: RemoteJwks | None = field(default=None, compare=False, repr=False)
     remote_generation: int = -1
+    # gateway.public_url: the origin DPoP proofs must name (None = the one Envoy saw).
+    public_url: str | None = None
 
     def get(self, tenant_id: str) -> Tenant | None:
         """The tenant with this id, if any."""
@@ -198,5 +200,6 @@ def build_registry(cfg: DynasealConfig, remote_jwks: RemoteJwks | None = None, *
     if fetch_new_jwks:
         store.fetch_untried()
     registry = Registry(MappingProxyType(tenants), cfg.gateway.audience, cfg.gateway.leeway_s, default_key,
-                        frozenset(h.lower() for h in cfg.gateway.upstream.forward_headers), remote_jwks=store)
+                        frozenset(h.lower() for h in cfg.gateway.upstream.forward_headers), remote_jwks=store,
+                        public_url=cfg.gateway.public_url)
     return store.apply(registry)

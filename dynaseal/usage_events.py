@@ -97,6 +97,19 @@ def _request_id(record: dict[str, Any], line: bytes) -> str:
     return "line-" + hashlib.sha256(line).hexdigest()[:32]
 
 
+def _chain(value: Any, jti: str) -> list[str]:
+    """A child key's jtis from the root down, as authz logged them (a JSON list ending in the key's own jti)."""
+    if isinstance(value, str) and value:
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return []
+    if not isinstance(value, list) or len(value) < 2 or not all(isinstance(j, str) and j for j in value) \
+            or value[-1] != jti:
+        return []
+    return value
+
+
 def parse_line(line: bytes | str, shipped_at_ms: int | None = None) -> UsageEvent | None:
     """The usage event of one access-log line, or None (not JSON, or not an admitted request)."""
     raw = line.encode() if isinstance(line, str) else line
@@ -122,6 +135,10 @@ def parse_line(line: bytes | str, shipped_at_ms: int | None = None) -> UsageEven
     )
     if record.get("sub") is not None:
         event.sub = _text(record["sub"])
+    chain = _chain(record.get("chain"), event.jti)
+    if chain:
+        event.chain.extend(chain)
+        event.root_jti = chain[0]
     cb = record.get("cb")
     if isinstance(cb, dict):
         event.cb_json = orjson.dumps(cb).decode()

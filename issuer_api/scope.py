@@ -8,7 +8,7 @@ gives the user a clear error instead of a key that never works).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -31,6 +31,10 @@ class ScopeRequest(BaseModel):
     budget: int | None = Field(None, ge=1)
     rpm: int | None = Field(None, ge=1)
     sub: str | None = Field(None, min_length=1, max_length=256)
+    # Bind the key to the client's key (RFC 9449): its RFC 7638 thumbprint (DPoP proofs required), or the
+    # public JWK itself (proofs required, and the holder may mint narrowed child keys offline).
+    dpop_jkt: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{43}$")
+    holder_jwk: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,7 @@ class KeyScope:
     uses: int | None = None
     budget: int | None = None
     rpm: int | None = None
+    cnf: dict[str, Any] | None = None
 
     def as_record(self) -> dict[str, object]:
         """The scope as stored with the minted key and returned to the client."""

@@ -1,11 +1,13 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
 from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class UsageEvent(_message.Message):
-    __slots__ = ("request_id", "tenant", "jti", "event_id", "sub", "model", "stream", "status", "response_flags", "prompt_tokens", "completion_tokens", "total_tokens", "reserved", "usage_source", "started_at", "duration_ms", "path", "content", "content_truncated", "cb_json", "response_details", "shipped_at_ms")
+    __slots__ = ("request_id", "tenant", "jti", "event_id", "sub", "model", "stream", "status", "response_flags", "prompt_tokens", "completion_tokens", "total_tokens", "reserved", "usage_source", "started_at", "duration_ms", "path", "content", "content_truncated", "cb_json", "response_details", "shipped_at_ms", "root_jti", "chain")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     JTI_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +30,8 @@ class UsageEvent(_message.Message):
     CB_JSON_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_DETAILS_FIELD_NUMBER: _ClassVar[int]
     SHIPPED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ROOT_JTI_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tenant: str
     jti: str
@@ -50,4 +54,6 @@ class UsageEvent(_message.Message):
     cb_json: str
     response_details: str
     shipped_at_ms: int
-    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., jti: _Optional[str] = ..., event_id: _Optional[str] = ..., sub: _Optional[str] = ..., model: _Optional[str] = ..., stream: _Optional[bool] = ..., status: _Optional[int] = ..., response_flags: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., reserved: _Optional[int] = ..., usage_source: _Optional[str] = ..., started_at: _Optional[str] = ..., duration_ms: _Optional[int] = ..., path: _Optional[str] = ..., content: _Optional[str] = ..., content_truncated: _Optional[bool] = ..., cb_json: _Optional[str] = ..., response_details: _Optional[str] = ..., shipped_at_ms: _Optional[int] = ...) -> None: ...
+    root_jti: str
+    chain: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., jti: _Optional[str] = ..., event_id: _Optional[str] = ..., sub: _Optional[str] = ..., model: _Optional[str] = ..., stream: _Optional[bool] = ..., status: _Optional[int] = ..., response_flags: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., reserved: _Optional[int] = ..., usage_source: _Optional[str] = ..., started_at: _Optional[str] = ..., duration_ms: _Optional[int] = ..., path: _Optional[str] = ..., content: _Optional[str] = ..., content_truncated: _Optional[bool] = ..., cb_json: _Optional[str] = ..., response_details: _Optional[str] = ..., shipped_at_ms: _Optional[int] = ..., root_jti: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ...) -> None: ...
