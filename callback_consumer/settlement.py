@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Executor
+from typing import Any
 
 from redis import Redis
 
-from dynaseal.quota import script_keys, settle_args
+from dynaseal.quota import MoneySettlement, Settlement, script_keys, settle_args
 from dynaseal.quota_scripts import SETTLE
 
 MAX_BATCH = 500
+_Item = tuple[str, str, str, int, MoneySettlement | None]
 
 
 class SettlementBatcher:
@@ -26,34 +28,36 @@ class SettlementBatcher:
         self.redis = redis_client
         self.executor = executor
         self._script = redis_client.register_script(SETTLE)
-        self._queue: list[tuple[tuple[str, str, str, int], asyncio.Future[None]]] = []
+        self._queue: list[tuple[_Item, asyncio.Future[Settlement]]] = []
         self._runner: asyncio.Task[None] | None = None
 
-    async def settle(self, tenant: str, jti: str, request_id: str, tokens: int) -> None:
-        """Replace the request's reservation with `tokens`; raises RedisError if Redis failed."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(((tenant, jti, request_id, tokens), future))
+    async def settle(self, tenant: str, jti: str, request_id: str, tokens: int,
+                     money: MoneySettlement | None = None) -> Settlement:
+        """Replace the request's reservation with `tokens` (and its cost); raises RedisError if Redis failed."""
+        future: asyncio.Future[Settlement] = asyncio.get_running_loop().create_future()
+        self._queue.append(((tenant, jti, request_id, tokens, money), future))
         if self._runner is None or self._runner.done():
             self._runner = asyncio.get_running_loop().create_task(self._drain())
-        await future
+        return await future
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             try:
-                await loop.run_in_executor(self.executor, self._run, [item for item, _ in batch])
+                replies = await loop.run_in_executor(self.executor, self._run, [item for item, _ in batch])
             except Exception as exc:  # RedisError mostly; every waiter of this batch sees it and retries
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for _, future in batch:
+            for (_, future), reply in zip(batch, replies, strict=True):
                 if not future.done():
-                    future.set_result(None)
+                    future.set_result(Settlement.from_reply(reply))
 
-    def _run(self, items: list[tuple[str, str, str, int]]) -> None:
+    def _run(self, items: list[_Item]) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)
-        for tenant, jti, request_id, tokens in items:
-            self._script(keys=script_keys(tenant, jti), args=settle_args(request_id, tokens), client=pipe)
-        pipe.execute()
+        for tenant, jti, request_id, tokens, money in items:
+            self._script(keys=script_keys(tenant, jti), args=settle_args(request_id, tokens, money=money),
+                         client=pipe)
+        return list(pipe.execute())

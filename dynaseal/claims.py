@@ -6,15 +6,18 @@ Native claims and the seed's claim names (`api-key`, `model`, `expiring`) end up
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from dynaseal.config import ParamLimit
 from dynaseal.errors import ErrorCode, Refusal
+from dynaseal.pricing import MICROS, to_micros
 from dynaseal.tenants import Registry, Tenant
 
 MAX_CB_BYTES = 1024
@@ -38,6 +41,9 @@ class VerifiedKey:
     allowed_params: frozenset[str] | None = None
     cb: Mapping[str, Any] | None = None
     seed_format: bool = False
+    # Budget in money: integer micro-units of the tenant's currency (`budget_cost` claim, capped by the
+    # tenant's `limits.budget_cost`).
+    budget_cost: int | None = None
 
     def allows_model(self, model: str) -> bool:
         """Key allowlist ∩ tenant allowlist."""
@@ -76,6 +82,29 @@ def _positive_int(payload: Mapping[str, Any], name: str) -> int | None:
 
 def _min_of(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else min(a, b)
+
+
+def _budget_cost(payload: Mapping[str, Any], tenant: Tenant) -> int | None:
+    """The `budget_cost` claim, `{"amount": "2.50", "currency": "USD"}`, in micro-units; capped by the tenant."""
+    raw = payload.get("budget_cost")
+    ceiling = None if tenant.limits.budget_cost is None else to_micros(tenant.limits.budget_cost)
+    if raw is None:
+        return ceiling
+    if not isinstance(raw, dict) or set(raw) != {"amount", "currency"}:
+        raise _bad("budget_cost", 'must be {"amount": "<decimal>", "currency": "<ISO 4217>"}')
+    if raw["currency"] != tenant.currency:
+        # Never convert: a budget in another currency than the tenant's prices has no meaning here.
+        raise _bad("budget_cost", f"must be in the tenant's currency ({tenant.currency})")
+    value = raw["amount"]
+    if isinstance(value, bool) or not isinstance(value, str | int | float) or len(str(value)) > 40:
+        raise _bad("budget_cost")
+    try:
+        amount = Decimal(repr(value) if isinstance(value, float) else str(value))
+    except decimal.InvalidOperation:
+        raise _bad("budget_cost") from None
+    if not amount.is_finite() or amount <= 0 or amount.normalize().as_tuple().exponent < -MICROS:  # type: ignore[operator]
+        raise _bad("budget_cost", f"amount must be positive with at most {MICROS} decimals")
+    return _min_of(to_micros(amount), ceiling)
 
 
 def _param_limits(raw: Any, tenant: Tenant) -> tuple[dict[str, ParamLimit], frozenset[str] | None]:
@@ -188,4 +217,5 @@ def check_claims(payload: Mapping[str, Any], tenant: Tenant, registry: Registry,
         allowed_params=allowed,
         cb=cb,
         seed_format=seed,
+        budget_cost=_budget_cost(claims, tenant),
     )

@@ -70,8 +70,10 @@ def mint(
     event_id: str | None = None,
     jti: str | None = None,
     now: float | None = None,
+    budget_cost: str | None = None,
+    currency: str = "USD",
 ) -> str:
-    """Sign a native-format dynamic key (EdDSA) for `tenant`."""
+    """Sign a native-format dynamic key (EdDSA) for `tenant`; `budget_cost` is a decimal string in `currency`."""
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {
         "iss": tenant,
@@ -86,6 +88,8 @@ def mint(
     optional = {"sub": sub, "budget": budget, "uses": uses, "rpm": rpm, "event_id": event_id,
                 "params": dict(params) if params else None, "cb": dict(cb) if cb else None}
     claims.update({k: v for k, v in optional.items() if v is not None})
+    if budget_cost is not None:
+        claims["budget_cost"] = {"amount": str(budget_cost), "currency": currency}
     return jwt.encode(claims, signing_key.private_key, algorithm="EdDSA",
                       headers={"kid": signing_key.kid, "typ": "JWT"})
 

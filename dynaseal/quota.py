@@ -19,10 +19,12 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
 from dynaseal import redis_keys
+from dynaseal.budget_thresholds import Crossing
 from dynaseal.claims import VerifiedKey
 from dynaseal.config import DynasealConfig
 from dynaseal.errors import ErrorCode, QuotaUnavailable, Refusal
-from dynaseal.quota_scripts import ADMIT, SETTLE
+from dynaseal.pricing import format_amount, from_micros
+from dynaseal.quota_scripts import ADMIT, MARK_THRESHOLDS, SETTLE
 from dynaseal.redis_pipeline import PipelinedRedis
 from dynaseal.request_policy import CheckedRequest
 
@@ -54,11 +56,21 @@ class Settlement:
 
     outcome: int
     spent: int
+    spent_cost: int = 0
+    # Budget thresholds crossed and not yet delivered (money).
+    pending: tuple[Crossing, ...] = ()
 
     @property
     def duplicate(self) -> bool:
         """True when the request id had already been settled."""
         return self.outcome == 0
+
+    @classmethod
+    def from_reply(cls, reply: list[Any]) -> Settlement:
+        """Read the SETTLE script's reply."""
+        crossings = (Crossing.parse(item) for item in reply[3:])
+        return cls(int(reply[0]), int(reply[1]), int(reply[2]) if len(reply) > 2 else 0,
+                   tuple(c for c in crossings if c is not None))
 
 
 class RedisQuota:
@@ -106,7 +118,8 @@ class RedisQuota:
             status, spent, reserved, retry_ms = await self._run_admit(
                 script_keys(key.tenant.id, key.jti),
                 [now_ms, request_id, request.reservation, _limit(key.budget),
-                 _limit(key.uses), _limit(key.rpm), self.reservation_ttl_ms, max(key_ttl, 60), deadline])
+                 _limit(key.uses), _limit(key.rpm), self.reservation_ttl_ms, max(key_ttl, 60), deadline,
+                 _limit(request.reservation_cost), _limit(key.budget_cost)])
         except RedisError as exc:
             raise QuotaUnavailable(str(exc), "redis_error") from exc
         if status >= 0:
@@ -122,6 +135,15 @@ class RedisQuota:
         if status == -3:
             raise Refusal(ErrorCode.RATE_LIMITED, f"rate limit of {key.rpm} requests per minute reached; "
                                                   f"retry in {max(1, -(-retry_ms // 1000))} s")
+        if status == -7:
+            currency = key.tenant.currency
+            if request.reservation_cost is None:  # request_policy refuses this first; kept fail-closed
+                raise Refusal(ErrorCode.INSUFFICIENT_QUOTA, f"this key's budget is in {currency}: unpriced model")
+            left_cost = max(0, (key.budget_cost or 0) - spent - reserved)
+            raise Refusal(ErrorCode.INSUFFICIENT_QUOTA,
+                          f"budget exhausted: this request may cost up to "
+                          f"{format_amount(from_micros(request.reservation_cost))} {currency}, "
+                          f"{format_amount(from_micros(left_cost))} {currency} remain")
         left = max(0, (key.budget or 0) - spent - reserved)
         raise Refusal(ErrorCode.INSUFFICIENT_QUOTA,
                       f"token budget exhausted: this request may use up to {request.reservation} tokens, "
@@ -142,22 +164,42 @@ class RedisQuota:
         return True
 
 
-def settle_args(request_id: str, actual_tokens: int, key_exp: float | None = None) -> list[int | str]:
+@dataclass(frozen=True, slots=True)
+class MoneySettlement:
+    """The money side of one settlement: the cost (None = unknown), the key's budgets, the thresholds."""
+
+    cost_micros: int | None = None
+    budget_tokens: int | None = None
+    budget_cost: int | None = None
+    thresholds: str = ""  # basis points, comma-separated (budget_thresholds.basis_points)
+
+
+def settle_args(request_id: str, actual_tokens: int, key_exp: float | None = None,
+                money: MoneySettlement | None = None) -> list[int | str]:
     """ARGV of the SETTLE script; without a key expiry the counters live a day past now."""
     now = time.time()
     ttl = int((key_exp or now) - now) + KEY_TTL_MARGIN_S
-    return [int(now * 1000), request_id, int(actual_tokens), max(ttl, 60)]
+    m = money or MoneySettlement()
+    return [int(now * 1000), request_id, int(actual_tokens), max(ttl, 60),
+            _limit(m.cost_micros), _limit(m.budget_tokens), _limit(m.budget_cost), m.thresholds]
 
 
 def settle(client: Redis, tenant: str, jti: str, request_id: str, actual_tokens: int,
-           key_exp: float | None = None) -> Settlement:
-    """Replace a request's reservation with its real usage; idempotent per request id."""
-    outcome, spent = client.register_script(SETTLE)(
-        keys=script_keys(tenant, jti), args=settle_args(request_id, actual_tokens, key_exp))
-    return Settlement(int(outcome), int(spent))
+           key_exp: float | None = None, money: MoneySettlement | None = None) -> Settlement:
+    """Replace a request's reservation with its real usage (and cost); idempotent per request id."""
+    reply = client.register_script(SETTLE)(
+        keys=script_keys(tenant, jti), args=settle_args(request_id, actual_tokens, key_exp, money))
+    return Settlement.from_reply(reply)
+
+
+def mark_thresholds(client: Redis, tenant: str, jti: str, crossings: tuple[Crossing, ...]) -> None:
+    """Record that these thresholds' callbacks were delivered (or dead-lettered): never reported again."""
+    if crossings:
+        client.register_script(MARK_THRESHOLDS)(keys=[redis_keys.counters(tenant, jti)],
+                                                args=[c.field for c in crossings])
 
 
 def counters(client: Redis, tenant: str, jti: str) -> dict[str, int]:
-    """A key's counters (uses, reserved, spent), for tests and tools."""
+    """A key's counters (uses, reserved, spent; reserved_cost, spent_cost, thr:*), for tests and tools."""
     raw = client.hgetall(redis_keys.counters(tenant, jti))
     return {k.decode(): int(v) for k, v in raw.items()}  # type: ignore[union-attr]
