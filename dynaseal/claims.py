@@ -21,6 +21,7 @@ from dynaseal.pricing import MICROS, to_micros
 from dynaseal.tenants import Registry, Tenant
 
 MAX_CB_BYTES = 1024
+MAX_BUDGET_COST = Decimal(10**9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +103,10 @@ def _budget_cost(payload: Mapping[str, Any], tenant: Tenant) -> int | None:
         amount = Decimal(repr(value) if isinstance(value, float) else str(value))
     except decimal.InvalidOperation:
         raise _bad("budget_cost") from None
-    if not amount.is_finite() or amount <= 0 or amount.normalize().as_tuple().exponent < -MICROS:  # type: ignore[operator]
-        raise _bad("budget_cost", f"amount must be positive with at most {MICROS} decimals")
+    # Bounded so its micro-units stay exact in Redis (Lua numbers are doubles: 2^53).
+    if not amount.is_finite() or not 0 < amount <= MAX_BUDGET_COST \
+            or amount.normalize().as_tuple().exponent < -MICROS:  # type: ignore[operator]
+        raise _bad("budget_cost", f"amount must be in (0, {MAX_BUDGET_COST}] with at most {MICROS} decimals")
     return _min_of(to_micros(amount), ceiling)
 
 

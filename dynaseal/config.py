@@ -90,7 +90,7 @@ class Limits(_Strict):
     media_part_tokens: int | None = Field(None, ge=0)
     # Per-key ceiling (and default) of a key's budget in money, in the currency of the tenant's price
     # table (`upstream.currency`); whole micro-units at most (6 decimals).
-    budget_cost: Decimal | None = Field(None, gt=0, decimal_places=6)
+    budget_cost: Decimal | None = Field(None, gt=0, le=10**9, decimal_places=6)
 
     @field_validator("budget_cost", mode="before")
     @classmethod
