@@ -236,12 +236,15 @@ class Deliverer:
         settlement = await self._settle(event)
         if settlement is None:
             return Outcome.ABANDONED
-        if not settlement.duplicate:
-            record_money(event)
         # Thresholds first: the event's offset is committed only once they are delivered or dead-lettered.
         if settlement.pending and not await self.thresholds.send_all(job, event, settlement.pending):
             return Outcome.ABANDONED
-        return await self.deliver(job, event)
+        outcome = await self.deliver(job, event)
+        if outcome.finished:
+            # Counted per finished event, not per first settlement: the counts of a consumer that died
+            # before committing died with it, so the one that reads the event again counts it.
+            record_money(event)
+        return outcome
 
     async def deliver(self, job: Job, event: UsageEvent) -> Outcome:
         """Deliver a settled event to its tenant's callback as configured now (a DLQ replay starts here)."""

@@ -23,8 +23,7 @@ EVENT_AGE_SECONDS = Histogram(
 
 # Money and tokens, named after the OpenTelemetry GenAI semantic conventions where they fit
 # (`gen_ai.client.token.usage` → `gen_ai_client_token_usage`, attributes `gen_ai.token.type`,
-# `gen_ai.request.model`, `gen_ai.operation.name`). Counted once per settled request (a repeat of an
-# event is not counted again). The histogram keeps the conventions' meaning of the token types (input =
+# `gen_ai.request.model`, `gen_ai.operation.name`). Counted once per event this process finished. The histogram keeps the conventions' meaning of the token types (input =
 # prompt tokens, output = completion tokens); the counters below split them by price line instead:
 # input (uncached), cached_input, output (not reasoning), reasoning — these add up to the total.
 _MODEL_LABELS = ["tenant", "gen_ai_request_model"]
