@@ -51,10 +51,10 @@ def _price(event: UsageEvent) -> Price | None:
 def record_money(event: UsageEvent) -> None:
     """Count one settled request's tokens and cost by tenant, model and token type."""
     labels = (event.tenant, event.model or "unknown")
+    usage = TokenUsage(event.prompt_tokens, event.completion_tokens, event.cached_tokens, event.reasoning_tokens)
     if event.usage_source == UPSTREAM:
         metrics.TOKEN_USAGE.labels(*labels, "chat", "input").observe(event.prompt_tokens)
         metrics.TOKEN_USAGE.labels(*labels, "chat", "output").observe(event.completion_tokens)
-        usage = TokenUsage(event.prompt_tokens, event.completion_tokens, event.cached_tokens, event.reasoning_tokens)
         for line, tokens in usage.lines().items():
             metrics.TOKENS.labels(*labels, line).inc(tokens)
     if event.unpriced or not event.currency:

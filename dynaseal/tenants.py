@@ -24,7 +24,6 @@ from dynaseal.config import (
     TenantConfig,
     expand_path,
 )
-
 from dynaseal.pricing import Price
 
 if TYPE_CHECKING:
