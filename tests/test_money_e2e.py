@@ -196,3 +196,56 @@ def test_each_threshold_callback_arrives_once_by_id_across_a_consumer_kill(
         payload = attempts[0].payload
         spent, limit = Decimal(payload["spent"]["amount"]), Decimal(payload["limit"]["amount"])
         assert limit == Decimal("0.00024") and spent >= Decimal(str(payload["threshold"])) * limit
+
+
+def _dlq(pipeline: Services, jti: str) -> list[dict[str, str]]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    from dynaseal.kafka_io import DLQ_TOPIC
+    from dynaseal.pb import UsageEvent
+
+    consumer = KafkaConsumer(bootstrap_servers=f"127.0.0.1:{pipeline.ports['kafka']}", enable_auto_commit=False,
+                             consumer_timeout_ms=1500)
+    try:
+        partition = TopicPartition(DLQ_TOPIC, 0)
+        consumer.assign([partition])
+        consumer.seek_to_beginning(partition)
+        return [{k: v.decode() for k, v in record.headers} for record in consumer
+                if UsageEvent.FromString(record.value).jti == jti]
+    finally:
+        consumer.close()
+
+
+def test_a_rejected_threshold_callback_is_dead_lettered_once_and_replayed_with_its_id(
+        cfg: DynasealConfig, pipeline: Services, money_receiver: Receiver, issuer_key: SigningKey,
+        redis_client: Redis) -> None:
+    import subprocess
+    import sys
+
+    from pipeline_harness import REPO
+
+    key, jti = new_key(issuer_key, budget_cost="0.0001")  # 13 micro-units a request: 0.25 (25) at the 2nd
+
+    def one() -> None:
+        complete(cfg, key, max_tokens=8)
+        wait_until(lambda: counters(redis_client, DEMO_TENANT, jti).get("reserved_cost") == 0, 30, "settlement")
+
+    money_receiver.behaviours[jti] = lambda payload, attempt: 400 if payload["type"] == "budget_threshold" else 200
+    one()
+    one()
+    wait_until(lambda: any(h.get("dlq_type") == "budget_threshold" for h in _dlq(pipeline, jti)), 30, "the DLQ entry")
+    one()  # a later settlement does not report it again: it was dead-lettered
+    wait_until(lambda: len(_usage_callbacks(money_receiver, jti)) == 3, 30, "every usage callback")
+    wid = threshold_webhook_id(DEMO_TENANT, jti, "cost", 2500)
+    entries = [h for h in _dlq(pipeline, jti) if h.get("dlq_type") == "budget_threshold"]
+    assert [(h["dlq_webhook_id"], h["dlq_reason"]) for h in entries] == [(wid, "rejected:http_400")]
+    assert [d.webhook_id for d in _thresholds(money_receiver, jti)] == [wid]
+    money_receiver.behaviours[jti] = lambda payload, attempt: 200
+    done = subprocess.run([sys.executable, "-m", "dynaseal.cli", "--config", str(pipeline.config_path), "dlq",
+                           "replay", "--tenant", DEMO_TENANT, "--retry-base-s", "0.1", "--retry-cap-s", "0.2"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    replayed = _thresholds(money_receiver, jti)
+    assert [(d.webhook_id, d.status) for d in replayed] == [(wid, 400), (wid, 200)]
+    assert replayed[0].payload == replayed[1].payload
