@@ -24,9 +24,11 @@ from redis.exceptions import RedisError
 from callback_consumer import metrics
 from callback_consumer.dlq import DeadLetters, dlq_headers
 from callback_consumer.http_client import CallbackClient, CallbackTransportError
+from callback_consumer.money import ThresholdSender, money_settlement, record_money
 from callback_consumer.settlement import SettlementBatcher
 from dynaseal.callbacks import CallbackSigner, callback_body, is_retryable
 from dynaseal.pb import UsageEvent
+from dynaseal.quota import Settlement
 from dynaseal.tenants import Registry, Tenant
 
 log = logging.getLogger("callback_consumer.delivery")
@@ -106,6 +108,7 @@ class Deliverer:
         self._clients: dict[str, CallbackClient] = {}
         self._signers: dict[str, tuple[str, CallbackSigner]] = {}
         self._gates: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        self.thresholds = ThresholdSender(self)
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep, unless shutdown comes first; True if the full pause passed."""
@@ -115,25 +118,26 @@ class Deliverer:
             return True
         return False
 
-    async def _blocking(self, fn: Callable[..., object], *args: object) -> object:
+    async def blocking(self, fn: Callable[..., object], *args: object) -> object:
+        """Run a blocking call on the executor."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def _settle(self, event: UsageEvent) -> bool:
-        """Settle the reservation with the event's tokens (idempotent per request_id); False if abandoned."""
+    async def _settle(self, event: UsageEvent) -> Settlement | None:
+        """Settle the reservation with the event's tokens and cost (idempotent per request_id); None if abandoned."""
         assert self.settlements is not None
         delay = 0.2
+        money = money_settlement(event, self.registry().get(event.tenant))
         while True:
             try:
-                await self.settlements.settle(event.tenant, event.jti, event.request_id, event.total_tokens,
-                                             tuple(event.chain))
-                return True
+                return await self.settlements.settle(event.tenant, event.jti, event.request_id, event.total_tokens,
+                                                     tuple(event.chain), money)
             except RedisError as exc:
                 metrics.SETTLE_ERRORS.inc()
                 log.warning("settlement failed; retrying", extra={"request_id": event.request_id,
                                                                    "jti": event.jti, "error": str(exc)})
             # Shutdown stops retries only: a job handed out before it still gets its first attempt.
             if not await self._pause(delay):
-                return False
+                return None
             delay = min(delay * 2, 5.0)
 
     def _client(self, tenant: Tenant) -> CallbackClient:
@@ -155,10 +159,10 @@ class Deliverer:
             self._signers[tenant.id] = cached
         return cached[1]
 
-    async def _attempt(self, tenant: Tenant, event: UsageEvent, body: bytes) -> tuple[int | None, float | None]:
+    async def _attempt(self, tenant: Tenant, webhook_id: str, body: bytes) -> tuple[int | None, float | None]:
         """One POST: (status or None on a timeout/connection error, Retry-After seconds)."""
         assert tenant.callback is not None
-        headers = self._signer(tenant).headers(event.request_id, body)
+        headers = self._signer(tenant).headers(webhook_id, body)
         started = time.perf_counter()
         try:
             reply = await self._client(tenant).post(body, headers, tenant.callback.timeout_s)
@@ -171,9 +175,12 @@ class Deliverer:
         metrics.CALLBACK_SECONDS.labels(f"{reply.status // 100}xx").observe(time.perf_counter() - started)
         return reply.status, _seconds(reply.retry_after)
 
-    async def _dead_letter(self, job: Job, request_id: str, reason: str, status: int | None, attempts: int) -> Outcome:
+    async def _dead_letter(self, job: Job, request_id: str, reason: str, status: int | None, attempts: int,
+                           extra: Mapping[str, str] | None = None) -> Outcome:
         headers = dlq_headers(reason, status, attempts, f"{job.tp.topic}/{job.tp.partition}/{job.offset}", job.dlq)
-        if not await self._blocking(self.dead_letters.publish, job.key, job.value, headers):
+        if extra:  # a threshold callback: what replay needs to rebuild it (money)
+            headers.update(extra)
+        if not await self.blocking(self.dead_letters.publish, job.key, job.value, headers):
             return Outcome.ABANDONED
         metrics.DLQ.labels(reason.split(":")[0]).inc()
         log.warning("event sent to the DLQ", extra={"request_id": request_id, "reason": reason, "status": status,
@@ -182,20 +189,27 @@ class Deliverer:
 
     async def _deliver(self, job: Job, tenant: Tenant, event: UsageEvent) -> Outcome:
         assert tenant.callback is not None
-        body = callback_body(event, tenant.callback.include_content)
+        outcome = await self.send(job, tenant, event.request_id, callback_body(event, tenant.callback.include_content))
+        if outcome is Outcome.DELIVERED:
+            metrics.EVENT_AGE_SECONDS.observe(max(0.0, time.time() - event.shipped_at_ms / 1000))
+        return outcome
+
+    async def send(self, job: Job, tenant: Tenant, webhook_id: str, body: bytes,
+                   dlq_extra: Mapping[str, str] | None = None) -> Outcome:
+        """POST one signed body with retries; delivered, dead-lettered (the job's record), or abandoned."""
+        assert tenant.callback is not None
         max_attempts = self.max_attempts or tenant.callback.max_attempts
         for attempt in range(1, max_attempts + 1):
             # Held for the attempt only, never across a backoff: a failing tenant frees its slots.
             async with self._gate(tenant):
-                status, retry_after = await self._attempt(tenant, event, body)
+                status, retry_after = await self._attempt(tenant, webhook_id, body)
             if status is not None and 200 <= status < 300:
-                metrics.EVENT_AGE_SECONDS.observe(max(0.0, time.time() - event.shipped_at_ms / 1000))
                 return Outcome.DELIVERED
             reason = "timeout_or_connection" if status is None else f"http_{status}"
             if status is not None and not is_retryable(status):
-                return await self._dead_letter(job, event.request_id, f"rejected:{reason}", status, attempt)
+                return await self._dead_letter(job, webhook_id, f"rejected:{reason}", status, attempt, dlq_extra)
             if attempt == max_attempts:
-                return await self._dead_letter(job, event.request_id, f"exhausted:{reason}", status, attempt)
+                return await self._dead_letter(job, webhook_id, f"exhausted:{reason}", status, attempt, dlq_extra)
             metrics.RETRIES.labels(reason if status is None else f"{status // 100}xx").inc()
             if not await self._pause(self.policy.delay(attempt, retry_after)):
                 return Outcome.ABANDONED
@@ -219,9 +233,18 @@ class Deliverer:
             event = UsageEvent.FromString(job.value)
         except DecodeError:
             return await self._dead_letter(job, "-", "undecodable", None, 0)
-        if not await self._settle(event):
+        settlement = await self._settle(event)
+        if settlement is None:
             return Outcome.ABANDONED
-        return await self.deliver(job, event)
+        # Thresholds first: the event's offset is committed only once they are delivered or dead-lettered.
+        if settlement.pending and not await self.thresholds.send_all(job, event, settlement.pending):
+            return Outcome.ABANDONED
+        outcome = await self.deliver(job, event)
+        if outcome.finished:
+            # Counted per finished event, not per first settlement: the counts of a consumer that died
+            # before committing died with it, so the one that reads the event again counts it.
+            record_money(event)
+        return outcome
 
     async def deliver(self, job: Job, event: UsageEvent) -> Outcome:
         """Deliver a settled event to its tenant's callback as configured now (a DLQ replay starts here)."""

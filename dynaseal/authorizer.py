@@ -236,4 +236,14 @@ class Authorizer:
             metadata["cb"] = orjson.dumps(key.cb).decode()
         if key.tenant.callback is not None and key.tenant.callback.include_content:
             metadata["capture_content"] = True
+        # Money: the price applied at admit travels with the request, so its cost is computed with the
+        # price the reservation used (a config reload in between changes neither). The key's budgets go
+        # along for the consumer's threshold callbacks.
+        if checked.price is not None:  # none: the model is unpriced (the event says so)
+            metadata["price"] = checked.price.encode()
+            metadata["reserved_cost"] = checked.reservation_cost or 0
+        if key.budget is not None:
+            metadata["budget"] = key.budget
+        if key.budget_cost is not None:
+            metadata["budget_cost"] = key.budget_cost
         return allow(headers, removed, metadata, key.jti, request_id)

@@ -36,7 +36,11 @@ def callback_payload(event: UsageEvent, include_content: bool) -> dict[str, Any]
         "content": event.content if include_content and event.HasField("content") else "",
         "tokens": event.total_tokens,
         "usage": {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
-                  "total_tokens": event.total_tokens},
+                  "total_tokens": event.total_tokens,
+                  "prompt_tokens_details": {"cached_tokens": event.cached_tokens},
+                  "completion_tokens_details": {"reasoning_tokens": event.reasoning_tokens}},
+        # An exact decimal string in the tenant's currency; null when the model has no price.
+        "cost": None if event.unpriced or not event.currency else {"amount": event.cost, "currency": event.currency},
         "usage_source": event.usage_source,
         "model": event.model,
         "key_id": event.jti,

@@ -6,9 +6,11 @@ Native claims and the seed's claim names (`api-key`, `model`, `expiring`) end up
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -16,10 +18,12 @@ import orjson
 from dynaseal.config import ParamLimit
 from dynaseal.dpop import confirmation
 from dynaseal.errors import ErrorCode, Refusal
+from dynaseal.pricing import MICROS, to_micros
 from dynaseal.tenants import Registry, Tenant, VerificationKey
 
 MAX_CB_BYTES = 1024
 SEED_CLAIMS = frozenset({"api-key", "model", "max_tokens", "expiring", "event_id"})
+MAX_BUDGET_COST = Decimal(10**9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,9 @@ class VerifiedKey:
     # A child key's parent (verified, its limits in force); None for a key the tenant signed.
     parent: VerifiedKey | None = None
     depth: int = 0
+    # Budget in money: integer micro-units of the tenant's currency (`budget_cost` claim, capped by the
+    # tenant's `limits.budget_cost`).
+    budget_cost: int | None = None
 
     def allows_model(self, model: str) -> bool:
         """Key allowlist ∩ tenant allowlist."""
@@ -100,6 +107,31 @@ def _positive_int(payload: Mapping[str, Any], name: str) -> int | None:
 
 def _min_of(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else min(a, b)
+
+
+def _budget_cost(payload: Mapping[str, Any], tenant: Tenant) -> int | None:
+    """The `budget_cost` claim, `{"amount": "2.50", "currency": "USD"}`, in micro-units; capped by the tenant."""
+    raw = payload.get("budget_cost")
+    ceiling = None if tenant.limits.budget_cost is None else to_micros(tenant.limits.budget_cost)
+    if raw is None:
+        return ceiling
+    if not isinstance(raw, dict) or set(raw) != {"amount", "currency"}:
+        raise _bad("budget_cost", 'must be {"amount": "<decimal>", "currency": "<ISO 4217>"}')
+    if raw["currency"] != tenant.currency:
+        # Never convert: a budget in another currency than the tenant's prices has no meaning here.
+        raise _bad("budget_cost", f"must be in the tenant's currency ({tenant.currency})")
+    value = raw["amount"]
+    if isinstance(value, bool) or not isinstance(value, str | int | float) or len(str(value)) > 40:
+        raise _bad("budget_cost")
+    try:
+        amount = Decimal(repr(value) if isinstance(value, float) else str(value))
+    except decimal.InvalidOperation:
+        raise _bad("budget_cost") from None
+    # Bounded so its micro-units stay exact in Redis (Lua numbers are doubles: 2^53).
+    if not amount.is_finite() or not 0 < amount <= MAX_BUDGET_COST \
+            or amount.normalize().as_tuple().exponent < -MICROS:  # type: ignore[operator]
+        raise _bad("budget_cost", f"amount must be in (0, {MAX_BUDGET_COST}] with at most {MICROS} decimals")
+    return _min_of(to_micros(amount), ceiling)
 
 
 def _param_limits(raw: Any, tenant: Tenant) -> tuple[dict[str, ParamLimit], frozenset[str] | None]:
@@ -228,4 +260,5 @@ def check_claims(payload: Mapping[str, Any], tenant: Tenant, registry: Registry,
         seed_format=seed,
         cnf_jkt=cnf.jkt if cnf else None,
         holder=cnf.holder if cnf else None,
+        budget_cost=_budget_cost(claims, tenant),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -97,6 +98,14 @@ class Limits(_Strict):
     require_dpop: bool = False
     # How many levels of narrowed child keys a key of this tenant may have below it (0 = no children).
     max_chain_depth: int = Field(0, ge=0, le=4)
+    # Per-key ceiling (and default) of a key's budget in money, in the currency of the tenant's price
+    # table (`upstream.currency`); whole micro-units at most (6 decimals).
+    budget_cost: Decimal | None = Field(None, gt=0, le=10**9, decimal_places=6)
+
+    @field_validator("budget_cost", mode="before")
+    @classmethod
+    def _exact_amount(cls, value: Any) -> Any:
+        return repr(value) if isinstance(value, float) else value
 
 
 class UpstreamConfig(_Strict):
@@ -111,10 +120,40 @@ class UpstreamConfig(_Strict):
     forward_headers: tuple[str, ...] = ()
 
 
+class ModelPrice(_Strict):
+    """One model's price per million tokens; cached input defaults to input, reasoning to output."""
+
+    input: Decimal = Field(ge=0)
+    cached_input: Decimal | None = Field(None, ge=0)
+    output: Decimal = Field(ge=0)
+    reasoning: Decimal | None = Field(None, ge=0)
+
+    @field_validator("input", "cached_input", "output", "reasoning", mode="before")
+    @classmethod
+    def _exact(cls, value: Any) -> Any:
+        # YAML gives 0.15 as a float; its shortest repr is what the operator wrote, not its binary value.
+        if isinstance(value, bool):
+            raise ValueError("a price is a number or a decimal string")
+        return repr(value) if isinstance(value, float) else value
+
+    @field_validator("input", "cached_input", "output", "reasoning")
+    @classmethod
+    def _finite(cls, value: Decimal | None) -> Decimal | None:
+        if value is not None and not value.is_finite():
+            raise ValueError("a price must be a finite number")
+        return value
+
+
 class TenantUpstream(_Strict):
-    """A tenant's own provider credential (named by env var), used instead of the gateway's."""
+    """A tenant's own provider credential (named by env var), used instead of the gateway's, and the
+    price table of what it is billed for the upstream's models."""
 
     api_key_env: str | None = None
+    # ISO 4217 code of every price, cost and money budget of this tenant.
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+    # A model without a price: served and flagged (`serve`), or refused (`refuse`).
+    unpriced: Literal["serve", "refuse"] = "serve"
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
 
 
 class CallbackConfig(_Strict):
@@ -130,6 +169,20 @@ class CallbackConfig(_Strict):
     # Callbacks in flight to this tenant at once (null: the consumer's --per-tenant). Throughput to a
     # tenant is at most concurrency / its answer time.
     concurrency: int | None = Field(None, ge=1, le=1024)
+    # Fractions of a key's budget (tokens and money) whose crossing sends a `budget_threshold` callback,
+    # each at most once per key and budget.
+    budget_thresholds: tuple[float, ...] = ()
+
+    @field_validator("budget_thresholds")
+    @classmethod
+    def _fractions(cls, values: tuple[float, ...]) -> tuple[float, ...]:
+        for value in values:
+            # Redis compares in basis points: a finer fraction would be a different threshold there.
+            if not 0 < value <= 1 or Decimal(repr(float(value))).scaleb(4) % 1 != 0:
+                raise ValueError(f"budget threshold {value} must be in (0, 1] with at most 4 decimals")
+        if len(set(values)) != len(values):
+            raise ValueError("duplicate budget threshold")
+        return tuple(sorted(values))
 
 
 class TenantConfig(_Strict):

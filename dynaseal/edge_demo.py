@@ -113,6 +113,9 @@ def run_demo(cfg: DynasealConfig, access_log: Path, expect_callback: bool = Fals
     content = str(callback.get("content") or "")
     _say(f"callback stored by the backend: event_id={callback['event_id']} tokens={callback['tokens']} "
          f"content={content[:60]!r}{'…' if len(content) > 60 else ''}")
+    cost = callback.get("cost")
+    _say(f"it cost {cost['amount']} {cost['currency']} at the tenant's prices" if isinstance(cost, dict)
+         else "the model has no price in the tenant's table (unpriced)")
     return 0
 
 

@@ -81,11 +81,13 @@ def mint(
     jti: str | None = None,
     now: float | None = None,
     cnf: Mapping[str, Any] | None = None,
+    budget_cost: str | None = None,
+    currency: str = "USD",
 ) -> str:
     """Sign a native-format dynamic key (EdDSA) for `tenant`.
 
     `cnf` binds it to a holder's key: `holder.cnf_jkt()` (DPoP only) or `holder.cnf_jwk()` (DPoP, and
-    the holder may mint narrowed children).
+    the holder may mint narrowed children). `budget_cost` is a decimal string in `currency`.
     """
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {
@@ -102,6 +104,8 @@ def mint(
                 "params": dict(params) if params else None, "cb": dict(cb) if cb else None,
                 "cnf": dict(cnf) if cnf else None}
     claims.update({k: v for k, v in optional.items() if v is not None})
+    if budget_cost is not None:
+        claims["budget_cost"] = {"amount": str(budget_cost), "currency": currency}
     return jwt.encode(claims, signing_key.private_key, algorithm="EdDSA",
                       headers={"kid": signing_key.kid, "typ": "JWT"})
 

@@ -19,12 +19,14 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
 from dynaseal import redis_keys
+from dynaseal.budget_thresholds import Crossing
 from dynaseal.chain_scripts import ADMIT_CHAIN, SETTLE_CHAIN
 from dynaseal.claims import VerifiedKey
 from dynaseal.config import DynasealConfig
 from dynaseal.dpop import DpopProof, DpopRefusal, replay_set_ttl_ms
 from dynaseal.errors import ErrorCode, QuotaUnavailable, Refusal
-from dynaseal.quota_scripts import ADMIT, SETTLE
+from dynaseal.pricing import format_amount, from_micros
+from dynaseal.quota_scripts import ADMIT, MARK_THRESHOLDS, SETTLE
 from dynaseal.redis_pipeline import PipelinedRedis
 from dynaseal.request_policy import CheckedRequest
 
@@ -61,11 +63,21 @@ class Settlement:
 
     outcome: int
     spent: int
+    spent_cost: int = 0
+    # Budget thresholds crossed and not yet delivered (money).
+    pending: tuple[Crossing, ...] = ()
 
     @property
     def duplicate(self) -> bool:
         """True when the request id had already been settled."""
         return self.outcome == 0
+
+    @classmethod
+    def from_reply(cls, reply: list[Any]) -> Settlement:
+        """Read the SETTLE script's reply."""
+        crossings = (Crossing.parse(item) for item in reply[3:])
+        return cls(int(reply[0]), int(reply[1]), int(reply[2]) if len(reply) > 2 else 0,
+                   tuple(c for c in crossings if c is not None))
 
 
 class RedisQuota:
@@ -127,12 +139,19 @@ class RedisQuota:
         level = 0
         try:
             if key.parent is None:
+                # DPoP's ARGV[10..12] are placeholders for an unbound key (the script reads them only
+                # with KEYS[7]); the money arguments follow at ARGV[13..14].
                 status, spent, reserved, retry_ms = await self._run_admit(
                     script_keys(key.tenant.id, key.jti) + replay_keys,
                     [now_ms, request_id, request.reservation, _limit(key.budget), _limit(key.uses),
-                     _limit(key.rpm), self.reservation_ttl_ms, key_ttl, deadline, *replay_args])
+                     _limit(key.rpm), self.reservation_ttl_ms, key_ttl, deadline,
+                     *(replay_args or ["", "", ""]), _limit(request.reservation_cost), _limit(key.budget_cost)])
             else:
                 chain = key.chain
+                if any(k.budget_cost is not None for k in chain):
+                    # The chain script keeps token counters only: never admit what it could not bound.
+                    raise Refusal(ErrorCode.PARAM_NOT_ALLOWED,
+                                  "money budgets are not enforced for child keys: give the child a token budget")
                 status, spent, reserved, retry_ms, level = await self._run_admit_chain(
                     chain_script_keys(key.tenant.id, tuple(k.jti for k in chain)) + replay_keys,
                     [now_ms, request_id, request.reservation, self.reservation_ttl_ms, key_ttl, deadline,
@@ -158,6 +177,15 @@ class RedisQuota:
         if status == -3:
             raise Refusal(ErrorCode.RATE_LIMITED, f"rate limit of {limits.rpm} requests per minute reached; "
                                                   f"retry in {max(1, -(-retry_ms // 1000))} s")
+        if status == -8:
+            currency = key.tenant.currency
+            if request.reservation_cost is None:  # request_policy refuses this first; kept fail-closed
+                raise Refusal(ErrorCode.INSUFFICIENT_QUOTA, f"this key's budget is in {currency}: unpriced model")
+            left_cost = max(0, (key.budget_cost or 0) - spent - reserved)
+            raise Refusal(ErrorCode.INSUFFICIENT_QUOTA,
+                          f"budget exhausted: this request may cost up to "
+                          f"{format_amount(from_micros(request.reservation_cost))} {currency}, "
+                          f"{format_amount(from_micros(left_cost))} {currency} remain")
         left = max(0, (limits.budget or 0) - spent - reserved)
         raise Refusal(ErrorCode.INSUFFICIENT_QUOTA,
                       f"token budget exhausted: this request may use up to {request.reservation} tokens, "
@@ -178,32 +206,54 @@ class RedisQuota:
         return True
 
 
-def settle_args(request_id: str, actual_tokens: int, key_exp: float | None = None) -> list[int | str]:
+@dataclass(frozen=True, slots=True)
+class MoneySettlement:
+    """The money side of one settlement: the cost (None = unknown), the key's budgets, the thresholds."""
+
+    cost_micros: int | None = None
+    budget_tokens: int | None = None
+    budget_cost: int | None = None
+    thresholds: str = ""  # basis points, comma-separated (budget_thresholds.basis_points)
+
+
+def settle_args(request_id: str, actual_tokens: int, key_exp: float | None = None,
+                money: MoneySettlement | None = None) -> list[int | str]:
     """ARGV of the SETTLE script; without a key expiry the counters live a day past now."""
     now = time.time()
     ttl = int((key_exp or now) - now) + KEY_TTL_MARGIN_S
-    return [int(now * 1000), request_id, int(actual_tokens), max(ttl, 60)]
+    m = money or MoneySettlement()
+    return [int(now * 1000), request_id, int(actual_tokens), max(ttl, 60),
+            _limit(m.cost_micros), _limit(m.budget_tokens), _limit(m.budget_cost), m.thresholds]
 
 
 def settlement_call(tenant: str, jti: str, request_id: str, actual_tokens: int, chain: tuple[str, ...] = (),
-                    key_exp: float | None = None) -> tuple[str, list[str], list[int | str]]:
+                    key_exp: float | None = None, money: MoneySettlement | None = None,
+                    ) -> tuple[str, list[str], list[int | str]]:
     """(script, KEYS, ARGV) that settle one request: SETTLE for a plain key, SETTLE_CHAIN for a child key
-    (`chain`: the jtis from the root down to `jti`)."""
-    args = settle_args(request_id, actual_tokens, key_exp)
+    (`chain`: the jtis from the root down to `jti`; tokens only, child keys have no money budgets)."""
+    args = settle_args(request_id, actual_tokens, key_exp, money)
     if len(chain) > 1 and chain[-1] == jti:
-        return SETTLE_CHAIN, chain_script_keys(tenant, chain), [*args, len(chain)]
+        return SETTLE_CHAIN, chain_script_keys(tenant, chain), [*args[:4], len(chain)]
     return SETTLE, script_keys(tenant, jti), args
 
 
 def settle(client: Redis, tenant: str, jti: str, request_id: str, actual_tokens: int,
-           key_exp: float | None = None, chain: tuple[str, ...] = ()) -> Settlement:
-    """Replace a request's reservation with its real usage, at every level of a chain; idempotent per request id."""
-    script, keys, args = settlement_call(tenant, jti, request_id, actual_tokens, chain, key_exp)
-    outcome, spent = client.register_script(script)(keys=keys, args=args)
-    return Settlement(int(outcome), int(spent))
+           key_exp: float | None = None, chain: tuple[str, ...] = (),
+           money: MoneySettlement | None = None) -> Settlement:
+    """Replace a request's reservation with its real usage (and cost), at every level of a chain;
+    idempotent per request id."""
+    script, keys, args = settlement_call(tenant, jti, request_id, actual_tokens, chain, key_exp, money)
+    return Settlement.from_reply(client.register_script(script)(keys=keys, args=args))
+
+
+def mark_thresholds(client: Redis, tenant: str, jti: str, crossings: tuple[Crossing, ...]) -> None:
+    """Record that these thresholds' callbacks were delivered (or dead-lettered): never reported again."""
+    if crossings:
+        client.register_script(MARK_THRESHOLDS)(keys=[redis_keys.counters(tenant, jti)],
+                                                args=[c.field for c in crossings])
 
 
 def counters(client: Redis, tenant: str, jti: str) -> dict[str, int]:
-    """A key's counters (uses, reserved, spent), for tests and tools."""
+    """A key's counters (uses, reserved, spent; reserved_cost, spent_cost, thr:*), for tests and tools."""
     raw = client.hgetall(redis_keys.counters(tenant, jti))
     return {k.decode(): int(v) for k, v in raw.items()}  # type: ignore[union-attr]

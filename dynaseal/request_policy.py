@@ -16,6 +16,7 @@ from typing import Any
 from dynaseal.claims import VerifiedKey
 from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.jsonsafe import DuplicateKeyError, loads_strict
+from dynaseal.pricing import Price
 
 # Fields any request may carry even when a key restricts the others with `params.allow`.
 CORE_FIELDS = frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "n", "stream",
@@ -54,11 +55,20 @@ class CheckedRequest:
     body_prefix: str = ""
     # The client did not ask for the usage chunk the gateway asked for: remove it from its stream.
     strip_usage: bool = False
+    # The model's price in the tenant's table; None = unpriced (served and flagged, or refused above).
+    price: Price | None = None
 
     @property
     def reservation(self) -> int:
         """Tokens to reserve at admit: a true upper bound, prompt bound + n × max_tokens."""
         return self.prompt_bound + self.n * self.max_tokens
+
+    @property
+    def reservation_cost(self) -> int | None:
+        """Micro-units to reserve at admit: the token bound at each side's dearest price (None: unpriced)."""
+        if self.price is None:
+            return None
+        return self.price.bound_micros(self.prompt_bound, self.n * self.max_tokens)
 
 
 def _invalid(message: str, param: str | None = None, code: ErrorCode = ErrorCode.INVALID_REQUEST) -> Refusal:
@@ -120,7 +130,7 @@ def prompt_bound(body_size: int, messages: list[Any], key: VerifiedKey) -> int:
     if media:
         per_part = key.tenant.limits.media_part_tokens
         if per_part is None:
-            if key.budget is not None:
+            if key.budget is not None or key.budget_cost is not None:
                 raise Refusal(ErrorCode.PARAM_NOT_ALLOWED,
                               "this key has a token budget and images, audio or files have no bounded cost here: "
                               "send text parts only", "messages")
@@ -225,6 +235,17 @@ def _stream_usage(body: Mapping[str, Any], key: VerifiedKey, stream: bool) -> tu
     return '"stream_options":{"include_usage":true},', True
 
 
+def _price(key: VerifiedKey, model: str) -> Price | None:
+    """The model's price, or Refusal when the tenant refuses unpriced models or the key's budget is money."""
+    price = key.tenant.price_of(model)
+    if price is None and key.tenant.refuse_unpriced:
+        raise Refusal(ErrorCode.MODEL_NOT_ALLOWED, f"model '{model}' has no price for this tenant", "model")
+    if price is None and key.budget_cost is not None:
+        raise Refusal(ErrorCode.MODEL_NOT_ALLOWED,
+                      f"model '{model}' has no price and this key's budget is in {key.tenant.currency}", "model")
+    return price
+
+
 def check_request(body: dict[str, Any], key: VerifiedKey, body_size: int = 0) -> CheckedRequest:
     """Enforce the key's policy on a parsed body of `body_size` bytes; raise Refusal on the first violation."""
     check_member_names(body)
@@ -249,4 +270,4 @@ def check_request(body: dict[str, Any], key: VerifiedKey, body_size: int = 0) ->
     _check_features(body, key)
     _check_params(body, key)
     return CheckedRequest(model, stream, n, max_tokens, prompt_bound(body_size, messages, key),
-                          cap_member + usage_member, strip_usage)
+                          cap_member + usage_member, strip_usage, _price(key, model))

@@ -24,6 +24,7 @@ from dynaseal.config import (
     TenantConfig,
     expand_path,
 )
+from dynaseal.pricing import Price
 
 if TYPE_CHECKING:
     from dynaseal.remote_jwks import RemoteJwks
@@ -55,6 +56,10 @@ class Tenant:
     jwks_url: str | None = None
     # The inline and jwks_file keys: what stays when the remote set is replaced.
     local_keys_by_kid: Mapping[str, VerificationKey] = field(default_factory=lambda: MappingProxyType({}))
+    # The price table (upstream.prices), its currency, and whether a model without a price is refused.
+    prices: Mapping[str, Price] = field(default_factory=lambda: MappingProxyType({}))
+    currency: str = "USD"
+    refuse_unpriced: bool = False
 
     def with_remote_keys(self, keys: tuple[VerificationKey, ...]) -> Tenant:
         """A copy whose kid keys are the local keys plus exactly `keys` (the latest remote JWKS).
@@ -68,6 +73,10 @@ class Tenant:
     def allows_model(self, model: str) -> bool:
         """Whether the tenant's allowlist admits a model."""
         return "*" in self.limits.models or model in self.limits.models
+
+    def price_of(self, model: str) -> Price | None:
+        """The model's price, if the tenant's table has one."""
+        return self.prices.get(model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +170,16 @@ def _tenant_keys(cfg: DynasealConfig, tc: TenantConfig, errors: list[str]) -> li
     return keys
 
 
+def _prices(tc: TenantConfig) -> Mapping[str, Price]:
+    upstream = tc.upstream
+    if upstream is None:
+        return MappingProxyType({})
+    return MappingProxyType({
+        model: Price(upstream.currency, p.input, p.input if p.cached_input is None else p.cached_input,
+                     p.output, p.output if p.reasoning is None else p.reasoning)
+        for model, p in upstream.prices.items()})
+
+
 def build_registry(cfg: DynasealConfig, remote_jwks: RemoteJwks | None = None, *,
                    fetch_new_jwks: bool = True) -> Registry:
     """Resolve every tenant's keys and secrets; raise ConfigError listing all problems.
@@ -190,6 +209,9 @@ def build_registry(cfg: DynasealConfig, remote_jwks: RemoteJwks | None = None, *
                                         f"tenant {tc.id} callback", errors),
             jwks_url=tc.jwks_url,
             local_keys_by_kid=local_keys,
+            prices=_prices(tc),
+            currency=upstream.currency if upstream else "USD",
+            refuse_unpriced=upstream is not None and upstream.unpriced == "refuse",
         )
     default_key = _env_secret(cfg.gateway.upstream.api_key_env, "gateway upstream", errors)
     if errors:

@@ -33,6 +33,8 @@ from typing import Any
 import orjson
 
 from dynaseal.pb import UsageEvent
+from dynaseal.pb.usage_event_pb2 import Price as PriceMessage
+from dynaseal.pricing import Price, TokenUsage, format_amount, from_micros, to_micros
 
 UPSTREAM, RESERVED, NONE = "upstream", "reserved", "none"
 # An error the upstream answered itself: it generated nothing billable, the reservation is released.
@@ -144,11 +146,43 @@ def parse_line(line: bytes | str, shipped_at_ms: int | None = None) -> UsageEven
         event.cb_json = orjson.dumps(cb).decode()
     elif isinstance(cb, str) and cb:
         event.cb_json = cb  # authz passes the claim as a JSON string (Struct values are flat)
+    _add_money(event, record)
     if record.get("content_b64"):
         content = content_of(_text(record["content_b64"]))
         if content is not None:
             event.content = content
     return event
+
+
+def _add_money(event: UsageEvent, record: dict[str, Any]) -> None:
+    """Token details, the price authz applied, the cost by the usage rules, and the key's budgets.
+
+    The cost is the price × the upstream's usage ("upstream"), what authz reserved ("reserved": the
+    usage is unknown, never under-bill), or 0 ("none"). A line without a price is an unpriced model.
+    """
+    if event.usage_source == UPSTREAM:
+        event.cached_tokens = min(_count(record.get("cached_tokens")) or 0, event.prompt_tokens)
+        event.reasoning_tokens = min(_count(record.get("reasoning_tokens")) or 0, event.completion_tokens)
+    event.budget_tokens = _count(record.get("budget")) or 0
+    event.budget_cost_micros = _count(record.get("budget_cost")) or 0
+    price = Price.decode(_text(record.get("price")))
+    if price is None:
+        event.unpriced = True
+        return
+    event.price.CopyFrom(PriceMessage(currency=price.currency, input=format_amount(price.input),
+                                      cached_input=format_amount(price.cached_input),
+                                      output=format_amount(price.output), reasoning=format_amount(price.reasoning)))
+    event.currency = price.currency
+    event.reserved_cost_micros = _count(record.get("reserved_cost")) or 0
+    if event.usage_source == UPSTREAM:
+        cost = price.cost(TokenUsage(event.prompt_tokens, event.completion_tokens, event.cached_tokens,
+                                     event.reasoning_tokens))
+    elif event.usage_source == RESERVED:
+        cost = from_micros(event.reserved_cost_micros)
+    else:
+        cost = from_micros(0)
+    event.cost = format_amount(cost)
+    event.cost_micros = to_micros(cost)
 
 
 def _body(content_b64: str) -> bytes | None:

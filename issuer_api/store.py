@@ -80,6 +80,9 @@ class Callback(Base):
     content: Mapped[str | None] = mapped_column(Text, nullable=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The callback's `cost`: an exact decimal string (never a float) and its currency; null when unpriced.
+    cost_amount: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    cost_currency: Mapped[str | None] = mapped_column(String(3), nullable=True)
 
 
 def database_url(cfg: DynasealConfig) -> str:

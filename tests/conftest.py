@@ -62,6 +62,9 @@ def write_test_config(directory: Path, keys: TenantKeys) -> Path:
     # The mock upstream's test hooks; every other client header is stripped before the upstream.
     raw["gateway"]["upstream"]["forward_headers"] = ["x-mock-status", "x-mock-delay-ms", "x-mock-chunk-delay-ms"]
     raw["tenants"][0]["callback"]["url"] = f"http://127.0.0.1:{raw['gateway']['ports']['issuer']}/v1/callback/usage"
+    # Money: a reasoning price of its own (every token type priced differently) and one unpriced model.
+    raw["tenants"][0]["upstream"]["prices"]["deepseek-chat"]["reasoning"] = "2.19"
+    raw["tenants"][0]["limits"]["models"].append("mock-large")
     raw["tenants"].append({
         "id": OTHER_TENANT,
         "name": "Acme (test tenant)",

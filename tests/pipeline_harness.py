@@ -268,5 +268,8 @@ def stream(cfg: DynasealConfig, key: str, max_tokens: int = 16) -> tuple[str, in
 
 
 def settled(redis_client: Redis, jti: str, spent: int, uses: int) -> Callable[[], bool]:
-    """Predicate: the key's budget counters settled to exactly `spent`, nothing left reserved."""
-    return lambda: counters(redis_client, DEMO_TENANT, jti) == {"uses": uses, "reserved": 0, "spent": spent}
+    """Predicate: the key's token counters settled to exactly `spent`, nothing left reserved."""
+    # The money counters (reserved_cost, spent_cost) sit beside them for priced models.
+    tokens = ("uses", "reserved", "spent")
+    return lambda: {k: v for k, v in counters(redis_client, DEMO_TENANT, jti).items() if k in tokens} == \
+        {"uses": uses, "reserved": 0, "spent": spent}
