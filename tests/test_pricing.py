@@ -164,8 +164,10 @@ def test_event_cost_by_usage_source_and_unpriced() -> None:
     reserved = parse_line(_line(flags="DC", code=0))  # client left before the usage chunk
     assert reserved is not None and reserved.usage_source == "reserved"
     assert (reserved.cost, reserved.cost_micros) == ("0.000777", 777)
-    failed = parse_line(_line(code=503))
+    failed = parse_line(_line(code=503, details="via_upstream"))  # the upstream's own error: nothing billed
     assert failed is not None and (failed.usage_source, failed.cost, failed.cost_micros) == ("none", "0", 0)
+    gave_up = parse_line(_line(code=504, flags="UT", details="upstream_response_timeout"))  # Envoy gave up
+    assert gave_up is not None and (gave_up.usage_source, gave_up.cost_micros) == ("reserved", 777)
     unpriced = parse_line(_line(price=None, prompt_tokens=3, completion_tokens=4, total_tokens=7))
     assert unpriced is not None and unpriced.unpriced and unpriced.cost == ""
     assert callback_payload(unpriced, include_content=False)["cost"] is None
