@@ -27,7 +27,7 @@ from callback_consumer.http_client import CallbackClient, CallbackTransportError
 from callback_consumer.settlement import SettlementBatcher
 from dynaseal.callbacks import CallbackSigner, callback_body, is_retryable
 from dynaseal.pb import UsageEvent
-from dynaseal.tenants import Registry, Tenant
+from dynaseal.runtime.views import CallbackTarget, ConsumerView
 
 log = logging.getLogger("callback_consumer.delivery")
 
@@ -84,7 +84,7 @@ def _seconds(retry_after: str | None) -> float | None:
 class Deliverer:
     """Handles jobs on one event loop; per-tenant HTTP clients bound how much any one tenant can hold."""
 
-    def __init__(self, registry: Callable[[], Registry], settlements: SettlementBatcher | None,
+    def __init__(self, registry: Callable[[], ConsumerView], settlements: SettlementBatcher | None,
                  dead_letters: DeadLetters,
                  executor: Executor, policy: RetryPolicy, per_tenant: int, abandon: asyncio.Event,
                  max_attempts: int | None = None, tenant_backlog: int | None = None) -> None:
@@ -135,7 +135,7 @@ class Deliverer:
                 return False
             delay = min(delay * 2, 5.0)
 
-    def _client(self, tenant: Tenant) -> CallbackClient:
+    def _client(self, tenant: CallbackTarget) -> CallbackClient:
         assert tenant.callback is not None
         client = self._clients.get(tenant.id)
         if client is None or client.url != tenant.callback.url:  # new tenant, or its URL changed on reload
@@ -145,7 +145,7 @@ class Deliverer:
             client = self._clients[tenant.id] = CallbackClient(tenant.callback.url, max_idle=self._limit(tenant))
         return client
 
-    def _signer(self, tenant: Tenant) -> CallbackSigner:
+    def _signer(self, tenant: CallbackTarget) -> CallbackSigner:
         assert tenant.callback_secret is not None
         secret = tenant.callback_secret.get_secret_value()
         cached = self._signers.get(tenant.id)
@@ -154,7 +154,7 @@ class Deliverer:
             self._signers[tenant.id] = cached
         return cached[1]
 
-    async def _attempt(self, tenant: Tenant, event: UsageEvent, body: bytes) -> tuple[int | None, float | None]:
+    async def _attempt(self, tenant: CallbackTarget, event: UsageEvent, body: bytes) -> tuple[int | None, float | None]:
         """One POST: (status or None on a timeout/connection error, Retry-After seconds)."""
         assert tenant.callback is not None
         headers = self._signer(tenant).headers(event.request_id, body)
@@ -179,7 +179,7 @@ class Deliverer:
                                                     "attempts": attempts})
         return Outcome.DLQ
 
-    async def _deliver(self, job: Job, tenant: Tenant, event: UsageEvent) -> Outcome:
+    async def _deliver(self, job: Job, tenant: CallbackTarget, event: UsageEvent) -> Outcome:
         assert tenant.callback is not None
         body = callback_body(event, tenant.callback.include_content)
         max_attempts = self.max_attempts or tenant.callback.max_attempts
@@ -200,11 +200,11 @@ class Deliverer:
                 return Outcome.ABANDONED
         return Outcome.ABANDONED  # unreachable: the loop returns on its last attempt
 
-    def _limit(self, tenant: Tenant) -> int:
+    def _limit(self, tenant: CallbackTarget) -> int:
         assert tenant.callback is not None
         return tenant.callback.concurrency or self.per_tenant
 
-    def _gate(self, tenant: Tenant) -> asyncio.Semaphore:
+    def _gate(self, tenant: CallbackTarget) -> asyncio.Semaphore:
         """At most the tenant's concurrency in flight to it; others' callbacks never wait on this one."""
         limit = self._limit(tenant)
         cached = self._gates.get(tenant.id)

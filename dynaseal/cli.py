@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dynaseal.config import ConfigError, load_config
 from dynaseal.processes import StartupError
+from dynaseal.runtime.locations import paths_of, redis_url
 
 # `dynaseal <service>` execs the service's own module: the core never imports a service.
 SERVICE_MODULES = {"authz": "authz_service", "issuer": "issuer_api", "mock-llm": "mock_llm",
@@ -41,7 +42,7 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
     from dynaseal import envoy_config
 
     cfg = load_config(args.config)
-    text = envoy_config.render(cfg, Path(args.access_log or Path(cfg.gateway.data_dir) / "envoy" / "access.log"),
+    text = envoy_config.render(cfg, Path(args.access_log) if args.access_log else paths_of(cfg).access_log,
                                authz_host=args.authz_host)
     out = Path(args.out)
     out.write_text(text)
@@ -59,7 +60,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from dynaseal.signing_keystore import SigningKeyStore
 
     cfg = load_config(args.config)
-    store = SigningKeyStore(Path(cfg.gateway.data_dir) / "issuer")
+    store = SigningKeyStore(paths_of(cfg).issuer_dir)
     if args.action == "init":
         _say(f"active signing key {store.ensure().kid} ({store.jwks_path})")
     elif args.action == "rotate":
@@ -79,7 +80,6 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
 
     from redis import Redis
 
-    from dynaseal.quota import redis_url
     from dynaseal.revocation import revoke
 
     cfg = load_config(args.config)

@@ -7,7 +7,6 @@ the real usage (SETTLE), idempotently per request id.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from dynaseal.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.quota_scripts import ADMIT, SETTLE
 from dynaseal.redis_pipeline import PipelinedRedis
 from dynaseal.request_policy import CheckedRequest
+from dynaseal.runtime import locations
 
 RESERVATION_TTL_MS = 15 * 60 * 1000
 # Counters outlive the key by a day so a late settlement still finds them.
@@ -32,9 +32,8 @@ KEY_TTL_MARGIN_S = 24 * 3600
 
 
 def redis_url(cfg: DynasealConfig) -> str:
-    """$REDIS_URL, else gateway.redis_url, else the local Redis that `dynaseal up` starts."""
-    return os.environ.get("REDIS_URL") or cfg.gateway.redis_url or \
-        f"redis://{cfg.gateway.host}:{cfg.gateway.ports.redis}/0"
+    """$REDIS_URL, else gateway.redis_url, else the local Redis (the one resolver: `dynaseal.runtime`)."""
+    return locations.redis_url(cfg)
 
 
 def script_keys(tenant: str, jti: str) -> list[str]:
