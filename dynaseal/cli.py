@@ -94,6 +94,20 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Health probe for container healthchecks: 0 when healthy, 1 otherwise (no config is read)."""
+    from dynaseal.probes import grpc_serving, http_ok
+
+    if args.kind == "grpc":
+        healthy = grpc_serving(args.target, args.service or "", args.timeout)
+    else:
+        if args.service is not None:
+            _say("an http probe takes a URL only")
+            return 2
+        healthy = http_ok(args.target, args.timeout)
+    return 0 if healthy else 1
+
+
 def _exec_service(module: str, rest: list[str]) -> int:
     os.execv(sys.executable, [sys.executable, "-m", module, *rest])
     return 0  # pragma: no cover - execv does not return
@@ -126,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--tenant", help="the key's tenant (its `iss`); optional when the config has one tenant")
     revoke.add_argument("--exp", type=float, help="the key's exp (default: now + the largest max_ttl)")
     revoke.set_defaults(func=cmd_key_revoke)
+    probe = sub.add_parser("probe", help="health probe: grpc TARGET [SERVICE] (gRPC health SERVING) | "
+                                         "http URL (200); exit 0 when healthy, 1 otherwise")
+    probe.add_argument("kind", choices=["grpc", "http"])
+    probe.add_argument("target", help="host:port (grpc) or URL (http)")
+    probe.add_argument("service", nargs="?", help="the gRPC service whose health is asked (default: the server)")
+    probe.add_argument("--timeout", type=float, default=3.0, help="seconds (default: %(default)s)")
+    probe.set_defaults(func=cmd_probe)
     for name in SERVICE_MODULES:
         sub.add_parser(name, help=f"run the {name} service alone", add_help=False)
     sub.add_parser("dlq", help="dead-lettered callbacks: replay [--tenant T] [--dry-run] [--max N]", add_help=False)
