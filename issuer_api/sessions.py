@@ -14,7 +14,7 @@ from typing import Any, Literal
 import jwt
 from pydantic import SecretStr
 
-from issuer_api.errors import unauthenticated
+from issuer_api.errors import IssuerError, unauthenticated
 from issuer_api.users import Account
 
 ALGORITHM = "HS256"
@@ -61,12 +61,12 @@ class SessionTokens:
             claims = jwt.decode(token, self.secret.get_secret_value(), algorithms=[ALGORITHM], issuer=ISSUER,
                                 options={"require": ["exp", "iat", "sub", "typ", "iss"]})
         except jwt.ExpiredSignatureError:
-            raise unauthenticated(f"{expected} token has expired", "token_expired") from None
+            raise unauthenticated(f"{expected} token has expired", IssuerError.TOKEN_EXPIRED) from None
         except jwt.PyJWTError:
             raise unauthenticated(f"invalid {expected} token") from None
         if claims.get("typ") != expected:
             raise unauthenticated(f"a {claims.get('typ')!s} token cannot be used as {expected} token",
-                                  "wrong_token_type")
+                                  IssuerError.WRONG_TOKEN_TYPE)
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise unauthenticated(f"invalid {expected} token")
