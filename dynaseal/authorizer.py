@@ -16,6 +16,7 @@ from typing import Protocol
 
 import orjson
 
+from dynaseal import usage_record
 from dynaseal.claims import VerifiedKey
 from dynaseal.decision import Decision, allow, answer, deny, deny_from
 from dynaseal.errors import ErrorCode, QuotaUnavailable, Refusal
@@ -163,23 +164,15 @@ class Authorizer:
         if provider_key is not None:
             headers["authorization"] = f"Bearer {provider_key.get_secret_value()}"
         removed = headers_to_strip(client_headers, self.registry.forward_headers, provider_key is not None)
-        metadata: dict[str, str | int | float | bool] = {
-            "request_id": request_id,
-            "tenant": key.tenant.id,
-            "jti": key.jti,
-            "event_id": key.event_id,
-            "model": checked.model,
-            "stream": checked.stream,
-            "reserved": checked.reservation,
-        }
+        # What the access log records (dynaseal.usage_record); cb is echoed in callbacks, bounded to 1 KiB.
+        metadata = usage_record.authz_metadata(
+            request_id=request_id, tenant=key.tenant.id, jti=key.jti, event_id=key.event_id, model=checked.model,
+            stream=checked.stream, reserved=checked.reservation, sub=key.sub,
+            cb=None if key.cb is None else orjson.dumps(key.cb).decode())
         if checked.body_prefix:
             metadata["body_prefix"] = checked.body_prefix
         if checked.strip_usage:
             metadata["strip_usage"] = True
-        if key.sub is not None:
-            metadata["sub"] = key.sub
-        if key.cb is not None:  # echoed in callbacks; the claim check bounded it to 1 KiB
-            metadata["cb"] = orjson.dumps(key.cb).decode()
         if key.tenant.callback is not None and key.tenant.callback.include_content:
             metadata["capture_content"] = True
         return allow(headers, removed, metadata, key.jti, request_id)
