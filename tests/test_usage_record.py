@@ -15,7 +15,7 @@ import yaml
 from google.protobuf.json_format import MessageToDict
 
 from authz_service.envoy_adapter import allow_response, deny_response
-from dynaseal import envoy_config, usage_record
+from dynaseal import envoy_config, usage_events, usage_record
 from dynaseal.authorizer import Authorizer, AuthRequest
 from dynaseal.config import DynasealConfig
 from dynaseal.decision import Decision
@@ -24,7 +24,6 @@ from dynaseal.pb import UsageEvent
 from dynaseal.tenants import build_registry
 from dynaseal.usage_events import parse_line
 
-USAGE_EVENTS = Path(__file__).resolve().parent.parent / "dynaseal" / "usage_events.py"
 # Metadata authz sets for Envoy's filters, not for the log (the Lua filters and the body prefix).
 CONTROL_KEYS = {"body_prefix", "strip_usage", "capture_content"}
 KEY = SigningKey.generate("rt-1")
@@ -127,7 +126,7 @@ def test_authz_sets_exactly_the_defined_keys() -> None:
 
 def test_the_parser_reads_only_defined_fields_and_fills_every_event_field() -> None:
     read = set()
-    for node in ast.walk(ast.parse(USAGE_EVENTS.read_text())):
+    for node in ast.walk(ast.parse(Path(usage_events.__file__).read_text())):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
                 and isinstance(node.func.value, ast.Name) and node.func.value.id == "record" \
                 and isinstance(node.args[0], ast.Constant):
