@@ -1,4 +1,4 @@
-"""Render the Envoy config from `envoy/gateway.yaml.tmpl` and check it with `envoy --mode validate`."""
+"""Render the Envoy config from the gateway template and check it with `envoy --mode validate`."""
 
 from __future__ import annotations
 
