@@ -303,6 +303,6 @@ def test_probe_reports_http_health() -> None:
 
 def test_probe_runs_as_the_image_runs_it() -> None:
     """The console script's process, as a compose healthcheck starts it: nothing listening is exit 1."""
-    proc = subprocess.run([sys.executable, "-m", "dynaseal.cli", "probe", "http", "http://127.0.0.1:1/healthz"],
+    proc = subprocess.run([sys.executable, "-m", "dynaseal.cli", "probe", "http", "http://127.0.0.1:1/h"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 1, proc.stderr
