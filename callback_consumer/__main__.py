@@ -20,10 +20,10 @@ from callback_consumer.consumer import CallbackConsumer, ConsumerOptions
 from callback_consumer.delivery import RetryPolicy
 from callback_consumer.metrics import OLDEST_RESERVATION_SECONDS
 from dynaseal import kafka_io
-from dynaseal.config import ConfigError, load_config
+from dynaseal.config import ConfigError
 from dynaseal.logs import setup_logging
-from dynaseal.quota import redis_url
 from dynaseal.reservation_age import oldest_open_reservation_age_s
+from dynaseal.runtime.views import load_runtime
 
 GROUP_ENV = "DYNASEAL_CONSUMER_GROUP"
 RESERVATION_SCAN_S = 15.0
@@ -71,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     # kafka-python narrates every connection at INFO.
     logging.getLogger("kafka").setLevel(logging.WARNING)
     try:
-        cfg = load_config(args.config)
+        runtime = load_runtime(args.config)
+        cfg = runtime.cfg
         consumer = CallbackConsumer(ConsumerOptions(
-            config_path=args.config, bootstrap=args.bootstrap or kafka_io.bootstrap_servers(cfg),
+            config_path=args.config, bootstrap=args.bootstrap or runtime.kafka.value,
             group_id=args.group_id, client_id=f"dynaseal-consumer-{socket.gethostname()}-{os.getpid()}",
             policy=RetryPolicy(args.retry_base_s, args.retry_cap_s), per_tenant=args.per_tenant,
             tenant_backlog=args.tenant_backlog,
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     def _reload(signum: int, frame: FrameType | None) -> None:
         consumer.reload()
 
-    watch_reservations(redis_url(cfg))
+    watch_reservations(runtime.redis.value)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGHUP, _reload)

@@ -28,9 +28,8 @@ from callback_consumer.dlq import DeadLetters
 from callback_consumer.offsets import OffsetTracker
 from callback_consumer.settlement import SettlementBatcher
 from dynaseal import kafka_io
-from dynaseal.config import ConfigError, load_config
-from dynaseal.quota import redis_url
-from dynaseal.tenants import Registry, build_registry
+from dynaseal.config import ConfigError
+from dynaseal.runtime.views import ConsumerView, load_runtime
 
 log = logging.getLogger("callback_consumer")
 POLL_MS = 100
@@ -77,17 +76,17 @@ class CallbackConsumer:
 
     def __init__(self, options: ConsumerOptions) -> None:
         self.options = options
-        cfg = load_config(options.config_path)
-        self.registry: Registry = build_registry(cfg)
+        # Only the consumer's view: callback targets and secrets, no tenant keys or provider key.
+        self.targets: ConsumerView = load_runtime(options.config_path).consumer()
         self.stopping = threading.Event()
         self._reload_requested = threading.Event()
         self.tracker = OffsetTracker()
         self._abandon = threading.Event()
         self.dead_letters = DeadLetters(options.bootstrap, options.client_id, self._abandon)
-        self.redis = Redis.from_url(redis_url(cfg), socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.redis = Redis.from_url(self.targets.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blocking")
         self.dispatcher = Dispatcher(lambda abandon: Deliverer(
-            lambda: self.registry, SettlementBatcher(self.redis, self.executor), self.dead_letters, self.executor,
+            lambda: self.targets, SettlementBatcher(self.redis, self.executor), self.dead_letters, self.executor,
             options.policy, options.per_tenant, abandon, tenant_backlog=options.tenant_backlog))
         self._paused = False
         self._last_commit = 0.0
@@ -106,7 +105,7 @@ class CallbackConsumer:
         """Load tenants (callback URLs, secrets) again; keep the old ones if the new config is bad."""
         self._reload_requested.clear()
         try:
-            self.registry = build_registry(load_config(self.options.config_path))
+            self.targets = load_runtime(self.options.config_path).consumer()
             log.info("config reloaded")
         except ConfigError as exc:
             log.error("config reload rejected; keeping the previous config", extra={"error": str(exc)})

@@ -29,7 +29,7 @@ from callback_consumer.settlement import SettlementBatcher
 from dynaseal.callbacks import CallbackSigner, callback_body, is_retryable
 from dynaseal.pb import UsageEvent
 from dynaseal.quota import Settlement
-from dynaseal.tenants import Registry, Tenant
+from dynaseal.runtime.views import CallbackTarget, ConsumerView
 
 log = logging.getLogger("callback_consumer.delivery")
 
@@ -86,7 +86,7 @@ def _seconds(retry_after: str | None) -> float | None:
 class Deliverer:
     """Handles jobs on one event loop; per-tenant HTTP clients bound how much any one tenant can hold."""
 
-    def __init__(self, registry: Callable[[], Registry], settlements: SettlementBatcher | None,
+    def __init__(self, registry: Callable[[], ConsumerView], settlements: SettlementBatcher | None,
                  dead_letters: DeadLetters,
                  executor: Executor, policy: RetryPolicy, per_tenant: int, abandon: asyncio.Event,
                  max_attempts: int | None = None, tenant_backlog: int | None = None) -> None:
@@ -140,7 +140,7 @@ class Deliverer:
                 return None
             delay = min(delay * 2, 5.0)
 
-    def _client(self, tenant: Tenant) -> CallbackClient:
+    def _client(self, tenant: CallbackTarget) -> CallbackClient:
         assert tenant.callback is not None
         client = self._clients.get(tenant.id)
         if client is None or client.url != tenant.callback.url:  # new tenant, or its URL changed on reload
@@ -150,7 +150,7 @@ class Deliverer:
             client = self._clients[tenant.id] = CallbackClient(tenant.callback.url, max_idle=self._limit(tenant))
         return client
 
-    def _signer(self, tenant: Tenant) -> CallbackSigner:
+    def _signer(self, tenant: CallbackTarget) -> CallbackSigner:
         assert tenant.callback_secret is not None
         secret = tenant.callback_secret.get_secret_value()
         cached = self._signers.get(tenant.id)
@@ -159,7 +159,7 @@ class Deliverer:
             self._signers[tenant.id] = cached
         return cached[1]
 
-    async def _attempt(self, tenant: Tenant, webhook_id: str, body: bytes) -> tuple[int | None, float | None]:
+    async def _attempt(self, tenant: CallbackTarget, webhook_id: str, body: bytes) -> tuple[int | None, float | None]:
         """One POST: (status or None on a timeout/connection error, Retry-After seconds)."""
         assert tenant.callback is not None
         headers = self._signer(tenant).headers(webhook_id, body)
@@ -187,14 +187,14 @@ class Deliverer:
                                                     "attempts": attempts})
         return Outcome.DLQ
 
-    async def _deliver(self, job: Job, tenant: Tenant, event: UsageEvent) -> Outcome:
+    async def _deliver(self, job: Job, tenant: CallbackTarget, event: UsageEvent) -> Outcome:
         assert tenant.callback is not None
         outcome = await self.send(job, tenant, event.request_id, callback_body(event, tenant.callback.include_content))
         if outcome is Outcome.DELIVERED:
             metrics.EVENT_AGE_SECONDS.observe(max(0.0, time.time() - event.shipped_at_ms / 1000))
         return outcome
 
-    async def send(self, job: Job, tenant: Tenant, webhook_id: str, body: bytes,
+    async def send(self, job: Job, tenant: CallbackTarget, webhook_id: str, body: bytes,
                    dlq_extra: Mapping[str, str] | None = None) -> Outcome:
         """POST one signed body with retries; delivered, dead-lettered (the job's record), or abandoned."""
         assert tenant.callback is not None
@@ -215,11 +215,11 @@ class Deliverer:
                 return Outcome.ABANDONED
         return Outcome.ABANDONED  # unreachable: the loop returns on its last attempt
 
-    def _limit(self, tenant: Tenant) -> int:
+    def _limit(self, tenant: CallbackTarget) -> int:
         assert tenant.callback is not None
         return tenant.callback.concurrency or self.per_tenant
 
-    def _gate(self, tenant: Tenant) -> asyncio.Semaphore:
+    def _gate(self, tenant: CallbackTarget) -> asyncio.Semaphore:
         """At most the tenant's concurrency in flight to it; others' callbacks never wait on this one."""
         limit = self._limit(tenant)
         cached = self._gates.get(tenant.id)

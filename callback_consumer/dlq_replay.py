@@ -34,7 +34,7 @@ from dynaseal import kafka_io
 from dynaseal.config import ConfigError, DynasealConfig, load_config
 from dynaseal.logs import setup_logging
 from dynaseal.pb import UsageEvent
-from dynaseal.tenants import build_registry
+from dynaseal.runtime.views import Runtime
 
 BATCH = 64
 
@@ -74,7 +74,7 @@ class Replay:
 
     def __init__(self, args: argparse.Namespace, cfg: DynasealConfig) -> None:
         bootstrap = args.bootstrap or kafka_io.bootstrap_servers(cfg)
-        self.registry = build_registry(cfg)
+        self.registry = Runtime.from_config(cfg).consumer()
         self.args = args
         self.stopping = threading.Event()
         self.loop = asyncio.new_event_loop()

@@ -21,7 +21,7 @@ from dynaseal.budget_thresholds import Crossing, basis_points, threshold_body, t
 from dynaseal.pb import UsageEvent
 from dynaseal.pricing import Price, TokenUsage
 from dynaseal.quota import MoneySettlement, mark_thresholds
-from dynaseal.tenants import Tenant
+from dynaseal.runtime.views import CallbackTarget
 from dynaseal.usage_events import RESERVED, UPSTREAM
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ log = logging.getLogger("callback_consumer.money")
 THRESHOLD_DLQ_TYPE = "budget_threshold"
 
 
-def money_settlement(event: UsageEvent, tenant: Tenant | None) -> MoneySettlement:
+def money_settlement(event: UsageEvent, tenant: CallbackTarget | None) -> MoneySettlement:
     """The money arguments of the event's settlement: its cost, the key's budgets, the tenant's thresholds."""
     thresholds = tenant.callback.budget_thresholds if tenant is not None and tenant.callback is not None else ()
     priced = bool(event.currency) and not event.unpriced
@@ -104,7 +104,7 @@ class ThresholdSender:
     def _forget(self, webhook_id: str, _done: asyncio.Task[Outcome]) -> None:
         self._in_flight.pop(webhook_id, None)
 
-    async def _send(self, job: Job, tenant: Tenant, event: UsageEvent, crossing: Crossing,
+    async def _send(self, job: Job, tenant: CallbackTarget, event: UsageEvent, crossing: Crossing,
                     webhook_id: str) -> Outcome:
         from callback_consumer.delivery import Outcome
 

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import orjson
 
+from dynaseal import usage_record
 from dynaseal.claims import VerifiedKey
 from dynaseal.decision import Decision, allow, answer, deny, deny_from
 from dynaseal.dpop import DpopProof, DpopRefusal, request_url, verify_proof
@@ -213,37 +214,24 @@ class Authorizer:
         if provider_key is not None:
             headers["authorization"] = f"Bearer {provider_key.get_secret_value()}"
         removed = headers_to_strip(client_headers, self.registry.forward_headers, provider_key is not None)
-        metadata: dict[str, str | int | float | bool] = {
-            "request_id": request_id,
-            "tenant": key.tenant.id,
-            "jti": key.jti,
-            "event_id": key.event_id,
-            "model": checked.model,
-            "stream": checked.stream,
-            "reserved": checked.reservation,
-        }
+        # What the access log records (dynaseal.usage_record); cb is echoed in callbacks, bounded to 1 KiB.
+        # A child key names its family (root first). Money: the price applied at admit travels with the
+        # request, so its cost is computed with the price the reservation used (a config reload in between
+        # changes neither); the key's budgets go along for the consumer's threshold callbacks.
+        chain = [level.jti for level in key.chain] if key.parent is not None else None
+        priced = checked.price is not None  # not priced: the model is unpriced (the event says so)
+        metadata = usage_record.authz_metadata(
+            request_id=request_id, tenant=key.tenant.id, jti=key.jti, event_id=key.event_id, model=checked.model,
+            stream=checked.stream, reserved=checked.reservation, sub=key.sub,
+            cb=None if key.cb is None else orjson.dumps(key.cb).decode(),
+            root_jti=chain[0] if chain else None, chain=orjson.dumps(chain).decode() if chain else None,
+            price=checked.price.encode() if checked.price is not None else None,
+            reserved_cost=(checked.reservation_cost or 0) if priced else None,
+            budget=key.budget, budget_cost=key.budget_cost)
         if checked.body_prefix:
             metadata["body_prefix"] = checked.body_prefix
         if checked.strip_usage:
             metadata["strip_usage"] = True
-        if key.sub is not None:
-            metadata["sub"] = key.sub
-        if key.parent is not None:  # a child key: the callback names its family (root first)
-            chain = [level.jti for level in key.chain]
-            metadata["root_jti"] = chain[0]
-            metadata["chain"] = orjson.dumps(chain).decode()
-        if key.cb is not None:  # echoed in callbacks; the claim check bounded it to 1 KiB
-            metadata["cb"] = orjson.dumps(key.cb).decode()
         if key.tenant.callback is not None and key.tenant.callback.include_content:
             metadata["capture_content"] = True
-        # Money: the price applied at admit travels with the request, so its cost is computed with the
-        # price the reservation used (a config reload in between changes neither). The key's budgets go
-        # along for the consumer's threshold callbacks.
-        if checked.price is not None:  # none: the model is unpriced (the event says so)
-            metadata["price"] = checked.price.encode()
-            metadata["reserved_cost"] = checked.reservation_cost or 0
-        if key.budget is not None:
-            metadata["budget"] = key.budget
-        if key.budget_cost is not None:
-            metadata["budget_cost"] = key.budget_cost
         return allow(headers, removed, metadata, key.jti, request_id)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dynaseal.config import ConfigError, load_config
 from dynaseal.processes import StartupError
+from dynaseal.runtime.locations import paths_of, redis_url
 
 # `dynaseal <service>` execs the service's own module: the core never imports a service.
 SERVICE_MODULES = {"authz": "authz_service", "issuer": "issuer_api", "mock-llm": "mock_llm",
@@ -41,7 +42,7 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
     from dynaseal import envoy_config
 
     cfg = load_config(args.config)
-    text = envoy_config.render(cfg, Path(args.access_log or Path(cfg.gateway.data_dir) / "envoy" / "access.log"),
+    text = envoy_config.render(cfg, Path(args.access_log) if args.access_log else paths_of(cfg).access_log,
                                authz_host=args.authz_host)
     out = Path(args.out)
     out.write_text(text)
@@ -59,7 +60,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from dynaseal.signing_keystore import SigningKeyStore
 
     cfg = load_config(args.config)
-    store = SigningKeyStore(Path(cfg.gateway.data_dir) / "issuer")
+    store = SigningKeyStore(paths_of(cfg).issuer_dir)
     if args.action == "init":
         _say(f"active signing key {store.ensure().kid} ({store.jwks_path})")
     elif args.action == "rotate":
@@ -79,7 +80,6 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
 
     from redis import Redis
 
-    from dynaseal.quota import redis_url
     from dynaseal.revocation import revoke
 
     cfg = load_config(args.config)
@@ -92,6 +92,20 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
     revoke(Redis.from_url(redis_url(cfg)), tenant, args.jti, exp)
     _say(f"revoked {args.jti} of tenant {tenant}")
     return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Health probe for container healthchecks: 0 when healthy, 1 otherwise (no config is read)."""
+    from dynaseal.probes import grpc_serving, http_ok
+
+    if args.kind == "grpc":
+        healthy = grpc_serving(args.target, args.service or "", args.timeout)
+    else:
+        if args.service is not None:
+            _say("an http probe takes a URL only")
+            return 2
+        healthy = http_ok(args.target, args.timeout)
+    return 0 if healthy else 1
 
 
 def _exec_service(module: str, rest: list[str]) -> int:
@@ -126,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--tenant", help="the key's tenant (its `iss`); optional when the config has one tenant")
     revoke.add_argument("--exp", type=float, help="the key's exp (default: now + the largest max_ttl)")
     revoke.set_defaults(func=cmd_key_revoke)
+    probe = sub.add_parser("probe", help="health probe: grpc TARGET [SERVICE] (gRPC health SERVING) | "
+                                         "http URL (200); exit 0 when healthy, 1 otherwise")
+    probe.add_argument("kind", choices=["grpc", "http"])
+    probe.add_argument("target", help="host:port (grpc) or URL (http)")
+    probe.add_argument("service", nargs="?", help="the gRPC service whose health is asked (default: the server)")
+    probe.add_argument("--timeout", type=float, default=3.0, help="seconds (default: %(default)s)")
+    probe.set_defaults(func=cmd_probe)
     for name in SERVICE_MODULES:
         sub.add_parser(name, help=f"run the {name} service alone", add_help=False)
     sub.add_parser("dlq", help="dead-lettered callbacks: replay [--tenant T] [--dry-run] [--max N]", add_help=False)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from dynaseal.errors import ErrorCode, Refusal, status_of, type_of
+from dynaseal.errors import ErrorCode, Refusal, error_envelope, status_of, type_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +36,7 @@ class Decision:
         """OpenAI-shaped error body for a refusal (or the gateway's own answer)."""
         if self.body is not None:
             return self.body
-        return orjson.dumps(
-            {"error": {"message": self.message, "type": type_of(ErrorCode(self.code)),
-                       "code": self.code, "param": self.param}}
-        )
+        return orjson.dumps(error_envelope(self.message, type_of(ErrorCode(self.code)), self.code, self.param))
 
 
 def allow(headers: dict[str, str], headers_to_remove: tuple[str, ...],

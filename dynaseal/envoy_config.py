@@ -1,4 +1,4 @@
-"""Render the Envoy config from `envoy/gateway.yaml.tmpl` and check it with `envoy --mode validate`."""
+"""Render the Envoy config from the gateway template and check it with `envoy --mode validate`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from string import Template
 from urllib.parse import urlsplit
 
+from dynaseal import usage_record
 from dynaseal.config import DynasealConfig
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "envoy"
@@ -75,6 +76,8 @@ def render(cfg: DynasealConfig, access_log: Path, authz_host: str | None = None,
         admin_port=gw.ports.envoy_admin,
         envoy_port=gw.ports.envoy,
         access_log=str(access_log),
+        # The access log's fields come from the one usage-record definition (dynaseal.usage_record).
+        access_log_json_format=usage_record.json_format_yaml(indent=16),
         max_body_bytes=gw.max_body_bytes,
         authz_timeout="2s",
         authz_host=authz_host or gw.host,

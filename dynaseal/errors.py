@@ -52,6 +52,12 @@ _STATUS_AND_TYPE: dict[ErrorCode, tuple[int, str]] = {
 }
 
 
+def error_envelope(message: str, error_type: str, code: str,
+                   param: str | None = None) -> dict[str, dict[str, str | None]]:
+    """The OpenAI-shaped error body every Dynaseal service answers with: {"error": {message, type, code, param}}."""
+    return {"error": {"message": message, "type": error_type, "code": code, "param": param}}
+
+
 def status_of(code: ErrorCode) -> int:
     """HTTP status for an error code."""
     return _STATUS_AND_TYPE[code][0]

@@ -9,7 +9,6 @@ idempotent producer is recreated after a fatal error (it never recovers from a b
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
@@ -18,6 +17,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from dynaseal.config import DynasealConfig
+from dynaseal.runtime import locations
 
 log = logging.getLogger("dynaseal.kafka")
 
@@ -33,9 +33,8 @@ BOOTSTRAP_TIMEOUT_MS = 5000
 
 
 def bootstrap_servers(cfg: DynasealConfig) -> str:
-    """$KAFKA_BOOTSTRAP, else gateway.kafka_bootstrap, else the local broker on ports.kafka."""
-    return os.environ.get("KAFKA_BOOTSTRAP") or cfg.gateway.kafka_bootstrap or \
-        f"{cfg.gateway.host}:{cfg.gateway.ports.kafka}"
+    """$KAFKA_BOOTSTRAP, else gateway.kafka_bootstrap, else the local broker (resolved in `dynaseal.runtime`)."""
+    return locations.kafka_bootstrap(cfg)
 
 
 def ensure_topics(bootstrap: str, partitions: dict[str, int] | None = None) -> list[str]:

@@ -7,7 +7,6 @@ the real usage (SETTLE), idempotently per request id.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from dynaseal.pricing import format_amount, from_micros
 from dynaseal.quota_scripts import ADMIT, MARK_THRESHOLDS, SETTLE
 from dynaseal.redis_pipeline import PipelinedRedis
 from dynaseal.request_policy import CheckedRequest
+from dynaseal.runtime import locations
 
 RESERVATION_TTL_MS = 15 * 60 * 1000
 # Counters outlive the key by a day so a late settlement still finds them.
@@ -36,9 +36,8 @@ KEY_TTL_MARGIN_S = 24 * 3600
 
 
 def redis_url(cfg: DynasealConfig) -> str:
-    """$REDIS_URL, else gateway.redis_url, else the local Redis that `dynaseal up` starts."""
-    return os.environ.get("REDIS_URL") or cfg.gateway.redis_url or \
-        f"redis://{cfg.gateway.host}:{cfg.gateway.ports.redis}/0"
+    """$REDIS_URL, else gateway.redis_url, else the local Redis (the one resolver: `dynaseal.runtime`)."""
+    return locations.redis_url(cfg)
 
 
 def script_keys(tenant: str, jti: str) -> list[str]:

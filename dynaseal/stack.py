@@ -13,7 +13,7 @@ from dynaseal import envoy_config
 from dynaseal.config import DynasealConfig
 from dynaseal.probes import grpc_serving, http_ok, redis_ping
 from dynaseal.processes import ServiceSpec, StartupError, Supervisor, tcp_open
-from dynaseal.quota import redis_url
+from dynaseal.runtime.locations import Paths, redis_url, resolve_kafka, resolve_redis
 from dynaseal.signing_keystore import SigningKeyStore
 
 AUTHZ_SERVICE_NAME = "envoy.service.auth.v3.Authorization"
@@ -49,8 +49,9 @@ class LocalStack:
         self.cfg = cfg
         self._pipeline = pipeline
         self.config_path = config_path.resolve()
-        self.data_dir = Path(cfg.gateway.data_dir).resolve()
-        self.supervisor = Supervisor(self.data_dir / "logs", cfg.gateway.host)
+        self.paths = Paths(Path(cfg.gateway.data_dir).resolve())
+        self.data_dir = self.paths.data_dir
+        self.supervisor = Supervisor(self.paths.logs_dir, cfg.gateway.host)
 
     @property
     def pipeline_enabled(self) -> bool:
@@ -62,7 +63,7 @@ class LocalStack:
     @property
     def access_log(self) -> Path:
         """Envoy's JSON access log."""
-        return self.data_dir / "envoy" / "access.log"
+        return self.paths.access_log
 
     def _python(self, module: str, *args: str) -> list[str]:
         return [sys.executable, "-m", module, "--config", str(self.config_path), *args]
@@ -70,8 +71,8 @@ class LocalStack:
     def prepare(self) -> Path:
         """Create signing keys and the Envoy config before anything starts; return the Envoy file."""
         if self.cfg.issuer is not None:
-            SigningKeyStore(self.data_dir / "issuer").ensure()
-        envoy_dir = self.data_dir / "envoy"
+            SigningKeyStore(self.paths.issuer_dir).ensure()
+        envoy_dir = self.paths.envoy_dir
         envoy_dir.mkdir(parents=True, exist_ok=True)
         envoy_file = envoy_dir / "envoy.yaml"
         envoy_file.write_text(envoy_config.render(self.cfg, self.access_log))
@@ -95,8 +96,8 @@ class LocalStack:
                 lambda: http_ok(f"http://{host}:{ports.mock_upstream}/healthz"),
                 env={"MOCK_LLM_API_KEY": provider_key} if provider_key else {},
                 ports=[("http", ports.mock_upstream)]))
-        if not (os.environ.get("REDIS_URL") or gw.redis_url):
-            redis_dir = self.data_dir / "redis"
+        if not resolve_redis(self.cfg).configured:
+            redis_dir = self.paths.redis_dir
             redis_dir.mkdir(parents=True, exist_ok=True)
             specs.append(ServiceSpec(
                 "redis",
@@ -110,7 +111,7 @@ class LocalStack:
                 f"redis://{host}:{ports.redis}/0",
                 lambda: redis_ping(host, ports.redis),
                 ports=[("tcp", ports.redis)]))
-        if self.pipeline_enabled and not (os.environ.get("KAFKA_BOOTSTRAP") or gw.kafka_bootstrap):
+        if self.pipeline_enabled and not resolve_kafka(self.cfg).configured:
             specs.append(ServiceSpec(
                 "kafka",
                 # In-memory dev broker: a restart loses what it held (see README, production notes).

@@ -6,7 +6,6 @@ Built once per config (re)load and never mutated, so a request sees one consiste
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -25,6 +24,7 @@ from dynaseal.config import (
     expand_path,
 )
 from dynaseal.pricing import Price
+from dynaseal.runtime.secrets import env_secret
 
 if TYPE_CHECKING:
     from dynaseal.remote_jwks import RemoteJwks
@@ -108,13 +108,8 @@ class Registry:
 
 
 def _env_secret(name: str | None, what: str, errors: list[str]) -> SecretStr | None:
-    if not name:
-        return None
-    value = os.environ.get(name)
-    if not value:
-        errors.append(f"{what}: environment variable {name} is not set")
-        return None
-    return SecretStr(value)
+    # One resolver for every secret: it also tells the redactor the value.
+    return env_secret(name, what, errors)
 
 
 def jwk_to_key(jwk_dict: Mapping[str, Any], pinned_alg: str | None = None) -> VerificationKey:

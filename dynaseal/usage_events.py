@@ -1,6 +1,6 @@
 """Envoy access-log line → `dynaseal.v1.UsageEvent`: which requests become events, and with what usage.
 
-Each line is one request (the JSON format of `envoy/gateway.yaml.tmpl`). The rules, in order;
+Each line is one request (the JSON format `dynaseal.usage_record` defines). The rules, in order;
 the first that applies decides:
 
 1. Not admitted → no event. The line lacks `tenant` or `jti`, carries a `deny_code`, or its
@@ -35,6 +35,7 @@ import orjson
 from dynaseal.pb import UsageEvent
 from dynaseal.pb.usage_event_pb2 import Price as PriceMessage
 from dynaseal.pricing import Price, TokenUsage, format_amount, from_micros, to_micros
+from dynaseal.usage_record import copied_fields
 
 UPSTREAM, RESERVED, NONE = "upstream", "reserved", "none"
 # An error the upstream answered itself: it generated nothing billable, the reservation is released.
@@ -126,15 +127,13 @@ def parse_line(line: bytes | str, shipped_at_ms: int | None = None) -> UsageEven
     source, prompt, completion, total = _usage(record, status, reserved)
     event = UsageEvent(
         request_id=_request_id(record, raw), tenant=_text(record["tenant"]), jti=_text(record["jti"]),
-        event_id=_text(record.get("event_id")) or _text(record["jti"]), model=_text(record.get("model")),
-        stream=record.get("stream") is True, status=status, response_flags=_text(record.get("flags")),
+        event_id=_text(record.get("event_id")) or _text(record["jti"]), status=status,
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=total, reserved=reserved,
-        usage_source=source, started_at=_text(record.get("ts")),
-        duration_ms=_count(record.get("duration_ms")) or 0, path=_text(record.get("path")),
-        response_details=_text(record.get("details")),
-        content_truncated=record.get("content_truncated") is True,
-        shipped_at_ms=int(time.time() * 1000) if shipped_at_ms is None else shipped_at_ms,
+        usage_source=source, shipped_at_ms=int(time.time() * 1000) if shipped_at_ms is None else shipped_at_ms,
     )
+    # Text, counts and flags copied as the usage record defines them; the rules above did the rest.
+    for name, value in copied_fields(record).items():
+        setattr(event, name, value)
     if record.get("sub") is not None:
         event.sub = _text(record["sub"])
     chain = _chain(record.get("chain"), event.jti)

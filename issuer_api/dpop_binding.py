@@ -16,7 +16,7 @@ from typing import Any
 from starlette.requests import Request
 
 from dynaseal.dpop import PROOF_WINDOW_S, DpopRefusal, confirmation, normalize_url, public_key_of, verify_proof
-from issuer_api.errors import ApiError, invalid_request
+from issuer_api.errors import ApiError, IssuerError, invalid_request
 from issuer_api.scope import ScopeRequest
 
 MAX_REMEMBERED = 100_000
@@ -45,7 +45,7 @@ _PROOFS = ProofJtis()
 
 
 def _invalid_proof(message: str) -> ApiError:
-    return ApiError(400, "invalid_dpop_proof", message, headers={"WWW-Authenticate": 'DPoP error="invalid_dpop_proof"'})
+    return ApiError(400, IssuerError.INVALID_DPOP_PROOF, message, headers={"WWW-Authenticate": 'DPoP error="invalid_dpop_proof"'})
 
 
 def requested_binding(request: Request, body: ScopeRequest | None, leeway_s: int,
@@ -84,9 +84,9 @@ def requested_binding(request: Request, body: ScopeRequest | None, leeway_s: int
             raise invalid_request(f"the key to bind to is not usable: {exc}", "holder_jwk") from None
         if proof is not None and jkt != proof.jkt:
             raise invalid_request("the DPoP proof is signed by another key than the one named", "dpop_jkt",
-                                  "dpop_key_mismatch")
+                                  IssuerError.DPOP_KEY_MISMATCH)
     elif require_dpop:
         raise invalid_request("this tenant accepts only sender-constrained keys: send dpop_jkt, holder_jwk or "
-                              "a DPoP proof header", "dpop_jkt", "dpop_required")
+                              "a DPoP proof header", "dpop_jkt", IssuerError.DPOP_REQUIRED)
     return cnf
 

@@ -8,7 +8,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from dynaseal.revocation import revoke_async
-from issuer_api.errors import ApiError
+from issuer_api.errors import ApiError, IssuerError
 
 log = logging.getLogger("issuer_api.revocation")
 TIMEOUT_S = 3.0
@@ -23,7 +23,7 @@ async def notify_revoked(redis_url: str, tenant: str, jti: str, exp: float) -> N
         await revoke_async(client, tenant, jti, exp)
     except (RedisError, OSError) as exc:
         log.warning("gateway revocation failed", extra={"jti": jti, "error": type(exc).__name__})
-        raise ApiError(503, "gateway_unavailable", "could not reach the gateway's revocation store; "
+        raise ApiError(503, IssuerError.GATEWAY_UNAVAILABLE, "could not reach the gateway's revocation store; "
                        "the key is not revoked yet, retry") from None
     finally:
         await client.aclose()

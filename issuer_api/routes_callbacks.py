@@ -19,7 +19,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from dynaseal.logs import redact
 from issuer_api.deps import StateDep
-from issuer_api.errors import ApiError, invalid_request
+from issuer_api.errors import ApiError, IssuerError, invalid_request
 from issuer_api.store import utcnow
 
 log = logging.getLogger("issuer_api.callbacks")
@@ -110,7 +110,7 @@ def webhook_id_of(request: Request) -> str | None:
     webhook_id = request.headers.get("webhook-id")
     if webhook_id is not None and not _WEBHOOK_ID.match(webhook_id):
         raise invalid_request(f"webhook-id must be 1 to {MAX_WEBHOOK_ID_CHARS} printable ASCII characters",
-                              "webhook-id", "invalid_webhook_id")
+                              "webhook-id", IssuerError.INVALID_WEBHOOK_ID)
     return webhook_id
 
 
@@ -125,17 +125,17 @@ def _human_line(callback: UsageCallback) -> str:
 async def receive_usage(request: Request, state: StateDep) -> dict[str, str]:
     """Verify, parse and store one usage callback; answer 2xx so the gateway stops retrying."""
     if state.webhook is None:
-        raise ApiError(503, "callback_not_configured", "this tenant has no callback secret configured")
+        raise ApiError(503, IssuerError.CALLBACK_NOT_CONFIGURED, "this tenant has no callback secret configured")
     # Checked before anything else: it is signed, stored and logged, so odd bytes must stop here.
     webhook_id = webhook_id_of(request)
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, "request_too_large", f"callback body above {MAX_BODY_BYTES} bytes")
+        raise ApiError(413, IssuerError.REQUEST_TOO_LARGE, f"callback body above {MAX_BODY_BYTES} bytes")
     try:
         state.webhook.verify(raw, dict(request.headers), json_parse=False)
     except (WebhookVerificationError, ValueError, TypeError):
         # Missing headers, a bad signature and a stale timestamp look alike to the sender on purpose.
-        raise ApiError(401, "invalid_signature", "webhook signature is missing, invalid or too old") from None
+        raise ApiError(401, IssuerError.INVALID_SIGNATURE, "webhook signature is missing, invalid or too old") from None
     assert webhook_id is not None  # verify() refuses a request without one
     try:
         payload = json.loads(raw)

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from dynaseal.keys import mint
 from issuer_api.deps import AccountDep, StateDep
 from issuer_api.dpop_binding import requested_binding
-from issuer_api.errors import ApiError
+from issuer_api.errors import ApiError, IssuerError
 from issuer_api.gateway_notice import notify_revoked
 from issuer_api.scope import ScopeRequest, resolve_scope
 from issuer_api.state import IssuerState
@@ -90,7 +90,7 @@ def _revocable_key(state: IssuerState, account: Account, jti: str) -> tuple[int,
         key, owner_tenant = row
         if key.user_id == account.id or (account.is_tenant and owner_tenant == account.tenant_id):
             return key.exp, as_utc(key.revoked_at)
-    raise ApiError(404, "key_not_found", "no key with this jti that you may revoke", "jti")
+    raise ApiError(404, IssuerError.KEY_NOT_FOUND, "no key with this jti that you may revoke", "jti")
 
 
 def _mark_revoked(state: IssuerState, jti: str) -> datetime:

@@ -7,13 +7,13 @@ The schema is owned by the Alembic migrations in `issuer_api/migrations/`; these
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Engine, ForeignKey, Integer, String, Text, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from dynaseal.config import DynasealConfig
+from dynaseal.runtime.locations import paths_of
 
 ROLE_TENANT = "tenant"
 ROLE_END_USER = "end_user"
@@ -89,7 +89,7 @@ def database_url(cfg: DynasealConfig) -> str:
     """The configured database URL, else the SQLite file under the data directory."""
     if cfg.issuer is not None and cfg.issuer.database_url:
         return cfg.issuer.database_url
-    path = Path(cfg.gateway.data_dir) / "issuer" / "issuer.db"
+    path = paths_of(cfg).issuer_db
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path.resolve()}"
 
