@@ -45,7 +45,8 @@ _PROOFS = ProofJtis()
 
 
 def _invalid_proof(message: str) -> ApiError:
-    return ApiError(400, IssuerError.INVALID_DPOP_PROOF, message, headers={"WWW-Authenticate": 'DPoP error="invalid_dpop_proof"'})
+    return ApiError(400, IssuerError.INVALID_DPOP_PROOF, message,
+                    headers={"WWW-Authenticate": 'DPoP error="invalid_dpop_proof"'})
 
 
 def requested_binding(request: Request, body: ScopeRequest | None, leeway_s: int,

@@ -55,7 +55,7 @@ def envoy_writes(fmt: dict[str, str], metadata: dict[str, dict[str, Any]], statu
     """The log line Envoy writes: each value is its command operator's, typed; absent metadata is null."""
     simple = {"%REQ(:METHOD)%": "POST", "%REQ(:PATH)%": "/v1/chat/completions", "%RESPONSE_CODE%": status,
               "%RESPONSE_FLAGS%": "-", "%RESPONSE_CODE_DETAILS%": "via_upstream", "%DURATION%": 42,
-              "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%": "40", "%RESP(CONTENT-TYPE)%": "application/json",
+              "%COMMON_DURATION(US_TX_END:US_RX_BEG:ms)%": 40, "%RESP(CONTENT-TYPE)%": "application/json",
               "%BYTES_SENT%": 512}
     line: dict[str, Any] = {}
     for name, operator in fmt.items():
@@ -63,6 +63,8 @@ def envoy_writes(fmt: dict[str, str], metadata: dict[str, dict[str, Any]], statu
             line[name] = "2026-12-01T08:00:00.000Z"
         elif match := re.fullmatch(r"%DYNAMIC_METADATA\(([^:]+):([^)]+)\)%", operator):
             line[name] = metadata.get(match.group(1), {}).get(match.group(2))
+        elif operator.startswith("%CEL(") and "request_id" in operator:  # authz's id, else Envoy's own
+            line[name] = metadata.get("envoy.filters.http.ext_authz", {}).get("request_id", "envoy-generated-id")
         else:
             assert operator in simple, f"the round trip does not know Envoy's {operator}"
             line[name] = simple[operator]
@@ -117,7 +119,8 @@ def test_the_rendered_format_is_exactly_the_definition(tmp_path: Path) -> None:
 def test_authz_sets_exactly_the_defined_keys() -> None:
     token = mint(KEY, tenant="acme", models=["gpt-4o-mini"], max_tokens=50, ttl=60, sub="s", cb={"a": 1})
     logged = set(decide(config(), token).metadata) - CONTROL_KEYS
-    assert logged == usage_record.ALLOW_KEYS
+    # Every required key, the optional ones this key has (sub, cb; unpriced model: no price), nothing else.
+    assert usage_record.REQUIRED_ALLOW_KEYS | {"sub", "cb"} <= logged <= usage_record.ALLOW_KEYS
     with pytest.raises(ValueError, match="unknown"):
         usage_record.authz_metadata(**dict.fromkeys(usage_record.REQUIRED_ALLOW_KEYS, "x"), surprise="x")
     with pytest.raises(ValueError, match="missing"):
@@ -136,5 +139,6 @@ def test_the_parser_reads_only_defined_fields_and_fills_every_event_field() -> N
             read.add(node.slice.value)
     assert read and read <= set(usage_record.BY_NAME), read - set(usage_record.BY_NAME)
     fed = {f.event for f in usage_record.FIELDS if f.event}
-    derived = {"usage_source", "shipped_at_ms"}  # decided by the parser's rules, not read from one field
+    # decided by the parser's rules (usage, money), not read from one field
+    derived = {"usage_source", "shipped_at_ms", "cost", "currency", "cost_micros", "unpriced"}
     assert fed | derived == set(UsageEvent.DESCRIPTOR.fields_by_name)
