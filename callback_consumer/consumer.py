@@ -19,7 +19,6 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
-from redis import Redis
 
 from callback_consumer import metrics
 from callback_consumer.delivery import Deliverer, Job, RetryPolicy
@@ -30,6 +29,7 @@ from callback_consumer.settlement import SettlementBatcher
 from dynaseal import kafka_io
 from dynaseal.config import ConfigError, load_config
 from dynaseal.quota import redis_url
+from dynaseal.redis_connect import sync_client
 from dynaseal.tenants import Registry, build_registry
 
 log = logging.getLogger("callback_consumer")
@@ -84,7 +84,7 @@ class CallbackConsumer:
         self.tracker = OffsetTracker()
         self._abandon = threading.Event()
         self.dead_letters = DeadLetters(options.bootstrap, options.client_id, self._abandon)
-        self.redis = Redis.from_url(redis_url(cfg), socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.redis = sync_client(redis_url(cfg), timeout_s=2.0)  # one server or a redis+cluster:// URL
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blocking")
         self.dispatcher = Dispatcher(lambda abandon: Deliverer(
             lambda: self.registry, SettlementBatcher(self.redis, self.executor), self.dead_letters, self.executor,

@@ -27,6 +27,7 @@ from callback_consumer.http_client import CallbackClient, CallbackTransportError
 from callback_consumer.settlement import SettlementBatcher
 from dynaseal.callbacks import CallbackSigner, callback_body, is_retryable
 from dynaseal.pb import UsageEvent
+from dynaseal.tenant_quota import has_tenant_limits
 from dynaseal.tenants import Registry, Tenant
 
 log = logging.getLogger("callback_consumer.delivery")
@@ -122,9 +123,14 @@ class Deliverer:
         """Settle the reservation with the event's tokens (idempotent per request_id); False if abandoned."""
         assert self.settlements is not None
         delay = 0.2
+        tenant = self.registry().get(event.tenant)
+        # Only a tenant with tenant-wide limits reserved on its own slot; one whose limits were
+        # added or removed since is safe either way (no reservation: a no-op; an orphan: expires).
+        tenant_wide = tenant is not None and has_tenant_limits(tenant.limits)
         while True:
             try:
-                await self.settlements.settle(event.tenant, event.jti, event.request_id, event.total_tokens)
+                await self.settlements.settle(event.tenant, event.jti, event.request_id, event.total_tokens,
+                                              tenant_wide)
                 return True
             except RedisError as exc:
                 metrics.SETTLE_ERRORS.inc()

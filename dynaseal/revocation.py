@@ -1,17 +1,16 @@
 """Revoking a dynamic key: a Redis marker that lives until the key would have expired anyway.
 
 The marker names the tenant and the key id: revoking tenant A's `jti` never touches tenant B's
-key that happens to carry the same `jti`.
+key that happens to carry the same `jti`. On a Redis Cluster it lives in the key's slot, where
+the admit script reads it.
 """
 
 from __future__ import annotations
 
 import time
 
-from redis import Redis
-from redis.asyncio import Redis as AsyncRedis
-
 from dynaseal import redis_keys
+from dynaseal.redis_connect import AsyncClient, SyncClient
 
 # Revocation outlives exp by the verification leeway so a key is never valid again.
 LEEWAY_S = 30
@@ -21,11 +20,11 @@ def _ttl(exp: float) -> int:
     return max(1, int(exp - time.time()) + LEEWAY_S)
 
 
-def revoke(redis: Redis, tenant: str, jti: str, exp: float) -> None:
+def revoke(redis: SyncClient, tenant: str, jti: str, exp: float) -> None:
     """Mark tenant's `jti` revoked until its `exp` (plus leeway)."""
     redis.set(redis_keys.revoked(tenant, jti), "1", ex=_ttl(exp))
 
 
-async def revoke_async(redis: AsyncRedis, tenant: str, jti: str, exp: float) -> None:
+async def revoke_async(redis: AsyncClient, tenant: str, jti: str, exp: float) -> None:
     """Async form of `revoke`."""
     await redis.set(redis_keys.revoked(tenant, jti), "1", ex=_ttl(exp))
