@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from callback_consumer.dispatcher import Dispatcher
 from callback_consumer.dlq import DeadLetters
 from callback_consumer.offsets import OffsetTracker
 from callback_consumer.settlement import SettlementBatcher
+from callback_consumer.tenant_slots import SharedSlots
 from dynaseal import kafka_io
 from dynaseal.config import ConfigError, load_config
 from dynaseal.quota import redis_url
@@ -86,9 +88,11 @@ class CallbackConsumer:
         self.dead_letters = DeadLetters(options.bootstrap, options.client_id, self._abandon)
         self.redis = sync_client(redis_url(cfg), timeout_s=2.0)  # one server or a redis+cluster:// URL
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blocking")
+        # Each tenant's callback concurrency holds over the whole group, not per member.
+        slots = SharedSlots(self.redis, self.executor, f"{options.client_id}-{uuid.uuid4().hex[:8]}")
         self.dispatcher = Dispatcher(lambda abandon: Deliverer(
             lambda: self.registry, SettlementBatcher(self.redis, self.executor), self.dead_letters, self.executor,
-            options.policy, options.per_tenant, abandon, tenant_backlog=options.tenant_backlog))
+            options.policy, options.per_tenant, abandon, tenant_backlog=options.tenant_backlog, slots=slots))
         self._paused = False
         self._last_commit = 0.0
         self._lag_at = 0.0

@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -25,6 +26,7 @@ from callback_consumer import metrics
 from callback_consumer.dlq import DeadLetters, dlq_headers
 from callback_consumer.http_client import CallbackClient, CallbackTransportError
 from callback_consumer.settlement import SettlementBatcher
+from callback_consumer.tenant_slots import SharedSlots
 from dynaseal.callbacks import CallbackSigner, callback_body, is_retryable
 from dynaseal.pb import UsageEvent
 from dynaseal.tenant_quota import has_tenant_limits
@@ -88,7 +90,8 @@ class Deliverer:
     def __init__(self, registry: Callable[[], Registry], settlements: SettlementBatcher | None,
                  dead_letters: DeadLetters,
                  executor: Executor, policy: RetryPolicy, per_tenant: int, abandon: asyncio.Event,
-                 max_attempts: int | None = None, tenant_backlog: int | None = None) -> None:
+                 max_attempts: int | None = None, tenant_backlog: int | None = None,
+                 slots: SharedSlots | None = None) -> None:
         self.registry = registry
         self.settlements = settlements
         self.dead_letters = dead_letters
@@ -104,6 +107,8 @@ class Deliverer:
         # (`overloaded`, for `dynaseal dlq replay`) instead.
         self.tenant_backlog = tenant_backlog
         self._waiting: dict[str, int] = {}
+        # The tenant's concurrency over the whole consumer group (None: this process's alone).
+        self.slots = slots
         self._clients: dict[str, CallbackClient] = {}
         self._signers: dict[str, tuple[str, CallbackSigner]] = {}
         self._gates: dict[str, tuple[int, asyncio.Semaphore]] = {}
@@ -191,7 +196,7 @@ class Deliverer:
         max_attempts = self.max_attempts or tenant.callback.max_attempts
         for attempt in range(1, max_attempts + 1):
             # Held for the attempt only, never across a backoff: a failing tenant frees its slots.
-            async with self._gate(tenant):
+            async with self._gate(tenant), self._group_slot(tenant):
                 status, retry_after = await self._attempt(tenant, event, body)
             if status is not None and 200 <= status < 300:
                 metrics.EVENT_AGE_SECONDS.observe(max(0.0, time.time() - event.shipped_at_ms / 1000))
@@ -209,6 +214,13 @@ class Deliverer:
     def _limit(self, tenant: Tenant) -> int:
         assert tenant.callback is not None
         return tenant.callback.concurrency or self.per_tenant
+
+    def _group_slot(self, tenant: Tenant) -> AbstractAsyncContextManager[None]:
+        """One of the tenant's slots across every consumer of the group, after the local gate."""
+        assert tenant.callback is not None
+        if self.slots is None:
+            return nullcontext()
+        return self.slots.hold(tenant.id, self._limit(tenant), tenant.callback.timeout_s)
 
     def _gate(self, tenant: Tenant) -> asyncio.Semaphore:
         """At most the tenant's concurrency in flight to it; others' callbacks never wait on this one."""

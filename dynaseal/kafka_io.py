@@ -23,8 +23,19 @@ log = logging.getLogger("dynaseal.kafka")
 
 USAGE_TOPIC = "dynaseal.usage.v1"
 DLQ_TOPIC = "dynaseal.usage.v1.dlq"
-# Partitions bound how many consumers share the work; the DLQ is low-volume and read by people.
-TOPIC_PARTITIONS = {USAGE_TOPIC: 4, DLQ_TOPIC: 1}
+# Partitions bound how many consumers share the work (a member beyond the count sits idle); the
+# DLQ is low-volume and read by people. Only a topic created here gets the count: an existing one
+# keeps its own (add partitions with Kafka's tools; events are keyed by jti, any spread is fine).
+USAGE_PARTITIONS_ENV = "DYNASEAL_USAGE_PARTITIONS"
+DEFAULT_USAGE_PARTITIONS = 6
+TOPIC_PARTITIONS = {USAGE_TOPIC: DEFAULT_USAGE_PARTITIONS, DLQ_TOPIC: 1}
+
+
+def topic_partitions() -> dict[str, int]:
+    """Partition counts of the topics to create: $DYNASEAL_USAGE_PARTITIONS for the usage topic, else 6."""
+    raw = os.environ.get(USAGE_PARTITIONS_ENV, "").strip()
+    count = int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_USAGE_PARTITIONS
+    return {**TOPIC_PARTITIONS, USAGE_TOPIC: count}
 DEFAULT_GROUP_ID = "dynaseal-callbacks"
 SESSION_TIMEOUT_MS = 6000
 HEARTBEAT_INTERVAL_MS = 500
@@ -40,7 +51,7 @@ def bootstrap_servers(cfg: DynasealConfig) -> str:
 
 def ensure_topics(bootstrap: str, partitions: dict[str, int] | None = None) -> list[str]:
     """Create the pipeline's topics that are missing, with explicit partition counts; return those created."""
-    wanted = partitions or TOPIC_PARTITIONS
+    wanted = partitions or topic_partitions()
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
                              request_timeout_ms=10_000, client_id="dynaseal-admin")
     try:
