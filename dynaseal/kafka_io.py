@@ -15,6 +15,7 @@ import time
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from dynaseal.config import DynasealConfig
@@ -131,6 +132,11 @@ def new_consumer(bootstrap: str, group_id: str, client_id: str, **overrides: obj
         "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
         "reconnect_backoff_max_ms": 1000,
         "allow_auto_create_topics": False,
+        # Incremental rebalancing (KIP-429): a member joining or leaving moves only the partitions
+        # that change owner; the others keep being consumed, and are not read again from their
+        # last commit (fewer repeats). kafka-python cannot mix it with an eager assignor: a rolling
+        # upgrade from a version that used range restarts the group's members together.
+        "partition_assignment_strategy": (CooperativeStickyAssignor,),
     }
     settings.update(overrides)
     return KafkaConsumer(**settings)
