@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import Executor
 
-
 from dynaseal import tenant_quota
 from dynaseal.quota import script_keys, settle_args
 from dynaseal.quota_scripts import SETTLE
@@ -33,7 +32,7 @@ class SettlementBatcher:
         self._runner: asyncio.Task[None] | None = None
 
     async def settle(self, tenant: str, jti: str, request_id: str, tokens: int, tenant_wide: bool = False) -> None:
-        """Replace the request's reservation with `tokens` (and the tenant's, if `tenant_wide`); RedisError on failure."""
+        """Replace the reservation with `tokens` (and the tenant's, if `tenant_wide`); RedisError if Redis failed."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(((tenant, jti, request_id, tokens, tenant_wide), future))
         if self._runner is None or self._runner.done():

@@ -14,12 +14,12 @@ POLL_S (another member's release). Releases of one loop turn go out as one ZREM.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
@@ -76,7 +76,7 @@ class SharedSlots:
         self._ids = itertools.count()
         self._tenants: dict[str, _Tenant] = {}
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def hold(self, tenant: str, limit: int, timeout_s: float) -> AsyncIterator[None]:
         """Wait for one of the tenant's `limit` group-wide slots; hold it for the block."""
         lease = await self._acquire(tenant, limit, int((timeout_s + LEASE_MARGIN_S) * 1000))
@@ -126,10 +126,8 @@ class SharedSlots:
                     future.set_result(lease)
             state.waiters = waiting
             if state.waiters and not given:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(state.freed.wait(), POLL_S)
-                except TimeoutError:
-                    pass
 
     def _release(self, tenant: str, lease: str) -> None:
         state = self._tenants[tenant]

@@ -48,6 +48,7 @@ class PipelinedCluster:
         self._refresh: asyncio.Future[None] | None = None
         self._refreshed_at = 0.0
         self._scripts: dict[str, str] = {}
+        self._closing: set[asyncio.Future[None]] = set()
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float) -> PipelinedCluster | None:
@@ -97,8 +98,9 @@ class PipelinedCluster:
                 slots[slot] = address
         self._slots, self._masters = slots, list(masters)
         for gone in [a for a in self._nodes if a not in masters and a not in self.seeds]:
-            client = self._nodes.pop(gone)
-            asyncio.ensure_future(client.aclose())
+            closing = asyncio.ensure_future(self._nodes.pop(gone).aclose())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     async def refresh(self) -> None:
         """Read the slot map now (callers arriving meanwhile share the one read)."""

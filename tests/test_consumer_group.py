@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 from cluster_support import LocalCluster, start_cluster
-from consumer_support import SLOW, ConsumerRig
 from conftest import free_ports
+from consumer_support import SLOW, ConsumerRig
 from pipeline_harness import REPO, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
