@@ -19,7 +19,7 @@ import redis
 import redis.crc
 
 from dynaseal.probes import redis_ping
-from dynaseal.processes import RunningService, ServiceSpec, Supervisor
+from dynaseal.processes import RunningService, ServiceSpec, StartupError, Supervisor
 from dynaseal.stack import redis_server_binary
 
 SLOTS = 16384
@@ -123,8 +123,23 @@ class LocalCluster:
 
 
 def start_cluster(directory: Path, masters: int = 3, replicas_per_master: int = 0, node_timeout_ms: int = 1000,
-                  pin: Callable[[int], list[str]] | None = None) -> LocalCluster:
-    """Start and join a cluster; stopped by `.stop()`."""
+                  pin: Callable[[int], list[str]] | None = None, attempts: int = 3) -> LocalCluster:
+    """Start and join a cluster; stopped by `.stop()`.
+
+    Ports are chosen free but not reserved: another process may take one first, so a node that
+    cannot start means new ports and another try.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start(directory / f"try-{attempt}", masters, replicas_per_master, node_timeout_ms, pin)
+        except StartupError:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start(directory: Path, masters: int, replicas_per_master: int, node_timeout_ms: int,
+           pin: Callable[[int], list[str]] | None) -> LocalCluster:
     ports = cluster_ports(masters * (1 + replicas_per_master))
     supervisor = Supervisor(directory / "logs", "127.0.0.1")
     cluster = LocalCluster(directory, ports[:masters], ports[masters:], supervisor)

@@ -246,3 +246,16 @@ def test_a_master_killed_mid_traffic_fails_closed_then_recovers_after_promotion(
     assert 0 < used <= kinds.count("ok") + 10  # replication is asynchronous: the last writes may be lost
     later = asyncio.run(admit_many(cluster.url, replace(key, uses=used + 5), 20, 1))
     assert later.count("ok") == 5 and later.count("key_exhausted") == 15
+
+
+def test_cli_and_issuer_revocations_reach_the_cluster(cluster: LocalCluster, config_path: Path,
+                                                      base_key: VerifiedKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dynaseal.cli import main
+    from issuer_api.gateway_notice import notify_revoked
+
+    by_cli, by_issuer = replace(base_key, jti=base_key.jti + "-cli"), replace(base_key, jti=base_key.jti + "-api")
+    monkeypatch.setenv("REDIS_URL", cluster.url)
+    assert main(["--config", str(config_path), "key", "revoke", by_cli.jti, "--tenant", OTHER_TENANT]) == 0
+    asyncio.run(notify_revoked(cluster.url, OTHER_TENANT, by_issuer.jti, by_issuer.exp))
+    assert asyncio.run(admit_many(cluster.url, by_cli, 1, 1)) == ["revoked_key"]
+    assert asyncio.run(admit_many(cluster.url, by_issuer, 1, 1)) == ["revoked_key"]
