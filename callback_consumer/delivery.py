@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -26,10 +27,12 @@ from callback_consumer.dlq import DeadLetters, dlq_headers
 from callback_consumer.http_client import CallbackClient, CallbackTransportError
 from callback_consumer.money import ThresholdSender, money_settlement, record_money
 from callback_consumer.settlement import SettlementBatcher
+from callback_consumer.tenant_slots import SharedSlots
 from dynaseal.callbacks import CallbackSigner, callback_body, is_retryable
 from dynaseal.pb import UsageEvent
 from dynaseal.quota import Settlement
 from dynaseal.runtime.views import CallbackTarget, ConsumerView
+from dynaseal.tenant_quota import has_tenant_limits
 
 log = logging.getLogger("callback_consumer.delivery")
 
@@ -89,7 +92,8 @@ class Deliverer:
     def __init__(self, registry: Callable[[], ConsumerView], settlements: SettlementBatcher | None,
                  dead_letters: DeadLetters,
                  executor: Executor, policy: RetryPolicy, per_tenant: int, abandon: asyncio.Event,
-                 max_attempts: int | None = None, tenant_backlog: int | None = None) -> None:
+                 max_attempts: int | None = None, tenant_backlog: int | None = None,
+                 slots: SharedSlots | None = None) -> None:
         self.registry = registry
         self.settlements = settlements
         self.dead_letters = dead_letters
@@ -105,6 +109,8 @@ class Deliverer:
         # (`overloaded`, for `dynaseal dlq replay`) instead.
         self.tenant_backlog = tenant_backlog
         self._waiting: dict[str, int] = {}
+        # The tenant's concurrency over the whole consumer group (None: this process's alone).
+        self.slots = slots
         self._clients: dict[str, CallbackClient] = {}
         self._signers: dict[str, tuple[str, CallbackSigner]] = {}
         self._gates: dict[str, tuple[int, asyncio.Semaphore]] = {}
@@ -126,11 +132,15 @@ class Deliverer:
         """Settle the reservation with the event's tokens and cost (idempotent per request_id); None if abandoned."""
         assert self.settlements is not None
         delay = 0.2
-        money = money_settlement(event, self.registry().get(event.tenant))
+        tenant = self.registry().get(event.tenant)
+        money = money_settlement(event, tenant)
+        # Only a tenant with tenant-wide limits reserved on its own slot; one whose limits were
+        # added or removed since is safe either way (no reservation: a no-op; an orphan: expires).
+        tenant_wide = tenant is not None and has_tenant_limits(tenant.limits)
         while True:
             try:
                 return await self.settlements.settle(event.tenant, event.jti, event.request_id, event.total_tokens,
-                                                     tuple(event.chain), money)
+                                                     tuple(event.chain), money, tenant_wide)
             except RedisError as exc:
                 metrics.SETTLE_ERRORS.inc()
                 log.warning("settlement failed; retrying", extra={"request_id": event.request_id,
@@ -201,7 +211,7 @@ class Deliverer:
         max_attempts = self.max_attempts or tenant.callback.max_attempts
         for attempt in range(1, max_attempts + 1):
             # Held for the attempt only, never across a backoff: a failing tenant frees its slots.
-            async with self._gate(tenant):
+            async with self._gate(tenant), self._group_slot(tenant):
                 status, retry_after = await self._attempt(tenant, webhook_id, body)
             if status is not None and 200 <= status < 300:
                 return Outcome.DELIVERED
@@ -218,6 +228,13 @@ class Deliverer:
     def _limit(self, tenant: CallbackTarget) -> int:
         assert tenant.callback is not None
         return tenant.callback.concurrency or self.per_tenant
+
+    def _group_slot(self, tenant: CallbackTarget) -> AbstractAsyncContextManager[None]:
+        """One of the tenant's slots across every consumer of the group, after the local gate."""
+        assert tenant.callback is not None
+        if self.slots is None:
+            return nullcontext()
+        return self.slots.hold(tenant.id, self._limit(tenant), tenant.callback.timeout_s)
 
     def _gate(self, tenant: CallbackTarget) -> asyncio.Semaphore:
         """At most the tenant's concurrency in flight to it; others' callbacks never wait on this one."""

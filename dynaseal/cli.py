@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dynaseal.config import ConfigError, load_config
 from dynaseal.processes import StartupError
-from dynaseal.runtime.locations import paths_of, redis_url
+from dynaseal.runtime.locations import paths_of
 
 # `dynaseal <service>` execs the service's own module: the core never imports a service.
 SERVICE_MODULES = {"authz": "authz_service", "issuer": "issuer_api", "mock-llm": "mock_llm",
@@ -78,8 +78,8 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
     """Revoke a dynamic key by jti in Redis."""
     import time
 
-    from redis import Redis
-
+    from dynaseal.quota import redis_url
+    from dynaseal.redis_connect import sync_client
     from dynaseal.revocation import revoke
 
     cfg = load_config(args.config)
@@ -89,7 +89,11 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
         _say(f"name the key's tenant with --tenant (one of: {', '.join(sorted(tenants))})")
         return 2
     exp = args.exp or time.time() + tenants[tenant].limits.max_ttl
-    revoke(Redis.from_url(redis_url(cfg)), tenant, args.jti, exp)
+    client = sync_client(redis_url(cfg))  # one server or a redis+cluster:// URL
+    try:
+        revoke(client, tenant, args.jti, exp)
+    finally:
+        client.close()
     _say(f"revoked {args.jti} of tenant {tenant}")
     return 0
 

@@ -71,6 +71,13 @@ class ParamLimit(_Strict):
     max: float | None = None
 
 
+class TenantBudget(_Strict):
+    """Tokens all of a tenant's keys may use together per UTC calendar day or month."""
+
+    tokens: int = Field(ge=1)
+    window: Literal["day", "month"] = "day"
+
+
 class Limits(_Strict):
     """A tenant's ceilings: no key of the tenant may exceed them."""
 
@@ -106,6 +113,10 @@ class Limits(_Strict):
     @classmethod
     def _exact_amount(cls, value: Any) -> Any:
         return repr(value) if isinstance(value, float) else value
+    # Tenant-wide, over all of the tenant's keys together (rpm and budget above are per key); checked
+    # at admit together with the key's own limits (dynaseal.tenant_quota).
+    tenant_budget: TenantBudget | None = None
+    tenant_rpm: int | None = Field(None, ge=1)
 
 
 class UpstreamConfig(_Strict):

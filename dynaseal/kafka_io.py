@@ -9,11 +9,13 @@ idempotent producer is recreated after a fatal error (it never recovers from a b
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from dynaseal.config import DynasealConfig
@@ -23,8 +25,19 @@ log = logging.getLogger("dynaseal.kafka")
 
 USAGE_TOPIC = "dynaseal.usage.v1"
 DLQ_TOPIC = "dynaseal.usage.v1.dlq"
-# Partitions bound how many consumers share the work; the DLQ is low-volume and read by people.
-TOPIC_PARTITIONS = {USAGE_TOPIC: 4, DLQ_TOPIC: 1}
+# Partitions bound how many consumers share the work (a member beyond the count sits idle); the
+# DLQ is low-volume and read by people. Only a topic created here gets the count: an existing one
+# keeps its own (add partitions with Kafka's tools; events are keyed by jti, any spread is fine).
+USAGE_PARTITIONS_ENV = "DYNASEAL_USAGE_PARTITIONS"
+DEFAULT_USAGE_PARTITIONS = 6
+TOPIC_PARTITIONS = {USAGE_TOPIC: DEFAULT_USAGE_PARTITIONS, DLQ_TOPIC: 1}
+
+
+def topic_partitions() -> dict[str, int]:
+    """Partition counts of the topics to create: $DYNASEAL_USAGE_PARTITIONS for the usage topic, else 6."""
+    raw = os.environ.get(USAGE_PARTITIONS_ENV, "").strip()
+    count = int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_USAGE_PARTITIONS
+    return {**TOPIC_PARTITIONS, USAGE_TOPIC: count}
 DEFAULT_GROUP_ID = "dynaseal-callbacks"
 SESSION_TIMEOUT_MS = 6000
 HEARTBEAT_INTERVAL_MS = 500
@@ -39,7 +52,7 @@ def bootstrap_servers(cfg: DynasealConfig) -> str:
 
 def ensure_topics(bootstrap: str, partitions: dict[str, int] | None = None) -> list[str]:
     """Create the pipeline's topics that are missing, with explicit partition counts; return those created."""
-    wanted = partitions or TOPIC_PARTITIONS
+    wanted = partitions or topic_partitions()
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
                              request_timeout_ms=10_000, client_id="dynaseal-admin")
     try:
@@ -119,6 +132,11 @@ def new_consumer(bootstrap: str, group_id: str, client_id: str, **overrides: obj
         "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
         "reconnect_backoff_max_ms": 1000,
         "allow_auto_create_topics": False,
+        # Incremental rebalancing (KIP-429): a member joining or leaving moves only the partitions
+        # that change owner; the others keep being consumed, and are not read again from their
+        # last commit (fewer repeats). kafka-python cannot mix it with an eager assignor: a rolling
+        # upgrade from a version that used range restarts the group's members together.
+        "partition_assignment_strategy": (CooperativeStickyAssignor,),
     }
     settings.update(overrides)
     return KafkaConsumer(**settings)

@@ -2,22 +2,23 @@
 
 Admission reserves `prompt estimate + n × max_tokens` atomically (quota_scripts.ADMIT), so
 concurrent requests can never overspend. The usage pipeline settles each reservation with
-the real usage (SETTLE), idempotently per request id.
+the real usage (SETTLE), idempotently per request id. A tenant with tenant-wide limits is
+reserved on its own slot next (dynaseal.tenant_quota).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis import Redis
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio import RedisCluster as AsyncRedisCluster
 from redis.exceptions import RedisError
 
-from dynaseal import redis_keys
+from dynaseal import redis_keys, tenant_quota
 from dynaseal.budget_thresholds import Crossing
 from dynaseal.chain_scripts import ADMIT_CHAIN, SETTLE_CHAIN
 from dynaseal.claims import VerifiedKey
@@ -26,9 +27,12 @@ from dynaseal.dpop import DpopProof, DpopRefusal, replay_set_ttl_ms
 from dynaseal.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.pricing import format_amount, from_micros
 from dynaseal.quota_scripts import ADMIT, MARK_THRESHOLDS, SETTLE
+from dynaseal.redis_cluster import PipelinedCluster
+from dynaseal.redis_connect import SyncClient, async_client, is_cluster, run_scripts
 from dynaseal.redis_pipeline import PipelinedRedis
 from dynaseal.request_policy import CheckedRequest
 from dynaseal.runtime import locations
+from dynaseal.tenant_scripts import KEY_RELEASE, TENANT_ADMIT, TENANT_RELEASE, TENANT_SETTLE
 
 RESERVATION_TTL_MS = 15 * 60 * 1000
 # Counters outlive the key by a day so a late settlement still finds them.
@@ -80,37 +84,40 @@ class Settlement:
 
 
 class RedisQuota:
-    """The `Quota` of the authorizer, backed by one Redis (or a Cluster: keys share a slot)."""
+    """The `Quota` of the authorizer, backed by one Redis or a Redis Cluster (`redis+cluster://`)."""
 
-    def __init__(self, client: AsyncRedis | PipelinedRedis, reservation_ttl_ms: int = RESERVATION_TTL_MS,
-                 timeout_s: float = 0.05) -> None:
+    def __init__(self, client: AsyncRedis | AsyncRedisCluster | PipelinedRedis | PipelinedCluster,
+                 reservation_ttl_ms: int = RESERVATION_TTL_MS, timeout_s: float = 0.05) -> None:
         self.client = client
         self.reservation_ttl_ms = reservation_ttl_ms
         self.timeout_ms = int(timeout_s * 1000)
         # Redis's clock minus ours (ms), measured by `ping`; None until first measured. The admit
         # script's deadline is written in Redis's clock so no two clocks ever have to agree.
         self.clock_offset_ms: int | None = None
-        if isinstance(client, PipelinedRedis):
-            self._run_admit: Callable[[list[str], list[Any]], Awaitable[Any]] = \
-                lambda keys, args: client.eval_script(ADMIT, keys, args)
-            self._run_admit_chain: Callable[[list[str], list[Any]], Awaitable[Any]] = \
-                lambda keys, args: client.eval_script(ADMIT_CHAIN, keys, args)
-        else:
-            script = client.register_script(ADMIT)
-            self._run_admit = lambda keys, args: script(keys=keys, args=args)
-            chain_script = client.register_script(ADMIT_CHAIN)
-            self._run_admit_chain = lambda keys, args: chain_script(keys=keys, args=args)
+        self._registered: dict[str, Any] = {}
+
+    async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """One script, one round trip, on the node of its keys' slot."""
+        if isinstance(self.client, PipelinedRedis | PipelinedCluster):
+            return await self.client.eval_script(script, keys, args)
+        registered = self._registered.get(script)
+        if registered is None:
+            registered = self._registered[script] = self.client.register_script(script)
+        return await registered(keys=keys, args=args)
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float = 0.05) -> RedisQuota:
         """A quota with bounded timeouts (a slow Redis must fail closed quickly).
 
         Plain `redis://` URLs get the pipelined client (one shared connection, one EVALSHA per
-        admit); others (TLS, unix sockets, URL options) get redis-py with a blocking pool.
+        admit), plain `redis+cluster://` URLs its cluster form (one connection per master); others
+        (TLS, unix sockets, URL options) get redis-py with a blocking pool, or its RedisCluster.
         """
-        pipelined = PipelinedRedis.from_url(url, timeout_s)
+        pipelined = PipelinedRedis.from_url(url, timeout_s) or PipelinedCluster.from_url(url, timeout_s)
         if pipelined is not None:
             return cls(pipelined, timeout_s=timeout_s)
+        if is_cluster(url):
+            return cls(async_client(url, timeout_s, max_connections=64), timeout_s=timeout_s)
         # A blocking pool: a burst waits (bounded) for a connection instead of failing at once.
         pool = BlockingConnectionPool.from_url(url, max_connections=64, timeout=max(timeout_s, 0.1),
                                                socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
@@ -140,19 +147,23 @@ class RedisQuota:
             if key.parent is None:
                 # DPoP's ARGV[10..12] are placeholders for an unbound key (the script reads them only
                 # with KEYS[7]); the money arguments follow at ARGV[13..14].
-                status, spent, reserved, retry_ms = await self._run_admit(
-                    script_keys(key.tenant.id, key.jti) + replay_keys,
+                status, spent, reserved, retry_ms = await self._run(
+                    ADMIT, script_keys(key.tenant.id, key.jti) + replay_keys,
                     [now_ms, request_id, request.reservation, _limit(key.budget), _limit(key.uses),
                      _limit(key.rpm), self.reservation_ttl_ms, key_ttl, deadline,
                      *(replay_args or ["", "", ""]), _limit(request.reservation_cost), _limit(key.budget_cost)])
             else:
                 chain = key.chain
+                if tenant_quota.has_tenant_limits(key.tenant.limits):
+                    # The compensation of the two-slot protocol releases one key's reservation, not a chain's.
+                    raise Refusal(ErrorCode.PARAM_NOT_ALLOWED,
+                                  "child keys are not served for a tenant with tenant-wide limits")
                 if any(k.budget_cost is not None for k in chain):
                     # The chain script keeps token counters only: never admit what it could not bound.
                     raise Refusal(ErrorCode.PARAM_NOT_ALLOWED,
                                   "money budgets are not enforced for child keys: give the child a token budget")
-                status, spent, reserved, retry_ms, level = await self._run_admit_chain(
-                    chain_script_keys(key.tenant.id, tuple(k.jti for k in chain)) + replay_keys,
+                status, spent, reserved, retry_ms, level = await self._run(
+                    ADMIT_CHAIN, chain_script_keys(key.tenant.id, tuple(k.jti for k in chain)) + replay_keys,
                     [now_ms, request_id, request.reservation, self.reservation_ttl_ms, key_ttl, deadline,
                      len(chain), *[v for k in chain for v in (_limit(k.budget), _limit(k.uses), _limit(k.rpm))],
                      *replay_args])
@@ -161,6 +172,8 @@ class RedisQuota:
         # The level that refused (1 = root): its limits are the ones to quote.
         limits = key.chain[level - 1] if 0 < level <= len(key.chain) else key
         if status >= 0:
+            if tenant_quota.has_tenant_limits(key.tenant.limits):
+                await self._admit_tenant(key, request, request_id, now_ms, deadline)
             return
         if status == -5:
             raise QuotaUnavailable("request id already reserved", "duplicate_request_id")
@@ -190,18 +203,54 @@ class RedisQuota:
                       f"token budget exhausted: this request may use up to {request.reservation} tokens, "
                       f"{left} remain")
 
+    async def _admit_tenant(self, key: VerifiedKey, request: CheckedRequest, request_id: str, now_ms: int,
+                            deadline: int) -> None:
+        """The tenant's slot, after the key's admitted: on refusal or failure the key gets its reservation back."""
+        limits = key.tenant.limits
+        try:
+            status, spent, reserved, retry_ms = await self._run(
+                TENANT_ADMIT, tenant_quota.tenant_keys(key.tenant.id),
+                tenant_quota.admit_args(limits, now_ms, request_id, request.reservation, self.reservation_ttl_ms,
+                                        deadline))
+        except RedisError as exc:
+            # It may have run (the reply was lost): release both; the tenant's release is a no-op if not.
+            await self._release(key, request_id, tenant=True)
+            raise QuotaUnavailable(str(exc), "redis_error") from exc
+        if status >= 0:
+            return
+        await self._release(key, request_id, tenant=False)
+        raise tenant_quota.refusal(status, spent, reserved, retry_ms, limits, request.reservation)
+
+    async def _release(self, key: VerifiedKey, request_id: str, tenant: bool) -> None:
+        """Best-effort compensation; what it cannot release expires with the reservation (billed, never overspent)."""
+        releases = [self._run(KEY_RELEASE, script_keys(key.tenant.id, key.jti), [request_id])]
+        if tenant:
+            releases.append(self._run(TENANT_RELEASE, tenant_quota.tenant_keys(key.tenant.id), [request_id]))
+        await asyncio.gather(*releases, return_exceptions=True)
+
     async def ping(self) -> bool:
-        """Whether Redis answers; also measures Redis's clock against ours for the admit deadline."""
+        """Whether Redis answers (every master of a cluster); measures Redis's clock for the admit deadline."""
         try:
             sent = time.time()
-            seconds, micros = await (self.client.execute("TIME") if isinstance(self.client, PipelinedRedis)
-                                     else self.client.time())
+            if isinstance(self.client, PipelinedCluster):
+                times = await self.client.on_every_master("TIME")
+            elif isinstance(self.client, PipelinedRedis):
+                times = [await self.client.execute("TIME")]
+            elif isinstance(self.client, AsyncRedisCluster):
+                # With several target nodes redis-py answers {node: (seconds, micros)}; its stub says one pair.
+                per_node: Any = await self.client.time(target_nodes=AsyncRedisCluster.PRIMARIES)
+                times = list(per_node.values())
+            else:
+                times = [await self.client.time()]
             received = time.time()
         except RedisError:
             return False
-        redis_ms = int(seconds) * 1000 + int(micros) // 1000
-        # The reply was produced somewhere between sent and received: assume the middle.
-        self.clock_offset_ms = redis_ms - int((sent + received) * 500)
+        # A reply was produced somewhere between sent and received: assume the middle. On a cluster
+        # each master has its own clock; the smallest offset makes the earliest deadline, so a
+        # script never runs on any node after authz gave up on it.
+        middle_ms = int((sent + received) * 500)
+        self.clock_offset_ms = min(int(seconds) * 1000 + int(micros) // 1000 - middle_ms
+                                   for seconds, micros in times)
         return True
 
 
@@ -236,23 +285,32 @@ def settlement_call(tenant: str, jti: str, request_id: str, actual_tokens: int, 
     return SETTLE, script_keys(tenant, jti), args
 
 
-def settle(client: Redis, tenant: str, jti: str, request_id: str, actual_tokens: int,
+def settle(client: SyncClient, tenant: str, jti: str, request_id: str, actual_tokens: int,
            key_exp: float | None = None, chain: tuple[str, ...] = (),
            money: MoneySettlement | None = None) -> Settlement:
-    """Replace a request's reservation with its real usage (and cost), at every level of a chain;
-    idempotent per request id."""
+    """Replace a request's reservation with its real usage (and cost), on the key (every level of a chain)
+    and the tenant; idempotent per request id."""
     script, keys, args = settlement_call(tenant, jti, request_id, actual_tokens, chain, key_exp, money)
-    return Settlement.from_reply(client.register_script(script)(keys=keys, args=args))
+    _, reply = run_scripts(client, [
+        (TENANT_SETTLE, tenant_quota.tenant_keys(tenant), tenant_quota.settle_args(request_id, actual_tokens)),
+        (script, keys, args)])
+    return Settlement.from_reply(reply)
 
 
-def mark_thresholds(client: Redis, tenant: str, jti: str, crossings: tuple[Crossing, ...]) -> None:
+def mark_thresholds(client: SyncClient, tenant: str, jti: str, crossings: tuple[Crossing, ...]) -> None:
     """Record that these thresholds' callbacks were delivered (or dead-lettered): never reported again."""
     if crossings:
         client.register_script(MARK_THRESHOLDS)(keys=[redis_keys.counters(tenant, jti)],
                                                 args=[c.field for c in crossings])
 
 
-def counters(client: Redis, tenant: str, jti: str) -> dict[str, int]:
+def tenant_counters(client: SyncClient, tenant: str, window: str) -> dict[str, int]:
+    """A tenant's budget counters (reserved, spent) of one window id, for tests and tools."""
+    reserved, spent = client.hmget(redis_keys.tenant_budget(tenant), [f"r:{window}", f"s:{window}"])
+    return {"reserved": int(reserved or 0), "spent": int(spent or 0)}
+
+
+def counters(client: SyncClient, tenant: str, jti: str) -> dict[str, int]:
     """A key's counters (uses, reserved, spent; reserved_cost, spent_cost, thr:*), for tests and tools."""
     raw = client.hgetall(redis_keys.counters(tenant, jti))
     return {k.decode(): int(v) for k, v in raw.items()}  # type: ignore[union-attr]

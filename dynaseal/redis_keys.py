@@ -80,3 +80,38 @@ def level_keys(tenant: str, path: tuple[str, ...]) -> list[str]:
                 reservation_deadlines(tenant, jti), rate_window(tenant, jti), settled(tenant, jti)]
     base = f"{PREFIX}:{key_tag(tenant, path[0])}:n:{node_id(path)}"
     return [f"{base}:{suffix}" for suffix in ("revoked", "counters", "reservations", "deadlines", "rpm", "settled")]
+
+
+# --- tenant-wide limits: one hash tag per tenant, `{tenant}` -----------------------------------
+# A key tag always holds an unescaped `:` between tenant and jti; a tenant tag never does, so no
+# tenant's tag can equal a key's tag. On a cluster the tenant's keys are one slot (one node):
+# every admit of every key of a tenant with tenant limits runs a script there.
+
+def tenant_tag(tenant: str) -> str:
+    """The hash tag shared by a tenant's tenant-wide counters."""
+    return f"{{{_escape(tenant)}}}"
+
+
+def tenant_budget(tenant: str) -> str:
+    """Hash of the tenant's budget per window: `r:<window>` reserved, `s:<window>` spent, `w` current."""
+    return f"{PREFIX}:{tenant_tag(tenant)}:tenant:budget"
+
+
+def tenant_reservations(tenant: str) -> str:
+    """Hash of the tenant's open reservations: request_id -> `<window>|<tokens>`."""
+    return f"{PREFIX}:{tenant_tag(tenant)}:tenant:reservations"
+
+
+def tenant_reservation_deadlines(tenant: str) -> str:
+    """Sorted set of the tenant's open reservations by expiry time."""
+    return f"{PREFIX}:{tenant_tag(tenant)}:tenant:deadlines"
+
+
+def tenant_provisional(tenant: str) -> str:
+    """Hash of expired reservations billed in full, until a late settlement corrects them."""
+    return f"{PREFIX}:{tenant_tag(tenant)}:tenant:provisional"
+
+
+def tenant_rate_window(tenant: str) -> str:
+    """Sorted set of the tenant's admit times in the last minute (tenant rpm)."""
+    return f"{PREFIX}:{tenant_tag(tenant)}:tenant:rpm"

@@ -3,8 +3,9 @@
 Every in-flight Check shares one connection: commands issued in the same event-loop turn go out
 in one write, and Redis answers in order (RESP guarantees it), so a Check costs a few
 microseconds of Python instead of a pool checkout, a socket of its own and redis-py's layers.
-It speaks RESP2 over plain TCP with optional AUTH and SELECT; anything else (TLS, unix sockets,
-Cluster) stays with redis-py (`RedisQuota.from_url` decides). Failures raise redis-py's own
+It speaks RESP2 over plain TCP with optional AUTH and SELECT; anything else (TLS, unix sockets)
+stays with redis-py (`RedisQuota.from_url` decides). A Redis Cluster gets one of these per master
+(`redis_cluster.PipelinedCluster`). Failures raise redis-py's own
 exception types, so callers handle both clients alike (fail closed on `RedisError`).
 """
 
@@ -214,6 +215,20 @@ class PipelinedRedis:
         connection = await self._ready()
         waiter = connection.send(encode(args))
         timer = connection.loop.call_later(self.timeout_s, self._expire, waiter, connection, time.monotonic())
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+
+    async def execute_asking(self, *args: Any) -> Any:
+        """ASKING, then the command, back to back on one connection (a Redis Cluster ASK redirection)."""
+        connection = await self._ready()
+        # Both go out in the same write, in order: the node accepts the command for an importing slot.
+        asking = connection.send(encode(("ASKING",)))
+        waiter = connection.send(encode(args))
+        timer = connection.loop.call_later(self.timeout_s, self._expire, waiter, connection, time.monotonic())
+        # ASKING's own reply (+OK) is not needed: if it failed, the command is answered MOVED instead.
+        asking.add_done_callback(lambda done: done.cancelled() or done.exception())
         try:
             return await waiter
         finally:

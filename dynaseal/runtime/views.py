@@ -48,6 +48,8 @@ class CallbackTarget:
     id: str
     callback: CallbackConfig | None
     callback_secret: SecretStr | None
+    # Only to know whether settlement also runs on the tenant's slot (tenant-wide limits).
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class Runtime:
         """Each tenant's callback and signing secret; no verification key, no provider key."""
         secrets = SecretResolver(self.env)
         targets = {tc.id: CallbackTarget(tc.id, tc.callback, secrets.optional(
-            tc.callback.secret_env if tc.callback else None, f"tenant {tc.id} callback"))
+            tc.callback.secret_env if tc.callback else None, f"tenant {tc.id} callback"), tc.limits)
             for tc in self.cfg.tenants}
         _raise_if(secrets.errors, "consumer")
         return ConsumerView(MappingProxyType(targets), self.redis.value, self.kafka.value)
