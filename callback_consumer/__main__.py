@@ -13,7 +13,6 @@ import time
 from types import FrameType
 
 from prometheus_client import start_http_server
-from redis import Redis
 from redis.exceptions import RedisError
 
 from callback_consumer.consumer import CallbackConsumer, ConsumerOptions
@@ -22,6 +21,7 @@ from callback_consumer.metrics import OLDEST_RESERVATION_SECONDS
 from dynaseal import kafka_io
 from dynaseal.config import ConfigError
 from dynaseal.logs import setup_logging
+from dynaseal.redis_connect import sync_client
 from dynaseal.reservation_age import oldest_open_reservation_age_s
 from dynaseal.runtime.views import load_runtime
 
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def watch_reservations(url: str, interval_s: float = RESERVATION_SCAN_S) -> threading.Thread:
     """Keep the oldest-open-reservation gauge current, off the delivery path (a daemon thread)."""
-    client = Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    client = sync_client(url, timeout_s=5.0)  # one server or a redis+cluster:// URL
 
     def loop() -> None:
         while True:

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import time
 
-from redis import Redis
-
 from dynaseal import redis_keys
 from dynaseal.quota import RESERVATION_TTL_MS
+from dynaseal.redis_connect import SyncClient
 
 # Deadlines sets of every key of every tenant (`dynaseal:v2:{tenant:jti}:deadlines`).
 DEADLINES_PATTERN = f"{redis_keys.PREFIX}:*:deadlines"
 
 
-def oldest_open_reservation_age_s(client: Redis, now_ms: int | None = None, max_keys: int = 100_000,
+def oldest_open_reservation_age_s(client: SyncClient, now_ms: int | None = None, max_keys: int = 100_000,
                                   reservation_ttl_ms: int = RESERVATION_TTL_MS) -> float:
     """Seconds since the oldest still-open reservation was taken (0.0 when none is open).
 
