@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--metrics-port", type=int)
+    parser.add_argument("--server", choices=("native", "grpcio"),
+                        help="gRPC transport (default: the config's authz.server)")
     args = parser.parse_args(argv)
     setup_logging("authz")
     runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover - uvloop is a declared dependency on POSIX
         pass
     try:
-        server = AuthzServer(AuthzOptions(args.config, args.host, args.port, args.metrics_port))
+        server = AuthzServer(AuthzOptions(args.config, args.host, args.port, args.metrics_port, args.server))
     except ConfigError as exc:
         print(f"dynaseal authz: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,6 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -17,6 +16,7 @@ from prometheus_client import start_http_server
 
 from authz_service.metrics import CONFIG_RELOADS
 from authz_service.servicer import AuthorizationServicer
+from authz_service.transport import ServerKind, new_server
 from dynaseal.authorizer import Authorizer
 from dynaseal.config import ConfigError, DynasealConfig, expand_path, load_config, resolve_config_path
 from dynaseal.quota import RedisQuota
@@ -48,6 +48,7 @@ class AuthzOptions:
     host: str | None = None
     port: int | None = None
     metrics_port: int | None = None
+    server: ServerKind | None = None  # overrides the config's authz.server
 
 
 def build_authorizer(cfg: DynasealConfig, quota: RedisQuota, remote_jwks: RemoteJwks | None = None, *,
@@ -122,7 +123,8 @@ class AuthzServer:
         gateway = self.cfg.gateway
         host = self.options.host or gateway.host
         port = self.options.port or gateway.ports.authz
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+        kind = self.options.server or self.cfg.authz.server
+        self.server = new_server(kind, self.cfg.authz.io_threads)
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -138,7 +140,7 @@ class AuthzServer:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
-        log.info("authz listening", extra={"address": f"{host}:{port}"})
+        log.info("authz listening", extra={"address": f"{host}:{port}", "server": kind})
         await self._stopping.wait()
         health_task.cancel()
         config_task.cancel()

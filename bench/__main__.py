@@ -11,24 +11,29 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import check_grpc, cluster, gateway, profile, results, streaming
+from bench import check_grpc, cluster, envoy_variants, gateway, litellm_bench, profile, results, streaming
 from bench.harness import BenchStack
 
 PARTS = ("gateway", "stream", "check")
-EXTRA = ("profile", "cluster")
+EXTRA = ("profile", "cluster", "envoy", "litellm")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("parts", nargs="*", choices=[*PARTS, *EXTRA, []],
-                        help="which benchmarks (default: gateway stream check; `profile`, `cluster` only when named)")
+                        help="which benchmarks (default: gateway stream check; profile, cluster, envoy and "
+                             "litellm only when named)")
     parser.add_argument("--seconds", type=float, default=15, help="measured seconds per wrk run (default 15)")
     parser.add_argument("--warmup", type=float, default=3, help="discarded warm-up seconds per run (default 3)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     parser.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads (default 1)")
     parser.add_argument("--authz-workers", type=int, default=1,
                         help="authz processes sharing the gRPC port via SO_REUSEPORT (default 1)")
+    parser.add_argument("--authz-server", choices=("native", "grpcio"),
+                        help="authz's gRPC transport (default: the config's authz.server)")
+    parser.add_argument("--other-server", choices=("native", "grpcio"),
+                        help="also run C with authz on this transport (C*), for a same-run comparison")
     parser.add_argument("--configs", default="ABC", help="gateway configurations to run (default ABC)")
     parser.add_argument("--redis-py", action="store_true",
                         help="also run C with redis-py as authz's Redis client (the client before the pipelined one)")
@@ -46,21 +51,33 @@ def main(argv: list[str] | None = None) -> int:
     parts = args.parts or list(PARTS)
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     settings = (f"Envoy --concurrency {args.envoy_concurrency}; wrk -t2 -c{args.connections} {args.seconds:.0f} s "
-                f"after a {args.warmup:.0f} s warm-up; authz workers {args.authz_workers}")
+                f"after a {args.warmup:.0f} s warm-up; authz workers {args.authz_workers}; "
+                f"authz.server {args.authz_server or 'default (native)'}")
     lines = results.header(command.strip(), settings)
     if args.note:
         lines[2:2] = [args.note, ""]
     work = Path(tempfile.mkdtemp(prefix="dynaseal-bench-"))
-    if "gateway" in parts or "stream" in parts:
+    if {"gateway", "stream", "envoy", "litellm"} & set(parts):
         stack = BenchStack(work / "gateway", authz_workers=args.authz_workers,
-                           envoy_concurrency=args.envoy_concurrency)
+                           envoy_concurrency=args.envoy_concurrency, authz_server=args.authz_server)
         with stack:
             if "gateway" in parts:
                 print(f"gateway: {args.configs} × ({args.warmup:.0f} s warm-up + {args.seconds:.0f} s) …", flush=True)
                 runs = gateway.run(stack, args.seconds, args.connections, args.warmup, args.configs,
-                                   args.redis_py)
+                                   args.redis_py, args.other_server)
                 lines += ["### Gateway: Envoy A no auth · B jwt_authn · C dynaseal ext_authz (direct_response)", "",
                           *results.gateway_table(runs), ""]
+            if "envoy" in parts:
+                print("envoy: B, C and C's ext_authz variants …", flush=True)
+                variant_runs = envoy_variants.run(stack, args.seconds, args.connections, args.warmup)
+                lines += ["### Envoy's side of ext_authz: C's variants (direct_response)", "",
+                          *(f"- {r.label}: {r.name}" for r in variant_runs if r.label.startswith("c_")), "",
+                          *envoy_variants.table(variant_runs), ""]
+            if "litellm" in parts:
+                print("litellm: the gateway and LiteLLM's proxy in front of the same mock …", flush=True)
+                lite_runs, why = litellm_bench.run(stack, args.seconds, args.connections, args.warmup)
+                lines += ["### Beside LiteLLM: the same request and client, each proxy in front of the mock", "",
+                          *(litellm_bench.table(lite_runs) if lite_runs else [why]), ""]
             if "stream" in parts:
                 print(f"stream: {args.streams} streams per listener …", flush=True)
                 stats = streaming.run(stack, args.streams)
@@ -68,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                           *results.stream_table(stats, streaming.CHUNK_DELAY_MS), ""]
     if "check" in parts:
         print("check: direct gRPC Check, fixed rate and max, dynaseal then null server …", flush=True)
-        check_runs = check_grpc.run(work / "check", args.check_seconds, args.check_rate)
+        check_runs = check_grpc.run(work / "check", args.check_seconds, args.check_rate,
+                                    authz_args=("--server", args.authz_server) if args.authz_server else ())
         lines += [f"### Direct Check (no Envoy): authz on CPU 0, client + Redis on CPU 1, "
                   f"{args.check_rate:.0f}/s and max", "", *results.check_table(check_runs), ""]
     if "cluster" in parts:

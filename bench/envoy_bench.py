@@ -80,6 +80,38 @@ def _bench_listener(template: dict[str, Any], name: str, port: int,
     return listener
 
 
+# ext_authz variants of C (`python -m bench envoy`), each a listener of its own: what each setting
+# costs Envoy, measured in one run. name → (what it is, change to the ext_authz filter's typed_config).
+AUTHZ_CLUSTER = "dynaseal_authz"
+VARIANTS: dict[str, str] = {
+    "c_google": "google_grpc (Envoy's gRPC-core client) instead of envoy_grpc",
+    "c_nostats": "charge_cluster_response_stats: false",
+    "c_skiphdrs": "envoy_grpc.skip_envoy_headers: true (no x-envoy-* on the Check call)",
+    "c_fewhdrs": "allowed_headers: only the 5 headers authz reads (measurement only: authz must see every "
+                 "header to remove the ones the provider must not get)",
+}
+
+
+def authz_variant(ext_authz: dict[str, Any], name: str, authz_address: tuple[str, int]) -> dict[str, Any]:
+    """The gateway's ext_authz filter with one variant's change."""
+    variant = copy.deepcopy(ext_authz)
+    typed = variant["typed_config"]
+    if name == "c_google":
+        timeout = typed["grpc_service"].get("timeout")
+        typed["grpc_service"] = {"google_grpc": {"target_uri": f"{authz_address[0]}:{authz_address[1]}",
+                                                 "stat_prefix": "authz_google"}, "timeout": timeout}
+    elif name == "c_nostats":
+        typed["charge_cluster_response_stats"] = False
+    elif name == "c_skiphdrs":
+        typed["grpc_service"]["envoy_grpc"]["skip_envoy_headers"] = True
+    elif name == "c_fewhdrs":
+        typed["allowed_headers"] = {"patterns": [{"exact": h} for h in (
+            "authorization", "dynasealtoken", "content-type", "content-encoding", "x-request-id")]}
+    else:
+        raise ValueError(f"unknown ext_authz variant {name!r}")
+    return variant
+
+
 def render(cfg: DynasealConfig, keys: BenchKeys, ports: dict[str, int], access_log: Path) -> str:
     """The bench Envoy YAML; `ports` maps each listener name above to its port."""
     gateway = yaml.safe_load(envoy_config.render(cfg, access_log))
@@ -101,5 +133,8 @@ def render(cfg: DynasealConfig, keys: BenchKeys, ports: dict[str, int], access_l
         _bench_listener(listener, "c_dynaseal", ports["c_dynaseal"], ext_authz),
         s_none,
         s_dynaseal,
+        *(_bench_listener(listener, name, ports[name],
+                          authz_variant(ext_authz, name, (cfg.gateway.host, cfg.gateway.ports.authz)))
+          for name in VARIANTS if name in ports),
     ]
     return yaml.safe_dump(gateway, sort_keys=False)

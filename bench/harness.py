@@ -24,7 +24,7 @@ from dynaseal.stack import AUTHZ_SERVICE_NAME, redis_server_binary
 HOST = "127.0.0.1"
 GATEWAY_PORTS = ("envoy", "envoy_admin", "issuer", "authz", "mock_upstream", "redis", "kafka",
                  "authz_metrics", "consumer_metrics", "shipper_metrics")
-LISTENERS = ("a_none", "b_jwt", "c_dynaseal", "s_none", "s_dynaseal")
+LISTENERS = ("a_none", "b_jwt", "c_dynaseal", "s_none", "s_dynaseal", *envoy_bench.VARIANTS)
 
 
 def free_ports(count: int) -> list[int]:
@@ -53,6 +53,22 @@ def cpu_seconds(pid: int) -> float:
         if int(fields[2]) == pid:
             total += (int(fields[11]) + int(fields[12])) / tick
     return total
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory (MiB) of every live process in the process group led by `pid`."""
+    total_kib = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[2]) != pid:
+                continue
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        total_kib += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return total_kib / 1024
 
 
 def machine_busy_seconds() -> float:
@@ -89,7 +105,8 @@ class BenchStack:
 
     def __init__(self, directory: Path, *, authz_workers: int = 1, envoy_concurrency: int = 1,
                  authz_args: tuple[str, ...] = (), with_envoy: bool = True, with_mock: bool = True,
-                 authz_cpus: str | None = None, redis_cpus: str | None = None) -> None:
+                 authz_cpus: str | None = None, redis_cpus: str | None = None,
+                 authz_server: str | None = None) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.keys: BenchKeys = make_keys()
@@ -102,15 +119,21 @@ class BenchStack:
         self.supervisor = Supervisor(directory / "logs", HOST)
         self.authz_workers = authz_workers
         self.envoy_concurrency = envoy_concurrency
-        self.authz_args = authz_args
+        # authz.server of the bench authz (None: the config's default), passed as `--server`.
+        self.authz_server = authz_server
+        self.authz_args = (*authz_args, *(("--server", authz_server) if authz_server else ()))
         self.with_envoy = with_envoy
         self.with_mock = with_mock
         self.authz_cpus = authz_cpus
         self.redis_cpus = redis_cpus
         self.services: dict[str, RunningService] = {}
+        # Targets that are not Envoy listeners (another proxy under test), by name.
+        self.other_urls: dict[str, str] = {}
 
     def url(self, listener: str) -> str:
-        """The chat-completions URL on one bench listener."""
+        """The chat-completions URL on one bench listener (or of a target in `other_urls`)."""
+        if listener in self.other_urls:
+            return self.other_urls[listener]
         return f"http://{HOST}:{self.listener_ports[listener]}/v1/chat/completions"
 
     @property
@@ -171,12 +194,16 @@ class BenchStack:
             raise
         return self
 
-    def restart_authz(self, preamble: str = "") -> None:
-        """Restart the (single) authz process, running `preamble` Python first (a what-if variant)."""
-        spec = self.supervisor.stop_service("authz")
+    def restart_authz(self, preamble: str = "", extra_args: tuple[str, ...] = ()) -> None:
+        """Restart the (single) authz process, running `preamble` Python first (a what-if variant)
+        and with `extra_args` after its own."""
+        stopped = self.supervisor.stop_service("authz")
+        # Variants always start from the original command line, so restarts can follow each other.
+        spec = self._authz_spec = getattr(self, "_authz_spec", stopped)
         argv = list(spec.argv)
         at = argv.index("-m")
-        code = f"{preamble}\nfrom authz_service.__main__ import main\nraise SystemExit(main({argv[at + 2:]!r}))"
+        args = [*argv[at + 2:], *extra_args]
+        code = f"{preamble}\nfrom authz_service.__main__ import main\nraise SystemExit(main({args!r}))"
         variant = ServiceSpec(spec.name, [*argv[:at], "-c", code], spec.address, spec.ready, spec.env)
         self.services["authz"] = self.supervisor.start(variant)
 

@@ -1,7 +1,7 @@
 """`python -m bench.pipeline_bench`: usage-pipeline throughput and latency, access-log line → callback.
 
 Real processes on free ports: redis-server, the tansu broker, `python -m log_shipper`,
-`python -m callback_consumer`, and a receiver (uvicorn, its own process) that verifies every
+`python -m callback_consumer`, and a receiver (a raw asyncio HTTP server, its own process) that verifies every
 Standard Webhooks signature and records when each webhook-id arrived. This process plays Envoy:
 it appends access-log lines in Envoy's JSON format (mostly admitted requests with usage, some
 streamed with captured content, some denials the shipper skips) and times each one.
@@ -14,11 +14,13 @@ streamed with captured content, some denials the shipper skips) and times each o
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,61 +44,95 @@ REPO = Path(__file__).resolve().parent.parent
 
 # --- the receiver process ----------------------------------------------------------------------
 
-def receiver_app(secret: str) -> Any:
-    """A tiny ASGI app: POST verifies and records (webhook-id, arrival); GET /stats dumps them."""
-    from standardwebhooks import Webhook
+class _ReceiverProtocol(asyncio.Protocol):
+    """HTTP/1.1 keep-alive, just enough for the consumer's POSTs and the bench's GET /stats.
 
-    webhook = Webhook(secret)
-    arrivals: dict[str, float] = {}
-    state = {"bad": 0}
+    A raw protocol rather than an ASGI server: the receiver stands in for the tenant's backend,
+    which runs elsewhere in production, so its own cost should stay small beside the pipeline's.
+    Every signature is still verified with the standardwebhooks library, as a backend would.
+    """
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body = b""
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
         while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        status, payload = 200, b""
-        if scope["method"] == "GET":
-            payload = json.dumps({"arrivals": arrivals, "bad": state["bad"]}).encode()
+            head_end = self.buffer.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            lines = self.buffer[:head_end].decode("latin-1").split("\r\n")
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            size = int(headers.get("content-length", "0"))
+            if len(self.buffer) < head_end + 4 + size:
+                return
+            body = self.buffer[head_end + 4:head_end + 4 + size]
+            self.buffer = self.buffer[head_end + 4 + size:]
+            self._answer(lines[0].split(" "), headers, body)
+
+    def _answer(self, request_line: list[str], headers: dict[str, str], body: bytes) -> None:
+        state, status, payload = self.state, 200, b""
+        if request_line[0] == "GET":  # /stats?since=N: the arrivals after the first N
+            since = int(request_line[1].partition("since=")[2] or 0)
+            payload = json.dumps({"arrivals": state["order"][since:], "bad": state["bad"]}).encode()
         else:
             now = time.time()
-            headers = {k.decode(): v.decode() for k, v in scope["headers"]}
             try:
-                webhook.verify(body, headers, json_parse=False)
-                arrivals.setdefault(headers["webhook-id"], now)
+                state["webhook"].verify(body, headers, json_parse=False)
+                if headers["webhook-id"] not in state["seen"]:
+                    state["seen"].add(headers["webhook-id"])
+                    state["order"].append((headers["webhook-id"], now))
             except Exception:
                 state["bad"] += 1
                 status = 401
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
-
-    return app
+        assert self.transport is not None
+        self.transport.write(b"HTTP/1.1 %d OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                             % (status, len(payload), payload))
 
 
 def serve_receiver(port: int) -> None:
     """Run the receiver until killed."""
-    import uvicorn
+    import uvloop
+    from standardwebhooks import Webhook
 
-    uvicorn.run(receiver_app(WEBHOOK_SECRET), host=HOST, port=port, log_level="warning", access_log=False,
-                loop="uvloop", http="httptools" if _has("httptools") else "h11")
+    state: dict[str, Any] = {"webhook": Webhook(WEBHOOK_SECRET), "seen": set(), "order": [], "bad": 0}
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _ReceiverProtocol(state), HOST, port)
+        await server.serve_forever()
+
+    uvloop.run(serve())
 
 
-def _has(module: str) -> bool:
-    import importlib.util
+class _Arrivals:
+    """The receiver's arrivals, fetched incrementally (a full dump per poll cost the receiver more
+    than the callbacks did once tens of thousands had arrived)."""
 
-    return importlib.util.find_spec(module) is not None
+    def __init__(self) -> None:
+        self.seen: dict[str, float] = {}
+        self.count = 0
+
+
+_ARRIVALS: dict[int, _Arrivals] = {}
 
 
 def arrivals(port: int) -> tuple[dict[str, float], int]:
-    """(webhook-id → arrival time, bad signatures) from the receiver."""
-    with urllib.request.urlopen(f"http://{HOST}:{port}/stats", timeout=10) as reply:
+    """(webhook-id → arrival time, bad signatures) from the receiver, everything so far."""
+    known = _ARRIVALS.setdefault(port, _Arrivals())
+    with urllib.request.urlopen(f"http://{HOST}:{port}/stats?since={known.count}", timeout=10) as reply:
         data = json.loads(reply.read())
-    return data["arrivals"], data["bad"]
+    known.seen.update((webhook_id, at) for webhook_id, at in data["arrivals"])
+    known.count += len(data["arrivals"])
+    return known.seen, data["bad"]
 
 
 # --- synthetic access-log lines ----------------------------------------------------------------
@@ -136,8 +172,9 @@ def access_line(jti: str, rng: random.Random) -> tuple[str | None, bytes]:
 class PipelineRig:
     """Redis, broker, shipper, consumer and receiver on free ports in a work directory."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, tenant_backlog: int = 5000) -> None:
         self.work = work
+        self.tenant_backlog = tenant_backlog
         names = ["kafka", "redis", "consumer_metrics", "shipper_metrics", "receiver"]
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         self.access_log = work / "data" / "envoy" / "access.log"
@@ -170,7 +207,7 @@ class PipelineRig:
             ServiceSpec("receiver", [*py, "bench.pipeline_bench", "--serve-receiver", str(p["receiver"])], "",
                         lambda: http_ok(f"http://{HOST}:{p['receiver']}/stats"), env=env),
             ServiceSpec("consumer", [*py, "callback_consumer", "--config", str(self.config), "--group-id",
-                                     "bench"], "", lambda: http_ok(f"http://{HOST}:{p['consumer_metrics']}/metrics"),
+                                     "bench", "--tenant-backlog", str(self.tenant_backlog)], "", lambda: http_ok(f"http://{HOST}:{p['consumer_metrics']}/metrics"),
                         env=env),
             ServiceSpec("shipper", [*py, "log_shipper", "--config", str(self.config)], "",
                         lambda: http_ok(f"http://{HOST}:{p['shipper_metrics']}/metrics"), env=env),
@@ -204,6 +241,16 @@ class PipelineRig:
             used[service.spec.name] = (int(fields[11]) + int(fields[12])) / tick
         return used
 
+    def profile(self, directory: Path, seconds: float) -> list[subprocess.Popen[bytes]]:
+        """py-spy (non-blocking) on the shipper and the consumer for `seconds`, started now."""
+        from bench.profile import py_spy
+
+        directory.mkdir(parents=True, exist_ok=True)
+        return [subprocess.Popen([py_spy(), "record", "--nonblocking", "-r", "200", "-d", str(max(1, round(seconds))),
+                                  "-f", "raw", "-o", str(directory / f"{s.spec.name}.txt"), "-p",
+                                  str(s.process.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                for s in self.supervisor.running if s.spec.name in ("shipper", "consumer")]
+
     def stop(self) -> None:
         """Stop every process."""
         self.supervisor.stop()
@@ -221,17 +268,17 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_latency(rig: PipelineRig, rate: float, seconds: float, rng: random.Random, jtis: list[str]) -> dict[str, Any]:
-    """Lines one by one at `rate`/s; latency of each event from its write to its callback."""
+    """Lines at `rate`/s (written every 5 ms, the lines due by then, so the writer keeps up at
+    thousands per second); latency of each event from its write to its callback."""
     written: dict[str, float] = {}
-    interval, start = 1.0 / rate, time.monotonic()
-    for n in range(int(rate * seconds)):
-        delay = start + n * interval - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        request_id, line = access_line(rng.choice(jtis), rng)
-        at = rig.write([line])
-        if request_id:
-            written[request_id] = at
+    start, total, sent = time.monotonic(), int(rate * seconds), 0
+    while sent < total:
+        time.sleep(0.005)
+        due = min(total, int((time.monotonic() - start) * rate))
+        batch = [access_line(rng.choice(jtis), rng) for _ in range(due - sent)]
+        sent = due
+        at = rig.write([line for _, line in batch])
+        written.update((request_id, at) for request_id, _ in batch if request_id)
     achieved = len(written) / (time.monotonic() - start)
     received = rig.wait(set(written), 60)
     latencies = [(received[i] - written[i]) * 1000 for i in received]
@@ -262,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="lines per second in the latency run (10 %% are denials: 556 lines ≈ 500 events)")
     parser.add_argument("--seconds", type=float, default=20, help="length of the latency run")
     parser.add_argument("--events", type=int, default=20_000, help="events in the throughput run")
+    parser.add_argument("--tenant-backlog", type=int,
+                        help="the consumer's --tenant-backlog (default: above --events, so the backlog run "
+                             "measures delivery, not the overload guard)")
+    parser.add_argument("--profile", type=Path,
+                        help="py-spy the shipper and consumer during the latency run; raw stacks and a summary "
+                             "go to this directory")
     parser.add_argument("--serve-receiver", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_receiver:
@@ -269,21 +322,31 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rng = random.Random(7)
     jtis = [f"bench-key-{i}" for i in range(200)]
-    rig = PipelineRig(Path(tempfile.mkdtemp(prefix="dynaseal-pipeline-bench-")))
+    rig = PipelineRig(Path(tempfile.mkdtemp(prefix="dynaseal-pipeline-bench-")),
+                      args.tenant_backlog or max(5000, 2 * args.events))
     try:
         rig.start()
         warm = run_throughput(rig, 200, rng, jtis)  # group joined, connections open, code paths warm
         print(f"warm-up: {warm['delivered']} events in {warm['seconds']:.1f} s", flush=True)
         before = rig.cpu()
+        spies = rig.profile(args.profile, args.seconds) if args.profile else []
         latency = run_latency(rig, args.rate, args.seconds, rng, jtis)
+        for spy in spies:
+            spy.wait(60)
         middle = rig.cpu()
         throughput = run_throughput(rig, args.events, rng, jtis)
         after = rig.cpu()
     finally:
         rig.stop()
+    if args.profile:
+        from bench.profile import summarize
+
+        for name in ("shipper", "consumer"):
+            raw = args.profile / f"{name}.txt"
+            if raw.exists():
+                (args.profile / f"{name}.md").write_text("\n".join(summarize(raw, 30)) + "\n")
     print(f"\n## Usage pipeline (shipper → Kafka → consumer → receiver), {os.cpu_count()} cores\n")
-    print(f"Command: `python -m bench.pipeline_bench --rate {args.rate:g} --seconds {args.seconds:g} "
-          f"--events {args.events}`\n")
+    print(f"Command: `python -m bench.pipeline_bench {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
     print("| run | events | delivered | result | CPU µs per event |\n|---|---|---|---|---|")
     print(f"| latency at {latency['event_rate']:.0f} events/s ({args.rate:g} lines/s) | {latency['events']} | "
           f"{latency['delivered']} | p50 {latency['p50_ms']:.0f} ms, p90 {latency['p90_ms']:.0f} ms, "

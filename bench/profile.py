@@ -58,8 +58,9 @@ def summarize(raw: Path, top: int = TOP) -> list[str]:
     return lines
 
 
-def run(directory: Path, seconds: float, connections: int) -> tuple[wrk.WrkResult, list[str]]:
-    """Profile authz while wrk drives configuration C."""
+def run(directory: Path, seconds: float, connections: int,
+        native: bool = False) -> tuple[wrk.WrkResult, list[str]]:
+    """Profile authz while wrk drives configuration C (`native`: C frames too, e.g. uvloop's)."""
     raw = directory / "authz-profile.txt"
     with BenchStack(directory) as stack:
         gateway.check_sample(stack)
@@ -68,8 +69,9 @@ def run(directory: Path, seconds: float, connections: int) -> tuple[wrk.WrkResul
         wait_for_quiet()
         wrk.run(url, script, 3, connections)
         pid = stack.services["authz"].process.pid
-        argv = [py_spy(), "record", "--nonblocking", "--threads", "-r", "250", "-d", str(round(seconds)),
-                "-f", "raw", "-o", str(raw), "-p", str(pid)]
+        # --native has to stop the process to unwind C stacks: it cannot be --nonblocking.
+        argv = [py_spy(), "record", "--native" if native else "--nonblocking", "--threads", "-r", "250",
+                "-d", str(round(seconds)), "-f", "raw", "-o", str(raw), "-p", str(pid)]
         result: list[wrk.WrkResult] = []
         load = threading.Thread(target=lambda: result.append(wrk.run(url, script, seconds + 2, connections)))
         load.start()

@@ -63,9 +63,12 @@ def gateway_table(runs: list[GatewayRun]) -> list[str]:
     if noisy:
         lines += ["", f"Warning: other work kept the machine busy before {', '.join(noisy)}: "
                       "those numbers are suspect."]
+    rss = [f"{r.label} {r.authz_rss_mib:.0f} MiB" for r in runs if r.label.startswith("C") and r.authz_rss_mib]
+    if rss:
+        lines += ["", "authz resident memory right after each C run: " + ", ".join(rss)]
     by_label = {r.label: r.result.rps for r in runs}
     ratios = [f"{a}/{b} = {by_label[a] / by_label[b]:.2f}"
-              for a, b in (("B", "A"), ("C", "A"), ("C", "B"), ("C", "C'"))
+              for a, b in (("B", "A"), ("C", "A"), ("C", "B"), ("C*", "B"), ("C", "C*"), ("C", "C'"))
               if a in by_label and b in by_label]
     if ratios:
         goal = " (goal C/B ≥ 0.5)" if {"B", "C"} <= by_label.keys() else ""

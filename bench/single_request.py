@@ -1,14 +1,18 @@
 """Latency one sequential request pays: direct to the mock upstream, through Envoy without
 ext_authz, and through Envoy with dynaseal ext_authz (+ the Redis reservation).
 
-Run: `python -m bench.single_request [--requests 1000]`. Unlike the load runs, this is one
-client, one request at a time: the p50 difference is what a single call pays for each hop.
+Run: `python -m bench.single_request [--requests 1000] [--servers native,grpcio]`. Unlike the load
+runs, this is one client, one request at a time: the p50 difference is what a single call pays for
+each hop. Each authz transport (`authz.server`) gets its own stack, one after the other in the same
+run; the authz line also gives the handler's mean (decision + Redis round trip, from its own
+`dynaseal_authz_check_seconds`), so the rest of what ext_authz adds is the gRPC hop itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import tempfile
@@ -55,16 +59,34 @@ def measure(client: httpx.Client, url: str, token: str, requests: int) -> tuple[
     return statistics.median(timings), timings[int(len(timings) * 0.99) - 1]
 
 
+def handler_seconds(metrics_port: int) -> tuple[float, float]:
+    """(sum, count) of authz's dynaseal_authz_check_seconds."""
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    values = dict(re.findall(r"^dynaseal_authz_check_seconds_(sum|count) (\S+)$", text, re.MULTILINE))
+    return float(values.get("sum", 0)), float(values.get("count", 0))
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Start the stack and a second Envoy, measure the three paths, print a table."""
+    """For each authz transport: start the stack and a second Envoy, measure the three paths."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--servers", default="native,grpcio", help="authz transports, in order")
     args = parser.parse_args(argv)
     os.environ[PROVIDER_KEY_ENV] = PROVIDER_KEY
+    for server in args.servers.split(","):
+        print(f"authz.server: {server}")
+        measure_stack(server, args.requests)
+
+
+def measure_stack(server: str, requests: int) -> None:
+    """One stack with this authz transport: the three paths, printed."""
     directory = Path(tempfile.mkdtemp(prefix="dynaseal-single-"))
     ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
     keys = make_keys()
     path = write_config(directory, ports, keys)
+    raw = yaml.safe_load(path.read_text())
+    raw["authz"] = {"server": server}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
     cfg = load_config(path)
     stack = LocalStack(cfg, path, pipeline=False)
     stack.start()
@@ -82,16 +104,22 @@ def main(argv: list[str] | None = None) -> None:
             "Envoy, no ext_authz": f"http://127.0.0.1:{plain_port}{PATH}",
             "Envoy + dynaseal ext_authz + Redis": f"http://127.0.0.1:{ports['envoy']}{PATH}",
         }
+        results = {}
         with httpx.Client(timeout=10) as client:
-            results = {name: measure(client, url, keys.token if "dynaseal" in name else PROVIDER_KEY,
-                                     args.requests) for name, url in targets.items()}
+            for name, url in targets.items():
+                before = handler_seconds(ports["authz_metrics"])
+                results[name] = measure(client, url, keys.token if "dynaseal" in name else PROVIDER_KEY, requests)
+                after = handler_seconds(ports["authz_metrics"])
+            handler_ms = (after[0] - before[0]) / max(1.0, after[1] - before[1]) * 1000
     finally:
         plain.terminate()
         plain.wait(10)
         stack.stop()
     base = results["direct to the mock upstream"][0]
     for name, (p50, p99) in results.items():
-        print(f"{name:38s} p50 {p50:6.3f} ms   p99 {p99:6.3f} ms   (+{p50 - base:.3f} ms p50 over direct)")
+        print(f"  {name:38s} p50 {p50:6.3f} ms   p99 {p99:6.3f} ms   (+{p50 - base:.3f} ms p50 over direct)")
+    added = results["Envoy + dynaseal ext_authz + Redis"][0] - results["Envoy, no ext_authz"][0]
+    print(f"  ext_authz adds {added:+.3f} ms p50 over Envoy alone; the authz handler's mean is {handler_ms:.3f} ms")
 
 
 if __name__ == "__main__":

@@ -299,11 +299,23 @@ class GatewayConfig(_Strict):
         return url.rstrip("/") if url is not None else None
 
 
+class AuthzConfig(_Strict):
+    """The authz service's own settings."""
+
+    # The gRPC transport serving the same grpcio servicers: `native` (pygrpc-native: HTTP/2 in Rust,
+    # the handlers on the Python event loop) or `grpcio` (grpc.aio), the switch back if native misbehaves.
+    server: Literal["native", "grpcio"] = "native"
+    # native only: threads doing the HTTP/2 work. 1 costs the least CPU per Check on 2 cores (measured
+    # in bench/RESULTS.md); more only help where authz has cores to itself.
+    io_threads: int = Field(1, ge=1, le=64)
+
+
 class DynasealConfig(_Strict):
     """The whole config file."""
 
     env_file: str | None = None
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    authz: AuthzConfig = Field(default_factory=AuthzConfig)
     tenants: tuple[TenantConfig, ...]
     issuer: IssuerConfig | None = None
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections import deque
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -71,30 +70,48 @@ def parse(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
 
 
 class _Connection(asyncio.Protocol):
-    """One TCP connection: writes batched per loop turn, replies handed to waiters in order."""
+    """One TCP connection: writes batched per loop turn, replies handed to waiters in order.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    Every command has the same deadline, and Redis answers in order, so the oldest waiter always
+    has the earliest deadline: one timer per connection, re-armed for the next oldest, stands in
+    for a timer per command (an allocation, a libuv timer start and a cancel on every Check).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float = 0.05) -> None:
         self.loop = loop
+        self.timeout_s = timeout_s
         self.transport: asyncio.Transport | None = None
-        self.waiters: deque[asyncio.Future[Any]] = deque()
+        # (reply future, time sent on the loop's clock), oldest first
+        self.waiters: deque[tuple[asyncio.Future[Any], float]] = deque()
         self.buffer = bytearray()
         self.outgoing: list[bytes] = []
         self.closed = False
-        self.last_read = time.monotonic()
+        self.last_read = loop.time()
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport (uvloop's is not an asyncio.Transport subclass, but behaves as one)."""
         self.transport = cast(asyncio.Transport, transport)
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
-        """Queue a command; the future gets its reply (or the connection's failure)."""
+        """Queue a command; the future gets its reply, its deadline's RedisTimeoutError, or the
+        connection's failure."""
         if self.closed:
             raise RedisConnectionError("redis connection is closed")
-        if not self.outgoing:
-            self.loop.call_soon(self._flush)
-        self.outgoing.append(command)
-        waiter = self.loop.create_future()
-        self.waiters.append(waiter)
+        loop = self.loop
+        if not self.waiters and self.transport is not None:
+            # Nothing in flight: write now, so Redis works on it while this turn goes on. Commands
+            # sent later in the same turn are batched into one write at its end.
+            self.transport.write(command)
+        else:
+            if not self.outgoing:
+                loop.call_soon(self._flush)
+            self.outgoing.append(command)
+        waiter = loop.create_future()
+        now = loop.time()
+        self.waiters.append((waiter, now))
+        if self._timer is None:
+            self._timer = loop.call_at(now + self.timeout_s, self._expire)
         return waiter
 
     def _flush(self) -> None:
@@ -102,9 +119,25 @@ class _Connection(asyncio.Protocol):
             self.transport.write(b"".join(self.outgoing))
         self.outgoing.clear()
 
+    def _expire(self) -> None:
+        """Fail every waiter past its deadline; a connection silent since the oldest was sent is dead."""
+        self._timer = None
+        if self.closed:
+            return
+        limit = self.loop.time() - self.timeout_s
+        for waiter, sent in self.waiters:
+            if sent > limit:  # the first one still in time: wake up again at its deadline
+                self._timer = self.loop.call_at(sent + self.timeout_s, self._expire)
+                return
+            if not waiter.done():
+                waiter.set_exception(RedisTimeoutError(f"redis did not answer within {self.timeout_s * 1000:.0f} ms"))
+                if self.last_read < sent:  # nothing at all came back since: treat the connection as dead
+                    self.abort(RedisConnectionError("redis connection timed out"))
+                    return
+
     def data_received(self, data: bytes) -> None:
         """Hand every complete reply to the oldest waiter (timed-out waiters just drop theirs)."""
-        self.last_read = time.monotonic()
+        self.last_read = self.loop.time()
         buf: bytes | bytearray = data
         if self.buffer:
             self.buffer += data
@@ -113,7 +146,7 @@ class _Connection(asyncio.Protocol):
         try:
             while pos < len(buf):
                 reply, pos = parse(buf, pos)
-                waiter = self.waiters.popleft()
+                waiter = self.waiters.popleft()[0]
                 if not waiter.done():
                     if isinstance(reply, ResponseError):
                         waiter.set_exception(reply)
@@ -134,8 +167,11 @@ class _Connection(asyncio.Protocol):
         """Close and fail every waiter with `error` (idempotent)."""
         already = self.closed
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self.waiters:
-            waiter = self.waiters.popleft()
+            waiter = self.waiters.popleft()[0]
             if not waiter.done():
                 waiter.set_exception(error)
         if self.transport is not None and not already:
@@ -171,7 +207,8 @@ class PipelinedRedis:
         loop = asyncio.get_running_loop()
         try:
             _, connection = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(loop), self.host, self.port), self.timeout_s)
+                loop.create_connection(lambda: _Connection(loop, self.timeout_s), self.host, self.port),
+                self.timeout_s)
         except (OSError, TimeoutError) as exc:
             raise RedisConnectionError(f"cannot connect to redis at {self.host}:{self.port}: {exc}") from None
         setup = []
@@ -203,36 +240,22 @@ class PipelinedRedis:
         self._connection = connection
         return connection
 
-    def _expire(self, waiter: asyncio.Future[Any], connection: _Connection, sent: float) -> None:
-        if waiter.done():
-            return
-        waiter.set_exception(RedisTimeoutError(f"redis did not answer within {self.timeout_s * 1000:.0f} ms"))
-        if connection.last_read < sent:  # nothing at all came back since: treat the connection as dead
-            connection.abort(RedisConnectionError("redis connection timed out"))
-
     async def execute(self, *args: Any) -> Any:
         """Run one command; raise RedisError subclasses on failure or after the deadline."""
-        connection = await self._ready()
-        waiter = connection.send(encode(args))
-        timer = connection.loop.call_later(self.timeout_s, self._expire, waiter, connection, time.monotonic())
-        try:
-            return await waiter
-        finally:
-            timer.cancel()
+        connection = self._connection
+        if connection is None or connection.closed:
+            connection = await self._ready()
+        return await connection.send(encode(args))
 
     async def execute_asking(self, *args: Any) -> Any:
         """ASKING, then the command, back to back on one connection (a Redis Cluster ASK redirection)."""
         connection = await self._ready()
         # Both go out in the same write, in order: the node accepts the command for an importing slot.
         asking = connection.send(encode(("ASKING",)))
-        waiter = connection.send(encode(args))
-        timer = connection.loop.call_later(self.timeout_s, self._expire, waiter, connection, time.monotonic())
+        waiter = connection.send(encode(args))  # the connection's deadline timer covers it, as every command
         # ASKING's own reply (+OK) is not needed: if it failed, the command is answered MOVED instead.
         asking.add_done_callback(lambda done: done.cancelled() or done.exception())
-        try:
-            return await waiter
-        finally:
-            timer.cancel()
+        return await waiter
 
     async def eval_script(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, or EVAL (which also caches the script) when Redis does not know it: one round trip."""

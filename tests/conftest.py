@@ -47,9 +47,25 @@ class TenantKeys:
     acme_rotated: SigningKey
 
 
-def write_test_config(directory: Path, keys: TenantKeys) -> Path:
-    """A config like the bundled dev one, on free ports, with a second tenant for isolation tests."""
+AUTHZ_SERVERS = ("native", "grpcio")
+
+
+def authz_server_kind() -> str | None:
+    """The authz transport the suite runs on: `$DYNASEAL_AUTHZ_SERVER`, else the config default."""
+    kind = os.environ.get("DYNASEAL_AUTHZ_SERVER") or None
+    if kind is not None and kind not in AUTHZ_SERVERS:
+        raise ValueError(f"DYNASEAL_AUTHZ_SERVER must be one of {AUTHZ_SERVERS}, got {kind!r}")
+    return kind
+
+
+def write_test_config(directory: Path, keys: TenantKeys, authz_server: str | None = None) -> Path:
+    """A config like the bundled dev one, on free ports, with a second tenant for isolation tests.
+
+    `authz_server` (else `$DYNASEAL_AUTHZ_SERVER`) picks authz's gRPC transport.
+    """
     raw = yaml.safe_load(bundled_dev_config().read_text())
+    if kind := authz_server or authz_server_kind():
+        raw["authz"] = {"server": kind}
     names = ["envoy", "envoy_admin", "issuer", "authz", "mock_upstream", "redis", "kafka",
              "authz_metrics", "consumer_metrics", "shipper_metrics"]
     raw["env_file"] = str(bundled_dev_config().parent / "dev.env")

@@ -12,7 +12,7 @@ import orjson
 import pytest
 import redis
 import yaml
-from conftest import OTHER_TENANT, TenantKeys, write_test_config
+from conftest import AUTHZ_SERVERS, OTHER_TENANT, TenantKeys, write_test_config
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
@@ -46,8 +46,10 @@ end
 """
 
 
-def test_sigterm_drains_the_check_in_flight(tmp_path: Path, test_keys: TenantKeys, config_path: Path) -> None:
-    path = write_test_config(tmp_path, test_keys)
+@pytest.mark.parametrize("authz_server", AUTHZ_SERVERS)
+def test_sigterm_drains_the_check_in_flight(tmp_path: Path, test_keys: TenantKeys, config_path: Path,
+                                            authz_server: str) -> None:
+    path = write_test_config(tmp_path, test_keys, authz_server)
     raw = yaml.safe_load(path.read_text())
     raw.pop("issuer")
     raw["tenants"] = [t for t in raw["tenants"] if t["id"] == OTHER_TENANT]
