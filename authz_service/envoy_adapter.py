@@ -19,8 +19,8 @@ from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct
 from google.rpc import code_pb2, status_pb2
 
-from dynaseal.authorizer import AuthRequest
-from dynaseal.decision import Decision
+from dynaseal.policy.authorizer import AuthRequest
+from dynaseal.policy.decision import Decision
 
 _OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
 # The response header that tells a client the gateway's id of its request (its callback's webhook-id).

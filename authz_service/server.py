@@ -17,10 +17,10 @@ from prometheus_client import start_http_server
 from authz_service.metrics import CONFIG_RELOADS
 from authz_service.servicer import AuthorizationServicer
 from authz_service.transport import ServerKind, new_server
-from dynaseal.authorizer import Authorizer
 from dynaseal.config import ConfigError, DynasealConfig, expand_path, load_config, resolve_config_path
-from dynaseal.quota import RedisQuota
-from dynaseal.remote_jwks import RemoteJwks
+from dynaseal.keys.remote_jwks import RemoteJwks
+from dynaseal.ledger.quota import RedisQuota
+from dynaseal.policy.authorizer import Authorizer
 from dynaseal.runtime.views import Runtime
 
 log = logging.getLogger("dynaseal.authz")

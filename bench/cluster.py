@@ -23,17 +23,17 @@ from pathlib import Path
 from types import MappingProxyType
 
 from bench.harness import wait_for_quiet
-from dynaseal.claims import VerifiedKey
 from dynaseal.config import Limits, TenantBudget
-from dynaseal.errors import QuotaUnavailable
-from dynaseal.local_cluster import LocalCluster, cluster_ports, start_cluster
-from dynaseal.probes import redis_ping
-from dynaseal.processes import ServiceSpec, Supervisor
-from dynaseal.quota import RedisQuota
-from dynaseal.redis_connect import async_client
-from dynaseal.request_policy import CheckedRequest
-from dynaseal.stack import redis_server_binary
-from dynaseal.tenants import Tenant
+from dynaseal.keys.claims import VerifiedKey
+from dynaseal.keys.tenants import Tenant
+from dynaseal.ledger.quota import RedisQuota
+from dynaseal.ledger.redis_connect import async_client
+from dynaseal.policy.errors import QuotaUnavailable
+from dynaseal.policy.request_policy import CheckedRequest
+from dynaseal_launcher.local_cluster import LocalCluster, cluster_ports, start_cluster
+from dynaseal_launcher.probes import redis_ping
+from dynaseal_launcher.processes import ServiceSpec, Supervisor
+from dynaseal_launcher.stack import redis_server_binary
 
 IN_FLIGHT = 64
 KEYS = 1000

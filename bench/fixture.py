@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import yaml
 
-from dynaseal.keys import SigningKey, mint
+from dynaseal.keys.mint import SigningKey, mint
 
 TENANT = "bench"
 KID = "bench-ed25519"

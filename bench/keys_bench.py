@@ -22,13 +22,13 @@ from pathlib import Path
 import orjson
 
 from bench.harness import free_ports
-from dynaseal.authorizer import Authorizer, AuthRequest
 from dynaseal.config import DynasealConfig
-from dynaseal.keys import HolderKey, SigningKey, mint
-from dynaseal.probes import redis_ping
-from dynaseal.quota import RedisQuota
-from dynaseal.stack import redis_server_binary
-from dynaseal.tenants import build_registry
+from dynaseal.keys.mint import HolderKey, SigningKey, mint
+from dynaseal.keys.tenants import build_registry
+from dynaseal.ledger.quota import RedisQuota
+from dynaseal.policy.authorizer import Authorizer, AuthRequest
+from dynaseal_launcher.probes import redis_ping
+from dynaseal_launcher.stack import redis_server_binary
 
 URL = "http://bench.test/v1/chat/completions"
 BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "Say hello in a few words."}],

@@ -4,7 +4,7 @@
 
 One Envoy (`--concurrency 1`, pinned to CPU 0) with a listener per variant. No authz runs: each
 listener's first filter, `set_metadata`, writes what authz would into the ext_authz namespace, so
-the Lua filter (verbatim from `envoy/gateway.yaml.tmpl` as rendered) sees exactly the gateway's
+the Lua filter (verbatim from `dynaseal_launcher/templates/gateway.yaml.tmpl` as rendered) sees exactly the gateway's
 metadata and nothing else is measured. Variants, all in one run:
 
 | listener | filters | route |
@@ -45,10 +45,10 @@ import yaml
 from bench import results, wrk
 from bench.fixture import BODY, PROVIDER_KEY, PROVIDER_KEY_ENV, make_keys, stream_body, write_config
 from bench.harness import GATEWAY_PORTS, HOST, cpu_seconds, free_ports, wait_for_quiet
-from dynaseal import envoy_config
 from dynaseal.config import load_config
-from dynaseal.probes import http_ok
-from dynaseal.processes import ServiceSpec, StartupError, Supervisor
+from dynaseal_launcher import envoy_config
+from dynaseal_launcher.probes import http_ok
+from dynaseal_launcher.processes import ServiceSpec, StartupError, Supervisor
 
 AUTHZ_NS = "envoy.filters.http.ext_authz"
 LUA, SSE, ROUTER = "envoy.filters.http.lua", "envoy.filters.http.sse_to_metadata", "envoy.filters.http.router"

@@ -18,12 +18,12 @@ from redis.exceptions import RedisError
 from callback_consumer.consumer import CallbackConsumer, ConsumerOptions
 from callback_consumer.delivery import RetryPolicy
 from callback_consumer.metrics import OLDEST_RESERVATION_SECONDS
-from dynaseal import kafka_io
 from dynaseal.config import ConfigError
+from dynaseal.ledger.redis_connect import sync_client
+from dynaseal.ledger.reservation_age import oldest_open_reservation_age_s
 from dynaseal.logs import setup_logging
-from dynaseal.redis_connect import sync_client
-from dynaseal.reservation_age import oldest_open_reservation_age_s
 from dynaseal.runtime.views import load_runtime
+from dynaseal.usage import kafka_io
 
 GROUP_ENV = "DYNASEAL_CONSUMER_GROUP"
 RESERVATION_SCAN_S = 15.0

@@ -28,10 +28,10 @@ from callback_consumer.dlq import DeadLetters
 from callback_consumer.offsets import OffsetTracker
 from callback_consumer.settlement import SettlementBatcher
 from callback_consumer.tenant_slots import SharedSlots
-from dynaseal import kafka_io
 from dynaseal.config import ConfigError
-from dynaseal.redis_connect import sync_client
+from dynaseal.ledger.redis_connect import sync_client
 from dynaseal.runtime.views import ConsumerView, load_runtime
+from dynaseal.usage import kafka_io
 
 log = logging.getLogger("callback_consumer")
 POLL_MS = 100

@@ -28,11 +28,11 @@ from callback_consumer.http_client import CallbackClient, CallbackTransportError
 from callback_consumer.money import ThresholdSender, money_settlement, record_money
 from callback_consumer.settlement import SettlementBatcher
 from callback_consumer.tenant_slots import SharedSlots
-from dynaseal.callbacks import CallbackSigner, callback_body, is_retryable
+from dynaseal.ledger.quota import Settlement
+from dynaseal.ledger.tenant_quota import has_tenant_limits
 from dynaseal.pb import UsageEvent
-from dynaseal.quota import Settlement
 from dynaseal.runtime.views import CallbackTarget, ConsumerView
-from dynaseal.tenant_quota import has_tenant_limits
+from dynaseal.usage.callbacks import CallbackSigner, callback_body, is_retryable
 
 log = logging.getLogger("callback_consumer.delivery")
 

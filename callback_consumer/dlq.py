@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from dynaseal import kafka_io
 from dynaseal.redaction import redact, redact_bytes
+from dynaseal.usage import kafka_io
 
 log = logging.getLogger("callback_consumer.dlq")
 SEND_TIMEOUT_S = 15.0

@@ -30,11 +30,11 @@ from callback_consumer.delivery import Deliverer, Job, Outcome, RetryPolicy
 from callback_consumer.dlq import DeadLetters, dlq_headers
 from callback_consumer.dlq_reader import REPLAY_GROUP_ID, DlqReader
 from callback_consumer.money import THRESHOLD_DLQ_TYPE
-from dynaseal import kafka_io
 from dynaseal.config import ConfigError, DynasealConfig, load_config
 from dynaseal.logs import setup_logging
 from dynaseal.pb import UsageEvent
 from dynaseal.runtime.views import Runtime
+from dynaseal.usage import kafka_io
 
 BATCH = 64
 

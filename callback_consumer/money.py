@@ -17,12 +17,12 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING
 
 from callback_consumer import metrics
-from dynaseal.budget_thresholds import Crossing, basis_points, threshold_body, threshold_webhook_id
+from dynaseal.ledger.quota import MoneySettlement, mark_thresholds
+from dynaseal.money.budget_thresholds import Crossing, basis_points, threshold_body, threshold_webhook_id
+from dynaseal.money.pricing import Price, TokenUsage
 from dynaseal.pb import UsageEvent
-from dynaseal.pricing import Price, TokenUsage
-from dynaseal.quota import MoneySettlement, mark_thresholds
 from dynaseal.runtime.views import CallbackTarget
-from dynaseal.usage_events import RESERVED, UPSTREAM
+from dynaseal.usage.events import RESERVED, UPSTREAM
 
 if TYPE_CHECKING:
     from callback_consumer.delivery import Deliverer, Job, Outcome

@@ -1,8 +1,8 @@
 """Settle reservations in bursts: one Redis pipeline per burst, not a round trip and a thread hop per event.
 
-Measured on the 2-core machine: `dynaseal.quota.settle` one call at a time from the event loop
+Measured on the 2-core machine: `dynaseal.ledger.quota.settle` one call at a time from the event loop
 (via a thread) cost ~450 µs of CPU per event; a pipeline of EVALSHAs ~50 µs. Each call is the
-same SETTLE script with the same arguments as `dynaseal.quota.settle`, so it is just as
+same SETTLE script with the same arguments as `dynaseal.ledger.quota.settle`, so it is just as
 idempotent per request_id. For a tenant with tenant-wide limits TENANT_SETTLE runs in the same
 pipeline (idempotent on its own slot: a crash between the two is repaired by the redelivery).
 On a Redis Cluster the pipeline is split per node by redis-py's RedisCluster.
@@ -14,10 +14,10 @@ import asyncio
 from concurrent.futures import Executor
 from typing import Any
 
-from dynaseal import tenant_quota
-from dynaseal.quota import MoneySettlement, Settlement, settlement_call
-from dynaseal.redis_connect import Call, SyncClient, run_scripts
-from dynaseal.tenant_scripts import TENANT_SETTLE
+from dynaseal.ledger import tenant_quota
+from dynaseal.ledger.quota import MoneySettlement, Settlement, settlement_call
+from dynaseal.ledger.redis_connect import Call, SyncClient, run_scripts
+from dynaseal.ledger.tenant_scripts import TENANT_SETTLE
 
 MAX_BATCH = 500
 # tenant, jti, request_id, tokens, chain (root first, for a child key), money, tenant-wide limits

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
-from dynaseal import redis_keys
-from dynaseal.redis_connect import SyncClient, run_scripts
+from dynaseal.ledger import redis_keys
+from dynaseal.ledger.redis_connect import SyncClient, run_scripts
 
 log = logging.getLogger("callback_consumer.tenant_slots")
 LEASE_MARGIN_S = 5.0

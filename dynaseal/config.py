@@ -1,7 +1,7 @@
 """The config file's schema and loader: YAML in, one validated immutable object out.
 
 Secrets never appear in the file: they are named by environment variable (`*_env`) and
-resolved by `dynaseal.tenants`. Every validation error is reported at once.
+resolved by `dynaseal.keys.tenants`. Every validation error is reported at once.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class Limits(_Strict):
     def _exact_amount(cls, value: Any) -> Any:
         return repr(value) if isinstance(value, float) else value
     # Tenant-wide, over all of the tenant's keys together (rpm and budget above are per key); checked
-    # at admit together with the key's own limits (dynaseal.tenant_quota).
+    # at admit together with the key's own limits (dynaseal.ledger.tenant_quota).
     tenant_budget: TenantBudget | None = None
     tenant_rpm: int | None = Field(None, ge=1)
 

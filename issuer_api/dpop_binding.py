@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from dynaseal.dpop import PROOF_WINDOW_S, DpopRefusal, confirmation, normalize_url, public_key_of, verify_proof
+from dynaseal.keys.dpop import PROOF_WINDOW_S, DpopRefusal, confirmation, normalize_url, public_key_of, verify_proof
 from issuer_api.errors import ApiError, IssuerError, invalid_request
 from issuer_api.scope import ScopeRequest
 

@@ -6,8 +6,8 @@ import logging
 
 from redis.exceptions import RedisError
 
-from dynaseal.redis_connect import async_client
-from dynaseal.revocation import revoke_async
+from dynaseal.ledger.redis_connect import async_client
+from dynaseal.ledger.revocation import revoke_async
 from issuer_api.errors import ApiError, IssuerError
 
 log = logging.getLogger("issuer_api.revocation")

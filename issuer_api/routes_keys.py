@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from dynaseal.keys import mint
+from dynaseal.keys.mint import mint
 from issuer_api.deps import AccountDep, StateDep
 from issuer_api.dpop_binding import requested_binding
 from issuer_api.errors import ApiError, IssuerError

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from sqlalchemy import ColumnElement, func, or_, select, true
 
-from dynaseal.pricing import money
+from dynaseal.money.pricing import money
 from issuer_api.deps import AccountDep, StateDep
 from issuer_api.errors import invalid_request
 from issuer_api.store import Callback, MintedKey, as_utc

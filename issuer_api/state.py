@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
 from dynaseal.config import ConfigError, DynasealConfig, IssuerConfig, Limits
+from dynaseal.keys.signing_keystore import SigningKeyStore
 from dynaseal.runtime.views import IssuerView, Runtime
-from dynaseal.signing_keystore import SigningKeyStore
 from issuer_api.callback_writer import CallbackWriter
 from issuer_api.login_limiter import LoginLimiter
 from issuer_api.migrate import upgrade_to_head

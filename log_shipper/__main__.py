@@ -12,10 +12,10 @@ from types import FrameType
 
 from prometheus_client import start_http_server
 
-from dynaseal import kafka_io
 from dynaseal.config import ConfigError
 from dynaseal.logs import setup_logging
 from dynaseal.runtime.views import load_runtime
+from dynaseal.usage import kafka_io
 from log_shipper.shipper import Shipper, ShipperOptions
 
 # The consumer's own variable: both sides name the same group.

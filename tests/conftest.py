@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from dynaseal.config import DynasealConfig, bundled_dev_config, load_config  # noqa: E402
-from dynaseal.keys import SigningKey  # noqa: E402
+from dynaseal.keys.mint import SigningKey  # noqa: E402
 
 DEMO_TENANT = "671249a93f1cf2f8bf9b2b82"
 DEMO_SECRET = "4d72c063-881f-45fa-85ab-3375c84f5dd7"
@@ -120,7 +120,7 @@ def cfg(config_path: Path) -> DynasealConfig:
 @pytest.fixture(scope="session")
 def stack(cfg: DynasealConfig, config_path: Path) -> Iterator[object]:
     """The real local stack (Envoy, authz, issuer, mock LLM), started once per session."""
-    from dynaseal.stack import LocalStack
+    from dynaseal_launcher.stack import LocalStack
 
     local = LocalStack(cfg, config_path)
     local.start()
@@ -143,9 +143,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server of its own (not the stack's), for counter tests; yields its URL."""
     import redis
 
-    from dynaseal.probes import redis_ping
-    from dynaseal.processes import ServiceSpec, Supervisor
-    from dynaseal.stack import redis_server_binary
+    from dynaseal_launcher.probes import redis_ping
+    from dynaseal_launcher.processes import ServiceSpec, Supervisor
+    from dynaseal_launcher.stack import redis_server_binary
 
     port = free_ports(1)[0]
     directory = tmp_path_factory.mktemp("redis")
@@ -163,7 +163,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def issuer_key(cfg: DynasealConfig, stack: object) -> SigningKey:
     """The bundled issuer's active signing key (mints demo-tenant keys as the issuer would)."""
-    from dynaseal.signing_keystore import SigningKeyStore
+    from dynaseal.keys.signing_keystore import SigningKeyStore
 
     return SigningKeyStore(Path(cfg.gateway.data_dir) / "issuer").active()
 
@@ -173,7 +173,7 @@ def redis_client(cfg: DynasealConfig, stack: object) -> Iterator[object]:
     """A client of the stack's Redis, where reservations are settled."""
     from redis import Redis
 
-    from dynaseal.quota import redis_url
+    from dynaseal.ledger.quota import redis_url
 
     client = Redis.from_url(redis_url(cfg))
     yield client

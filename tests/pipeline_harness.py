@@ -21,11 +21,11 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from dynaseal.config import DynasealConfig, expand_path
-from dynaseal.keys import SigningKey, mint
-from dynaseal.probes import http_ok
-from dynaseal.processes import RunningService, ServiceSpec, Supervisor, tcp_open
-from dynaseal.quota import counters
-from dynaseal.stack import tansu_binary
+from dynaseal.keys.mint import SigningKey, mint
+from dynaseal.ledger.quota import counters
+from dynaseal_launcher.probes import http_ok
+from dynaseal_launcher.processes import RunningService, ServiceSpec, Supervisor, tcp_open
+from dynaseal_launcher.stack import tansu_binary
 
 REPO = Path(__file__).resolve().parent.parent
 MESSAGES = [{"role": "user", "content": "Tell me about usage callbacks at the edge."}]

@@ -16,13 +16,13 @@ import redis
 from conftest import OTHER_TENANT
 
 from callback_consumer.settlement import SettlementBatcher
-from dynaseal import redis_keys
-from dynaseal.claims import VerifiedKey
 from dynaseal.config import DynasealConfig
-from dynaseal.quota import RedisQuota, counters
-from dynaseal.request_policy import CheckedRequest
-from dynaseal.tenants import build_registry
-from dynaseal.usage_events import parse_line
+from dynaseal.keys.claims import VerifiedKey
+from dynaseal.keys.tenants import build_registry
+from dynaseal.ledger import redis_keys
+from dynaseal.ledger.quota import RedisQuota, counters
+from dynaseal.policy.request_policy import CheckedRequest
+from dynaseal.usage.events import parse_line
 
 
 def line(**fields: object) -> bytes:
@@ -60,7 +60,7 @@ def test_a_local_reply_after_the_upstream_started_bills_the_reservation(code: in
 
 
 def test_settling_never_shortens_a_long_lived_keys_counters(redis_server: str, cfg: DynasealConfig) -> None:
-    from dynaseal.signing_keystore import SigningKeyStore
+    from dynaseal.keys.signing_keystore import SigningKeyStore
 
     SigningKeyStore(cfg.data_path / "issuer").ensure()
     tenant = build_registry(cfg).get(OTHER_TENANT)

@@ -12,19 +12,19 @@ import pytest
 from conftest import DEMO_SECRET, DEMO_TENANT, OTHER_TENANT, TenantKeys
 from keyfactory import ed25519, hs256, native_claims, raw_token
 
-from dynaseal.authorizer import Authorizer, AuthRequest
 from dynaseal.config import DynasealConfig
-from dynaseal.decision import Decision
-from dynaseal.errors import Refusal
-from dynaseal.key_verification import verify_token
-from dynaseal.tenants import Registry, build_registry
+from dynaseal.keys.tenants import Registry, build_registry
+from dynaseal.keys.verification import verify_token
+from dynaseal.policy.authorizer import Authorizer, AuthRequest
+from dynaseal.policy.decision import Decision
+from dynaseal.policy.errors import Refusal
 
 MESSAGES = '"messages":[{"role":"user","content":"hi"}]'
 
 
 @pytest.fixture(scope="module")
 def registry(cfg: DynasealConfig) -> Registry:
-    from dynaseal.signing_keystore import SigningKeyStore
+    from dynaseal.keys.signing_keystore import SigningKeyStore
 
     SigningKeyStore(cfg.data_path / "issuer").ensure()
     return build_registry(cfg)
@@ -93,7 +93,7 @@ def test_malformed_claims_are_401(registry: Registry, test_keys: TenantKeys, cla
 
 
 def test_a_jti_with_tag_characters_stays_inside_its_own_tag(registry: Registry, test_keys: TenantKeys) -> None:
-    from dynaseal import redis_keys
+    from dynaseal.ledger import redis_keys
 
     key = verify_token(acme_key(test_keys, jti="a:b{c}%3A"), registry)
     assert redis_keys.key_tag(key.tenant.id, key.jti) == "{acme:a%3Ab%7Bc%7D%253A}"

@@ -13,13 +13,13 @@ import orjson
 import pytest
 from keyfactory import raw_token
 
-from dynaseal.attenuation import CHILD_TYP
-from dynaseal.authorizer import Authorizer, AuthRequest
 from dynaseal.config import DynasealConfig
-from dynaseal.decision import Decision
-from dynaseal.key_verification import verify_token
-from dynaseal.keys import HolderKey, SigningKey, mint
-from dynaseal.tenants import build_registry
+from dynaseal.keys.attenuation import CHILD_TYP
+from dynaseal.keys.mint import HolderKey, SigningKey, mint
+from dynaseal.keys.tenants import build_registry
+from dynaseal.keys.verification import verify_token
+from dynaseal.policy.authorizer import Authorizer, AuthRequest
+from dynaseal.policy.decision import Decision
 
 URL = "http://gw.test/v1/chat/completions"
 

@@ -17,11 +17,11 @@ import redis
 from conftest import DEMO_TENANT, jwt_payload
 from pipeline_harness import Receiver, Services, pipeline_config, wait_until
 
-from dynaseal import redis_keys
 from dynaseal.config import DynasealConfig
-from dynaseal.keys import HolderKey, SigningKey, mint
-from dynaseal.quota import redis_url
-from dynaseal.revocation import revoke
+from dynaseal.keys.mint import HolderKey, SigningKey, mint
+from dynaseal.ledger import redis_keys
+from dynaseal.ledger.quota import redis_url
+from dynaseal.ledger.revocation import revoke
 
 pytestmark = pytest.mark.integration
 BODY = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "count to three"}], "max_tokens": 20}
@@ -153,7 +153,7 @@ def test_a_childs_callback_names_its_family_and_every_level_settles(
 
 def test_the_demo_hands_a_sub_agent_a_one_use_child(cfg: DynasealConfig, stack: object,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from dynaseal.edge_demo import run_delegation_demo
+    from dynaseal_launcher.edge_demo import run_delegation_demo
 
     assert run_delegation_demo(cfg) == 0
     out = capsys.readouterr().out

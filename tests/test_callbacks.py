@@ -12,8 +12,8 @@ from pydantic import BaseModel
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from dynaseal.callbacks import CallbackSigner, callback_body, callback_payload, is_retryable
 from dynaseal.pb import UsageEvent
+from dynaseal.usage.callbacks import CallbackSigner, callback_body, callback_payload, is_retryable
 
 SECRET = "whsec_ZHluYXNlYWwtZGV2LXdlYmhvb2stc2VjcmV0LTAwMQ=="
 

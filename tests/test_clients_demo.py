@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dynaseal.config import DynasealConfig
-from dynaseal.edge_demo import run_demo
+from dynaseal_launcher.edge_demo import run_demo
 
 pytestmark = pytest.mark.integration
 

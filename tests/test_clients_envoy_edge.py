@@ -24,10 +24,10 @@ from conftest import TenantKeys, write_test_config
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
 from bench.scripted_authz import ScriptedAuthz, allow, deny
-from dynaseal import envoy_config
 from dynaseal.config import load_config
-from dynaseal.probes import http_ok
-from dynaseal.processes import ServiceSpec, Supervisor
+from dynaseal_launcher import envoy_config
+from dynaseal_launcher.probes import http_ok
+from dynaseal_launcher.processes import ServiceSpec, Supervisor
 
 pytestmark = pytest.mark.integration
 

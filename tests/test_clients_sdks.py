@@ -20,7 +20,7 @@ import pytest
 from conftest import DEMO_TENANT
 
 from dynaseal.config import DynasealConfig
-from dynaseal.keys import SigningKey, mint
+from dynaseal.keys.mint import SigningKey, mint
 
 pytestmark = pytest.mark.integration
 

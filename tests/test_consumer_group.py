@@ -25,12 +25,12 @@ from consumer_support import SLOW, ConsumerRig
 from pipeline_harness import REPO, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from dynaseal import kafka_io
-from dynaseal.probes import http_ok
-from dynaseal.processes import RunningService, ServiceSpec, tcp_open
-from dynaseal.quota import counters
-from dynaseal.redis_connect import sync_client
-from dynaseal.stack import tansu_binary
+from dynaseal.ledger.quota import counters
+from dynaseal.ledger.redis_connect import sync_client
+from dynaseal.usage import kafka_io
+from dynaseal_launcher.probes import http_ok
+from dynaseal_launcher.processes import RunningService, ServiceSpec, tcp_open
+from dynaseal_launcher.stack import tansu_binary
 
 CONCURRENCY = 4  # the tenant's callback.concurrency: over the whole group
 HANDLER_S = 0.02

@@ -27,9 +27,9 @@ from deploy_support import (
 )
 
 from dynaseal.config import load_config
-from dynaseal.signing_keystore import SigningKeyStore
-from dynaseal.stack import AUTHZ_SERVICE_NAME
-from dynaseal.tenants import build_registry
+from dynaseal.keys.signing_keystore import SigningKeyStore
+from dynaseal.keys.tenants import build_registry
+from dynaseal_launcher.stack import AUTHZ_SERVICE_NAME
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_compose_images(compose: dict[str, Any]) -> None:
 
 
 def test_compose_commands_pick_a_service_of_the_one_image(compose: dict[str, Any]) -> None:
-    from dynaseal.cli import SERVICE_MODULES, build_parser
+    from dynaseal_launcher.cli import SERVICE_MODULES, build_parser
 
     for name in DYNASEAL_SERVICES:
         command = compose["services"][name]["command"]
@@ -129,7 +129,7 @@ def test_compose_mounts_the_compose_config_and_envoy_config(compose: dict[str, A
 
 
 def test_compose_creates_the_pipeline_topics(compose: dict[str, Any]) -> None:
-    from dynaseal import kafka_io
+    from dynaseal.usage import kafka_io
 
     command = " ".join(compose["services"]["kafka-init"]["command"])
     assert set(re.findall(r"--topic (\S+)", command)) == set(kafka_io.TOPIC_PARTITIONS)
@@ -236,7 +236,7 @@ def test_dockerignore_admits_every_package_of_the_distribution() -> None:
 
 def probe(*args: str) -> int:
     """`dynaseal probe ...`'s exit code (argparse's usage error exits 2)."""
-    from dynaseal import cli
+    from dynaseal_launcher import cli
 
     try:
         return cli.main(["probe", *args, "--timeout", "2"])
@@ -245,7 +245,7 @@ def probe(*args: str) -> int:
 
 
 def test_compose_health_checks_of_the_image_are_dynaseal_probe(compose: dict[str, Any]) -> None:
-    from dynaseal.cli import build_parser
+    from dynaseal_launcher.cli import build_parser
 
     for name in DYNASEAL_SERVICES - {"init"}:
         test = compose["services"][name]["healthcheck"]["test"]
@@ -303,6 +303,6 @@ def test_probe_reports_http_health() -> None:
 
 def test_probe_runs_as_the_image_runs_it() -> None:
     """The console script's process, as a compose healthcheck starts it: nothing listening is exit 1."""
-    proc = subprocess.run([sys.executable, "-m", "dynaseal.cli", "probe", "http", "http://127.0.0.1:1/h"],
+    proc = subprocess.run([sys.executable, "-m", "dynaseal_launcher.cli", "probe", "http", "http://127.0.0.1:1/h"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 1, proc.stderr

@@ -21,8 +21,8 @@ from deploy_support import (
 )
 
 from dynaseal.config import load_config
-from dynaseal.stack import AUTHZ_SERVICE_NAME
-from dynaseal.tenants import parse_jwks
+from dynaseal.keys.tenants import parse_jwks
+from dynaseal_launcher.stack import AUTHZ_SERVICE_NAME
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ import yaml
 from deploy_support import DEPLOY, K8S, REPO, env_example, interpolate, secret_env_names
 from test_deploy_k8s import containers, generated, pod_specs
 
-from dynaseal import cli
 from dynaseal.config import ConfigError, DynasealConfig, load_config
+from dynaseal.keys.tenants import build_registry
 from dynaseal.runtime.views import Runtime
-from dynaseal.tenants import build_registry
+from dynaseal_launcher import cli
 
 SERVICES = {"authz", "issuer", "shipper", "consumer"}
 # Stand-ins for the empty placeholders of deploy/k8s/secrets.env (what an overlay fills in).

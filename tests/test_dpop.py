@@ -14,10 +14,8 @@ import orjson
 import pytest
 from keyfactory import b64, raw_token
 
-from dynaseal.authorizer import Authorizer, AuthRequest, headers_to_strip
 from dynaseal.config import DynasealConfig
-from dynaseal.decision import Decision
-from dynaseal.dpop import (
+from dynaseal.keys.dpop import (
     DpopRefusal,
     access_token_hash,
     normalize_url,
@@ -25,8 +23,10 @@ from dynaseal.dpop import (
     thumbprint,
     verify_proof,
 )
-from dynaseal.keys import HolderKey, SigningKey, mint
-from dynaseal.tenants import build_registry
+from dynaseal.keys.mint import HolderKey, SigningKey, mint
+from dynaseal.keys.tenants import build_registry
+from dynaseal.policy.authorizer import Authorizer, AuthRequest, headers_to_strip
+from dynaseal.policy.decision import Decision
 
 URL = "http://gw.test/v1/chat/completions"
 BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10})

@@ -15,7 +15,7 @@ import pytest
 from conftest import DEMO_TENANT
 
 from dynaseal.config import DynasealConfig
-from dynaseal.keys import DpopAuth, HolderKey, SigningKey, mint
+from dynaseal.keys.mint import DpopAuth, HolderKey, SigningKey, mint
 
 pytestmark = pytest.mark.integration
 BODY = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "count to three"}], "max_tokens": 20}

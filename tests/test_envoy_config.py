@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dynaseal import envoy_config
 from dynaseal.config import DynasealConfig, load_config
+from dynaseal_launcher import envoy_config
 
 
 @pytest.mark.parametrize("base_url", [None, "https://api.openai.com/v1", "http://10.0.0.7:8080",

@@ -9,9 +9,9 @@ from fastapi.testclient import TestClient
 from test_issuer_support import assert_error, bearer, issuer_config, login
 
 from dynaseal.config import DynasealConfig
-from dynaseal.key_verification import verify_token
-from dynaseal.keys import HolderKey
-from dynaseal.tenants import build_registry
+from dynaseal.keys.mint import HolderKey
+from dynaseal.keys.tenants import build_registry
+from dynaseal.keys.verification import verify_token
 from issuer_api.app import create_app
 
 URL = "http://testserver/key/create"

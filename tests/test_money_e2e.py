@@ -24,10 +24,10 @@ from conftest import DEMO_TENANT, free_ports
 from pipeline_harness import Delivery, Receiver, Services, complete, new_key, pipeline_config, sdk, wait_until
 from redis import Redis
 
-from dynaseal.budget_thresholds import threshold_webhook_id
 from dynaseal.config import DynasealConfig
-from dynaseal.keys import SigningKey
-from dynaseal.quota import counters
+from dynaseal.keys.mint import SigningKey
+from dynaseal.ledger.quota import counters
+from dynaseal.money.budget_thresholds import threshold_webhook_id
 
 pytestmark = pytest.mark.integration
 MESSAGES = [{"role": "system", "content": "You are terse."},
@@ -201,8 +201,8 @@ def test_each_threshold_callback_arrives_once_by_id_across_a_consumer_kill(
 def _dlq(pipeline: Services, jti: str) -> list[dict[str, str]]:
     from kafka import KafkaConsumer, TopicPartition
 
-    from dynaseal.kafka_io import DLQ_TOPIC
     from dynaseal.pb import UsageEvent
+    from dynaseal.usage.kafka_io import DLQ_TOPIC
 
     consumer = KafkaConsumer(bootstrap_servers=f"127.0.0.1:{pipeline.ports['kafka']}", enable_auto_commit=False,
                              consumer_timeout_ms=1500)
@@ -241,7 +241,7 @@ def test_a_rejected_threshold_callback_is_dead_lettered_once_and_replayed_with_i
     assert [(h["dlq_webhook_id"], h["dlq_reason"]) for h in entries] == [(wid, "rejected:http_400")]
     assert [d.webhook_id for d in _thresholds(money_receiver, jti)] == [wid]
     money_receiver.behaviours[jti] = lambda payload, attempt: 200
-    done = subprocess.run([sys.executable, "-m", "dynaseal.cli", "--config", str(pipeline.config_path), "dlq",
+    done = subprocess.run([sys.executable, "-m", "dynaseal_launcher.cli", "--config", str(pipeline.config_path), "dlq",
                            "replay", "--tenant", DEMO_TENANT, "--retry-base-s", "0.1", "--retry-cap-s", "0.2"],
                           capture_output=True, text=True, timeout=60, cwd=REPO,
                           env={**__import__("os").environ, "PYTHONPATH": str(REPO)})

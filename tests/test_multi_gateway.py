@@ -23,14 +23,14 @@ from cluster_support import LocalCluster, start_cluster
 from conftest import OTHER_TENANT, TenantKeys, free_ports
 from pipeline_harness import Receiver, wait_until
 
-from dynaseal import kafka_io
 from dynaseal.config import load_config
-from dynaseal.keys import mint
-from dynaseal.processes import ServiceSpec, Supervisor, tcp_open
-from dynaseal.quota import counters, tenant_counters
-from dynaseal.redis_connect import sync_client
-from dynaseal.stack import LocalStack, tansu_binary
-from dynaseal.tenant_quota import window_id
+from dynaseal.keys.mint import mint
+from dynaseal.ledger.quota import counters, tenant_counters
+from dynaseal.ledger.redis_connect import sync_client
+from dynaseal.ledger.tenant_quota import window_id
+from dynaseal.usage import kafka_io
+from dynaseal_launcher.processes import ServiceSpec, Supervisor, tcp_open
+from dynaseal_launcher.stack import LocalStack, tansu_binary
 
 pytestmark = pytest.mark.integration
 PORT_NAMES = ["envoy", "envoy_admin", "issuer", "authz", "mock_upstream", "redis", "kafka", "authz_metrics",

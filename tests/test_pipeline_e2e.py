@@ -32,10 +32,10 @@ from pipeline_harness import (
 )
 from redis import Redis
 
-from dynaseal import redis_keys
 from dynaseal.config import DynasealConfig
-from dynaseal.keys import SigningKey
-from dynaseal.quota import counters
+from dynaseal.keys.mint import SigningKey
+from dynaseal.ledger import redis_keys
+from dynaseal.ledger.quota import counters
 
 pytestmark = pytest.mark.integration
 
@@ -174,7 +174,7 @@ def test_consumer_reports_lag_and_deliveries(own_consumer: Services) -> None:
 
 
 def test_rendered_envoy_config_with_content_capture_validates(cfg: DynasealConfig, tmp_path: Path) -> None:
-    from dynaseal import envoy_config
+    from dynaseal_launcher import envoy_config
 
     rendered = envoy_config.render(cfg, tmp_path / "access.log")
     target = tmp_path / "envoy.yaml"

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dynaseal.budget_thresholds import Crossing, basis_points, threshold_body, threshold_webhook_id
-from dynaseal.callbacks import callback_payload
-from dynaseal.claims import check_claims
 from dynaseal.config import CallbackConfig, ConfigError, DynasealConfig, Limits, TenantUpstream, load_config
-from dynaseal.errors import Refusal
-from dynaseal.pricing import Price, TokenUsage, format_amount, from_micros, to_micros
-from dynaseal.request_policy import check_request
-from dynaseal.tenants import build_registry
-from dynaseal.usage_events import parse_line
+from dynaseal.keys.claims import check_claims
+from dynaseal.keys.tenants import build_registry
+from dynaseal.money.budget_thresholds import Crossing, basis_points, threshold_body, threshold_webhook_id
+from dynaseal.money.pricing import Price, TokenUsage, format_amount, from_micros, to_micros
+from dynaseal.policy.errors import Refusal
+from dynaseal.policy.request_policy import check_request
+from dynaseal.usage.callbacks import callback_payload
+from dynaseal.usage.events import parse_line
 
 # gpt-4o-mini-like: every line a different price, so each token type shows up in the total.
 PRICE = Price("USD", Decimal("0.15"), Decimal("0.075"), Decimal("0.6"), Decimal("2.4"))

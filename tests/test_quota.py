@@ -12,13 +12,13 @@ import pytest
 import redis
 from conftest import OTHER_TENANT
 
-from dynaseal.claims import VerifiedKey
 from dynaseal.config import DynasealConfig
-from dynaseal.errors import Refusal
-from dynaseal.quota import RedisQuota, counters, settle
-from dynaseal.request_policy import CheckedRequest
-from dynaseal.revocation import revoke
-from dynaseal.tenants import build_registry
+from dynaseal.keys.claims import VerifiedKey
+from dynaseal.keys.tenants import build_registry
+from dynaseal.ledger.quota import RedisQuota, counters, settle
+from dynaseal.ledger.revocation import revoke
+from dynaseal.policy.errors import Refusal
+from dynaseal.policy.request_policy import CheckedRequest
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def sync_redis(redis_server: str) -> Iterator[redis.Redis]:
 @pytest.fixture
 def base_key(cfg: DynasealConfig) -> VerifiedKey:
     """A verified key of the test tenant with no counters limits; tests `replace()` what they need."""
-    from dynaseal.signing_keystore import SigningKeyStore
+    from dynaseal.keys.signing_keystore import SigningKeyStore
 
     SigningKeyStore(cfg.data_path / "issuer").ensure()
     tenant = build_registry(cfg).get(OTHER_TENANT)
@@ -120,7 +120,7 @@ def test_expired_reservation_is_billed_then_corrected_once(redis_server: str, sy
 
 
 def test_redis_down_fails_closed(base_key: VerifiedKey) -> None:
-    from dynaseal.errors import QuotaUnavailable
+    from dynaseal.policy.errors import QuotaUnavailable
 
     async def admit_dead() -> None:
         quota = RedisQuota.from_url("redis://127.0.0.1:1/0", timeout_s=0.05)
@@ -131,7 +131,7 @@ def test_redis_down_fails_closed(base_key: VerifiedKey) -> None:
 
 def test_a_known_request_id_is_refused_not_admitted_for_free(redis_server: str, sync_redis: redis.Redis,
                                                              base_key: VerifiedKey) -> None:
-    from dynaseal.errors import QuotaUnavailable
+    from dynaseal.policy.errors import QuotaUnavailable
 
     key = replace(base_key, uses=5)
 
@@ -164,7 +164,7 @@ def test_same_jti_in_two_tenants_shares_nothing(redis_server: str, sync_redis: r
 
 def test_an_admit_redis_runs_after_its_deadline_writes_nothing(redis_server: str, sync_redis: redis.Redis,
                                                                base_key: VerifiedKey) -> None:
-    from dynaseal.errors import QuotaUnavailable
+    from dynaseal.policy.errors import QuotaUnavailable
 
     async def late() -> str:
         quota = RedisQuota.from_url(redis_server, timeout_s=2.0)
@@ -189,10 +189,10 @@ def test_redis_paused_past_the_deadline_refused_requests_spend_nothing(
 
     from conftest import free_ports
 
-    from dynaseal.errors import QuotaUnavailable
-    from dynaseal.probes import redis_ping
-    from dynaseal.processes import ServiceSpec, Supervisor
-    from dynaseal.stack import redis_server_binary
+    from dynaseal.policy.errors import QuotaUnavailable
+    from dynaseal_launcher.probes import redis_ping
+    from dynaseal_launcher.processes import ServiceSpec, Supervisor
+    from dynaseal_launcher.stack import redis_server_binary
 
     port = free_ports(1)[0]
     directory = tmp_path_factory.mktemp("paused-redis")
@@ -247,10 +247,10 @@ def test_oldest_open_reservation_age_finds_an_unsettled_one(tmp_path_factory: py
                                                            base_key: VerifiedKey) -> None:
     from conftest import free_ports
 
-    from dynaseal.probes import redis_ping
-    from dynaseal.processes import ServiceSpec, Supervisor
-    from dynaseal.reservation_age import oldest_open_reservation_age_s
-    from dynaseal.stack import redis_server_binary
+    from dynaseal.ledger.reservation_age import oldest_open_reservation_age_s
+    from dynaseal_launcher.probes import redis_ping
+    from dynaseal_launcher.processes import ServiceSpec, Supervisor
+    from dynaseal_launcher.stack import redis_server_binary
 
     port = free_ports(1)[0]
     directory = tmp_path_factory.mktemp("age-redis")

@@ -15,15 +15,15 @@ from cluster_support import LocalCluster, start_cluster
 from conftest import OTHER_TENANT
 from test_quota import admit_many, request
 
-from dynaseal import redis_keys
-from dynaseal.claims import VerifiedKey
 from dynaseal.config import DynasealConfig
-from dynaseal.errors import QuotaUnavailable, Refusal
-from dynaseal.quota import RedisQuota, counters, settle
-from dynaseal.redis_cluster import PipelinedCluster
-from dynaseal.redis_connect import parse_cluster_url, sync_client
-from dynaseal.revocation import revoke
-from dynaseal.tenants import build_registry
+from dynaseal.keys.claims import VerifiedKey
+from dynaseal.keys.tenants import build_registry
+from dynaseal.ledger import redis_keys
+from dynaseal.ledger.quota import RedisQuota, counters, settle
+from dynaseal.ledger.redis_cluster import PipelinedCluster
+from dynaseal.ledger.redis_connect import parse_cluster_url, sync_client
+from dynaseal.ledger.revocation import revoke
+from dynaseal.policy.errors import QuotaUnavailable, Refusal
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def cluster_client(cluster: LocalCluster) -> Iterator[redis.RedisCluster]:
 @pytest.fixture
 def base_key(cfg: DynasealConfig) -> VerifiedKey:
     """A verified key of the test tenant without counter limits."""
-    from dynaseal.signing_keystore import SigningKeyStore
+    from dynaseal.keys.signing_keystore import SigningKeyStore
 
     SigningKeyStore(cfg.data_path / "issuer").ensure()
     tenant = build_registry(cfg).get(OTHER_TENANT)
@@ -250,7 +250,7 @@ def test_a_master_killed_mid_traffic_fails_closed_then_recovers_after_promotion(
 
 def test_cli_and_issuer_revocations_reach_the_cluster(cluster: LocalCluster, config_path: Path,
                                                       base_key: VerifiedKey, monkeypatch: pytest.MonkeyPatch) -> None:
-    from dynaseal.cli import main
+    from dynaseal_launcher.cli import main
     from issuer_api.gateway_notice import notify_revoked
 
     by_cli, by_issuer = replace(base_key, jti=base_key.jti + "-cli"), replace(base_key, jti=base_key.jti + "-api")

@@ -13,13 +13,13 @@ import pytest
 import redis
 from conftest import OTHER_TENANT
 
-from dynaseal.claims import VerifiedKey
 from dynaseal.config import DynasealConfig
-from dynaseal.errors import Refusal
-from dynaseal.pricing import Price
-from dynaseal.quota import MoneySettlement, RedisQuota, counters, mark_thresholds, settle
-from dynaseal.request_policy import CheckedRequest
-from dynaseal.tenants import build_registry
+from dynaseal.keys.claims import VerifiedKey
+from dynaseal.keys.tenants import build_registry
+from dynaseal.ledger.quota import MoneySettlement, RedisQuota, counters, mark_thresholds, settle
+from dynaseal.money.pricing import Price
+from dynaseal.policy.errors import Refusal
+from dynaseal.policy.request_policy import CheckedRequest
 
 # 1 micro-unit per prompt token, 3 per completion token: a request of 10 + 20 reserves 70 micro-units.
 PRICE = Price("USD", Decimal(1), Decimal("0.5"), Decimal(3), Decimal(3))
@@ -34,7 +34,7 @@ def sync_redis(redis_server: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def key(cfg: DynasealConfig) -> VerifiedKey:
-    from dynaseal.signing_keystore import SigningKeyStore
+    from dynaseal.keys.signing_keystore import SigningKeyStore
 
     SigningKeyStore(cfg.data_path / "issuer").ensure()
     tenant = build_registry(cfg).get(OTHER_TENANT)

@@ -16,11 +16,11 @@ import yaml
 from prometheus_client import REGISTRY
 
 from authz_service.server import AuthzOptions, AuthzServer
-from dynaseal.authorizer import Authorizer, AuthRequest
 from dynaseal.config import DynasealConfig
-from dynaseal.keys import SigningKey, mint
-from dynaseal.remote_jwks import JwksFetchError, RemoteJwks, fetch_jwks, parse_document
-from dynaseal.tenants import build_registry
+from dynaseal.keys.mint import SigningKey, mint
+from dynaseal.keys.remote_jwks import JwksFetchError, RemoteJwks, fetch_jwks, parse_document
+from dynaseal.keys.tenants import build_registry
+from dynaseal.policy.authorizer import Authorizer, AuthRequest
 
 BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 5})
 

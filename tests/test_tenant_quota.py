@@ -16,14 +16,14 @@ from cluster_support import LocalCluster, start_cluster
 from conftest import OTHER_TENANT
 from test_quota import request
 
-from dynaseal import redis_keys
-from dynaseal.claims import VerifiedKey
 from dynaseal.config import DynasealConfig, TenantBudget
-from dynaseal.errors import QuotaUnavailable, Refusal
-from dynaseal.quota import RedisQuota, counters, settle, tenant_counters
-from dynaseal.redis_connect import SyncClient, sync_client
-from dynaseal.tenant_quota import window_id
-from dynaseal.tenants import build_registry
+from dynaseal.keys.claims import VerifiedKey
+from dynaseal.keys.tenants import build_registry
+from dynaseal.ledger import redis_keys
+from dynaseal.ledger.quota import RedisQuota, counters, settle, tenant_counters
+from dynaseal.ledger.redis_connect import SyncClient, sync_client
+from dynaseal.ledger.tenant_quota import window_id
+from dynaseal.policy.errors import QuotaUnavailable, Refusal
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def client(url: str) -> Iterator[SyncClient]:
 def tenant_keys_of(cfg: DynasealConfig, count: int, tenant_budget: TenantBudget | None = None,
                    tenant_rpm: int | None = None, **key_limits: int) -> list[VerifiedKey]:
     """`count` keys of one fresh tenant (a new id each test, so counters start at zero)."""
-    from dynaseal.signing_keystore import SigningKeyStore
+    from dynaseal.keys.signing_keystore import SigningKeyStore
 
     SigningKeyStore(cfg.data_path / "issuer").ensure()
     base = build_registry(cfg).get(OTHER_TENANT)
@@ -142,7 +142,7 @@ def test_a_key_refused_by_its_tenant_keeps_its_use(url: str, client: SyncClient,
 
 def test_a_revoked_or_exhausted_key_never_touches_the_tenant(url: str, client: SyncClient,
                                                              cfg: DynasealConfig) -> None:
-    from dynaseal.revocation import revoke
+    from dynaseal.ledger.revocation import revoke
 
     keys = tenant_keys_of(cfg, 2, tenant_budget=TenantBudget(tokens=100), tenant_rpm=3, uses=1)
     revoke(client, keys[0].tenant.id, keys[0].jti, keys[0].exp)

@@ -15,14 +15,16 @@ import yaml
 from google.protobuf.json_format import MessageToDict
 
 from authz_service.envoy_adapter import allow_response, deny_response
-from dynaseal import envoy_config, usage_events, usage_record
-from dynaseal.authorizer import Authorizer, AuthRequest
 from dynaseal.config import DynasealConfig
-from dynaseal.decision import Decision
-from dynaseal.keys import SigningKey, mint
+from dynaseal.keys.mint import SigningKey, mint
+from dynaseal.keys.tenants import build_registry
 from dynaseal.pb import UsageEvent
-from dynaseal.tenants import build_registry
-from dynaseal.usage_events import parse_line
+from dynaseal.policy.authorizer import Authorizer, AuthRequest
+from dynaseal.policy.decision import Decision
+from dynaseal.usage import events as usage_events
+from dynaseal.usage import record as usage_record
+from dynaseal.usage.events import parse_line
+from dynaseal_launcher import envoy_config
 
 # Metadata authz sets for Envoy's filters, not for the log (the Lua filters and the body prefix).
 CONTROL_KEYS = {"body_prefix", "strip_usage", "capture_content"}

@@ -22,8 +22,8 @@ from dynaseal.runtime.locations import Paths, Resolved, envoy_admin_url, paths_o
 from dynaseal.runtime.secrets import SecretResolver
 
 if TYPE_CHECKING:
-    from dynaseal.remote_jwks import RemoteJwks
-    from dynaseal.tenants import Registry
+    from dynaseal.keys.remote_jwks import RemoteJwks
+    from dynaseal.keys.tenants import Registry
 
 
 def _raise_if(errors: list[str], what: str) -> None:
@@ -110,7 +110,7 @@ class Runtime:
 
     def authz(self, remote_jwks: RemoteJwks | None = None, *, fetch_new_jwks: bool = True) -> AuthzView:
         """Every tenant's keys (inline, jwks_file, jwks_url), secrets and limits: authz's whole config."""
-        from dynaseal.tenants import build_registry
+        from dynaseal.keys.tenants import build_registry
 
         registry = build_registry(self.cfg, remote_jwks, fetch_new_jwks=fetch_new_jwks)
         gw = self.cfg.gateway
