@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -141,14 +142,18 @@ def jwt_payload(token: str) -> dict[str, object]:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server of its own (not the stack's), for counter tests; yields its URL."""
-    import redis
+    with private_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
+
+@contextlib.contextmanager
+def private_redis(directory: Path) -> Iterator[str]:
+    """A throwaway redis-server (no persistence) from the stack's binary, for one test; its URL."""
     from dynaseal_launcher.probes import redis_ping
     from dynaseal_launcher.processes import ServiceSpec, Supervisor
     from dynaseal_launcher.stack import redis_server_binary
 
     port = free_ports(1)[0]
-    directory = tmp_path_factory.mktemp("redis")
     supervisor = Supervisor(directory, "127.0.0.1")
     supervisor.start(ServiceSpec("redis", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
                                            "--save", "", "--appendonly", "no", "--dir", str(directory)],
@@ -156,7 +161,6 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        redis.Redis.from_url(f"redis://127.0.0.1:{port}/0").close()
         supervisor.stop()
 
 

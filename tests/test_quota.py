@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 import redis
-from conftest import OTHER_TENANT
+from conftest import OTHER_TENANT, private_redis
 
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.claims import VerifiedKey
@@ -187,29 +187,15 @@ def test_redis_paused_past_the_deadline_refused_requests_spend_nothing(
     import os
     import signal
 
-    from conftest import free_ports
-
     from dynaseal.policy.errors import QuotaUnavailable
-    from dynaseal_launcher.probes import redis_ping
-    from dynaseal_launcher.processes import ServiceSpec, Supervisor
-    from dynaseal_launcher.stack import redis_server_binary
 
-    port = free_ports(1)[0]
-    directory = tmp_path_factory.mktemp("paused-redis")
-    supervisor = Supervisor(directory, "127.0.0.1")
-    spec = ServiceSpec("redis", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "no", "--dir", str(directory)],
-                       f"redis://127.0.0.1:{port}", lambda: redis_ping("127.0.0.1", port))
-    supervisor.start(spec)
-    url = f"redis://127.0.0.1:{port}/0"
     key = replace(base_key, uses=1, budget=1000, rpm=100)
-    pid = int((directory / "redis.pid").read_text()) if (directory / "redis.pid").exists() else None
 
-    async def drill() -> list[str]:
+    async def drill(url: str) -> list[str]:
         quota = RedisQuota.from_url(url, timeout_s=0.05)
         assert await quota.ping()
         await quota.admit(replace(key, jti=key.jti + "-warm"), request(1), "warm")  # Redis knows the script now
-        redis_pid = pid or int(redis.Redis.from_url(url).info("server")["process_id"])
+        redis_pid = int(redis.Redis.from_url(url).info("server")["process_id"])
         os.kill(redis_pid, signal.SIGSTOP)
         try:
             async def one(i: int) -> str:
@@ -226,41 +212,26 @@ def test_redis_paused_past_the_deadline_refused_requests_spend_nothing(
         await quota.client.aclose()
         return list(outcomes)
 
-    try:
-        outcomes = asyncio.run(drill())
-        assert "ok" not in outcomes
+    async def after(url: str) -> None:  # the key is still fully usable
+        quota = RedisQuota.from_url(url, timeout_s=1.0)
+        await quota.ping()
+        await quota.admit(key, request(10), "after-1")
+        await quota.client.aclose()
+
+    with private_redis(tmp_path_factory.mktemp("paused-redis")) as url:
+        assert "ok" not in asyncio.run(drill(url))
         client = redis.Redis.from_url(url)
         assert counters(client, OTHER_TENANT, key.jti) == {}  # no use, no reservation, no rate slot taken
         client.close()
-
-        async def after() -> None:  # the key is still fully usable
-            quota = RedisQuota.from_url(url, timeout_s=1.0)
-            await quota.ping()
-            await quota.admit(key, request(10), "after-1")
-            await quota.client.aclose()
-        asyncio.run(after())
-    finally:
-        supervisor.stop()
+        asyncio.run(after(url))
 
 
 def test_oldest_open_reservation_age_finds_an_unsettled_one(tmp_path_factory: pytest.TempPathFactory,
                                                            base_key: VerifiedKey) -> None:
-    from conftest import free_ports
-
     from dynaseal.ledger.reservation_age import oldest_open_reservation_age_s
-    from dynaseal_launcher.probes import redis_ping
-    from dynaseal_launcher.processes import ServiceSpec, Supervisor
-    from dynaseal_launcher.stack import redis_server_binary
 
-    port = free_ports(1)[0]
-    directory = tmp_path_factory.mktemp("age-redis")
-    supervisor = Supervisor(directory, "127.0.0.1")
-    supervisor.start(ServiceSpec("redis", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
-                                           "--save", "", "--appendonly", "no", "--dir", str(directory)],
-                                 f"redis://127.0.0.1:{port}", lambda: redis_ping("127.0.0.1", port)))
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    try:
+    with private_redis(tmp_path_factory.mktemp("age-redis")) as url:
+        client = redis.Redis.from_url(url)
         assert oldest_open_reservation_age_s(client) == 0.0
         asyncio.run(admit_many(url, base_key, 2, 5))
         later = int(time.time() * 1000) + 120_000  # two minutes on, nothing settled: the gauge says so
@@ -269,6 +240,4 @@ def test_oldest_open_reservation_age_finds_an_unsettled_one(tmp_path_factory: py
         assert 119 <= oldest_open_reservation_age_s(client, later) <= 122  # r-1 is still open
         settle(client, OTHER_TENANT, base_key.jti, "r-1", 1)
         assert oldest_open_reservation_age_s(client, later) == 0.0
-    finally:
         client.close()
-        supervisor.stop()

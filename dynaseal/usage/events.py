@@ -35,7 +35,7 @@ import orjson
 from dynaseal.money.pricing import Price, TokenUsage, format_amount, from_micros, to_micros
 from dynaseal.pb import UsageEvent
 from dynaseal.pb.usage_event_pb2 import Price as PriceMessage
-from dynaseal.usage.record import copied_fields
+from dynaseal.usage.record import copied_fields, log_count
 
 UPSTREAM, RESERVED, NONE = "upstream", "reserved", "none"
 # An error the upstream answered itself: it generated nothing billable, the reservation is released.
@@ -56,19 +56,12 @@ _NEVER_SENT_DETAILS = ("upstream_reset_before_response_started{connection_failur
 # Printable ASCII id characters, bounded: what authz mints (UUID4) and nothing a header could smuggle.
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
+
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _count(value: Any) -> int | None:
-    """A token count or number from the log (Envoy writes metadata numbers as JSON numbers)."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = int(float(value))
-    except (TypeError, ValueError):
-        return None
-    return max(number, 0)
+_count = log_count
 
 
 def _admitted(record: dict[str, Any]) -> bool:

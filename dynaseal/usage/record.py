@@ -130,7 +130,7 @@ def _wrap(text: str, width: int = 96) -> list[str]:
     return [*lines, line] if line else lines
 
 
-def _count(value: Any) -> int | None:
+def log_count(value: Any) -> int | None:
     """A count from the log (Envoy writes metadata numbers as JSON numbers); None if absent or not one."""
     if value is None or isinstance(value, bool):
         return None
@@ -151,7 +151,7 @@ def copied_fields(record: Mapping[str, Any]) -> dict[str, str | int | bool]:
         if f.copy == "text":
             out[f.event] = "" if value is None else str(value)
         elif f.copy == "count":
-            out[f.event] = _count(value) or 0
+            out[f.event] = log_count(value) or 0
         elif f.copy == "flag":
             out[f.event] = value is True
     return out
