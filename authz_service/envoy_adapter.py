@@ -19,8 +19,8 @@ from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct
 from google.rpc import code_pb2, status_pb2
 
-from dynaseal.authorizer import AuthRequest
-from dynaseal.decision import Decision
+from dynaseal.policy.authorizer import AuthRequest
+from dynaseal.policy.decision import Decision
 
 _OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
 # The response header that tells a client the gateway's id of its request (its callback's webhook-id).
@@ -79,7 +79,7 @@ def deny_response(decision: Decision) -> CheckResponse:
     return CheckResponse(
         status=_DENIED,
         denied_response=DeniedHttpResponse(
-            status=HttpStatus(code=decision.status),  # type: ignore[arg-type]
+            status=HttpStatus(code=decision.status),
             headers=[HeaderValueOption(header=HeaderValue(key=k, value=v), append_action=_OVERWRITE)
                      for k, v in headers.items()],
             body=decision.error_body().decode(),

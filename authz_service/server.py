@@ -17,11 +17,11 @@ from prometheus_client import start_http_server
 from authz_service.metrics import CONFIG_RELOADS
 from authz_service.servicer import AuthorizationServicer
 from authz_service.transport import ServerKind, new_server
-from dynaseal.authorizer import Authorizer
 from dynaseal.config import ConfigError, DynasealConfig, expand_path, load_config, resolve_config_path
-from dynaseal.quota import RedisQuota, redis_url
-from dynaseal.remote_jwks import RemoteJwks
-from dynaseal.tenants import build_registry
+from dynaseal.keys.remote_jwks import RemoteJwks
+from dynaseal.ledger.quota import RedisQuota
+from dynaseal.policy.authorizer import Authorizer
+from dynaseal.runtime.views import Runtime
 
 log = logging.getLogger("dynaseal.authz")
 AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
@@ -54,8 +54,8 @@ class AuthzOptions:
 def build_authorizer(cfg: DynasealConfig, quota: RedisQuota, remote_jwks: RemoteJwks | None = None, *,
                      fetch_new_jwks: bool = True) -> Authorizer:
     """An Authorizer for a loaded config (raises ConfigError); remote JWKS come from `remote_jwks`."""
-    registry = build_registry(cfg, remote_jwks, fetch_new_jwks=fetch_new_jwks)
-    return Authorizer(registry, quota=quota, cache_size=cfg.gateway.key_cache_size)
+    view = Runtime.from_config(cfg).authz(remote_jwks, fetch_new_jwks=fetch_new_jwks)
+    return Authorizer(view.registry, quota=quota, cache_size=view.key_cache_size)
 
 
 class AuthzServer:
@@ -64,7 +64,8 @@ class AuthzServer:
     def __init__(self, options: AuthzOptions) -> None:
         self.options = options
         self.cfg = load_config(options.config_path)
-        self.quota = RedisQuota.from_url(redis_url(self.cfg), self.cfg.gateway.redis_timeout_ms / 1000)
+        runtime = Runtime.from_config(self.cfg)
+        self.quota = RedisQuota.from_url(runtime.redis.value, self.cfg.gateway.redis_timeout_ms / 1000)
         # One store of remote JWKS for the server's life: refreshed keys and the unknown-kid
         # limiter survive reloads.
         self.remote_jwks = RemoteJwks()

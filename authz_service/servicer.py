@@ -13,7 +13,7 @@ from prometheus_client import Counter
 
 from authz_service.envoy_adapter import to_auth_request, to_check_response
 from authz_service.metrics import CHECK_SECONDS, DECISIONS, FAILURES, REDIS_ERRORS
-from dynaseal.authorizer import Authorizer
+from dynaseal.policy.authorizer import Authorizer
 
 log = logging.getLogger("dynaseal.authz")
 

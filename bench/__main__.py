@@ -11,19 +11,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import check_grpc, envoy_variants, gateway, litellm_bench, profile, results, streaming
+from bench import check_grpc, cluster, envoy_variants, gateway, litellm_bench, profile, results, streaming
 from bench.harness import BenchStack
 
 PARTS = ("gateway", "stream", "check")
-EXTRA = ("profile", "envoy", "litellm")
+EXTRA = ("profile", "cluster", "envoy", "litellm")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("parts", nargs="*", choices=[*PARTS, *EXTRA, []],
-                        help="which benchmarks (default: gateway stream check; profile, envoy and litellm "
-                             "only when named)")
+                        help="which benchmarks (default: gateway stream check; profile, cluster, envoy and "
+                             "litellm only when named)")
     parser.add_argument("--seconds", type=float, default=15, help="measured seconds per wrk run (default 15)")
     parser.add_argument("--warmup", type=float, default=3, help="discarded warm-up seconds per run (default 3)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
@@ -89,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
                                     authz_args=("--server", args.authz_server) if args.authz_server else ())
         lines += [f"### Direct Check (no Envoy): authz on CPU 0, client + Redis on CPU 1, "
                   f"{args.check_rate:.0f}/s and max", "", *results.check_table(check_runs), ""]
+    if "cluster" in parts:
+        print("cluster: RedisQuota.admit on one Redis and on a 3-master cluster …", flush=True)
+        cluster_runs = cluster.run(work / "cluster", args.check_seconds / 2, args.check_rate)
+        lines += ["### Hot path on a Redis Cluster vs one Redis (RedisQuota.admit on CPU 0, every redis-server "
+                  "on CPU 1)", "", *cluster.table(cluster_runs), ""]
     if "profile" in parts:
         print(f"profile: py-spy on authz while wrk drives C for {args.seconds:.0f} s …", flush=True)
         result, summary = profile.run(work / "profile", args.seconds, args.connections)

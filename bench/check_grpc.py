@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.harness import HOST, BenchStack, cpu_seconds, free_ports, wait_for_quiet
-from dynaseal.processes import ServiceSpec, Supervisor, tcp_open
+from dynaseal_launcher.processes import ServiceSpec, Supervisor, tcp_open
 
 SERVER_CPU = "0"
 CLIENT_CPU = "1"

@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import yaml
 
-from dynaseal.keys import SigningKey, mint
+from dynaseal.keys.mint import SigningKey, mint
 
 TENANT = "bench"
 KID = "bench-ed25519"
@@ -24,7 +24,7 @@ PROVIDER_KEY = "sk-bench-provider-key-0123456789"
 MODEL = "gpt-4o-mini"
 PATH = "/v1/chat/completions"
 
-# 324 bytes of chat-completions JSON, like a short real prompt.
+# 330 bytes of chat-completions JSON, like a short real prompt.
 BODY = orjson.dumps({
     "model": MODEL,
     "messages": [
@@ -35,7 +35,7 @@ BODY = orjson.dumps({
     "max_tokens": 64,
     "temperature": 0.7,
     "stream": False,
-    "user": "bench-user-0001",
+    "user": "bench-user-0000000001",  # = the key's sub: a key may speak only for its own end user
 })
 
 

@@ -23,7 +23,7 @@ CONFIGS = (("A", "a_none", "Envoy, no auth"),
 SAMPLE = 20
 # What-if variant of C: authz with redis-py's client (the pipelined client switched off), so the
 # pipelined client's gain is measured in the same run.
-REDIS_PY = ("import dynaseal.redis_pipeline as _p\n"
+REDIS_PY = ("import dynaseal.ledger.redis_pipeline as _p\n"
             "_p.PipelinedRedis.from_url = classmethod(lambda cls, url, timeout_s: None)")
 
 

@@ -1,6 +1,6 @@
 """Start the real servers a benchmark drives: mock upstream, Redis, dynaseal authz, Envoy.
 
-They run as child processes under `dynaseal.processes.Supervisor` (the launcher's own), on
+They run as child processes under `dynaseal_launcher.processes.Supervisor` (the launcher's own), on
 free ports, with logs in the run directory; `stop()` ends every one of them.
 """
 
@@ -15,11 +15,11 @@ from pathlib import Path
 
 from bench import envoy_bench
 from bench.fixture import PROVIDER_KEY, PROVIDER_KEY_ENV, BenchKeys, make_keys, write_config
-from dynaseal import envoy_config
 from dynaseal.config import load_config
-from dynaseal.probes import grpc_serving, http_ok, redis_ping
-from dynaseal.processes import RunningService, ServiceSpec, StartupError, Supervisor
-from dynaseal.stack import AUTHZ_SERVICE_NAME, redis_server_binary
+from dynaseal_launcher import envoy_config
+from dynaseal_launcher.probes import grpc_serving, http_ok, redis_ping
+from dynaseal_launcher.processes import RunningService, ServiceSpec, StartupError, Supervisor
+from dynaseal_launcher.stack import AUTHZ_SERVICE_NAME, redis_server_binary
 
 HOST = "127.0.0.1"
 GATEWAY_PORTS = ("envoy", "envoy_admin", "issuer", "authz", "mock_upstream", "redis", "kafka",

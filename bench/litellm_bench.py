@@ -23,8 +23,8 @@ import yaml
 from bench import gateway, wrk
 from bench.fixture import BODY, MODEL, PROVIDER_KEY
 from bench.harness import HOST, BenchStack, free_ports
-from dynaseal.probes import http_ok
-from dynaseal.processes import ServiceSpec
+from dynaseal_launcher.probes import http_ok
+from dynaseal_launcher.processes import ServiceSpec
 
 REPO = Path(__file__).resolve().parent.parent
 MASTER_KEY = "sk-litellm-bench-master-key-0123456789"

@@ -32,9 +32,9 @@ from typing import Any
 import yaml
 
 from bench.harness import free_ports
-from dynaseal.probes import http_ok, redis_ping
-from dynaseal.processes import ServiceSpec, Supervisor, tcp_open
-from dynaseal.stack import redis_server_binary, tansu_binary
+from dynaseal_launcher.probes import http_ok, redis_ping
+from dynaseal_launcher.processes import ServiceSpec, Supervisor, tcp_open
+from dynaseal_launcher.stack import redis_server_binary, tansu_binary
 
 HOST = "127.0.0.1"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"pipeline-bench-webhook-secret-01").decode()

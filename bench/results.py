@@ -36,7 +36,7 @@ def machine() -> str:
 
 def envoy_version() -> str:
     """Envoy's version string."""
-    from dynaseal.envoy_config import envoy_binary
+    from dynaseal_launcher.envoy_config import envoy_binary
 
     out = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True, check=False).stdout
     found = re.search(r"/(\d+\.\d+\.\d+)/", out)

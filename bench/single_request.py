@@ -24,10 +24,10 @@ import yaml
 
 from bench.fixture import BODY, PATH, PROVIDER_KEY, PROVIDER_KEY_ENV, make_keys, write_config
 from bench.harness import free_ports
-from dynaseal import envoy_config
 from dynaseal.config import load_config
-from dynaseal.probes import http_ok
-from dynaseal.stack import LocalStack
+from dynaseal_launcher import envoy_config
+from dynaseal_launcher.probes import http_ok
+from dynaseal_launcher.stack import LocalStack
 
 PORT_NAMES = ["envoy", "envoy_admin", "issuer", "authz", "mock_upstream", "redis", "kafka", "authz_metrics",
               "consumer_metrics", "shipper_metrics"]

@@ -8,17 +8,25 @@ import os
 import signal
 import socket
 import sys
+import threading
+import time
 from types import FrameType
 
 from prometheus_client import start_http_server
+from redis.exceptions import RedisError
 
 from callback_consumer.consumer import CallbackConsumer, ConsumerOptions
 from callback_consumer.delivery import RetryPolicy
-from dynaseal import kafka_io
-from dynaseal.config import ConfigError, load_config
+from callback_consumer.metrics import OLDEST_RESERVATION_SECONDS
+from dynaseal.config import ConfigError
+from dynaseal.ledger.redis_connect import sync_client
+from dynaseal.ledger.reservation_age import oldest_open_reservation_age_s
 from dynaseal.logs import setup_logging
+from dynaseal.runtime.views import load_runtime
+from dynaseal.usage import kafka_io
 
 GROUP_ENV = "DYNASEAL_CONSUMER_GROUP"
+RESERVATION_SCAN_S = 15.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def watch_reservations(url: str, interval_s: float = RESERVATION_SCAN_S) -> threading.Thread:
+    """Keep the oldest-open-reservation gauge current, off the delivery path (a daemon thread)."""
+    client = sync_client(url, timeout_s=5.0)  # one server or a redis+cluster:// URL
+
+    def loop() -> None:
+        while True:
+            try:
+                OLDEST_RESERVATION_SECONDS.set(oldest_open_reservation_age_s(client))
+            except RedisError as exc:  # the gauge keeps its last value; settlement reports Redis itself
+                logging.getLogger("dynaseal.consumer").debug("reservation scan failed: %s", exc)
+            time.sleep(interval_s)
+
+    thread = threading.Thread(target=loop, name="reservation-age", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and consume until stopped."""
     args = build_parser().parse_args(argv)
@@ -46,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     # kafka-python narrates every connection at INFO.
     logging.getLogger("kafka").setLevel(logging.WARNING)
     try:
-        cfg = load_config(args.config)
+        runtime = load_runtime(args.config)
+        cfg = runtime.cfg
         consumer = CallbackConsumer(ConsumerOptions(
-            config_path=args.config, bootstrap=args.bootstrap or kafka_io.bootstrap_servers(cfg),
+            config_path=args.config, bootstrap=args.bootstrap or runtime.kafka.value,
             group_id=args.group_id, client_id=f"dynaseal-consumer-{socket.gethostname()}-{os.getpid()}",
             policy=RetryPolicy(args.retry_base_s, args.retry_cap_s), per_tenant=args.per_tenant,
             tenant_backlog=args.tenant_backlog,
@@ -68,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     def _reload(signum: int, frame: FrameType | None) -> None:
         consumer.reload()
 
+    watch_reservations(runtime.redis.value)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGHUP, _reload)

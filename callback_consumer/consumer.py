@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,7 +20,6 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
-from redis import Redis
 
 from callback_consumer import metrics
 from callback_consumer.delivery import Deliverer, Job, RetryPolicy
@@ -27,10 +27,11 @@ from callback_consumer.dispatcher import Dispatcher
 from callback_consumer.dlq import DeadLetters
 from callback_consumer.offsets import OffsetTracker
 from callback_consumer.settlement import SettlementBatcher
-from dynaseal import kafka_io
-from dynaseal.config import ConfigError, load_config
-from dynaseal.quota import redis_url
-from dynaseal.tenants import Registry, build_registry
+from callback_consumer.tenant_slots import SharedSlots
+from dynaseal.config import ConfigError
+from dynaseal.ledger.redis_connect import sync_client
+from dynaseal.runtime.views import ConsumerView, load_runtime
+from dynaseal.usage import kafka_io
 
 log = logging.getLogger("callback_consumer")
 POLL_MS = 100
@@ -77,18 +78,20 @@ class CallbackConsumer:
 
     def __init__(self, options: ConsumerOptions) -> None:
         self.options = options
-        cfg = load_config(options.config_path)
-        self.registry: Registry = build_registry(cfg)
+        # Only the consumer's view: callback targets and secrets, no tenant keys or provider key.
+        self.targets: ConsumerView = load_runtime(options.config_path).consumer()
         self.stopping = threading.Event()
         self._reload_requested = threading.Event()
         self.tracker = OffsetTracker()
         self._abandon = threading.Event()
         self.dead_letters = DeadLetters(options.bootstrap, options.client_id, self._abandon)
-        self.redis = Redis.from_url(redis_url(cfg), socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.redis = sync_client(self.targets.redis_url, timeout_s=2.0)  # one server or a redis+cluster:// URL
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blocking")
+        # Each tenant's callback concurrency holds over the whole group, not per member.
+        slots = SharedSlots(self.redis, self.executor, f"{options.client_id}-{uuid.uuid4().hex[:8]}")
         self.dispatcher = Dispatcher(lambda abandon: Deliverer(
-            lambda: self.registry, SettlementBatcher(self.redis, self.executor), self.dead_letters, self.executor,
-            options.policy, options.per_tenant, abandon, tenant_backlog=options.tenant_backlog))
+            lambda: self.targets, SettlementBatcher(self.redis, self.executor), self.dead_letters, self.executor,
+            options.policy, options.per_tenant, abandon, tenant_backlog=options.tenant_backlog, slots=slots))
         self._paused = False
         self._last_commit = 0.0
         self._lag_at = 0.0
@@ -106,7 +109,7 @@ class CallbackConsumer:
         """Load tenants (callback URLs, secrets) again; keep the old ones if the new config is bad."""
         self._reload_requested.clear()
         try:
-            self.registry = build_registry(load_config(self.options.config_path))
+            self.targets = load_runtime(self.options.config_path).consumer()
             log.info("config reloaded")
         except ConfigError as exc:
             log.error("config reload rejected; keeping the previous config", extra={"error": str(exc)})

@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -24,10 +25,14 @@ from redis.exceptions import RedisError
 from callback_consumer import metrics
 from callback_consumer.dlq import DeadLetters, dlq_headers
 from callback_consumer.http_client import CallbackClient, CallbackTransportError
+from callback_consumer.money import ThresholdSender, money_settlement, record_money
 from callback_consumer.settlement import SettlementBatcher
-from dynaseal.callbacks import CallbackSigner, callback_body, is_retryable
+from callback_consumer.tenant_slots import SharedSlots
+from dynaseal.ledger.quota import Settlement
+from dynaseal.ledger.tenant_quota import has_tenant_limits
 from dynaseal.pb import UsageEvent
-from dynaseal.tenants import Registry, Tenant
+from dynaseal.runtime.views import CallbackTarget, ConsumerView
+from dynaseal.usage.callbacks import CallbackSigner, callback_body, is_retryable
 
 log = logging.getLogger("callback_consumer.delivery")
 
@@ -71,7 +76,7 @@ class RetryPolicy:
         wait = ceiling / 2 + random.uniform(0, ceiling / 2)
         if retry_after_s is not None:  # the receiver said when (429/503): honour it, within the cap
             wait = max(wait, min(retry_after_s, self.cap_s))
-        return wait
+        return float(wait)
 
 
 def _seconds(retry_after: str | None) -> float | None:
@@ -84,10 +89,11 @@ def _seconds(retry_after: str | None) -> float | None:
 class Deliverer:
     """Handles jobs on one event loop; per-tenant HTTP clients bound how much any one tenant can hold."""
 
-    def __init__(self, registry: Callable[[], Registry], settlements: SettlementBatcher | None,
+    def __init__(self, registry: Callable[[], ConsumerView], settlements: SettlementBatcher | None,
                  dead_letters: DeadLetters,
                  executor: Executor, policy: RetryPolicy, per_tenant: int, abandon: asyncio.Event,
-                 max_attempts: int | None = None, tenant_backlog: int | None = None) -> None:
+                 max_attempts: int | None = None, tenant_backlog: int | None = None,
+                 slots: SharedSlots | None = None) -> None:
         self.registry = registry
         self.settlements = settlements
         self.dead_letters = dead_letters
@@ -103,9 +109,12 @@ class Deliverer:
         # (`overloaded`, for `dynaseal dlq replay`) instead.
         self.tenant_backlog = tenant_backlog
         self._waiting: dict[str, int] = {}
+        # The tenant's concurrency over the whole consumer group (None: this process's alone).
+        self.slots = slots
         self._clients: dict[str, CallbackClient] = {}
         self._signers: dict[str, tuple[str, CallbackSigner]] = {}
         self._gates: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        self.thresholds = ThresholdSender(self)
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep, unless shutdown comes first; True if the full pause passed."""
@@ -115,27 +124,33 @@ class Deliverer:
             return True
         return False
 
-    async def _blocking(self, fn: Callable[..., object], *args: object) -> object:
+    async def blocking(self, fn: Callable[..., object], *args: object) -> object:
+        """Run a blocking call on the executor."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def _settle(self, event: UsageEvent) -> bool:
-        """Settle the reservation with the event's tokens (idempotent per request_id); False if abandoned."""
+    async def _settle(self, event: UsageEvent) -> Settlement | None:
+        """Settle the reservation with the event's tokens and cost (idempotent per request_id); None if abandoned."""
         assert self.settlements is not None
         delay = 0.2
+        tenant = self.registry().get(event.tenant)
+        money = money_settlement(event, tenant)
+        # Only a tenant with tenant-wide limits reserved on its own slot; one whose limits were
+        # added or removed since is safe either way (no reservation: a no-op; an orphan: expires).
+        tenant_wide = tenant is not None and has_tenant_limits(tenant.limits)
         while True:
             try:
-                await self.settlements.settle(event.tenant, event.jti, event.request_id, event.total_tokens)
-                return True
+                return await self.settlements.settle(event.tenant, event.jti, event.request_id, event.total_tokens,
+                                                     tuple(event.chain), money, tenant_wide)
             except RedisError as exc:
                 metrics.SETTLE_ERRORS.inc()
                 log.warning("settlement failed; retrying", extra={"request_id": event.request_id,
                                                                    "jti": event.jti, "error": str(exc)})
             # Shutdown stops retries only: a job handed out before it still gets its first attempt.
             if not await self._pause(delay):
-                return False
+                return None
             delay = min(delay * 2, 5.0)
 
-    def _client(self, tenant: Tenant) -> CallbackClient:
+    def _client(self, tenant: CallbackTarget) -> CallbackClient:
         assert tenant.callback is not None
         client = self._clients.get(tenant.id)
         if client is None or client.url != tenant.callback.url:  # new tenant, or its URL changed on reload
@@ -145,7 +160,7 @@ class Deliverer:
             client = self._clients[tenant.id] = CallbackClient(tenant.callback.url, max_idle=self._limit(tenant))
         return client
 
-    def _signer(self, tenant: Tenant) -> CallbackSigner:
+    def _signer(self, tenant: CallbackTarget) -> CallbackSigner:
         assert tenant.callback_secret is not None
         secret = tenant.callback_secret.get_secret_value()
         cached = self._signers.get(tenant.id)
@@ -154,10 +169,10 @@ class Deliverer:
             self._signers[tenant.id] = cached
         return cached[1]
 
-    async def _attempt(self, tenant: Tenant, event: UsageEvent, body: bytes) -> tuple[int | None, float | None]:
+    async def _attempt(self, tenant: CallbackTarget, webhook_id: str, body: bytes) -> tuple[int | None, float | None]:
         """One POST: (status or None on a timeout/connection error, Retry-After seconds)."""
         assert tenant.callback is not None
-        headers = self._signer(tenant).headers(event.request_id, body)
+        headers = self._signer(tenant).headers(webhook_id, body)
         started = time.perf_counter()
         try:
             reply = await self._client(tenant).post(body, headers, tenant.callback.timeout_s)
@@ -170,41 +185,58 @@ class Deliverer:
         metrics.CALLBACK_SECONDS.labels(f"{reply.status // 100}xx").observe(time.perf_counter() - started)
         return reply.status, _seconds(reply.retry_after)
 
-    async def _dead_letter(self, job: Job, request_id: str, reason: str, status: int | None, attempts: int) -> Outcome:
+    async def _dead_letter(self, job: Job, request_id: str, reason: str, status: int | None, attempts: int,
+                           extra: Mapping[str, str] | None = None) -> Outcome:
         headers = dlq_headers(reason, status, attempts, f"{job.tp.topic}/{job.tp.partition}/{job.offset}", job.dlq)
-        if not await self._blocking(self.dead_letters.publish, job.key, job.value, headers):
+        if extra:  # a threshold callback: what replay needs to rebuild it (money)
+            headers.update(extra)
+        if not await self.blocking(self.dead_letters.publish, job.key, job.value, headers):
             return Outcome.ABANDONED
         metrics.DLQ.labels(reason.split(":")[0]).inc()
         log.warning("event sent to the DLQ", extra={"request_id": request_id, "reason": reason, "status": status,
                                                     "attempts": attempts})
         return Outcome.DLQ
 
-    async def _deliver(self, job: Job, tenant: Tenant, event: UsageEvent) -> Outcome:
+    async def _deliver(self, job: Job, tenant: CallbackTarget, event: UsageEvent) -> Outcome:
         assert tenant.callback is not None
-        body = callback_body(event, tenant.callback.include_content)
+        outcome = await self.send(job, tenant, event.request_id, callback_body(event, tenant.callback.include_content))
+        if outcome is Outcome.DELIVERED:
+            metrics.EVENT_AGE_SECONDS.observe(max(0.0, time.time() - event.shipped_at_ms / 1000))
+        return outcome
+
+    async def send(self, job: Job, tenant: CallbackTarget, webhook_id: str, body: bytes,
+                   dlq_extra: Mapping[str, str] | None = None) -> Outcome:
+        """POST one signed body with retries; delivered, dead-lettered (the job's record), or abandoned."""
+        assert tenant.callback is not None
         max_attempts = self.max_attempts or tenant.callback.max_attempts
         for attempt in range(1, max_attempts + 1):
             # Held for the attempt only, never across a backoff: a failing tenant frees its slots.
-            async with self._gate(tenant):
-                status, retry_after = await self._attempt(tenant, event, body)
+            async with self._gate(tenant), self._group_slot(tenant):
+                status, retry_after = await self._attempt(tenant, webhook_id, body)
             if status is not None and 200 <= status < 300:
-                metrics.EVENT_AGE_SECONDS.observe(max(0.0, time.time() - event.shipped_at_ms / 1000))
                 return Outcome.DELIVERED
             reason = "timeout_or_connection" if status is None else f"http_{status}"
             if status is not None and not is_retryable(status):
-                return await self._dead_letter(job, event.request_id, f"rejected:{reason}", status, attempt)
+                return await self._dead_letter(job, webhook_id, f"rejected:{reason}", status, attempt, dlq_extra)
             if attempt == max_attempts:
-                return await self._dead_letter(job, event.request_id, f"exhausted:{reason}", status, attempt)
+                return await self._dead_letter(job, webhook_id, f"exhausted:{reason}", status, attempt, dlq_extra)
             metrics.RETRIES.labels(reason if status is None else f"{status // 100}xx").inc()
             if not await self._pause(self.policy.delay(attempt, retry_after)):
                 return Outcome.ABANDONED
         return Outcome.ABANDONED  # unreachable: the loop returns on its last attempt
 
-    def _limit(self, tenant: Tenant) -> int:
+    def _limit(self, tenant: CallbackTarget) -> int:
         assert tenant.callback is not None
         return tenant.callback.concurrency or self.per_tenant
 
-    def _gate(self, tenant: Tenant) -> asyncio.Semaphore:
+    def _group_slot(self, tenant: CallbackTarget) -> AbstractAsyncContextManager[None]:
+        """One of the tenant's slots across every consumer of the group, after the local gate."""
+        assert tenant.callback is not None
+        if self.slots is None:
+            return nullcontext()
+        return self.slots.hold(tenant.id, self._limit(tenant), tenant.callback.timeout_s)
+
+    def _gate(self, tenant: CallbackTarget) -> asyncio.Semaphore:
         """At most the tenant's concurrency in flight to it; others' callbacks never wait on this one."""
         limit = self._limit(tenant)
         cached = self._gates.get(tenant.id)
@@ -218,9 +250,18 @@ class Deliverer:
             event = UsageEvent.FromString(job.value)
         except DecodeError:
             return await self._dead_letter(job, "-", "undecodable", None, 0)
-        if not await self._settle(event):
+        settlement = await self._settle(event)
+        if settlement is None:
             return Outcome.ABANDONED
-        return await self.deliver(job, event)
+        # Thresholds first: the event's offset is committed only once they are delivered or dead-lettered.
+        if settlement.pending and not await self.thresholds.send_all(job, event, settlement.pending):
+            return Outcome.ABANDONED
+        outcome = await self.deliver(job, event)
+        if outcome.finished:
+            # Counted per finished event, not per first settlement: the counts of a consumer that died
+            # before committing died with it, so the one that reads the event again counts it.
+            record_money(event)
+        return outcome
 
     async def deliver(self, job: Job, event: UsageEvent) -> Outcome:
         """Deliver a settled event to its tenant's callback as configured now (a DLQ replay starts here)."""

@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from dynaseal import kafka_io
+from dynaseal.redaction import redact, redact_bytes
+from dynaseal.usage import kafka_io
 
 log = logging.getLogger("callback_consumer.dlq")
 SEND_TIMEOUT_S = 15.0
@@ -44,7 +45,9 @@ class DeadLetters:
     def publish(self, key: bytes | None, value: bytes, headers: dict[str, str]) -> bool:
         """Write one record and wait for the broker's acknowledgement; False if shutdown stopped the retries."""
         delay = RETRY_MIN_S
-        encoded = [(name, text.encode()) for name, text in headers.items()]
+        encoded = [(name, redact(text).encode()) for name, text in headers.items()]
+        # What leaves the process is redacted like a log line; masking keeps the protobuf's length framing.
+        value = redact_bytes(value)
         while True:
             producer = None
             try:

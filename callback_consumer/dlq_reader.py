@@ -13,7 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 
-from dynaseal import kafka_io
+from dynaseal.usage import kafka_io
 
 REPLAY_GROUP_ID = "dynaseal-dlq-replay"
 HIGHWATER_WAIT_S = 15.0

@@ -29,11 +29,12 @@ from kafka.errors import KafkaError
 from callback_consumer.delivery import Deliverer, Job, Outcome, RetryPolicy
 from callback_consumer.dlq import DeadLetters, dlq_headers
 from callback_consumer.dlq_reader import REPLAY_GROUP_ID, DlqReader
-from dynaseal import kafka_io
+from callback_consumer.money import THRESHOLD_DLQ_TYPE
 from dynaseal.config import ConfigError, DynasealConfig, load_config
 from dynaseal.logs import setup_logging
 from dynaseal.pb import UsageEvent
-from dynaseal.tenants import build_registry
+from dynaseal.runtime.views import Runtime
+from dynaseal.usage import kafka_io
 
 BATCH = 64
 
@@ -73,7 +74,7 @@ class Replay:
 
     def __init__(self, args: argparse.Namespace, cfg: DynasealConfig) -> None:
         bootstrap = args.bootstrap or kafka_io.bootstrap_servers(cfg)
-        self.registry = build_registry(cfg)
+        self.registry = Runtime.from_config(cfg).consumer()
         self.args = args
         self.stopping = threading.Event()
         self.loop = asyncio.new_event_loop()
@@ -105,7 +106,13 @@ class Replay:
         if event is None or not self._wanted(event):
             return None if await self._put_back(record, headers) else Outcome.ABANDONED
         tp = TopicPartition(record.topic, record.partition)
-        outcome = await self.deliverer.deliver(Job(tp, record.offset, record.key, record.value, headers), event)
+        job = Job(tp, record.offset, record.key, record.value, headers)
+        if headers.get("dlq_type") == THRESHOLD_DLQ_TYPE:  # a budget threshold callback (money)
+            threshold = await self.deliverer.thresholds.replay(job, event, headers)
+            if threshold is not None:
+                return threshold
+            return None if await self._put_back(record, headers) else Outcome.ABANDONED
+        outcome = await self.deliverer.deliver(job, event)
         if outcome is Outcome.NO_CALLBACK:  # the tenant has no callback any more: keep it for later
             again = dlq_headers("no_callback", None, 0, f"{record.topic}/{record.partition}/{record.offset}", headers)
             return Outcome.DLQ if await self._put_back(record, again) else Outcome.ABANDONED

@@ -1,7 +1,7 @@
 """The config file's schema and loader: YAML in, one validated immutable object out.
 
 Secrets never appear in the file: they are named by environment variable (`*_env`) and
-resolved by `dynaseal.tenants`. Every validation error is reported at once.
+resolved by `dynaseal.keys.tenants`. Every validation error is reported at once.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -70,6 +71,13 @@ class ParamLimit(_Strict):
     max: float | None = None
 
 
+class TenantBudget(_Strict):
+    """Tokens all of a tenant's keys may use together per UTC calendar day or month."""
+
+    tokens: int = Field(ge=1)
+    window: Literal["day", "month"] = "day"
+
+
 class Limits(_Strict):
     """A tenant's ceilings: no key of the tenant may exceed them."""
 
@@ -87,6 +95,28 @@ class Limits(_Strict):
     # Tokens reserved per image/audio/file part (their bytes do not bound their cost); unset = such parts
     # are refused for keys with a budget.
     media_part_tokens: int | None = Field(None, ge=0)
+    # Set when the upstream honours both max_tokens and max_completion_tokens (OpenAI): then a client's
+    # cap in either is enough; otherwise the gateway adds `cap_field` when the client used the other.
+    upstream_reads_both_caps: bool = False
+    # Price- or storage-changing provider features a request may use (service_tier, web_search_options,
+    # modalities, audio, store, metadata, prediction); none by default.
+    provider_features: tuple[str, ...] = ()
+    # Every key presented must be sender-constrained (RFC 9449 DPoP: a `cnf` claim and a proof per request).
+    require_dpop: bool = False
+    # How many levels of narrowed child keys a key of this tenant may have below it (0 = no children).
+    max_chain_depth: int = Field(0, ge=0, le=4)
+    # Per-key ceiling (and default) of a key's budget in money, in the currency of the tenant's price
+    # table (`upstream.currency`); whole micro-units at most (6 decimals).
+    budget_cost: Decimal | None = Field(None, gt=0, le=10**9, decimal_places=6)
+
+    @field_validator("budget_cost", mode="before")
+    @classmethod
+    def _exact_amount(cls, value: Any) -> Any:
+        return repr(value) if isinstance(value, float) else value
+    # Tenant-wide, over all of the tenant's keys together (rpm and budget above are per key); checked
+    # at admit together with the key's own limits (dynaseal.ledger.tenant_quota).
+    tenant_budget: TenantBudget | None = None
+    tenant_rpm: int | None = Field(None, ge=1)
 
 
 class UpstreamConfig(_Strict):
@@ -101,10 +131,40 @@ class UpstreamConfig(_Strict):
     forward_headers: tuple[str, ...] = ()
 
 
+class ModelPrice(_Strict):
+    """One model's price per million tokens; cached input defaults to input, reasoning to output."""
+
+    input: Decimal = Field(ge=0)
+    cached_input: Decimal | None = Field(None, ge=0)
+    output: Decimal = Field(ge=0)
+    reasoning: Decimal | None = Field(None, ge=0)
+
+    @field_validator("input", "cached_input", "output", "reasoning", mode="before")
+    @classmethod
+    def _exact(cls, value: Any) -> Any:
+        # YAML gives 0.15 as a float; its shortest repr is what the operator wrote, not its binary value.
+        if isinstance(value, bool):
+            raise ValueError("a price is a number or a decimal string")
+        return repr(value) if isinstance(value, float) else value
+
+    @field_validator("input", "cached_input", "output", "reasoning")
+    @classmethod
+    def _finite(cls, value: Decimal | None) -> Decimal | None:
+        if value is not None and not value.is_finite():
+            raise ValueError("a price must be a finite number")
+        return value
+
+
 class TenantUpstream(_Strict):
-    """A tenant's own provider credential (named by env var), used instead of the gateway's."""
+    """A tenant's own provider credential (named by env var), used instead of the gateway's, and the
+    price table of what it is billed for the upstream's models."""
 
     api_key_env: str | None = None
+    # ISO 4217 code of every price, cost and money budget of this tenant.
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+    # A model without a price: served and flagged (`serve`), or refused (`refuse`).
+    unpriced: Literal["serve", "refuse"] = "serve"
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
 
 
 class CallbackConfig(_Strict):
@@ -120,6 +180,20 @@ class CallbackConfig(_Strict):
     # Callbacks in flight to this tenant at once (null: the consumer's --per-tenant). Throughput to a
     # tenant is at most concurrency / its answer time.
     concurrency: int | None = Field(None, ge=1, le=1024)
+    # Fractions of a key's budget (tokens and money) whose crossing sends a `budget_threshold` callback,
+    # each at most once per key and budget.
+    budget_thresholds: tuple[float, ...] = ()
+
+    @field_validator("budget_thresholds")
+    @classmethod
+    def _fractions(cls, values: tuple[float, ...]) -> tuple[float, ...]:
+        for value in values:
+            # Redis compares in basis points: a finer fraction would be a different threshold there.
+            if not 0 < value <= 1 or Decimal(repr(float(value))).scaleb(4) % 1 != 0:
+                raise ValueError(f"budget threshold {value} must be in (0, 1] with at most 4 decimals")
+        if len(set(values)) != len(values):
+            raise ValueError("duplicate budget threshold")
+        return tuple(sorted(values))
 
 
 class TenantConfig(_Strict):
@@ -182,9 +256,22 @@ class IssuerConfig(_Strict):
         return proxies
 
 
+class EdgeLimits(_Strict):
+    """Envoy's downstream limits: slow or idle clients cannot hold connections; streams end in time."""
+
+    max_connections: int = Field(10_000, ge=1)  # open client connections, all listeners
+    request_headers_timeout_s: int = Field(10, ge=1)  # for the request line and headers
+    request_timeout_s: int = Field(60, ge=1)  # for the whole request, body included
+    idle_timeout_s: int = Field(300, ge=1)  # a connection with no stream open
+    stream_idle_timeout_s: int = Field(300, ge=1)  # a stream with no bytes either way
+    max_stream_duration_s: int = Field(600, ge=1)  # the longest answer (a long LLM stream)
+
+
 class GatewayConfig(_Strict):
     """Gateway-wide settings."""
 
+    xff_trusted_hops: int = Field(0, ge=0, le=10)  # proxies in front of Envoy whose X-Forwarded-For counts
+    limits: EdgeLimits = Field(default_factory=EdgeLimits)
     audience: str = "dynaseal"
     host: str = "127.0.0.1"
     ports: Ports = Field(default_factory=Ports)
@@ -200,6 +287,16 @@ class GatewayConfig(_Strict):
     key_cache_size: int = Field(10_000, ge=0)
     # Remote JWKS (tenants' jwks_url) are fetched again this often; a kid removed there stops verifying.
     jwks_refresh_s: float = Field(300.0, ge=30, le=86400)
+    # The origin clients reach the gateway at (e.g. https://llm.example.com, optionally with a path prefix):
+    # what DPoP proofs' `htu` must name. Unset = the scheme and :authority Envoy saw, which the client chooses.
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _origin(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", url, re.IGNORECASE):
+            raise ValueError("public_url must be http(s)://host[:port][/prefix], without query or fragment")
+        return url.rstrip("/") if url is not None else None
 
 
 class AuthzConfig(_Strict):

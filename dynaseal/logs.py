@@ -1,31 +1,20 @@
-"""Structured JSON log lines, with one redaction helper applied to every line that leaves.
+"""Structured JSON log lines, with the one redaction helper (`dynaseal.redaction`) applied to each.
 
-Dynamic keys, bearer credentials and webhook secrets are replaced before formatting, so a
-mistake elsewhere (an exception message quoting a header) cannot leak a key into the logs.
+Every secret value the runtime resolved, and anything shaped like a key, bearer credential or
+webhook secret, is replaced in the finished line, so a mistake elsewhere (an exception message
+quoting a header, a secret in an `extra` field) cannot leak it into the logs.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
 
 import orjson
 
-_REDACTIONS = (
-    (re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
-    (re.compile(r"(?i)(bearer\s+)[^\s\"',;]+"), r"\1[redacted]"),
-    (re.compile(r"whsec_[A-Za-z0-9+/=]+"), "whsec_[redacted]"),
-    (re.compile(r"\bsk-[A-Za-z0-9_-]{6,}"), "sk-[redacted]"),
-)
-
-
-def redact(text: str) -> str:
-    """Remove anything that looks like a key, bearer credential or secret."""
-    for pattern, replacement in _REDACTIONS:
-        text = pattern.sub(replacement, text)
-    return text
+# Re-exported: `redact` was first defined here.
+from dynaseal.redaction import redact as redact
 
 
 class JsonFormatter(logging.Formatter):

@@ -14,9 +14,9 @@ import contextlib
 import logging
 import queue
 import threading
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, Insert, insert
+from sqlalchemy import Engine, Insert, Table, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -31,7 +31,7 @@ _Item = tuple[dict[str, Any], asyncio.Future[bool], asyncio.AbstractEventLoop]
 
 def insert_once(dialect: str, values: dict[str, Any]) -> Insert:
     """One INSERT that skips a webhook-id stored before, where the dialect can say so in SQL."""
-    table = Callback.__table__
+    table = cast(Table, Callback.__table__)  # declarative tables are Tables; the stub says FromClause
     if dialect == _ON_CONFLICT[0]:
         return sqlite.insert(table).values(values).on_conflict_do_nothing(index_elements=["webhook_id"])
     if dialect == _ON_CONFLICT[1]:

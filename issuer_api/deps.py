@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 
-from issuer_api.errors import unauthenticated
+from issuer_api.errors import IssuerError, unauthenticated
 from issuer_api.state import IssuerState
 from issuer_api.users import Account, account_by_id
 
@@ -34,7 +34,7 @@ def current_account(
 ) -> Account:
     """The account named by a valid access token; 401 otherwise."""
     if not token:
-        raise unauthenticated("missing bearer access token", "missing_token")
+        raise unauthenticated("missing bearer access token", IssuerError.MISSING_TOKEN)
     user_id = state.tokens.subject(token, "access")
     with state.sessions() as db:
         account = account_by_id(db, user_id)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from dynaseal.policy.errors import ErrorCode, error_envelope
 
 log = logging.getLogger("issuer_api.errors")
 
@@ -32,10 +35,39 @@ _TYPE_BY_STATUS = {
 }
 
 
+class IssuerError(StrEnum):
+    """Every `error.code` the issuer answers with; the codes the gateway also uses have its values."""
+
+    INVALID_REQUEST = ErrorCode.INVALID_REQUEST.value
+    REQUEST_TOO_LARGE = ErrorCode.BODY_TOO_LARGE.value
+    MODEL_NOT_ALLOWED = ErrorCode.MODEL_NOT_ALLOWED.value
+    INVALID_TOKEN = "invalid_token"
+    TOKEN_EXPIRED = "token_expired"
+    WRONG_TOKEN_TYPE = "wrong_token_type"
+    MISSING_TOKEN = "missing_token"
+    INVALID_CREDENTIALS = "invalid_credentials"
+    TOO_MANY_LOGIN_ATTEMPTS = "too_many_login_attempts"
+    SCOPE_NOT_ALLOWED = "scope_not_allowed"
+    SUB_NOT_ALLOWED = "sub_not_allowed"
+    MODELS_REQUIRED = "models_required"
+    KEY_NOT_FOUND = "key_not_found"
+    CALLBACK_NOT_CONFIGURED = "callback_not_configured"
+    INVALID_SIGNATURE = "invalid_signature"
+    INVALID_WEBHOOK_ID = "invalid_webhook_id"
+    GATEWAY_UNAVAILABLE = "gateway_unavailable"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    HTTP_ERROR = "http_error"
+    INTERNAL_ERROR = "internal_error"
+    INVALID_DPOP_PROOF = "invalid_dpop_proof"
+    DPOP_KEY_MISMATCH = "dpop_key_mismatch"
+    DPOP_REQUIRED = "dpop_required"
+
+
 class ApiError(Exception):
     """An error answered to the client with its status, stable code and optional param."""
 
-    def __init__(self, status: int, code: str, message: str, param: str | None = None,
+    def __init__(self, status: int, code: IssuerError, message: str, param: str | None = None,
                  headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
@@ -48,25 +80,25 @@ class ApiError(Exception):
         """The JSON envelope for this error."""
         fallback = "server_error" if self.status >= 500 else "invalid_request_error"
         error_type = _TYPE_BY_STATUS.get(self.status, fallback)
-        return {"error": {"message": self.message, "type": error_type, "code": self.code,
-                          "param": self.param}}
+        return error_envelope(self.message, error_type, self.code, self.param)
 
     def response(self) -> JSONResponse:
         """This error as a JSON response."""
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers or None)
 
 
-def invalid_request(message: str, param: str | None = None, code: str = "invalid_request_error") -> ApiError:
+def invalid_request(message: str, param: str | None = None,
+                    code: IssuerError = IssuerError.INVALID_REQUEST) -> ApiError:
     """A 400 for a malformed request."""
     return ApiError(400, code, message, param)
 
 
-def unauthenticated(message: str, code: str = "invalid_token") -> ApiError:
+def unauthenticated(message: str, code: IssuerError = IssuerError.INVALID_TOKEN) -> ApiError:
     """A 401 asking for bearer credentials."""
     return ApiError(401, code, message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def forbidden(message: str, code: str, param: str | None = None) -> ApiError:
+def forbidden(message: str, code: IssuerError, param: str | None = None) -> ApiError:
     """A 403 for a request beyond what the caller may do."""
     return ApiError(403, code, message, param)
 
@@ -96,16 +128,16 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 404:
-        return ApiError(404, "not_found", f"no route for {request.method} {request.url.path}").response()
+        return ApiError(404, IssuerError.NOT_FOUND, f"no route for {request.method} {request.url.path}").response()
     if exc.status_code == 405:
-        return ApiError(405, "method_not_allowed", f"method {request.method} not allowed here").response()
-    return ApiError(exc.status_code, "http_error", str(exc.detail)).response()
+        return ApiError(405, IssuerError.METHOD_NOT_ALLOWED, f"method {request.method} not allowed here").response()
+    return ApiError(exc.status_code, IssuerError.HTTP_ERROR, str(exc.detail)).response()
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     # The exception text may quote request data: keep it in the (redacting) log, never in the answer.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return ApiError(500, "internal_error", "the server could not process the request").response()
+    return ApiError(500, IssuerError.INTERNAL_ERROR, "the server could not process the request").response()
 
 
 def install_error_handlers(app: FastAPI) -> None:

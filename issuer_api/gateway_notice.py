@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from dynaseal.revocation import revoke_async
-from issuer_api.errors import ApiError
+from dynaseal.ledger.redis_connect import async_client
+from dynaseal.ledger.revocation import revoke_async
+from issuer_api.errors import ApiError, IssuerError
 
 log = logging.getLogger("issuer_api.revocation")
 TIMEOUT_S = 3.0
@@ -18,12 +18,12 @@ async def notify_revoked(redis_url: str, tenant: str, jti: str, exp: float) -> N
     """Write the revocation marker; raise a 503 ApiError if Redis cannot be reached."""
     # One short-lived client per revocation: revocations are rare, and it avoids binding a
     # connection pool to whichever event loop happened to create it.
-    client = Redis.from_url(redis_url, socket_connect_timeout=TIMEOUT_S, socket_timeout=TIMEOUT_S)
+    client = async_client(redis_url, TIMEOUT_S)  # one server or a redis+cluster:// URL
     try:
         await revoke_async(client, tenant, jti, exp)
     except (RedisError, OSError) as exc:
         log.warning("gateway revocation failed", extra={"jti": jti, "error": type(exc).__name__})
-        raise ApiError(503, "gateway_unavailable", "could not reach the gateway's revocation store; "
+        raise ApiError(503, IssuerError.GATEWAY_UNAVAILABLE, "could not reach the gateway's revocation store; "
                        "the key is not revoked yet, retry") from None
     finally:
         await client.aclose()

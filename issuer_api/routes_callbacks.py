@@ -11,6 +11,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -18,7 +19,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from dynaseal.logs import redact
 from issuer_api.deps import StateDep
-from issuer_api.errors import ApiError, invalid_request
+from issuer_api.errors import ApiError, IssuerError, invalid_request
 from issuer_api.store import utcnow
 
 log = logging.getLogger("issuer_api.callbacks")
@@ -42,6 +43,8 @@ class UsageCallback:
     content: str | None
     jti: str | None
     sub: str | None
+    # The callback's `cost`: (exact decimal string, currency), or None (an unpriced model, an older gateway).
+    cost: tuple[str, str] | None = None
 
 
 def _optional_str(payload: dict[str, Any], name: str, limit: int) -> str | None:
@@ -51,6 +54,27 @@ def _optional_str(payload: dict[str, Any], name: str, limit: int) -> str | None:
     if isinstance(value, bool) or not isinstance(value, str | int) or len(str(value)) > limit:
         raise invalid_request(f"{name} must be a string of at most {limit} characters", name)
     return str(value)
+
+
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+def parse_cost(payload: dict[str, Any]) -> tuple[str, str] | None:
+    """The `cost: {"amount": "0.000123", "currency": "USD"}` of a callback, kept as the exact string; 400 if bad."""
+    cost = payload.get("cost")
+    if cost is None:
+        return None
+    if not isinstance(cost, dict) or not isinstance(cost.get("amount"), str) or \
+            not isinstance(cost.get("currency"), str) or not _CURRENCY.match(cost["currency"]):
+        raise invalid_request('cost must be {"amount": "<decimal string>", "currency": "<ISO 4217>"}', "cost")
+    amount = cost["amount"]
+    try:
+        valid = len(amount) <= 64 and Decimal(amount).is_finite() and Decimal(amount) >= 0
+    except InvalidOperation:
+        valid = False
+    if not valid:
+        raise invalid_request("cost.amount must be a non-negative decimal string", "cost")
+    return amount, cost["currency"]
 
 
 def parse_callback(payload: dict[str, Any]) -> UsageCallback:
@@ -69,14 +93,16 @@ def parse_callback(payload: dict[str, Any]) -> UsageCallback:
         raise invalid_request("content must be a string", "content")
     jti = _optional_str(payload, "key_id", 128) or _optional_str(payload, "jti", 128)
     return UsageCallback(_optional_str(payload, "event_id", MAX_ID_CHARS), tokens, usage, content, jti,
-                         _optional_str(payload, "sub", MAX_ID_CHARS))
+                         _optional_str(payload, "sub", MAX_ID_CHARS), parse_cost(payload))
 
 
 def row_values(webhook_id: str, callback: UsageCallback, payload: dict[str, Any]) -> dict[str, Any]:
     """The callbacks-table row of one callback."""
     return {"webhook_id": webhook_id, "event_id": callback.event_id, "jti": callback.jti, "sub": callback.sub,
             "tokens": callback.tokens, "usage": callback.usage, "content": callback.content,
-            "payload": payload, "received_at": utcnow()}
+            "payload": payload, "received_at": utcnow(),
+            "cost_amount": callback.cost[0] if callback.cost else None,
+            "cost_currency": callback.cost[1] if callback.cost else None}
 
 
 def webhook_id_of(request: Request) -> str | None:
@@ -84,7 +110,7 @@ def webhook_id_of(request: Request) -> str | None:
     webhook_id = request.headers.get("webhook-id")
     if webhook_id is not None and not _WEBHOOK_ID.match(webhook_id):
         raise invalid_request(f"webhook-id must be 1 to {MAX_WEBHOOK_ID_CHARS} printable ASCII characters",
-                              "webhook-id", "invalid_webhook_id")
+                              "webhook-id", IssuerError.INVALID_WEBHOOK_ID)
     return webhook_id
 
 
@@ -92,23 +118,24 @@ def _human_line(callback: UsageCallback) -> str:
     content = callback.content or ""
     if len(content) > PRINTED_CONTENT_CHARS:
         content = content[:PRINTED_CONTENT_CHARS] + "…"
-    return redact(f"callback event_id={callback.event_id} tokens={callback.tokens} content={content!r}")
+    cost = f" cost={callback.cost[0]} {callback.cost[1]}" if callback.cost else ""
+    return redact(f"callback event_id={callback.event_id} tokens={callback.tokens}{cost} content={content!r}")
 
 
 async def receive_usage(request: Request, state: StateDep) -> dict[str, str]:
     """Verify, parse and store one usage callback; answer 2xx so the gateway stops retrying."""
     if state.webhook is None:
-        raise ApiError(503, "callback_not_configured", "this tenant has no callback secret configured")
+        raise ApiError(503, IssuerError.CALLBACK_NOT_CONFIGURED, "this tenant has no callback secret configured")
     # Checked before anything else: it is signed, stored and logged, so odd bytes must stop here.
     webhook_id = webhook_id_of(request)
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, "request_too_large", f"callback body above {MAX_BODY_BYTES} bytes")
+        raise ApiError(413, IssuerError.REQUEST_TOO_LARGE, f"callback body above {MAX_BODY_BYTES} bytes")
     try:
         state.webhook.verify(raw, dict(request.headers), json_parse=False)
     except (WebhookVerificationError, ValueError, TypeError):
         # Missing headers, a bad signature and a stale timestamp look alike to the sender on purpose.
-        raise ApiError(401, "invalid_signature", "webhook signature is missing, invalid or too old") from None
+        raise ApiError(401, IssuerError.INVALID_SIGNATURE, "webhook signature is missing, invalid or too old") from None
     assert webhook_id is not None  # verify() refuses a request without one
     try:
         payload = json.loads(raw)
@@ -116,6 +143,11 @@ async def receive_usage(request: Request, state: StateDep) -> dict[str, str]:
         raise invalid_request("callback body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise invalid_request("callback body must be a JSON object")
+    if payload.get("type") == "budget_threshold":
+        # Not usage: shown, not stored with the usage rows (its webhook-id is stable, so a repeat is harmless).
+        print(redact(f"budget threshold: key_id={payload.get('key_id')} {payload.get('budget')} budget "
+                     f"crossed {payload.get('threshold')}"), flush=True)
+        return {"status": "noted", "webhook_id": webhook_id}
     callback = parse_callback(payload)
     stored = await state.callbacks.store(row_values(webhook_id, callback, payload))
     if not stored:

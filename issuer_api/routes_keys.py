@@ -5,17 +5,19 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Body, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from dynaseal.keys import mint
+from dynaseal.keys.mint import mint
 from issuer_api.deps import AccountDep, StateDep
-from issuer_api.errors import ApiError
+from issuer_api.dpop_binding import requested_binding
+from issuer_api.errors import ApiError, IssuerError
 from issuer_api.gateway_notice import notify_revoked
 from issuer_api.scope import ScopeRequest, resolve_scope
 from issuer_api.state import IssuerState
@@ -55,15 +57,20 @@ class KeyRevoked(BaseModel):
 
 
 @router.post("/key/create", response_model=KeyCreated, summary="Mint a dynamic key (optionally narrowed)")
-def create_key(state: StateDep, account: AccountDep,
+def create_key(state: StateDep, account: AccountDep, request: Request,
                scope_request: Annotated[ScopeRequest | None, Body()] = None) -> dict[str, Any]:
-    """Sign a key within the issuer defaults and tenant ceilings and record it (never the token)."""
+    """Sign a key within the issuer defaults and tenant ceilings and record it (never the token).
+
+    With `dpop_jkt`, `holder_jwk` or a `DPoP` proof header the key is bound to the client's key (`cnf`).
+    """
     scope = resolve_scope(scope_request, account, state.issuer, state.limits)
+    cnf = requested_binding(request, scope_request, state.cfg.gateway.leeway_s, state.limits.require_dpop)
+    scope = replace(scope, cnf=cnf)
     signing_key = state.keystore.active()  # read per request, so a rotation applies without restart
     jti, now = secrets.token_urlsafe(16), int(time.time())
     token = mint(signing_key, tenant=state.tenant_id, audience=state.cfg.gateway.audience, sub=scope.sub,
                  models=list(scope.models), max_tokens=scope.max_tokens, ttl=scope.ttl, uses=scope.uses,
-                 budget=scope.budget, rpm=scope.rpm, jti=jti, now=now)
+                 budget=scope.budget, rpm=scope.rpm, jti=jti, now=now, cnf=scope.cnf)
     record = scope.as_record()
     # Recorded before the token is returned: a key whose record failed never leaves the process.
     with state.sessions.begin() as db:
@@ -83,7 +90,7 @@ def _revocable_key(state: IssuerState, account: Account, jti: str) -> tuple[int,
         key, owner_tenant = row
         if key.user_id == account.id or (account.is_tenant and owner_tenant == account.tenant_id):
             return key.exp, as_utc(key.revoked_at)
-    raise ApiError(404, "key_not_found", "no key with this jti that you may revoke", "jti")
+    raise ApiError(404, IssuerError.KEY_NOT_FOUND, "no key with this jti that you may revoke", "jti")
 
 
 def _mark_revoked(state: IssuerState, jti: str) -> datetime:

@@ -6,13 +6,16 @@ minted, and of keys minted for them (`sub` = their username) by the tenant accou
 
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from sqlalchemy import ColumnElement, func, or_, select, true
 
+from dynaseal.money.pricing import money
 from issuer_api.deps import AccountDep, StateDep
 from issuer_api.errors import invalid_request
 from issuer_api.store import Callback, MintedKey, as_utc
@@ -20,6 +23,13 @@ from issuer_api.users import Account
 
 router = APIRouter(tags=["usage"])
 MAX_LIMIT = 100
+
+
+class Money(BaseModel):
+    """An exact amount (a decimal string) in a currency."""
+
+    amount: str
+    currency: str
 
 
 class UsageItem(BaseModel):
@@ -34,6 +44,7 @@ class UsageItem(BaseModel):
     content: str | None
     model: str | None
     received_at: datetime | None
+    cost: Money | None = None
 
 
 class KeyTotal(BaseModel):
@@ -42,6 +53,8 @@ class KeyTotal(BaseModel):
     jti: str
     requests: int
     tokens: int
+    # The sum of the key's priced callbacks; null when none was priced (or they mix currencies).
+    cost: Money | None = None
 
 
 class UsagePage(BaseModel):
@@ -71,7 +84,16 @@ def _item(row: Callback) -> dict[str, Any]:
     model = row.payload.get("model") if isinstance(row.payload, dict) else None
     return {"webhook_id": row.webhook_id, "event_id": row.event_id, "jti": row.jti, "sub": row.sub,
             "tokens": row.tokens, "usage": row.usage, "content": row.content,
-            "model": model if isinstance(model, str) else None, "received_at": as_utc(row.received_at)}
+            "model": model if isinstance(model, str) else None, "received_at": as_utc(row.received_at),
+            "cost": {"amount": row.cost_amount, "currency": row.cost_currency}
+            if row.cost_amount is not None and row.cost_currency is not None else None}
+
+
+def _total_cost(by_currency: dict[str, Decimal]) -> dict[str, str] | None:
+    if len(by_currency) != 1:
+        return None
+    ((currency, amount),) = by_currency.items()
+    return money(amount, currency)
 
 
 @router.get("/usage", response_model=UsagePage, summary="Usage reported by the gateway, newest first")
@@ -98,8 +120,17 @@ def usage(
             select(Callback.jti, func.count(Callback.id), func.coalesce(func.sum(Callback.tokens), 0))
             .where(visible, Callback.jti.in_(page_jtis)).group_by(Callback.jti).order_by(Callback.jti)
         ).all() if page_jtis else []
+        # Decimal sums in Python: the amounts are exact strings, and SQLite has no exact decimal type.
+        costs: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+        if page_jtis:
+            for jti_, amount, currency in db.execute(
+                    select(Callback.jti, Callback.cost_amount, Callback.cost_currency)
+                    .where(visible, Callback.jti.in_(page_jtis), Callback.cost_amount.is_not(None))):
+                if jti_ is not None and amount is not None and currency is not None:
+                    costs[jti_][currency] += Decimal(amount)
     return {
         "items": [_item(r) for r in page],
-        "totals": [{"jti": t[0], "requests": t[1], "tokens": t[2]} for t in totals],
+        "totals": [{"jti": t[0], "requests": t[1], "tokens": t[2],
+                    "cost": _total_cost(costs.get(t[0] or "", {}))} for t in totals],
         "next_cursor": str(page[-1].id) if more else None,
     }

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from issuer_api.deps import StateDep, bearer_token, client_ip
-from issuer_api.errors import ApiError, invalid_request, unauthenticated
+from issuer_api.errors import ApiError, IssuerError, invalid_request, unauthenticated
 from issuer_api.state import IssuerState
 from issuer_api.users import Account, account_by_id, authenticate, normalize_email
 
@@ -55,7 +55,7 @@ def _media_type(request: Request) -> str:
 async def _body(request: Request) -> bytes:
     body = await request.body()
     if len(body) > MAX_BODY_BYTES:
-        raise ApiError(413, "request_too_large", f"request body above {MAX_BODY_BYTES} bytes")
+        raise ApiError(413, IssuerError.REQUEST_TOO_LARGE, f"request body above {MAX_BODY_BYTES} bytes")
     return body
 
 
@@ -112,14 +112,14 @@ async def login(request: Request, state: StateDep) -> dict[str, str]:
     wait = state.limiter.retry_after(username, ip)
     if wait:
         log.warning("login throttled", extra={"username": username, "client_ip": ip})
-        raise ApiError(429, "too_many_login_attempts", f"too many failed logins; retry in {wait} s",
+        raise ApiError(429, IssuerError.TOO_MANY_LOGIN_ATTEMPTS, f"too many failed logins; retry in {wait} s",
                        headers={"Retry-After": str(wait)})
     # Counted before the (slow) bcrypt check, so parallel guesses cannot slip past the limit.
     state.limiter.record_failure(username, ip)
     account = await run_in_threadpool(_check_password, state, username, password)
     if account is None:
         log.info("login failed", extra={"username": username, "client_ip": ip})
-        raise unauthenticated("incorrect username or password", "invalid_credentials")
+        raise unauthenticated("incorrect username or password", IssuerError.INVALID_CREDENTIALS)
     state.limiter.reset(username, ip)
     return state.tokens.pair(account)
 
@@ -141,7 +141,7 @@ async def refresh(request: Request, state: StateDep) -> dict[str, str]:
             raise invalid_request("refresh_token must be a non-empty string", "refresh_token")
     token = token or bearer_token(request)
     if not token:
-        raise unauthenticated("missing refresh token", "missing_token")
+        raise unauthenticated("missing refresh token", IssuerError.MISSING_TOKEN)
     user_id = state.tokens.subject(token, "refresh")
     account = await run_in_threadpool(_account, state, user_id)
     if account is None:

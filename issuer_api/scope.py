@@ -8,12 +8,12 @@ gives the user a clear error instead of a key that never works).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from dynaseal.config import IssuerConfig, Limits
-from issuer_api.errors import forbidden, invalid_request
+from issuer_api.errors import IssuerError, forbidden, invalid_request
 from issuer_api.users import Account
 
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
@@ -31,6 +31,10 @@ class ScopeRequest(BaseModel):
     budget: int | None = Field(None, ge=1)
     rpm: int | None = Field(None, ge=1)
     sub: str | None = Field(None, min_length=1, max_length=256)
+    # Bind the key to the client's key (RFC 9449): its RFC 7638 thumbprint (DPoP proofs required), or the
+    # public JWK itself (proofs required, and the holder may mint narrowed child keys offline).
+    dpop_jkt: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{43}$")
+    holder_jwk: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,7 @@ class KeyScope:
     uses: int | None = None
     budget: int | None = None
     rpm: int | None = None
+    cnf: dict[str, Any] | None = None
 
     def as_record(self) -> dict[str, object]:
         """The scope as stored with the minted key and returned to the client."""
@@ -61,14 +66,14 @@ def _check_models(models: tuple[str, ...], issuer: IssuerConfig, limits: Limits)
     for model in models:
         if issuer.key_models and model not in issuer.key_models:
             raise forbidden(f"model {model!r} is not among the models this issuer grants",
-                            "model_not_allowed", "models")
+                            IssuerError.MODEL_NOT_ALLOWED, "models")
         if "*" not in limits.models and model not in limits.models:
-            raise forbidden(f"model {model!r} is not allowed for this tenant", "model_not_allowed", "models")
+            raise forbidden(f"model {model!r} is not allowed for this tenant", IssuerError.MODEL_NOT_ALLOWED, "models")
 
 
 def _at_most(name: str, value: int | None, ceiling: int | None, whose: str) -> None:
     if value is not None and ceiling is not None and value > ceiling:
-        raise forbidden(f"{name} {value} is above the {whose} limit of {ceiling}", "scope_not_allowed", name)
+        raise forbidden(f"{name} {value} is above the {whose} limit of {ceiling}", IssuerError.SCOPE_NOT_ALLOWED, name)
 
 
 def resolve_scope(request: ScopeRequest | None, account: Account, issuer: IssuerConfig,
@@ -78,7 +83,7 @@ def resolve_scope(request: ScopeRequest | None, account: Account, issuer: Issuer
     models = tuple(dict.fromkeys(request.models)) if request.models else _default_models(issuer, limits)
     if not models:
         raise invalid_request("no default models are configured: name the models", "models",
-                              "models_required")
+                              IssuerError.MODELS_REQUIRED)
     _check_models(models, issuer, limits)
 
     _at_most("max_tokens", request.max_tokens, issuer.key_max_tokens, "issuer's")
@@ -91,7 +96,7 @@ def resolve_scope(request: ScopeRequest | None, account: Account, issuer: Issuer
     # An end user speaks only for themself; the tenant account may mint on behalf of any end user.
     sub = request.sub or account.username
     if sub != account.username and not account.is_tenant:
-        raise forbidden("only the tenant account may mint keys for another subject", "sub_not_allowed", "sub")
+        raise forbidden("only the tenant account may mint keys for another subject", IssuerError.SUB_NOT_ALLOWED, "sub")
 
     return KeyScope(
         models=models,

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import jwt
+from pydantic import SecretStr
 
-from issuer_api.errors import unauthenticated
+from issuer_api.errors import IssuerError, unauthenticated
 from issuer_api.users import Account
 
 ALGORITHM = "HS256"
@@ -27,7 +28,8 @@ TokenType = Literal["access", "refresh"]
 class SessionTokens:
     """Minting and checking session tokens with one secret and the configured lifetimes."""
 
-    secret: str
+    # A SecretStr: the dataclass repr (a traceback, a debug log) shows '**********', never the value.
+    secret: SecretStr
     access_minutes: int
     refresh_minutes: int
 
@@ -42,7 +44,7 @@ class SessionTokens:
             # Unique per token, so two logins in the same second never yield the same pair.
             "jti": secrets.token_urlsafe(12),
         }
-        return jwt.encode(claims, self.secret, algorithm=ALGORITHM)
+        return jwt.encode(claims, self.secret.get_secret_value(), algorithm=ALGORITHM)
 
     def pair(self, account: Account, now: float | None = None) -> dict[str, str]:
         """A fresh access + refresh token pair in the seed's response shape."""
@@ -56,15 +58,15 @@ class SessionTokens:
     def subject(self, token: str, expected: TokenType) -> str:
         """The user id a valid token of the expected type names; raise a 401 ApiError otherwise."""
         try:
-            claims = jwt.decode(token, self.secret, algorithms=[ALGORITHM], issuer=ISSUER,
+            claims = jwt.decode(token, self.secret.get_secret_value(), algorithms=[ALGORITHM], issuer=ISSUER,
                                 options={"require": ["exp", "iat", "sub", "typ", "iss"]})
         except jwt.ExpiredSignatureError:
-            raise unauthenticated(f"{expected} token has expired", "token_expired") from None
+            raise unauthenticated(f"{expected} token has expired", IssuerError.TOKEN_EXPIRED) from None
         except jwt.PyJWTError:
             raise unauthenticated(f"invalid {expected} token") from None
         if claims.get("typ") != expected:
             raise unauthenticated(f"a {claims.get('typ')!s} token cannot be used as {expected} token",
-                                  "wrong_token_type")
+                                  IssuerError.WRONG_TOKEN_TYPE)
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise unauthenticated(f"invalid {expected} token")

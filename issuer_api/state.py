@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pydantic import SecretStr
 from sqlalchemy import Engine
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
 from dynaseal.config import ConfigError, DynasealConfig, IssuerConfig, Limits
-from dynaseal.signing_keystore import SigningKeyStore
-from dynaseal.tenants import build_registry
+from dynaseal.keys.signing_keystore import SigningKeyStore
+from dynaseal.runtime.views import IssuerView, Runtime
 from issuer_api.callback_writer import CallbackWriter
 from issuer_api.login_limiter import LoginLimiter
 from issuer_api.migrate import upgrade_to_head
@@ -33,7 +31,7 @@ class IssuerState:
     issuer: IssuerConfig
     limits: Limits
     engine: Engine
-    sessions: sessionmaker
+    sessions: sessionmaker[Session]
     keystore: SigningKeyStore
     tokens: SessionTokens
     webhook: Webhook | None = field(repr=False)
@@ -52,13 +50,10 @@ class IssuerState:
         return self.issuer.tenant
 
 
-def _session_secret(issuer: IssuerConfig) -> str:
-    secret = os.environ.get(issuer.session_secret_env, "")
-    if not secret:
-        raise ConfigError(f"issuer.session_secret_env: environment variable {issuer.session_secret_env} "
-                          "is not set")
-    if len(secret.encode()) < MIN_SECRET_BYTES:
-        raise ConfigError(f"issuer session secret ({issuer.session_secret_env}) must be at least "
+def _session_secret(view: IssuerView) -> SecretStr:
+    secret = view.session_secret
+    if len(secret.get_secret_value().encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"issuer session secret ({view.issuer.session_secret_env}) must be at least "
                           f"{MIN_SECRET_BYTES} bytes")
     return secret
 
@@ -75,15 +70,13 @@ def _webhook(secret: SecretStr | None) -> Webhook | None:
 
 def build_state(cfg: DynasealConfig) -> IssuerState:
     """Resolve secrets, open and migrate the database, ensure a signing key; raise ConfigError if unusable."""
-    issuer = cfg.issuer
-    if issuer is None:
-        raise ConfigError("the config has no `issuer` section: the issuer API has nothing to mint for")
-    tokens = SessionTokens(_session_secret(issuer), issuer.access_token_minutes, issuer.refresh_token_minutes)
+    # Only the issuer's view: its tenant's limits and secrets, never another tenant's keys or secrets.
+    view = Runtime.from_config(cfg).issuer()
+    issuer = view.issuer
+    tokens = SessionTokens(_session_secret(view), issuer.access_token_minutes, issuer.refresh_token_minutes)
 
-    keystore = SigningKeyStore(Path(cfg.gateway.data_dir) / "issuer")
-    active = keystore.ensure()  # also (re)writes jwks.json, which the registry below reads
-    tenant = build_registry(cfg).get(issuer.tenant)
-    assert tenant is not None  # the config validator guarantees issuer.tenant exists
+    keystore = SigningKeyStore(view.issuer_dir)
+    active = keystore.ensure()  # also (re)writes jwks.json, which authz reads
 
     url = database_url(cfg)
     engine = make_engine(url)
@@ -95,10 +88,10 @@ def build_state(cfg: DynasealConfig) -> IssuerState:
         if created:
             log.info("created demo users", extra={"usernames": created})
 
-    redis_url = cfg.gateway.redis_url or os.environ.get("REDIS_URL") or None
+    redis_url = view.redis_url
     log.info("issuer ready", extra={"tenant": issuer.tenant, "kid": active.kid,
                                     "database": engine.url.render_as_string(),  # password hidden
                                     "gateway_revocation": bool(redis_url)})
-    return IssuerState(cfg=cfg, issuer=issuer, limits=tenant.limits, engine=engine, sessions=sessions,
-                       keystore=keystore, tokens=tokens, webhook=_webhook(tenant.callback_secret),
+    return IssuerState(cfg=cfg, issuer=issuer, limits=view.limits, engine=engine, sessions=sessions,
+                       keystore=keystore, tokens=tokens, webhook=_webhook(view.callback_secret),
                        redis_url=redis_url, callbacks=CallbackWriter(engine))

@@ -7,13 +7,13 @@ The schema is owned by the Alembic migrations in `issuer_api/migrations/`; these
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Engine, ForeignKey, Integer, String, Text, create_engine, event
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from dynaseal.config import DynasealConfig
+from dynaseal.runtime.locations import paths_of
 
 ROLE_TENANT = "tenant"
 ROLE_END_USER = "end_user"
@@ -80,13 +80,16 @@ class Callback(Base):
     content: Mapped[str | None] = mapped_column(Text, nullable=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The callback's `cost`: an exact decimal string (never a float) and its currency; null when unpriced.
+    cost_amount: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    cost_currency: Mapped[str | None] = mapped_column(String(3), nullable=True)
 
 
 def database_url(cfg: DynasealConfig) -> str:
     """The configured database URL, else the SQLite file under the data directory."""
     if cfg.issuer is not None and cfg.issuer.database_url:
         return cfg.issuer.database_url
-    path = Path(cfg.gateway.data_dir) / "issuer" / "issuer.db"
+    path = paths_of(cfg).issuer_db
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path.resolve()}"
 
@@ -108,6 +111,6 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def make_sessions(engine: Engine) -> sessionmaker:
+def make_sessions(engine: Engine) -> sessionmaker[Session]:
     """A session factory whose objects stay readable after commit."""
     return sessionmaker(engine, expire_on_commit=False)

@@ -12,9 +12,10 @@ from types import FrameType
 
 from prometheus_client import start_http_server
 
-from dynaseal import kafka_io
-from dynaseal.config import ConfigError, load_config
+from dynaseal.config import ConfigError
 from dynaseal.logs import setup_logging
+from dynaseal.runtime.views import load_runtime
+from dynaseal.usage import kafka_io
 from log_shipper.shipper import Shipper, ShipperOptions
 
 # The consumer's own variable: both sides name the same group.
@@ -45,19 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     # kafka-python narrates every connection at INFO.
     logging.getLogger("kafka").setLevel(logging.WARNING)
     try:
-        cfg = load_config(args.config)
+        runtime = load_runtime(args.config)
+        view = runtime.shipper()
     except ConfigError as exc:
         print(f"dynaseal shipper: {exc}", file=sys.stderr)
         return 2
-    data_dir = Path(cfg.gateway.data_dir)
+    cfg = runtime.cfg
     shipper = Shipper(ShipperOptions(
-        access_log=args.access_log or data_dir / "envoy" / "access.log",
-        checkpoint_path=args.checkpoint or data_dir / "shipper" / "checkpoint.json",
-        bootstrap=args.bootstrap or kafka_io.bootstrap_servers(cfg),
+        access_log=args.access_log or view.access_log,
+        checkpoint_path=args.checkpoint or view.checkpoint,
+        bootstrap=args.bootstrap or view.kafka_bootstrap,
         group_id=args.group_id,
-        max_log_bytes=cfg.gateway.access_log_max_bytes if args.access_log_max_bytes is None
-        else args.access_log_max_bytes,
-        envoy_admin=args.envoy_admin or f"http://{cfg.gateway.host}:{cfg.gateway.ports.envoy_admin}",
+        max_log_bytes=view.max_log_bytes if args.access_log_max_bytes is None else args.access_log_max_bytes,
+        envoy_admin=args.envoy_admin or view.envoy_admin,
     ))
     try:
         start_http_server(args.metrics_port or cfg.gateway.ports.shipper_metrics, addr=cfg.gateway.host)

@@ -23,7 +23,7 @@ import time
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from dynaseal import kafka_io
+from dynaseal.usage import kafka_io
 from log_shipper.checkpoint import Checkpoint, Mark, State, digest
 
 log = logging.getLogger("log_shipper")

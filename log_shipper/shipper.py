@@ -20,8 +20,8 @@ from pathlib import Path
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from dynaseal import kafka_io
-from dynaseal.usage_events import parse_line
+from dynaseal.usage import kafka_io
+from dynaseal.usage.events import parse_line
 from log_shipper import checkpoint, metrics
 from log_shipper.checkpoint import Checkpoint, State, digest
 from log_shipper.lag import lag

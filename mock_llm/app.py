@@ -25,29 +25,50 @@ MODELS_CREATED = 1_700_000_000  # fixed so /v1/models responses are byte-stable
 STATUS_HEADER = "x-mock-status"
 DELAY_HEADER = "x-mock-delay-ms"
 CHUNK_DELAY_HEADER = "x-mock-chunk-delay-ms"
+# Stream shape hooks for gateway tests: cut the SSE bytes into pieces of N bytes (events split
+# across writes, paced by x-mock-chunk-delay-ms), and end lines with CRLF instead of LF.
+SPLIT_HEADER = "x-mock-split-bytes"
+NEWLINE_HEADER = "x-mock-sse-newline"
 _PARSE_ERROR = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
     "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)"
 )
 
 
-def _header_ms(request: Request, name: str) -> float:
-    """Read a non-negative millisecond hook header and return seconds (0 when absent)."""
+def _header_int(request: Request, name: str) -> int:
+    """Read a non-negative integer hook header (0 when absent)."""
     raw = request.headers.get(name)
     if raw is None:
-        return 0.0
+        return 0
     try:
         value = int(raw.strip())
     except ValueError:
         value = -1
     if value < 0:
         raise invalid_request(f"Invalid '{name}' header: expected a non-negative integer.", name)
-    return value / 1000
+    return value
+
+
+def _header_ms(request: Request, name: str) -> float:
+    """Read a non-negative millisecond hook header and return seconds (0 when absent)."""
+    return _header_int(request, name) / 1000
 
 
 def _model_object(model_id: str) -> dict[str, object]:
     """Build one OpenAI ``model`` object."""
     return {"id": model_id, "object": "model", "created": MODELS_CREATED, "owned_by": "mock-llm"}
+
+
+def _reshaped(frames: Iterator[bytes], split: int, crlf: bool) -> Iterator[bytes]:
+    """The same SSE bytes with CRLF line ends and/or cut into `split`-byte pieces."""
+    if crlf:
+        frames = (frame.replace(b"\n", b"\r\n") for frame in frames)
+    if not split:
+        yield from frames
+        return
+    data = b"".join(frames)
+    for at in range(0, len(data), split):
+        yield data[at:at + split]
 
 
 async def _paced(frames: Iterator[bytes], delay: float) -> AsyncIterator[bytes]:
@@ -115,7 +136,11 @@ class _Handlers:
         if not completion.stream:
             return json_response(completion_body(completion, completion_id, created), headers=headers)
         chunk_delay = _header_ms(request, CHUNK_DELAY_HEADER)
-        frames = stream_events(completion, completion_id, created)
+        split = _header_int(request, SPLIT_HEADER)
+        newline = request.headers.get(NEWLINE_HEADER, "lf")
+        if newline not in ("lf", "crlf"):
+            raise invalid_request(f"Invalid '{NEWLINE_HEADER}' header: expected lf or crlf.", NEWLINE_HEADER)
+        frames = _reshaped(stream_events(completion, completion_id, created), split, newline == "crlf")
         headers["cache-control"] = "no-cache"
         return StreamingResponse(_paced(frames, chunk_delay), media_type="text/event-stream", headers=headers)
 

@@ -8,6 +8,11 @@ Tokenizer rule (kept trivially predictable so tests can compute expected numbers
   list content counts the words of every part's ``text`` (non-text parts count 0);
 * each choice naturally answers ``DEFAULT_COMPLETION_WORDS`` words, truncated to ``max_completion_tokens``
   (preferred) or ``max_tokens``; ``completion_tokens`` is the sum of emitted words over all choices.
+* ``prompt_tokens_details.cached_tokens`` = the prompt tokens of the leading system/developer messages
+  (as if that prefix were in the provider's prompt cache; 0 when the first message is not one);
+* ``completion_tokens_details.reasoning_tokens`` = ``completion_tokens // 2`` when the request sets
+  ``reasoning_effort`` (as an o-series model would), else 0. Both are parts of the counts above, as in
+  OpenAI's usage.
 
 The same :class:`Completion` object feeds both the JSON and the SSE renderer, so streaming and
 non-streaming usage for an identical request are identical by construction.
@@ -66,19 +71,29 @@ class Completion:
     include_usage: bool
     prompt_tokens: int
     choices: tuple[Choice, ...]
+    cached_tokens: int = 0
+    reasoning: bool = False
 
     @property
     def completion_tokens(self) -> int:
         """Return the number of emitted words summed over all choices."""
         return sum(len(c.words) for c in self.choices)
 
-    def usage(self) -> dict[str, int]:
-        """Return the OpenAI ``usage`` object."""
+    @property
+    def reasoning_tokens(self) -> int:
+        """Return how many of the completion tokens count as reasoning."""
+        return self.completion_tokens // 2 if self.reasoning else 0
+
+    def usage(self) -> dict[str, Any]:
+        """Return the OpenAI ``usage`` object, with the cached and reasoning details."""
         completion = self.completion_tokens
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
             "total_tokens": self.prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
         }
 
 
@@ -156,6 +171,7 @@ def build_completion(body: Any) -> Completion:
         raise invalid_request("Invalid 'messages': expected a non-empty array of message objects.", "messages")
 
     prompt_tokens = PER_REQUEST_TOKENS
+    cached_tokens, cached_prefix = 0, True
     last_user_text = ""
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
@@ -171,6 +187,9 @@ def build_completion(body: Any) -> Completion:
         # OpenAI allows null content on assistant turns that only carry tool calls.
         text = "" if content is None and role == "assistant" else _content_text(content, i)
         prompt_tokens += count_words(text) + PER_MESSAGE_TOKENS
+        cached_prefix = cached_prefix and role in ("system", "developer")
+        if cached_prefix:
+            cached_tokens += count_words(text) + PER_MESSAGE_TOKENS
         if role == "user":
             last_user_text = text
 
@@ -200,4 +219,5 @@ def build_completion(body: Any) -> Completion:
             code="model_not_found",
         )
     choices = tuple(_generate(last_user_text, i, limit) for i in range(n))
-    return Completion(model, bool(stream), include_usage, prompt_tokens, choices)
+    return Completion(model, bool(stream), include_usage, prompt_tokens, choices, cached_tokens,
+                      body.get("reasoning_effort") is not None)

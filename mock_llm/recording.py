@@ -26,9 +26,10 @@ class RequestRecorder:
     def __init__(self, maxlen: int = DEFAULT_MAX_RECORDS) -> None:
         self._records: deque[dict[str, Any]] = deque(maxlen=maxlen)
 
-    def add(self, method: str, path: str, headers: dict[str, str], body: Any) -> None:
-        """Append one request record."""
-        self._records.append({"method": method, "path": path, "headers": headers, "body": body})
+    def add(self, method: str, path: str, headers: dict[str, str], body: Any, raw_body: str = "") -> None:
+        """Append one request record (`raw_body`: the bytes as received, latin-1 decoded)."""
+        self._records.append({"method": method, "path": path, "headers": headers, "body": body,
+                              "raw_body": raw_body})
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Return the records, oldest first."""
@@ -91,7 +92,8 @@ class RecordingMiddleware:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        self.recorder.add(scope["method"], path, headers_as_dict(scope["headers"]), parse_json(body))
+        self.recorder.add(scope["method"], path, headers_as_dict(scope["headers"]), parse_json(body),
+                          body.decode("latin-1"))
 
         replayed = False
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -17,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from dynaseal.config import DynasealConfig, bundled_dev_config, load_config  # noqa: E402
-from dynaseal.keys import SigningKey  # noqa: E402
+from dynaseal.keys.mint import SigningKey  # noqa: E402
 
 DEMO_TENANT = "671249a93f1cf2f8bf9b2b82"
 DEMO_SECRET = "4d72c063-881f-45fa-85ab-3375c84f5dd7"
@@ -78,6 +79,9 @@ def write_test_config(directory: Path, keys: TenantKeys, authz_server: str | Non
     # The mock upstream's test hooks; every other client header is stripped before the upstream.
     raw["gateway"]["upstream"]["forward_headers"] = ["x-mock-status", "x-mock-delay-ms", "x-mock-chunk-delay-ms"]
     raw["tenants"][0]["callback"]["url"] = f"http://127.0.0.1:{raw['gateway']['ports']['issuer']}/v1/callback/usage"
+    # Money: a reasoning price of its own (every token type priced differently) and one unpriced model.
+    raw["tenants"][0]["upstream"]["prices"]["deepseek-chat"]["reasoning"] = "2.19"
+    raw["tenants"][0]["limits"]["models"].append("mock-large")
     raw["tenants"].append({
         "id": OTHER_TENANT,
         "name": "Acme (test tenant)",
@@ -117,7 +121,7 @@ def cfg(config_path: Path) -> DynasealConfig:
 @pytest.fixture(scope="session")
 def stack(cfg: DynasealConfig, config_path: Path) -> Iterator[object]:
     """The real local stack (Envoy, authz, issuer, mock LLM), started once per session."""
-    from dynaseal.stack import LocalStack
+    from dynaseal_launcher.stack import LocalStack
 
     local = LocalStack(cfg, config_path)
     local.start()
@@ -138,14 +142,18 @@ def jwt_payload(token: str) -> dict[str, object]:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server of its own (not the stack's), for counter tests; yields its URL."""
-    import redis
+    with private_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
-    from dynaseal.probes import redis_ping
-    from dynaseal.processes import ServiceSpec, Supervisor
-    from dynaseal.stack import redis_server_binary
+
+@contextlib.contextmanager
+def private_redis(directory: Path) -> Iterator[str]:
+    """A throwaway redis-server (no persistence) from the stack's binary, for one test; its URL."""
+    from dynaseal_launcher.probes import redis_ping
+    from dynaseal_launcher.processes import ServiceSpec, Supervisor
+    from dynaseal_launcher.stack import redis_server_binary
 
     port = free_ports(1)[0]
-    directory = tmp_path_factory.mktemp("redis")
     supervisor = Supervisor(directory, "127.0.0.1")
     supervisor.start(ServiceSpec("redis", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
                                            "--save", "", "--appendonly", "no", "--dir", str(directory)],
@@ -153,14 +161,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        redis.Redis.from_url(f"redis://127.0.0.1:{port}/0").close()
         supervisor.stop()
 
 
 @pytest.fixture(scope="module")
 def issuer_key(cfg: DynasealConfig, stack: object) -> SigningKey:
     """The bundled issuer's active signing key (mints demo-tenant keys as the issuer would)."""
-    from dynaseal.signing_keystore import SigningKeyStore
+    from dynaseal.keys.signing_keystore import SigningKeyStore
 
     return SigningKeyStore(Path(cfg.gateway.data_dir) / "issuer").active()
 
@@ -170,7 +177,7 @@ def redis_client(cfg: DynasealConfig, stack: object) -> Iterator[object]:
     """A client of the stack's Redis, where reservations are settled."""
     from redis import Redis
 
-    from dynaseal.quota import redis_url
+    from dynaseal.ledger.quota import redis_url
 
     client = Redis.from_url(redis_url(cfg))
     yield client

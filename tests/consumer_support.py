@@ -22,11 +22,11 @@ from kafka import KafkaConsumer, TopicPartition
 from pipeline_harness import REPO, Receiver
 from prometheus_client.parser import text_string_to_metric_families
 
-from dynaseal import kafka_io
 from dynaseal.pb import UsageEvent
-from dynaseal.probes import http_ok
-from dynaseal.processes import ServiceSpec, Supervisor, tcp_open
-from dynaseal.stack import tansu_binary
+from dynaseal.usage import kafka_io
+from dynaseal_launcher.probes import http_ok
+from dynaseal_launcher.processes import ServiceSpec, Supervisor, tcp_open
+from dynaseal_launcher.stack import tansu_binary
 
 SLOW, FAST = "tenant-slow", "tenant-fast"
 

@@ -9,7 +9,7 @@ import json
 import time
 from typing import Any
 
-from dynaseal.keys import SigningKey
+from dynaseal.keys.mint import SigningKey
 
 
 def b64(data: bytes) -> str:

@@ -21,11 +21,11 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from dynaseal.config import DynasealConfig, expand_path
-from dynaseal.keys import SigningKey, mint
-from dynaseal.probes import http_ok
-from dynaseal.processes import RunningService, ServiceSpec, Supervisor, tcp_open
-from dynaseal.quota import counters
-from dynaseal.stack import tansu_binary
+from dynaseal.keys.mint import SigningKey, mint
+from dynaseal.ledger.quota import counters
+from dynaseal_launcher.probes import http_ok
+from dynaseal_launcher.processes import RunningService, ServiceSpec, Supervisor, tcp_open
+from dynaseal_launcher.stack import tansu_binary
 
 REPO = Path(__file__).resolve().parent.parent
 MESSAGES = [{"role": "user", "content": "Tell me about usage callbacks at the edge."}]
@@ -268,5 +268,8 @@ def stream(cfg: DynasealConfig, key: str, max_tokens: int = 16) -> tuple[str, in
 
 
 def settled(redis_client: Redis, jti: str, spent: int, uses: int) -> Callable[[], bool]:
-    """Predicate: the key's budget counters settled to exactly `spent`, nothing left reserved."""
-    return lambda: counters(redis_client, DEMO_TENANT, jti) == {"uses": uses, "reserved": 0, "spent": spent}
+    """Predicate: the key's token counters settled to exactly `spent`, nothing left reserved."""
+    # The money counters (reserved_cost, spent_cost) sit beside them for priced models.
+    tokens = ("uses", "reserved", "spent")
+    return lambda: {k: v for k, v in counters(redis_client, DEMO_TENANT, jti).items() if k in tokens} == \
+        {"uses": uses, "reserved": 0, "spent": spent}

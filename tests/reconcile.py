@@ -18,8 +18,8 @@ from pathlib import Path
 from conftest import DEMO_TENANT
 from redis import Redis
 
-from dynaseal.quota import counters
-from dynaseal.usage_events import parse_line
+from dynaseal.ledger.quota import counters
+from dynaseal.usage.events import parse_line
 
 
 @dataclass(frozen=True)

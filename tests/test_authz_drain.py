@@ -17,9 +17,9 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
 from dynaseal.config import load_config
-from dynaseal.keys import mint
-from dynaseal.probes import grpc_serving
-from dynaseal.stack import AUTHZ_SERVICE_NAME, LocalStack
+from dynaseal.keys.mint import mint
+from dynaseal_launcher.probes import grpc_serving
+from dynaseal_launcher.stack import AUTHZ_SERVICE_NAME, LocalStack
 
 pytestmark = pytest.mark.integration
 

@@ -25,9 +25,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from dynaseal.config import load_config
-from dynaseal.keys import mint
-from dynaseal.probes import grpc_serving
-from dynaseal.stack import AUTHZ_SERVICE_NAME, LocalStack
+from dynaseal.keys.mint import mint
+from dynaseal_launcher.probes import grpc_serving
+from dynaseal_launcher.stack import AUTHZ_SERVICE_NAME, LocalStack
 
 pytestmark = pytest.mark.integration
 CHECK = "/envoy.service.auth.v3.Authorization/Check"

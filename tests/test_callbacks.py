@@ -6,12 +6,14 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
+from pydantic import BaseModel
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from dynaseal.callbacks import CallbackSigner, callback_body, callback_payload, is_retryable
 from dynaseal.pb import UsageEvent
+from dynaseal.usage.callbacks import CallbackSigner, callback_body, callback_payload, is_retryable
 
 SECRET = "whsec_ZHluYXNlYWwtZGV2LXdlYmhvb2stc2VjcmV0LTAwMQ=="
 
@@ -33,22 +35,23 @@ def test_body_has_the_design_fields() -> None:
     body = json.loads(callback_body(event(), include_content=True))
     assert body == {
         "type": "usage", "event_id": "evt-1", "content": "Hello edge", "tokens": 57,
-        "usage": {"prompt_tokens": 12, "completion_tokens": 45, "total_tokens": 57},
-        "usage_source": "upstream", "model": "deepseek-chat", "key_id": "key-1", "sub": "client1",
+        "usage": {"prompt_tokens": 12, "completion_tokens": 45, "total_tokens": 57,
+                  "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}},
+        "cost": None, "usage_source": "upstream", "model": "deepseek-chat", "key_id": "key-1", "sub": "client1",
         "request_id": "req-1", "status": 200, "stream": True, "started_at": "2026-11-23T10:32:22.903Z",
         "duration_ms": 812, "cb": {"order": 7},
     }
 
 
 def test_content_only_when_the_tenant_asks() -> None:
-    assert callback_payload(event(), include_content=False)["content"] is None
-    assert callback_payload(event(content=None), include_content=True)["content"] is None
+    assert callback_payload(event(), include_content=False)["content"] == ""
+    assert callback_payload(event(content=None), include_content=True)["content"] == ""
 
 
 def test_missing_optional_fields_become_null_and_empty() -> None:
     bare = UsageEvent(request_id="r", tenant="t", jti="k", event_id="k", usage_source="none", status=500)
     payload = callback_payload(bare, include_content=True)
-    assert payload["sub"] is None and payload["content"] is None and payload["cb"] == {}
+    assert payload["sub"] is None and payload["content"] == "" and payload["cb"] == {}
     assert payload["tokens"] == 0 and payload["status"] == 500
 
 
@@ -194,3 +197,20 @@ def test_client_rejects_non_http_urls() -> None:
 
     with pytest.raises(ValueError):
         CallbackClient("ftp://example.com/cb")
+
+
+class SeedUsageCallback(BaseModel):
+    """The original Dynaseal backend's callback model, as it declares it (extra fields ignored)."""
+
+    event_id: str
+    content: str
+    tokens: int
+
+
+@pytest.mark.parametrize("include_content", [True, False])
+@pytest.mark.parametrize("fields", [{}, {"content": None}, {"sub": None}, {"usage_source": "none", "status": 500},
+                                    {"event_id": "12345"}])
+def test_every_callback_satisfies_the_seed_backends_model(include_content: bool, fields: dict[str, object]) -> None:
+    payload = callback_payload(event(**fields), include_content=include_content)
+    parsed = SeedUsageCallback.model_validate_json(orjson.dumps(payload))  # strict types, as pydantic parses JSON
+    assert parsed.tokens == payload["tokens"] and isinstance(parsed.content, str)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from dynaseal.config import ConfigError, bundled_dev_config, load_config
-from dynaseal.tenants import build_registry
+from dynaseal.keys.tenants import build_registry
 
 
 def write(tmp_path: Path, raw: object) -> Path:
@@ -70,7 +70,7 @@ def test_secrets_never_print(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_private_jwk_is_refused_as_a_verification_key(tmp_path: Path) -> None:
-    from dynaseal.keys import SigningKey
+    from dynaseal.keys.mint import SigningKey
 
     private = SigningKey.generate("p-1").private_jwk()
     cfg = load_config(write(tmp_path, {"tenants": [{"id": "a", "keys": [
@@ -80,7 +80,7 @@ def test_private_jwk_is_refused_as_a_verification_key(tmp_path: Path) -> None:
 
 
 def test_alg_must_match_key_type(tmp_path: Path) -> None:
-    from dynaseal.keys import SigningKey
+    from dynaseal.keys.mint import SigningKey
 
     cfg = load_config(write(tmp_path, {"tenants": [{"id": "a", "keys": [
         {"kid": "p-1", "alg": "ES256", "public_jwk": SigningKey.generate("p-1").public_jwk()}]}]}))

@@ -43,8 +43,8 @@ def rig(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 def replay(rig: ConsumerRig, *args: str) -> tuple[int, str]:
     """`dynaseal --config … dlq replay ARGS` as a user runs it: (exit code, stdout)."""
-    done = subprocess.run([sys.executable, "-m", "dynaseal.cli", "--config", str(rig.config_path), "dlq", "replay",
-                           "--retry-base-s", "0.1", "--retry-cap-s", "0.2", *args],
+    done = subprocess.run([sys.executable, "-m", "dynaseal_launcher.cli", "--config", str(rig.config_path),
+                           "dlq", "replay", "--retry-base-s", "0.1", "--retry-cap-s", "0.2", *args],
                           capture_output=True, text=True, timeout=60, cwd=REPO, env=_env())
     return done.returncode, done.stdout
 

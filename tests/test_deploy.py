@@ -16,9 +16,9 @@ from deploy_support import (
     endpoint,
 )
 
-from dynaseal import envoy_config
 from dynaseal.config import load_config
-from dynaseal.stack import AUTHZ_SERVICE_NAME
+from dynaseal_launcher import envoy_config
+from dynaseal_launcher.stack import AUTHZ_SERVICE_NAME
 
 # ---------------------------------------------------------------- Envoy configs
 

@@ -27,9 +27,9 @@ from deploy_support import (
 )
 
 from dynaseal.config import load_config
-from dynaseal.signing_keystore import SigningKeyStore
-from dynaseal.stack import AUTHZ_SERVICE_NAME
-from dynaseal.tenants import build_registry
+from dynaseal.keys.signing_keystore import SigningKeyStore
+from dynaseal.keys.tenants import build_registry
+from dynaseal_launcher.stack import AUTHZ_SERVICE_NAME
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_compose_images(compose: dict[str, Any]) -> None:
 
 
 def test_compose_commands_pick_a_service_of_the_one_image(compose: dict[str, Any]) -> None:
-    from dynaseal.cli import SERVICE_MODULES, build_parser
+    from dynaseal_launcher.cli import SERVICE_MODULES, build_parser
 
     for name in DYNASEAL_SERVICES:
         command = compose["services"][name]["command"]
@@ -129,7 +129,7 @@ def test_compose_mounts_the_compose_config_and_envoy_config(compose: dict[str, A
 
 
 def test_compose_creates_the_pipeline_topics(compose: dict[str, Any]) -> None:
-    from dynaseal import kafka_io
+    from dynaseal.usage import kafka_io
 
     command = " ".join(compose["services"]["kafka-init"]["command"])
     assert set(re.findall(r"--topic (\S+)", command)) == set(kafka_io.TOPIC_PARTITIONS)
@@ -211,13 +211,6 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
-def probe_script() -> str:
-    """The dynaseal-probe script the Dockerfile writes into the image."""
-    match = re.search(r"<<'EOF' /usr/local/bin/dynaseal-probe\n(.*?)\nEOF\n", (REPO / "Dockerfile").read_text(), re.S)
-    assert match
-    return match.group(1)
-
-
 def test_dockerfile_is_multi_stage_slim_non_root_and_fetches_only_pip_packages(compose: dict[str, Any]) -> None:
     instructions = dockerfile_instructions()
     froms = [args for word, args in instructions if word == "FROM"]
@@ -241,23 +234,37 @@ def test_dockerignore_admits_every_package_of_the_distribution() -> None:
     assert packages | {"pyproject.toml", pyproject["project"]["readme"]} == allowed
 
 
-def test_probe_script_reports_grpc_health(tmp_path: Path) -> None:
+def probe(*args: str) -> int:
+    """`dynaseal probe ...`'s exit code (argparse's usage error exits 2)."""
+    from dynaseal_launcher import cli
+
+    try:
+        return cli.main(["probe", *args, "--timeout", "2"])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+def test_compose_health_checks_of_the_image_are_dynaseal_probe(compose: dict[str, Any]) -> None:
+    from dynaseal_launcher.cli import build_parser
+
+    for name in DYNASEAL_SERVICES - {"init"}:
+        test = compose["services"][name]["healthcheck"]["test"]
+        assert test[:3] == ["CMD", "dynaseal", "probe"], name
+        assert build_parser().parse_args(test[2:]).func.__name__ == "cmd_probe", name
+    assert "dynaseal-probe" not in (REPO / "Dockerfile").read_text()
+
+
+def test_probe_reports_grpc_health() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    script = tmp_path / "dynaseal-probe"
-    script.write_text(probe_script())
     servicer = health.HealthServicer()
     server = grpc.server(ThreadPoolExecutor(2))
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-
-    def probe(*args: str) -> int:
-        return subprocess.run([sys.executable, str(script), *args], timeout=30, check=False).returncode
-
     try:
         servicer.set(AUTHZ_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         assert probe("grpc", f"127.0.0.1:{port}", AUTHZ_SERVICE_NAME) == 0
@@ -268,10 +275,11 @@ def test_probe_script_reports_grpc_health(tmp_path: Path) -> None:
         server.stop(None)
     assert probe("grpc", f"127.0.0.1:{port}", AUTHZ_SERVICE_NAME) == 1  # nothing listening
     assert probe("http", f"http://127.0.0.1:{port}/healthz") == 1
-    assert probe("bogus") == 2
+    assert probe("bogus", "x") == 2
+    assert probe("http", "http://127.0.0.1:1/healthz", "extra") == 2
 
 
-def test_probe_script_reports_http_health(tmp_path: Path) -> None:
+def test_probe_reports_http_health() -> None:
     import http.server
     import threading
 
@@ -283,16 +291,18 @@ def test_probe_script_reports_http_health(tmp_path: Path) -> None:
         def log_message(self, *args: object) -> None:
             pass
 
-    script = tmp_path / "dynaseal-probe"
-    script.write_text(probe_script())
     server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         base = f"http://127.0.0.1:{server.server_port}"
-        for path, code in (("/healthz", 0), ("/missing", 1)):
-            assert subprocess.run([sys.executable, str(script), "http", base + path],
-                                  timeout=30, check=False).returncode == code
+        assert probe("http", base + "/healthz") == 0
+        assert probe("http", base + "/missing") == 1
     finally:
         server.shutdown()
 
 
+def test_probe_runs_as_the_image_runs_it() -> None:
+    """The console script's process, as a compose healthcheck starts it: nothing listening is exit 1."""
+    proc = subprocess.run([sys.executable, "-m", "dynaseal_launcher.cli", "probe", "http", "http://127.0.0.1:1/h"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1, proc.stderr

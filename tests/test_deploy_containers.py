@@ -24,8 +24,8 @@ import yaml
 from conftest import DEMO_TENANT, TenantKeys, free_ports, jwt_payload, write_test_config
 from deploy_support import DEPLOY, env_example, interpolate
 
-from dynaseal import redis_keys
 from dynaseal.config import DynasealConfig, load_config
+from dynaseal.ledger import redis_keys
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +95,7 @@ def backing_services() -> Iterator[tuple[str, str]]:
 def stack_on_containers(backing_services: tuple[str, str], test_keys: TenantKeys, config_path: Path,
                         tmp_path_factory: pytest.TempPathFactory) -> Iterator[DynasealConfig]:
     """The local stack on free ports, without its own Redis and Kafka: it uses the containers."""
-    from dynaseal.stack import LocalStack
+    from dynaseal_launcher.stack import LocalStack
 
     redis_url, bootstrap = backing_services
     path = write_test_config(tmp_path_factory.mktemp("containers"), test_keys)

@@ -17,9 +17,9 @@ import yaml
 from conftest import OTHER_TENANT, TenantKeys, write_test_config
 
 from dynaseal.config import load_config
-from dynaseal.keys import mint
-from dynaseal.probes import grpc_serving
-from dynaseal.stack import AUTHZ_SERVICE_NAME, LocalStack
+from dynaseal.keys.mint import mint
+from dynaseal_launcher.probes import grpc_serving
+from dynaseal_launcher.stack import AUTHZ_SERVICE_NAME, LocalStack
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import DEMO_SECRET, DEMO_TENANT, PROVIDER_KEY
 
 from dynaseal.config import DynasealConfig
-from dynaseal.keys import SigningKey, mint, mint_seed_key
+from dynaseal.keys.mint import SigningKey, mint, mint_seed_key
 
 pytestmark = pytest.mark.integration
 

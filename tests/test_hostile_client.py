@@ -17,19 +17,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from keyfactory import b64, ed25519, hs256, native_claims, raw_token
 
-from dynaseal import redis_keys
-from dynaseal.authorizer import Authorizer, AuthRequest, headers_to_strip
 from dynaseal.config import DynasealConfig
-from dynaseal.decision import Decision
-from dynaseal.errors import Refusal
-from dynaseal.key_verification import verify_token
-from dynaseal.request_policy import PROMPT_OVERHEAD_TOKENS
-from dynaseal.tenants import Registry, build_registry
+from dynaseal.keys.tenants import Registry, build_registry
+from dynaseal.keys.verification import verify_token
+from dynaseal.ledger import redis_keys
+from dynaseal.policy.authorizer import Authorizer, AuthRequest, headers_to_strip
+from dynaseal.policy.decision import Decision
+from dynaseal.policy.errors import Refusal
+from dynaseal.policy.request_policy import PROMPT_OVERHEAD_TOKENS
 
 
 @pytest.fixture(scope="module")
 def registry(cfg: DynasealConfig) -> Registry:
-    from dynaseal.signing_keystore import SigningKeyStore
+    from dynaseal.keys.signing_keystore import SigningKeyStore
 
     SigningKeyStore(cfg.data_path / "issuer").ensure()
     return build_registry(cfg)
@@ -153,7 +153,7 @@ def test_every_part_of_the_request_counts(authorizer: Authorizer, test_keys: Ten
 
 
 def test_big_tools_on_a_small_budget_are_refused_at_admit(cfg: DynasealConfig, test_keys: TenantKeys) -> None:
-    from dynaseal.request_policy import check_request, parse_body
+    from dynaseal.policy.request_policy import check_request, parse_body
 
     verified = verify_token(acme_key(test_keys, budget=100), build_registry(cfg))
     body = chat(max_tokens=1, tools=[{"type": "function", "function": {"name": "f", "description": "d" * 20000}}])
@@ -271,3 +271,12 @@ def test_nested_payload_is_401(authorizer: Authorizer, test_keys: TenantKeys) ->
     token = raw_token({"alg": "EdDSA", "kid": test_keys.acme_ed25519.kid}, payload, ed25519(test_keys.acme_ed25519))
     decision = decide(authorizer, token, chat(max_tokens=5))
     assert (decision.status, decision.code) == (401, "invalid_api_key")
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/chat/completions"), ("DELETE", "/v1/chat/completions"),
+                                              ("POST", "/v1/chat/completions?limit=100"),
+                                              ("POST", "/api/v1/chat/completions?x=1"), ("PUT", "/client-side/x")])
+def test_only_a_query_less_post_is_a_completion(authorizer: Authorizer, test_keys: TenantKeys, method: str,
+                                                path: str) -> None:
+    decision = decide(authorizer, acme_key(test_keys), chat(max_tokens=5), method=method, path=path)
+    assert (decision.status, decision.code) == (400, "invalid_request_error")

@@ -18,8 +18,8 @@ from conftest import DEMO_SECRET, DEMO_TENANT, OTHER_SECRET, OTHER_TENANT, jwt_p
 from keyfactory import b64, hs256, raw_token
 
 from dynaseal.config import DynasealConfig
-from dynaseal.keys import SigningKey, mint
-from dynaseal.quota import counters, redis_url
+from dynaseal.keys.mint import SigningKey, mint
+from dynaseal.ledger.quota import counters, redis_url
 
 pytestmark = pytest.mark.integration
 BODY = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "count to three"}], "max_tokens": 20}
@@ -105,7 +105,7 @@ def test_a_dense_prompt_cannot_overspend_a_budget(gw: str, issuer_key: SigningKe
 
 def test_another_tenant_cannot_reach_a_key_by_its_jti(gw: str, issuer_key: SigningKey, store: redis.Redis,
                                                       cfg: DynasealConfig) -> None:
-    from dynaseal.revocation import revoke
+    from dynaseal.ledger.revocation import revoke
 
     victim = mint(issuer_key, tenant=DEMO_TENANT, models=["deepseek-chat"], max_tokens=20, ttl=300, uses=2)
     jti = str(jwt_payload(victim)["jti"])

@@ -115,7 +115,7 @@ def test_usage_visibility_tenant_sees_all_end_user_only_own(tmp_path_factory: py
 
         mine = client.get("/usage", headers=client1).json()
         assert {item["jti"] for item in mine["items"]} == {own}
-        assert mine["totals"] == [{"jti": own, "requests": 2, "tokens": 30}]
+        assert mine["totals"] == [{"jti": own, "requests": 2, "tokens": 30, "cost": None}]
         everything = client.get("/usage", headers=user1).json()
         assert len(everything["items"]) == 4
         assert {t["jti"]: t["tokens"] for t in everything["totals"]} == {own: 30, tenants: 30, "stranger": 5}

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from test_issuer_support import assert_error, bearer, callback_secret, issuer_client, login, signed_callback, usage_body
 
 from dynaseal.config import DynasealConfig
-from dynaseal.tenants import build_registry
+from dynaseal.keys.tenants import build_registry
 from issuer_api.app import issuer_state
 from issuer_api.users import create_user
 
@@ -35,7 +35,7 @@ def test_the_original_client_flow_under_api_v1(issuer: tuple[DynasealConfig, Tes
     access = response.json()["access_token"]
     created = client.post("/api/v1/key/create", headers=bearer(access))  # no body, as the client sends
     assert created.status_code == 200, created.text
-    from dynaseal.key_verification import verify_token
+    from dynaseal.keys.verification import verify_token
 
     assert verify_token(created.json()["token"], build_registry(cfg)).sub == "client1"
 

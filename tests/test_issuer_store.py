@@ -28,7 +28,7 @@ def test_migrations_build_exactly_the_models_schema(tmp_path: Path) -> None:
     engine = create_engine(url)
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
-        assert conn.exec_driver_sql("select version_num from alembic_version").scalar() == "0002_user_email"
+        assert conn.exec_driver_sql("select version_num from alembic_version").scalar() == "0003_callback_cost"
     assert {"users", "minted_keys", "callbacks"} <= set(inspect(engine).get_table_names())
     engine.dispose()
 

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from standardwebhooks.webhooks import Webhook
 
 from dynaseal.config import DynasealConfig, bundled_dev_config, load_config
-from dynaseal.tenants import build_registry
+from dynaseal.keys.tenants import build_registry
 from issuer_api.app import create_app
 
 DEMO_TENANT = "671249a93f1cf2f8bf9b2b82"

@@ -12,11 +12,11 @@ from conftest import DEMO_SECRET, DEMO_TENANT, OTHER_SECRET, OTHER_TENANT, Tenan
 from cryptography.hazmat.primitives import serialization
 from keyfactory import b64, ed25519, hs256, native_claims, raw_token
 
-from dynaseal.authorizer import Authorizer, AuthRequest
 from dynaseal.config import DynasealConfig
-from dynaseal.decision import Decision
-from dynaseal.keys import SigningKey, mint, mint_seed_key
-from dynaseal.tenants import build_registry
+from dynaseal.keys.mint import SigningKey, mint, mint_seed_key
+from dynaseal.keys.tenants import build_registry
+from dynaseal.policy.authorizer import Authorizer, AuthRequest
+from dynaseal.policy.decision import Decision
 
 BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10})
 
@@ -24,7 +24,7 @@ BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "cont
 @pytest.fixture(scope="module")
 def authorizer(cfg: DynasealConfig) -> Authorizer:
     """An authorizer over the test config (no Redis: these checks come before it)."""
-    from dynaseal.signing_keystore import SigningKeyStore
+    from dynaseal.keys.signing_keystore import SigningKeyStore
 
     SigningKeyStore(cfg.data_path / "issuer").ensure()
     return Authorizer(build_registry(cfg), quota=None, cache_size=0)
@@ -162,8 +162,8 @@ def test_non_bearer_authorization_is_refused(authorizer: Authorizer, test_keys: 
 def test_tenant_budget_and_rpm_cap_every_key(cfg: DynasealConfig, test_keys: TenantKeys) -> None:
     import yaml
 
-    from dynaseal.claims import check_claims
     from dynaseal.config import DynasealConfig as Config
+    from dynaseal.keys.claims import check_claims
 
     raw = cfg.model_dump(mode="json")
     acme = next(t for t in raw["tenants"] if t["id"] == OTHER_TENANT)

@@ -14,10 +14,10 @@ import pytest
 import yaml
 from conftest import TenantKeys, write_test_config
 
-from dynaseal.processes import port_is_free
+from dynaseal_launcher.processes import port_is_free
 
 pytestmark = pytest.mark.integration
-DYNASEAL = [sys.executable, "-m", "dynaseal.cli"]
+DYNASEAL = [sys.executable, "-m", "dynaseal_launcher.cli"]
 
 
 def own_config(tmp_path: Path, keys: TenantKeys) -> tuple[Path, dict[str, int]]:

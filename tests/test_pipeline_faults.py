@@ -33,9 +33,9 @@ from redis import Redis
 
 from callback_consumer.offsets import OffsetTracker
 from dynaseal.config import DynasealConfig
-from dynaseal.kafka_io import DLQ_TOPIC
-from dynaseal.keys import SigningKey
+from dynaseal.keys.mint import SigningKey
 from dynaseal.pb import UsageEvent
+from dynaseal.usage.kafka_io import DLQ_TOPIC
 from log_shipper import checkpoint
 from log_shipper.checkpoint import Checkpoint
 from log_shipper.tailer import Line, LogTailer

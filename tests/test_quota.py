@@ -10,15 +10,15 @@ from dataclasses import replace
 
 import pytest
 import redis
-from conftest import OTHER_TENANT
+from conftest import OTHER_TENANT, private_redis
 
-from dynaseal.claims import VerifiedKey
 from dynaseal.config import DynasealConfig
-from dynaseal.errors import Refusal
-from dynaseal.quota import RedisQuota, counters, settle
-from dynaseal.request_policy import CheckedRequest
-from dynaseal.revocation import revoke
-from dynaseal.tenants import build_registry
+from dynaseal.keys.claims import VerifiedKey
+from dynaseal.keys.tenants import build_registry
+from dynaseal.ledger.quota import RedisQuota, counters, settle
+from dynaseal.ledger.revocation import revoke
+from dynaseal.policy.errors import Refusal
+from dynaseal.policy.request_policy import CheckedRequest
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def sync_redis(redis_server: str) -> Iterator[redis.Redis]:
 @pytest.fixture
 def base_key(cfg: DynasealConfig) -> VerifiedKey:
     """A verified key of the test tenant with no counters limits; tests `replace()` what they need."""
-    from dynaseal.signing_keystore import SigningKeyStore
+    from dynaseal.keys.signing_keystore import SigningKeyStore
 
     SigningKeyStore(cfg.data_path / "issuer").ensure()
     tenant = build_registry(cfg).get(OTHER_TENANT)
@@ -120,7 +120,7 @@ def test_expired_reservation_is_billed_then_corrected_once(redis_server: str, sy
 
 
 def test_redis_down_fails_closed(base_key: VerifiedKey) -> None:
-    from dynaseal.errors import QuotaUnavailable
+    from dynaseal.policy.errors import QuotaUnavailable
 
     async def admit_dead() -> None:
         quota = RedisQuota.from_url("redis://127.0.0.1:1/0", timeout_s=0.05)
@@ -131,7 +131,7 @@ def test_redis_down_fails_closed(base_key: VerifiedKey) -> None:
 
 def test_a_known_request_id_is_refused_not_admitted_for_free(redis_server: str, sync_redis: redis.Redis,
                                                              base_key: VerifiedKey) -> None:
-    from dynaseal.errors import QuotaUnavailable
+    from dynaseal.policy.errors import QuotaUnavailable
 
     key = replace(base_key, uses=5)
 
@@ -164,7 +164,7 @@ def test_same_jti_in_two_tenants_shares_nothing(redis_server: str, sync_redis: r
 
 def test_an_admit_redis_runs_after_its_deadline_writes_nothing(redis_server: str, sync_redis: redis.Redis,
                                                                base_key: VerifiedKey) -> None:
-    from dynaseal.errors import QuotaUnavailable
+    from dynaseal.policy.errors import QuotaUnavailable
 
     async def late() -> str:
         quota = RedisQuota.from_url(redis_server, timeout_s=2.0)
@@ -187,29 +187,15 @@ def test_redis_paused_past_the_deadline_refused_requests_spend_nothing(
     import os
     import signal
 
-    from conftest import free_ports
+    from dynaseal.policy.errors import QuotaUnavailable
 
-    from dynaseal.errors import QuotaUnavailable
-    from dynaseal.probes import redis_ping
-    from dynaseal.processes import ServiceSpec, Supervisor
-    from dynaseal.stack import redis_server_binary
-
-    port = free_ports(1)[0]
-    directory = tmp_path_factory.mktemp("paused-redis")
-    supervisor = Supervisor(directory, "127.0.0.1")
-    spec = ServiceSpec("redis", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "no", "--dir", str(directory)],
-                       f"redis://127.0.0.1:{port}", lambda: redis_ping("127.0.0.1", port))
-    supervisor.start(spec)
-    url = f"redis://127.0.0.1:{port}/0"
     key = replace(base_key, uses=1, budget=1000, rpm=100)
-    pid = int((directory / "redis.pid").read_text()) if (directory / "redis.pid").exists() else None
 
-    async def drill() -> list[str]:
+    async def drill(url: str) -> list[str]:
         quota = RedisQuota.from_url(url, timeout_s=0.05)
         assert await quota.ping()
         await quota.admit(replace(key, jti=key.jti + "-warm"), request(1), "warm")  # Redis knows the script now
-        redis_pid = pid or int(redis.Redis.from_url(url).info("server")["process_id"])
+        redis_pid = int(redis.Redis.from_url(url).info("server")["process_id"])
         os.kill(redis_pid, signal.SIGSTOP)
         try:
             async def one(i: int) -> str:
@@ -226,18 +212,32 @@ def test_redis_paused_past_the_deadline_refused_requests_spend_nothing(
         await quota.client.aclose()
         return list(outcomes)
 
-    try:
-        outcomes = asyncio.run(drill())
-        assert "ok" not in outcomes
+    async def after(url: str) -> None:  # the key is still fully usable
+        quota = RedisQuota.from_url(url, timeout_s=1.0)
+        await quota.ping()
+        await quota.admit(key, request(10), "after-1")
+        await quota.client.aclose()
+
+    with private_redis(tmp_path_factory.mktemp("paused-redis")) as url:
+        assert "ok" not in asyncio.run(drill(url))
         client = redis.Redis.from_url(url)
         assert counters(client, OTHER_TENANT, key.jti) == {}  # no use, no reservation, no rate slot taken
         client.close()
+        asyncio.run(after(url))
 
-        async def after() -> None:  # the key is still fully usable
-            quota = RedisQuota.from_url(url, timeout_s=1.0)
-            await quota.ping()
-            await quota.admit(key, request(10), "after-1")
-            await quota.client.aclose()
-        asyncio.run(after())
-    finally:
-        supervisor.stop()
+
+def test_oldest_open_reservation_age_finds_an_unsettled_one(tmp_path_factory: pytest.TempPathFactory,
+                                                           base_key: VerifiedKey) -> None:
+    from dynaseal.ledger.reservation_age import oldest_open_reservation_age_s
+
+    with private_redis(tmp_path_factory.mktemp("age-redis")) as url:
+        client = redis.Redis.from_url(url)
+        assert oldest_open_reservation_age_s(client) == 0.0
+        asyncio.run(admit_many(url, base_key, 2, 5))
+        later = int(time.time() * 1000) + 120_000  # two minutes on, nothing settled: the gauge says so
+        assert 119 <= oldest_open_reservation_age_s(client, later) <= 122
+        settle(client, OTHER_TENANT, base_key.jti, "r-0", 1)
+        assert 119 <= oldest_open_reservation_age_s(client, later) <= 122  # r-1 is still open
+        settle(client, OTHER_TENANT, base_key.jti, "r-1", 1)
+        assert oldest_open_reservation_age_s(client, later) == 0.0
+        client.close()

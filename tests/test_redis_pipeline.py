@@ -10,7 +10,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dynaseal.redis_pipeline import PipelinedRedis, _Incomplete, encode, parse
+from dynaseal.ledger.redis_pipeline import PipelinedRedis, _Incomplete, encode, parse
 
 
 def test_encode_is_a_resp_array_of_bulk_strings() -> None:

@@ -16,11 +16,11 @@ import yaml
 from prometheus_client import REGISTRY
 
 from authz_service.server import AuthzOptions, AuthzServer
-from dynaseal.authorizer import Authorizer, AuthRequest
 from dynaseal.config import DynasealConfig
-from dynaseal.keys import SigningKey, mint
-from dynaseal.remote_jwks import JwksFetchError, RemoteJwks, fetch_jwks, parse_document
-from dynaseal.tenants import build_registry
+from dynaseal.keys.mint import SigningKey, mint
+from dynaseal.keys.remote_jwks import JwksFetchError, RemoteJwks, fetch_jwks, parse_document
+from dynaseal.keys.tenants import build_registry
+from dynaseal.policy.authorizer import Authorizer, AuthRequest
 
 BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 5})
 
@@ -334,3 +334,72 @@ def test_unreachable_jwks_at_load_refuses_until_it_answers() -> None:
     key = SigningKey.generate("r-9")
     assert decide(authorizer, token(key)) == "invalid_api_key"
     assert decide(authorizer, token(key)) == "invalid_api_key"
+
+
+def test_reloads_under_load_never_stall_checks_while_a_jwks_fetch_hangs(jwks: JwksServer, tmp_path: Path) -> None:
+    """SIGHUP-style reloads on the event loop, many Checks in flight, a JWKS fetch held by a slow server:
+    every Check answers within a generous bound (the fetch is held for seconds), every reload applies."""
+    import time
+
+    remote, local = SigningKey.generate("r-1"), SigningKey.generate("l-1")
+    jwks.document = {"keys": [remote.public_jwk()]}
+    config = tmp_path / "dynaseal.yaml"
+    local_tenant = {"id": "local", "keys": [{"kid": local.kid, "alg": "EdDSA", "public_jwk": local.public_jwk()}],
+                    "limits": {"models": ["m"]}}
+
+    def write(generation: int) -> None:
+        tenants: list[dict[str, object]] = [
+            {"id": "remote", "jwks_url": jwks.url, "limits": {"models": ["m"]}, "name": f"gen-{generation}"},
+            local_tenant]
+        if generation % 2:  # a jwks_url never fetched before: a reload must not fetch it on the loop
+            tenants.append({"id": f"new-{generation}", "jwks_url": f"{jwks.base}/new-{generation}.json",
+                            "limits": {"models": ["m"]}})
+        config.write_text(yaml.safe_dump({"gateway": {"data_dir": str(tmp_path)}, "tenants": tenants}))
+
+    write(0)
+    server = AuthzServer(AuthzOptions(str(config)))
+    server.quota = None  # type: ignore[assignment]  # no Redis: the decision path up to admission is measured
+    server.servicer.authorizer.quota = None
+    local_token = mint(local, tenant="local", models=["m"], max_tokens=5, ttl=60)
+    jwks.hang.set()
+    latencies: list[float] = []
+    codes: set[str] = set()
+
+    async def client(until: float) -> None:
+        while time.monotonic() < until:
+            started = time.perf_counter()
+            decision = await server.servicer.authorizer.decide(request(local_token))
+            latencies.append(time.perf_counter() - started)
+            codes.add(decision.code)
+            await asyncio.sleep(0)
+
+    async def scenario() -> tuple[int, bool]:
+        held = asyncio.create_task(server.remote_jwks.refresh("remote"))
+        unknown = asyncio.create_task(server.servicer.authorizer.decide(request(token(SigningKey.generate("r-2")))))
+        assert await asyncio.to_thread(jwks.hanging.wait, 10)
+        until = time.monotonic() + 1.5
+        clients = [asyncio.create_task(client(until)) for _ in range(8)]
+        reloads = 0
+        while time.monotonic() < until:
+            reloads += 1
+            write(reloads)
+            server.reload()  # as the SIGHUP handler and the file watcher call it: on the event loop
+            await asyncio.sleep(0.05)
+        await asyncio.gather(*clients)
+        still_held = not held.done() and not unknown.done()
+        jwks.hang.clear()
+        jwks.release.set()
+        await held
+        await unknown
+        return reloads, still_held
+
+    reloads, still_held = asyncio.run(scenario())
+    assert still_held, "the JWKS fetch must still be held by the slow server while the Checks run"
+    assert codes == {"ok"} and len(latencies) > 100
+    assert server.servicer.authorizer.registry.get("remote").name == f"gen-{reloads}"  # type: ignore[union-attr]
+    latencies.sort()
+    # A blocked loop would hold Checks for the whole fetch (seconds); a reload costs a few ms.
+    summary = (f"checks={len(latencies)} reloads={reloads} p50={latencies[len(latencies) // 2] * 1000:.2f} ms "
+               f"p99={latencies[int(len(latencies) * 0.99)] * 1000:.2f} ms max={latencies[-1] * 1000:.2f} ms")
+    assert latencies[-1] < 0.5, summary
+    print(summary)

@@ -12,16 +12,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from keyfactory import ed25519, native_claims, raw_token
 
-from dynaseal.authorizer import Authorizer, AuthRequest
 from dynaseal.config import DynasealConfig
-from dynaseal.decision import Decision
-from dynaseal.tenants import build_registry
+from dynaseal.keys.tenants import build_registry
+from dynaseal.policy.authorizer import Authorizer, AuthRequest
+from dynaseal.policy.decision import Decision
 
 
 @pytest.fixture(scope="module")
 def authorizer(cfg: DynasealConfig) -> Authorizer:
     """An authorizer over the test config, no Redis."""
-    from dynaseal.signing_keystore import SigningKeyStore
+    from dynaseal.keys.signing_keystore import SigningKeyStore
 
     SigningKeyStore(cfg.data_path / "issuer").ensure()
     return Authorizer(build_registry(cfg), quota=None)

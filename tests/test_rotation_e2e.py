@@ -12,8 +12,8 @@ import pytest
 from conftest import DEMO_TENANT
 
 from dynaseal.config import DynasealConfig
-from dynaseal.keys import mint
-from dynaseal.signing_keystore import SigningKeyStore
+from dynaseal.keys.mint import mint
+from dynaseal.keys.signing_keystore import SigningKeyStore
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def eventually(cfg: DynasealConfig, key: str, expected: int, timeout_s: float = 
 
 
 def cli(config_path: Path, *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "dynaseal.cli", "--config", str(config_path), *args],
+    proc = subprocess.run([sys.executable, "-m", "dynaseal_launcher.cli", "--config", str(config_path), *args],
                           capture_output=True, text=True, timeout=60, check=True)
     return proc.stdout
 

@@ -20,11 +20,11 @@ from pipeline_harness import Receiver, Services, complete, new_key, pipeline_con
 from reconcile import Report, admitted_by_authz, admitted_ids, log_lines, reconcile
 from redis import Redis
 
-from dynaseal import envoy_config
 from dynaseal.config import DynasealConfig, load_config
-from dynaseal.keys import SigningKey
-from dynaseal.probes import http_ok
-from dynaseal.processes import ServiceSpec
+from dynaseal.keys.mint import SigningKey
+from dynaseal_launcher import envoy_config
+from dynaseal_launcher.probes import http_ok
+from dynaseal_launcher.processes import ServiceSpec
 from log_shipper import checkpoint
 from log_shipper.rotation import ours
 

@@ -14,15 +14,15 @@ import redis
 import yaml
 from conftest import OTHER_TENANT, free_ports
 
-from dynaseal.claims import VerifiedKey
 from dynaseal.config import DynasealConfig, load_config
-from dynaseal.errors import Refusal
-from dynaseal.processes import ServiceSpec, Supervisor
-from dynaseal.quota import RedisQuota, counters
-from dynaseal.request_policy import CheckedRequest
-from dynaseal.revocation import revoke
-from dynaseal.stack import LocalStack
-from dynaseal.tenants import build_registry
+from dynaseal.keys.claims import VerifiedKey
+from dynaseal.keys.tenants import build_registry
+from dynaseal.ledger.quota import RedisQuota, counters
+from dynaseal.ledger.revocation import revoke
+from dynaseal.policy.errors import Refusal
+from dynaseal.policy.request_policy import CheckedRequest
+from dynaseal_launcher.processes import ServiceSpec, Supervisor
+from dynaseal_launcher.stack import LocalStack
 
 # appendfsync everysec: what was acknowledged is on disk at most this long after.
 FSYNC_WINDOW_S = 1.0
@@ -65,7 +65,7 @@ def test_revocation_and_spent_uses_survive_a_redis_restart(
     redis_dir = Path(spec.argv[list(spec.argv).index("--dir") + 1])
     assert redis_dir == (tmp_path / "data" / "redis").resolve()
 
-    from dynaseal.signing_keystore import SigningKeyStore
+    from dynaseal.keys.signing_keystore import SigningKeyStore
 
     SigningKeyStore(cfg.data_path / "issuer").ensure()  # the session config's tenants need its JWKS
     tenant = build_registry(cfg).get(OTHER_TENANT)

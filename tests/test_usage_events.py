@@ -1,4 +1,4 @@
-"""Access-log line → UsageEvent: the four rules, the fields, and content extraction (dynaseal.usage_events)."""
+"""Access-log line → UsageEvent: the four rules, the fields, and content extraction (dynaseal.usage.events)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from dynaseal.pb import UsageEvent
-from dynaseal.usage_events import NONE, RESERVED, UPSTREAM, content_of, parse_line
+from dynaseal.usage.events import NONE, RESERVED, UPSTREAM, content_of, parse_line
 
 TENANT = "671249a93f1cf2f8bf9b2b82"
 

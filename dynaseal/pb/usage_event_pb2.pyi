@@ -1,11 +1,13 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class UsageEvent(_message.Message):
-    __slots__ = ("request_id", "tenant", "jti", "event_id", "sub", "model", "stream", "status", "response_flags", "prompt_tokens", "completion_tokens", "total_tokens", "reserved", "usage_source", "started_at", "duration_ms", "path", "content", "content_truncated", "cb_json", "response_details", "shipped_at_ms")
+    __slots__ = ("request_id", "tenant", "jti", "event_id", "sub", "model", "stream", "status", "response_flags", "prompt_tokens", "completion_tokens", "total_tokens", "reserved", "usage_source", "started_at", "duration_ms", "path", "content", "content_truncated", "cb_json", "response_details", "shipped_at_ms", "root_jti", "chain", "cached_tokens", "reasoning_tokens", "price", "cost", "currency", "cost_micros", "unpriced", "reserved_cost_micros", "budget_tokens", "budget_cost_micros")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     JTI_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +30,18 @@ class UsageEvent(_message.Message):
     CB_JSON_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_DETAILS_FIELD_NUMBER: _ClassVar[int]
     SHIPPED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ROOT_JTI_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REASONING_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    COST_MICROS_FIELD_NUMBER: _ClassVar[int]
+    UNPRICED_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_COST_MICROS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_COST_MICROS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tenant: str
     jti: str
@@ -50,4 +64,30 @@ class UsageEvent(_message.Message):
     cb_json: str
     response_details: str
     shipped_at_ms: int
-    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., jti: _Optional[str] = ..., event_id: _Optional[str] = ..., sub: _Optional[str] = ..., model: _Optional[str] = ..., stream: _Optional[bool] = ..., status: _Optional[int] = ..., response_flags: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., reserved: _Optional[int] = ..., usage_source: _Optional[str] = ..., started_at: _Optional[str] = ..., duration_ms: _Optional[int] = ..., path: _Optional[str] = ..., content: _Optional[str] = ..., content_truncated: _Optional[bool] = ..., cb_json: _Optional[str] = ..., response_details: _Optional[str] = ..., shipped_at_ms: _Optional[int] = ...) -> None: ...
+    root_jti: str
+    chain: _containers.RepeatedScalarFieldContainer[str]
+    cached_tokens: int
+    reasoning_tokens: int
+    price: Price
+    cost: str
+    currency: str
+    cost_micros: int
+    unpriced: bool
+    reserved_cost_micros: int
+    budget_tokens: int
+    budget_cost_micros: int
+    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., jti: _Optional[str] = ..., event_id: _Optional[str] = ..., sub: _Optional[str] = ..., model: _Optional[str] = ..., stream: _Optional[bool] = ..., status: _Optional[int] = ..., response_flags: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., reserved: _Optional[int] = ..., usage_source: _Optional[str] = ..., started_at: _Optional[str] = ..., duration_ms: _Optional[int] = ..., path: _Optional[str] = ..., content: _Optional[str] = ..., content_truncated: _Optional[bool] = ..., cb_json: _Optional[str] = ..., response_details: _Optional[str] = ..., shipped_at_ms: _Optional[int] = ..., root_jti: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ..., cached_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., cost: _Optional[str] = ..., currency: _Optional[str] = ..., cost_micros: _Optional[int] = ..., unpriced: _Optional[bool] = ..., reserved_cost_micros: _Optional[int] = ..., budget_tokens: _Optional[int] = ..., budget_cost_micros: _Optional[int] = ...) -> None: ...
+
+class Price(_message.Message):
+    __slots__ = ("currency", "input", "cached_input", "output", "reasoning")
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    REASONING_FIELD_NUMBER: _ClassVar[int]
+    currency: str
+    input: str
+    cached_input: str
+    output: str
+    reasoning: str
+    def __init__(self, currency: _Optional[str] = ..., input: _Optional[str] = ..., cached_input: _Optional[str] = ..., output: _Optional[str] = ..., reasoning: _Optional[str] = ...) -> None: ...

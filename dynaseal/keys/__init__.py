@@ -1,0 +1,1 @@
+"""Dynamic keys: minting, claims, verification keys, tenants, DPoP proofs, child keys."""

@@ -1,0 +1,176 @@
+"""Narrowed child keys: a key's holder signs, offline, a key that can do at most what its parent can.
+
+A key whose `cnf.jwk` names a holder key may have children. A child is a compact JWS with header
+`typ: dynaseal-child+jwt`, signed by that holder key (the algorithm pinned by the key's type, never
+taken from the header), whose claims carry the parent's whole token in `prn`. Every limit a child
+states must lie within its parent's (models ⊆, max_tokens ≤, budget/uses/rpm ≤ the tightest above it,
+exp ≤, params narrower, allow ⊆); one that asks for more is refused, not clipped, so the holder learns
+at once that the child it minted is not what it meant. What a child leaves out it inherits.
+`event_id`, `cb` and `sub` belong to the tenant's key and are inherited; a child may not set them
+(a `sub` equal to the parent's is accepted).
+
+The gateway then charges each request to every level, in one Redis script (dynaseal.ledger.chain_scripts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from dynaseal.config import ParamLimit
+from dynaseal.keys.claims import VerifiedKey
+from dynaseal.keys.dpop import ALGORITHMS, confirmation
+from dynaseal.policy.errors import ErrorCode, Refusal
+
+CHILD_TYP = "dynaseal-child+jwt"
+# Levels below the root a token may nest at all, before any tenant is known (tenants allow at most 4).
+MAX_DEPTH = 4
+
+
+def _refuse(message: str) -> Refusal:
+    return Refusal(ErrorCode.INVALID_API_KEY, f"child key {message}")
+
+
+def _tightest(parent: VerifiedKey, name: str) -> int | None:
+    """The smallest `budget`/`uses`/`rpm` of the parent and everything above it (None: unlimited)."""
+    values = [getattr(level, name) for level in parent.chain if getattr(level, name) is not None]
+    return min(values) if values else None
+
+
+def _count(payload: Mapping[str, Any], name: str, ceiling: int | None) -> int | None:
+    value = payload.get(name)
+    if value is None:
+        return ceiling
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _refuse(f"claim '{name}' must be a positive integer")
+    if ceiling is not None and value > ceiling:
+        raise _refuse(f"asks for {name} {value}, more than its parent's {ceiling}")
+    return value
+
+
+def _time(payload: Mapping[str, Any], name: str) -> float | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or abs(value) > 1e12:
+        raise _refuse(f"claim '{name}' is malformed")
+    return float(value)
+
+
+def _models(payload: Mapping[str, Any], parent: VerifiedKey) -> frozenset[str] | None:
+    models = payload.get("models")
+    if models is None:
+        return parent.models
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise _refuse("claim 'models' is malformed")
+    for model in models:
+        if not parent.allows_model(model):
+            raise _refuse(f"asks for model {model!r}, which its parent may not use")
+    return frozenset(models)
+
+
+def _params(payload: Mapping[str, Any], parent: VerifiedKey) -> tuple[dict[str, ParamLimit], frozenset[str] | None]:
+    raw = payload.get("params")
+    limits = dict(parent.param_limits)
+    if raw is None:
+        return limits, parent.allowed_params
+    if not isinstance(raw, dict):
+        raise _refuse("claim 'params' is malformed")
+    allowed = parent.allowed_params
+    for name, spec in raw.items():
+        if name == "allow":
+            if not isinstance(spec, list) or not all(isinstance(x, str) for x in spec):
+                raise _refuse("claim 'params.allow' is malformed")
+            wider = set(spec) - parent.allowed_params if parent.allowed_params is not None else set()
+            if wider:
+                raise _refuse(f"allows parameters its parent does not: {sorted(wider)}")
+            allowed = frozenset(spec)
+            continue
+        if not isinstance(spec, dict) or set(spec) - {"min", "max"}:
+            raise _refuse(f"claim 'params.{name}' is malformed")
+        try:
+            asked = ParamLimit.model_validate(spec)
+        except ValueError:
+            raise _refuse(f"claim 'params.{name}' is malformed") from None
+        ceiling = limits.get(name, ParamLimit())
+        if ceiling.min is not None and ((asked.min is None and "min" in spec) or
+                                        (asked.min is not None and asked.min < ceiling.min)):
+            raise _refuse(f"allows {name} below its parent's minimum {ceiling.min}")
+        if ceiling.max is not None and ((asked.max is None and "max" in spec) or
+                                        (asked.max is not None and asked.max > ceiling.max)):
+            raise _refuse(f"allows {name} above its parent's maximum {ceiling.max}")
+        limits[name] = ParamLimit(min=asked.min if asked.min is not None else ceiling.min,
+                                  max=asked.max if asked.max is not None else ceiling.max)
+    return limits, allowed
+
+
+def check_child(parent: VerifiedKey, header: Mapping[str, Any], payload: Mapping[str, Any],
+                signing_input: bytes, signature: bytes, audience: str, leeway_s: int,
+                now: float) -> VerifiedKey:
+    """Verify one child against its verified parent; the result carries the child's limits in force."""
+    holder = parent.holder
+    if holder is None:
+        raise _refuse("has a parent that names no holder key (cnf.jwk): that key cannot have children")
+    tenant = parent.tenant
+    depth = parent.depth + 1
+    if depth > tenant.limits.max_chain_depth:
+        raise _refuse(f"is {depth} levels below the tenant's key; tenant {tenant.id} allows "
+                      f"{tenant.limits.max_chain_depth}")
+    if header.get("typ") != CHILD_TYP:
+        raise _refuse(f"header typ must be {CHILD_TYP}")
+    if header.get("alg") != holder.alg:
+        raise _refuse("algorithm does not match its parent's holder key")
+    if any(name in header for name in ("crit", "jku", "jwk", "x5u", "x5c")):
+        raise _refuse("header carries parameters that are not accepted")
+    try:
+        valid = ALGORITHMS[holder.alg].verify(signing_input, holder.key, signature)
+    except Exception:
+        valid = False
+    if not valid:
+        raise _refuse("signature does not verify with its parent's holder key")
+
+    if payload.get("iss") != tenant.id:
+        raise _refuse("names another tenant than its parent")
+    aud = payload.get("aud")
+    if audience not in (aud if isinstance(aud, list) else [aud]):
+        raise _refuse("claim 'aud' does not name this gateway")
+    exp = _time(payload, "exp")
+    if exp is None:
+        raise _refuse("claim 'exp' is required")
+    if exp > parent.exp:
+        raise _refuse("expires after its parent")
+    if now > exp + leeway_s:
+        raise Refusal(ErrorCode.EXPIRED_KEY, "child key has expired")
+    for name in ("nbf", "iat"):
+        moment = _time(payload, name)
+        if moment is not None and now + leeway_s < moment:
+            raise _refuse(f"claim '{name}' is in the future")
+    jti = payload.get("jti")
+    if not isinstance(jti, str) or not 1 <= len(jti) <= 128:
+        raise _refuse("claim 'jti' is required (a string of at most 128 characters)")
+    if any(level.jti == jti for level in parent.chain):
+        raise _refuse("reuses the jti of a key above it")
+    if payload.get("sub", parent.sub) != parent.sub:
+        raise _refuse("may not change 'sub'")
+    for inherited in ("event_id", "cb"):
+        if inherited in payload:
+            raise _refuse(f"may not set '{inherited}': it is its root key's")
+    max_tokens = _count(payload, "max_tokens", parent.max_tokens)
+    assert max_tokens is not None
+    param_limits, allowed = _params(payload, parent)
+    cnf = None
+    if payload.get("cnf") is not None:
+        try:
+            cnf = confirmation(payload["cnf"])
+        except ValueError as exc:
+            raise _refuse(f"claim 'cnf' is not usable: {exc}") from None
+    return VerifiedKey(
+        tenant=tenant, jti=jti, exp=exp, event_id=parent.event_id, sub=parent.sub,
+        models=_models(payload, parent), max_tokens=max_tokens,
+        budget=_count(payload, "budget", _tightest(parent, "budget")),
+        uses=_count(payload, "uses", _tightest(parent, "uses")),
+        rpm=_count(payload, "rpm", _tightest(parent, "rpm")),
+        param_limits=param_limits, allowed_params=allowed, cb=parent.cb,
+        cnf_jkt=cnf.jkt if cnf else None, holder=cnf.holder if cnf else None,
+        parent=parent, depth=depth,
+    )

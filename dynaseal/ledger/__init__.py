@@ -1,0 +1,1 @@
+"""Counters in Redis: admission, settlement, revocation, key names, the Redis clients."""

@@ -1,0 +1,1 @@
+"""Money: price tables, exact costs, and budget thresholds."""

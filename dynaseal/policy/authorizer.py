@@ -1,0 +1,237 @@
+"""The decision pipeline: named steps, run in order, each readable on its own.
+
+    extract key → verify signature and claims (cached) → check the body → reserve in Redis → allow
+
+Every step either returns what the next needs or raises `Refusal`; anything else is an
+internal failure, logged and turned into 503 `authz_unavailable` (fail closed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import orjson
+
+from dynaseal.keys.claims import VerifiedKey
+from dynaseal.keys.dpop import DpopProof, DpopRefusal, request_url, verify_proof
+from dynaseal.keys.tenants import Registry
+from dynaseal.keys.verification import UnknownKid, VerifiedKeyCache
+from dynaseal.policy.decision import Decision, allow, answer, deny, deny_from
+from dynaseal.policy.errors import ErrorCode, QuotaUnavailable, Refusal
+from dynaseal.policy.request_policy import CheckedRequest, check_request, parse_body
+from dynaseal.usage import record as usage_record
+
+log = logging.getLogger("dynaseal.authz")
+
+KEY_HEADERS = ("authorization", "dynasealtoken")
+# What a client may say to the provider: framing and content negotiation, nothing that selects a
+# provider-side account or feature (OpenAI-Organization, OpenAI-Project, OpenAI-Beta, ...). `host`
+# and pseudo-headers cannot be removed (Envoy owns them); x-request-id and accept-encoding are
+# overwritten with the gateway's values.
+FORWARDED_HEADERS = frozenset({"content-type", "content-length", "accept", "host", "x-request-id",
+                               "accept-encoding", "transfer-encoding"})
+MODEL_LIST_PATHS = frozenset({"/v1/models", "/api/v1/models"})
+# Never forwarded, whatever gateway.upstream.forward_headers says: the proof is the gateway's to check.
+NEVER_FORWARDED = frozenset({"dpop"})
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """The parts of an HTTP request a decision needs, independent of Envoy's protos."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class Quota(Protocol):
+    """Atomic admission against a key's counters (revocation, uses, rpm, budget)."""
+
+    async def admit(self, key: VerifiedKey, request: CheckedRequest, request_id: str,
+                    proof: DpopProof | None = None) -> None:
+        """Reserve for this request (and spend the DPoP proof's jti) or raise Refusal."""
+
+
+def new_request_id() -> str:
+    """A fresh gateway request id (UUID4: ASCII, 36 characters, unguessable)."""
+    return str(uuid.uuid4())
+
+
+def headers_to_strip(headers: Mapping[str, str], forward: frozenset[str], swapped_credential: bool) -> tuple[str, ...]:
+    """Every client header the provider must not see: all but the allowlist (and the gateway's own)."""
+    keep = (FORWARDED_HEADERS | forward) - NEVER_FORWARDED
+    if swapped_credential:
+        keep = keep | {"authorization"}  # overwritten with the provider credential
+    return tuple(name for name in headers if name[0] != ":" and name not in keep)
+
+
+def is_model_list(method: str, path: str) -> bool:
+    """`GET /v1/models` (or the seed layout's `/api/v1/models`), query string ignored."""
+    return method == "GET" and path.split("?", 1)[0] in MODEL_LIST_PATHS
+
+
+def check_method_and_path(method: str, path: str) -> None:
+    """Only a POST without a query string is a chat completion.
+
+    On the provider, other methods and queries on the same path are other operations (GET
+    /v1/chat/completions lists the account's stored completions): none of them may ride on a key.
+    """
+    if method != "POST":
+        raise Refusal(ErrorCode.INVALID_REQUEST, f"{method} is not served here: chat completions are POST only")
+    if "?" in path or "#" in path:
+        raise Refusal(ErrorCode.INVALID_REQUEST, "chat completions take no query string")
+
+
+def model_list(key: VerifiedKey) -> bytes:
+    """The OpenAI-shaped list of the models this key may call (key ∩ tenant)."""
+    tenant_models = {m for m in key.tenant.limits.models if m != "*"}
+    models = tenant_models if key.models is None else {m for m in key.models if key.tenant.allows_model(m)}
+    return orjson.dumps({"object": "list", "data": [
+        {"id": m, "object": "model", "created": 0, "owned_by": key.tenant.id} for m in sorted(models)]})
+
+
+def extract_credential(headers: Mapping[str, str]) -> tuple[str, bool]:
+    """The dynamic key from `Authorization: Bearer`, `Authorization: DPoP` (RFC 9449 §7.1) or
+    `dynasealtoken`, and whether it came under the DPoP scheme."""
+    bearer = headers.get("authorization", "")
+    scheme, _, value = bearer.partition(" ")
+    scheme = scheme.lower()
+    from_bearer = value.strip() if scheme in ("bearer", "dpop") else ""
+    from_header = headers.get("dynasealtoken", "").strip()
+    if bearer and not from_bearer:
+        raise Refusal(ErrorCode.INVALID_API_KEY,
+                      "Authorization header must be 'Bearer <dynamic key>' (or 'DPoP <dynamic key>')")
+    if from_bearer and from_header and from_bearer != from_header:
+        raise Refusal(ErrorCode.INVALID_API_KEY, "two different dynamic keys were sent")
+    token = from_bearer or from_header
+    if not token:
+        raise Refusal(ErrorCode.INVALID_API_KEY,
+                      "no dynamic key: send 'Authorization: Bearer <key>' or a 'dynasealtoken' header")
+    return token, bool(from_bearer) and scheme == "dpop"
+
+
+def extract_token(headers: Mapping[str, str]) -> str:
+    """The dynamic key from `Authorization: Bearer`/`DPoP` or `dynasealtoken`."""
+    return extract_credential(headers)[0]
+
+
+def check_binding(key: VerifiedKey, via_dpop: bool, request: AuthRequest, token: str, registry: Registry,
+                  now: float | None = None) -> DpopProof | None:
+    """The sender constraint (RFC 9449 §7): a key with `cnf` needs the DPoP scheme and a valid proof;
+    a tenant with `require_dpop` takes no other key. Returns the proof, whose jti Redis must not know yet."""
+    if key.cnf_jkt is None:
+        if key.tenant.limits.require_dpop:
+            raise DpopRefusal(f"tenant {key.tenant.id} accepts only sender-constrained keys (a cnf claim)")
+        if via_dpop:
+            raise Refusal(ErrorCode.INVALID_API_KEY,
+                          "this key is not bound to a DPoP key: send it as 'Authorization: Bearer <key>'")
+        return None
+    if not via_dpop:  # §7.2: a bound key sent as a bearer token is refused, proof or not
+        raise DpopRefusal("this key is sender-constrained: send it as 'Authorization: DPoP <key>' "
+                          "with a DPoP proof header")
+    return verify_proof(request.headers.get("dpop", ""), method=request.method,
+                        url=request_url(request.headers, request.path, registry.public_url),
+                        now=time.time() if now is None else now, leeway_s=registry.leeway_s,
+                        access_token=token, jkt=key.cnf_jkt)
+
+
+class Authorizer:
+    """Decides one request at a time against an immutable registry."""
+
+    def __init__(self, registry: Registry, quota: Quota | None = None, cache_size: int = 10_000) -> None:
+        self.registry = registry
+        self.quota = quota
+        self.keys = VerifiedKeyCache(registry, cache_size)
+        self.quota_errors = 0
+
+    async def decide(self, request: AuthRequest) -> Decision:
+        """Run every step; never raises. Every decision carries a fresh gateway request id."""
+        # The id is minted here, never read from the request: a client-chosen id could replay a
+        # reservation or collide with another request's settlement.
+        request_id = new_request_id()
+        key: VerifiedKey | None = None
+        try:
+            token, via_dpop = extract_credential(request.headers)
+            key = await self._verify(token)
+            proof = check_binding(key, via_dpop, request, token, self.registry)
+            if is_model_list(request.method, request.path):
+                return answer(model_list(key), key.jti, request_id)
+            check_method_and_path(request.method, request.path)
+            checked = check_request(parse_body(request.body, request.headers), key, len(request.body))
+            if self.quota is not None:
+                if proof is None:
+                    await self.quota.admit(key, checked, request_id)
+                else:
+                    await self.quota.admit(key, checked, request_id, proof)
+            return self._allow(key, checked, request.headers, request_id)
+        except Refusal as refusal:
+            return deny_from(refusal, key.jti if key else None, request_id)
+        except QuotaUnavailable as exc:
+            self.quota_errors += 1
+            log.warning("counter store unavailable: failing closed",
+                        extra={"error": str(exc), "reason": exc.reason, "jti": key.jti if key else None,
+                               "request_id": request_id})
+            return replace(deny(ErrorCode.AUTHZ_UNAVAILABLE, "authorization is temporarily unavailable",
+                                jti=key.jti if key else None, request_id=request_id), reason=exc.reason)
+        except Exception:
+            log.exception("internal error deciding request_id=%s jti=%s", request_id, key.jti if key else "-")
+            return replace(deny(ErrorCode.AUTHZ_UNAVAILABLE, "authorization is temporarily unavailable",
+                                jti=key.jti if key else None, request_id=request_id), reason="internal_error")
+
+    async def _verify(self, token: str) -> VerifiedKey:
+        """Verify through the cache, against the latest remote JWKS; on an unknown kid of a jwks_url
+        tenant, refresh (rate-limited) and retry once."""
+        remote = self.registry.remote_jwks
+        if remote is not None and remote.generation != self.registry.remote_generation:
+            # A refresh (scheduled or not) changed some tenant's set: rebuild, and drop cached
+            # verifications, so a withdrawn kid stops verifying now.
+            self.registry = remote.apply(self.registry)
+            self.keys = VerifiedKeyCache(self.registry, self.keys.capacity)
+        try:
+            return self.keys.verify(token)
+        except UnknownKid as unknown:
+            tenant = self.registry.get(unknown.tenant_id)
+            if remote is None or tenant is None or not tenant.jwks_url:
+                raise
+            await remote.refresh_for_unknown_kid(tenant.id)
+            if remote.generation == self.registry.remote_generation:
+                raise
+            self.registry = remote.apply(self.registry)
+            self.keys = VerifiedKeyCache(self.registry, self.keys.capacity)
+            return self.keys.verify(token)
+
+    def _allow(self, key: VerifiedKey, checked: CheckedRequest, client_headers: Mapping[str, str],
+               request_id: str) -> Decision:
+        provider_key = key.tenant.provider_key or self.registry.default_provider_key
+        # The gateway's id toward the upstream; identity so Envoy can always read the usage it returns.
+        headers = {"x-request-id": request_id, "accept-encoding": "identity"}
+        if provider_key is not None:
+            headers["authorization"] = f"Bearer {provider_key.get_secret_value()}"
+        removed = headers_to_strip(client_headers, self.registry.forward_headers, provider_key is not None)
+        # What the access log records (dynaseal.usage.record); cb is echoed in callbacks, bounded to 1 KiB.
+        # A child key names its family (root first). Money: the price applied at admit travels with the
+        # request, so its cost is computed with the price the reservation used (a config reload in between
+        # changes neither); the key's budgets go along for the consumer's threshold callbacks.
+        chain = [level.jti for level in key.chain] if key.parent is not None else None
+        priced = checked.price is not None  # not priced: the model is unpriced (the event says so)
+        metadata = usage_record.authz_metadata(
+            request_id=request_id, tenant=key.tenant.id, jti=key.jti, event_id=key.event_id, model=checked.model,
+            stream=checked.stream, reserved=checked.reservation, sub=key.sub,
+            cb=None if key.cb is None else orjson.dumps(key.cb).decode(),
+            root_jti=chain[0] if chain else None, chain=orjson.dumps(chain).decode() if chain else None,
+            price=checked.price.encode() if checked.price is not None else None,
+            reserved_cost=(checked.reservation_cost or 0) if priced else None,
+            budget=key.budget, budget_cost=key.budget_cost)
+        if checked.body_prefix:
+            metadata["body_prefix"] = checked.body_prefix
+        if checked.strip_usage:
+            metadata["strip_usage"] = True
+        if key.tenant.callback is not None and key.tenant.callback.include_content:
+            metadata["capture_content"] = True
+        return allow(headers, removed, metadata, key.jti, request_id)

@@ -1,0 +1,1 @@
+"""After the request: the access-log record, usage events, Kafka plumbing, signed callbacks."""

@@ -1,0 +1,86 @@
+"""A usage event as the tenant's callback (DESIGN §7): the JSON body and its Standard Webhooks signature.
+
+`webhook-id` is the event's request_id, so every retry and every redelivery after a crash carries
+the same id and the receiver can store it once. Each attempt is signed with a fresh timestamp
+(receivers reject timestamps older than five minutes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from standardwebhooks import Webhook
+
+from dynaseal.pb import UsageEvent
+
+# Statuses worth retrying besides 5xx: the receiver timed out, or asked us to slow down.
+RETRYABLE_STATUSES = frozenset({408, 429})
+
+
+def callback_payload(event: UsageEvent, include_content: bool) -> dict[str, Any]:
+    """The callback object: the seed's fields (event_id, content, tokens) plus the usage detail."""
+    cb: Any = {}
+    if event.cb_json:
+        try:
+            cb = orjson.loads(event.cb_json)
+        except orjson.JSONDecodeError:
+            cb = {}
+    family = {"root_key_id": event.root_jti, "chain": list(event.chain)} if event.chain else {}
+    return {
+        "type": "usage",
+        "event_id": event.event_id,
+        # Always a string: the seed's backend declares `content: str` and refuses null (a 422, i.e. a DLQ).
+        "content": event.content if include_content and event.HasField("content") else "",
+        "tokens": event.total_tokens,
+        "usage": {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
+                  "total_tokens": event.total_tokens,
+                  "prompt_tokens_details": {"cached_tokens": event.cached_tokens},
+                  "completion_tokens_details": {"reasoning_tokens": event.reasoning_tokens}},
+        # An exact decimal string in the tenant's currency; null when the model has no price.
+        "cost": None if event.unpriced or not event.currency else {"amount": event.cost, "currency": event.currency},
+        "usage_source": event.usage_source,
+        "model": event.model,
+        "key_id": event.jti,
+        "sub": event.sub if event.HasField("sub") else None,
+        "request_id": event.request_id,
+        "status": event.status,
+        "stream": event.stream,
+        "started_at": event.started_at,
+        "duration_ms": event.duration_ms,
+        "cb": cb,
+        # A child key's callback also names its family: the root key (the one the tenant minted) and
+        # every key from it down to key_id.
+        **family,
+    }
+
+
+def callback_body(event: UsageEvent, include_content: bool) -> bytes:
+    """The callback's JSON body, exactly the bytes that get signed."""
+    return orjson.dumps(callback_payload(event, include_content))
+
+
+@dataclass(frozen=True)
+class CallbackSigner:
+    """Signs callback bodies with one tenant's `whsec_` secret."""
+
+    webhook: Webhook
+
+    @classmethod
+    def from_secret(cls, secret: str) -> CallbackSigner:
+        """A signer for a Standard Webhooks secret (`whsec_<base64>`)."""
+        return cls(Webhook(secret))
+
+    def headers(self, webhook_id: str, body: bytes, now: datetime | None = None) -> dict[str, str]:
+        """The request headers of one delivery attempt: content type, webhook-id/-timestamp/-signature."""
+        stamp = (now or datetime.now(UTC)).astimezone(UTC)
+        signature = self.webhook.sign(webhook_id, stamp, body.decode())
+        return {"content-type": "application/json", "webhook-id": webhook_id,
+                "webhook-timestamp": str(int(stamp.timestamp())), "webhook-signature": signature}
+
+
+def is_retryable(status: int) -> bool:
+    """Whether a receiver's HTTP status means "try again later" (5xx, 408, 429)."""
+    return status >= 500 or status in RETRYABLE_STATUSES

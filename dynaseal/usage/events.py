@@ -1,0 +1,234 @@
+"""Envoy access-log line → `dynaseal.v1.UsageEvent`: which requests become events, and with what usage.
+
+Each line is one request (the JSON format `dynaseal.usage.record` defines). The rules, in order;
+the first that applies decides:
+
+1. Not admitted → no event. The line lacks `tenant` or `jti`, carries a `deny_code`, or its
+   `details` start with `ext_authz` (denied, or authz unavailable). Nothing was reserved.
+2. The upstream reported usage (`total_tokens` present: json_to_metadata / sse_to_metadata put it
+   there) → `usage_source` "upstream", the counts from the log, whatever the status and flags
+   (a client that left after the usage chunk still spent those tokens).
+3. The upstream answered an error (status ≥ 400) → "none", every count 0: settling with 0
+   releases the reservation, and the tenant still gets a callback with the status. Envoy's
+   `response_payload_too_large` is the exception: the upstream did generate, so rule 4 applies.
+4. Otherwise the usage is unknown — the client disconnected before the usage chunk (flags `DC`,
+   tokens null), the upstream stream broke, or no status was sent → "reserved": total_tokens is
+   what authz reserved (never under-bill), prompt and completion 0.
+
+Content (tenants whose callback has `include_content`): the Lua filter logs the response body,
+base64, at most 64 KiB, as `content_b64`; `content_of` turns it into the assistant text of
+choice 0 (SSE `delta.content` joined, or the JSON `message.content`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import time
+import zlib
+from typing import Any
+
+import orjson
+
+from dynaseal.money.pricing import Price, TokenUsage, format_amount, from_micros, to_micros
+from dynaseal.pb import UsageEvent
+from dynaseal.pb.usage_event_pb2 import Price as PriceMessage
+from dynaseal.usage.record import copied_fields, log_count
+
+UPSTREAM, RESERVED, NONE = "upstream", "reserved", "none"
+# An error the upstream answered itself: it generated nothing billable, the reservation is released.
+_UPSTREAM_ANSWERED = "via_upstream"
+# Envoy's own replies for a request the upstream never received (connect failure, no endpoint,
+# a body Envoy never finished reading): nothing was sent, nothing is billed. Every other local
+# reply after authz admitted the request (an idle or response timeout, a reset mid-generation, a
+# payload too large for the metadata filters) may follow a generation the provider bills: such a
+# request is billed its reservation, never zero.
+_NEVER_SENT_DETAILS = ("upstream_reset_before_response_started{connection_failure",
+                       "upstream_reset_before_response_started{connection_timeout",
+                       "upstream_reset_before_response_started{overflow", "no_healthy_upstream",
+                       "cluster_not_found", "route_not_found", "request_overall_timeout",
+                       "request_headers_timeout", "request_payload_too_large", "lua_respond")
+
+
+
+# Printable ASCII id characters, bounded: what authz mints (UUID4) and nothing a header could smuggle.
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+_count = log_count
+
+
+def _admitted(record: dict[str, Any]) -> bool:
+    return bool(record.get("tenant")) and bool(record.get("jti")) and not record.get("deny_code") \
+        and not _text(record.get("details")).startswith("ext_authz")
+
+
+def _usage(record: dict[str, Any], status: int, reserved: int) -> tuple[str, int, int, int]:
+    """(usage_source, prompt, completion, total) by rules 2–4."""
+    prompt, completion, total = (_count(record.get(k)) for k in ("prompt_tokens", "completion_tokens",
+                                                                   "total_tokens"))
+    if total is None and prompt is not None and completion is not None:
+        total = prompt + completion
+    if total is not None:
+        return UPSTREAM, prompt or 0, completion or 0, total
+    details = _text(record.get("details"))
+    if status >= 400 and (details == _UPSTREAM_ANSWERED or details.startswith(_NEVER_SENT_DETAILS)):
+        return NONE, 0, 0, 0
+    return RESERVED, 0, 0, reserved
+
+
+def _request_id(record: dict[str, Any], line: bytes) -> str:
+    # authz mints it (a UUID) for every admitted request. Anything else in the field is refused here,
+    # where it is read: ids become Redis fields, Kafka keys and HTTP header values downstream. The
+    # line's hash keeps repeats of such a line idempotent (its reservation then expires, billed in full).
+    value = _text(record.get("request_id"))
+    if value and REQUEST_ID_PATTERN.fullmatch(value):
+        return value
+    return "line-" + hashlib.sha256(line).hexdigest()[:32]
+
+
+def _chain(value: Any, jti: str) -> list[str]:
+    """A child key's jtis from the root down, as authz logged them (a JSON list ending in the key's own jti)."""
+    if isinstance(value, str) and value:
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return []
+    if not isinstance(value, list) or len(value) < 2 or not all(isinstance(j, str) and j for j in value) \
+            or value[-1] != jti:
+        return []
+    return value
+
+
+def parse_line(line: bytes | str, shipped_at_ms: int | None = None) -> UsageEvent | None:
+    """The usage event of one access-log line, or None (not JSON, or not an admitted request)."""
+    raw = line.encode() if isinstance(line, str) else line
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(record, dict) or not _admitted(record):
+        return None
+    status = _count(record.get("code")) or 0
+    reserved = _count(record.get("reserved")) or 0
+    source, prompt, completion, total = _usage(record, status, reserved)
+    event = UsageEvent(
+        request_id=_request_id(record, raw), tenant=_text(record["tenant"]), jti=_text(record["jti"]),
+        event_id=_text(record.get("event_id")) or _text(record["jti"]), status=status,
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=total, reserved=reserved,
+        usage_source=source, shipped_at_ms=int(time.time() * 1000) if shipped_at_ms is None else shipped_at_ms,
+    )
+    # Text, counts and flags copied as the usage record defines them; the rules above did the rest.
+    for name, value in copied_fields(record).items():
+        setattr(event, name, value)
+    if record.get("sub") is not None:
+        event.sub = _text(record["sub"])
+    chain = _chain(record.get("chain"), event.jti)
+    if chain:
+        event.chain.extend(chain)
+        event.root_jti = chain[0]
+    cb = record.get("cb")
+    if isinstance(cb, dict):
+        event.cb_json = orjson.dumps(cb).decode()
+    elif isinstance(cb, str) and cb:
+        event.cb_json = cb  # authz passes the claim as a JSON string (Struct values are flat)
+    _add_money(event, record)
+    if record.get("content_b64"):
+        content = content_of(_text(record["content_b64"]))
+        if content is not None:
+            event.content = content
+    return event
+
+
+def _add_money(event: UsageEvent, record: dict[str, Any]) -> None:
+    """Token details, the price authz applied, the cost by the usage rules, and the key's budgets.
+
+    The cost is the price × the upstream's usage ("upstream"), what authz reserved ("reserved": the
+    usage is unknown, never under-bill), or 0 ("none"). A line without a price is an unpriced model.
+    """
+    if event.usage_source == UPSTREAM:
+        event.cached_tokens = min(_count(record.get("cached_tokens")) or 0, event.prompt_tokens)
+        event.reasoning_tokens = min(_count(record.get("reasoning_tokens")) or 0, event.completion_tokens)
+    event.budget_tokens = _count(record.get("budget")) or 0
+    event.budget_cost_micros = _count(record.get("budget_cost")) or 0
+    price = Price.decode(_text(record.get("price")))
+    if price is None:
+        event.unpriced = True
+        return
+    event.price.CopyFrom(PriceMessage(currency=price.currency, input=format_amount(price.input),
+                                      cached_input=format_amount(price.cached_input),
+                                      output=format_amount(price.output), reasoning=format_amount(price.reasoning)))
+    event.currency = price.currency
+    event.reserved_cost_micros = _count(record.get("reserved_cost")) or 0
+    if event.usage_source == UPSTREAM:
+        cost = price.cost(TokenUsage(event.prompt_tokens, event.completion_tokens, event.cached_tokens,
+                                     event.reasoning_tokens))
+    elif event.usage_source == RESERVED:
+        cost = from_micros(event.reserved_cost_micros)
+    else:
+        cost = from_micros(0)
+    event.cost = format_amount(cost)
+    event.cost_micros = to_micros(cost)
+
+
+def _body(content_b64: str) -> bytes | None:
+    try:
+        body = base64.b64decode(content_b64, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if body[:2] == b"\x1f\x8b":  # a gzip-encoded upstream reply: decode what is there (may be cut)
+        try:
+            body = zlib.decompressobj(wbits=31).decompress(body, 1 << 20)
+        except zlib.error:
+            return None
+    return body
+
+
+def _sse_text(body: bytes) -> str:
+    parts = []
+    for raw_line in body.splitlines():
+        if not raw_line.startswith(b"data:"):
+            continue
+        data = raw_line[5:].strip()
+        if data == b"[DONE]":
+            continue
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            continue  # the last event of a truncated capture
+        choices = chunk.get("choices") if isinstance(chunk, dict) else None
+        for choice in choices if isinstance(choices, list) else []:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict) and choice.get("index", 0) == 0 and isinstance(delta.get("content"), str):
+                parts.append(delta["content"])
+    return "".join(parts)
+
+
+def _json_text(body: bytes) -> str | None:
+    try:
+        reply = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None  # cut at the capture limit
+    choices = reply.get("choices") if isinstance(reply, dict) else None
+    for choice in choices if isinstance(choices, list) else []:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict) and choice.get("index", 0) == 0:
+            content = message.get("content")
+            return content if isinstance(content, str) else None
+    return None
+
+
+def content_of(content_b64: str) -> str | None:
+    """The assistant text of choice 0 in a captured response body, or None when there is none."""
+    body = _body(content_b64)
+    if not body:
+        return None
+    if body.lstrip()[:1] == b"{":
+        return _json_text(body)
+    return _sse_text(body)

@@ -1,0 +1,155 @@
+"""Kafka plumbing both pipeline services share: topic names, bootstrap, topic creation, client settings.
+
+The settings follow measurements against the local `tansu` broker with kafka-python 3
+(`shared/reference/kafka-tansu-notes.md`): topics are always created with explicit partition
+counts, group timeouts are short (a default 45 s session makes every join wait ~23 s), and an
+idempotent producer is recreated after a fatal error (it never recovers from a broker restart).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from dynaseal.config import DynasealConfig
+from dynaseal.runtime import locations
+
+log = logging.getLogger("dynaseal.kafka")
+
+USAGE_TOPIC = "dynaseal.usage.v1"
+DLQ_TOPIC = "dynaseal.usage.v1.dlq"
+# Partitions bound how many consumers share the work (a member beyond the count sits idle); the
+# DLQ is low-volume and read by people. Only a topic created here gets the count: an existing one
+# keeps its own (add partitions with Kafka's tools; events are keyed by jti, any spread is fine).
+USAGE_PARTITIONS_ENV = "DYNASEAL_USAGE_PARTITIONS"
+DEFAULT_USAGE_PARTITIONS = 6
+TOPIC_PARTITIONS = {USAGE_TOPIC: DEFAULT_USAGE_PARTITIONS, DLQ_TOPIC: 1}
+
+
+def topic_partitions() -> dict[str, int]:
+    """Partition counts of the topics to create: $DYNASEAL_USAGE_PARTITIONS for the usage topic, else 6."""
+    raw = os.environ.get(USAGE_PARTITIONS_ENV, "").strip()
+    count = int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_USAGE_PARTITIONS
+    return {**TOPIC_PARTITIONS, USAGE_TOPIC: count}
+DEFAULT_GROUP_ID = "dynaseal-callbacks"
+SESSION_TIMEOUT_MS = 6000
+HEARTBEAT_INTERVAL_MS = 500
+# Creating a client while the broker is down blocks this long before raising KafkaTimeoutError.
+BOOTSTRAP_TIMEOUT_MS = 5000
+
+
+def bootstrap_servers(cfg: DynasealConfig) -> str:
+    """$KAFKA_BOOTSTRAP, else gateway.kafka_bootstrap, else the local broker (resolved in `dynaseal.runtime`)."""
+    return locations.kafka_bootstrap(cfg)
+
+
+def ensure_topics(bootstrap: str, partitions: dict[str, int] | None = None) -> list[str]:
+    """Create the pipeline's topics that are missing, with explicit partition counts; return those created."""
+    wanted = partitions or topic_partitions()
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+                             request_timeout_ms=10_000, client_id="dynaseal-admin")
+    try:
+        existing = set(admin.list_topics())
+        created = []
+        for name, count in wanted.items():
+            if name in existing:
+                continue
+            try:
+                # One topic per call: a batch fails as a whole when another service won the race.
+                admin.create_topics([NewTopic(name, count, 1)])
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass
+        if created:
+            log.info("created topics", extra={"topics": created})
+        return created
+    finally:
+        admin.close()
+
+
+def wait_for_topics(bootstrap: str, stopping: threading.Event | None = None, retry_s: float = 1.0) -> bool:
+    """`ensure_topics` until it succeeds (the broker may still be starting); False if stopped first."""
+    while stopping is None or not stopping.is_set():
+        try:
+            ensure_topics(bootstrap)
+            return True
+        except KafkaError as exc:
+            log.warning("broker not reachable; retrying topic creation", extra={"error": str(exc)})
+            if stopping is None:
+                time.sleep(retry_s)
+            else:
+                stopping.wait(retry_s)
+    return False
+
+
+def new_producer(bootstrap: str, client_id: str, **overrides: object) -> KafkaProducer:
+    """An acks=all idempotent producer that gives up on a batch within seconds, not minutes."""
+    settings: dict[str, object] = {
+        "bootstrap_servers": bootstrap,
+        "client_id": client_id,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "batch_size": 65536,
+        "request_timeout_ms": 5000,
+        # A batch not acked by then fails its futures; the caller rewinds and retries.
+        "delivery_timeout_ms": 15_000,
+        "max_block_ms": 10_000,
+        "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
+        "reconnect_backoff_max_ms": 1000,
+        # Topics are created explicitly with their partition counts, never by a first write.
+        "allow_auto_create_topics": False,
+    }
+    settings.update(overrides)
+    return KafkaProducer(**settings)
+
+
+def new_consumer(bootstrap: str, group_id: str, client_id: str, **overrides: object) -> KafkaConsumer:
+    """A manual-commit group consumer with short group timeouts, reading from the start when no offset exists."""
+    settings: dict[str, object] = {
+        "bootstrap_servers": bootstrap,
+        "group_id": group_id,
+        "client_id": client_id,
+        "enable_auto_commit": False,
+        # No committed offset (new group, or a dev broker that lost its state): start at the oldest record.
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": SESSION_TIMEOUT_MS,
+        "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
+        "max_poll_records": 500,
+        # How long a fetch may wait for new records. Measured against the dev broker (bench/pipeline_bench):
+        # end-to-end p50 ~175 ms at the default 500, ~50 ms at 100; waiting fetches are not always
+        # answered as soon as records arrive. At 100 an idle consumer sends ~10 fetches/s.
+        "fetch_max_wait_ms": 100,
+        "max_poll_interval_ms": 60_000,
+        "request_timeout_ms": 10_000,
+        "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
+        "reconnect_backoff_max_ms": 1000,
+        "allow_auto_create_topics": False,
+        # Incremental rebalancing (KIP-429): a member joining or leaving moves only the partitions
+        # that change owner; the others keep being consumed, and are not read again from their
+        # last commit (fewer repeats). kafka-python cannot mix it with an eager assignor: a rolling
+        # upgrade from a version that used range restarts the group's members together.
+        "partition_assignment_strategy": (CooperativeStickyAssignor,),
+    }
+    settings.update(overrides)
+    return KafkaConsumer(**settings)
+
+
+def close_quietly(client: KafkaProducer | KafkaConsumer | None, timeout_s: float = 2.0) -> None:
+    """Close a client without raising (it may be broken or its broker gone)."""
+    if client is None:
+        return
+    try:
+        if isinstance(client, KafkaProducer):
+            client.close(timeout=timeout_s)
+        else:
+            client.close(autocommit=False, timeout_ms=int(timeout_s * 1000))
+    except Exception as exc:  # a broken client may raise anything while closing
+        log.debug("error while closing a kafka client", extra={"error": str(exc)})

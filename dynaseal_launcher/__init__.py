@@ -1,0 +1,1 @@
+"""The local launcher and the `dynaseal` command: runs the stack, renders Envoy's config, probes."""

