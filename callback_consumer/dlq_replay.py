@@ -73,8 +73,9 @@ class Replay:
     """One pass: select entries, deliver them in batches, put failures back, commit after each batch."""
 
     def __init__(self, args: argparse.Namespace, cfg: DynasealConfig) -> None:
-        bootstrap = args.bootstrap or kafka_io.bootstrap_servers(cfg)
-        self.registry = Runtime.from_config(cfg).consumer()
+        runtime = Runtime.from_config(cfg)
+        bootstrap = args.bootstrap or runtime.kafka.value
+        self.registry = runtime.consumer()
         self.args = args
         self.stopping = threading.Event()
         self.loop = asyncio.new_event_loop()

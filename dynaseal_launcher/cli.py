@@ -77,9 +77,9 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
     """Revoke a dynamic key by jti in Redis."""
     import time
 
-    from dynaseal.ledger.quota import redis_url
     from dynaseal.ledger.redis_connect import sync_client
     from dynaseal.ledger.revocation import revoke
+    from dynaseal.runtime.locations import redis_url
 
     cfg = load_config(args.config)
     tenants = {t.id: t for t in cfg.tenants}

@@ -20,8 +20,8 @@ from pipeline_harness import Receiver, Services, pipeline_config, wait_until
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.mint import HolderKey, SigningKey, mint
 from dynaseal.ledger import redis_keys
-from dynaseal.ledger.quota import redis_url
 from dynaseal.ledger.revocation import revoke
+from dynaseal.runtime.locations import redis_url
 
 pytestmark = pytest.mark.integration
 BODY = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "count to three"}], "max_tokens": 20}

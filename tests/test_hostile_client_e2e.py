@@ -19,7 +19,8 @@ from keyfactory import b64, hs256, raw_token
 
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.mint import SigningKey, mint
-from dynaseal.ledger.quota import counters, redis_url
+from dynaseal.ledger.quota import counters
+from dynaseal.runtime.locations import redis_url
 
 pytestmark = pytest.mark.integration
 BODY = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "count to three"}], "max_tokens": 20}

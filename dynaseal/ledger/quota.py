@@ -18,7 +18,6 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio import RedisCluster as AsyncRedisCluster
 from redis.exceptions import RedisError
 
-from dynaseal.config import DynasealConfig
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.keys.dpop import DpopProof, DpopRefusal, replay_set_ttl_ms
 from dynaseal.ledger import redis_keys, tenant_quota
@@ -32,16 +31,10 @@ from dynaseal.money.budget_thresholds import Crossing
 from dynaseal.money.pricing import format_amount, from_micros
 from dynaseal.policy.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.policy.request_policy import CheckedRequest
-from dynaseal.runtime import locations
 
 RESERVATION_TTL_MS = 15 * 60 * 1000
 # Counters outlive the key by a day so a late settlement still finds them.
 KEY_TTL_MARGIN_S = 24 * 3600
-
-
-def redis_url(cfg: DynasealConfig) -> str:
-    """$REDIS_URL, else gateway.redis_url, else the local Redis (the one resolver: `dynaseal.runtime`)."""
-    return locations.redis_url(cfg)
 
 
 def script_keys(tenant: str, jti: str) -> list[str]:

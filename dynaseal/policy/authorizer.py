@@ -141,6 +141,12 @@ def check_binding(key: VerifiedKey, via_dpop: bool, request: AuthRequest, token:
                         access_token=token, jkt=key.cnf_jkt)
 
 
+def _unavailable(key: VerifiedKey | None, request_id: str, reason: str) -> Decision:
+    """503 authz_unavailable, failing closed, with the reason as the metric label."""
+    return replace(deny(ErrorCode.AUTHZ_UNAVAILABLE, "authorization is temporarily unavailable",
+                        jti=key.jti if key else None, request_id=request_id), reason=reason)
+
+
 class Authorizer:
     """Decides one request at a time against an immutable registry."""
 
@@ -148,7 +154,6 @@ class Authorizer:
         self.registry = registry
         self.quota = quota
         self.keys = VerifiedKeyCache(registry, cache_size)
-        self.quota_errors = 0
 
     async def decide(self, request: AuthRequest) -> Decision:
         """Run every step; never raises. Every decision carries a fresh gateway request id."""
@@ -165,34 +170,25 @@ class Authorizer:
             check_method_and_path(request.method, request.path)
             checked = check_request(parse_body(request.body, request.headers), key, len(request.body))
             if self.quota is not None:
-                if proof is None:
-                    await self.quota.admit(key, checked, request_id)
-                else:
-                    await self.quota.admit(key, checked, request_id, proof)
+                await self.quota.admit(key, checked, request_id, proof)
             return self._allow(key, checked, request.headers, request_id)
         except Refusal as refusal:
             return deny_from(refusal, key.jti if key else None, request_id)
         except QuotaUnavailable as exc:
-            self.quota_errors += 1
             log.warning("counter store unavailable: failing closed",
                         extra={"error": str(exc), "reason": exc.reason, "jti": key.jti if key else None,
                                "request_id": request_id})
-            return replace(deny(ErrorCode.AUTHZ_UNAVAILABLE, "authorization is temporarily unavailable",
-                                jti=key.jti if key else None, request_id=request_id), reason=exc.reason)
+            return _unavailable(key, request_id, exc.reason)
         except Exception:
             log.exception("internal error deciding request_id=%s jti=%s", request_id, key.jti if key else "-")
-            return replace(deny(ErrorCode.AUTHZ_UNAVAILABLE, "authorization is temporarily unavailable",
-                                jti=key.jti if key else None, request_id=request_id), reason="internal_error")
+            return _unavailable(key, request_id, "internal_error")
 
     async def _verify(self, token: str) -> VerifiedKey:
         """Verify through the cache, against the latest remote JWKS; on an unknown kid of a jwks_url
         tenant, refresh (rate-limited) and retry once."""
         remote = self.registry.remote_jwks
         if remote is not None and remote.generation != self.registry.remote_generation:
-            # A refresh (scheduled or not) changed some tenant's set: rebuild, and drop cached
-            # verifications, so a withdrawn kid stops verifying now.
-            self.registry = remote.apply(self.registry)
-            self.keys = VerifiedKeyCache(self.registry, self.keys.capacity)
+            self._adopt_remote_keys()
         try:
             return self.keys.verify(token)
         except UnknownKid as unknown:
@@ -202,9 +198,15 @@ class Authorizer:
             await remote.refresh_for_unknown_kid(tenant.id)
             if remote.generation == self.registry.remote_generation:
                 raise
-            self.registry = remote.apply(self.registry)
-            self.keys = VerifiedKeyCache(self.registry, self.keys.capacity)
+            self._adopt_remote_keys()
             return self.keys.verify(token)
+
+    def _adopt_remote_keys(self) -> None:
+        """A refresh (scheduled or not) changed some tenant's set: rebuild the registry from it and drop
+        cached verifications, so a withdrawn kid stops verifying now."""
+        assert self.registry.remote_jwks is not None
+        self.registry = self.registry.remote_jwks.apply(self.registry)
+        self.keys = VerifiedKeyCache(self.registry, self.keys.capacity)
 
     def _allow(self, key: VerifiedKey, checked: CheckedRequest, client_headers: Mapping[str, str],
                request_id: str) -> Decision:

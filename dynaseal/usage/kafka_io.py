@@ -18,9 +18,6 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from dynaseal.config import DynasealConfig
-from dynaseal.runtime import locations
-
 log = logging.getLogger("dynaseal.kafka")
 
 USAGE_TOPIC = "dynaseal.usage.v1"
@@ -43,11 +40,6 @@ SESSION_TIMEOUT_MS = 6000
 HEARTBEAT_INTERVAL_MS = 500
 # Creating a client while the broker is down blocks this long before raising KafkaTimeoutError.
 BOOTSTRAP_TIMEOUT_MS = 5000
-
-
-def bootstrap_servers(cfg: DynasealConfig) -> str:
-    """$KAFKA_BOOTSTRAP, else gateway.kafka_bootstrap, else the local broker (resolved in `dynaseal.runtime`)."""
-    return locations.kafka_bootstrap(cfg)
 
 
 def ensure_topics(bootstrap: str, partitions: dict[str, int] | None = None) -> list[str]:
