@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -18,7 +19,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from dynaseal.config import DynasealConfig, bundled_dev_config, load_config  # noqa: E402
+from dynaseal.keys.claims import VerifiedKey  # noqa: E402
 from dynaseal.keys.mint import SigningKey  # noqa: E402
+from dynaseal.keys.tenants import Tenant  # noqa: E402
 
 DEMO_TENANT = "671249a93f1cf2f8bf9b2b82"
 DEMO_SECRET = "4d72c063-881f-45fa-85ab-3375c84f5dd7"
@@ -146,6 +149,37 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def sync_redis(redis_server: str) -> Iterator[object]:
+    """A plain client of `redis_server`, for settlement and inspection."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server)
+    yield client
+    client.close()
+
+
+def acme_tenant(cfg: DynasealConfig) -> Tenant:
+    """The test tenant as the hot path sees it (the session's issuer JWKS must exist for the registry)."""
+    from dynaseal.keys.signing_keystore import SigningKeyStore
+    from dynaseal.keys.tenants import build_registry
+
+    SigningKeyStore(cfg.data_path / "issuer").ensure()
+    tenant = build_registry(cfg).get(OTHER_TENANT)
+    assert tenant is not None
+    return tenant
+
+
+def verified_key(cfg: DynasealConfig, prefix: str, lifetime_s: float = 600, **fields: Any) -> VerifiedKey:
+    """A verified key of the test tenant, no counter limits unless `fields` set them (budget, uses, ...)."""
+    import time
+    import uuid
+
+    limits: dict[str, Any] = {"budget": None, "uses": None, "rpm": None, "max_tokens": 100, **fields}
+    return VerifiedKey(tenant=acme_tenant(cfg), jti=f"{prefix}-{uuid.uuid4().hex}", exp=time.time() + lifetime_s,
+                       event_id="e", sub=None, models=None, **limits)
+
+
 @contextlib.contextmanager
 def private_redis(directory: Path) -> Iterator[str]:
     """A throwaway redis-server (no persistence) from the stack's binary, for one test; its URL."""
@@ -177,7 +211,7 @@ def redis_client(cfg: DynasealConfig, stack: object) -> Iterator[object]:
     """A client of the stack's Redis, where reservations are settled."""
     from redis import Redis
 
-    from dynaseal.ledger.quota import redis_url
+    from dynaseal.runtime.locations import redis_url
 
     client = Redis.from_url(redis_url(cfg))
     yield client

@@ -6,19 +6,16 @@ Each test is an attack that must fail; those under "findings" were open before t
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
 import redis
-from conftest import OTHER_TENANT
+from conftest import OTHER_TENANT, verified_key
 
 from callback_consumer.settlement import SettlementBatcher
 from dynaseal.config import DynasealConfig
-from dynaseal.keys.claims import VerifiedKey
-from dynaseal.keys.tenants import build_registry
 from dynaseal.ledger import redis_keys
 from dynaseal.ledger.quota import RedisQuota, counters
 from dynaseal.policy.request_policy import CheckedRequest
@@ -60,14 +57,8 @@ def test_a_local_reply_after_the_upstream_started_bills_the_reservation(code: in
 
 
 def test_settling_never_shortens_a_long_lived_keys_counters(redis_server: str, cfg: DynasealConfig) -> None:
-    from dynaseal.keys.signing_keystore import SigningKeyStore
-
-    SigningKeyStore(cfg.data_path / "issuer").ensure()
-    tenant = build_registry(cfg).get(OTHER_TENANT)
-    assert tenant is not None
     lifetime = 3 * 86400  # allowed whenever a tenant sets limits.max_ttl above a day
-    key = VerifiedKey(tenant=tenant, jti=f"a-{uuid.uuid4().hex}", exp=time.time() + lifetime, event_id="e",
-                      sub=None, models=None, max_tokens=100, budget=1000, uses=3, rpm=None)
+    key = verified_key(cfg, "a", lifetime, budget=1000, uses=3)
 
     async def admit() -> None:
         quota = RedisQuota.from_url(redis_server, timeout_s=2.0)

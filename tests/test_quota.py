@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
 import redis
-from conftest import OTHER_TENANT, private_redis
+from conftest import OTHER_TENANT, private_redis, verified_key
 
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.claims import VerifiedKey
@@ -22,23 +20,9 @@ from dynaseal.policy.request_policy import CheckedRequest
 
 
 @pytest.fixture
-def sync_redis(redis_server: str) -> Iterator[redis.Redis]:
-    """A plain client for settlement and inspection."""
-    client = redis.Redis.from_url(redis_server)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def base_key(cfg: DynasealConfig) -> VerifiedKey:
     """A verified key of the test tenant with no counters limits; tests `replace()` what they need."""
-    from dynaseal.keys.signing_keystore import SigningKeyStore
-
-    SigningKeyStore(cfg.data_path / "issuer").ensure()
-    tenant = build_registry(cfg).get(OTHER_TENANT)
-    assert tenant is not None
-    return VerifiedKey(tenant=tenant, jti=f"q-{uuid.uuid4().hex}", exp=time.time() + 600, event_id="e",
-                       sub=None, models=None, max_tokens=100, budget=None, uses=None, rpm=None)
+    return verified_key(cfg, "q")
 
 
 def request(reserve: int) -> CheckedRequest:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -12,12 +11,11 @@ from pathlib import Path
 import pytest
 import redis
 from cluster_support import LocalCluster, start_cluster
-from conftest import OTHER_TENANT
+from conftest import OTHER_TENANT, verified_key
 from test_quota import admit_many, request
 
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.claims import VerifiedKey
-from dynaseal.keys.tenants import build_registry
 from dynaseal.ledger import redis_keys
 from dynaseal.ledger.quota import RedisQuota, counters, settle
 from dynaseal.ledger.redis_cluster import PipelinedCluster
@@ -48,13 +46,7 @@ def cluster_client(cluster: LocalCluster) -> Iterator[redis.RedisCluster]:
 @pytest.fixture
 def base_key(cfg: DynasealConfig) -> VerifiedKey:
     """A verified key of the test tenant without counter limits."""
-    from dynaseal.keys.signing_keystore import SigningKeyStore
-
-    SigningKeyStore(cfg.data_path / "issuer").ensure()
-    tenant = build_registry(cfg).get(OTHER_TENANT)
-    assert tenant is not None
-    return VerifiedKey(tenant=tenant, jti=f"c-{uuid.uuid4().hex}", exp=time.time() + 600, event_id="e",
-                       sub=None, models=None, max_tokens=100, budget=None, uses=None, rpm=None)
+    return verified_key(cfg, "c")
 
 
 def test_cluster_urls_parse() -> None:

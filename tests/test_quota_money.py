@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
 
 import pytest
 import redis
-from conftest import OTHER_TENANT
+from conftest import OTHER_TENANT, verified_key
 
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.claims import VerifiedKey
-from dynaseal.keys.tenants import build_registry
 from dynaseal.ledger.quota import MoneySettlement, RedisQuota, counters, mark_thresholds, settle
 from dynaseal.money.pricing import Price
 from dynaseal.policy.errors import Refusal
@@ -26,21 +23,8 @@ PRICE = Price("USD", Decimal(1), Decimal("0.5"), Decimal(3), Decimal(3))
 
 
 @pytest.fixture
-def sync_redis(redis_server: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def key(cfg: DynasealConfig) -> VerifiedKey:
-    from dynaseal.keys.signing_keystore import SigningKeyStore
-
-    SigningKeyStore(cfg.data_path / "issuer").ensure()
-    tenant = build_registry(cfg).get(OTHER_TENANT)
-    assert tenant is not None
-    return VerifiedKey(tenant=tenant, jti=f"m-{uuid.uuid4().hex}", exp=time.time() + 600, event_id="e", sub=None,
-                       models=None, max_tokens=100, budget=None, uses=None, rpm=None, budget_cost=1000)
+    return verified_key(cfg, "m", budget_cost=1000)
 
 
 def request(price: Price | None = PRICE) -> CheckedRequest:

@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
-from conftest import OTHER_TENANT, free_ports
+from conftest import OTHER_TENANT, free_ports, verified_key
 
 from dynaseal.config import DynasealConfig, load_config
 from dynaseal.keys.claims import VerifiedKey
-from dynaseal.keys.tenants import build_registry
 from dynaseal.ledger.quota import RedisQuota, counters
 from dynaseal.ledger.revocation import revoke
 from dynaseal.policy.errors import Refusal
@@ -65,13 +64,7 @@ def test_revocation_and_spent_uses_survive_a_redis_restart(
     redis_dir = Path(spec.argv[list(spec.argv).index("--dir") + 1])
     assert redis_dir == (tmp_path / "data" / "redis").resolve()
 
-    from dynaseal.keys.signing_keystore import SigningKeyStore
-
-    SigningKeyStore(cfg.data_path / "issuer").ensure()  # the session config's tenants need its JWKS
-    tenant = build_registry(cfg).get(OTHER_TENANT)
-    assert tenant is not None
-    once = VerifiedKey(tenant=tenant, jti=f"once-{uuid.uuid4().hex}", exp=time.time() + 600, event_id="e",
-                       sub=None, models=None, max_tokens=20, budget=None, uses=1, rpm=None)
+    once = verified_key(cfg, "once", max_tokens=20, uses=1)
     revoked = replace(once, jti=f"revoked-{uuid.uuid4().hex}", uses=None)
 
     supervisor = Supervisor(tmp_path / "logs", cfg.gateway.host)

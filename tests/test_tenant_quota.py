@@ -13,12 +13,11 @@ from dataclasses import replace
 import pytest
 import redis
 from cluster_support import LocalCluster, start_cluster
-from conftest import OTHER_TENANT
+from conftest import acme_tenant
 from test_quota import request
 
 from dynaseal.config import DynasealConfig, TenantBudget
 from dynaseal.keys.claims import VerifiedKey
-from dynaseal.keys.tenants import build_registry
 from dynaseal.ledger import redis_keys
 from dynaseal.ledger.quota import RedisQuota, counters, settle, tenant_counters
 from dynaseal.ledger.redis_connect import SyncClient, sync_client
@@ -53,11 +52,7 @@ def client(url: str) -> Iterator[SyncClient]:
 def tenant_keys_of(cfg: DynasealConfig, count: int, tenant_budget: TenantBudget | None = None,
                    tenant_rpm: int | None = None, **key_limits: int) -> list[VerifiedKey]:
     """`count` keys of one fresh tenant (a new id each test, so counters start at zero)."""
-    from dynaseal.keys.signing_keystore import SigningKeyStore
-
-    SigningKeyStore(cfg.data_path / "issuer").ensure()
-    base = build_registry(cfg).get(OTHER_TENANT)
-    assert base is not None
+    base = acme_tenant(cfg)
     tenant = replace(base, id=f"t-{uuid.uuid4().hex[:10]}",
                      limits=base.limits.model_copy(update={"tenant_budget": tenant_budget, "tenant_rpm": tenant_rpm}))
     return [VerifiedKey(tenant=tenant, jti=f"k{i}-{uuid.uuid4().hex[:8]}", exp=time.time() + 600, event_id="e",
