@@ -23,13 +23,13 @@ from pathlib import Path
 from types import MappingProxyType
 
 from bench.harness import wait_for_quiet
-from dynaseal.config import Limits, TenantBudget
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.keys.tenants import Tenant
 from dynaseal.ledger.quota import RedisQuota
 from dynaseal.ledger.redis_connect import async_client
 from dynaseal.policy.errors import QuotaUnavailable
 from dynaseal.policy.request_policy import CheckedRequest
+from dynaseal.tenant_config import Limits, TenantBudget
 from dynaseal_launcher.local_cluster import LocalCluster, cluster_ports, start_cluster
 from dynaseal_launcher.probes import redis_ping
 from dynaseal_launcher.processes import ServiceSpec, Supervisor

@@ -12,7 +12,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from dynaseal.config import IssuerConfig, Limits
+from dynaseal.config import IssuerConfig
+from dynaseal.tenant_config import Limits
 from issuer_api.errors import IssuerError, forbidden, invalid_request
 from issuer_api.users import Account
 

@@ -10,9 +10,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
-from dynaseal.config import ConfigError, DynasealConfig, IssuerConfig, Limits
+from dynaseal.config import ConfigError, DynasealConfig, IssuerConfig
 from dynaseal.keys.signing_keystore import SigningKeyStore
 from dynaseal.runtime.views import IssuerView, Runtime
+from dynaseal.tenant_config import Limits
 from issuer_api.callback_writer import CallbackWriter
 from issuer_api.login_limiter import LoginLimiter
 from issuer_api.migrate import upgrade_to_head

@@ -20,7 +20,7 @@ import yaml
 from consumer_support import FAST, SLOW, ConsumerRig
 from pipeline_harness import wait_until
 
-from dynaseal.config import CallbackConfig
+from dynaseal.tenant_config import CallbackConfig
 
 HANDLER_S = 10.0  # the seed backend's callback handler
 PER_TENANT = 3

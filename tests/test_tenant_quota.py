@@ -16,13 +16,14 @@ from cluster_support import LocalCluster, start_cluster
 from conftest import acme_tenant
 from test_quota import request
 
-from dynaseal.config import DynasealConfig, TenantBudget
+from dynaseal.config import DynasealConfig
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.ledger import redis_keys
 from dynaseal.ledger.quota import RedisQuota, counters, settle, tenant_counters
 from dynaseal.ledger.redis_connect import SyncClient, sync_client
 from dynaseal.ledger.tenant_quota import window_id
 from dynaseal.policy.errors import QuotaUnavailable, Refusal
+from dynaseal.tenant_config import TenantBudget
 
 
 @pytest.fixture(scope="module")

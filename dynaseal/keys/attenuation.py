@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dynaseal.config import ParamLimit
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.keys.dpop import ALGORITHMS, confirmation
 from dynaseal.policy.errors import ErrorCode, Refusal
+from dynaseal.tenant_config import ParamLimit
 
 CHILD_TYP = "dynaseal-child+jwt"
 # Levels below the root a token may nest at all, before any tenant is known (tenants allow at most 4).

@@ -15,11 +15,11 @@ from typing import Any
 
 import orjson
 
-from dynaseal.config import ParamLimit
 from dynaseal.keys.dpop import confirmation
 from dynaseal.keys.tenants import Registry, Tenant, VerificationKey
 from dynaseal.money.pricing import MICROS, to_micros
 from dynaseal.policy.errors import ErrorCode, Refusal
+from dynaseal.tenant_config import ParamLimit
 
 MAX_CB_BYTES = 1024
 SEED_CLAIMS = frozenset({"api-key", "model", "max_tokens", "expiring", "event_id"})

@@ -14,17 +14,10 @@ from typing import TYPE_CHECKING, Any
 import jwt
 from pydantic import SecretStr
 
-from dynaseal.config import (
-    KID_PATTERN,
-    CallbackConfig,
-    ConfigError,
-    DynasealConfig,
-    Limits,
-    TenantConfig,
-    expand_path,
-)
+from dynaseal.config import ConfigError, DynasealConfig, expand_path
 from dynaseal.money.pricing import Price
 from dynaseal.runtime.secrets import env_secret
+from dynaseal.tenant_config import KID_PATTERN, CallbackConfig, Limits, TenantConfig
 
 if TYPE_CHECKING:
     from dynaseal.keys.remote_jwks import RemoteJwks

@@ -18,12 +18,12 @@ from typing import Any
 
 from jwt.algorithms import get_default_algorithms
 
-from dynaseal.config import KID_PATTERN
 from dynaseal.jsonsafe import loads_strict
 from dynaseal.keys.attenuation import MAX_DEPTH, check_child
 from dynaseal.keys.claims import VerifiedKey, check_claims, tenant_id_of
 from dynaseal.keys.tenants import Registry
 from dynaseal.policy.errors import ErrorCode, Refusal
+from dynaseal.tenant_config import KID_PATTERN
 
 log = logging.getLogger("dynaseal.keys")
 # A child key carries its parent's whole token (`prn`): four levels of children fit in 16 KiB.

@@ -12,9 +12,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dynaseal.config import Limits
 from dynaseal.ledger import redis_keys
 from dynaseal.policy.errors import ErrorCode, QuotaUnavailable, Refusal
+from dynaseal.tenant_config import Limits
 
 # A month window plus a day of late settlements: how long an idle tenant's counters are kept.
 TENANT_TTL_S = 33 * 86400

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
-from dynaseal.config import CallbackConfig, ConfigError, DynasealConfig, IssuerConfig, Limits, load_config
+from dynaseal.config import ConfigError, DynasealConfig, IssuerConfig, load_config
 from dynaseal.runtime.locations import Paths, Resolved, envoy_admin_url, paths_of, resolve_kafka, resolve_redis
 from dynaseal.runtime.secrets import SecretResolver
+from dynaseal.tenant_config import CallbackConfig, Limits
 
 if TYPE_CHECKING:
     from dynaseal.keys.remote_jwks import RemoteJwks

@@ -1,0 +1,193 @@
+"""The tenant part of the config file's schema: verification keys, limits, prices, callback.
+
+Every config model derives from `StrictModel`: unknown fields are errors and values are frozen.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+KID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class StrictModel(BaseModel):
+    """A config object: unknown fields are refused, values cannot change after validation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KeyConfig(StrictModel):
+    """One verification key of a tenant: an inline public JWK or an HMAC secret from the env."""
+
+    kid: str | None = None
+    alg: Literal["EdDSA", "ES256", "HS256"]
+    public_jwk: dict[str, Any] | None = None
+    secret_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KeyConfig:
+        if self.kid is not None and not KID_PATTERN.match(self.kid):
+            raise ValueError("kid must match [A-Za-z0-9._-]{1,64}")
+        if self.alg == "HS256":
+            if not self.secret_env or self.public_jwk:
+                raise ValueError("HS256 keys take secret_env (and no public_jwk)")
+        elif not self.public_jwk or self.secret_env:
+            raise ValueError(f"{self.alg} keys take public_jwk (and no secret_env)")
+        return self
+
+
+class ParamLimit(StrictModel):
+    """Numeric range for one request parameter."""
+
+    min: float | None = None
+    max: float | None = None
+
+
+class TenantBudget(StrictModel):
+    """Tokens all of a tenant's keys may use together per UTC calendar day or month."""
+
+    tokens: int = Field(ge=1)
+    window: Literal["day", "month"] = "day"
+
+
+class Limits(StrictModel):
+    """A tenant's ceilings: no key of the tenant may exceed them."""
+
+    models: tuple[str, ...] = ("*",)
+    max_tokens: int = Field(4096, ge=1)
+    max_ttl: int = Field(86400, ge=1)
+    # Per-key ceilings: a key's own `rpm` / `budget` is capped by these, and a key without one gets them.
+    rpm: int | None = Field(None, ge=1)
+    budget: int | None = Field(None, ge=1)
+    params: dict[str, ParamLimit] = Field(default_factory=dict)
+    # Refuse requests without a token cap or streams without usage (instead of the gateway adding them).
+    strict_requests: bool = False
+    # The member the gateway adds when a request sets no cap (o-series models take max_completion_tokens).
+    cap_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    # Tokens reserved per image/audio/file part (their bytes do not bound their cost); unset = such parts
+    # are refused for keys with a budget.
+    media_part_tokens: int | None = Field(None, ge=0)
+    # Set when the upstream honours both max_tokens and max_completion_tokens (OpenAI): then a client's
+    # cap in either is enough; otherwise the gateway adds `cap_field` when the client used the other.
+    upstream_reads_both_caps: bool = False
+    # Price- or storage-changing provider features a request may use (service_tier, web_search_options,
+    # modalities, audio, store, metadata, prediction); none by default.
+    provider_features: tuple[str, ...] = ()
+    # Every key presented must be sender-constrained (RFC 9449 DPoP: a `cnf` claim and a proof per request).
+    require_dpop: bool = False
+    # How many levels of narrowed child keys a key of this tenant may have below it (0 = no children).
+    max_chain_depth: int = Field(0, ge=0, le=4)
+    # Per-key ceiling (and default) of a key's budget in money, in the currency of the tenant's price
+    # table (`upstream.currency`); whole micro-units at most (6 decimals).
+    budget_cost: Decimal | None = Field(None, gt=0, le=10**9, decimal_places=6)
+
+    @field_validator("budget_cost", mode="before")
+    @classmethod
+    def _exact_amount(cls, value: Any) -> Any:
+        return repr(value) if isinstance(value, float) else value
+    # Tenant-wide, over all of the tenant's keys together (rpm and budget above are per key); checked
+    # at admit together with the key's own limits (dynaseal.ledger.tenant_quota).
+    tenant_budget: TenantBudget | None = None
+    tenant_rpm: int | None = Field(None, ge=1)
+
+
+class ModelPrice(StrictModel):
+    """One model's price per million tokens; cached input defaults to input, reasoning to output."""
+
+    input: Decimal = Field(ge=0)
+    cached_input: Decimal | None = Field(None, ge=0)
+    output: Decimal = Field(ge=0)
+    reasoning: Decimal | None = Field(None, ge=0)
+
+    @field_validator("input", "cached_input", "output", "reasoning", mode="before")
+    @classmethod
+    def _exact(cls, value: Any) -> Any:
+        # YAML gives 0.15 as a float; its shortest repr is what the operator wrote, not its binary value.
+        if isinstance(value, bool):
+            raise ValueError("a price is a number or a decimal string")
+        return repr(value) if isinstance(value, float) else value
+
+    @field_validator("input", "cached_input", "output", "reasoning")
+    @classmethod
+    def _finite(cls, value: Decimal | None) -> Decimal | None:
+        if value is not None and not value.is_finite():
+            raise ValueError("a price must be a finite number")
+        return value
+
+
+class TenantUpstream(StrictModel):
+    """A tenant's own provider credential (named by env var), used instead of the gateway's, and the
+    price table of what it is billed for the upstream's models."""
+
+    api_key_env: str | None = None
+    # ISO 4217 code of every price, cost and money budget of this tenant.
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+    # A model without a price: served and flagged (`serve`), or refused (`refuse`).
+    unpriced: Literal["serve", "refuse"] = "serve"
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+
+
+class CallbackConfig(StrictModel):
+    """The tenant's usage callback endpoint."""
+
+    url: str
+    secret_env: str
+    include_content: bool = False
+    # Covers a handler that works before it answers (the seed backend's takes 10 s): an attempt that
+    # times out is retried although it arrived, and a too-short timeout dead-letters every callback.
+    timeout_s: float = Field(30.0, gt=0)
+    max_attempts: int = Field(8, ge=1)
+    # Callbacks in flight to this tenant at once (null: the consumer's --per-tenant). Throughput to a
+    # tenant is at most concurrency / its answer time.
+    concurrency: int | None = Field(None, ge=1, le=1024)
+    # Fractions of a key's budget (tokens and money) whose crossing sends a `budget_threshold` callback,
+    # each at most once per key and budget.
+    budget_thresholds: tuple[float, ...] = ()
+
+    @field_validator("budget_thresholds")
+    @classmethod
+    def _fractions(cls, values: tuple[float, ...]) -> tuple[float, ...]:
+        for value in values:
+            # Redis compares in basis points: a finer fraction would be a different threshold there.
+            if not 0 < value <= 1 or Decimal(repr(float(value))).scaleb(4) % 1 != 0:
+                raise ValueError(f"budget threshold {value} must be in (0, 1] with at most 4 decimals")
+        if len(set(values)) != len(values):
+            raise ValueError("duplicate budget threshold")
+        return tuple(sorted(values))
+
+
+class TenantConfig(StrictModel):
+    """One tenant: its verification keys, limits, upstream and callback."""
+
+    id: str = Field(min_length=1, max_length=128)
+    name: str = ""
+    keys: tuple[KeyConfig, ...] = ()
+    jwks_file: str | None = None
+    jwks_url: str | None = None
+    # How often the jwks_url is fetched again (default: gateway.jwks_refresh_s).
+    jwks_refresh_s: float | None = Field(None, ge=30, le=86400)
+    limits: Limits = Field(default_factory=Limits)
+    upstream: TenantUpstream | None = None
+    callback: CallbackConfig | None = None
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^/?#\s]+(?:[/?#]\S*)?$", url, re.IGNORECASE):
+            raise ValueError("jwks_url must be an absolute http:// or https:// URL")
+        return url
+
+    @model_validator(mode="after")
+    def _has_keys(self) -> TenantConfig:
+        if not (self.keys or self.jwks_file or self.jwks_url):
+            raise ValueError("a tenant needs keys, jwks_file or jwks_url")
+        if sum(1 for k in self.keys if k.kid is None) > 1:
+            raise ValueError("at most one key without kid (the seed-format HS256 secret)")
+        kids = [k.kid for k in self.keys if k.kid is not None]
+        if len(kids) != len(set(kids)):
+            raise ValueError("duplicate kid")
+        return self
