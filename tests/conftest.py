@@ -180,6 +180,17 @@ def verified_key(cfg: DynasealConfig, prefix: str, lifetime_s: float = 600, **fi
                        event_id="e", sub=None, models=None, **limits)
 
 
+@pytest.fixture
+def jwks() -> Iterator[object]:
+    """A local JWKS server whose document and behaviour a test scripts (jwks_support.JwksServer)."""
+    from jwks_support import JwksServer
+
+    server = JwksServer()
+    yield server
+    server.release.set()
+    server.server.shutdown()
+
+
 @contextlib.contextmanager
 def private_redis(directory: Path) -> Iterator[str]:
     """A throwaway redis-server (no persistence) from the stack's binary, for one test; its URL."""
