@@ -21,7 +21,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from dynaseal.config import DynasealConfig, bundled_dev_config, load_config  # noqa: E402
 from dynaseal.keys.claims import VerifiedKey  # noqa: E402
 from dynaseal.keys.mint import SigningKey  # noqa: E402
-from dynaseal.keys.tenants import Tenant  # noqa: E402
+from dynaseal.keys.tenants import Registry, Tenant, build_registry  # noqa: E402
+from dynaseal.policy.authorizer import Authorizer  # noqa: E402
 
 DEMO_TENANT = "671249a93f1cf2f8bf9b2b82"
 DEMO_SECRET = "4d72c063-881f-45fa-85ab-3375c84f5dd7"
@@ -162,7 +163,6 @@ def sync_redis(redis_server: str) -> Iterator[object]:
 def acme_tenant(cfg: DynasealConfig) -> Tenant:
     """The test tenant as the hot path sees it (the session's issuer JWKS must exist for the registry)."""
     from dynaseal.keys.signing_keystore import SigningKeyStore
-    from dynaseal.keys.tenants import build_registry
 
     SigningKeyStore(cfg.data_path / "issuer").ensure()
     tenant = build_registry(cfg).get(OTHER_TENANT)
@@ -189,6 +189,29 @@ def jwks() -> Iterator[object]:
     yield server
     server.release.set()
     server.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def registry(cfg: DynasealConfig) -> Registry:
+    """The test config's registry (the session's issuer JWKS made first)."""
+    from dynaseal.keys.signing_keystore import SigningKeyStore
+
+    SigningKeyStore(cfg.data_path / "issuer").ensure()
+    return build_registry(cfg)
+
+
+@pytest.fixture(scope="module")
+def authorizer(registry: Registry) -> Authorizer:
+    """An authorizer over the test config, without Redis."""
+    return Authorizer(registry, quota=None)
+
+
+def acme_key(test_keys: TenantKeys, **claims: object) -> str:
+    """A native EdDSA key of the test tenant, its claims overridable (keyfactory.native_claims)."""
+    from keyfactory import ed25519, native_claims, raw_token
+
+    return raw_token({"alg": "EdDSA", "kid": test_keys.acme_ed25519.kid}, native_claims(OTHER_TENANT, **claims),
+                     ed25519(test_keys.acme_ed25519))
 
 
 @contextlib.contextmanager

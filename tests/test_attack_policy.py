@@ -9,35 +9,16 @@ import asyncio
 import time
 
 import pytest
-from conftest import DEMO_SECRET, DEMO_TENANT, OTHER_TENANT, TenantKeys
-from keyfactory import ed25519, hs256, native_claims, raw_token
+from conftest import DEMO_SECRET, DEMO_TENANT, OTHER_TENANT, TenantKeys, acme_key
+from keyfactory import ed25519, hs256, raw_token
 
-from dynaseal.config import DynasealConfig
-from dynaseal.keys.tenants import Registry, build_registry
+from dynaseal.keys.tenants import Registry
 from dynaseal.keys.verification import verify_token
 from dynaseal.policy.authorizer import Authorizer, AuthRequest
 from dynaseal.policy.decision import Decision
 from dynaseal.policy.errors import Refusal
 
 MESSAGES = '"messages":[{"role":"user","content":"hi"}]'
-
-
-@pytest.fixture(scope="module")
-def registry(cfg: DynasealConfig) -> Registry:
-    from dynaseal.keys.signing_keystore import SigningKeyStore
-
-    SigningKeyStore(cfg.data_path / "issuer").ensure()
-    return build_registry(cfg)
-
-
-@pytest.fixture(scope="module")
-def authorizer(registry: Registry) -> Authorizer:
-    return Authorizer(registry, quota=None)
-
-
-def acme_key(test_keys: TenantKeys, **claims: object) -> str:
-    return raw_token({"alg": "EdDSA", "kid": test_keys.acme_ed25519.kid}, native_claims(OTHER_TENANT, **claims),
-                     ed25519(test_keys.acme_ed25519))
 
 
 def decide(authorizer: Authorizer, token: str, body: str) -> Decision:

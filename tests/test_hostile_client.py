@@ -12,7 +12,7 @@ import uuid
 
 import orjson
 import pytest
-from conftest import DEMO_SECRET, DEMO_TENANT, OTHER_TENANT, TenantKeys
+from conftest import DEMO_SECRET, DEMO_TENANT, OTHER_TENANT, TenantKeys, acme_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from keyfactory import b64, ed25519, hs256, native_claims, raw_token
@@ -25,24 +25,6 @@ from dynaseal.policy.authorizer import Authorizer, AuthRequest, headers_to_strip
 from dynaseal.policy.decision import Decision
 from dynaseal.policy.errors import Refusal
 from dynaseal.policy.request_policy import PROMPT_OVERHEAD_TOKENS
-
-
-@pytest.fixture(scope="module")
-def registry(cfg: DynasealConfig) -> Registry:
-    from dynaseal.keys.signing_keystore import SigningKeyStore
-
-    SigningKeyStore(cfg.data_path / "issuer").ensure()
-    return build_registry(cfg)
-
-
-@pytest.fixture(scope="module")
-def authorizer(registry: Registry) -> Authorizer:
-    return Authorizer(registry, quota=None)
-
-
-def acme_key(test_keys: TenantKeys, **claims: object) -> str:
-    return raw_token({"alg": "EdDSA", "kid": test_keys.acme_ed25519.kid}, native_claims(OTHER_TENANT, **claims),
-                     ed25519(test_keys.acme_ed25519))
 
 
 def decide(authorizer: Authorizer, token: str, body: bytes, method: str = "POST",
