@@ -17,12 +17,24 @@ from pathlib import Path
 _PR_SET_PDEATHSIG = 1
 
 
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:
+        return None
+
+
+# Resolved here, in the parent, once: a dlopen in the forked child can deadlock on the loader's lock
+# when another thread of the parent (a gRPC or tokio runtime, a test's HTTP server) held it at fork.
+_PRCTL = _load_prctl()
+
+
 def _die_with_parent() -> None:
     """In the child: get SIGTERM when the launcher dies, even by SIGKILL (Linux), so no orphan."""
-    os.setsid()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class StartupError(Exception):
@@ -99,7 +111,7 @@ class Supervisor:
         with log_path.open("ab") as log_file:
             process = subprocess.Popen(list(spec.argv), stdout=log_file, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, env={**os.environ, **spec.env},
-                                       preexec_fn=_die_with_parent)
+                                       start_new_session=True, preexec_fn=_die_with_parent)
         service = RunningService(spec, process, log_path)
         self.running.append(service)
         progress(f"starting {spec.name} …")
