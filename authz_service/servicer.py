@@ -14,6 +14,7 @@ from prometheus_client import Counter
 from authz_service.envoy_adapter import to_auth_request, to_check_response
 from authz_service.metrics import CHECK_SECONDS, DECISIONS, FAILURES, REDIS_ERRORS
 from dynaseal.policy.authorizer import Authorizer
+from dynaseal.policy.decision import fail_closed
 
 log = logging.getLogger("dynaseal.authz")
 
@@ -40,6 +41,15 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         started = time.perf_counter()
         auth_request = to_auth_request(request)
         decision = await self.authorizer.decide(auth_request)
+        try:
+            response = to_check_response(decision)
+        except Exception:
+            # The decision could not be put into an answer: fail closed, labelled, never a bare gRPC error
+            # (Envoy would answer an unlabelled 403/503 and the metric would not say why).
+            log.exception("could not build the answer for request_id=%s jti=%s", decision.request_id,
+                          decision.jti or "-")
+            decision = fail_closed("response_error", decision.jti, decision.request_id)
+            response = to_check_response(decision)
         _decision_counter("allow" if decision.allowed else "deny", decision.code).inc()
         if decision.reason:
             _failure_counter(decision.reason).inc()
@@ -48,6 +58,5 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         if decision.status >= 400:
             log.info("deny", extra={"code": decision.code, "status": decision.status, "jti": decision.jti,
                                     "request_id": decision.request_id, "reason": decision.message})
-        response = to_check_response(decision)
         CHECK_SECONDS.observe(time.perf_counter() - started)
         return response

@@ -7,7 +7,11 @@ the last. Refusing duplicates means every component sees the same request.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+# A JSON escape of a UTF-16 surrogate (either half): only a body with one needs the full check.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class DuplicateKeyError(ValueError):
@@ -34,3 +38,36 @@ def loads_strict(data: bytes | str) -> Any:
     """Parse JSON, refusing duplicate keys, NaN/Infinity and invalid UTF-8 (ValueError)."""
     text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
     return _DECODER.decode(text)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def has_lone_surrogate(raw: bytes, parsed: Any) -> bool:
+    """Whether a parsed JSON value holds a string with a lone surrogate (from a `\\ud800` escape).
+
+    Escaped surrogate *pairs* (how `ensure_ascii` encoders write emoji) decode to one character and
+    pass. The walk runs only when the raw bytes contain a surrogate escape, so ordinary bodies pay
+    one regex scan.
+    """
+    if _SURROGATE_ESCAPE.search(raw) is None:
+        return False
+    stack = [parsed]
+    while stack:  # iterative: the parser already bounded the depth, the walk need not recurse
+        value = stack.pop()
+        if isinstance(value, str):
+            if not _is_unicode(value):
+                return True
+        elif isinstance(value, dict):
+            for name, member in value.items():
+                if not _is_unicode(name):
+                    return True
+                stack.append(member)
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False

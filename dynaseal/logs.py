@@ -7,6 +7,7 @@ quoting a header, a secret in an `extra` field) cannot leak it into the logs.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -39,7 +40,13 @@ class JsonFormatter(logging.Formatter):
         line.update({k: v for k, v in vars(record).items() if k not in self._STANDARD})
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return redact(orjson.dumps(line, default=str).decode())
+        try:
+            text = orjson.dumps(line, default=str).decode()
+        except TypeError:
+            # orjson refuses text that is not Unicode (a lone surrogate from a client's JSON escape):
+            # the standard encoder writes it escaped, so the line is still written, and still one line.
+            text = json.dumps(line, default=str)
+        return redact(text)
 
 
 def setup_logging(service: str, level: str = "INFO") -> None:

@@ -54,6 +54,17 @@ class TenantBudget(StrictModel):
     window: Literal["day", "month"] = "day"
 
 
+class ModelAllowance(StrictModel):
+    """What one model's requests can cost beyond their body's bytes, added to the reservation bound."""
+
+    # Tokens a model may generate outside max_tokens, per choice (DeepSeek's deepseek-reasoner: up to 32K).
+    reasoning_tokens: int = Field(0, ge=0, le=1_000_000)
+    # A chat template that re-serialises the request (tools indented, role markup) makes more prompt
+    # tokens than body bytes: the body's length is multiplied by this, and this constant added.
+    template_factor: float = Field(1.0, ge=1.0, le=16.0)
+    template_tokens: int = Field(0, ge=0, le=1_000_000)
+
+
 class Limits(StrictModel):
     """A tenant's ceilings: no key of the tenant may exceed them."""
 
@@ -69,13 +80,14 @@ class Limits(StrictModel):
     # The member the gateway adds when a request sets no cap (o-series models take max_completion_tokens).
     cap_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     # Tokens reserved per image/audio/file part (their bytes do not bound their cost); unset = such parts
-    # are refused for keys with a budget.
+    # are refused whenever a budget applies (the key's, a key's above it, or the tenant's).
     media_part_tokens: int | None = Field(None, ge=0)
     # Set when the upstream honours both max_tokens and max_completion_tokens (OpenAI): then a client's
     # cap in either is enough; otherwise the gateway adds `cap_field` when the client used the other.
     upstream_reads_both_caps: bool = False
-    # Price- or storage-changing provider features a request may use (service_tier, web_search_options,
-    # modalities, audio, store, metadata, prediction); none by default.
+    # Request members beyond the gateway's known set a request may use: the price- or storage-changing
+    # ones it knows (service_tier, web_search_options, modalities, audio, store, metadata, prediction)
+    # and any it does not (vLLM's top_k, ...; dynaseal.policy.request_members); none by default.
     provider_features: tuple[str, ...] = ()
     # Every key presented must be sender-constrained (RFC 9449 DPoP: a `cnf` claim and a proof per request).
     require_dpop: bool = False
@@ -93,6 +105,18 @@ class Limits(StrictModel):
     # at admit together with the key's own limits (dynaseal.ledger.tenant_quota).
     tenant_budget: TenantBudget | None = None
     tenant_rpm: int | None = Field(None, ge=1)
+    # Per model name (or "*" for every model without its own entry): reasoning and chat-template
+    # allowances added to the reservation bound (dynaseal.policy.reservation_bound).
+    model_allowances: dict[str, ModelAllowance] = Field(default_factory=dict)
+
+    @field_validator("provider_features")
+    @classmethod
+    def _member_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        # provider_features names request members: the same spelling the policy accepts in a body.
+        for name in names:
+            if not re.fullmatch(r"[a-z0-9_]{1,64}", name):
+                raise ValueError(f"provider_features: {name!r} is not a request member name (a-z, 0-9, _)")
+        return names
 
 
 class ModelPrice(StrictModel):

@@ -6,6 +6,7 @@ Built once per config (re)load and never mutated, so a request sees one consiste
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -16,12 +17,14 @@ from pydantic import SecretStr
 
 from dynaseal.config import ConfigError, DynasealConfig, expand_path
 from dynaseal.money.pricing import Price
+from dynaseal.policy.reservation_bound import unbounded_media_warning
 from dynaseal.runtime.secrets import env_secret
 from dynaseal.tenant_config import KID_PATTERN, CallbackConfig, Limits, TenantConfig
 
 if TYPE_CHECKING:
     from dynaseal.keys.remote_jwks import RemoteJwks
 
+log = logging.getLogger("dynaseal.config")
 _ALG_BY_JWK = {("OKP", "Ed25519"): "EdDSA", ("EC", "P-256"): "ES256"}
 
 
@@ -181,6 +184,8 @@ def build_registry(cfg: DynasealConfig, remote_jwks: RemoteJwks | None = None, *
     errors: list[str] = []
     tenants: dict[str, Tenant] = {}
     for tc in cfg.tenants:
+        if (warning := unbounded_media_warning(tc)) is not None:
+            log.warning(warning, extra={"tenant": tc.id})
         keys = _tenant_keys(cfg, tc, errors)
         local_keys = MappingProxyType({k.kid: k for k in keys if k.kid is not None})
         upstream = tc.upstream

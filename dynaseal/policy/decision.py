@@ -61,3 +61,9 @@ def answer(body: bytes, jti: str, request_id: str = "") -> Decision:
     """A 200 the gateway gives itself (the request never reaches the upstream)."""
     return Decision(False, 200, "ok", "", None, {"content-type": "application/json"}, (), {}, jti, request_id,
                     body)
+
+
+def fail_closed(reason: str, jti: str | None = None, request_id: str = "") -> Decision:
+    """503 `authz_unavailable` for an internal failure; `reason` (a small closed set) is its metric label."""
+    return Decision(False, status_of(ErrorCode.AUTHZ_UNAVAILABLE), ErrorCode.AUTHZ_UNAVAILABLE.value,
+                    "authorization is temporarily unavailable", None, {}, (), {}, jti, request_id, reason=reason)

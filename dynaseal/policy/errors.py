@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from dynaseal.safe_text import safe_text
+
+# A refusal's message and param are quoted in the answer, the deny log line and the access log: they
+# may carry client text, so they are made safe (and bounded) once, here.
+MAX_MESSAGE_CHARS = 1024
+MAX_PARAM_CHARS = 128
+
 
 class ErrorCode(StrEnum):
     """User-facing error codes; the value is what appears in `error.code`."""
@@ -73,10 +80,11 @@ class Refusal(Exception):
 
     def __init__(self, code: ErrorCode, message: str, param: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
+        message = safe_text(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.code = code
         self.message = message
-        self.param = param
+        self.param = None if param is None else safe_text(param, MAX_PARAM_CHARS)
         # Headers of the refusal itself (e.g. a DPoP challenge in WWW-Authenticate).
         self.headers = headers or {}
 

@@ -13,29 +13,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dynaseal.jsonsafe import DuplicateKeyError, loads_strict
+from dynaseal.jsonsafe import DuplicateKeyError, has_lone_surrogate, loads_strict
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.money.pricing import Price
 from dynaseal.policy.errors import ErrorCode, Refusal
+from dynaseal.policy.request_members import (
+    CHAT_COMPLETIONS,
+    RESTRICTED_FEATURES,
+    check_members,
+    check_stream_options,
+)
+from dynaseal.policy.reservation_bound import (
+    PROMPT_OVERHEAD_TOKENS,
+    TEXT_PART_TYPES,
+    allowance_for,
+    prompt_bound,
+)
+from dynaseal.safe_text import safe_text
+
+__all__ = ["CORE_FIELDS", "MAX_N", "PROMPT_OVERHEAD_TOKENS", "RESTRICTED_FEATURES", "TEXT_PART_TYPES",
+           "CheckedRequest", "check_member_names", "check_request", "parse_body", "prompt_bound"]
 
 # Fields any request may carry even when a key restricts the others with `params.allow`.
 CORE_FIELDS = frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "n", "stream",
                          "stream_options", "user"})
 MAX_N = 128
-# The prompt bound: a byte-level tokenizer (every OpenAI model's, and most others') never makes
-# more tokens than the UTF-8 bytes it reads, and every message, tool, tool call and schema the
-# provider turns into prompt tokens is inside the body. So `len(body)` bounds the prompt; the
-# constant covers the reply's priming tokens and chat framing that has no bytes of its own.
-PROMPT_OVERHEAD_TOKENS = 32
-# Content parts whose token cost is not a function of their bytes (an image URL is a few bytes
-# and costs hundreds of tokens): charged at the tenant's `media_part_tokens`, or refused for a
-# key with a budget when the tenant sets none.
-TEXT_PART_TYPES = frozenset({"text", "refusal"})
-# Provider features that change the price or keep data in the provider account (a price
-# multiplier, per-call fees, audio output, stored completions): refused unless the tenant's
-# `limits.provider_features` lists them, whatever a key says.
-RESTRICTED_FEATURES = frozenset({"service_tier", "web_search_options", "modalities", "audio", "store", "metadata",
-                                 "prediction"})
 # Member names where the policy reads fields. Every OpenAI field there is lowercase snake_case; a
 # name in another spelling (`N`, `Model`, `max_tokens\u0000`) is one a case-insensitive or lossy
 # upstream parser may read as the field the policy did not check.
@@ -57,18 +59,25 @@ class CheckedRequest:
     strip_usage: bool = False
     # The model's price in the tenant's table; None = unpriced (served and flagged, or refused above).
     price: Price | None = None
+    # Tokens per choice the model may generate outside max_tokens (the tenant's model_allowances).
+    reasoning_tokens: int = 0
+
+    @property
+    def completion_bound(self) -> int:
+        """An upper bound of the completion tokens: n × (max_tokens + reasoning_tokens)."""
+        return self.n * (self.max_tokens + self.reasoning_tokens)
 
     @property
     def reservation(self) -> int:
-        """Tokens to reserve at admit: a true upper bound, prompt bound + n × max_tokens."""
-        return self.prompt_bound + self.n * self.max_tokens
+        """Tokens to reserve at admit: a true upper bound, prompt bound + completion bound."""
+        return self.prompt_bound + self.completion_bound
 
     @property
     def reservation_cost(self) -> int | None:
-        """Micro-units to reserve at admit: the token bound at each side's dearest price (None: unpriced)."""
+        """Micro-units to reserve at admit: the same token bound at each side's dearest price (None: unpriced)."""
         if self.price is None:
             return None
-        return self.price.bound_micros(self.prompt_bound, self.n * self.max_tokens)
+        return self.price.bound_micros(self.prompt_bound, self.completion_bound)
 
 
 def _invalid(message: str, param: str | None = None, code: ErrorCode = ErrorCode.INVALID_REQUEST) -> Refusal:
@@ -93,6 +102,10 @@ def parse_body(body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
         raise _invalid("request body is not valid JSON") from None
     if not isinstance(parsed, dict):
         raise _invalid("request body must be a JSON object")
+    if has_lone_surrogate(body, parsed):
+        # "\ud800" alone is JSON syntax but no Unicode text: no encoder downstream (the upstream's, the
+        # access log's, protobuf's) can carry it, and each would fail or substitute differently.
+        raise _invalid("request body has a lone UTF-16 surrogate escape (\\ud800-\\udfff): not valid Unicode")
     return parsed
 
 
@@ -103,40 +116,6 @@ def _int_field(body: Mapping[str, Any], name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _invalid(f"'{name}' must be a positive integer", name)
     return value
-
-
-def _media_parts(messages: list[Any]) -> int:
-    """Parts of the prompt whose cost their bytes do not bound (images, audio, files, unknown)."""
-    count = 0
-    for message in messages:
-        if not isinstance(message, dict):
-            raise _invalid("each message must be an object", "messages")
-        if message.get("audio") is not None:  # an earlier audio reply, referenced by id
-            count += 1
-        content = message.get("content")
-        if isinstance(content, list):
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") not in TEXT_PART_TYPES:
-                    count += 1
-        elif content is not None and not isinstance(content, str):
-            raise _invalid("message content must be a string or an array of parts", "messages")
-    return count
-
-
-def prompt_bound(body_size: int, messages: list[Any], key: VerifiedKey) -> int:
-    """An upper bound of the request's prompt tokens, or Refusal when none can be given."""
-    media = _media_parts(messages)
-    bound = body_size + PROMPT_OVERHEAD_TOKENS
-    if media:
-        per_part = key.tenant.limits.media_part_tokens
-        if per_part is None:
-            if key.budget is not None or key.budget_cost is not None:
-                raise Refusal(ErrorCode.PARAM_NOT_ALLOWED,
-                              "this key has a token budget and images, audio or files have no bounded cost here: "
-                              "send text parts only", "messages")
-            per_part = 0  # no budget to protect; the real usage is still billed
-        bound += media * per_part
-    return bound
 
 
 def _check_names(where: Mapping[str, Any], what: str) -> None:
@@ -162,11 +141,7 @@ def check_member_names(body: Mapping[str, Any]) -> None:
 
 
 def _check_features(body: Mapping[str, Any], key: VerifiedKey) -> None:
-    allowed = key.tenant.limits.provider_features
-    for name in RESTRICTED_FEATURES & body.keys():
-        if name not in allowed and body[name] not in (None, False):
-            raise Refusal(ErrorCode.PARAM_NOT_ALLOWED,
-                          f"'{name}' changes what the provider charges or keeps: this tenant does not allow it", name)
+    check_members(body, CHAT_COMPLETIONS, key.tenant.limits.provider_features)
     if key.sub is not None:  # the end user the provider sees is the key's, not one the client names
         for name in ("user", "safety_identifier"):
             if body.get(name) not in (None, key.sub):
@@ -239,10 +214,12 @@ def _price(key: VerifiedKey, model: str) -> Price | None:
     """The model's price, or Refusal when the tenant refuses unpriced models or the key's budget is money."""
     price = key.tenant.price_of(model)
     if price is None and key.tenant.refuse_unpriced:
-        raise Refusal(ErrorCode.MODEL_NOT_ALLOWED, f"model '{model}' has no price for this tenant", "model")
+        raise Refusal(ErrorCode.MODEL_NOT_ALLOWED, f"model '{safe_text(model)}' has no price for this tenant",
+                      "model")
     if price is None and key.budget_cost is not None:
         raise Refusal(ErrorCode.MODEL_NOT_ALLOWED,
-                      f"model '{model}' has no price and this key's budget is in {key.tenant.currency}", "model")
+                      f"model '{safe_text(model)}' has no price and this key's budget is in {key.tenant.currency}",
+                      "model")
     return price
 
 
@@ -256,7 +233,8 @@ def check_request(body: dict[str, Any], key: VerifiedKey, body_size: int = 0) ->
     if not isinstance(messages, list) or not messages:
         raise _invalid("'messages' must be a non-empty array", "messages")
     if not key.allows_model(model):
-        raise Refusal(ErrorCode.MODEL_NOT_ALLOWED, f"model '{model}' is not allowed for this key", "model")
+        raise Refusal(ErrorCode.MODEL_NOT_ALLOWED, f"model '{safe_text(model)}' is not allowed for this key",
+                      "model")
 
     n = _int_field(body, "n") or 1
     if n > MAX_N:
@@ -266,8 +244,10 @@ def check_request(body: dict[str, Any], key: VerifiedKey, body_size: int = 0) ->
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _invalid("'stream' must be a boolean", "stream")
+    check_stream_options(body)
     usage_member, strip_usage = _stream_usage(body, key, stream)
     _check_features(body, key)
     _check_params(body, key)
-    return CheckedRequest(model, stream, n, max_tokens, prompt_bound(body_size, messages, key),
-                          cap_member + usage_member, strip_usage, _price(key, model))
+    allowance = allowance_for(key.tenant.limits, model)
+    return CheckedRequest(model, stream, n, max_tokens, prompt_bound(body_size, messages, key, allowance),
+                          cap_member + usage_member, strip_usage, _price(key, model), allowance.reasoning_tokens)
