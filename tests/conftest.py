@@ -29,6 +29,9 @@ DEMO_SECRET = "4d72c063-881f-45fa-85ab-3375c84f5dd7"
 OTHER_TENANT = "acme"
 OTHER_SECRET = "acme-shared-secret-for-tests-0123456789"
 PROVIDER_KEY = "sk-mock-provider-test-key"
+# A tenant with only a tenant-wide budget (5,000 tokens a day) and no media_part_tokens: its keys carry
+# no budget of their own, as the issuer's default keys do.
+TENANT_BUDGET_TENANT = "acme-tenant-budget"
 
 
 def free_ports(count: int) -> list[int]:
@@ -96,6 +99,12 @@ def write_test_config(directory: Path, keys: TenantKeys, authz_server: str | Non
         ],
         "limits": {"models": ["gpt-4o-mini", "gpt-4o"], "max_tokens": 512, "max_ttl": 3600,
                    "params": {"temperature": {"min": 0, "max": 1.5}}},
+    })
+    raw["tenants"].append({
+        "id": TENANT_BUDGET_TENANT,
+        "keys": [{"kid": keys.acme_ed25519.kid, "alg": "EdDSA", "public_jwk": keys.acme_ed25519.public_jwk()}],
+        "limits": {"models": ["deepseek-chat"], "max_tokens": 512, "max_ttl": 3600,
+                   "tenant_budget": {"tokens": 5000, "window": "day"}},
     })
     path = directory / "dynaseal.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
