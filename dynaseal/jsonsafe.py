@@ -55,7 +55,8 @@ def has_lone_surrogate(raw: bytes, parsed: Any) -> bool:
     pass. The walk runs only when the raw bytes contain a surrogate escape, so ordinary bodies pay
     one regex scan.
     """
-    if _SURROGATE_ESCAPE.search(raw) is None:
+    # A one-byte `in` is memchr (~0.5 µs for 32 KB): a body without any escape skips the regex (~20 µs).
+    if b"\\" not in raw or _SURROGATE_ESCAPE.search(raw) is None:
         return False
     stack = [parsed]
     while stack:  # iterative: the parser already bounded the depth, the walk need not recurse
