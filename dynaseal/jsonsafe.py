@@ -1,4 +1,4 @@
-"""Strict JSON parsing for untrusted bytes: duplicate keys and non-finite numbers are refused.
+"""Strict JSON parsing for untrusted bytes: duplicate keys, non-finite numbers and lone surrogates are refused.
 
 A duplicate `model` key is a classic smuggling trick: one parser reads the first, another
 the last. Refusing duplicates means every component sees the same request.
@@ -34,10 +34,24 @@ def _no_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
 
 
+class LoneSurrogateError(ValueError):
+    """The JSON text escapes half a UTF-16 surrogate pair (`"\\ud800"`): valid syntax, but no Unicode text."""
+
+
 def loads_strict(data: bytes | str) -> Any:
-    """Parse JSON, refusing duplicate keys, NaN/Infinity and invalid UTF-8 (ValueError)."""
-    text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-    return _DECODER.decode(text)
+    """Parse JSON, refusing duplicate keys, NaN/Infinity, invalid UTF-8 and lone surrogates (ValueError).
+
+    A lone surrogate cannot be encoded again (UTF-8, orjson, protobuf all refuse it): a value holding
+    one would fail wherever it is quoted, logged or forwarded, so it is refused here, at the edge.
+    """
+    if isinstance(data, bytes | bytearray):
+        raw, text = bytes(data), data.decode("utf-8")
+    else:
+        raw, text = data.encode("utf-8"), data  # a raw lone surrogate in a str fails this encode
+    value = _DECODER.decode(text)
+    if has_lone_surrogate(raw, value):
+        raise LoneSurrogateError("lone UTF-16 surrogate escape (\\ud800-\\udfff)")
+    return value
 
 
 def _is_unicode(text: str) -> bool:

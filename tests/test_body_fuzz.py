@@ -13,6 +13,7 @@ import pytest
 from conftest import TenantKeys, acme_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from keyfactory import ed25519, native_claims, raw_token
 
 from authz_service.envoy_adapter import to_check_response
 from authz_service.metrics import FAILURES
@@ -67,6 +68,18 @@ def test_a_lone_surrogate_in_the_model_is_a_clear_400(authorizer: Authorizer, to
     decision = decide(authorizer, token, SURROGATE_MODEL)
     assert (decision.status, decision.code) == (400, "invalid_request_error")
     assert "surrogate" in decision.message
+    assert_answerable(decision)
+
+
+@pytest.mark.parametrize("claim", ["sub", "jti", "event_id"])
+def test_a_key_whose_claims_are_not_text_is_a_401(authorizer: Authorizer, test_keys: TenantKeys, claim: str) -> None:
+    # Signed, so only a tenant (or an issuer passing a user's name through) makes one; it was admitted with
+    # metadata no CheckResponse can carry.
+    claims = {**native_claims("acme", models=["gpt-4o-mini"], max_tokens=100), claim: "u\ud800"}
+    token = raw_token({"alg": "EdDSA", "kid": test_keys.acme_ed25519.kid}, json.dumps(claims),
+                      ed25519(test_keys.acme_ed25519))
+    decision = decide(authorizer, token, b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}]}')
+    assert (decision.status, decision.code) == (401, "invalid_api_key")
     assert_answerable(decision)
 
 
@@ -152,3 +165,15 @@ def test_extreme_bodies_are_4xx(authorizer: Authorizer, token: str, raw: bytes) 
     decision = decide(authorizer, token, raw)
     assert 400 <= decision.status < 500
     assert_answerable(decision)
+
+
+def test_strict_json_refuses_lone_surrogates_wherever_it_parses() -> None:
+    # One parser for bodies, keys and DPoP proofs: each refuses what it could never quote again.
+    from dynaseal.jsonsafe import LoneSurrogateError, loads_strict
+
+    for raw in (b'{"a":"\\ud800"}', b'{"\\udfff":1}', b'["x",["\\uDBFF"]]', '{"a":"\ud800"}'):
+        with pytest.raises(ValueError):
+            loads_strict(raw)
+    with pytest.raises(LoneSurrogateError):
+        loads_strict(b'{"a":"\\udc00\\ud800"}')  # a low half before a high one is no pair
+    assert loads_strict(b'{"a":"\\ud83d\\ude00","b":"\\\\ud800"}') == {"a": "\U0001f600", "b": "\\ud800"}

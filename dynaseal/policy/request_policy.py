@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dynaseal.jsonsafe import DuplicateKeyError, has_lone_surrogate, loads_strict
+from dynaseal.jsonsafe import DuplicateKeyError, LoneSurrogateError, loads_strict
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.money.pricing import Price
 from dynaseal.policy.errors import ErrorCode, Refusal
@@ -98,14 +98,15 @@ def parse_body(body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
         parsed = loads_strict(body)
     except DuplicateKeyError as exc:
         raise _invalid(f"request body has a {exc}", code=ErrorCode.DUPLICATE_KEY) from None
+    except LoneSurrogateError:
+        # "\ud800" alone is JSON syntax but no Unicode text: no encoder downstream (the upstream's, the
+        # access log's, protobuf's) can carry it, and each would fail or substitute differently.
+        raise _invalid("request body has a lone UTF-16 surrogate escape (\\ud800-\\udfff): not valid Unicode") \
+            from None
     except (ValueError, RecursionError):
         raise _invalid("request body is not valid JSON") from None
     if not isinstance(parsed, dict):
         raise _invalid("request body must be a JSON object")
-    if has_lone_surrogate(body, parsed):
-        # "\ud800" alone is JSON syntax but no Unicode text: no encoder downstream (the upstream's, the
-        # access log's, protobuf's) can carry it, and each would fail or substitute differently.
-        raise _invalid("request body has a lone UTF-16 surrogate escape (\\ud800-\\udfff): not valid Unicode")
     return parsed
 
 
