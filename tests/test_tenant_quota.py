@@ -19,10 +19,11 @@ from test_quota import request
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.ledger import redis_keys
-from dynaseal.ledger.quota import RedisQuota, counters, settle, tenant_counters
+from dynaseal.ledger.quota import MoneySettlement, RedisQuota, counters, settle, tenant_counters
 from dynaseal.ledger.redis_connect import SyncClient, sync_client
 from dynaseal.ledger.tenant_quota import window_id
 from dynaseal.policy.errors import QuotaUnavailable, Refusal
+from dynaseal.policy.request_policy import CheckedRequest
 from dynaseal.tenant_config import TenantBudget
 
 
@@ -58,17 +59,19 @@ def tenant_keys_of(cfg: DynasealConfig, count: int, tenant_budget: TenantBudget 
                      limits=base.limits.model_copy(update={"tenant_budget": tenant_budget, "tenant_rpm": tenant_rpm}))
     return [VerifiedKey(tenant=tenant, jti=f"k{i}-{uuid.uuid4().hex[:8]}", exp=time.time() + 600, event_id="e",
                         sub=None, models=None, max_tokens=100, budget=key_limits.get("budget"),
-                        uses=key_limits.get("uses"), rpm=key_limits.get("rpm")) for i in range(count)]
+                        uses=key_limits.get("uses"), rpm=key_limits.get("rpm"),
+                        budget_cost=key_limits.get("budget_cost")) for i in range(count)]
 
 
-async def admit_all(url: str, plan: list[tuple[VerifiedKey, int, str]]) -> list[str]:
-    """Admit every (key, reserve, request id) at once; the outcome of each."""
+async def admit_all(url: str, plan: list[tuple[VerifiedKey, int, str]],
+                    checked: CheckedRequest | None = None) -> list[str]:
+    """Admit every (key, reserve, request id) at once (or `checked` as the request); the outcome of each."""
     quota = RedisQuota.from_url(url, timeout_s=2.0)
     assert await quota.ping()
 
     async def one(key: VerifiedKey, reserve: int, rid: str) -> str:
         try:
-            await quota.admit(key, request(reserve), rid)
+            await quota.admit(key, checked or request(reserve), rid)
             return "ok"
         except Refusal as refusal:
             return refusal.code.value
@@ -134,6 +137,26 @@ def test_a_key_refused_by_its_tenant_keeps_its_use(url: str, client: SyncClient,
     assert counters(client, key.tenant.id, key.jti) == {"uses": 0, "reserved": 0}
     assert asyncio.run(admit_all(url, [(key, 5, "fits")])) == ["ok"]  # its one use was never spent
     assert asyncio.run(admit_all(url, [(key, 1, "again")])) == ["key_exhausted"]
+
+
+def test_a_request_the_tenant_refuses_gives_the_key_its_money_back(url: str, client: SyncClient,
+                                                                  cfg: DynasealConfig) -> None:
+    """#21 finding 2: the tenant tier's refusal released uses and tokens but kept the key's money reserved."""
+    from test_quota_money import request as priced_request
+
+    [key] = tenant_keys_of(cfg, 1, tenant_rpm=1, budget_cost=100)
+    tenant = key.tenant.id
+    checked = priced_request()  # reserves 70 micro-units
+    assert asyncio.run(admit_all(url, [(key, 0, "r-1")], checked)) == ["ok"]
+    settle(client, tenant, key.jti, "r-1", 10, money=MoneySettlement(cost_micros=20))
+    assert asyncio.run(admit_all(url, [(key, 0, "r-2")], checked)) == ["rate_limit_exceeded"]  # the tenant's rpm
+    state = counters(client, tenant, key.jti)
+    assert (state["uses"], state["reserved"], state["reserved_cost"], state["spent_cost"]) == (1, 0, 0, 20)
+    assert client.hgetall(redis_keys.reservations(tenant, key.jti)) == {}  # no field left without a deadline
+    client.delete(redis_keys.tenant_rate_window(tenant))  # a minute later
+    # 20 spent + 70 asked <= 100: admitted, as it would be had r-2 never been tried.
+    assert asyncio.run(admit_all(url, [(key, 0, "r-3")], checked)) == ["ok"]
+    assert counters(client, tenant, key.jti)["reserved_cost"] == 70
 
 
 def test_a_revoked_or_exhausted_key_never_touches_the_tenant(url: str, client: SyncClient,

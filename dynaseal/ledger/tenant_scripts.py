@@ -161,6 +161,12 @@ redis.call('ZREM', KEYS[4], rid)
 redis.call('ZREM', KEYS[5], rid)
 redis.call('HINCRBY', KEYS[2], 'uses', -1)
 redis.call('HINCRBY', KEYS[2], 'reserved', -tonumber(held))
+-- money: the reservation's cost goes back too (it has no deadline left to expire it by).
+local held_cost = redis.call('HGET', KEYS[3], rid .. '#c')
+if held_cost then
+  redis.call('HDEL', KEYS[3], rid .. '#c')
+  redis.call('HINCRBY', KEYS[2], 'reserved_cost', -tonumber(held_cost))
+end
 redis.call('HSET', KEYS[6], rid, 'c')
 return 1
 """
