@@ -16,6 +16,7 @@ from dynaseal.keys.tenants import build_registry
 from dynaseal.ledger.quota import RedisQuota, counters, settle
 from dynaseal.ledger.revocation import revoke
 from dynaseal.policy.errors import Refusal
+from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest
 
 
@@ -33,7 +34,7 @@ async def admit_many(url: str, key: VerifiedKey, count: int, reserve: int) -> li
     quota = RedisQuota.from_url(url, timeout_s=2.0)
     async def one(i: int) -> str:
         try:
-            await quota.admit(key, request(reserve), f"r-{i}")
+            await admit_request(quota, key, request(reserve), f"r-{i}")
             return "ok"
         except Refusal as refusal:
             return refusal.code.value
@@ -92,7 +93,7 @@ def test_expired_reservation_is_billed_then_corrected_once(redis_server: str, sy
                                                            base_key: VerifiedKey) -> None:
     async def admit_short() -> None:
         quota = RedisQuota(redis.asyncio.Redis.from_url(redis_server), reservation_ttl_ms=1)
-        await quota.admit(base_key, request(40), "late")
+        await admit_request(quota, base_key, request(40), "late")
         await quota.client.aclose()
     asyncio.run(admit_short())
     time.sleep(0.01)
@@ -108,7 +109,7 @@ def test_redis_down_fails_closed(base_key: VerifiedKey) -> None:
 
     async def admit_dead() -> None:
         quota = RedisQuota.from_url("redis://127.0.0.1:1/0", timeout_s=0.05)
-        await quota.admit(base_key, request(1), "x")
+        await admit_request(quota, base_key, request(1), "x")
     with pytest.raises(QuotaUnavailable):
         asyncio.run(admit_dead())
 
@@ -121,10 +122,10 @@ def test_a_known_request_id_is_refused_not_admitted_for_free(redis_server: str, 
 
     async def twice() -> None:
         quota = RedisQuota.from_url(redis_server, timeout_s=2.0)
-        await quota.admit(key, request(10), "same-id")
+        await admit_request(quota, key, request(10), "same-id")
         try:
             with pytest.raises(QuotaUnavailable) as refused:
-                await quota.admit(key, request(10), "same-id")
+                await admit_request(quota, key, request(10), "same-id")
             assert refused.value.reason == "duplicate_request_id"
         finally:
             await quota.client.aclose()
@@ -155,7 +156,7 @@ def test_an_admit_redis_runs_after_its_deadline_writes_nothing(redis_server: str
         assert await quota.ping() and quota.clock_offset_ms is not None
         quota.clock_offset_ms -= 10_000  # as if Redis got to the script 10 s after authz gave up
         try:
-            await quota.admit(replace(base_key, uses=1, budget=100, rpm=1), request(10), "late-1")
+            await admit_request(quota, replace(base_key, uses=1, budget=100, rpm=1), request(10), "late-1")
         except QuotaUnavailable as exc:
             return exc.reason
         finally:
@@ -178,13 +179,13 @@ def test_redis_paused_past_the_deadline_refused_requests_spend_nothing(
     async def drill(url: str) -> list[str]:
         quota = RedisQuota.from_url(url, timeout_s=0.05)
         assert await quota.ping()
-        await quota.admit(replace(key, jti=key.jti + "-warm"), request(1), "warm")  # Redis knows the script now
+        await admit_request(quota, replace(key, jti=key.jti + "-warm"), request(1), "warm")  # Redis knows it now
         redis_pid = int(redis.Redis.from_url(url).info("server")["process_id"])
         os.kill(redis_pid, signal.SIGSTOP)
         try:
             async def one(i: int) -> str:
                 try:
-                    await quota.admit(key, request(10), f"paused-{i}")
+                    await admit_request(quota, key, request(10), f"paused-{i}")
                     return "ok"
                 except QuotaUnavailable as exc:
                     return exc.reason
@@ -199,7 +200,7 @@ def test_redis_paused_past_the_deadline_refused_requests_spend_nothing(
     async def after(url: str) -> None:  # the key is still fully usable
         quota = RedisQuota.from_url(url, timeout_s=1.0)
         await quota.ping()
-        await quota.admit(key, request(10), "after-1")
+        await admit_request(quota, key, request(10), "after-1")
         await quota.client.aclose()
 
     with private_redis(tmp_path_factory.mktemp("paused-redis")) as url:

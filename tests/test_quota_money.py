@@ -16,6 +16,7 @@ from dynaseal.keys.claims import VerifiedKey
 from dynaseal.ledger.quota import MoneySettlement, RedisQuota, counters, mark_thresholds, settle
 from dynaseal.money.pricing import Price
 from dynaseal.policy.errors import Refusal
+from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest
 
 # 1 micro-unit per prompt token, 3 per completion token: a request of 10 + 20 reserves 70 micro-units.
@@ -38,7 +39,7 @@ async def admit_many(url: str, key: VerifiedKey, count: int, checked: CheckedReq
 
     async def one(i: int) -> str:
         try:
-            await quota.admit(key, checked, f"{prefix}-{i}")
+            await admit_request(quota, key, checked, f"{prefix}-{i}")
             return "ok"
         except Refusal as refusal:
             return refusal.code.value
