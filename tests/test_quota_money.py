@@ -121,3 +121,17 @@ def test_each_threshold_is_reported_until_marked_then_never_again(
     assert (state["spent"], state["spent_cost"]) == (100, 1000)
     # No thresholds configured or no budget: nothing is marked.
     assert settle(sync_redis, OTHER_TENANT, key.jti, "d", 1, money=MoneySettlement(cost_micros=1)).pending == ()
+
+
+def test_a_free_model_reserves_zero_and_still_settles_and_expires(
+        redis_server: str, sync_redis: redis.Redis, key: VerifiedKey) -> None:
+    """A zero-cost reservation: Lua's -0 is no integer to Redis, so giving it back must not negate it."""
+    free = request(Price("USD", Decimal(0), Decimal(0), Decimal(0), Decimal(0)))
+    assert free.reservation_cost == 0
+    assert asyncio.run(admit_many(redis_server, key, 2, free)) == ["ok", "ok"]
+    assert settle(sync_redis, OTHER_TENANT, key.jti, "r-0", 9, money=MoneySettlement(cost_micros=0)).outcome == 1
+    assert asyncio.run(admit_many(redis_server, key, 1, free, reservation_ttl_ms=1, prefix="short")) == ["ok"]
+    time.sleep(0.01)
+    settle(sync_redis, OTHER_TENANT, key.jti, "r-1", 9)  # runs the expiry of "short-0" too
+    state = counters(sync_redis, OTHER_TENANT, key.jti)
+    assert (state["reserved"], state["reserved_cost"], state["spent_cost"]) == (0, 0, 0)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dynaseal.ledger.outcomes import LUA_CONSTANTS
 
+# Amounts given back are written `0 - x`, never `-x`: Lua makes -0 of a zero, and Redis refuses "-0" as an
+# integer (a zero-cost reservation, e.g. a free model, could then never be settled nor expired).
 _LEVELS = LUA_CONSTANTS + """
 local function key(level, i) return KEYS[(level - 1) * 6 + i] end
 
@@ -28,13 +30,13 @@ local function expire_stale(level, now)
   for _, rid in ipairs(stale) do
     local held = tonumber(redis.call('HGET', key(level, 3), rid) or '0')
     redis.call('HDEL', key(level, 3), rid)
-    redis.call('HINCRBY', key(level, 2), 'reserved', -held)
+    redis.call('HINCRBY', key(level, 2), 'reserved', 0 - held)
     redis.call('HINCRBY', key(level, 2), 'spent', held)
     redis.call('HSET', key(level, 6), rid, 'p:' .. held)
     local held_cost = redis.call('HGET', key(level, 3), rid .. '#c')
     if held_cost then
       redis.call('HDEL', key(level, 3), rid .. '#c')
-      redis.call('HINCRBY', key(level, 2), 'reserved_cost', -tonumber(held_cost))
+      redis.call('HINCRBY', key(level, 2), 'reserved_cost', 0 - tonumber(held_cost))
       redis.call('HINCRBY', key(level, 2), 'spent_cost', tonumber(held_cost))
       redis.call('HSET', key(level, 6), rid .. '#c', 'p:' .. held_cost)
     end
@@ -149,17 +151,17 @@ for level = 1, levels do
     if held then
       redis.call('HDEL', key(level, 3), rid)
       redis.call('ZREM', key(level, 4), rid)
-      redis.call('HINCRBY', key(level, 2), 'reserved', -tonumber(held))
+      redis.call('HINCRBY', key(level, 2), 'reserved', 0 - tonumber(held))
     else
-      redis.call('HINCRBY', key(level, 2), 'spent', -tonumber(string.sub(billed, 3)))
+      redis.call('HINCRBY', key(level, 2), 'spent', 0 - tonumber(string.sub(billed, 3)))
     end
     local held_cost = redis.call('HGET', key(level, 3), rid .. '#c')
     local billed_cost = redis.call('HGET', key(level, 6), rid .. '#c')
     if held_cost then
       redis.call('HDEL', key(level, 3), rid .. '#c')
-      redis.call('HINCRBY', key(level, 2), 'reserved_cost', -tonumber(held_cost))
+      redis.call('HINCRBY', key(level, 2), 'reserved_cost', 0 - tonumber(held_cost))
     elseif billed_cost and string.sub(billed_cost, 1, 2) == 'p:' then
-      redis.call('HINCRBY', key(level, 2), 'spent_cost', -tonumber(string.sub(billed_cost, 3)))
+      redis.call('HINCRBY', key(level, 2), 'spent_cost', 0 - tonumber(string.sub(billed_cost, 3)))
     end
     redis.call('HDEL', key(level, 6), rid .. '#c')
     redis.call('HINCRBY', key(level, 2), 'uses', -1)
@@ -179,7 +181,7 @@ local function settle_cost(level, rid, actual_cost)
   local previous = redis.call('HGET', key(level, 6), field)
   if held then
     redis.call('HDEL', key(level, 3), field)
-    redis.call('HINCRBY', key(level, 2), 'reserved_cost', -tonumber(held))
+    redis.call('HINCRBY', key(level, 2), 'reserved_cost', 0 - tonumber(held))
     if actual_cost < 0 then actual_cost = tonumber(held) end
     redis.call('HINCRBY', key(level, 2), 'spent_cost', actual_cost)
   elseif previous then
@@ -247,7 +249,7 @@ for level = 1, levels do
     if held then
       redis.call('HDEL', key(level, 3), rid)
       redis.call('ZREM', key(level, 4), rid)
-      redis.call('HINCRBY', key(level, 2), 'reserved', -tonumber(held))
+      redis.call('HINCRBY', key(level, 2), 'reserved', 0 - tonumber(held))
       redis.call('HINCRBY', key(level, 2), 'spent', actual)
       outcome = SETTLED
     elseif previous then

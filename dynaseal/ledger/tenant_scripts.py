@@ -44,7 +44,7 @@ local function tenant_expire(now)
     if held then
       local window, tokens = split(held)
       redis.call('HDEL', KEYS[2], rid)
-      redis.call('HINCRBY', KEYS[1], 'r:' .. window, -tokens)
+      redis.call('HINCRBY', KEYS[1], 'r:' .. window, 0 - tokens)
       redis.call('HINCRBY', KEYS[1], 's:' .. window, tokens)
       redis.call('HSET', KEYS[4], rid, held)
       redis.call('ZADD', KEYS[3], now + CORRECTION_MS, rid)
@@ -115,7 +115,7 @@ if not held then return 0 end
 local window, tokens = split(held)
 redis.call('HDEL', KEYS[2], rid)
 redis.call('ZREM', KEYS[3], rid)
-redis.call('HINCRBY', KEYS[1], 'r:' .. window, -tokens)
+redis.call('HINCRBY', KEYS[1], 'r:' .. window, 0 - tokens)
 return 1
 """
 
@@ -135,7 +135,7 @@ if held then
   window, tokens = split(held)
   redis.call('HDEL', KEYS[2], rid)
   redis.call('ZREM', KEYS[3], rid)
-  redis.call('HINCRBY', KEYS[1], 'r:' .. window, -tokens)
+  redis.call('HINCRBY', KEYS[1], 'r:' .. window, 0 - tokens)
   redis.call('HINCRBY', KEYS[1], 's:' .. window, actual)
   outcome = SETTLED
 else
