@@ -126,3 +126,16 @@ def test_every_refusal_code_has_a_client_answer(code: AdmitCode, cfg: DynasealCo
     root = verified_key(cfg, "codes", budget=10, uses=1, rpm=1, budget_cost=10)
     answer = refusal_of(Refused(code, 1, 1, 1, 1500), child_of(root, "c"), priced_request())
     assert isinstance(answer, Refusal | QuotaUnavailable)
+
+
+def test_the_ledger_calls_nothing_above_it() -> None:
+    """Storage answers codes and counters: it imports neither the policy layer nor the keys' DPoP module."""
+    import ast
+    from pathlib import Path
+
+    ledger = Path(__file__).resolve().parent.parent / "dynaseal" / "ledger"
+    for path in sorted(ledger.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        assert not {n for n in names if n.startswith(("dynaseal.policy", "dynaseal.keys"))}, path.name
