@@ -13,6 +13,7 @@ from conftest import OTHER_TENANT, private_redis, verified_key
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.keys.tenants import build_registry
+from dynaseal.ledger.outcomes import SettleOutcome
 from dynaseal.ledger.quota import RedisQuota, counters, settle
 from dynaseal.ledger.revocation import revoke
 from dynaseal.policy.errors import Refusal
@@ -85,7 +86,7 @@ def test_settlement_is_idempotent(redis_server: str, sync_redis: redis.Redis, ba
     asyncio.run(admit_many(redis_server, base_key, 1, 50))
     first = settle(sync_redis, OTHER_TENANT, base_key.jti, "r-0", 20)
     again = settle(sync_redis, OTHER_TENANT, base_key.jti, "r-0", 20)
-    assert (first.outcome, again.outcome) == (1, 0)
+    assert (first.outcome, again.outcome) == (SettleOutcome.SETTLED, SettleOutcome.ALREADY_SETTLED)
     assert counters(sync_redis, OTHER_TENANT, base_key.jti) == {"uses": 1, "reserved": 0, "spent": 20}
 
 
@@ -99,9 +100,9 @@ def test_expired_reservation_is_billed_then_corrected_once(redis_server: str, sy
     time.sleep(0.01)
     asyncio.run(admit_many(redis_server, replace(base_key), 0, 1))
     # expired, billed 40, corrected to 15
-    assert settle(sync_redis, OTHER_TENANT, base_key.jti, "late", 15).outcome == 2
+    assert settle(sync_redis, OTHER_TENANT, base_key.jti, "late", 15).outcome == SettleOutcome.CORRECTED
     assert counters(sync_redis, OTHER_TENANT, base_key.jti)["spent"] == 15
-    assert settle(sync_redis, OTHER_TENANT, base_key.jti, "late", 15).outcome == 0
+    assert settle(sync_redis, OTHER_TENANT, base_key.jti, "late", 15).outcome == SettleOutcome.ALREADY_SETTLED
 
 
 def test_redis_down_fails_closed(base_key: VerifiedKey) -> None:

@@ -13,6 +13,7 @@ from conftest import OTHER_TENANT, verified_key
 
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.claims import VerifiedKey
+from dynaseal.ledger.outcomes import SettleOutcome
 from dynaseal.ledger.quota import MoneySettlement, RedisQuota, counters, mark_thresholds, settle
 from dynaseal.money.pricing import Price
 from dynaseal.policy.errors import Refusal
@@ -84,9 +85,11 @@ def test_expired_cost_reservation_is_billed_in_full_then_corrected_once(
     asyncio.run(admit_many(redis_server, key, 0, request()))
     settle(sync_redis, OTHER_TENANT, key.jti, "other", 0)  # any script run expires it
     assert counters(sync_redis, OTHER_TENANT, key.jti)["spent_cost"] == 70
-    assert settle(sync_redis, OTHER_TENANT, key.jti, "r-0", 9, money=MoneySettlement(cost_micros=21)).outcome == 2
+    assert (settle(sync_redis, OTHER_TENANT, key.jti, "r-0", 9, money=MoneySettlement(cost_micros=21)).outcome
+            == SettleOutcome.CORRECTED)
     assert counters(sync_redis, OTHER_TENANT, key.jti)["spent_cost"] == 21
-    assert settle(sync_redis, OTHER_TENANT, key.jti, "r-0", 9, money=MoneySettlement(cost_micros=21)).outcome == 0
+    assert (settle(sync_redis, OTHER_TENANT, key.jti, "r-0", 9, money=MoneySettlement(cost_micros=21)).outcome
+            == SettleOutcome.ALREADY_SETTLED)
     assert counters(sync_redis, OTHER_TENANT, key.jti)["spent_cost"] == 21
 
 
@@ -129,7 +132,8 @@ def test_a_free_model_reserves_zero_and_still_settles_and_expires(
     free = request(Price("USD", Decimal(0), Decimal(0), Decimal(0), Decimal(0)))
     assert free.reservation_cost == 0
     assert asyncio.run(admit_many(redis_server, key, 2, free)) == ["ok", "ok"]
-    assert settle(sync_redis, OTHER_TENANT, key.jti, "r-0", 9, money=MoneySettlement(cost_micros=0)).outcome == 1
+    assert (settle(sync_redis, OTHER_TENANT, key.jti, "r-0", 9, money=MoneySettlement(cost_micros=0)).outcome
+            == SettleOutcome.SETTLED)
     assert asyncio.run(admit_many(redis_server, key, 1, free, reservation_ttl_ms=1, prefix="short")) == ["ok"]
     time.sleep(0.01)
     settle(sync_redis, OTHER_TENANT, key.jti, "r-1", 9)  # runs the expiry of "short-0" too

@@ -19,6 +19,7 @@ from test_quota import request
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.ledger import redis_keys
+from dynaseal.ledger.outcomes import SettleOutcome
 from dynaseal.ledger.quota import MoneySettlement, RedisQuota, counters, settle, tenant_counters
 from dynaseal.ledger.redis_connect import SyncClient, sync_client
 from dynaseal.ledger.tenant_quota import window_id
@@ -113,8 +114,9 @@ def test_two_hundred_requests_over_twenty_keys_never_pass_the_tenant_budget(
 
     true_usage = {rid: rng.randint(0, reserve) for _, reserve, rid in admitted}
     for key, _, rid in admitted:
-        assert settle(client, tenant, key.jti, rid, true_usage[rid]).outcome == 1
-        assert settle(client, tenant, key.jti, rid, true_usage[rid]).outcome == 0  # redelivered: nothing moves
+        assert settle(client, tenant, key.jti, rid, true_usage[rid]).outcome == SettleOutcome.SETTLED
+        assert (settle(client, tenant, key.jti, rid, true_usage[rid]).outcome
+                == SettleOutcome.ALREADY_SETTLED)  # redelivered: nothing moves
     assert tenant_counters(client, tenant, window) == {"reserved": 0, "spent": sum(true_usage.values())}
     assert key_totals(client, keys) == {"uses": len(admitted), "reserved": 0, "spent": sum(true_usage.values())}
 
@@ -186,7 +188,7 @@ def test_expired_tenant_reservation_is_billed_then_corrected_once(url: str, clie
         await quota.client.aclose()
     asyncio.run(admit_short())
     assert tenant_counters(client, tenant, window) == {"reserved": 1, "spent": 40}
-    assert settle(client, tenant, key.jti, "late", 15).outcome == 2
+    assert settle(client, tenant, key.jti, "late", 15).outcome == SettleOutcome.CORRECTED
     assert tenant_counters(client, tenant, window) == {"reserved": 1, "spent": 15}
     settle(client, tenant, key.jti, "late", 15)
     assert tenant_counters(client, tenant, window) == {"reserved": 1, "spent": 15}
@@ -271,7 +273,7 @@ def test_child_keys_under_a_tenant_wide_budget_are_never_overspent_and_settle_ex
 
     usage = {rid: rng.randint(0, reserve) for _, reserve, rid in admitted}
     for key, _, rid in admitted:
-        assert settle(client, tenant, key.jti, rid, usage[rid], chain=path_of(key)).outcome == 1
+        assert settle(client, tenant, key.jti, rid, usage[rid], chain=path_of(key)).outcome == SettleOutcome.SETTLED
     assert tenant_counters(client, tenant, window) == {"reserved": 0, "spent": sum(usage.values())}
     for key in keys:
         mine = [rid for k, _, rid in admitted if key in k.chain]
