@@ -18,6 +18,7 @@ from dynaseal.tenant_config import Limits
 # A month window plus a day of late settlements: how long an idle tenant's counters are kept.
 TENANT_TTL_S = 33 * 86400
 
+
 def has_tenant_limits(limits: Limits) -> bool:
     """Whether a tenant has any tenant-wide limit (only then is its slot touched at admit)."""
     return limits.tenant_budget is not None or limits.tenant_rpm is not None
