@@ -28,6 +28,7 @@ from dynaseal.keys.tenants import Tenant
 from dynaseal.ledger.quota import RedisQuota
 from dynaseal.ledger.redis_connect import async_client
 from dynaseal.policy.errors import QuotaUnavailable
+from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest
 from dynaseal.tenant_config import Limits, TenantBudget
 from dynaseal_launcher.local_cluster import LocalCluster, cluster_ports, start_cluster
@@ -76,7 +77,7 @@ async def _closed(quota: RedisQuota, keys: list[VerifiedKey], seconds: float) ->
         nonlocal done
         i = 0
         while time.monotonic() < stop:
-            await quota.admit(keys[(w * 7919 + i) % KEYS], REQUEST, f"c{w}-{i}-{uuid.uuid4().hex[:8]}")
+            await admit_request(quota, keys[(w * 7919 + i) % KEYS], REQUEST, f"c{w}-{i}-{uuid.uuid4().hex[:8]}")
             i += 1
             done += 1
     await asyncio.gather(*(worker(w) for w in range(IN_FLIGHT)))
@@ -94,7 +95,7 @@ async def _open(quota: RedisQuota, keys: list[VerifiedKey], seconds: float, rate
         nonlocal errors
         await asyncio.sleep(max(0.0, at - loop.time()))
         try:
-            await quota.admit(keys[i % KEYS], REQUEST, f"o{i}-{uuid.uuid4().hex[:8]}")
+            await admit_request(quota, keys[i % KEYS], REQUEST, f"o{i}-{uuid.uuid4().hex[:8]}")
         except QuotaUnavailable:  # counted, not hidden: a 503 authz would have answered
             errors += 1
             return

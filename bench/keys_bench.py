@@ -2,7 +2,7 @@
 
 Run: `python -m bench.keys_bench [--requests 2000] [--rounds 5] [--append]`. Calls `Authorizer.decide`
 directly (no gRPC, no Envoy), first without Redis (the decision alone), then with a private
-redis-server (decision + the admit script: ADMIT for plain and bound keys, ADMIT_CHAIN for the child).
+redis-server (decision + the one admit script, ADMIT: one level for plain and bound keys, three for the child).
 The cases are interleaved round by round and each round's median is kept, so they share the machine's
 noise; proofs are made before timing (a client's cost, not the gateway's).
 """

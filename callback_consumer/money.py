@@ -118,7 +118,8 @@ class ThresholdSender:
         settlements = self.deliverer.settlements
         if settlements is not None:
             try:
-                await self.deliverer.blocking(mark_thresholds, settlements.redis, event.tenant, event.jti, (crossing,))
+                await self.deliverer.blocking(mark_thresholds, settlements.redis, event.tenant, event.jti, (crossing,),
+                                              tuple(event.chain))
             except Exception as exc:  # left pending: a later settlement sends it again, with the same id
                 log.warning("could not mark a threshold delivered", extra={"jti": event.jti, "error": str(exc)})
         return outcome

@@ -18,6 +18,7 @@ from callback_consumer.settlement import SettlementBatcher
 from dynaseal.config import DynasealConfig
 from dynaseal.ledger import redis_keys
 from dynaseal.ledger.quota import RedisQuota, counters
+from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest
 from dynaseal.usage.events import parse_line
 
@@ -63,7 +64,7 @@ def test_settling_never_shortens_a_long_lived_keys_counters(redis_server: str, c
     async def admit() -> None:
         quota = RedisQuota.from_url(redis_server, timeout_s=2.0)
         try:
-            await quota.admit(key, CheckedRequest("gpt-4o-mini", False, 1, 100, 0), "r-1")
+            await admit_request(quota, key, CheckedRequest("gpt-4o-mini", False, 1, 100, 0), "r-1")
         finally:
             await quota.client.aclose()
 

@@ -13,9 +13,11 @@ from conftest import OTHER_TENANT, private_redis, verified_key
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.keys.tenants import build_registry
+from dynaseal.ledger.outcomes import SettleOutcome
 from dynaseal.ledger.quota import RedisQuota, counters, settle
 from dynaseal.ledger.revocation import revoke
 from dynaseal.policy.errors import Refusal
+from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest
 
 
@@ -33,7 +35,7 @@ async def admit_many(url: str, key: VerifiedKey, count: int, reserve: int) -> li
     quota = RedisQuota.from_url(url, timeout_s=2.0)
     async def one(i: int) -> str:
         try:
-            await quota.admit(key, request(reserve), f"r-{i}")
+            await admit_request(quota, key, request(reserve), f"r-{i}")
             return "ok"
         except Refusal as refusal:
             return refusal.code.value
@@ -84,7 +86,7 @@ def test_settlement_is_idempotent(redis_server: str, sync_redis: redis.Redis, ba
     asyncio.run(admit_many(redis_server, base_key, 1, 50))
     first = settle(sync_redis, OTHER_TENANT, base_key.jti, "r-0", 20)
     again = settle(sync_redis, OTHER_TENANT, base_key.jti, "r-0", 20)
-    assert (first.outcome, again.outcome) == (1, 0)
+    assert (first.outcome, again.outcome) == (SettleOutcome.SETTLED, SettleOutcome.ALREADY_SETTLED)
     assert counters(sync_redis, OTHER_TENANT, base_key.jti) == {"uses": 1, "reserved": 0, "spent": 20}
 
 
@@ -92,15 +94,15 @@ def test_expired_reservation_is_billed_then_corrected_once(redis_server: str, sy
                                                            base_key: VerifiedKey) -> None:
     async def admit_short() -> None:
         quota = RedisQuota(redis.asyncio.Redis.from_url(redis_server), reservation_ttl_ms=1)
-        await quota.admit(base_key, request(40), "late")
+        await admit_request(quota, base_key, request(40), "late")
         await quota.client.aclose()
     asyncio.run(admit_short())
     time.sleep(0.01)
     asyncio.run(admit_many(redis_server, replace(base_key), 0, 1))
     # expired, billed 40, corrected to 15
-    assert settle(sync_redis, OTHER_TENANT, base_key.jti, "late", 15).outcome == 2
+    assert settle(sync_redis, OTHER_TENANT, base_key.jti, "late", 15).outcome == SettleOutcome.CORRECTED
     assert counters(sync_redis, OTHER_TENANT, base_key.jti)["spent"] == 15
-    assert settle(sync_redis, OTHER_TENANT, base_key.jti, "late", 15).outcome == 0
+    assert settle(sync_redis, OTHER_TENANT, base_key.jti, "late", 15).outcome == SettleOutcome.ALREADY_SETTLED
 
 
 def test_redis_down_fails_closed(base_key: VerifiedKey) -> None:
@@ -108,7 +110,7 @@ def test_redis_down_fails_closed(base_key: VerifiedKey) -> None:
 
     async def admit_dead() -> None:
         quota = RedisQuota.from_url("redis://127.0.0.1:1/0", timeout_s=0.05)
-        await quota.admit(base_key, request(1), "x")
+        await admit_request(quota, base_key, request(1), "x")
     with pytest.raises(QuotaUnavailable):
         asyncio.run(admit_dead())
 
@@ -121,10 +123,10 @@ def test_a_known_request_id_is_refused_not_admitted_for_free(redis_server: str, 
 
     async def twice() -> None:
         quota = RedisQuota.from_url(redis_server, timeout_s=2.0)
-        await quota.admit(key, request(10), "same-id")
+        await admit_request(quota, key, request(10), "same-id")
         try:
             with pytest.raises(QuotaUnavailable) as refused:
-                await quota.admit(key, request(10), "same-id")
+                await admit_request(quota, key, request(10), "same-id")
             assert refused.value.reason == "duplicate_request_id"
         finally:
             await quota.client.aclose()
@@ -155,7 +157,7 @@ def test_an_admit_redis_runs_after_its_deadline_writes_nothing(redis_server: str
         assert await quota.ping() and quota.clock_offset_ms is not None
         quota.clock_offset_ms -= 10_000  # as if Redis got to the script 10 s after authz gave up
         try:
-            await quota.admit(replace(base_key, uses=1, budget=100, rpm=1), request(10), "late-1")
+            await admit_request(quota, replace(base_key, uses=1, budget=100, rpm=1), request(10), "late-1")
         except QuotaUnavailable as exc:
             return exc.reason
         finally:
@@ -178,13 +180,13 @@ def test_redis_paused_past_the_deadline_refused_requests_spend_nothing(
     async def drill(url: str) -> list[str]:
         quota = RedisQuota.from_url(url, timeout_s=0.05)
         assert await quota.ping()
-        await quota.admit(replace(key, jti=key.jti + "-warm"), request(1), "warm")  # Redis knows the script now
+        await admit_request(quota, replace(key, jti=key.jti + "-warm"), request(1), "warm")  # Redis knows it now
         redis_pid = int(redis.Redis.from_url(url).info("server")["process_id"])
         os.kill(redis_pid, signal.SIGSTOP)
         try:
             async def one(i: int) -> str:
                 try:
-                    await quota.admit(key, request(10), f"paused-{i}")
+                    await admit_request(quota, key, request(10), f"paused-{i}")
                     return "ok"
                 except QuotaUnavailable as exc:
                     return exc.reason
@@ -199,7 +201,7 @@ def test_redis_paused_past_the_deadline_refused_requests_spend_nothing(
     async def after(url: str) -> None:  # the key is still fully usable
         quota = RedisQuota.from_url(url, timeout_s=1.0)
         await quota.ping()
-        await quota.admit(key, request(10), "after-1")
+        await admit_request(quota, key, request(10), "after-1")
         await quota.client.aclose()
 
     with private_redis(tmp_path_factory.mktemp("paused-redis")) as url:

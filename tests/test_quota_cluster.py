@@ -22,6 +22,7 @@ from dynaseal.ledger.redis_cluster import PipelinedCluster
 from dynaseal.ledger.redis_connect import parse_cluster_url, sync_client
 from dynaseal.ledger.revocation import revoke
 from dynaseal.policy.errors import QuotaUnavailable, Refusal
+from dynaseal.policy.quota_refusals import admit_request
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,7 @@ def test_moved_and_ask_redirections_are_followed(cluster: LocalCluster, cluster_
 
         async def one(rid: str) -> None:
             try:
-                await quota.admit(key, request(1), rid)
+                await admit_request(quota, key, request(1), rid)
                 outcomes.append("ok")
             except Refusal as refusal:
                 outcomes.append(refusal.code.value)
@@ -208,7 +209,7 @@ def test_a_master_killed_mid_traffic_fails_closed_then_recovers_after_promotion(
                 batch = []
                 for _ in range(10):
                     i += 1
-                    batch.append(quota.admit(key, request(1), f"f-{i}"))
+                    batch.append(admit_request(quota, key, request(1), f"f-{i}"))
                 for result in await asyncio.gather(*batch, return_exceptions=True):
                     if result is None:
                         outcomes.append((time.monotonic(), "ok"))

@@ -13,9 +13,11 @@ from conftest import OTHER_TENANT, verified_key
 
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.claims import VerifiedKey
+from dynaseal.ledger.outcomes import SettleOutcome
 from dynaseal.ledger.quota import MoneySettlement, RedisQuota, counters, mark_thresholds, settle
 from dynaseal.money.pricing import Price
 from dynaseal.policy.errors import Refusal
+from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest
 
 # 1 micro-unit per prompt token, 3 per completion token: a request of 10 + 20 reserves 70 micro-units.
@@ -38,7 +40,7 @@ async def admit_many(url: str, key: VerifiedKey, count: int, checked: CheckedReq
 
     async def one(i: int) -> str:
         try:
-            await quota.admit(key, checked, f"{prefix}-{i}")
+            await admit_request(quota, key, checked, f"{prefix}-{i}")
             return "ok"
         except Refusal as refusal:
             return refusal.code.value
@@ -83,9 +85,11 @@ def test_expired_cost_reservation_is_billed_in_full_then_corrected_once(
     asyncio.run(admit_many(redis_server, key, 0, request()))
     settle(sync_redis, OTHER_TENANT, key.jti, "other", 0)  # any script run expires it
     assert counters(sync_redis, OTHER_TENANT, key.jti)["spent_cost"] == 70
-    assert settle(sync_redis, OTHER_TENANT, key.jti, "r-0", 9, money=MoneySettlement(cost_micros=21)).outcome == 2
+    assert (settle(sync_redis, OTHER_TENANT, key.jti, "r-0", 9, money=MoneySettlement(cost_micros=21)).outcome
+            == SettleOutcome.CORRECTED)
     assert counters(sync_redis, OTHER_TENANT, key.jti)["spent_cost"] == 21
-    assert settle(sync_redis, OTHER_TENANT, key.jti, "r-0", 9, money=MoneySettlement(cost_micros=21)).outcome == 0
+    assert (settle(sync_redis, OTHER_TENANT, key.jti, "r-0", 9, money=MoneySettlement(cost_micros=21)).outcome
+            == SettleOutcome.ALREADY_SETTLED)
     assert counters(sync_redis, OTHER_TENANT, key.jti)["spent_cost"] == 21
 
 
@@ -120,3 +124,18 @@ def test_each_threshold_is_reported_until_marked_then_never_again(
     assert (state["spent"], state["spent_cost"]) == (100, 1000)
     # No thresholds configured or no budget: nothing is marked.
     assert settle(sync_redis, OTHER_TENANT, key.jti, "d", 1, money=MoneySettlement(cost_micros=1)).pending == ()
+
+
+def test_a_free_model_reserves_zero_and_still_settles_and_expires(
+        redis_server: str, sync_redis: redis.Redis, key: VerifiedKey) -> None:
+    """A zero-cost reservation: Lua's -0 is no integer to Redis, so giving it back must not negate it."""
+    free = request(Price("USD", Decimal(0), Decimal(0), Decimal(0), Decimal(0)))
+    assert free.reservation_cost == 0
+    assert asyncio.run(admit_many(redis_server, key, 2, free)) == ["ok", "ok"]
+    assert (settle(sync_redis, OTHER_TENANT, key.jti, "r-0", 9, money=MoneySettlement(cost_micros=0)).outcome
+            == SettleOutcome.SETTLED)
+    assert asyncio.run(admit_many(redis_server, key, 1, free, reservation_ttl_ms=1, prefix="short")) == ["ok"]
+    time.sleep(0.01)
+    settle(sync_redis, OTHER_TENANT, key.jti, "r-1", 9)  # runs the expiry of "short-0" too
+    state = counters(sync_redis, OTHER_TENANT, key.jti)
+    assert (state["reserved"], state["reserved_cost"], state["spent_cost"]) == (0, 0, 0)

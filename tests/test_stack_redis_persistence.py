@@ -19,6 +19,7 @@ from dynaseal.keys.claims import VerifiedKey
 from dynaseal.ledger.quota import RedisQuota, counters
 from dynaseal.ledger.revocation import revoke
 from dynaseal.policy.errors import Refusal
+from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest
 from dynaseal_launcher.processes import ServiceSpec, Supervisor
 from dynaseal_launcher.stack import LocalStack
@@ -44,7 +45,7 @@ def _admit(url: str, key: VerifiedKey, request_id: str) -> str:
     async def run() -> str:
         quota = RedisQuota.from_url(url, timeout_s=2.0)
         try:
-            await quota.admit(key, CheckedRequest("gpt-4o-mini", False, 1, 20, 5), request_id)
+            await admit_request(quota, key, CheckedRequest("gpt-4o-mini", False, 1, 20, 5), request_id)
             return "ok"
         except Refusal as refusal:
             return refusal.code.value

@@ -19,10 +19,13 @@ from test_quota import request
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.ledger import redis_keys
-from dynaseal.ledger.quota import RedisQuota, counters, settle, tenant_counters
+from dynaseal.ledger.outcomes import SettleOutcome
+from dynaseal.ledger.quota import MoneySettlement, RedisQuota, counters, settle, tenant_counters
 from dynaseal.ledger.redis_connect import SyncClient, sync_client
 from dynaseal.ledger.tenant_quota import window_id
 from dynaseal.policy.errors import QuotaUnavailable, Refusal
+from dynaseal.policy.quota_refusals import admit_request
+from dynaseal.policy.request_policy import CheckedRequest
 from dynaseal.tenant_config import TenantBudget
 
 
@@ -58,17 +61,19 @@ def tenant_keys_of(cfg: DynasealConfig, count: int, tenant_budget: TenantBudget 
                      limits=base.limits.model_copy(update={"tenant_budget": tenant_budget, "tenant_rpm": tenant_rpm}))
     return [VerifiedKey(tenant=tenant, jti=f"k{i}-{uuid.uuid4().hex[:8]}", exp=time.time() + 600, event_id="e",
                         sub=None, models=None, max_tokens=100, budget=key_limits.get("budget"),
-                        uses=key_limits.get("uses"), rpm=key_limits.get("rpm")) for i in range(count)]
+                        uses=key_limits.get("uses"), rpm=key_limits.get("rpm"),
+                        budget_cost=key_limits.get("budget_cost")) for i in range(count)]
 
 
-async def admit_all(url: str, plan: list[tuple[VerifiedKey, int, str]]) -> list[str]:
-    """Admit every (key, reserve, request id) at once; the outcome of each."""
+async def admit_all(url: str, plan: list[tuple[VerifiedKey, int, str]],
+                    checked: CheckedRequest | None = None) -> list[str]:
+    """Admit every (key, reserve, request id) at once (or `checked` as the request); the outcome of each."""
     quota = RedisQuota.from_url(url, timeout_s=2.0)
     assert await quota.ping()
 
     async def one(key: VerifiedKey, reserve: int, rid: str) -> str:
         try:
-            await quota.admit(key, request(reserve), rid)
+            await admit_request(quota, key, checked or request(reserve), rid)
             return "ok"
         except Refusal as refusal:
             return refusal.code.value
@@ -109,8 +114,9 @@ def test_two_hundred_requests_over_twenty_keys_never_pass_the_tenant_budget(
 
     true_usage = {rid: rng.randint(0, reserve) for _, reserve, rid in admitted}
     for key, _, rid in admitted:
-        assert settle(client, tenant, key.jti, rid, true_usage[rid]).outcome == 1
-        assert settle(client, tenant, key.jti, rid, true_usage[rid]).outcome == 0  # redelivered: nothing moves
+        assert settle(client, tenant, key.jti, rid, true_usage[rid]).outcome == SettleOutcome.SETTLED
+        assert (settle(client, tenant, key.jti, rid, true_usage[rid]).outcome
+                == SettleOutcome.ALREADY_SETTLED)  # redelivered: nothing moves
     assert tenant_counters(client, tenant, window) == {"reserved": 0, "spent": sum(true_usage.values())}
     assert key_totals(client, keys) == {"uses": len(admitted), "reserved": 0, "spent": sum(true_usage.values())}
 
@@ -136,6 +142,26 @@ def test_a_key_refused_by_its_tenant_keeps_its_use(url: str, client: SyncClient,
     assert asyncio.run(admit_all(url, [(key, 1, "again")])) == ["key_exhausted"]
 
 
+def test_a_request_the_tenant_refuses_gives_the_key_its_money_back(url: str, client: SyncClient,
+                                                                  cfg: DynasealConfig) -> None:
+    """#21 finding 2: the tenant tier's refusal released uses and tokens but kept the key's money reserved."""
+    from test_quota_money import request as priced_request
+
+    [key] = tenant_keys_of(cfg, 1, tenant_rpm=1, budget_cost=100)
+    tenant = key.tenant.id
+    checked = priced_request()  # reserves 70 micro-units
+    assert asyncio.run(admit_all(url, [(key, 0, "r-1")], checked)) == ["ok"]
+    settle(client, tenant, key.jti, "r-1", 10, money=MoneySettlement(cost_micros=20))
+    assert asyncio.run(admit_all(url, [(key, 0, "r-2")], checked)) == ["rate_limit_exceeded"]  # the tenant's rpm
+    state = counters(client, tenant, key.jti)
+    assert (state["uses"], state["reserved"], state["reserved_cost"], state["spent_cost"]) == (1, 0, 0, 20)
+    assert client.hgetall(redis_keys.reservations(tenant, key.jti)) == {}  # no field left without a deadline
+    client.delete(redis_keys.tenant_rate_window(tenant))  # a minute later
+    # 20 spent + 70 asked <= 100: admitted, as it would be had r-2 never been tried.
+    assert asyncio.run(admit_all(url, [(key, 0, "r-3")], checked)) == ["ok"]
+    assert counters(client, tenant, key.jti)["reserved_cost"] == 70
+
+
 def test_a_revoked_or_exhausted_key_never_touches_the_tenant(url: str, client: SyncClient,
                                                              cfg: DynasealConfig) -> None:
     from dynaseal.ledger.revocation import revoke
@@ -155,14 +181,14 @@ def test_expired_tenant_reservation_is_billed_then_corrected_once(url: str, clie
     async def admit_short() -> None:
         quota = RedisQuota.from_url(url, timeout_s=2.0)
         quota.reservation_ttl_ms = 1
-        await quota.admit(key, request(40), "late")
+        await admit_request(quota, key, request(40), "late")
         await asyncio.sleep(0.01)
         quota.reservation_ttl_ms = 60_000
-        await quota.admit(key, request(1), "next")  # runs the expiry: "late" is billed in full
+        await admit_request(quota, key, request(1), "next")  # runs the expiry: "late" is billed in full
         await quota.client.aclose()
     asyncio.run(admit_short())
     assert tenant_counters(client, tenant, window) == {"reserved": 1, "spent": 40}
-    assert settle(client, tenant, key.jti, "late", 15).outcome == 2
+    assert settle(client, tenant, key.jti, "late", 15).outcome == SettleOutcome.CORRECTED
     assert tenant_counters(client, tenant, window) == {"reserved": 1, "spent": 15}
     settle(client, tenant, key.jti, "late", 15)
     assert tenant_counters(client, tenant, window) == {"reserved": 1, "spent": 15}
@@ -182,7 +208,7 @@ def test_redis_failing_between_the_slots_leaves_nothing_reserved(redis_server: s
             return await real(script, keys, args)
         quota._run = failing  # type: ignore[method-assign]
         try:
-            await quota.admit(key, request(10), "r-1")
+            await admit_request(quota, key, request(10), "r-1")
         except QuotaUnavailable as exc:
             return exc.reason
         finally:
@@ -216,3 +242,79 @@ def test_consumer_settlement_settles_tenant_and_key_on_a_cluster(cluster: LocalC
     finally:
         executor.shutdown()
         client.close()
+
+
+def test_child_keys_under_a_tenant_wide_budget_are_never_overspent_and_settle_exactly(
+        url: str, client: SyncClient, cfg: DynasealConfig) -> None:
+    """Child keys of a tenant with tenant-wide limits: every level and the tenant, concurrently, exactly."""
+    from test_ledger_chains import child_of, path_of
+
+    [root] = tenant_keys_of(cfg, 1, tenant_budget=TenantBudget(tokens=1000, window="day"), tenant_rpm=1000)
+    capped = child_of(root, "capped", budget=300)
+    keys = [root, capped, child_of(root, "free"), child_of(capped, "grand", uses=2)]
+    tenant, window = root.tenant.id, window_id("day", time.time())
+    rng = random.Random(11)
+    plan = [(keys[i % 4], rng.randint(20, 50), f"c-{i}") for i in range(120)]
+    results = asyncio.run(admit_all(url, plan))
+    assert set(results) == {"ok", "insufficient_quota", "key_exhausted"}
+    admitted = [(key, reserve, rid) for (key, reserve, rid), outcome in zip(plan, results, strict=True)
+                if outcome == "ok"]
+    reserved = sum(reserve for _, reserve, _ in admitted)
+    assert 1000 - 50 < reserved <= 1000  # the tenant's budget was the bound
+    assert tenant_counters(client, tenant, window) == {"reserved": reserved, "spent": 0}
+
+    def level(key: VerifiedKey) -> dict[str, int]:
+        state = counters(client, tenant, key.jti, path_of(key))
+        return {name: state.get(name, 0) for name in ("uses", "reserved", "spent")}
+    for key in keys:  # every refusal, whichever tier made it, gave back what every level took
+        mine = [(reserve, rid) for k, reserve, rid in admitted if key in k.chain]
+        assert level(key) == {"uses": len(mine), "reserved": sum(r for r, _ in mine), "spent": 0}
+    assert level(capped)["reserved"] <= 300 and level(keys[3])["uses"] == 2
+
+    usage = {rid: rng.randint(0, reserve) for _, reserve, rid in admitted}
+    for key, _, rid in admitted:
+        assert settle(client, tenant, key.jti, rid, usage[rid], chain=path_of(key)).outcome == SettleOutcome.SETTLED
+    assert tenant_counters(client, tenant, window) == {"reserved": 0, "spent": sum(usage.values())}
+    for key in keys:
+        mine = [rid for k, _, rid in admitted if key in k.chain]
+        assert level(key) == {"uses": len(mine), "reserved": 0, "spent": sum(usage[rid] for rid in mine)}
+
+
+def test_the_one_release_undoes_exactly_what_admission_did_and_the_proof_stays_spent(
+        url: str, client: SyncClient, cfg: DynasealConfig) -> None:
+    from test_ledger_chains import child_of, path_of
+    from test_quota_money import request as priced_request
+
+    from dynaseal.ledger.admission import ProofReplay
+    from dynaseal.ledger.outcomes import AdmitCode, Refused
+    from dynaseal.policy.quota_refusals import admission_of
+
+    [root] = tenant_keys_of(cfg, 1, tenant_rpm=1, budget_cost=1000, uses=10, rpm=10, budget=1000)
+    child = child_of(root, "child", budget_cost=500, uses=5, rpm=5, budget=500)
+    tenant = root.tenant.id
+    levels = [redis_keys.level_keys(tenant, path_of(child)[:depth]) for depth in (1, 2)]
+
+    def snapshot() -> list[object]:  # counters, reservations, deadlines, rpm windows of both levels
+        return [(client.hgetall(keys[1]), client.hgetall(keys[2]), client.zrange(keys[3], 0, -1),
+                 client.zrange(keys[4], 0, -1)) for keys in levels]
+
+    async def run() -> tuple[object, object, object]:
+        quota = RedisQuota.from_url(url, timeout_s=2.0)
+        try:
+            first = await quota.admit(admission_of(child, priced_request(), "r-1"))
+            before = snapshot()
+            proof = ProofReplay("proof-1", 2**50, 60_000)
+            refused = await quota.admit(replace(admission_of(child, priced_request(), "r-2"), proof=proof))
+            after = snapshot()
+            replayed = await quota.admit(replace(admission_of(child, priced_request(), "r-3"), proof=proof))
+            assert (before, refused) == (after, Refused(AdmitCode.TENANT_RATE_LIMITED, 0, 0, 0, refused.retry_ms))
+            return first, refused, replayed
+        finally:
+            await quota.client.aclose()
+    first, _refused, replayed = asyncio.run(run())
+    assert type(first).__name__ == "Admitted"
+    assert isinstance(replayed, Refused) and replayed.code == AdmitCode.PROOF_REPLAYED  # the proof stayed spent
+    for keys in levels:  # the cancelled id is never admitted nor billed later
+        assert client.hget(keys[5], "r-2") == b"c"
+    assert settle(client, tenant, child.jti, "r-2", 99, chain=path_of(child)).duplicate
+    assert counters(client, tenant, child.jti, path_of(child)).get("spent", 0) == 0

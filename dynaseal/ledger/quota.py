@@ -1,9 +1,14 @@
-"""Admission and settlement of a key's counters in Redis: revocation, uses, rpm, token budget.
+"""The ledger of key chains in Redis: admission and settlement of uses, rpm, token and money budgets.
 
-Admission reserves `prompt estimate + n × max_tokens` atomically (quota_scripts.ADMIT), so
-concurrent requests can never overspend. The usage pipeline settles each reservation with
-the real usage (SETTLE), idempotently per request id. A tenant with tenant-wide limits is
-reserved on its own slot next (dynaseal.ledger.tenant_quota).
+One script admits a request against every level of its key's chain (a plain key is a chain of one):
+`prompt bound + n × max_tokens` tokens and their dearest cost are reserved atomically at every level,
+so concurrent requests can never overspend any of them (quota_scripts.ADMIT). A tenant with tenant-wide
+limits is reserved on its own slot next (dynaseal.ledger.tenant_quota); if that refuses or fails, one
+release gives every level back exactly what admission took (quota_scripts.RELEASE). The usage pipeline
+settles each reservation with the real usage (quota_scripts.SETTLE), idempotently per request id.
+
+The ledger answers typed outcomes (dynaseal.ledger.outcomes); what they mean to a client is the
+policy layer's (dynaseal.policy.quota_refusals).
 """
 
 from __future__ import annotations
@@ -18,46 +23,60 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio import RedisCluster as AsyncRedisCluster
 from redis.exceptions import RedisError
 
-from dynaseal.keys.claims import VerifiedKey
-from dynaseal.keys.dpop import DpopProof, DpopRefusal, replay_set_ttl_ms
 from dynaseal.ledger import redis_keys, tenant_quota
-from dynaseal.ledger.chain_scripts import ADMIT_CHAIN, SETTLE_CHAIN
-from dynaseal.ledger.quota_scripts import ADMIT, MARK_THRESHOLDS, SETTLE
+from dynaseal.ledger.admission import Admission
+from dynaseal.ledger.outcomes import Admitted, LedgerUnavailable, Outcome, SettleOutcome, outcome_of
+from dynaseal.ledger.quota_scripts import ADMIT, MARK_THRESHOLDS, RELEASE, REVOKED_LEVEL, SETTLE
 from dynaseal.ledger.redis_cluster import PipelinedCluster
 from dynaseal.ledger.redis_connect import SyncClient, async_client, is_cluster, run_scripts
 from dynaseal.ledger.redis_pipeline import PipelinedRedis
-from dynaseal.ledger.tenant_scripts import KEY_RELEASE, TENANT_ADMIT, TENANT_RELEASE, TENANT_SETTLE
+from dynaseal.ledger.tenant_scripts import TENANT_ADMIT, TENANT_RELEASE, TENANT_SETTLE
 from dynaseal.money.budget_thresholds import Crossing
-from dynaseal.money.pricing import format_amount, from_micros
-from dynaseal.policy.errors import ErrorCode, QuotaUnavailable, Refusal
-from dynaseal.policy.request_policy import CheckedRequest
 
 RESERVATION_TTL_MS = 15 * 60 * 1000
 # Counters outlive the key by a day so a late settlement still finds them.
 KEY_TTL_MARGIN_S = 24 * 3600
 
 
-def script_keys(tenant: str, jti: str) -> list[str]:
-    """The KEYS of both scripts, all in one hash slot (`{tenant:jti}`)."""
-    return [redis_keys.revoked(tenant, jti), redis_keys.counters(tenant, jti),
-            redis_keys.reservations(tenant, jti), redis_keys.reservation_deadlines(tenant, jti),
-            redis_keys.rate_window(tenant, jti), redis_keys.settled(tenant, jti)]
+def key_path(jti: str, chain: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The jtis from the root down to `jti`: `chain` when it ends at `jti` (a child key), else `jti` alone."""
+    return chain if len(chain) > 1 and chain[-1] == jti else (jti,)
 
 
-def chain_script_keys(tenant: str, chain: tuple[str, ...]) -> list[str]:
+def chain_keys(tenant: str, path: tuple[str, ...]) -> list[str]:
     """The KEYS of the chain scripts: 6 per level, root first, all under the root's tag `{tenant:root}`."""
-    return [name for depth in range(1, len(chain) + 1) for name in redis_keys.level_keys(tenant, chain[:depth])]
+    return [name for depth in range(1, len(path) + 1) for name in redis_keys.level_keys(tenant, path[:depth])]
 
 
 def _limit(value: int | None) -> int:
     return -1 if value is None else value
 
 
+def admit_args(admission: Admission, now_ms: int, reservation_ttl_ms: int, key_ttl_s: int,
+               deadline_ms: int) -> list[int | str]:
+    """ARGV of ADMIT."""
+    args: list[int | str] = [now_ms, admission.request_id, admission.reserve, _limit(admission.reserve_cost),
+                             reservation_ttl_ms, key_ttl_s, deadline_ms, len(admission.levels)]
+    for level in admission.levels:
+        args += [_limit(level.budget), _limit(level.uses), _limit(level.rpm), _limit(level.budget_cost)]
+    if admission.proof is not None:
+        args += [admission.proof.replay_id, admission.proof.keep_until_ms, admission.proof.set_ttl_ms]
+    return args
+
+
+def admit_keys(admission: Admission) -> list[str]:
+    """KEYS of ADMIT: every level's, then the family's proof set when a proof is spent."""
+    keys = chain_keys(admission.tenant, admission.path)
+    if admission.proof is not None:
+        keys.append(redis_keys.dpop_proofs(admission.tenant, admission.path[0]))
+    return keys
+
+
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """What settling one request did."""
+    """What settling one request did (at the key that made it)."""
 
-    outcome: int
+    outcome: SettleOutcome
     spent: int
     spent_cost: int = 0
     # Budget thresholds crossed and not yet delivered (money).
@@ -66,18 +85,18 @@ class Settlement:
     @property
     def duplicate(self) -> bool:
         """True when the request id had already been settled."""
-        return self.outcome == 0
+        return self.outcome == SettleOutcome.ALREADY_SETTLED
 
     @classmethod
     def from_reply(cls, reply: list[Any]) -> Settlement:
         """Read the SETTLE script's reply."""
         crossings = (Crossing.parse(item) for item in reply[3:])
-        return cls(int(reply[0]), int(reply[1]), int(reply[2]) if len(reply) > 2 else 0,
+        return cls(SettleOutcome(int(reply[0])), int(reply[1]), int(reply[2]) if len(reply) > 2 else 0,
                    tuple(c for c in crossings if c is not None))
 
 
 class RedisQuota:
-    """The `Quota` of the authorizer, backed by one Redis or a Redis Cluster (`redis+cluster://`)."""
+    """The ledger, backed by one Redis or a Redis Cluster (`redis+cluster://`)."""
 
     def __init__(self, client: AsyncRedis | AsyncRedisCluster | PipelinedRedis | PipelinedCluster,
                  reservation_ttl_ms: int = RESERVATION_TTL_MS, timeout_s: float = 0.05) -> None:
@@ -116,110 +135,67 @@ class RedisQuota:
                                                socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         return cls(AsyncRedis(connection_pool=pool), timeout_s=timeout_s)
 
-    async def admit(self, key: VerifiedKey, request: CheckedRequest, request_id: str,
-                    proof: DpopProof | None = None) -> None:
-        """Reserve for one request or raise Refusal / QuotaUnavailable.
+    async def admit(self, admission: Admission, now_ms: int | None = None) -> Outcome:
+        """Reserve for one request at every level of its chain (then on its tenant's slot, if it has one).
 
-        A key with a parent is admitted against every level of its chain at once (ADMIT_CHAIN); a DPoP
-        proof's id goes into its family's replay set in the same round trip.
+        Raises LedgerUnavailable when Redis fails; what was reserved before the failure is released.
         """
-        if not request_id:
-            raise QuotaUnavailable("no request id to reserve under", "no_request_id")
-        now_ms = int(time.time() * 1000)
-        # The root's exp bounds every level's: counters of the whole family live as long as the root's.
-        key_ttl = max(int(key.root.exp - time.time()) + KEY_TTL_MARGIN_S, 60)
+        if not admission.request_id:
+            raise LedgerUnavailable("no request id to reserve under", "no_request_id")
+        if now_ms is None:
+            now_ms = int(time.time() * 1000)
+        key_ttl = max(int(admission.expires_at - now_ms / 1000) + KEY_TTL_MARGIN_S, 60)
         # Past this instant (Redis's clock) authz has answered 503: the script must then write nothing.
         deadline = 0 if self.clock_offset_ms is None else now_ms + self.clock_offset_ms + self.timeout_ms
-        replay_keys: list[str] = []
-        replay_args: list[int | str] = []
-        if proof is not None:
-            replay_keys = [redis_keys.dpop_proofs(key.tenant.id, key.root.jti)]
-            replay_args = [proof.replay_id(), proof.keep_until_ms(), replay_set_ttl_ms()]
-        level = 0
         try:
-            if key.parent is None:
-                # DPoP's ARGV[10..12] are placeholders for an unbound key (the script reads them only
-                # with KEYS[7]); the money arguments follow at ARGV[13..14].
-                status, spent, reserved, retry_ms = await self._run(
-                    ADMIT, script_keys(key.tenant.id, key.jti) + replay_keys,
-                    [now_ms, request_id, request.reservation, _limit(key.budget), _limit(key.uses),
-                     _limit(key.rpm), self.reservation_ttl_ms, key_ttl, deadline,
-                     *(replay_args or ["", "", ""]), _limit(request.reservation_cost), _limit(key.budget_cost)])
-            else:
-                chain = key.chain
-                if tenant_quota.has_tenant_limits(key.tenant.limits):
-                    # The compensation of the two-slot protocol releases one key's reservation, not a chain's.
-                    raise Refusal(ErrorCode.PARAM_NOT_ALLOWED,
-                                  "child keys are not served for a tenant with tenant-wide limits")
-                if any(k.budget_cost is not None for k in chain):
-                    # The chain script keeps token counters only: never admit what it could not bound.
-                    raise Refusal(ErrorCode.PARAM_NOT_ALLOWED,
-                                  "money budgets are not enforced for child keys: give the child a token budget")
-                status, spent, reserved, retry_ms, level = await self._run(
-                    ADMIT_CHAIN, chain_script_keys(key.tenant.id, tuple(k.jti for k in chain)) + replay_keys,
-                    [now_ms, request_id, request.reservation, self.reservation_ttl_ms, key_ttl, deadline,
-                     len(chain), *[v for k in chain for v in (_limit(k.budget), _limit(k.uses), _limit(k.rpm))],
-                     *replay_args])
+            reply = await self._run(ADMIT, admit_keys(admission),
+                                    admit_args(admission, now_ms, self.reservation_ttl_ms, key_ttl, deadline))
         except RedisError as exc:
-            raise QuotaUnavailable(str(exc), "redis_error") from exc
-        # The level that refused (1 = root): its limits are the ones to quote.
-        limits = key.chain[level - 1] if 0 < level <= len(key.chain) else key
-        if status >= 0:
-            if tenant_quota.has_tenant_limits(key.tenant.limits):
-                await self._admit_tenant(key, request, request_id, now_ms, deadline)
-            return
-        if status == -5:
-            raise QuotaUnavailable("request id already reserved", "duplicate_request_id")
-        if status == -6:
-            raise QuotaUnavailable("redis ran the admit after its deadline: nothing was reserved", "redis_late")
-        if status == -7:
-            raise DpopRefusal("DPoP proof has been used before: make a new proof (new jti) for every request")
-        whose = "dynamic key" if limits is key else f"its ancestor key {limits.jti!r}"
-        if status == -1:
-            raise Refusal(ErrorCode.REVOKED_KEY, f"{whose} has been revoked")
-        if status == -2:
-            raise Refusal(ErrorCode.KEY_EXHAUSTED, f"{whose} has no uses left (uses: {limits.uses})")
-        if status == -3:
-            raise Refusal(ErrorCode.RATE_LIMITED, f"rate limit of {limits.rpm} requests per minute reached; "
-                                                  f"retry in {max(1, -(-retry_ms // 1000))} s")
-        if status == -8:
-            currency = key.tenant.currency
-            if request.reservation_cost is None:  # request_policy refuses this first; kept fail-closed
-                raise Refusal(ErrorCode.INSUFFICIENT_QUOTA, f"this key's budget is in {currency}: unpriced model")
-            left_cost = max(0, (key.budget_cost or 0) - spent - reserved)
-            raise Refusal(ErrorCode.INSUFFICIENT_QUOTA,
-                          f"budget exhausted: this request may cost up to "
-                          f"{format_amount(from_micros(request.reservation_cost))} {currency}, "
-                          f"{format_amount(from_micros(left_cost))} {currency} remain")
-        left = max(0, (limits.budget or 0) - spent - reserved)
-        raise Refusal(ErrorCode.INSUFFICIENT_QUOTA,
-                      f"token budget exhausted: this request may use up to {request.reservation} tokens, "
-                      f"{left} remain")
+            raise LedgerUnavailable(str(exc), "redis_error") from exc
+        outcome = outcome_of(reply)
+        if isinstance(outcome, Admitted) and admission.tenant_tier is not None:
+            return await self._admit_tenant(admission, now_ms, deadline)
+        return outcome
 
-    async def _admit_tenant(self, key: VerifiedKey, request: CheckedRequest, request_id: str, now_ms: int,
-                            deadline: int) -> None:
-        """The tenant's slot, after the key's admitted: on refusal or failure the key gets its reservation back."""
-        limits = key.tenant.limits
+    async def _admit_tenant(self, admission: Admission, now_ms: int, deadline: int) -> Outcome:
+        """The tenant's slot, after the chain's admitted: on refusal or failure the chain gets it all back."""
+        assert admission.tenant_tier is not None
         try:
-            status, spent, reserved, retry_ms = await self._run(
-                TENANT_ADMIT, tenant_quota.tenant_keys(key.tenant.id),
-                tenant_quota.admit_args(limits, now_ms, request_id, request.reservation, self.reservation_ttl_ms,
-                                        deadline))
+            reply = await self._run(
+                TENANT_ADMIT, tenant_quota.tenant_keys(admission.tenant),
+                tenant_quota.admit_args(admission.tenant_tier, now_ms, admission.request_id, admission.reserve,
+                                        self.reservation_ttl_ms, deadline))
         except RedisError as exc:
             # It may have run (the reply was lost): release both; the tenant's release is a no-op if not.
-            await self._release(key, request_id, tenant=True)
-            raise QuotaUnavailable(str(exc), "redis_error") from exc
-        if status >= 0:
-            return
-        await self._release(key, request_id, tenant=False)
-        raise tenant_quota.refusal(status, spent, reserved, retry_ms, limits, request.reservation)
+            await self.release(admission, tenant=True)
+            raise LedgerUnavailable(str(exc), "redis_error") from exc
+        outcome = outcome_of(reply, tenant=True)
+        if not isinstance(outcome, Admitted):
+            await self.release(admission, tenant=False)
+        return outcome
 
-    async def _release(self, key: VerifiedKey, request_id: str, tenant: bool) -> None:
-        """Best-effort compensation; what it cannot release expires with the reservation (billed, never overspent)."""
-        releases = [self._run(KEY_RELEASE, script_keys(key.tenant.id, key.jti), [request_id])]
+    async def release(self, admission: Admission, tenant: bool) -> None:
+        """Give back what admitting `admission` took (every level; the tenant's too if `tenant`).
+
+        Best effort: what it cannot release expires with the reservation (billed in full, never overspent).
+        """
+        releases = [self._run(RELEASE, chain_keys(admission.tenant, admission.path),
+                              [admission.request_id, len(admission.levels)])]
         if tenant:
-            releases.append(self._run(TENANT_RELEASE, tenant_quota.tenant_keys(key.tenant.id), [request_id]))
+            releases.append(self._run(TENANT_RELEASE, tenant_quota.tenant_keys(admission.tenant),
+                                      [admission.request_id]))
         await asyncio.gather(*releases, return_exceptions=True)
+
+    async def revoked_level(self, tenant: str, path: tuple[str, ...]) -> int:
+        """The first revoked level of a chain (1 = root), 0 if none: one read-only round trip.
+
+        Raises LedgerUnavailable when Redis fails.
+        """
+        markers = [redis_keys.level_keys(tenant, path[:depth])[0] for depth in range(1, len(path) + 1)]
+        try:
+            return int(await self._run(REVOKED_LEVEL, markers, []))
+        except RedisError as exc:
+            raise LedgerUnavailable(str(exc), "redis_error") from exc
 
     async def ping(self) -> bool:
         """Whether Redis answers (every master of a cluster); measures Redis's clock for the admit deadline."""
@@ -258,43 +234,43 @@ class MoneySettlement:
 
 
 def settle_args(request_id: str, actual_tokens: int, key_exp: float | None = None,
-                money: MoneySettlement | None = None) -> list[int | str]:
+                money: MoneySettlement | None = None, levels: int = 1, now_ms: int | None = None) -> list[int | str]:
     """ARGV of the SETTLE script; without a key expiry the counters live a day past now."""
-    now = time.time()
+    now = time.time() if now_ms is None else now_ms / 1000
     ttl = int((key_exp or now) - now) + KEY_TTL_MARGIN_S
     m = money or MoneySettlement()
     return [int(now * 1000), request_id, int(actual_tokens), max(ttl, 60),
-            _limit(m.cost_micros), _limit(m.budget_tokens), _limit(m.budget_cost), m.thresholds]
+            _limit(m.cost_micros), _limit(m.budget_tokens), _limit(m.budget_cost), m.thresholds, levels]
 
 
 def settlement_call(tenant: str, jti: str, request_id: str, actual_tokens: int, chain: tuple[str, ...] = (),
                     key_exp: float | None = None, money: MoneySettlement | None = None,
-                    ) -> tuple[str, list[str], list[int | str]]:
-    """(script, KEYS, ARGV) that settle one request: SETTLE for a plain key, SETTLE_CHAIN for a child key
-    (`chain`: the jtis from the root down to `jti`; tokens only, child keys have no money budgets)."""
-    args = settle_args(request_id, actual_tokens, key_exp, money)
-    if len(chain) > 1 and chain[-1] == jti:
-        return SETTLE_CHAIN, chain_script_keys(tenant, chain), [*args[:4], len(chain)]
-    return SETTLE, script_keys(tenant, jti), args
+                    now_ms: int | None = None) -> tuple[str, list[str], list[int | str]]:
+    """(script, KEYS, ARGV) that settle one request at every level of its key's chain (`chain`: the jtis from
+    the root down to `jti`, for a child key; a plain key is a chain of one)."""
+    path = key_path(jti, chain)
+    return SETTLE, chain_keys(tenant, path), settle_args(request_id, actual_tokens, key_exp, money, len(path), now_ms)
 
 
 def settle(client: SyncClient, tenant: str, jti: str, request_id: str, actual_tokens: int,
            key_exp: float | None = None, chain: tuple[str, ...] = (),
-           money: MoneySettlement | None = None) -> Settlement:
-    """Replace a request's reservation with its real usage (and cost), on the key (every level of a chain)
-    and the tenant; idempotent per request id."""
-    script, keys, args = settlement_call(tenant, jti, request_id, actual_tokens, chain, key_exp, money)
+           money: MoneySettlement | None = None, now_ms: int | None = None) -> Settlement:
+    """Replace a request's reservation with its real usage (and cost), at every level of its key's chain and
+    on the tenant; idempotent per request id."""
+    script, keys, args = settlement_call(tenant, jti, request_id, actual_tokens, chain, key_exp, money, now_ms)
     _, reply = run_scripts(client, [
-        (TENANT_SETTLE, tenant_quota.tenant_keys(tenant), tenant_quota.settle_args(request_id, actual_tokens)),
+        (TENANT_SETTLE, tenant_quota.tenant_keys(tenant),
+         tenant_quota.settle_args(request_id, actual_tokens, now_ms)),
         (script, keys, args)])
     return Settlement.from_reply(reply)
 
 
-def mark_thresholds(client: SyncClient, tenant: str, jti: str, crossings: tuple[Crossing, ...]) -> None:
+def mark_thresholds(client: SyncClient, tenant: str, jti: str, crossings: tuple[Crossing, ...],
+                    chain: tuple[str, ...] = ()) -> None:
     """Record that these thresholds' callbacks were delivered (or dead-lettered): never reported again."""
     if crossings:
-        client.register_script(MARK_THRESHOLDS)(keys=[redis_keys.counters(tenant, jti)],
-                                                args=[c.field for c in crossings])
+        counters_key = redis_keys.level_keys(tenant, key_path(jti, chain))[1]
+        client.register_script(MARK_THRESHOLDS)(keys=[counters_key], args=[c.field for c in crossings])
 
 
 def tenant_counters(client: SyncClient, tenant: str, window: str) -> dict[str, int]:
@@ -303,7 +279,7 @@ def tenant_counters(client: SyncClient, tenant: str, window: str) -> dict[str, i
     return {"reserved": int(reserved or 0), "spent": int(spent or 0)}
 
 
-def counters(client: SyncClient, tenant: str, jti: str) -> dict[str, int]:
+def counters(client: SyncClient, tenant: str, jti: str, chain: tuple[str, ...] = ()) -> dict[str, int]:
     """A key's counters (uses, reserved, spent; reserved_cost, spent_cost, thr:*), for tests and tools."""
-    raw = client.hgetall(redis_keys.counters(tenant, jti))
+    raw = client.hgetall(redis_keys.level_keys(tenant, key_path(jti, chain))[1])
     return {k.decode(): int(v) for k, v in raw.items()}  # type: ignore[union-attr]

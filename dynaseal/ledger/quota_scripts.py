@@ -1,170 +1,221 @@
-"""The Lua scripts that make admission and settlement atomic: one round trip, one slot each.
+"""The Lua scripts of a key chain's ledger: one admission, one settlement, one release, one slot each.
 
-Counters hash fields: `uses` (admitted requests), `reserved` (tokens held by open
-reservations), `spent` (tokens settled). Reservations hash: request_id -> tokens held.
-An expired reservation is billed in full (never overspend) and remembered in `settled` with
-a `p:` (provisional) mark, so a late settlement corrects it to the real usage exactly once.
+A plain key is a chain of one level; a child key's levels (root first) all live under its root's hash
+tag (dynaseal.ledger.redis_keys.level_keys), so one script sees every level. KEYS come 6 per level:
+revoked, counters, reservations, deadlines, rpm window, settled.
 
-Money rides along in the same hashes, in integer micro-units of the tenant's currency:
-counters `reserved_cost` / `spent_cost`, and `<request_id>#c` fields in the reservations and
-settled hashes (`#` never occurs in a request id). Budget thresholds: counters field
-`thr:<tokens|cost>:<basis points>` holds the spend at the crossing while its callback is
-pending, -1 once delivered. All money lines are marked `-- money` and only ever added.
+Counters hash fields: `uses` (admitted requests), `reserved` (tokens held by open reservations),
+`spent` (tokens settled); money in integer micro-units of the tenant's currency: `reserved_cost`,
+`spent_cost`. Reservations hash: request_id -> tokens held, `<request_id>#c` -> micro-units held (`#`
+never occurs in a request id). An expired reservation is billed in full (never overspend) and
+remembered in `settled` with a `p:` (provisional) mark, so a late settlement corrects it exactly once.
+Budget thresholds: counters field `thr:<tokens|cost>:<basis points>` holds the spend at the crossing
+while its callback is pending, -1 once delivered.
+
+Result codes are the enums of dynaseal.ledger.outcomes, written into every script as Lua locals.
 """
 
 from __future__ import annotations
 
-# Expire stale reservations of this key: bill them provisionally.
-_EXPIRE = """
-local function expire_stale(now)
-  local stale = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
+from dynaseal.ledger.outcomes import LUA_CONSTANTS
+
+# Amounts given back are written `0 - x`, never `-x`: Lua makes -0 of a zero, and Redis refuses "-0" as an
+# integer (a zero-cost reservation, e.g. a free model, could then never be settled nor expired).
+_LEVELS = LUA_CONSTANTS + """
+local function key(level, i) return KEYS[(level - 1) * 6 + i] end
+
+-- Expire stale reservations of one level: bill them (tokens and money) provisionally.
+local function expire_stale(level, now)
+  local stale = redis.call('ZRANGEBYSCORE', key(level, 4), '-inf', now)
   for _, rid in ipairs(stale) do
-    local held = tonumber(redis.call('HGET', KEYS[3], rid) or '0')
-    redis.call('HDEL', KEYS[3], rid)
-    redis.call('HINCRBY', KEYS[2], 'reserved', -held)
-    redis.call('HINCRBY', KEYS[2], 'spent', held)
-    redis.call('HSET', KEYS[6], rid, 'p:' .. held)
-    -- money: the reservation's cost is billed in full too, and remembered for a late correction.
-    local held_cost = redis.call('HGET', KEYS[3], rid .. '#c')
+    local held = tonumber(redis.call('HGET', key(level, 3), rid) or '0')
+    redis.call('HDEL', key(level, 3), rid)
+    redis.call('HINCRBY', key(level, 2), 'reserved', 0 - held)
+    redis.call('HINCRBY', key(level, 2), 'spent', held)
+    redis.call('HSET', key(level, 6), rid, 'p:' .. held)
+    local held_cost = redis.call('HGET', key(level, 3), rid .. '#c')
     if held_cost then
-      redis.call('HDEL', KEYS[3], rid .. '#c')
-      redis.call('HINCRBY', KEYS[2], 'reserved_cost', -tonumber(held_cost))
-      redis.call('HINCRBY', KEYS[2], 'spent_cost', tonumber(held_cost))
-      redis.call('HSET', KEYS[6], rid .. '#c', 'p:' .. held_cost)
+      redis.call('HDEL', key(level, 3), rid .. '#c')
+      redis.call('HINCRBY', key(level, 2), 'reserved_cost', 0 - tonumber(held_cost))
+      redis.call('HINCRBY', key(level, 2), 'spent_cost', tonumber(held_cost))
+      redis.call('HSET', key(level, 6), rid .. '#c', 'p:' .. held_cost)
     end
   end
-  if #stale > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now) end
+  if #stale > 0 then redis.call('ZREMRANGEBYSCORE', key(level, 4), '-inf', now) end
 end
 
 -- Counters live until the key's expiry (+ a margin) and never less: a settlement that does not
 -- know the key's exp must not shorten a long-lived key's counters to a day (fresh limits).
-local function keep_until(ttl)
+local function keep_until(level, ttl)
   for i = 2, 6 do
-    if redis.call('TTL', KEYS[i]) < ttl then redis.call('EXPIRE', KEYS[i], ttl) end
+    if redis.call('TTL', key(level, i)) < ttl then redis.call('EXPIRE', key(level, i), ttl) end
   end
 end
 """
 
-# KEYS: revoked, counters, reservations, deadlines, rpm window, settled
-# ARGV: now_ms, request_id, reserve, budget, uses, rpm, reservation_ttl_ms, key_ttl_s  (-1 = no limit),
-#       deadline_ms (Redis's own clock; 0 = none),
-#       dpop: proof_jti, forget_at_ms, set_ttl_ms (used only with KEYS[7]),
-#       money: reserve_cost (micro-units; -1 = unpriced model), budget_cost (micro-units; -1 = none)
-# Returns {status, spent, reserved, retry_after_ms}; status 1 = admitted, -1 revoked, -2 uses spent,
-# -3 rpm, -4 budget, -5 request id already known (never admitted twice), -6 past the deadline,
-# -7 DPoP proof replayed (see the appended KEYS[7] below), -8 money budget (then spent and reserved are
-# the money counters). ARGV[10..12] belong to DPoP (empty strings when the key is not bound), the money
-# arguments follow at ARGV[13..14].
+# KEYS: 6 per level (root first), then the family's DPoP proof set when a proof is spent.
+# ARGV: now_ms, request_id, reserve (tokens), reserve_cost (micro-units; -1 = unpriced model),
+#       reservation_ttl_ms, key_ttl_s, deadline_ms (Redis's own clock; 0 = none), levels,
+#       per level: budget, uses, rpm, budget_cost (-1 = no limit), then the proof's id, keep-until (ms), set TTL (ms).
+# Returns {code, level, spent, reserved, retry_after_ms}: `level` refused (1 = root), with its counters (the
+# money counters for MONEY_SPENT).
 #
-# The deadline check comes first and uses Redis's clock: a script that Redis only gets to run after
-# authz has given up on it (Redis paused, a slow fork) writes nothing, so a refused request never spends.
-ADMIT = _EXPIRE + """
-local deadline = tonumber(ARGV[9] or '0')
+# Order: the deadline first, in Redis's clock (a script Redis only runs after authz gave up writes
+# nothing, so a request answered 503 never spends); the proof next (spent even if the request is refused
+# further on: RFC 9449 §11.1); then every level is checked, and only if all pass is anything written,
+# at every level alike: a child's spending is charged to each ancestor atomically.
+ADMIT = _LEVELS + """
+local deadline = tonumber(ARGV[7])
 if deadline > 0 then
   local t = redis.call('TIME')
-  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > deadline then return {-6, 0, 0, 0} end
+  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > deadline then
+    return {PAST_DEADLINE, 0, 0, 0, 0}
+  end
 end
--- DPoP replay cache (RFC 9449 §11.1), appended: KEYS[7] the key's proof set, ARGV[10] the proof's id,
--- ARGV[11] when it may be forgotten (ms), ARGV[12] the set's TTL (ms). Only sender-constrained keys pass
--- them. Returns -7 for a proof seen before; a proof is spent even if the request is refused further on.
-if KEYS[7] then
-  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', ARGV[1])
-  if redis.call('ZSCORE', KEYS[7], ARGV[10]) then return {-7, 0, 0, 0} end
-  redis.call('ZADD', KEYS[7], ARGV[11], ARGV[10])
-  redis.call('PEXPIRE', KEYS[7], ARGV[12])
-end
-if redis.call('EXISTS', KEYS[1]) == 1 then return {-1, 0, 0, 0} end
 local now = tonumber(ARGV[1])
 local rid = ARGV[2]
 local reserve = tonumber(ARGV[3])
-local budget = tonumber(ARGV[4])
-local uses = tonumber(ARGV[5])
-local rpm = tonumber(ARGV[6])
-expire_stale(now)
-if redis.call('HEXISTS', KEYS[3], rid) == 1 or redis.call('HEXISTS', KEYS[6], rid) == 1 then
-  return {-5, 0, 0, 0}
+local reserve_cost = tonumber(ARGV[4])
+local levels = tonumber(ARGV[8])
+local proofs = KEYS[levels * 6 + 1]
+if proofs then
+  local at = 9 + levels * 4
+  redis.call('ZREMRANGEBYSCORE', proofs, '-inf', now)
+  if redis.call('ZSCORE', proofs, ARGV[at]) then return {PROOF_REPLAYED, levels, 0, 0, 0} end
+  redis.call('ZADD', proofs, ARGV[at + 1], ARGV[at])
+  redis.call('PEXPIRE', proofs, ARGV[at + 2])
 end
-local c = redis.call('HMGET', KEYS[2], 'uses', 'reserved', 'spent')
-local used = tonumber(c[1] or '0')
-local reserved = tonumber(c[2] or '0')
-local spent = tonumber(c[3] or '0')
-if uses >= 0 and used >= uses then return {-2, spent, reserved, 0} end
-if rpm >= 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - 60000)
-  if redis.call('ZCARD', KEYS[5]) >= rpm then
-    local oldest = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
-    return {-3, spent, reserved, tonumber(oldest[2]) + 60000 - now}
+for level = 1, levels do
+  if redis.call('EXISTS', key(level, 1)) == 1 then return {REVOKED, level, 0, 0, 0} end
+end
+for level = 1, levels do
+  expire_stale(level, now)
+  if redis.call('HEXISTS', key(level, 3), rid) == 1 or redis.call('HEXISTS', key(level, 6), rid) == 1 then
+    return {DUPLICATE_REQUEST, level, 0, 0, 0}
   end
 end
-if budget >= 0 and spent + reserved + reserve > budget then return {-4, spent, reserved, 0} end
--- money: the same check in micro-units; a money budget admits only priced requests.
-local reserve_cost = tonumber(ARGV[13] or '-1')
-local budget_cost = tonumber(ARGV[14] or '-1')
-if budget_cost >= 0 then
-  local m = redis.call('HMGET', KEYS[2], 'reserved_cost', 'spent_cost')
-  local reserved_cost = tonumber(m[1] or '0')
-  local spent_cost = tonumber(m[2] or '0')
-  if reserve_cost < 0 or spent_cost + reserved_cost + reserve_cost > budget_cost then
-    return {-8, spent_cost, reserved_cost, 0}
+for level = 1, levels do
+  local at = 9 + (level - 1) * 4
+  local budget, uses, rpm = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+  local budget_cost = tonumber(ARGV[at + 3])
+  local c = redis.call('HMGET', key(level, 2), 'uses', 'reserved', 'spent', 'reserved_cost', 'spent_cost')
+  local used, reserved, spent = tonumber(c[1] or '0'), tonumber(c[2] or '0'), tonumber(c[3] or '0')
+  if uses >= 0 and used >= uses then return {USES_SPENT, level, spent, reserved, 0} end
+  if rpm >= 0 then
+    redis.call('ZREMRANGEBYSCORE', key(level, 5), '-inf', now - 60000)
+    if redis.call('ZCARD', key(level, 5)) >= rpm then
+      local oldest = redis.call('ZRANGE', key(level, 5), 0, 0, 'WITHSCORES')
+      return {RATE_LIMITED, level, spent, reserved, tonumber(oldest[2]) + 60000 - now}
+    end
+  end
+  if budget >= 0 and spent + reserved + reserve > budget then return {BUDGET_SPENT, level, spent, reserved, 0} end
+  -- A money budget admits only priced requests.
+  if budget_cost >= 0 then
+    local reserved_cost, spent_cost = tonumber(c[4] or '0'), tonumber(c[5] or '0')
+    if reserve_cost < 0 or spent_cost + reserved_cost + reserve_cost > budget_cost then
+      return {MONEY_SPENT, level, spent_cost, reserved_cost, 0}
+    end
   end
 end
-redis.call('HINCRBY', KEYS[2], 'uses', 1)
-redis.call('HINCRBY', KEYS[2], 'reserved', reserve)
-redis.call('HSET', KEYS[3], rid, reserve)
-redis.call('ZADD', KEYS[4], now + tonumber(ARGV[7]), rid)
-if rpm >= 0 then redis.call('ZADD', KEYS[5], now, rid) end
-if reserve_cost >= 0 then  -- money
-  redis.call('HINCRBY', KEYS[2], 'reserved_cost', reserve_cost)
-  redis.call('HSET', KEYS[3], rid .. '#c', reserve_cost)
+local ttl = tonumber(ARGV[6])
+for level = 1, levels do
+  redis.call('HINCRBY', key(level, 2), 'uses', 1)
+  redis.call('HINCRBY', key(level, 2), 'reserved', reserve)
+  redis.call('HSET', key(level, 3), rid, reserve)
+  redis.call('ZADD', key(level, 4), now + tonumber(ARGV[5]), rid)
+  if tonumber(ARGV[9 + (level - 1) * 4 + 2]) >= 0 then redis.call('ZADD', key(level, 5), now, rid) end
+  if reserve_cost >= 0 then
+    redis.call('HINCRBY', key(level, 2), 'reserved_cost', reserve_cost)
+    redis.call('HSET', key(level, 3), rid .. '#c', reserve_cost)
+  end
+  keep_until(level, ttl)
 end
-local ttl = tonumber(ARGV[8])
-keep_until(ttl)
-return {1, spent, reserved + reserve, 0}
+return {ADMITTED, levels, 0, reserve, 0}
 """
 
-# money: settle a request's cost like its tokens (a priced reservation whose cost is unknown is billed
+# The one compensation: the tenant's slot refused (or failed) after ADMIT admitted. KEYS: as ADMIT
+# (without the proof set). ARGV: request_id, levels. At every level it undoes exactly what ADMIT wrote —
+# the use, the tokens, the money, the rpm slot — or, if expiry already billed the reservation, that bill.
+# The DPoP proof stays spent. The id is marked cancelled (`c`): never admitted again, nor billed by a
+# stray settlement. Returns the number of levels released (0: nothing was held; idempotent).
+RELEASE = _LEVELS + """
+local rid = ARGV[1]
+local levels = tonumber(ARGV[2])
+local released = 0
+for level = 1, levels do
+  redis.call('ZREM', key(level, 5), rid)
+  local held = redis.call('HGET', key(level, 3), rid)
+  local billed = redis.call('HGET', key(level, 6), rid)
+  local provisional = billed and string.sub(billed, 1, 2) == 'p:'
+  if held or provisional then
+    if held then
+      redis.call('HDEL', key(level, 3), rid)
+      redis.call('ZREM', key(level, 4), rid)
+      redis.call('HINCRBY', key(level, 2), 'reserved', 0 - tonumber(held))
+    else
+      redis.call('HINCRBY', key(level, 2), 'spent', 0 - tonumber(string.sub(billed, 3)))
+    end
+    local held_cost = redis.call('HGET', key(level, 3), rid .. '#c')
+    local billed_cost = redis.call('HGET', key(level, 6), rid .. '#c')
+    if held_cost then
+      redis.call('HDEL', key(level, 3), rid .. '#c')
+      redis.call('HINCRBY', key(level, 2), 'reserved_cost', 0 - tonumber(held_cost))
+    elseif billed_cost and string.sub(billed_cost, 1, 2) == 'p:' then
+      redis.call('HINCRBY', key(level, 2), 'spent_cost', 0 - tonumber(string.sub(billed_cost, 3)))
+    end
+    redis.call('HDEL', key(level, 6), rid .. '#c')
+    redis.call('HINCRBY', key(level, 2), 'uses', -1)
+    redis.call('HSET', key(level, 6), rid, 'c')
+    released = released + 1
+  end
+end
+return released
+"""
+
+# Settle a request's cost at one level like its tokens (a priced reservation whose cost is unknown is billed
 # in full, never under-billed).
 _SETTLE_COST = """
-local function settle_cost(rid, actual_cost)
+local function settle_cost(level, rid, actual_cost)
   local field = rid .. '#c'
-  local held = redis.call('HGET', KEYS[3], field)
-  local previous = redis.call('HGET', KEYS[6], field)
+  local held = redis.call('HGET', key(level, 3), field)
+  local previous = redis.call('HGET', key(level, 6), field)
   if held then
-    redis.call('HDEL', KEYS[3], field)
-    redis.call('HINCRBY', KEYS[2], 'reserved_cost', -tonumber(held))
+    redis.call('HDEL', key(level, 3), field)
+    redis.call('HINCRBY', key(level, 2), 'reserved_cost', 0 - tonumber(held))
     if actual_cost < 0 then actual_cost = tonumber(held) end
-    redis.call('HINCRBY', KEYS[2], 'spent_cost', actual_cost)
+    redis.call('HINCRBY', key(level, 2), 'spent_cost', actual_cost)
   elseif previous then
     local billed = tonumber(string.sub(previous, 3))
     if actual_cost < 0 then actual_cost = billed end
-    redis.call('HINCRBY', KEYS[2], 'spent_cost', actual_cost - billed)
+    redis.call('HINCRBY', key(level, 2), 'spent_cost', actual_cost - billed)
   elseif actual_cost >= 0 then
-    redis.call('HINCRBY', KEYS[2], 'spent_cost', actual_cost)
+    redis.call('HINCRBY', key(level, 2), 'spent_cost', actual_cost)
   else
     return
   end
-  redis.call('HSET', KEYS[6], field, actual_cost)
+  redis.call('HSET', key(level, 6), field, actual_cost)
 end
 """
 
-# money: the reply of SETTLE, with the budget thresholds whose callbacks are pending. A threshold is
-# marked (with the spend at its crossing) the first time a settlement finds the spend at or past it,
-# and reported by every settlement of the key until MARK_THRESHOLDS says it was delivered, so a
+# The reply of SETTLE, with the budget thresholds of the requesting key (the deepest level) whose callbacks
+# are pending. A threshold is marked (with the spend at its crossing) the first time a settlement finds the
+# spend at or past it, and reported by every settlement until MARK_THRESHOLDS says it was delivered, so a
 # consumer killed between settling and delivering sends it when the event is read again.
 _SETTLED_REPLY = """
-local function settled_reply(outcome)
-  local c = redis.call('HMGET', KEYS[2], 'spent', 'spent_cost')
+local function settled_reply(level, outcome)
+  local counters = key(level, 2)
+  local c = redis.call('HMGET', counters, 'spent', 'spent_cost')
   local reply = {outcome, tonumber(c[1] or '0'), tonumber(c[2] or '0')}
-  local budgets = {{'tokens', c[1] or '0', ARGV[6] or '-1'}, {'cost', c[2] or '0', ARGV[7] or '-1'}}
-  for bp in string.gmatch(ARGV[8] or '', '%d+') do
+  local budgets = {{'tokens', c[1] or '0', ARGV[6]}, {'cost', c[2] or '0', ARGV[7]}}
+  for bp in string.gmatch(ARGV[8], '%d+') do
     for _, budget in ipairs(budgets) do
       local kind, used, limit = budget[1], budget[2], budget[3]
       if tonumber(limit) > 0 then
         local field = 'thr:' .. kind .. ':' .. bp
-        local mark = redis.call('HGET', KEYS[2], field)
+        local mark = redis.call('HGET', counters, field)
         if not mark and tonumber(used) * 10000 >= tonumber(bp) * tonumber(limit) then
           mark = used
-          redis.call('HSET', KEYS[2], field, mark)
+          redis.call('HSET', counters, field, mark)
         end
         if mark and tonumber(mark) >= 0 then
           table.insert(reply, kind .. ':' .. bp .. ':' .. mark .. ':' .. limit)
@@ -176,45 +227,57 @@ local function settled_reply(outcome)
 end
 """
 
-# KEYS: as ADMIT. ARGV: now_ms, request_id, actual_tokens, key_ttl_s,
-#       money: actual_cost (micro-units; -1 = unknown), budget_tokens, budget_cost (-1 = none),
-#       thresholds (basis points, comma-separated; "" = none)
-# Returns {outcome, spent, spent_cost, pending threshold...}: outcome 1 settled an open reservation,
-# 2 corrected an expired one, 3 billed a request with no reservation (e.g. Redis lost it), 0 already
-# settled (idempotent); each pending threshold is "kind:basis_points:spent_at_crossing:limit".
-SETTLE = _EXPIRE + _SETTLE_COST + _SETTLED_REPLY + """
+# KEYS: as RELEASE. ARGV: now_ms, request_id, actual_tokens, key_ttl_s,
+#       actual_cost (micro-units; -1 = unknown), budget_tokens, budget_cost (-1 = none) of the requesting key,
+#       thresholds (basis points, comma-separated; "" = none), levels.
+# Each level is settled on its own, idempotently per request id. Returns {outcome, spent, spent_cost,
+# pending threshold...} of the deepest level (SettleOutcome); a threshold is "kind:bp:spent_at_crossing:limit".
+SETTLE = _LEVELS + _SETTLE_COST + _SETTLED_REPLY + """
 local now = tonumber(ARGV[1])
 local rid = ARGV[2]
 local actual = tonumber(ARGV[3])
-expire_stale(now)
-local outcome
-local previous = redis.call('HGET', KEYS[6], rid)
-if previous and string.sub(previous, 1, 2) ~= 'p:' then
-  return settled_reply(0)
-end
-local held = redis.call('HGET', KEYS[3], rid)
-if held then
-  redis.call('HDEL', KEYS[3], rid)
-  redis.call('ZREM', KEYS[4], rid)
-  redis.call('HINCRBY', KEYS[2], 'reserved', -tonumber(held))
-  redis.call('HINCRBY', KEYS[2], 'spent', actual)
-  outcome = 1
-elseif previous then
-  redis.call('HINCRBY', KEYS[2], 'spent', actual - tonumber(string.sub(previous, 3)))
-  outcome = 2
-else
-  redis.call('HINCRBY', KEYS[2], 'spent', actual)
-  outcome = 3
-end
-settle_cost(rid, tonumber(ARGV[5] or '-1'))
-redis.call('HSET', KEYS[6], rid, actual)
 local ttl = tonumber(ARGV[4])
-keep_until(ttl)
-return settled_reply(outcome)
+local levels = tonumber(ARGV[9])
+local outcome = ALREADY_SETTLED
+for level = 1, levels do
+  expire_stale(level, now)
+  local previous = redis.call('HGET', key(level, 6), rid)
+  if previous and string.sub(previous, 1, 2) ~= 'p:' then
+    outcome = ALREADY_SETTLED
+  else
+    local held = redis.call('HGET', key(level, 3), rid)
+    if held then
+      redis.call('HDEL', key(level, 3), rid)
+      redis.call('ZREM', key(level, 4), rid)
+      redis.call('HINCRBY', key(level, 2), 'reserved', 0 - tonumber(held))
+      redis.call('HINCRBY', key(level, 2), 'spent', actual)
+      outcome = SETTLED
+    elseif previous then
+      redis.call('HINCRBY', key(level, 2), 'spent', actual - tonumber(string.sub(previous, 3)))
+      outcome = CORRECTED
+    else
+      redis.call('HINCRBY', key(level, 2), 'spent', actual)
+      outcome = UNRESERVED
+    end
+    settle_cost(level, rid, tonumber(ARGV[5]))
+    redis.call('HSET', key(level, 6), rid, actual)
+    keep_until(level, ttl)
+  end
+end
+return settled_reply(levels, outcome)
 """
 
-# money. KEYS: the counters hash. ARGV: threshold fields (`thr:<kind>:<bp>`) whose callbacks were
-# delivered (or dead-lettered): they are never reported again.
+# KEYS: the revocation markers of a chain, root first (one slot). Returns the first revoked level, 0 if none.
+# Read-only: for answers that reserve nothing (the model list).
+REVOKED_LEVEL = """
+for level = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[level]) == 1 then return level end
+end
+return 0
+"""
+
+# KEYS: the counters hash of the requesting key. ARGV: threshold fields (`thr:<kind>:<bp>`) whose callbacks
+# were delivered (or dead-lettered): they are never reported again.
 MARK_THRESHOLDS = """
 for i = 1, #ARGV do
   local mark = redis.call('HGET', KEYS[1], ARGV[i])

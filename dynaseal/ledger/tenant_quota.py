@@ -9,22 +9,29 @@ which every request of the tenant shares (on a cluster, one node carries it).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dynaseal.ledger import redis_keys
-from dynaseal.policy.errors import ErrorCode, QuotaUnavailable, Refusal
+from dynaseal.ledger.admission import TenantTier
 from dynaseal.tenant_config import Limits
 
 # A month window plus a day of late settlements: how long an idle tenant's counters are kept.
 TENANT_TTL_S = 33 * 86400
 
-RunScript = Callable[[str, list[str], list[Any]], Awaitable[Any]]
-
 
 def has_tenant_limits(limits: Limits) -> bool:
     """Whether a tenant has any tenant-wide limit (only then is its slot touched at admit)."""
     return limits.tenant_budget is not None or limits.tenant_rpm is not None
+
+
+def tier_of(limits: Limits) -> TenantTier | None:
+    """The tenant tier of an admission (None when the tenant has no tenant-wide limit)."""
+    if not has_tenant_limits(limits):
+        return None
+    budget = limits.tenant_budget
+    if budget is None:
+        return TenantTier(rpm=limits.tenant_rpm)
+    return TenantTier(budget=budget.tokens, window=budget.window, rpm=limits.tenant_rpm)
 
 
 def window_id(window: str, now: float) -> str:
@@ -40,32 +47,14 @@ def tenant_keys(tenant: str) -> list[str]:
             redis_keys.tenant_rate_window(tenant)]
 
 
-def admit_args(limits: Limits, now_ms: int, request_id: str, reserve: int, reservation_ttl_ms: int,
+def admit_args(tier: TenantTier, now_ms: int, request_id: str, reserve: int, reservation_ttl_ms: int,
                deadline_ms: int) -> list[Any]:
     """ARGV of TENANT_ADMIT."""
-    budget = limits.tenant_budget
-    return [now_ms, request_id, reserve, -1 if budget is None else budget.tokens,
-            -1 if limits.tenant_rpm is None else limits.tenant_rpm, reservation_ttl_ms,
-            window_id(budget.window if budget else "day", now_ms / 1000), TENANT_TTL_S, deadline_ms]
+    return [now_ms, request_id, reserve, -1 if tier.budget is None else tier.budget,
+            -1 if tier.rpm is None else tier.rpm, reservation_ttl_ms, window_id(tier.window, now_ms / 1000),
+            TENANT_TTL_S, deadline_ms]
 
 
-def settle_args(request_id: str, actual_tokens: int) -> list[Any]:
+def settle_args(request_id: str, actual_tokens: int, now_ms: int | None = None) -> list[Any]:
     """ARGV of TENANT_SETTLE."""
-    return [int(time.time() * 1000), request_id, int(actual_tokens), TENANT_TTL_S]
-
-
-def refusal(status: int, spent: int, reserved: int, retry_ms: int, limits: Limits, reserve: int) -> Exception:
-    """What a refusing TENANT_ADMIT status means to the client."""
-    if status == -5:
-        return QuotaUnavailable("request id already reserved for the tenant", "duplicate_request_id")
-    if status == -6:
-        return QuotaUnavailable("redis ran the tenant admit after its deadline: nothing was reserved", "redis_late")
-    if status == -3:
-        return Refusal(ErrorCode.RATE_LIMITED, f"the tenant's rate limit of {limits.tenant_rpm} requests per "
-                                               f"minute reached; retry in {max(1, -(-retry_ms // 1000))} s")
-    budget = limits.tenant_budget
-    assert budget is not None
-    left = max(0, budget.tokens - spent - reserved)
-    return Refusal(ErrorCode.INSUFFICIENT_QUOTA,
-                   f"the tenant's token budget for this {budget.window} is exhausted: this request may use "
-                   f"up to {reserve} tokens, {left} remain")
+    return [int(time.time() * 1000) if now_ms is None else now_ms, request_id, int(actual_tokens), TENANT_TTL_S]

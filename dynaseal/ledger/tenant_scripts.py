@@ -4,9 +4,11 @@ A tenant's keys live under the hash tag `{tenant}`, a different slot from every 
 dynamic keys (`{tenant:jti}`): on a Redis Cluster a request touches two slots, possibly two
 nodes, so no single script can see both. The protocol (`dynaseal.ledger.tenant_quota`):
 
-  1. ADMIT on the key's slot (quota_scripts.ADMIT, unchanged): revocation, uses, key rpm, key budget.
+  1. ADMIT on the key's slot (quota_scripts.ADMIT): every level of the key's chain — revocation,
+     uses, rpm, token and money budgets.
   2. TENANT_ADMIT on the tenant's slot: tenant rpm and the tenant budget of the current window.
-  3. If 2 refuses (or fails), KEY_RELEASE gives the key back what 1 took; the request is refused.
+  3. If 2 refuses (or fails), quota_scripts.RELEASE gives every level back exactly what 1 took; the
+     request is refused.
   Settlement runs TENANT_SETTLE next to SETTLE; each is idempotent on its own slot.
 
 Every step is atomic on its slot and each slot's sum of reservations is checked against its own
@@ -21,11 +23,13 @@ Tenant budget hash fields: `r:<window>` (tokens held by open reservations), `s:<
 
 from __future__ import annotations
 
+from dynaseal.ledger.outcomes import LUA_CONSTANTS
+
 # KEYS (all `{tenant}`): budget, reservations, deadlines, provisional, rpm window.
 # Stale reservations are billed in full to their own window and kept in `provisional` for a day
 # (the deadlines set then holds the day's end), so a late settlement corrects them exactly once;
 # after that day the mark is dropped, so nothing of a busy tenant grows without bound.
-_TENANT_EXPIRE = """
+_TENANT_EXPIRE = LUA_CONSTANTS + """
 local CORRECTION_MS = 86400000
 local function split(held)
   local bar = string.find(held, '|', 1, true)
@@ -40,7 +44,7 @@ local function tenant_expire(now)
     if held then
       local window, tokens = split(held)
       redis.call('HDEL', KEYS[2], rid)
-      redis.call('HINCRBY', KEYS[1], 'r:' .. window, -tokens)
+      redis.call('HINCRBY', KEYS[1], 'r:' .. window, 0 - tokens)
       redis.call('HINCRBY', KEYS[1], 's:' .. window, tokens)
       redis.call('HSET', KEYS[4], rid, held)
       redis.call('ZADD', KEYS[3], now + CORRECTION_MS, rid)
@@ -53,13 +57,13 @@ end
 
 # ARGV: now_ms, request_id, reserve, budget (-1 = none), rpm (-1 = none), reservation_ttl_ms,
 #       window (e.g. d20261123 / m202611), ttl_s, deadline_ms (Redis's clock; 0 = none)
-# Returns {status, spent, reserved, retry_after_ms}: 1 admitted, -3 tenant rpm, -4 tenant budget,
-# -5 request id already known, -6 past the deadline (nothing written).
+# Returns {code, spent, reserved, retry_after_ms}: ADMITTED, TENANT_RATE_LIMITED, TENANT_BUDGET_SPENT,
+# DUPLICATE_REQUEST, PAST_DEADLINE (nothing written) — dynaseal.ledger.outcomes.AdmitCode.
 TENANT_ADMIT = _TENANT_EXPIRE + """
 local deadline = tonumber(ARGV[9] or '0')
 if deadline > 0 then
   local t = redis.call('TIME')
-  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > deadline then return {-6, 0, 0, 0} end
+  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > deadline then return {PAST_DEADLINE, 0, 0, 0} end
 end
 local now = tonumber(ARGV[1])
 local rid = ARGV[2]
@@ -69,19 +73,19 @@ local rpm = tonumber(ARGV[5])
 local window = ARGV[7]
 tenant_expire(now)
 if redis.call('HEXISTS', KEYS[2], rid) == 1 or redis.call('HEXISTS', KEYS[4], rid) == 1 then
-  return {-5, 0, 0, 0}
+  return {DUPLICATE_REQUEST, 0, 0, 0}
 end
 if rpm >= 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - 60000)
   if redis.call('ZCARD', KEYS[5]) >= rpm then
     local oldest = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
-    return {-3, 0, 0, tonumber(oldest[2]) + 60000 - now}
+    return {TENANT_RATE_LIMITED, 0, 0, tonumber(oldest[2]) + 60000 - now}
   end
 end
 local c = redis.call('HMGET', KEYS[1], 'r:' .. window, 's:' .. window, 'w')
 local reserved = tonumber(c[1] or '0')
 local spent = tonumber(c[2] or '0')
-if budget >= 0 and spent + reserved + reserve > budget then return {-4, spent, reserved, 0} end
+if budget >= 0 and spent + reserved + reserve > budget then return {TENANT_BUDGET_SPENT, spent, reserved, 0} end
 if c[3] ~= window then
   -- A new window: forget windows before the previous one (a late settlement of those only
   -- recreates a field nobody reads, dropped at the next change).
@@ -98,7 +102,7 @@ redis.call('ZADD', KEYS[3], now + tonumber(ARGV[6]), rid)
 if rpm >= 0 then redis.call('ZADD', KEYS[5], now, rid) end
 local ttl = tonumber(ARGV[8])
 for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ttl) end
-return {1, spent, reserved + reserve, 0}
+return {ADMITTED, spent, reserved + reserve, 0}
 """
 
 # Compensation: the key refused after the tenant admitted, or authz gave up. ARGV: request_id.
@@ -111,19 +115,19 @@ if not held then return 0 end
 local window, tokens = split(held)
 redis.call('HDEL', KEYS[2], rid)
 redis.call('ZREM', KEYS[3], rid)
-redis.call('HINCRBY', KEYS[1], 'r:' .. window, -tokens)
+redis.call('HINCRBY', KEYS[1], 'r:' .. window, 0 - tokens)
 return 1
 """
 
 # ARGV: now_ms, request_id, actual_tokens, ttl_s.
-# Returns {outcome, spent of that window}: 1 settled an open reservation, 2 corrected an expired
-# one, 0 nothing to do (already settled, or the request never reserved on the tenant).
+# Returns {outcome, spent of that window}: SETTLED an open reservation, CORRECTED an expired one,
+# ALREADY_SETTLED when there is nothing to do (settled before, or never reserved on the tenant).
 TENANT_SETTLE = _TENANT_EXPIRE + """
 local now = tonumber(ARGV[1])
 local rid = ARGV[2]
 local actual = tonumber(ARGV[3])
 tenant_expire(now)
-local outcome = 0
+local outcome = ALREADY_SETTLED
 local window
 local held = redis.call('HGET', KEYS[2], rid)
 if held then
@@ -131,36 +135,20 @@ if held then
   window, tokens = split(held)
   redis.call('HDEL', KEYS[2], rid)
   redis.call('ZREM', KEYS[3], rid)
-  redis.call('HINCRBY', KEYS[1], 'r:' .. window, -tokens)
+  redis.call('HINCRBY', KEYS[1], 'r:' .. window, 0 - tokens)
   redis.call('HINCRBY', KEYS[1], 's:' .. window, actual)
-  outcome = 1
+  outcome = SETTLED
 else
   local billed = redis.call('HGET', KEYS[4], rid)
-  if not billed then return {0, 0} end
+  if not billed then return {ALREADY_SETTLED, 0} end
   local tokens
   window, tokens = split(billed)
   redis.call('HDEL', KEYS[4], rid)
   redis.call('ZREM', KEYS[3], rid)
   redis.call('HINCRBY', KEYS[1], 's:' .. window, actual - tokens)
-  outcome = 2
+  outcome = CORRECTED
 end
 local ttl = tonumber(ARGV[4])
 for i = 1, 5 do if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ttl) end end
 return {outcome, tonumber(redis.call('HGET', KEYS[1], 's:' .. window) or '0')}
-"""
-
-# Compensation on the key's slot: give back what quota_scripts.ADMIT took for a request the tenant
-# refused. KEYS: as ADMIT. ARGV: request_id. The id is marked settled (`c`, cancelled), so it is
-# never admitted again nor billed by a stray settlement. Returns 1 if released, 0 if nothing held.
-KEY_RELEASE = """
-local rid = ARGV[1]
-local held = redis.call('HGET', KEYS[3], rid)
-if not held then return 0 end
-redis.call('HDEL', KEYS[3], rid)
-redis.call('ZREM', KEYS[4], rid)
-redis.call('ZREM', KEYS[5], rid)
-redis.call('HINCRBY', KEYS[2], 'uses', -1)
-redis.call('HINCRBY', KEYS[2], 'reserved', -tonumber(held))
-redis.call('HSET', KEYS[6], rid, 'c')
-return 1
 """

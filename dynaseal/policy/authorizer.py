@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 import orjson
 
@@ -23,6 +22,7 @@ from dynaseal.keys.tenants import Registry
 from dynaseal.keys.verification import UnknownKid, VerifiedKeyCache
 from dynaseal.policy.decision import Decision, allow, answer, deny, deny_from
 from dynaseal.policy.errors import ErrorCode, QuotaUnavailable, Refusal
+from dynaseal.policy.quota_refusals import Quota, admit_request, check_not_revoked
 from dynaseal.policy.request_policy import CheckedRequest, check_request, parse_body
 from dynaseal.usage import record as usage_record
 
@@ -48,14 +48,6 @@ class AuthRequest:
     path: str
     headers: Mapping[str, str]
     body: bytes
-
-
-class Quota(Protocol):
-    """Atomic admission against a key's counters (revocation, uses, rpm, budget)."""
-
-    async def admit(self, key: VerifiedKey, request: CheckedRequest, request_id: str,
-                    proof: DpopProof | None = None) -> None:
-        """Reserve for this request (and spend the DPoP proof's jti) or raise Refusal."""
 
 
 def new_request_id() -> str:
@@ -166,11 +158,13 @@ class Authorizer:
             key = await self._verify(token)
             proof = check_binding(key, via_dpop, request, token, self.registry)
             if is_model_list(request.method, request.path):
+                if self.quota is not None:  # reserves nothing, but a revoked key learns nothing either
+                    await check_not_revoked(self.quota, key)
                 return answer(model_list(key), key.jti, request_id)
             check_method_and_path(request.method, request.path)
             checked = check_request(parse_body(request.body, request.headers), key, len(request.body))
             if self.quota is not None:
-                await self.quota.admit(key, checked, request_id, proof)
+                await admit_request(self.quota, key, checked, request_id, proof)
             return self._allow(key, checked, request.headers, request_id)
         except Refusal as refusal:
             return deny_from(refusal, key.jti if key else None, request_id)
