@@ -233,3 +233,13 @@ def test_a_child_claim_the_chain_does_not_enforce_is_refused(authorizer: Authori
     agent = HolderKey.generate()
     token = hand_child(agent, root(signing_key, agent), **{claim: 1})
     assert f"no level of the chain enforces: ['{claim}']" in refusal(decide(authorizer, token))
+
+
+def test_a_hostile_claim_name_is_quoted_safely(authorizer: Authorizer, signing_key: SigningKey) -> None:
+    agent = HolderKey.generate()
+    parent = root(signing_key, agent)
+    for name in ("x" * 5000, "bad\ud800name", "new\nline\x00"):
+        for token in (hand_child(agent, parent, **{name: 1}), hand_child(agent, parent, params={name: {"max": 1}})):
+            message = refusal(decide(authorizer, token))
+            assert len(message) < 300 and message.isprintable(), message
+            message.encode("utf-8")  # no lone surrogate left in it

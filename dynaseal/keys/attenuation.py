@@ -38,6 +38,12 @@ def _refuse(message: str) -> Refusal:
     return Refusal(ErrorCode.INVALID_API_KEY, f"child key {message}")
 
 
+def _shown(name: str) -> str:
+    """A claim or parameter name as quoted in a refusal: bounded, and escaped by repr (no raw control
+    characters or lone surrogates reach the message)."""
+    return repr(name[:64])
+
+
 def _tightest(parent: VerifiedKey, name: str) -> int | None:
     """The smallest `budget`/`uses`/`rpm`/`budget_cost` of the parent and everything above it (None: unlimited)."""
     values = [getattr(level, name) for level in parent.chain if getattr(level, name) is not None]
@@ -102,7 +108,7 @@ def _params(payload: Mapping[str, Any], parent: VerifiedKey) -> tuple[dict[str, 
         except ValueError:
             raise _refuse(f"claim 'params.{name}' is malformed") from None
         if permitted is not None and name not in permitted:
-            raise _refuse(f"adds a range for parameter {name!r}, which its parent does not allow")
+            raise _refuse(f"adds a range for parameter {_shown(name)}, which its parent does not allow")
         ceiling = limits.get(name, ParamLimit())
         if ceiling.min is not None and ((asked.min is None and "min" in spec) or
                                         (asked.min is not None and asked.min < ceiling.min)):
@@ -186,7 +192,7 @@ def check_child(parent: VerifiedKey, header: Mapping[str, Any], payload: Mapping
             raise _refuse(f"may not set '{inherited}': it is its root key's")
     unknown = sorted(set(payload) - CHILD_CLAIMS)
     if unknown:
-        raise _refuse(f"carries claims no level of the chain enforces: {unknown[:5]}")
+        raise _refuse(f"carries claims no level of the chain enforces: [{', '.join(map(_shown, unknown[:5]))}]")
     max_tokens = _count(payload, "max_tokens", parent.max_tokens)
     assert max_tokens is not None
     param_limits, allowed = _params(payload, parent)
