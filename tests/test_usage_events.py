@@ -71,6 +71,7 @@ def test_a_cut_stream_bills_usage_seen_above_the_reservation() -> None:
     ("LR", "upstream_reset_after_response_started{local_reset}"),
     ("SI", "stream_idle_timeout"),
     ("UR,DC", "downstream_remote_disconnect"),
+    ("DR", "downstream_remote_reset"),
 ])
 def test_interim_usage_of_a_cut_stream_never_counts_below_the_reservation(flags: str, details: str) -> None:
     event = parse_line(line(flags=flags, details=details, stream=True, reserved=400,

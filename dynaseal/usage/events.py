@@ -58,10 +58,10 @@ _NEVER_SENT_DETAILS = ("upstream_reset_before_response_started{connection_failur
                        "request_headers_timeout", "request_payload_too_large", "lua_respond")
 
 # Envoy response flags (%RESPONSE_FLAGS%, comma-separated) of a response cut short: the client left
-# (DC) or broke the protocol (DPE); the upstream closed or reset (UC, UR) or broke the protocol (UPE);
-# Envoy reset it (LR) or a timeout or limit ended it (UT, SI, DT, UMSDR, OM). After any of these the
-# last usage a stream carried need not be its final one.
-CUT_FLAGS = frozenset({"DC", "DPE", "UC", "UR", "UPE", "LR", "UT", "SI", "DT", "UMSDR", "OM"})
+# (DC), reset its HTTP/2 stream (DR) or broke the protocol (DPE); the upstream closed or reset (UC, UR)
+# or broke the protocol (UPE); Envoy reset it (LR) or a timeout or limit ended it (UT, SI, DT, UMSDR,
+# OM). After any of these the last usage a stream carried need not be its final one.
+CUT_FLAGS = frozenset({"DC", "DR", "DPE", "UC", "UR", "UPE", "LR", "UT", "SI", "DT", "UMSDR", "OM"})
 
 # Printable ASCII id characters, bounded: what authz mints (UUID4) and nothing a header could smuggle.
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
