@@ -67,6 +67,9 @@ class IssuerConfig(StrictModel):
     # Addresses or networks of the reverse proxies in front of the issuer. Only their
     # X-Forwarded-For is believed (the login throttle counts per client address); empty = none.
     trusted_proxies: tuple[str, ...] = ()
+    # Ceilings on what one user may mint: uses per key (above: 400), keys per minute (above: 429).
+    key_max_uses: int = Field(100_000, ge=1, le=10**9)
+    mint_rate_per_minute: int = Field(60, ge=1, le=10_000)
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 
 from issuer_api.errors import IssuerError, unauthenticated
+from issuer_api.refresh_families import family_revoked
 from issuer_api.state import IssuerState
 from issuer_api.users import Account, account_by_id
 
@@ -35,11 +36,14 @@ def current_account(
     """The account named by a valid access token; 401 otherwise."""
     if not token:
         raise unauthenticated("missing bearer access token", IssuerError.MISSING_TOKEN)
-    user_id = state.tokens.subject(token, "access")
+    claims = state.tokens.claims(token, "access")
     with state.sessions() as db:
-        account = account_by_id(db, user_id)
+        account = account_by_id(db, claims.subject)
+        revoked = family_revoked(db, claims.family)
     if account is None:  # deleted since the token was issued
         raise unauthenticated("the account of this token no longer exists")
+    if revoked:  # its refresh token was reused: the whole login is withdrawn, this token with it
+        raise unauthenticated("this login's session was revoked: log in again", IssuerError.SESSION_REVOKED)
     return account
 
 

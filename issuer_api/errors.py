@@ -62,6 +62,10 @@ class IssuerError(StrEnum):
     INVALID_DPOP_PROOF = "invalid_dpop_proof"
     DPOP_KEY_MISMATCH = "dpop_key_mismatch"
     DPOP_REQUIRED = "dpop_required"
+    REFRESH_TOKEN_REUSED = "refresh_token_reused"
+    SESSION_REVOKED = "session_revoked"
+    USES_ABOVE_LIMIT = "uses_above_limit"
+    MINT_RATE_EXCEEDED = "mint_rate_exceeded"
 
 
 class ApiError(Exception):

@@ -19,6 +19,7 @@ from issuer_api.deps import AccountDep, StateDep
 from issuer_api.dpop_binding import requested_binding
 from issuer_api.errors import ApiError, IssuerError
 from issuer_api.gateway_notice import notify_revoked
+from issuer_api.mint_limits import MINT_LOCK, check_mint_rate, check_uses
 from issuer_api.scope import ScopeRequest, resolve_scope
 from issuer_api.state import IssuerState
 from issuer_api.store import MintedKey, User, as_utc, utcnow
@@ -66,15 +67,20 @@ def create_key(state: StateDep, account: AccountDep, request: Request,
     scope = resolve_scope(scope_request, account, state.issuer, state.limits)
     cnf = requested_binding(request, scope_request, state.cfg.gateway.leeway_s, state.limits.require_dpop)
     scope = replace(scope, cnf=cnf)
+    check_uses(scope.uses, state.issuer.key_max_uses)
     signing_key = state.keystore.active()  # read per request, so a rotation applies without restart
     jti, now = secrets.token_urlsafe(16), int(time.time())
-    token = mint(signing_key, tenant=state.tenant_id, audience=state.cfg.gateway.audience, sub=scope.sub,
-                 models=list(scope.models), max_tokens=scope.max_tokens, ttl=scope.ttl, uses=scope.uses,
-                 budget=scope.budget, rpm=scope.rpm, jti=jti, now=now, cnf=scope.cnf)
     record = scope.as_record()
-    # Recorded before the token is returned: a key whose record failed never leaves the process.
-    with state.sessions.begin() as db:
-        db.add(MintedKey(jti=jti, user_id=account.id, kid=signing_key.kid, scope=record, exp=now + scope.ttl))
+    # Counted and recorded in one transaction, before the token is returned: a key over the user's mint
+    # rate, or whose record failed, never leaves the process.
+    with MINT_LOCK, state.sessions.begin() as db:
+        created = utcnow()
+        check_mint_rate(db, account.id, state.issuer.mint_rate_per_minute, created)
+        token = mint(signing_key, tenant=state.tenant_id, audience=state.cfg.gateway.audience, sub=scope.sub,
+                     models=list(scope.models), max_tokens=scope.max_tokens, ttl=scope.ttl, uses=scope.uses,
+                     budget=scope.budget, rpm=scope.rpm, jti=jti, now=now, cnf=scope.cnf)
+        db.add(MintedKey(jti=jti, user_id=account.id, kid=signing_key.kid, scope=record, exp=now + scope.ttl,
+                         created_at=created))
     log.info("minted key", extra={"jti": jti, "kid": signing_key.kid, "user": account.username,
                                   "ttl": scope.ttl, "models": list(scope.models)})
     return {"token": token, "jti": jti, "kid": signing_key.kid, "expires_at": now + scope.ttl,

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from issuer_api.deps import StateDep, bearer_token, client_ip
 from issuer_api.errors import ApiError, IssuerError, invalid_request, unauthenticated
+from issuer_api.refresh_families import rotate, start_family
 from issuer_api.state import IssuerState
 from issuer_api.users import Account, account_by_id, authenticate, normalize_email
 
@@ -121,14 +122,15 @@ async def login(request: Request, state: StateDep) -> dict[str, str]:
         log.info("login failed", extra={"username": username, "client_ip": ip})
         raise unauthenticated("incorrect username or password", IssuerError.INVALID_CREDENTIALS)
     state.limiter.reset(username, ip)
-    return state.tokens.pair(account)
+    return await run_in_threadpool(start_family, state.sessions, state.tokens, account)
 
 
 @router.post("/user/refresh", response_model=TokenPair, openapi_extra=_REFRESH_BODY,
              summary="Exchange a refresh token for a new pair")
 async def refresh(request: Request, state: StateDep) -> dict[str, str]:
     """A new pair for a valid refresh token, sent as `{"refresh_token": ...}`, a form field, the
-    `refresh_token` query parameter (the original backend's form) or bearer."""
+    `refresh_token` query parameter (the original backend's form) or bearer. Each refresh token is good
+    once; a reused one revokes its login's whole family."""
     raw = await _body(request)
     token: Any = request.query_params.get("refresh_token")
     if token:
@@ -142,8 +144,9 @@ async def refresh(request: Request, state: StateDep) -> dict[str, str]:
     token = token or bearer_token(request)
     if not token:
         raise unauthenticated("missing refresh token", IssuerError.MISSING_TOKEN)
-    user_id = state.tokens.subject(token, "refresh")
-    account = await run_in_threadpool(_account, state, user_id)
+    claims = state.tokens.claims(token, "refresh")
+    account = await run_in_threadpool(_account, state, claims.subject)
     if account is None:
         raise unauthenticated("the account of this token no longer exists")
-    return state.tokens.pair(account)
+    # Rotation: this token is spent now; presenting it again revokes its whole family (RFC 9700 §4.14.2).
+    return await run_in_threadpool(rotate, state.sessions, state.tokens, claims, account)

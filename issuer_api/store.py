@@ -1,4 +1,5 @@
-"""The issuer's database: users, the keys it minted (never the keys themselves) and received callbacks.
+"""The issuer's database: users, the keys it minted (never the keys themselves), received callbacks and
+the families of refresh tokens (their ids, never the tokens).
 
 SQLite under `<data_dir>/issuer/issuer.db` by default; any SQLAlchemy URL via `issuer.database_url`.
 The schema is owned by the Alembic migrations in `issuer_api/migrations/`; these models mirror them.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Engine, ForeignKey, Integer, String, Text, create_engine, event
+from sqlalchemy import JSON, DateTime, Engine, ForeignKey, Index, Integer, String, Text, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from dynaseal.config import DynasealConfig
@@ -63,6 +64,9 @@ class MintedKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
+    # The mint rate counts a user's keys of the last minute.
+    __table_args__ = (Index("ix_minted_keys_user_created", "user_id", "created_at"),)
+
 
 class Callback(Base):
     """One usage callback from the gateway, stored once per `webhook-id`."""
@@ -83,6 +87,30 @@ class Callback(Base):
     # The callback's `cost`: an exact decimal string (never a float) and its currency; null when unpriced.
     cost_amount: Mapped[str | None] = mapped_column(String(64), nullable=True)
     cost_currency: Mapped[str | None] = mapped_column(String(3), nullable=True)
+
+
+class RefreshFamily(Base):
+    """The refresh tokens descended from one login (RFC 9700 §4.14): revoked together on reuse."""
+
+    __tablename__ = "refresh_families"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class RefreshToken(Base):
+    """One refresh token the issuer handed out (its id, never the token): usable once, then rotated."""
+
+    __tablename__ = "refresh_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    family_id: Mapped[str] = mapped_column(ForeignKey("refresh_families.id"), index=True)
+    exp: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 def database_url(cfg: DynasealConfig) -> str:

@@ -29,6 +29,15 @@ CHUNK_DELAY_HEADER = "x-mock-chunk-delay-ms"
 # across writes, paced by x-mock-chunk-delay-ms), and end lines with CRLF instead of LF.
 SPLIT_HEADER = "x-mock-split-bytes"
 NEWLINE_HEADER = "x-mock-sse-newline"
+# `continuous`: usage in every chunk, as vLLM's stream_options.continuous_usage_stats (a switch of the
+# mock's own, so a test can ask for it through a gateway that refuses that member from clients).
+USAGE_HEADER = "x-mock-usage"
+# Drop the connection after N SSE frames, as a provider's load balancer resetting a stream mid-generation.
+ABORT_HEADER = "x-mock-abort-after-frames"
+
+
+class StreamAborted(Exception):
+    """Raised inside a streamed body so the server drops the connection without ending the response."""
 _PARSE_ERROR = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
     "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)"
@@ -71,8 +80,17 @@ def _reshaped(frames: Iterator[bytes], split: int, crlf: bool) -> Iterator[bytes
         yield data[at:at + split]
 
 
-async def _paced(frames: Iterator[bytes], delay: float) -> AsyncIterator[bytes]:
-    """Yield SSE frames, sleeping ``delay`` seconds between consecutive frames."""
+async def _paced(frames: Iterator[bytes], delay: float, abort_after: int = 0) -> AsyncIterator[bytes]:
+    """Yield SSE frames, sleeping ``delay`` seconds between consecutive frames; drop the connection after
+    ``abort_after`` frames when set."""
+    if abort_after:
+        for count, frame in enumerate(frames):
+            if count == abort_after:
+                raise StreamAborted(f"stream dropped after {abort_after} frames ({ABORT_HEADER})")
+            if count:
+                await asyncio.sleep(delay)
+            yield frame
+        return
     if not delay:
         # Unpaced streams go out in one write: per-frame sends through uvicorn/h11 cut benchmark
         # throughput ~3x (measured ~700 vs ~1900 streams/s) and SSE clients parse events, not writes.
@@ -130,7 +148,10 @@ class _Handlers:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise invalid_request(_PARSE_ERROR) from None
-        completion = build_completion(body)
+        usage_mode = request.headers.get(USAGE_HEADER, "final")
+        if usage_mode not in ("final", "continuous"):
+            raise invalid_request(f"Invalid '{USAGE_HEADER}' header: expected final or continuous.", USAGE_HEADER)
+        completion = build_completion(body, continuous_usage=usage_mode == "continuous")
         completion_id, created = new_completion_id(), now()
         headers = {"x-request-id": "req_" + secrets.token_hex(16)}
         if not completion.stream:
@@ -142,7 +163,9 @@ class _Handlers:
             raise invalid_request(f"Invalid '{NEWLINE_HEADER}' header: expected lf or crlf.", NEWLINE_HEADER)
         frames = _reshaped(stream_events(completion, completion_id, created), split, newline == "crlf")
         headers["cache-control"] = "no-cache"
-        return StreamingResponse(_paced(frames, chunk_delay), media_type="text/event-stream", headers=headers)
+        abort_after = _header_int(request, ABORT_HEADER)
+        return StreamingResponse(_paced(frames, chunk_delay, abort_after), media_type="text/event-stream",
+                                 headers=headers)
 
     async def list_models(self, request: Request) -> Response:
         """GET /v1/models: list the advertised model ids."""

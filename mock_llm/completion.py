@@ -13,6 +13,8 @@ Tokenizer rule (kept trivially predictable so tests can compute expected numbers
 * ``completion_tokens_details.reasoning_tokens`` = ``completion_tokens // 2`` when the request sets
   ``reasoning_effort`` (as an o-series model would), else 0. Both are parts of the counts above, as in
   OpenAI's usage.
+* vLLM's ``stream_options.continuous_usage_stats`` (or the test switch ``x-mock-usage: continuous``,
+  which reaches the mock where a gateway refuses the member) puts the usage so far in every chunk.
 
 The same :class:`Completion` object feeds both the JSON and the SSE renderer, so streaming and
 non-streaming usage for an identical request are identical by construction.
@@ -73,6 +75,8 @@ class Completion:
     choices: tuple[Choice, ...]
     cached_tokens: int = 0
     reasoning: bool = False
+    # vLLM's continuous_usage_stats: every chunk carries the usage so far (prompt + words emitted).
+    continuous_usage: bool = False
 
     @property
     def completion_tokens(self) -> int:
@@ -159,8 +163,10 @@ def _generate(seed_text: str, index: int, limit: int | None) -> Choice:
     return Choice(index, tuple(words), "stop")
 
 
-def build_completion(body: Any) -> Completion:
-    """Validate an OpenAI chat-completions body and compute its deterministic completion."""
+def build_completion(body: Any, continuous_usage: bool = False) -> Completion:
+    """Validate an OpenAI chat-completions body and compute its deterministic completion.
+
+    `continuous_usage` forces usage in every chunk, as the body's `continuous_usage_stats` asks."""
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.")
     model = body.get("model")
@@ -211,6 +217,7 @@ def build_completion(body: Any) -> Completion:
         if not isinstance(stream_options, dict):
             raise invalid_request("Invalid type for 'stream_options': expected an object.", "stream_options")
         include_usage = stream_options.get("include_usage") is True
+        continuous_usage = continuous_usage or stream_options.get("continuous_usage_stats") is True
 
     if model == MISSING_MODEL:
         raise ApiError(
@@ -220,4 +227,4 @@ def build_completion(body: Any) -> Completion:
         )
     choices = tuple(_generate(last_user_text, i, limit) for i in range(n))
     return Completion(model, bool(stream), include_usage, prompt_tokens, choices, cached_tokens,
-                      body.get("reasoning_effort") is not None)
+                      body.get("reasoning_effort") is not None, continuous_usage and bool(stream))

@@ -71,12 +71,18 @@ def stream_events(completion: Completion, completion_id: str, created: int) -> I
     if completion.include_usage:
         # OpenAI sends an explicit null usage on every chunk but the final one when include_usage is set.
         base["usage"] = None
+    emitted = 0
     for choice in completion.choices:
         for delta, finish_reason in _choice_deltas(choice):
             chunk = dict(base)
             chunk["choices"] = [
                 {"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             ]
+            if completion.continuous_usage:
+                # vLLM: the usage so far in every chunk (one token per word emitted).
+                emitted += 1 if delta.get("content") else 0
+                chunk["usage"] = {"prompt_tokens": completion.prompt_tokens, "completion_tokens": emitted,
+                                  "total_tokens": completion.prompt_tokens + emitted}
             yield _sse(chunk)
     if completion.include_usage:
         final = dict(base)

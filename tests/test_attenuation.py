@@ -170,3 +170,76 @@ def test_an_expired_child_is_expired(authorizer: Authorizer, signing_key: Signin
     agent = HolderKey.generate()
     child = hand_child(agent, root(signing_key, agent), exp_offset=-120)
     assert decide(authorizer, child).code == "expired_key"
+
+
+@pytest.mark.parametrize("name", ["presence_penalty", "best_of", "priority"])
+def test_a_child_cannot_add_a_range_for_a_parameter_its_parent_never_allowed(
+        authorizer: Authorizer, signing_key: SigningKey, name: str) -> None:
+    # The parent lets through top_p and seed (allow) and temperature (its range), nothing else: a range is a
+    # permission in the request policy, so a new one would let `name` reach the upstream.
+    agent = HolderKey.generate()
+    child = agent.child(root(signing_key, agent), params={name: {"min": 0, "max": 1}})
+    assert f"adds a range for parameter '{name}'" in refusal(decide(authorizer, child))
+
+
+def test_a_child_may_range_what_its_parent_allows_within_its_parents_range(
+        authorizer: Authorizer, signing_key: SigningKey) -> None:
+    agent = HolderKey.generate()
+    parent = root(signing_key, agent)
+    key = verify_token(agent.child(parent, params={"seed": {"min": 0, "max": 9}, "temperature": {"max": 0.2},
+                                                   "allow": ["temperature"]}), authorizer.registry)
+    assert key.param_limits["seed"].max == 9 and key.param_limits["temperature"].max == 0.2
+    assert key.allowed_params == frozenset({"temperature"})
+    assert "above its parent's maximum" in refusal(decide(authorizer, agent.child(parent, params={
+        "temperature": {"max": 1.1}})))
+    # A parent without an allowlist lets every name through: any range only narrows it.
+    open_parent = root(signing_key, agent, params=None)
+    open_child = verify_token(agent.child(open_parent, params={"presence_penalty": {"max": 0}}), authorizer.registry)
+    assert open_child.param_limits["presence_penalty"].max == 0
+    assert decide(authorizer, agent.child(open_parent, params={"presence_penalty": {"max": 0}}),
+                  presence_penalty=1).code == "param_not_allowed"
+
+
+def money(amount: Any, currency: str = "USD") -> dict[str, Any]:
+    return {"amount": amount, "currency": currency}
+
+
+def test_a_childs_budget_cost_is_read_and_narrowed(authorizer: Authorizer, signing_key: SigningKey) -> None:
+    agent = HolderKey.generate()
+    parent = root(signing_key, agent, budget_cost="2.50")
+    assert verify_token(parent, authorizer.registry).budget_cost == 2_500_000
+    key = verify_token(hand_child(agent, parent, budget_cost=money("1.000001")), authorizer.registry)
+    assert key.budget_cost == 1_000_001
+    assert verify_token(hand_child(agent, parent), authorizer.registry).budget_cost == 2_500_000  # inherited
+    assert "more than its parent's 2.5" in refusal(decide(authorizer, hand_child(agent, parent,
+                                                                                  budget_cost=money("2.51"))))
+    # A parent with no money budget: the child's own is read, never dropped.
+    free = root(signing_key, agent)
+    assert verify_token(hand_child(agent, free, budget_cost=money("0.25")), authorizer.registry).budget_cost == 250_000
+
+
+@pytest.mark.parametrize("claim", [money("0.0000001"), money(1), money(0.5), money("-1"), money("0"), money("NaN"),
+                                   money("1", "EUR"), "1.00", {"amount": "1"}, money("1e400")])
+def test_a_malformed_child_budget_cost_is_refused(authorizer: Authorizer, signing_key: SigningKey,
+                                                  claim: Any) -> None:
+    agent = HolderKey.generate()
+    assert "budget_cost" in refusal(decide(authorizer, hand_child(agent, root(signing_key, agent),
+                                                                  budget_cost=claim)))
+
+
+@pytest.mark.parametrize("claim", ["budget_tokens", "priority", "ttl", "limits", "max_completion_tokens", "kid"])
+def test_a_child_claim_the_chain_does_not_enforce_is_refused(authorizer: Authorizer, signing_key: SigningKey,
+                                                             claim: str) -> None:
+    agent = HolderKey.generate()
+    token = hand_child(agent, root(signing_key, agent), **{claim: 1})
+    assert f"no level of the chain enforces: ['{claim}']" in refusal(decide(authorizer, token))
+
+
+def test_a_hostile_claim_name_is_quoted_safely(authorizer: Authorizer, signing_key: SigningKey) -> None:
+    agent = HolderKey.generate()
+    parent = root(signing_key, agent)
+    for name in ("x" * 5000, "bad\ud800name", "new\nline\x00"):
+        for token in (hand_child(agent, parent, **{name: 1}), hand_child(agent, parent, params={name: {"max": 1}})):
+            message = refusal(decide(authorizer, token))
+            assert len(message) < 300 and message.isprintable(), message
+            message.encode("utf-8")  # no lone surrogate left in it

@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt as pyjwt
 import pytest
 import redis
 from conftest import DEMO_TENANT, jwt_payload
 from pipeline_harness import Receiver, Services, pipeline_config, wait_until
 
 from dynaseal.config import DynasealConfig
+from dynaseal.keys.attenuation import CHILD_TYP
 from dynaseal.keys.mint import HolderKey, SigningKey, mint
 from dynaseal.ledger import redis_keys
 from dynaseal.ledger.revocation import revoke
@@ -119,6 +121,31 @@ def test_revoking_a_key_refuses_everything_below_it_at_once(gw: str, issuer_key:
     assert post(gw, sibling).status_code == 200  # another branch is untouched
     revoke(store, DEMO_TENANT, jti(parent), exp)
     assert post(gw, sibling).json()["error"]["code"] == "revoked_key"
+
+
+@pytest.mark.parametrize("name", ["presence_penalty", "seed", "best_of"])
+def test_a_child_adding_a_parameter_its_parent_never_allowed_is_refused(gw: str, issuer_key: SigningKey,
+                                                                        name: str) -> None:
+    agent = HolderKey.generate()
+    parent = root_key(issuer_key, agent, params={"allow": ["top_p"]})
+    bearer = mint(issuer_key, tenant=DEMO_TENANT, models=["deepseek-chat"], max_tokens=100, ttl=600,
+                  params={"allow": ["top_p"]})  # the same limits, unbound: what the parent itself may send
+    assert post(gw, bearer, {**BODY, name: 1}).json()["error"]["code"] == "param_not_allowed"
+    # A range for the name would have let it through to the upstream: the child is not a narrower key.
+    reply = post(gw, agent.child(parent, params={name: {"min": 1, "max": 1}}), {**BODY, name: 1})
+    assert (reply.status_code, reply.json()["error"]["code"]) == (401, "invalid_api_key"), reply.text
+    assert name in reply.json()["error"]["message"]
+    assert post(gw, agent.child(parent, params={"top_p": {"max": 0.5}}), {**BODY, "top_p": 0.5}).status_code == 200
+
+
+def test_a_child_asking_for_more_money_than_its_parent_is_refused(gw: str, issuer_key: SigningKey) -> None:
+    agent = HolderKey.generate()
+    parent = root_key(issuer_key, agent, budget_cost="0.50")
+    claims = {**jwt_payload(agent.child(parent)), "budget_cost": {"amount": "0.60", "currency": "USD"}}
+    child = pyjwt.encode(claims, agent.private_key, algorithm=agent.alg, headers={"typ": CHILD_TYP})
+    reply = post(gw, child)
+    assert (reply.status_code, reply.json()["error"]["code"]) == (401, "invalid_api_key"), reply.text
+    assert "budget_cost 0.6" in reply.json()["error"]["message"]
 
 
 @pytest.fixture(scope="module")

@@ -83,17 +83,18 @@ def test_repeated_failures_are_throttled(tmp_path: Path) -> None:
         client.__exit__(None, None, None)
 
 
-def test_refresh_returns_a_new_pair(issuer: tuple[DynasealConfig, TestClient],
-                                    client1_pair: dict[str, str]) -> None:
+def test_refresh_returns_a_new_pair(issuer: tuple[DynasealConfig, TestClient]) -> None:
     client = issuer[1]
-    by_body = client.post("/user/refresh", json={"refresh_token": client1_pair["refresh_token"]})
+    pair = login(client, "client1")
+    by_body = client.post("/user/refresh", json={"refresh_token": pair["refresh_token"]})
     assert by_body.status_code == 200, by_body.text
     fresh = by_body.json()
-    assert fresh["access_token"] != client1_pair["access_token"]
+    assert fresh["access_token"] != pair["access_token"] and fresh["refresh_token"] != pair["refresh_token"]
     assert client.post("/key/create", headers=bearer(fresh["access_token"])).status_code == 200
-    by_header = client.post("/user/refresh", headers=bearer(client1_pair["refresh_token"]))
+    # Each way of sending it, each time with the token the last refresh handed out (rotation).
+    by_header = client.post("/user/refresh", headers=bearer(fresh["refresh_token"]))
     assert by_header.status_code == 200, by_header.text
-    by_form = client.post("/user/refresh", data={"refresh_token": client1_pair["refresh_token"]})
+    by_form = client.post("/user/refresh", data={"refresh_token": by_header.json()["refresh_token"]})
     assert by_form.status_code == 200, by_form.text
 
 

@@ -28,8 +28,9 @@ def test_migrations_build_exactly_the_models_schema(tmp_path: Path) -> None:
     engine = create_engine(url)
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
-        assert conn.exec_driver_sql("select version_num from alembic_version").scalar() == "0003_callback_cost"
-    assert {"users", "minted_keys", "callbacks"} <= set(inspect(engine).get_table_names())
+        assert conn.exec_driver_sql("select version_num from alembic_version").scalar() == "0004_refresh_families"
+    tables = set(inspect(engine).get_table_names())
+    assert {"users", "minted_keys", "callbacks", "refresh_families", "refresh_tokens"} <= tables
     engine.dispose()
 
 

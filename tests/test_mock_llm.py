@@ -166,6 +166,32 @@ def test_streaming_wire_format(http: httpx.Client) -> None:
     assert all("usage" not in orjson.loads(f) for f in without[:-1])
 
 
+@pytest.mark.parametrize("switch", ["body", "header"])
+def test_continuous_usage_puts_the_usage_so_far_in_every_chunk_as_vllm_does(http: httpx.Client, switch: str) -> None:
+    body: dict[str, Any] = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 3, "stream": True,
+                            "stream_options": {"include_usage": True}}
+    headers = {}
+    if switch == "body":
+        body["stream_options"]["continuous_usage_stats"] = True
+    else:
+        headers["x-mock-usage"] = "continuous"
+    frames = _sse_frames(http.post("/v1/chat/completions", json=body, headers=headers))
+    chunks = [orjson.loads(f) for f in frames[:-1]]
+    assert frames[-1] == "[DONE]" and len(chunks) == 6
+    # role chunk 0 tokens, then one per word, the finish chunk repeats the count; the usage-only chunk is final
+    assert [c["usage"]["completion_tokens"] for c in chunks] == [0, 1, 2, 3, 3, 3]
+    assert all(c["usage"]["prompt_tokens"] == EXPECTED_PROMPT_TOKENS for c in chunks)
+    assert all(c["usage"]["total_tokens"] == EXPECTED_PROMPT_TOKENS + c["usage"]["completion_tokens"] for c in chunks)
+    assert chunks[-1]["choices"] == [] and chunks[-2]["choices"][0]["finish_reason"] == "length"
+    # Without include_usage only the running counts: the last content chunk's is the final one.
+    del body["stream_options"]["include_usage"]
+    plain = [orjson.loads(f) for f in _sse_frames(http.post("/v1/chat/completions", json=body,
+                                                            headers=headers))[:-1]]
+    assert len(plain) == 5 and plain[-1]["usage"]["completion_tokens"] == 3
+    bad = http.post("/v1/chat/completions", json=body, headers={"x-mock-usage": "sometimes"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "x-mock-usage"
+
+
 def test_streaming_without_include_usage_has_no_usage(client: openai.OpenAI) -> None:
     chunks = list(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
     assert chunks, "stream produced no chunks"
@@ -352,3 +378,14 @@ def test_cli_api_key_defaults_to_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (args.host, args.port, args.api_key) == ("127.0.0.1", 8100, "from-env")
     monkeypatch.delenv(API_KEY_ENV)
     assert build_parser().parse_args(["--port", "9"]).api_key is None
+
+
+def test_abort_hook_drops_the_connection_mid_stream(http: httpx.Client) -> None:
+    body = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 5, "stream": True}
+    frames: list[str] = []
+    with pytest.raises(httpx.HTTPError), \
+            http.stream("POST", "/v1/chat/completions", json=body, headers={"x-mock-abort-after-frames": "2"}) as reply:
+        for line in reply.iter_lines():
+            if line.startswith("data: "):
+                frames.append(line)
+    assert len(frames) == 2

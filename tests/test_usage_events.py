@@ -56,9 +56,47 @@ def test_upstream_usage_is_copied_with_every_field() -> None:
     assert not event.HasField("content")
 
 
-def test_client_leaving_after_the_usage_chunk_still_bills_the_reported_usage() -> None:
+def test_a_cut_stream_bills_usage_seen_above_the_reservation() -> None:
     event = parse_line(line(flags="DC", details="downstream_remote_disconnect", stream=True))
-    assert event is not None and event.usage_source == UPSTREAM and event.total_tokens == 29
+    assert event is not None and event.usage_source == UPSTREAM and event.total_tokens == 29  # 29 > reserved 27
+
+
+# Rule 2: a stream cut short bills the larger of the reservation and any usage seen. With vLLM's
+# continuous_usage_stats every chunk carries the running usage: the last one Envoy read is interim.
+
+@pytest.mark.parametrize(("flags", "details"), [
+    ("DC", "downstream_remote_disconnect"),
+    ("UR", "upstream_reset_after_response_started{remote_reset}"),
+    ("UC", "upstream_reset_after_response_started{connection_termination}"),
+    ("LR", "upstream_reset_after_response_started{local_reset}"),
+    ("SI", "stream_idle_timeout"),
+    ("UR,DC", "downstream_remote_disconnect"),
+    ("DR", "downstream_remote_reset"),
+])
+def test_interim_usage_of_a_cut_stream_never_counts_below_the_reservation(flags: str, details: str) -> None:
+    event = parse_line(line(flags=flags, details=details, stream=True, reserved=400,
+                            prompt_tokens=49, completion_tokens=3, total_tokens=52))
+    assert event is not None
+    assert (event.usage_source, event.total_tokens, event.prompt_tokens, event.completion_tokens) == \
+        (RESERVED, 400, 0, 0)
+    assert event.response_flags == flags
+
+
+def test_a_whole_stream_and_a_whole_json_answer_bill_their_usage() -> None:
+    # No cut flag: the last usage Envoy read is the usage-only event (or the last before [DONE]).
+    whole = parse_line(line(stream=True, reserved=400))
+    # A JSON answer is read whole by json_to_metadata before any of it reaches the client: its usage is final.
+    json_answer = parse_line(line(flags="DC", details="downstream_remote_disconnect", stream=False, reserved=400))
+    for event in (whole, json_answer):
+        assert event is not None and (event.usage_source, event.total_tokens) == (UPSTREAM, 29)
+
+
+def test_a_cut_stream_is_priced_at_least_at_its_reserved_cost() -> None:
+    price = "USD 2.00 1.00 8.00 8.00"  # per million tokens: 29 tokens cost far less than the reservation
+    cut = parse_line(line(flags="DC", details="downstream_remote_disconnect", stream=True, reserved=20,
+                          price=price, reserved_cost=999_999))
+    assert cut is not None and cut.usage_source == UPSTREAM and cut.total_tokens == 29
+    assert cut.cost_micros == 999_999
 
 
 def test_float_counts_and_missing_total_are_normalised() -> None:

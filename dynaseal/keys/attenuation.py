@@ -4,10 +4,13 @@ A key whose `cnf.jwk` names a holder key may have children. A child is a compact
 `typ: dynaseal-child+jwt`, signed by that holder key (the algorithm pinned by the key's type, never
 taken from the header), whose claims carry the parent's whole token in `prn`. Every limit a child
 states must lie within its parent's (models ⊆, max_tokens ≤, budget/uses/rpm ≤ the tightest above it,
-exp ≤, params narrower, allow ⊆); one that asks for more is refused, not clipped, so the holder learns
-at once that the child it minted is not what it meant. What a child leaves out it inherits.
+exp ≤, budget_cost ≤, params narrower, allow ⊆); one that asks for more is refused, not clipped, so the
+holder learns at once that the child it minted is not what it meant. What a child leaves out it inherits.
+A parameter range may be stated only for a name its parent lets through (its `params.allow` or its
+ranges): a range is a permission in the request policy, so a new one would widen the key.
 `event_id`, `cb` and `sub` belong to the tenant's key and are inherited; a child may not set them
-(a `sub` equal to the parent's is accepted).
+(a `sub` equal to the parent's is accepted). Any other claim outside CHILD_CLAIMS is refused: a limit
+the chain does not read would be a limit its holder believes in and nobody enforces.
 
 The gateway then charges each request to every level, in one Redis script (dynaseal.ledger.chain_scripts).
 """
@@ -17,22 +20,32 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dynaseal.keys.claims import VerifiedKey
+from dynaseal.keys.claims import VerifiedKey, budget_cost_claim
 from dynaseal.keys.dpop import ALGORITHMS, confirmation
+from dynaseal.money.pricing import from_micros
 from dynaseal.policy.errors import ErrorCode, Refusal
 from dynaseal.tenant_config import ParamLimit
 
 CHILD_TYP = "dynaseal-child+jwt"
 # Levels below the root a token may nest at all, before any tenant is known (tenants allow at most 4).
 MAX_DEPTH = 4
+# Every claim a child may carry; each is checked below. `event_id` and `cb` have their own refusal.
+CHILD_CLAIMS = frozenset({"iss", "aud", "exp", "nbf", "iat", "jti", "sub", "prn", "models", "max_tokens",
+                          "budget", "uses", "rpm", "params", "cnf", "budget_cost"})
 
 
 def _refuse(message: str) -> Refusal:
     return Refusal(ErrorCode.INVALID_API_KEY, f"child key {message}")
 
 
+def _shown(name: str) -> str:
+    """A claim or parameter name as quoted in a refusal: bounded, and escaped by repr (no raw control
+    characters or lone surrogates reach the message)."""
+    return repr(name[:64])
+
+
 def _tightest(parent: VerifiedKey, name: str) -> int | None:
-    """The smallest `budget`/`uses`/`rpm` of the parent and everything above it (None: unlimited)."""
+    """The smallest `budget`/`uses`/`rpm`/`budget_cost` of the parent and everything above it (None: unlimited)."""
     values = [getattr(level, name) for level in parent.chain if getattr(level, name) is not None]
     return min(values) if values else None
 
@@ -77,11 +90,13 @@ def _params(payload: Mapping[str, Any], parent: VerifiedKey) -> tuple[dict[str, 
     if not isinstance(raw, dict):
         raise _refuse("claim 'params' is malformed")
     allowed = parent.allowed_params
+    # What the parent lets through (request_policy): with an allowlist, its names and its ranged names.
+    permitted = None if allowed is None else allowed | frozenset(parent.param_limits)
     for name, spec in raw.items():
         if name == "allow":
             if not isinstance(spec, list) or not all(isinstance(x, str) for x in spec):
                 raise _refuse("claim 'params.allow' is malformed")
-            wider = set(spec) - parent.allowed_params if parent.allowed_params is not None else set()
+            wider = set(spec) - permitted if permitted is not None else set()
             if wider:
                 raise _refuse(f"allows parameters its parent does not: {sorted(wider)}")
             allowed = frozenset(spec)
@@ -92,6 +107,8 @@ def _params(payload: Mapping[str, Any], parent: VerifiedKey) -> tuple[dict[str, 
             asked = ParamLimit.model_validate(spec)
         except ValueError:
             raise _refuse(f"claim 'params.{name}' is malformed") from None
+        if permitted is not None and name not in permitted:
+            raise _refuse(f"adds a range for parameter {_shown(name)}, which its parent does not allow")
         ceiling = limits.get(name, ParamLimit())
         if ceiling.min is not None and ((asked.min is None and "min" in spec) or
                                         (asked.min is not None and asked.min < ceiling.min)):
@@ -102,6 +119,24 @@ def _params(payload: Mapping[str, Any], parent: VerifiedKey) -> tuple[dict[str, 
         limits[name] = ParamLimit(min=asked.min if asked.min is not None else ceiling.min,
                                   max=asked.max if asked.max is not None else ceiling.max)
     return limits, allowed
+
+
+def _budget_cost(payload: Mapping[str, Any], parent: VerifiedKey) -> int | None:
+    """The child's money budget in micro-units: the root's claim format, at most the tightest above it."""
+    ceiling = _tightest(parent, "budget_cost")
+    if payload.get("budget_cost") is None:
+        return ceiling
+    raw = payload["budget_cost"]
+    if not isinstance(raw, dict) or not isinstance(raw.get("amount"), str):
+        raise _refuse('claim \'budget_cost\' must be {"amount": "<decimal string>", "currency": "<ISO 4217>"}')
+    try:
+        # Parsed like a tenant-signed key's claim; the tenant's own ceiling is already in the root's value.
+        asked = budget_cost_claim(raw, parent.tenant)
+    except Refusal as refusal:
+        raise _refuse(refusal.message.removeprefix("dynamic key ")) from None
+    if ceiling is not None and asked > ceiling:
+        raise _refuse(f"asks for budget_cost {from_micros(asked)}, more than its parent's {from_micros(ceiling)}")
+    return asked
 
 
 def check_child(parent: VerifiedKey, header: Mapping[str, Any], payload: Mapping[str, Any],
@@ -155,6 +190,9 @@ def check_child(parent: VerifiedKey, header: Mapping[str, Any], payload: Mapping
     for inherited in ("event_id", "cb"):
         if inherited in payload:
             raise _refuse(f"may not set '{inherited}': it is its root key's")
+    unknown = sorted(set(payload) - CHILD_CLAIMS)
+    if unknown:
+        raise _refuse(f"carries claims no level of the chain enforces: [{', '.join(map(_shown, unknown[:5]))}]")
     max_tokens = _count(payload, "max_tokens", parent.max_tokens)
     assert max_tokens is not None
     param_limits, allowed = _params(payload, parent)
@@ -164,6 +202,7 @@ def check_child(parent: VerifiedKey, header: Mapping[str, Any], payload: Mapping
             cnf = confirmation(payload["cnf"])
         except ValueError as exc:
             raise _refuse(f"claim 'cnf' is not usable: {exc}") from None
+    budget_cost = _budget_cost(payload, parent)
     return VerifiedKey(
         tenant=tenant, jti=jti, exp=exp, event_id=parent.event_id, sub=parent.sub,
         models=_models(payload, parent), max_tokens=max_tokens,
@@ -172,5 +211,5 @@ def check_child(parent: VerifiedKey, header: Mapping[str, Any], payload: Mapping
         rpm=_count(payload, "rpm", _tightest(parent, "rpm")),
         param_limits=param_limits, allowed_params=allowed, cb=parent.cb,
         cnf_jkt=cnf.jkt if cnf else None, holder=cnf.holder if cnf else None,
-        parent=parent, depth=depth,
+        parent=parent, depth=depth, budget_cost=budget_cost,
     )

@@ -115,6 +115,11 @@ def _budget_cost(payload: Mapping[str, Any], tenant: Tenant) -> int | None:
     ceiling = None if tenant.limits.budget_cost is None else to_micros(tenant.limits.budget_cost)
     if raw is None:
         return ceiling
+    return _min_of(budget_cost_claim(raw, tenant), ceiling)
+
+
+def budget_cost_claim(raw: Any, tenant: Tenant) -> int:
+    """A `budget_cost` claim's amount in micro-units of the tenant's currency; Refusal when malformed."""
     if not isinstance(raw, dict) or set(raw) != {"amount", "currency"}:
         raise _bad("budget_cost", 'must be {"amount": "<decimal>", "currency": "<ISO 4217>"}')
     if raw["currency"] != tenant.currency:
@@ -131,7 +136,7 @@ def _budget_cost(payload: Mapping[str, Any], tenant: Tenant) -> int | None:
     if not amount.is_finite() or not 0 < amount <= MAX_BUDGET_COST \
             or amount.normalize().as_tuple().exponent < -MICROS:  # type: ignore[operator]
         raise _bad("budget_cost", f"amount must be in (0, {MAX_BUDGET_COST}] with at most {MICROS} decimals")
-    return _min_of(to_micros(amount), ceiling)
+    return to_micros(amount)
 
 
 def _param_limits(raw: Any, tenant: Tenant) -> tuple[dict[str, ParamLimit], frozenset[str] | None]:

@@ -5,13 +5,19 @@ the first that applies decides:
 
 1. Not admitted → no event. The line lacks `tenant` or `jti`, carries a `deny_code`, or its
    `details` start with `ext_authz` (denied, or authz unavailable). Nothing was reserved.
-2. The upstream reported usage (`total_tokens` present: json_to_metadata / sse_to_metadata put it
-   there) → `usage_source` "upstream", the counts from the log, whatever the status and flags
-   (a client that left after the usage chunk still spent those tokens).
-3. The upstream answered an error (status ≥ 400) → "none", every count 0: settling with 0
+2. A stream cut short — a response flag of a disconnect, reset or timeout (`CUT_FLAGS`: the client
+   left, DC; the upstream reset, UR/UC; Envoy reset it, LR, ...) → the larger of what authz reserved
+   ("reserved") and any usage seen ("upstream"). sse_to_metadata keeps the last usage it read, which
+   is the final one only on a stream that ended: an upstream that puts the running usage in every
+   chunk (vLLM's `continuous_usage_stats`) would otherwise bill a client that leaves early only
+   what it had read. The client cannot choose its metering by leaving.
+3. The upstream reported usage (`total_tokens` present: json_to_metadata / sse_to_metadata put it
+   there, the last one read: on a whole stream the usage-only event or the last before `[DONE]`)
+   → `usage_source` "upstream", the counts from the log.
+4. The upstream answered an error (status ≥ 400) → "none", every count 0: settling with 0
    releases the reservation, and the tenant still gets a callback with the status. Envoy's
-   `response_payload_too_large` is the exception: the upstream did generate, so rule 4 applies.
-4. Otherwise the usage is unknown — the client disconnected before the usage chunk (flags `DC`,
+   `response_payload_too_large` is the exception: the upstream did generate, so rule 5 applies.
+5. Otherwise the usage is unknown — the client disconnected before the usage chunk (flags `DC`,
    tokens null), the upstream stream broke, or no status was sent → "reserved": total_tokens is
    what authz reserved (never under-bill), prompt and completion 0.
 
@@ -51,7 +57,11 @@ _NEVER_SENT_DETAILS = ("upstream_reset_before_response_started{connection_failur
                        "cluster_not_found", "route_not_found", "request_overall_timeout",
                        "request_headers_timeout", "request_payload_too_large", "lua_respond")
 
-
+# Envoy response flags (%RESPONSE_FLAGS%, comma-separated) of a response cut short: the client left
+# (DC), reset its HTTP/2 stream (DR) or broke the protocol (DPE); the upstream closed or reset (UC, UR)
+# or broke the protocol (UPE); Envoy reset it (LR) or a timeout or limit ended it (UT, SI, DT, UMSDR,
+# OM). After any of these the last usage a stream carried need not be its final one.
+CUT_FLAGS = frozenset({"DC", "DR", "DPE", "UC", "UR", "UPE", "LR", "UT", "SI", "DT", "UMSDR", "OM"})
 
 # Printable ASCII id characters, bounded: what authz mints (UUID4) and nothing a header could smuggle.
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -69,12 +79,22 @@ def _admitted(record: dict[str, Any]) -> bool:
         and not _text(record.get("details")).startswith("ext_authz")
 
 
+def cut_short(record: dict[str, Any]) -> bool:
+    """Whether the line's response was a stream that a disconnect, reset or timeout ended early."""
+    flags = {flag.strip() for flag in _text(record.get("flags")).split(",")}
+    return record.get("stream") is True and bool(flags & CUT_FLAGS)
+
+
 def _usage(record: dict[str, Any], status: int, reserved: int) -> tuple[str, int, int, int]:
-    """(usage_source, prompt, completion, total) by rules 2–4."""
+    """(usage_source, prompt, completion, total) by rules 2–5."""
     prompt, completion, total = (_count(record.get(k)) for k in ("prompt_tokens", "completion_tokens",
                                                                    "total_tokens"))
     if total is None and prompt is not None and completion is not None:
         total = prompt + completion
+    if cut_short(record):
+        if total is not None and total > reserved:
+            return UPSTREAM, prompt or 0, completion or 0, total
+        return RESERVED, 0, 0, reserved
     if total is not None:
         return UPSTREAM, prompt or 0, completion or 0, total
     details = _text(record.get("details"))
@@ -150,7 +170,8 @@ def _add_money(event: UsageEvent, record: dict[str, Any]) -> None:
     """Token details, the price authz applied, the cost by the usage rules, and the key's budgets.
 
     The cost is the price × the upstream's usage ("upstream"), what authz reserved ("reserved": the
-    usage is unknown, never under-bill), or 0 ("none"). A line without a price is an unpriced model.
+    usage is unknown, never under-bill), or 0 ("none"); a stream cut short never less than what authz
+    reserved. A line without a price is an unpriced model.
     """
     if event.usage_source == UPSTREAM:
         event.cached_tokens = min(_count(record.get("cached_tokens")) or 0, event.prompt_tokens)
@@ -169,6 +190,8 @@ def _add_money(event: UsageEvent, record: dict[str, Any]) -> None:
     if event.usage_source == UPSTREAM:
         cost = price.cost(TokenUsage(event.prompt_tokens, event.completion_tokens, event.cached_tokens,
                                      event.reasoning_tokens))
+        if cut_short(record):
+            cost = max(cost, from_micros(event.reserved_cost_micros))
     elif event.usage_source == RESERVED:
         cost = from_micros(event.reserved_cost_micros)
     else:
