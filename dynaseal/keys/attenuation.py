@@ -12,7 +12,7 @@ ranges): a range is a permission in the request policy, so a new one would widen
 (a `sub` equal to the parent's is accepted). Any other claim outside CHILD_CLAIMS is refused: a limit
 the chain does not read would be a limit its holder believes in and nobody enforces.
 
-The gateway then charges each request to every level, in one Redis script (dynaseal.ledger.chain_scripts).
+The gateway then charges each request to every level, in one Redis script (dynaseal.ledger.quota_scripts).
 """
 
 from __future__ import annotations
