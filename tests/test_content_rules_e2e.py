@@ -1,0 +1,191 @@
+"""Content rules through the real stack: Envoy → authz → Redis, the mock provider recording what reaches it.
+
+Every place a rule can look on chat completions is refused with 400 content_blocked naming the rule;
+the provider never receives the request; the key's counters stay untouched (a single-use, 1-rpm key
+still gets its one request afterwards); Envoy's access log names the rule on the refusal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis
+import yaml
+from conftest import OTHER_TENANT, TenantKeys, write_test_config
+
+from dynaseal.config import load_config
+from dynaseal.keys.mint import mint
+from dynaseal.runtime.locations import redis_url
+from dynaseal_launcher.stack import LocalStack
+
+pytestmark = pytest.mark.integration
+
+RULES = [
+    {"builtin": "payment_card"},
+    {"builtin": "private_key"},
+    {"name": "internal_hosts", "literals": ["db.acme.internal"], "case_insensitive": True},
+    {"name": "bomb", "patterns": ["(a+)+$"], "where": ["system"]},
+]
+TOOL_CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture(scope="module")
+def own_stack(tmp_path_factory: pytest.TempPathFactory, test_keys: TenantKeys,
+              config_path: Path) -> Iterator[LocalStack]:
+    """Redis + authz + Envoy + mock LLM for a tenant with content rules (no issuer, no pipeline)."""
+    directory = tmp_path_factory.mktemp("content")
+    path = write_test_config(directory, test_keys)
+    raw = yaml.safe_load(path.read_text())
+    raw.pop("issuer")
+    raw["tenants"] = [t for t in raw["tenants"] if t["id"] == OTHER_TENANT]
+    raw["tenants"][0]["limits"]["content_rules"] = RULES
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    stack = LocalStack(load_config(path), path, pipeline=False)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def mock_requests(own_stack: LocalStack) -> Callable[[], list[dict[str, Any]]]:
+    """What the provider received since the test started."""
+    url = f"http://127.0.0.1:{own_stack.cfg.gateway.ports.mock_upstream}/_mock/requests"
+    httpx.delete(url, timeout=5)
+    return lambda: [r for r in httpx.get(url, timeout=5).json() if r["path"].endswith("/chat/completions")]
+
+
+def post(stack: LocalStack, key: str, messages: list[dict[str, Any]], **extra: Any) -> httpx.Response:
+    body = {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 8, **extra}
+    return httpx.post(f"http://127.0.0.1:{stack.cfg.gateway.ports.envoy}/v1/chat/completions",
+                      headers={"authorization": f"Bearer {key}"}, json=body, timeout=30)
+
+
+def tight_key(test_keys: TenantKeys) -> str:
+    """A key one refused request would exhaust: one use, one request a minute, a small budget."""
+    return mint(test_keys.acme_ed25519, tenant=OTHER_TENANT, models=["gpt-4o-mini"], max_tokens=64, ttl=600,
+                uses=1, rpm=1, budget=2000)
+
+
+def jti_of(key: str) -> str:
+    from conftest import jwt_payload
+
+    return str(jwt_payload(key)["jti"])
+
+
+def redis_keys_of(stack: LocalStack, jti: str) -> list[bytes]:
+    client = redis.Redis.from_url(redis_url(stack.cfg))
+    try:
+        return list(client.scan_iter(match=f"*{jti}*"))
+    finally:
+        client.close()
+
+
+CARD = "4111 1111 1111 1111"
+PEM = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\n-----END EC PRIVATE KEY-----"
+PLACES: dict[str, tuple[dict[str, Any], str]] = {
+    # where → (the request's extra members / messages, the rule that refuses it)
+    "user": ({"messages": [{"role": "user", "content": f"charge {CARD}"}]}, "payment_card"),
+    "user_text_part": ({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "hi"}, {"type": "text", "text": PEM}]}]}, "private_key"),
+    "system": ({"messages": [{"role": "system", "content": "backend at DB.ACME.INTERNAL"},
+                             {"role": "user", "content": "hi"}]}, "internal_hosts"),
+    "developer": ({"messages": [{"role": "developer", "content": [{"type": "text", "text": PEM}]},
+                                {"role": "user", "content": "hi"}]}, "private_key"),
+    "assistant": ({"messages": [{"role": "user", "content": "hi"},
+                                {"role": "assistant", "content": f"your card {CARD}?"},
+                                {"role": "user", "content": "yes"}]}, "payment_card"),
+    "assistant_tool_call": ({"messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {**TOOL_CALL, "function": {"name": "lookup", "arguments": '{"host": "db.acme.\\u0069nternal"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "ok"}]}, "internal_hosts"),
+    "tool": ({"messages": [{"role": "user", "content": "hi"},
+                           {"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]},
+                           {"role": "tool", "tool_call_id": "call_1", "content": f"card on file: {CARD}"}]},
+             "payment_card"),
+    "tools": ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {
+        "name": "query", "description": "runs SQL on db.acme.internal",
+        "parameters": {"type": "object", "properties": {}}}}]}, "internal_hosts"),
+}
+
+
+@pytest.mark.parametrize("place", sorted(PLACES))
+def test_each_place_a_rule_looks_is_refused_before_anything_is_spent(
+        own_stack: LocalStack, test_keys: TenantKeys, mock_requests: Callable[[], list[dict[str, Any]]],
+        place: str) -> None:
+    body, rule = PLACES[place]
+    key = tight_key(test_keys)
+    messages = body["messages"]
+    extra = {k: v for k, v in body.items() if k != "messages"}
+    for _ in range(3):  # more refusals than the key has uses or rpm slots
+        reply = post(own_stack, key, messages, **extra)
+        assert reply.status_code == 400, reply.text
+        error = reply.json()["error"]
+        assert (error["code"], error["type"]) == ("content_blocked", "invalid_request_error")
+        assert f"'{rule}'" in error["message"]
+        for secret in ("4111", "PRIVATE KEY", "acme.internal", "ACME.INTERNAL"):
+            assert secret not in reply.text  # the refusal never echoes what matched
+        assert reply.headers["x-dynaseal-request-id"]
+    assert mock_requests() == []  # the provider never received it
+    assert redis_keys_of(own_stack, jti_of(key)) == []  # no use, rpm slot or reservation
+    ok = post(own_stack, key, [{"role": "user", "content": "hello"}])
+    assert ok.status_code == 200, ok.text  # the single use and the one rpm slot were still there
+    assert len(mock_requests()) == 1
+
+
+def test_the_refusal_is_in_the_access_log_with_its_rule(own_stack: LocalStack, test_keys: TenantKeys) -> None:
+    key = tight_key(test_keys)
+    reply = post(own_stack, key, [{"role": "user", "content": f"pay {CARD}"}])
+    request_id = reply.headers["x-dynaseal-request-id"]
+
+    def line() -> dict[str, Any] | None:
+        for raw in own_stack.access_log.read_bytes().splitlines():
+            record = orjson.loads(raw)
+            if record.get("request_id") == request_id:
+                return dict(record)
+        return None
+
+    assert wait_until(lambda: line() is not None), "the refusal was never logged"
+    record = line()
+    assert record is not None
+    assert (record["code"], record["deny_code"], record["content_rule"], record["tenant"], record["jti"]) == (
+        400, "content_blocked", "payment_card", OTHER_TENANT, jti_of(key))
+    assert "4111" not in orjson.dumps(record).decode()
+
+
+def test_cards_failing_luhn_pass(own_stack: LocalStack, test_keys: TenantKeys,
+                                 mock_requests: Callable[[], list[dict[str, Any]]]) -> None:
+    key = mint(test_keys.acme_ed25519, tenant=OTHER_TENANT, models=["gpt-4o-mini"], max_tokens=64, ttl=600)
+    for valid in ("4111111111111111", "5555 5555 5555 4444", "3782-822463-10005"):
+        assert post(own_stack, key, [{"role": "user", "content": valid}]).json()["error"]["code"] == "content_blocked"
+    for invalid in ("4111111111111112", "5555 5555 5555 4445", "order 1234 5678 9012 3456"):
+        assert post(own_stack, key, [{"role": "user", "content": invalid}]).status_code == 200
+    assert len(mock_requests()) == 3
+
+
+def test_a_backtracking_bomb_is_answered_normally(own_stack: LocalStack, test_keys: TenantKeys) -> None:
+    # (a+)+$ against a long run of a's that ends in something else: exponential for a backtracking engine.
+    key = mint(test_keys.acme_ed25519, tenant=OTHER_TENANT, models=["gpt-4o-mini"], max_tokens=64, ttl=600)
+    run = "a" * 60_000
+    reply = post(own_stack, key, [{"role": "system", "content": run + "!"}, {"role": "user", "content": "hi"}])
+    assert reply.status_code == 200, reply.text
+    reply = post(own_stack, key, [{"role": "system", "content": run}, {"role": "user", "content": "hi"}])
+    assert (reply.status_code, reply.json()["error"]["code"]) == (400, "content_blocked")
+    assert "'bomb'" in reply.json()["error"]["message"]
