@@ -96,15 +96,18 @@ def main(argv: list[str] | None = None) -> None:
             assert decision.allowed, decision  # every request is admitted: the rules scan all of it
         parsed = orjson.loads(body)
         rules = on.registry.get("bench").limits.content_rules.compiled  # type: ignore[union-attr]
-        samples: dict[str, list[float]] = {"off": [], "on": [], "step": []}
         count = max(args.requests * 330 // len(body), 200)  # about the same bytes per round
+        calls = {"off": lambda a=off, r=request: loop.run_until_complete(a.decide(r)),
+                 "on": lambda a=on, r=request: loop.run_until_complete(a.decide(r)),
+                 "step": lambda c=rules, p=parsed: c.check(chat_texts(p))}
+        samples: dict[str, list[float]] = {name: [] for name in calls}
         for _ in range(args.rounds):
-            samples["off"].append(cpu_per_call(lambda a=off: loop.run_until_complete(a.decide(request)), count))
-            samples["on"].append(cpu_per_call(lambda a=on: loop.run_until_complete(a.decide(request)), count))
-            samples["step"].append(cpu_per_call(lambda p=parsed: rules.check(chat_texts(p)), count))
+            for name, call in calls.items():
+                samples[name].append(cpu_per_call(call, count))
         med = {k: statistics.median(v) for k, v in samples.items()}
+        added = f"{med['on'] - med['off']:+.1f} ({(med['on'] / med['off'] - 1) * 100:+.0f} %)"
         rows.append(f"| {label} | {len(body):,} | {count} × {args.rounds} | {med['off']:.1f} | {med['on']:.1f} | "
-                    f"{med['on'] - med['off']:+.1f} ({(med['on'] / med['off'] - 1) * 100:+.0f} %) | {med['step']:.1f} |")
+                    f"{added} | {med['step']:.1f} |")
     loop.close()
 
     command = "python -m bench.content_rules" + (f" --requests {args.requests}" if args.requests != 2000 else "") \

@@ -183,7 +183,8 @@ def test_responses_fields() -> None:
     texts = responses_texts({"instructions": "I1", "input": [
         {"role": "user", "content": [{"type": "input_text", "text": "U1"}]}, {"role": "system", "content": "S1"},
         {"type": "function_call", "name": "f", "arguments": '{"a": "A1"}'},
-        {"type": "function_call_output", "call_id": "c", "output": "T1"}], "tools": [{"name": "t", "description": "D"}]})
+        {"type": "function_call_output", "call_id": "c", "output": "T1"}],
+        "tools": [{"name": "t", "description": "D"}]})
     assert texts["instructions"] == ["I1"] and texts["user"] == ["U1"] and texts["system"] == ["S1"]
     assert "A1" in texts["assistant"] and texts["tool"] == ["T1"] and "D" in texts["tools"]
     assert responses_texts({"input": "plain"}) == {"user": ["plain"]}

@@ -18,9 +18,9 @@ from authz_service.server import AuthzOptions, AuthzServer
 from authz_service.servicer import AuthorizationServicer
 from dynaseal.config import ConfigError, load_config
 from dynaseal.keys.claims import VerifiedKey
+from dynaseal.keys.dpop import DpopProof
 from dynaseal.keys.mint import SigningKey, mint
 from dynaseal.keys.tenants import build_registry
-from dynaseal.keys.dpop import DpopProof
 from dynaseal.policy.authorizer import Authorizer, AuthRequest
 from dynaseal.policy.decision import Decision
 from dynaseal.policy.request_policy import CheckedRequest
@@ -72,7 +72,8 @@ def test_a_blocked_request_is_refused_before_admission(authorizer: Authorizer) -
     decision = decide(authorizer, request("card 4111 1111 1111 1111"))
     assert (decision.allowed, decision.status, decision.code) == (False, 400, "content_blocked")
     assert "payment_card" in decision.message and "4111" not in decision.message
-    assert decision.metadata == {"content_rule": "payment_card", "tenant": TENANT}
+    assert decision.metadata == {"content_rule": "payment_card", "tenant": TENANT, "model": "gpt-4o-mini",
+                                 "event_id": decision.jti}  # no text: the key's and the rule's names only
     assert quota.admitted == []  # no use, no rpm slot, no reservation
     body = orjson.loads(decision.error_body())["error"]
     assert (body["code"], body["type"]) == ("content_blocked", "invalid_request_error")

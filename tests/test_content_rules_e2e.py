@@ -1,8 +1,10 @@
-"""Content rules through the real stack: Envoy → authz → Redis, the mock provider recording what reaches it.
+"""Content rules through the real stack: Envoy → authz → Redis, the mock provider recording what reaches it,
+and the usage pipeline (shipper → Kafka → consumer) calling the tenant back.
 
 Every place a rule can look on chat completions is refused with 400 content_blocked naming the rule;
 the provider never receives the request; the key's counters stay untouched (a single-use, 1-rpm key
-still gets its one request afterwards); Envoy's access log names the rule on the refusal.
+still gets its one request afterwards); Envoy's access log names the rule on the refusal, and the
+tenant gets a signed `content_blocked` callback naming it, without the text.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import pytest
 import redis
 import yaml
 from conftest import OTHER_TENANT, TenantKeys, write_test_config
+from pipeline_harness import Receiver
 
 from dynaseal.config import load_config
 from dynaseal.keys.mint import mint
+from dynaseal.ledger.quota import counters
 from dynaseal.runtime.locations import redis_url
 from dynaseal_launcher.stack import LocalStack
 
@@ -46,16 +50,18 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 15.0) -> bool:
 
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory: pytest.TempPathFactory, test_keys: TenantKeys,
-              config_path: Path) -> Iterator[LocalStack]:
-    """Redis + authz + Envoy + mock LLM for a tenant with content rules (no issuer, no pipeline)."""
+              config_path: Path, receiver: Receiver) -> Iterator[LocalStack]:
+    """Redis + authz + Envoy + mock LLM + the usage pipeline for a tenant with content rules (no issuer)."""
     directory = tmp_path_factory.mktemp("content")
     path = write_test_config(directory, test_keys)
     raw = yaml.safe_load(path.read_text())
     raw.pop("issuer")
     raw["tenants"] = [t for t in raw["tenants"] if t["id"] == OTHER_TENANT]
     raw["tenants"][0]["limits"]["content_rules"] = RULES
+    raw["tenants"][0]["callback"] = {"url": receiver.url, "secret_env": "DYNASEAL_DEMO_WEBHOOK_SECRET",
+                                     "timeout_s": 5}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    stack = LocalStack(load_config(path), path, pipeline=False)
+    stack = LocalStack(load_config(path), path, pipeline=True)
     stack.start()
     try:
         yield stack
@@ -189,3 +195,30 @@ def test_a_backtracking_bomb_is_answered_normally(own_stack: LocalStack, test_ke
     reply = post(own_stack, key, [{"role": "system", "content": run}, {"role": "user", "content": "hi"}])
     assert (reply.status_code, reply.json()["error"]["code"]) == (400, "content_blocked")
     assert "'bomb'" in reply.json()["error"]["message"]
+
+
+def test_the_tenant_is_called_back_with_the_rule_and_no_text(own_stack: LocalStack, test_keys: TenantKeys,
+                                                              receiver: Receiver) -> None:
+    key = mint(test_keys.acme_ed25519, tenant=OTHER_TENANT, models=["gpt-4o-mini"], max_tokens=64, ttl=600,
+               sub="user-42", event_id="order-7")
+    blocked = post(own_stack, key, [{"role": "user", "content": f"my card: {CARD}"}])
+    assert blocked.status_code == 400
+    served = post(own_stack, key, [{"role": "user", "content": "hello"}])
+    assert served.status_code == 200
+    jti = jti_of(key)
+    assert wait_until(lambda: len(receiver.delivered(jti)) == 2, 60), receiver.for_key(jti)
+    by_id = receiver.delivered(jti)
+    callback = by_id[blocked.headers["x-dynaseal-request-id"]]
+    assert (callback["type"], callback["rule"], callback["event_id"], callback["sub"], callback["key_id"]) == (
+        "content_blocked", "payment_card", "order-7", "user-42", jti)
+    assert (callback["status"], callback["tokens"], callback["content"], callback["model"]) == (
+        400, 0, "", "gpt-4o-mini")
+    assert "4111" not in orjson.dumps(callback).decode()
+    usage = by_id[served.headers["x-dynaseal-request-id"]]
+    assert usage["type"] == "usage" and usage["tokens"] > 0
+    client = redis.Redis.from_url(redis_url(own_stack.cfg))
+    try:  # one use: the served request's; the blocked one was never admitted nor settled
+        assert counters(client, OTHER_TENANT, jti)["uses"] == 1
+    finally:
+        client.close()
+    assert receiver.bad_signatures == 0

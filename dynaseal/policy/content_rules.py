@@ -72,6 +72,7 @@ class ContentBlocked(Refusal):
                          f"this request was refused by the tenant's content rule '{rule}' (in {where} text)")
         self.rule = rule
         self.where = where
+        self.model = ""  # the request's, set by the step that raised it (logged, never the text)
 
 
 @dataclass(frozen=True, slots=True)

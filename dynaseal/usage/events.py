@@ -35,6 +35,7 @@ import orjson
 from dynaseal.money.pricing import Price, TokenUsage, format_amount, from_micros, to_micros
 from dynaseal.pb import UsageEvent
 from dynaseal.pb.usage_event_pb2 import Price as PriceMessage
+from dynaseal.usage.blocked import blocked_event
 from dynaseal.usage.record import copied_fields, log_count
 
 UPSTREAM, RESERVED, NONE = "upstream", "reserved", "none"
@@ -113,8 +114,11 @@ def parse_line(line: bytes | str, shipped_at_ms: int | None = None) -> UsageEven
         record = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(record, dict) or not _admitted(record):
+    if not isinstance(record, dict):
         return None
+    if not _admitted(record):  # a refusal: no usage; a content refusal is told to the tenant (usage.blocked)
+        return blocked_event(record, _request_id(record, raw),
+                             int(time.time() * 1000) if shipped_at_ms is None else shipped_at_ms)
     status = _count(record.get("code")) or 0
     reserved = _count(record.get("reserved")) or 0
     source, prompt, completion, total = _usage(record, status, reserved)
