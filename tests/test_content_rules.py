@@ -242,3 +242,13 @@ def test_bad_rules_are_refused_at_load(rule: dict[str, Any], says: list[str]) ->
 def test_duplicate_rule_names_are_refused() -> None:
     with pytest.raises(ValidationError, match="unique"):
         Limits.model_validate({"content_rules": [{"builtin": "email"}, {"name": "email", "literals": ["x"]}]})
+
+
+def test_deep_structures_are_walked_without_recursion() -> None:
+    nested: Any = "db.acme.internal"
+    for _ in range(100_000):
+        nested = {"k": [nested]}
+    rules = compiled({"name": "hosts", "literals": ["db.acme.internal"], "where": ["tools", "assistant"]})
+    assert rules.first_match(chat_texts({"messages": [], "tools": [nested]})) == ("hosts", "tools")
+    call = {"function": {"name": "f", "arguments": "[" * 2000 + "]" * 2000}}  # beyond orjson's depth: kept raw
+    assert blocked_by(rules, {"messages": [{"role": "assistant", "tool_calls": [call]}]}) is None

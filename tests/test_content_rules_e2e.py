@@ -9,6 +9,7 @@ tenant gets a signed `content_blocked` callback naming it, without the text.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -158,7 +159,9 @@ def test_each_place_a_rule_looks_is_refused_before_anything_is_spent(
 
 def test_the_refusal_is_in_the_access_log_with_its_rule(own_stack: LocalStack, test_keys: TenantKeys) -> None:
     key = tight_key(test_keys)
+    counted = blocked_count(own_stack, "payment_card")
     reply = post(own_stack, key, [{"role": "user", "content": f"pay {CARD}"}])
+    assert blocked_count(own_stack, "payment_card") == counted + 1
     request_id = reply.headers["x-dynaseal-request-id"]
 
     def line() -> dict[str, Any] | None:
@@ -222,3 +225,71 @@ def test_the_tenant_is_called_back_with_the_rule_and_no_text(own_stack: LocalSta
     finally:
         client.close()
     assert receiver.bad_signatures == 0
+
+
+def test_hostile_bodies_to_a_tenant_with_rules_never_get_a_5xx(own_stack: LocalStack, test_keys: TenantKeys) -> None:
+    key = mint(test_keys.acme_ed25519, tenant=OTHER_TENANT, models=["gpt-4o-mini"], max_tokens=64, ttl=600)
+    head = '{"model":"gpt-4o-mini","max_tokens":8,'
+    bodies = [
+        head + '"messages":[{"role":"user","content":"hi"}],"tools":' + "[" * 980 + "]" * 980 + "}",
+        head + '"messages":[{"role":"user","content":"\\ud800 4111 1111 1111 1111"}]}',
+        head + '"messages":[{"role":"assistant","tool_calls":[{"function":{"arguments":"{not json"}}]},'
+               '{"role":"user","content":"hi"}]}',
+        head + '"messages":[{"role":7,"content":[1,null,{"type":"text","text":5}]}]}',
+        head + '"messages":[{"role":"user","content":"' + "4" * 40_000 + '"}]}',
+        head + '"messages":[{"role":"user","content":"' + "4111 " * 10_000 + '"}]}',
+    ]
+    with httpx.Client(timeout=30) as client:
+        for raw in bodies:
+            reply = client.post(f"http://127.0.0.1:{own_stack.cfg.gateway.ports.envoy}/v1/chat/completions",
+                                headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+                                content=raw.encode())
+            assert reply.status_code < 500, (reply.status_code, raw[:80], reply.text)
+    # the lone surrogate does not hide the card after it
+    assert "payment_card" in httpx.post(
+        f"http://127.0.0.1:{own_stack.cfg.gateway.ports.envoy}/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+        content=bodies[1].encode(), timeout=30).json()["error"]["message"]
+
+
+def blocked_count(stack: LocalStack, rule: str) -> float:
+    """authz's count of requests the tenant's rule refused (its metrics endpoint; labels in any order)."""
+    text = httpx.get(f"http://127.0.0.1:{stack.cfg.gateway.ports.authz_metrics}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith("dynaseal_authz_content_blocked_total{") and f'rule="{rule}"' in line \
+                and f'tenant="{OTHER_TENANT}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def rejected_reloads(stack: LocalStack) -> float:
+    """authz's count of config reloads it rejected (its metrics endpoint)."""
+    text = httpx.get(f"http://127.0.0.1:{stack.cfg.gateway.ports.authz_metrics}/metrics", timeout=5).text
+    found = re.search(r'^dynaseal_authz_config_reloads_total\{result="rejected"\} (\S+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_bad_rule_on_reload_keeps_the_last_good_rules(own_stack: LocalStack, test_keys: TenantKeys) -> None:
+    path = own_stack.config_path
+    original = path.read_text()
+    key = mint(test_keys.acme_ed25519, tenant=OTHER_TENANT, models=["gpt-4o-mini"], max_tokens=64, ttl=600)
+
+    def code(text: str) -> str:
+        reply = post(own_stack, key, [{"role": "user", "content": text}])
+        return "ok" if reply.status_code == 200 else str(reply.json()["error"]["code"])
+
+    try:
+        raw = yaml.safe_load(original)
+        raw["tenants"][0]["limits"]["content_rules"] = [{"name": "codename", "literals": ["BLUEBIRD"]}]
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        assert wait_until(lambda: code("project BLUEBIRD") == "content_blocked"), "no reload on change"
+        assert code(CARD) == "ok"  # the new rules replaced the old ones
+        rejected = rejected_reloads(own_stack)
+        raw["tenants"][0]["limits"]["content_rules"] = [{"name": "codename", "patterns": ["(?<=x)BLUE"]}]
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))  # RE2 has no look-behind: refused at load
+        assert wait_until(lambda: rejected_reloads(own_stack) > rejected), "the bad config was never tried"
+        assert code("project BLUEBIRD") == "content_blocked"
+        assert code("xBLUE") == "ok"
+    finally:
+        path.write_text(original)
+    assert wait_until(lambda: code(CARD) == "content_blocked")

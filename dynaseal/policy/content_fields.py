@@ -39,16 +39,20 @@ def _add(texts: Texts, field: str, value: Any) -> None:
 
 
 def _walk(texts: Texts, field: str, value: Any) -> None:
-    """Every string in a JSON value, keys included (tool schemas hide text in both)."""
-    if isinstance(value, str):
-        _add(texts, field, value)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _add(texts, field, key)
-            _walk(texts, field, item)
-    elif isinstance(value, list):
-        for item in value:
-            _walk(texts, field, item)
+    """Every string in a JSON value, keys included (tool schemas hide text in both), in document order.
+
+    A loop, not recursion: a body nested as deep as the JSON parser allows must not run out of stack here.
+    """
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            _add(texts, field, item)
+        elif isinstance(item, dict):
+            for key, member in reversed(item.items()):
+                pending += (member, key)
+        elif isinstance(item, list):
+            pending.extend(reversed(item))
 
 
 def _arguments(texts: Texts, field: str, value: Any) -> None:
