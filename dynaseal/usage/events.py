@@ -4,7 +4,8 @@ Each line is one request (the JSON format `dynaseal.usage.record` defines). The 
 the first that applies decides:
 
 1. Not admitted → no event. The line lacks `tenant` or `jti`, carries a `deny_code`, or its
-   `details` start with `ext_authz` (denied, or authz unavailable). Nothing was reserved.
+   `details` start with `ext_authz` (denied, or authz unavailable). Nothing was reserved. Except: a
+   refusal by a tenant's content rule becomes a `content_rule` event, no usage (dynaseal.usage.blocked).
 2. The upstream reported usage (`total_tokens` present: json_to_metadata / sse_to_metadata put it
    there) → `usage_source` "upstream", the counts from the log, whatever the status and flags
    (a client that left after the usage chunk still spent those tokens).
