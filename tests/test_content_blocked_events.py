@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import orjson
+import pytest
 from test_usage_record import access_log_format, authz_namespace, envoy_writes
 
 from dynaseal.config import DynasealConfig
@@ -74,3 +75,25 @@ def test_a_blocked_line_without_its_rule_or_key_is_no_event() -> None:
     for missing in ("content_rule", "tenant", "jti"):
         assert parse_line(orjson.dumps({**base, missing: None})) is None
     assert parse_line(orjson.dumps({**base, "deny_code": "invalid_api_key"})) is None
+
+
+def test_the_bundled_issuer_notes_a_blocked_callback_without_storing_usage(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sqlalchemy import func, select
+    from test_issuer_support import callback_secret, issuer_client, signed_callback
+
+    from issuer_api.app import issuer_state
+    from issuer_api.store import Callback
+
+    cfg, client = issuer_client(tmp_path)
+    try:
+        payload = {"type": "content_blocked", "rule": "payment_card", "event_id": "e", "content": "", "tokens": 0,
+                   "key_id": "jti-blocked", "request_id": "r-1", "status": 400}
+        body, headers = signed_callback(callback_secret(cfg), payload)
+        reply = client.post("/v1/callback/usage", content=body, headers=headers)
+        assert reply.status_code == 200 and reply.json()["status"] == "noted", reply.text
+        assert "content blocked: key_id=jti-blocked rule=payment_card" in capsys.readouterr().out
+        with issuer_state(client.app).sessions() as db:  # type: ignore[arg-type]
+            assert db.scalar(select(func.count(Callback.id))) == 0  # not a usage row
+    finally:
+        client.__exit__(None, None, None)
