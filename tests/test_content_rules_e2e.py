@@ -293,3 +293,22 @@ def test_a_bad_rule_on_reload_keeps_the_last_good_rules(own_stack: LocalStack, t
     finally:
         path.write_text(original)
     assert wait_until(lambda: code(CARD) == "content_blocked")
+
+
+@pytest.mark.parametrize(("path", "header"), [
+    ("/v1/chat/completions", "authorization"), ("/api/v1/chat/completions", "authorization"),
+    ("/client-side/chat/completions", "dynasealtoken")])
+def test_every_chat_route_and_streams_are_checked(own_stack: LocalStack, test_keys: TenantKeys,
+                                                  mock_requests: Callable[[], list[dict[str, Any]]],
+                                                  path: str, header: str) -> None:
+    key = tight_key(test_keys)
+    value = f"Bearer {key}" if header == "authorization" else key
+    for stream in (False, True):
+        body = {"model": "gpt-4o-mini", "max_tokens": 8, "stream": stream,
+                "messages": [{"role": "user", "content": PEM}]}
+        reply = httpx.post(f"http://127.0.0.1:{own_stack.cfg.gateway.ports.envoy}{path}", headers={header: value},
+                           json=body, timeout=30)
+        assert (reply.status_code, reply.json()["error"]["code"]) == (400, "content_blocked"), reply.text
+        assert "'private_key'" in reply.json()["error"]["message"]
+    assert mock_requests() == []
+    assert redis_keys_of(own_stack, jti_of(key)) == []
