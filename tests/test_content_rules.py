@@ -170,13 +170,15 @@ def test_chat_fields() -> None:
         {"role": "tool", "tool_call_id": "c", "content": "T1"}, {"role": "function", "name": "f", "content": "T2"},
         {"role": "mystery", "content": "U2"}],
         "tools": [{"type": "function", "function": {"name": "lookup", "description": "D1",
-                                                    "parameters": {"properties": {"P1": {"enum": ["E1"]}}}}}]}
+                                                    "parameters": {"properties": {"P1": {"enum": ["E1"]}}}}}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "R1", "schema": {"description": "R2"}}},
+        "prediction": {"type": "content", "content": [{"type": "text", "text": "U3"}]}}
     texts = chat_texts(body)
     assert texts["system"] == ["S1", "S2"]
-    assert texts["user"] == ["U1", "U2"]  # an image part has no text; an unknown role counts as user
+    assert texts["user"] == ["U1", "U2", "U3"]  # an image part has no text; an unknown role counts as user
     assert texts["assistant"] == ["A1", "A2", "A3", '{"q": "\\u0041K"}', "q", "AK"]  # arguments also decoded
     assert texts["tool"] == ["T1", "T2"]
-    assert {"lookup", "D1", "P1", "E1"} <= set(texts["tools"])
+    assert {"lookup", "D1", "P1", "E1", "R1", "R2"} <= set(texts["tools"])
 
 
 def test_responses_fields() -> None:

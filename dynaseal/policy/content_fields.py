@@ -3,12 +3,14 @@
 A field name is what a rule's `where` lists. The names are shared by every endpoint, so one rule
 covers the same kind of text wherever it comes from:
 
-- `user`: chat user messages; Responses `input` as a string, and user items; Messages user blocks.
+- `user`: chat user messages and a predicted output (`prediction.content`); Responses `input` as a
+  string, and user items; Messages user blocks.
 - `system`: chat system and developer messages; Responses system/developer items; Messages `system`.
 - `assistant`: assistant text and refusals, tool-call names and arguments (chat `tool_calls`,
   Responses function_call items, Messages tool_use input).
 - `tool`: chat tool / function messages; Responses function_call_output; Messages tool_result blocks.
-- `tools`: tool definitions (`tools`, chat's legacy `functions`): every string, names included.
+- `tools`: tool definitions (`tools`, chat's legacy `functions`) and a structured-output schema
+  (`response_format`): every string, names included.
 - `instructions`: Responses `instructions`.
 - `input`: embeddings `input` (strings; token-id arrays carry no text).
 
@@ -110,6 +112,10 @@ def chat_texts(body: Mapping[str, Any]) -> Texts:
             _arguments(texts, field, legacy.get("arguments"))
     _walk(texts, "tools", body.get("tools"))
     _walk(texts, "tools", body.get("functions"))
+    _walk(texts, "tools", body.get("response_format"))
+    prediction = body.get("prediction")
+    if isinstance(prediction, dict):  # text the client wants echoed: the provider reads it as prompt
+        _content(texts, "user", prediction.get("content"))
     return texts
 
 
