@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from dynaseal.policy.content_fields import (
     messages_texts,
     responses_texts,
 )
-from dynaseal.policy.content_rules import MAX_INSPECTED_BYTES, CompiledRules, ContentBlocked
+from dynaseal.policy.content_rules import MAX_INSPECTED_BYTES, CompiledRules, ContentBlocked, InspectionFailed
 from dynaseal.policy.errors import ErrorCode, Refusal
 from dynaseal.tenant_config import ContentRules, Limits
 
@@ -254,3 +255,24 @@ def test_deep_structures_are_walked_without_recursion() -> None:
     assert rules.first_match(chat_texts({"messages": [], "tools": [nested]})) == ("hosts", "tools")
     call = {"function": {"name": "f", "arguments": "[" * 2000 + "]" * 2000}}  # beyond orjson's depth: kept raw
     assert blocked_by(rules, {"messages": [{"role": "assistant", "tool_calls": [call]}]}) is None
+
+
+def test_rules_too_large_for_one_set_are_refused_at_load() -> None:
+    rules = [{"name": f"r{i}", "patterns": [f"x{i}y{j}[a-z]{{1000}}" for j in range(4)]} for i in range(64)]
+    with pytest.raises(ValidationError, match="too large for one RE2 set"):
+        Limits.model_validate({"content_rules": rules})
+
+
+class GaveUp:
+    """An RE2 set whose DFA ran out of memory: RE2::Set::Match then answers 'no match'."""
+
+    def Match(self, text: bytes) -> None:
+        return None
+
+
+def test_a_scan_re2_gave_up_on_fails_closed_instead_of_passing() -> None:
+    rules = compiled({"name": "x", "literals": ["needle"]})
+    assert blocked_by(rules, user("hay")) is None  # the sentinel is there on every real scan
+    broken = CompiledRules(rules.rules, {name: replace(found, matcher=GaveUp()) for name, found in rules.sets.items()})
+    with pytest.raises(InspectionFailed):
+        broken.first_match(chat_texts(user("hay")))

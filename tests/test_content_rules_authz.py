@@ -139,3 +139,27 @@ def test_a_reload_with_a_bad_rule_keeps_the_last_good_rules(tmp_path: Path, capl
     server.servicer.authorizer.quota = None
     assert decide(server.servicer.authorizer, request("4111111111111111")).allowed
     assert decide(server.servicer.authorizer, request("zzz")).metadata["content_rule"] == "other"
+
+
+def test_a_scan_that_cannot_finish_fails_closed_with_503(authorizer: Authorizer,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from dynaseal.policy.content_rules import CompiledRules
+    from dynaseal.tenant_config import ContentRules
+
+    class GaveUp:
+        """What RE2::Set::Match answers when its DFA runs out of memory: no match at all."""
+
+        def Match(self, text: bytes) -> None:
+            return None
+
+    tenant = authorizer.registry.get(TENANT)
+    assert tenant is not None
+    rules = tenant.limits.content_rules.compiled
+    broken = CompiledRules(rules.rules, {name: replace(found, matcher=GaveUp()) for name, found in rules.sets.items()})
+    monkeypatch.setattr(ContentRules, "compiled", property(lambda self: broken))
+    decision = decide(authorizer, request("hello"))
+    assert (decision.allowed, decision.status, decision.code, decision.reason) == (
+        False, 503, "authz_unavailable", "internal_error")
+    assert authorizer.quota.admitted == []  # type: ignore[union-attr]

@@ -21,8 +21,17 @@ from dynaseal.policy.errors import ErrorCode, Refusal
 # Text looked at per request, all fields together. The gateway's body limit bounds it already; this
 # holds if that limit is raised: a request with more text than this is refused, never passed unread.
 MAX_INSPECTED_BYTES = 4 << 20
-# RE2's memory budget for one tenant's set of one field (its default is 8 MiB per pattern).
-_SET_MAX_MEM = 64 << 20
+# RE2's memory budget for one tenant's set of one field (its default is 8 MiB per pattern): the compiled
+# program and the DFA's state cache, which is filled lazily and reset when full.
+_SET_MAX_MEM = 16 << 20
+# Entry 0 of every set: the empty pattern, which matches every text. RE2::Set::Match answers "no match"
+# when its DFA runs out of memory and the Python binding cannot tell that apart; a result without the
+# sentinel is that failure, and the request fails closed instead of passing uninspected.
+_SENTINEL = ""
+
+
+class InspectionFailed(RuntimeError):
+    """RE2 could not finish scanning a text (its DFA ran out of memory): the request must fail closed."""
 
 
 def _options(max_mem: int = 8 << 20) -> re2.Options:
@@ -109,8 +118,12 @@ class CompiledRules:
             if inspected > MAX_INSPECTED_BYTES:
                 raise Refusal(ErrorCode.BODY_TOO_LARGE,
                               f"the request carries more than {MAX_INSPECTED_BYTES} bytes of text to inspect")
-            for entry in found.matcher.Match(text) or ():  # None when nothing matched
-                hits[found.rule_of[entry], name] = text
+            entries = found.matcher.Match(text) or ()  # None when nothing matched (or RE2 gave up)
+            if 0 not in entries:
+                raise InspectionFailed(f"RE2 could not scan the {name} text ({len(text)} bytes)")
+            for entry in entries:
+                if entry:
+                    hits[found.rule_of[entry], name] = text
         for (index, name), text in sorted(hits.items(), key=lambda hit: hit[0][0]):
             rule = self.rules[index]
             if rule.confirm is None or rule.confirm(text):
@@ -135,17 +148,20 @@ def compile_rules(specs: Iterable[RuleSpec]) -> CompiledRules:
     sets: dict[str, _FieldSet] = {}
     for name in FIELDS:
         matcher = re2.Set.SearchSet(_options(_SET_MAX_MEM))
-        rule_of: list[int] = []
+        matcher.Add(_SENTINEL)
+        rule_of: list[int] = [-1]
         for index, rule in enumerate(rules):
             if name in rule.where:
                 for pattern in rule.patterns:
                     matcher.Add(pattern)
                     rule_of.append(index)
-        if not rule_of:
+        if len(rule_of) == 1:
             continue
         try:
             matcher.Compile()
         except re2.error:
             raise ValueError(f"the content rules looking in {name} text are too large for one RE2 set") from None
+        if 0 not in (matcher.Match(b"") or ()):  # the DFA cannot even start within the budget
+            raise ValueError(f"the content rules looking in {name} text exceed RE2's memory budget")
         sets[name] = _FieldSet(matcher, tuple(rule_of))
     return CompiledRules(rules, sets)
