@@ -75,7 +75,7 @@ def deny_response(decision: Decision) -> CheckResponse:
     headers = {"content-type": "application/json", **decision.headers, REQUEST_ID_HEADER: decision.request_id}
     metadata = Struct()
     metadata.update({"deny_code": decision.code, "request_id": decision.request_id,
-                     **({"jti": decision.jti} if decision.jti else {})})
+                     **({"jti": decision.jti} if decision.jti else {}), **decision.metadata})
     return CheckResponse(
         status=_DENIED,
         denied_response=DeniedHttpResponse(

@@ -13,3 +13,6 @@ CHECK_SECONDS = Histogram(
 FAILURES = Counter("dynaseal_authz_failures_total", "Decisions that failed closed (503), by reason", ["reason"])
 REDIS_ERRORS = Counter("dynaseal_authz_redis_errors_total", "Redis failures seen while deciding")
 CONFIG_RELOADS = Counter("dynaseal_authz_config_reloads_total", "Config reloads", ["result"])
+# Requests refused by a tenant's content rule; both labels are bounded by the config (tenants, rule names).
+CONTENT_BLOCKED = Counter("dynaseal_authz_content_blocked_total", "Requests refused by a content rule",
+                          ["tenant", "rule"])

@@ -12,7 +12,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from prometheus_client import Counter
 
 from authz_service.envoy_adapter import to_auth_request, to_check_response
-from authz_service.metrics import CHECK_SECONDS, DECISIONS, FAILURES, REDIS_ERRORS
+from authz_service.metrics import CHECK_SECONDS, CONTENT_BLOCKED, DECISIONS, FAILURES, REDIS_ERRORS
 from dynaseal.policy.authorizer import Authorizer
 from dynaseal.policy.decision import fail_closed
 
@@ -55,6 +55,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
             _failure_counter(decision.reason).inc()
             if decision.reason.startswith("redis"):
                 REDIS_ERRORS.inc()  # one per decision that failed on Redis, not per health flip
+        if "content_rule" in decision.metadata:
+            CONTENT_BLOCKED.labels(decision.metadata.get("tenant", ""), decision.metadata["content_rule"]).inc()
         if decision.status >= 400:
             log.info("deny", extra={"code": decision.code, "status": decision.status, "jti": decision.jti,
                                     "request_id": decision.request_id, "reason": decision.message})

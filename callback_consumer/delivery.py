@@ -250,6 +250,8 @@ class Deliverer:
             event = UsageEvent.FromString(job.value)
         except DecodeError:
             return await self._dead_letter(job, "-", "undecodable", None, 0)
+        if event.content_rule:  # a content refusal: nothing reserved or spent, only the callback
+            return await self.deliver(job, event)
         settlement = await self._settle(event)
         if settlement is None:
             return Outcome.ABANDONED

@@ -9,7 +9,7 @@ import re
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, RootModel, field_validator, model_validator
 
 KID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -117,6 +117,8 @@ class Limits(StrictModel):
             if not re.fullmatch(r"[a-z0-9_]{1,64}", name):
                 raise ValueError(f"provider_features: {name!r} is not a request member name (a-z, 0-9, _)")
         return names
+    # Requests carrying what these match are refused with content_blocked (dynaseal.policy.content_rules).
+    content_rules: ContentRules = Field(default_factory=lambda: ContentRules(()))
 
 
 class ModelPrice(StrictModel):
@@ -215,3 +217,95 @@ class TenantConfig(StrictModel):
         if len(kids) != len(set(kids)):
             raise ValueError("duplicate kid")
         return self
+
+
+# Content rules (dynaseal.policy.content_rules): what a tenant never wants sent to a provider.
+CONTENT_RULE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class ContentRule(StrictModel):
+    """One rule: a built-in by name, or the tenant's literals and RE2 patterns; where it looks; refuse."""
+
+    name: str | None = None  # a built-in's defaults to the built-in's name
+    builtin: str | None = None
+    literals: tuple[str, ...] = Field((), max_length=1024)
+    patterns: tuple[str, ...] = Field((), max_length=256)
+    case_insensitive: bool = False
+    # Field names of dynaseal.policy.content_fields; all of them when not set.
+    where: tuple[str, ...] | None = None
+    action: Literal["refuse"] = "refuse"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, data: Any) -> Any:
+        # Name first, so every later error says which rule it is about.
+        if isinstance(data, dict) and data.get("name") is None and isinstance(data.get("builtin"), str):
+            data = {**data, "name": data["builtin"]}
+        return data
+
+    @model_validator(mode="after")
+    def _valid(self) -> ContentRule:
+        from dynaseal.policy.content_builtins import BUILTINS
+        from dynaseal.policy.content_fields import FIELDS
+        from dynaseal.policy.content_rules import pattern_error
+
+        label = f"content rule {self.name!r}"
+        if self.name is None or not CONTENT_RULE_NAME.match(self.name):
+            raise ValueError(f"{label}: a rule needs a name of 1-64 characters A-Z a-z 0-9 _ . -")
+        if self.builtin is not None:
+            if self.builtin not in BUILTINS:
+                raise ValueError(f"{label}: unknown built-in {self.builtin!r} (known: {', '.join(BUILTINS)})")
+            if self.literals or self.patterns or self.case_insensitive:
+                raise ValueError(f"{label}: a built-in takes no literals, patterns or case_insensitive")
+        elif not (self.literals or self.patterns):
+            raise ValueError(f"{label}: give a builtin, literals or patterns")
+        for literal in self.literals:
+            if not literal:
+                raise ValueError(f"{label}: an empty literal would match every request")
+        for pattern in self.patterns:
+            reason = pattern_error(pattern)
+            if reason is not None:
+                raise ValueError(f"{label}: pattern {pattern!r} does not compile (RE2 syntax): {reason}")
+        unknown = sorted(set(self.where or ()) - set(FIELDS))
+        if unknown or self.where == ():
+            raise ValueError(f"{label}: unknown field(s) {unknown or '(none listed)'} in where "
+                             f"(known: {', '.join(FIELDS)})")
+        return self
+
+
+class ContentRules(RootModel[tuple[ContentRule, ...]]):
+    """A tenant's content rules, in order (the first that matches names the refusal), compiled at load."""
+
+    model_config = ConfigDict(frozen=True)
+    root: tuple[ContentRule, ...] = Field((), max_length=64)
+    _compiled: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _compile(self) -> ContentRules:
+        from dynaseal.policy.content_fields import FIELDS
+        from dynaseal.policy.content_rules import RuleSpec, builtin_spec, compile_rules, literal_pattern
+
+        names = [rule.name for rule in self.root]
+        if len(names) != len(set(names)):
+            raise ValueError("content rule names must be unique")
+        specs = []
+        for rule in self.root:
+            where = rule.where or FIELDS
+            assert rule.name is not None  # _valid
+            if rule.builtin is not None:
+                specs.append(builtin_spec(rule.builtin, rule.name, where))
+                continue
+            flags = "(?i)" if rule.case_insensitive else ""
+            patterns = [literal_pattern(lit, rule.case_insensitive) for lit in rule.literals]
+            patterns += [f"{flags}(?:{p})" for p in rule.patterns]
+            specs.append(RuleSpec(rule.name, tuple(patterns), frozenset(where)))
+        self._compiled = compile_rules(specs)
+        return self
+
+    @property
+    def compiled(self) -> Any:
+        """The rules as `dynaseal.policy.content_rules.CompiledRules` (typed Any: no import cycle here)."""
+        return self._compiled
+
+    def __bool__(self) -> bool:
+        return bool(self.root)

@@ -148,6 +148,10 @@ async def receive_usage(request: Request, state: StateDep) -> dict[str, str]:
         print(redact(f"budget threshold: key_id={payload.get('key_id')} {payload.get('budget')} budget "
                      f"crossed {payload.get('threshold')}"), flush=True)
         return {"status": "noted", "webhook_id": webhook_id}
+    if payload.get("type") == "content_blocked":
+        # A request the tenant's content rule refused: no usage, only which key and rule (never the text).
+        print(redact(f"content blocked: key_id={payload.get('key_id')} rule={payload.get('rule')}"), flush=True)
+        return {"status": "noted", "webhook_id": webhook_id}
     callback = parse_callback(payload)
     stored = await state.callbacks.store(row_values(webhook_id, callback, payload))
     if not stored:

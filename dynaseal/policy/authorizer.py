@@ -20,6 +20,7 @@ from dynaseal.keys.claims import VerifiedKey
 from dynaseal.keys.dpop import DpopProof, DpopRefusal, request_url, verify_proof
 from dynaseal.keys.tenants import Registry
 from dynaseal.keys.verification import UnknownKid, VerifiedKeyCache
+from dynaseal.policy.content_check import ContentBlocked, blocked_decision, check_content
 from dynaseal.policy.decision import Decision, allow, answer, deny, deny_from
 from dynaseal.policy.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.policy.quota_refusals import Quota, admit_request, check_not_revoked
@@ -162,10 +163,15 @@ class Authorizer:
                     await check_not_revoked(self.quota, key)
                 return answer(model_list(key), key.jti, request_id)
             check_method_and_path(request.method, request.path)
-            checked = check_request(parse_body(request.body, request.headers), key, len(request.body))
+            body = parse_body(request.body, request.headers)
+            checked = check_request(body, key, len(request.body))
+            # After the body's checks, before admission: a blocked request spends no use, slot or reservation.
+            check_content(key, body)
             if self.quota is not None:
                 await admit_request(self.quota, key, checked, request_id, proof)
             return self._allow(key, checked, request.headers, request_id)
+        except ContentBlocked as blocked:
+            return blocked_decision(blocked, key, request_id)
         except Refusal as refusal:
             return deny_from(refusal, key.jti if key else None, request_id)
         except QuotaUnavailable as exc:

@@ -36,6 +36,7 @@ class ErrorCode(StrEnum):
     INSUFFICIENT_QUOTA = "insufficient_quota"
     KEY_EXHAUSTED = "key_exhausted"
     AUTHZ_UNAVAILABLE = "authz_unavailable"
+    CONTENT_BLOCKED = "content_blocked"
 
 
 # code -> (HTTP status, OpenAI error type). OpenAI SDKs map the status to an exception class.
@@ -56,6 +57,7 @@ _STATUS_AND_TYPE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.INSUFFICIENT_QUOTA: (429, "insufficient_quota"),
     ErrorCode.KEY_EXHAUSTED: (429, "rate_limit_error"),
     ErrorCode.AUTHZ_UNAVAILABLE: (503, "service_unavailable"),
+    ErrorCode.CONTENT_BLOCKED: (400, "invalid_request_error"),
 }
 
 

@@ -15,6 +15,7 @@ import orjson
 from standardwebhooks import Webhook
 
 from dynaseal.pb import UsageEvent
+from dynaseal.usage.blocked import blocked_payload
 
 # Statuses worth retrying besides 5xx: the receiver timed out, or asked us to slow down.
 RETRYABLE_STATUSES = frozenset({408, 429})
@@ -22,6 +23,8 @@ RETRYABLE_STATUSES = frozenset({408, 429})
 
 def callback_payload(event: UsageEvent, include_content: bool) -> dict[str, Any]:
     """The callback object: the seed's fields (event_id, content, tokens) plus the usage detail."""
+    if event.content_rule:
+        return blocked_payload(event)
     cb: Any = {}
     if event.cb_json:
         try:

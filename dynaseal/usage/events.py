@@ -4,7 +4,8 @@ Each line is one request (the JSON format `dynaseal.usage.record` defines). The 
 the first that applies decides:
 
 1. Not admitted → no event. The line lacks `tenant` or `jti`, carries a `deny_code`, or its
-   `details` start with `ext_authz` (denied, or authz unavailable). Nothing was reserved.
+   `details` start with `ext_authz` (denied, or authz unavailable). Nothing was reserved. Except: a
+   refusal by a tenant's content rule becomes a `content_rule` event, no usage (dynaseal.usage.blocked).
 2. A stream cut short — a response flag of a disconnect, reset or timeout (`CUT_FLAGS`: the client
    left, DC; the upstream reset, UR/UC; Envoy reset it, LR, ...) → the larger of what authz reserved
    ("reserved") and any usage seen ("upstream"). sse_to_metadata keeps the last usage it read, which
@@ -41,6 +42,7 @@ import orjson
 from dynaseal.money.pricing import Price, TokenUsage, format_amount, from_micros, to_micros
 from dynaseal.pb import UsageEvent
 from dynaseal.pb.usage_event_pb2 import Price as PriceMessage
+from dynaseal.usage.blocked import blocked_event
 from dynaseal.usage.record import copied_fields, log_count
 
 UPSTREAM, RESERVED, NONE = "upstream", "reserved", "none"
@@ -133,8 +135,11 @@ def parse_line(line: bytes | str, shipped_at_ms: int | None = None) -> UsageEven
         record = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(record, dict) or not _admitted(record):
+    if not isinstance(record, dict):
         return None
+    if not _admitted(record):  # a refusal: no usage; a content refusal is told to the tenant (usage.blocked)
+        return blocked_event(record, _request_id(record, raw),
+                             int(time.time() * 1000) if shipped_at_ms is None else shipped_at_ms)
     status = _count(record.get("code")) or 0
     reserved = _count(record.get("reserved")) or 0
     source, prompt, completion, total = _usage(record, status, reserved)

@@ -80,6 +80,8 @@ FIELDS: tuple[LogField, ...] = (
     _authz("stream", "stream", "flag", "required"),
     _authz("reserved", "reserved", "count", "required"),
     _authz("deny_code", None, "none", "deny", "set on refusals: such a line is no usage event"),
+    _authz("content_rule", "content_rule", "rule", "deny",
+           "the tenant's content rule that refused the request (never the text): a content_blocked callback"),
     LogField("prompt_tokens", _meta(USAGE_NAMESPACE, "prompt_tokens"), "prompt_tokens", "rule"),
     LogField("completion_tokens", _meta(USAGE_NAMESPACE, "completion_tokens"), "completion_tokens", "rule"),
     LogField("total_tokens", _meta(USAGE_NAMESPACE, "total_tokens"), "total_tokens", "rule"),
