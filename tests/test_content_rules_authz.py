@@ -17,13 +17,12 @@ from authz_service.envoy_adapter import deny_response
 from authz_service.server import AuthzOptions, AuthzServer
 from authz_service.servicer import AuthorizationServicer
 from dynaseal.config import ConfigError, load_config
-from dynaseal.keys.claims import VerifiedKey
-from dynaseal.keys.dpop import DpopProof
 from dynaseal.keys.mint import SigningKey, mint
 from dynaseal.keys.tenants import build_registry
+from dynaseal.ledger.admission import Admission
+from dynaseal.ledger.outcomes import Admitted, Outcome
 from dynaseal.policy.authorizer import Authorizer, AuthRequest
 from dynaseal.policy.decision import Decision
-from dynaseal.policy.request_policy import CheckedRequest
 
 TENANT = "shop"
 KEY = SigningKey.generate("shop-1")
@@ -36,9 +35,12 @@ class RecordingQuota:
     def __init__(self) -> None:
         self.admitted: list[str] = []
 
-    async def admit(self, key: VerifiedKey, request: CheckedRequest, request_id: str,
-                    proof: DpopProof | None = None) -> None:
-        self.admitted.append(request_id)
+    async def admit(self, admission: Admission, now_ms: int | None = None) -> Outcome:
+        self.admitted.append(admission.request_id)
+        return Admitted()
+
+    async def revoked_level(self, tenant: str, path: tuple[str, ...]) -> int:
+        return 0
 
 
 def write_config(directory: Path, rules: list[dict[str, Any]]) -> Path:
