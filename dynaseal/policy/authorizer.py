@@ -23,6 +23,7 @@ from dynaseal.keys.tenants import Registry
 from dynaseal.keys.verification import UnknownKid, VerifiedKeyCache
 from dynaseal.policy.decision import Decision, allow, answer, deny, deny_from
 from dynaseal.policy.errors import ErrorCode, QuotaUnavailable, Refusal
+from dynaseal.policy.origins import check_origin
 from dynaseal.policy.request_policy import CheckedRequest, check_request, parse_body
 from dynaseal.usage import record as usage_record
 
@@ -165,6 +166,7 @@ class Authorizer:
             token, via_dpop = extract_credential(request.headers)
             key = await self._verify(token)
             proof = check_binding(key, via_dpop, request, token, self.registry)
+            check_origin(request.headers, key.tenant.id, key.tenant.cors_origins, (k.origins for k in key.chain))
             if is_model_list(request.method, request.path):
                 return answer(model_list(key), key.jti, request_id)
             check_method_and_path(request.method, request.path)

@@ -29,6 +29,7 @@ class ErrorCode(StrEnum):
     INSUFFICIENT_QUOTA = "insufficient_quota"
     KEY_EXHAUSTED = "key_exhausted"
     AUTHZ_UNAVAILABLE = "authz_unavailable"
+    ORIGIN_NOT_ALLOWED = "origin_not_allowed"
 
 
 # code -> (HTTP status, OpenAI error type). OpenAI SDKs map the status to an exception class.
@@ -49,6 +50,7 @@ _STATUS_AND_TYPE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.INSUFFICIENT_QUOTA: (429, "insufficient_quota"),
     ErrorCode.KEY_EXHAUSTED: (429, "rate_limit_error"),
     ErrorCode.AUTHZ_UNAVAILABLE: (503, "service_unavailable"),
+    ErrorCode.ORIGIN_NOT_ALLOWED: (403, "permission_error"),
 }
 
 
