@@ -35,8 +35,8 @@ def test_minted_keys_of_every_format_validate() -> None:
                 budget=5000, uses=3, rpm=10, params={"temperature": {"min": 0, "max": 1}, "allow": ["stop"]},
                 cb={"order": 7}, event_id="ev-1", budget_cost="2.50", cnf=holder.cnf_jwk())
     bound = mint(issuer, tenant="acme", models=["m"], max_tokens=1, ttl=60, cnf=holder.cnf_jkt())
-    seed = mint_seed_key("671249a93f1cf2f8bf9b2b82", "4d72c063-881f-45fa-85ab-3375c84f5dd7", model="deepseek-chat", max_tokens=20, ttl=60,
-                         event_id=42)
+    seed = mint_seed_key("671249a93f1cf2f8bf9b2b82", "4d72c063-881f-45fa-85ab-3375c84f5dd7", model="deepseek-chat",
+                         max_tokens=20, ttl=60, event_id=42)
     child = holder.child(full, models=["gpt-4o-mini"], uses=1, max_tokens=10)
     grandchild = holder.child(holder.child(full, cnf=holder.cnf_jwk()))
     for name, token in {"plain": plain, "full": full, "bound": bound, "seed": seed, "child": child,
