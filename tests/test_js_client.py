@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -31,11 +32,25 @@ pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed (the
 URL = "http://gw.test/v1/chat/completions"
 
 
+@pytest.fixture(scope="module")
+def node_modules() -> bool:
+    """`npm ci` once when the package's dev dependencies (the SDKs) are missing; False if it cannot."""
+    if (JS / "node_modules" / "openai").is_dir():
+        return True
+    npm = shutil.which("npm")
+    if npm is None:
+        return False
+    run = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS, capture_output=True, text=True,
+                         timeout=600, check=False)
+    return run.returncode == 0
+
+
 def node_tests() -> list[str]:
     return sorted(str(p.relative_to(JS)) for p in (JS / "test").glob("*.test.js"))
 
 
-def test_the_js_package_own_tests_pass() -> None:
+def test_the_js_package_own_tests_pass(node_modules: bool) -> None:
+    """Without the SDKs (no registry) their three tests skip; every other test runs."""
     assert node_tests(), "no node tests found"
     run = subprocess.run([str(NODE), "--test", *node_tests()], cwd=JS, capture_output=True, text=True,
                          timeout=300, check=False)
@@ -112,6 +127,22 @@ def test_the_js_client_refuses_a_widening_child_the_gateway_would_refuse(cfg: Dy
                 "POST", "/v1/chat/completions", {"authorization": f"Bearer {forged}"},
                 b'{"model":"deepseek-chat","messages":[{"role":"user","content":"hi"}],"max_tokens":5}')))
             assert decision.status == 401 and "child key" in decision.message, decision.message
+
+
+@pytest.mark.integration
+def test_the_sdks_work_through_the_real_gateway(node_modules: bool, cfg: DynasealConfig, stack: object) -> None:
+    """openai (plain and streaming) and the Vercel AI SDK with client.fetch; the key alone in a plain SDK: 401."""
+    if not node_modules:
+        pytest.skip("the SDKs are not installed and npm ci could not install them")
+    env = {"PATH": os.environ.get("PATH", ""), "DYNASEAL_ISSUER": f"http://127.0.0.1:{cfg.gateway.ports.issuer}",
+           "DYNASEAL_GATEWAY": f"http://127.0.0.1:{cfg.gateway.ports.envoy}/v1"}
+    run = subprocess.run([str(NODE), "test/sdk-live.js"], cwd=JS, capture_output=True, text=True, timeout=120,
+                         check=False, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    assert result["openai"]["text"] and result["openai"]["usage"]["total_tokens"] > 0
+    assert result["openaiStream"] and result["vercel"]
+    assert result["lifted"] == "AuthenticationError 401 invalid_dpop_proof"
 
 
 def test_the_vectors_file_is_what_the_generator_writes() -> None:
