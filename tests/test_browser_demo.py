@@ -66,6 +66,13 @@ def log_in(page: Any, origin: str) -> None:
 
 def test_the_page_streams_with_dpop_and_shows_the_callbacks_usage_and_cost(cfg: DynasealConfig, stack: object,
                                                                            page: Any) -> None:
+    # Chromium reports its CORS preflights on the DevTools protocol, as OPTIONS requests of their own.
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    sent: dict[str, dict[str, Any]] = {}
+    cdp.on("Network.requestWillBeSent", lambda e: sent.setdefault(e["requestId"], e))
+    answers: dict[str, int] = {}
+    cdp.on("Network.responseReceived", lambda e: answers.__setitem__(e["requestId"], e["response"]["status"]))
     log_in(page, issuer(cfg))
     holder = text(page, "holder")
     assert "extractable: false" in holder, holder
@@ -77,6 +84,10 @@ def test_the_page_streams_with_dpop_and_shows_the_callbacks_usage_and_cost(cfg: 
     assert re.fullmatch(r"[0-9a-f-]{36}", request_id)
     usage = wait_state(page, "usage", "ok")
     assert re.match(r"\d+ tokens \(prompt \d+, completion \d+\)", usage), usage
+    gw = f"http://127.0.0.1:{cfg.gateway.ports.envoy}/v1/chat/completions"
+    preflights = [e for e in sent.values() if e["request"]["url"] == gw and e["request"]["method"] == "OPTIONS"]
+    assert preflights, [(e["request"]["method"], e["request"]["url"]) for e in sent.values()]
+    assert {answers.get(e["requestId"]) for e in preflights} == {200}
     cost = wait_state(page, "cost", "ok")
     assert re.fullmatch(r"\d+\.\d+ USD", cost), cost
 
