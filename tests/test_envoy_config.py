@@ -101,6 +101,7 @@ def test_routes_are_exactly_the_served_paths(tmp_path: Path, config_path: Path) 
     assert {r["route"]["cluster"] for r in vhost["routes"]} == {"upstream_llm"}  # every one through ext_authz
     assert vhost["request_headers_to_add"] == [{"header": {"key": "accept-encoding", "value": "identity"},
                                                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+    assert "access-control-allow-origin" in vhost["response_headers_to_remove"]  # the provider's CORS: never
     [request_id] = vhost["response_headers_to_add"]
     assert request_id["header"] == {"key": "x-dynaseal-request-id",
                                     "value": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:request_id)%"}
