@@ -140,6 +140,7 @@ function wire(id, action) {
     status(`${id}…`);
     try {
       await action();
+      if ($("status").textContent === `${id}…`) status(`${id}: done`);
     } catch (error) {
       status(`${id} failed: ${describe(error)}`);
       if (id === "stream") show("output", `refused: ${describe(error)}`, "refused");
