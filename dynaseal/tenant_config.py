@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, RootModel, field_validator, model_validator
 
+from dynaseal.policy.origins import check_origin_pattern
+
 KID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -186,6 +188,18 @@ class CallbackConfig(StrictModel):
         return tuple(sorted(values))
 
 
+class CorsConfig(StrictModel):
+    """Web pages allowed to call the gateway with this tenant's keys (dynaseal.policy.origins)."""
+
+    # Exact origins (`https://app.example.com`) or `scheme://*.host[:port]` patterns.
+    origins: tuple[str, ...] = Field(default=(), max_length=100)
+
+    @field_validator("origins")
+    @classmethod
+    def _origins(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(check_origin_pattern(value) for value in values)
+
+
 class TenantConfig(StrictModel):
     """One tenant: its verification keys, limits, upstream and callback."""
 
@@ -199,6 +213,8 @@ class TenantConfig(StrictModel):
     limits: Limits = Field(default_factory=Limits)
     upstream: TenantUpstream | None = None
     callback: CallbackConfig | None = None
+    # Browser origins allowed to use the tenant's keys (CORS at the edge, checked again by authz).
+    cors: CorsConfig | None = None
 
     @field_validator("jwks_url")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from string import Template
 from urllib.parse import urlsplit
 
 from dynaseal.config import DynasealConfig
+from dynaseal.policy.origins import origin_regex
 from dynaseal.usage import record as usage_record
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -96,7 +98,15 @@ def render(cfg: DynasealConfig, access_log: Path, authz_host: str | None = None,
         upstream_address=upstream.host,
         upstream_port=upstream.port,
         upstream_tls=_tls_block(upstream, gw.upstream.ca_file),
+        cors_origins=cors_origin_matchers(cfg),
     )
+
+
+def cors_origin_matchers(cfg: DynasealConfig) -> str:
+    """Envoy string matchers (a JSON list, valid YAML) for the union of every tenant's CORS origins."""
+    origins = sorted({o for t in cfg.tenants if t.cors for o in t.cors.origins})
+    matchers = [{"safe_regex": {"regex": origin_regex(o)}} if "://*." in o else {"exact": o} for o in origins]
+    return json.dumps(matchers)
 
 
 def envoy_binary() -> str:

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from dynaseal.config import DynasealConfig
-from issuer_api import routes_callbacks, routes_keys, routes_usage, routes_user
+from issuer_api import routes_callbacks, routes_demo, routes_keys, routes_usage, routes_user
 from issuer_api.errors import install_error_handlers
 from issuer_api.state import IssuerState, build_state
 
@@ -43,6 +43,7 @@ def create_app(cfg: DynasealConfig) -> FastAPI:
     for router in routers:
         app.include_router(router, prefix=API_PREFIX, include_in_schema=False)
     app.include_router(routes_callbacks.root_router)
+    app.include_router(routes_demo.router)  # the browser demo page (dev configs only)
     return app
 
 

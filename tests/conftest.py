@@ -87,6 +87,9 @@ def write_test_config(directory: Path, keys: TenantKeys, authz_server: str | Non
     raw["gateway"]["upstream"]["forward_headers"] = ["x-mock-status", "x-mock-delay-ms", "x-mock-chunk-delay-ms",
                                                   "x-mock-usage", "x-mock-abort-after-frames"]
     raw["tenants"][0]["callback"]["url"] = f"http://127.0.0.1:{raw['gateway']['ports']['issuer']}/v1/callback/usage"
+    # Pages on the test issuer's origin (its demo page) and under a wildcard may call the gateway.
+    raw["tenants"][0]["cors"] = {"origins": [f"http://127.0.0.1:{raw['gateway']['ports']['issuer']}",
+                                             "https://*.pages.example"]}
     # Money: a reasoning price of its own (every token type priced differently) and one unpriced model.
     raw["tenants"][0]["upstream"]["prices"]["deepseek-chat"]["reasoning"] = "2.19"
     raw["tenants"][0]["limits"]["models"].append("mock-large")

@@ -25,7 +25,7 @@ def test_rendered_config_validates(tmp_path: Path, cfg: DynasealConfig, config_p
     assert ok, output[-3000:]
     parsed = yaml.safe_load(rendered.read_text())
     filters = parsed["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    ext_authz = filters["http_filters"][0]["typed_config"]
+    ext_authz = next(f for f in filters["http_filters"] if f["name"] == "envoy.filters.http.ext_authz")["typed_config"]
     assert ext_authz["failure_mode_allow"] is False
     assert ext_authz["with_request_body"]["pack_as_bytes"] is True
     if base_url and base_url.startswith("https"):  # the provider key only goes to a verified upstream
@@ -79,14 +79,21 @@ def test_edge_limits_and_trusted_hops_come_from_the_config(tmp_path: Path, confi
                                                    "headers_with_underscores_action": "DROP_HEADER"}
     [monitor] = doc["overload_manager"]["resource_monitors"]  # type: ignore[index]
     assert monitor["typed_config"]["max_active_downstream_connections"] == 123
-    chat = [r for r in hcm["route_config"]["virtual_hosts"][0]["routes"] if "chat" in r["match"]["path"]]
+    chat = [r for r in hcm["route_config"]["virtual_hosts"][0]["routes"] if "chat" in r["match"].get("path", "")]
     assert {r["route"]["timeout"] for r in chat} == {"1200s"}  # a long stream is not cut by the route
     assert {r["route"]["idle_timeout"] for r in chat} == {"55s"}
 
 
 def test_routes_are_exactly_the_served_paths(tmp_path: Path, config_path: Path) -> None:
     vhost = _hcm(_rendered(tmp_path, config_path))["route_config"]["virtual_hosts"][0]
-    paths = {r["match"]["path"]: r["match"].get("headers") for r in vhost["routes"]}
+    # The two OPTIONS routes first (CORS preflights, answered by Envoy; tests/test_cors_e2e.py).
+    preflight, other_options, *served = vhost["routes"]
+    assert preflight["match"]["prefix"] == other_options["match"]["prefix"] == "/"
+    assert other_options["direct_response"] == {"status": 204}
+    assert other_options["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["disabled"] is True
+    assert "typed_per_filter_config" not in preflight  # were it ever passed on, authz would refuse it
+    vhost["routes"] = [preflight, *served]
+    paths = {r["match"]["path"]: r["match"].get("headers") for r in served}
     get_only = [{"name": ":method", "string_match": {"exact": "GET"}}]
     post_only = [{"name": ":method", "string_match": {"exact": "POST"}}]
     assert paths == {"/v1/chat/completions": post_only, "/api/v1/chat/completions": post_only,
@@ -94,6 +101,7 @@ def test_routes_are_exactly_the_served_paths(tmp_path: Path, config_path: Path) 
     assert {r["route"]["cluster"] for r in vhost["routes"]} == {"upstream_llm"}  # every one through ext_authz
     assert vhost["request_headers_to_add"] == [{"header": {"key": "accept-encoding", "value": "identity"},
                                                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+    assert "access-control-allow-origin" in vhost["response_headers_to_remove"]  # the provider's CORS: never
     [request_id] = vhost["response_headers_to_add"]
     assert request_id["header"] == {"key": "x-dynaseal-request-id",
                                     "value": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:request_id)%"}
@@ -102,7 +110,8 @@ def test_routes_are_exactly_the_served_paths(tmp_path: Path, config_path: Path) 
 def test_lua_filter_sits_between_ext_authz_and_the_usage_readers(tmp_path: Path, config_path: Path) -> None:
     """Response filters run in reverse: the strip must come after sse_to_metadata has read the usage."""
     names = [f["name"] for f in _hcm(_rendered(tmp_path, config_path))["http_filters"]]
-    assert names == ["envoy.filters.http.ext_authz", "envoy.filters.http.lua", "envoy.filters.http.sse_to_metadata",
+    assert names == ["envoy.filters.http.cors",
+                     "envoy.filters.http.ext_authz", "envoy.filters.http.lua", "envoy.filters.http.sse_to_metadata",
                      "envoy.filters.http.json_to_metadata", "envoy.filters.http.router"]
 
 

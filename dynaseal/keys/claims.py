@@ -19,6 +19,7 @@ from dynaseal.keys.dpop import confirmation
 from dynaseal.keys.tenants import Registry, Tenant, VerificationKey
 from dynaseal.money.pricing import MICROS, to_micros
 from dynaseal.policy.errors import ErrorCode, Refusal
+from dynaseal.policy.origins import parse_origins_claim
 from dynaseal.tenant_config import ParamLimit
 
 MAX_CB_BYTES = 1024
@@ -54,6 +55,9 @@ class VerifiedKey:
     # Budget in money: integer micro-units of the tenant's currency (`budget_cost` claim, capped by the
     # tenant's `limits.budget_cost`).
     budget_cost: int | None = None
+    # `origins` claim: the web pages this key may be used from (dynaseal.policy.origins); None = any the
+    # tenant allows.
+    origins: frozenset[str] | None = None
 
     def allows_model(self, model: str) -> bool:
         """Key allowlist ∩ tenant allowlist."""
@@ -248,6 +252,11 @@ def check_claims(payload: Mapping[str, Any], tenant: Tenant, registry: Registry,
         except ValueError as exc:
             raise _bad("cnf", f"is not usable: {exc}") from None
 
+    try:
+        origins = parse_origins_claim(claims.get("origins"))
+    except ValueError as exc:
+        raise _bad("origins", str(exc)) from None
+
     return VerifiedKey(
         tenant=tenant,
         jti=jti,
@@ -266,4 +275,5 @@ def check_claims(payload: Mapping[str, Any], tenant: Tenant, registry: Registry,
         cnf_jkt=cnf.jkt if cnf else None,
         holder=cnf.holder if cnf else None,
         budget_cost=_budget_cost(claims, tenant),
+        origins=origins,
     )

@@ -56,6 +56,8 @@ class Tenant:
     prices: Mapping[str, Price] = field(default_factory=lambda: MappingProxyType({}))
     currency: str = "USD"
     refuse_unpriced: bool = False
+    # Browser origins allowed to use the tenant's keys (tenant `cors.origins`; none = no page may).
+    cors_origins: frozenset[str] = frozenset()
 
     def with_remote_keys(self, keys: tuple[VerificationKey, ...]) -> Tenant:
         """A copy whose kid keys are the local keys plus exactly `keys` (the latest remote JWKS).
@@ -205,6 +207,7 @@ def build_registry(cfg: DynasealConfig, remote_jwks: RemoteJwks | None = None, *
             prices=_prices(tc),
             currency=upstream.currency if upstream else "USD",
             refuse_unpriced=upstream is not None and upstream.unpriced == "refuse",
+            cors_origins=frozenset(tc.cors.origins) if tc.cors else frozenset(),
         )
     default_key = _env_secret(cfg.gateway.upstream.api_key_env, "gateway upstream", errors)
     if errors:

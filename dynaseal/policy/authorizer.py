@@ -23,6 +23,7 @@ from dynaseal.keys.verification import UnknownKid, VerifiedKeyCache
 from dynaseal.policy.content_check import ContentBlocked, blocked_decision, check_content
 from dynaseal.policy.decision import Decision, allow, answer, deny, deny_from
 from dynaseal.policy.errors import ErrorCode, QuotaUnavailable, Refusal
+from dynaseal.policy.origins import check_origin
 from dynaseal.policy.quota_refusals import Quota, admit_request, check_not_revoked
 from dynaseal.policy.request_policy import CheckedRequest, check_request, parse_body
 from dynaseal.usage import record as usage_record
@@ -158,6 +159,7 @@ class Authorizer:
             token, via_dpop = extract_credential(request.headers)
             key = await self._verify(token)
             proof = check_binding(key, via_dpop, request, token, self.registry)
+            check_origin(request.headers, key.tenant.id, key.tenant.cors_origins, (k.origins for k in key.chain))
             if is_model_list(request.method, request.path):
                 if self.quota is not None:  # reserves nothing, but a revoked key learns nothing either
                     await check_not_revoked(self.quota, key)

@@ -37,6 +37,7 @@ class ErrorCode(StrEnum):
     KEY_EXHAUSTED = "key_exhausted"
     AUTHZ_UNAVAILABLE = "authz_unavailable"
     CONTENT_BLOCKED = "content_blocked"
+    ORIGIN_NOT_ALLOWED = "origin_not_allowed"
 
 
 # code -> (HTTP status, OpenAI error type). OpenAI SDKs map the status to an exception class.
@@ -58,6 +59,7 @@ _STATUS_AND_TYPE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.KEY_EXHAUSTED: (429, "rate_limit_error"),
     ErrorCode.AUTHZ_UNAVAILABLE: (503, "service_unavailable"),
     ErrorCode.CONTENT_BLOCKED: (400, "invalid_request_error"),
+    ErrorCode.ORIGIN_NOT_ALLOWED: (403, "permission_error"),
 }
 
 
