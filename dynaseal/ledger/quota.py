@@ -180,8 +180,9 @@ class RedisQuota:
         if status == -2:
             raise Refusal(ErrorCode.KEY_EXHAUSTED, f"{whose} has no uses left (uses: {limits.uses})")
         if status == -3:
+            wait_s = max(1, -(-retry_ms // 1000))
             raise Refusal(ErrorCode.RATE_LIMITED, f"rate limit of {limits.rpm} requests per minute reached; "
-                                                  f"retry in {max(1, -(-retry_ms // 1000))} s")
+                                                  f"retry in {wait_s} s", headers={"retry-after": str(wait_s)})
         if status == -8:
             currency = key.tenant.currency
             if request.reservation_cost is None:  # request_policy refuses this first; kept fail-closed

@@ -61,8 +61,10 @@ def refusal(status: int, spent: int, reserved: int, retry_ms: int, limits: Limit
     if status == -6:
         return QuotaUnavailable("redis ran the tenant admit after its deadline: nothing was reserved", "redis_late")
     if status == -3:
+        wait_s = max(1, -(-retry_ms // 1000))
         return Refusal(ErrorCode.RATE_LIMITED, f"the tenant's rate limit of {limits.tenant_rpm} requests per "
-                                               f"minute reached; retry in {max(1, -(-retry_ms // 1000))} s")
+                                               f"minute reached; retry in {wait_s} s",
+                       headers={"retry-after": str(wait_s)})
     budget = limits.tenant_budget
     assert budget is not None
     left = max(0, budget.tokens - spent - reserved)

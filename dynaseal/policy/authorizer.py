@@ -24,6 +24,7 @@ from dynaseal.keys.verification import UnknownKid, VerifiedKeyCache
 from dynaseal.policy.decision import Decision, allow, answer, deny, deny_from
 from dynaseal.policy.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.policy.request_policy import CheckedRequest, check_request, parse_body
+from dynaseal.policy.routing import choose as choose_route
 from dynaseal.usage import record as usage_record
 
 log = logging.getLogger("dynaseal.authz")
@@ -34,7 +35,10 @@ KEY_HEADERS = ("authorization", "dynasealtoken")
 # and pseudo-headers cannot be removed (Envoy owns them); x-request-id and accept-encoding are
 # overwritten with the gateway's values.
 FORWARDED_HEADERS = frozenset({"content-type", "content-length", "accept", "host", "x-request-id",
-                               "accept-encoding", "transfer-encoding"})
+                               "accept-encoding", "transfer-encoding",
+                               # Envoy's own: route matching (after authz, for routed tenants) needs it; the
+                               # virtual host removes it before the provider.
+                               "x-forwarded-proto"})
 MODEL_LIST_PATHS = frozenset({"/v1/models", "/api/v1/models"})
 # Never forwarded, whatever gateway.upstream.forward_headers says: the proof is the gateway's to check.
 NEVER_FORWARDED = frozenset({"dpop"})
@@ -171,7 +175,7 @@ class Authorizer:
             checked = check_request(parse_body(request.body, request.headers), key, len(request.body))
             if self.quota is not None:
                 await self.quota.admit(key, checked, request_id, proof)
-            return self._allow(key, checked, request.headers, request_id)
+            return self._allow(key, checked, request.headers, request_id, request.body)
         except Refusal as refusal:
             return deny_from(refusal, key.jti if key else None, request_id)
         except QuotaUnavailable as exc:
@@ -209,8 +213,11 @@ class Authorizer:
         self.keys = VerifiedKeyCache(self.registry, self.keys.capacity)
 
     def _allow(self, key: VerifiedKey, checked: CheckedRequest, client_headers: Mapping[str, str],
-               request_id: str) -> Decision:
-        provider_key = key.tenant.provider_key or self.registry.default_provider_key
+               request_id: str, body: bytes = b"") -> Decision:
+        routes = self.registry.routes
+        route = routes.route(key.tenant.id, checked.model) if routes is not None else None
+        # A routed request's credential is chosen per upstream try (in Envoy, from the route's metadata).
+        provider_key = None if route is not None else key.tenant.provider_key or self.registry.default_provider_key
         # The gateway's id toward the upstream; identity so Envoy can always read the usage it returns.
         headers = {"x-request-id": request_id, "accept-encoding": "identity"}
         if provider_key is not None:
@@ -236,4 +243,11 @@ class Authorizer:
             metadata["strip_usage"] = True
         if key.tenant.callback is not None and key.tenant.callback.include_content:
             metadata["capture_content"] = True
+        if route is not None:
+            choice = choose_route(route, checked.model, body, checked.body_prefix or "")
+            headers.update(choice.headers)
+            metadata.update(choice.metadata)
+            removed = tuple(name for name in removed if name not in headers)
+        if routes is not None and key.tenant.id in routes.provider_headers:
+            metadata["provider_headers"] = True
         return allow(headers, removed, metadata, key.jti, request_id)
