@@ -103,6 +103,7 @@ def render(cfg: DynasealConfig, access_log: Path, authz_host: str | None = None,
                                                f"{limits.stream_idle_timeout_s}s"),
         routed_clusters=upstream_clusters.clusters(cfg),
         clear_route_cache="true" if upstream_clusters.used_chains(cfg) else "false",
+        self_address=gw.host if _is_ip(gw.host) and gw.host not in ("0.0.0.0", "::") else "127.0.0.1",
     )
 
 

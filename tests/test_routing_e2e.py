@@ -6,8 +6,10 @@ client model name differently, each with its own physical names and credentials.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,17 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import redis
 import yaml
-from conftest import free_ports
+from conftest import free_ports, jwt_payload
 from upstream_support import Behaviour, ScriptedUpstream
 
 from dynaseal.config import load_config
 from dynaseal.keys.mint import SigningKey, mint
+from dynaseal.ledger.quota import counters
+from dynaseal.runtime.locations import redis_url
+from dynaseal.usage.callbacks import callback_payload
+from dynaseal.usage.events import parse_line
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +41,10 @@ class Gateway:
     def __init__(self, url: str, admin: str, upstreams: dict[str, ScriptedUpstream], alpha: SigningKey,
                  beta: SigningKey) -> None:
         self.url, self.admin, self.upstreams, self.alpha, self.beta = url, admin, upstreams, alpha, beta
+        self.access_log = Path()
+        self.redis_url = ""
 
-    def key(self, tenant: str = "alpha", models: tuple[str, ...] = ("fast", "smart", "slowpoke", "down"),
+    def key(self, tenant: str = "alpha", models: tuple[str, ...] = ("fast", "smart", "slowpoke", "down", "solo"),
             **claims: Any) -> str:
         """A fresh dynamic key of a tenant."""
         signer = self.alpha if tenant == "alpha" else self.beta
@@ -80,16 +89,18 @@ def write_config(directory: Path, ports: dict[str, int], alpha: SigningKey, beta
                  "outlier_detection": None},
                 {"name": "slow", "base_url": f"http://127.0.0.1:{ports['slow']}/v1", "api_key_env": "T_KEY_SLOW",
                  "timeouts": {"first_byte_s": 0.5}, "outlier_detection": None},
+                {"name": "flaky", "base_url": f"http://127.0.0.1:{ports['flaky']}/v1", "outlier_detection": None},
             ],
         },
         "tenants": [
             {"id": "alpha", "keys": [{"kid": alpha.kid, "alg": "EdDSA", "public_jwk": alpha.public_jwk()}],
-             "limits": {"models": ["fast", "smart", "slowpoke", "down"], "max_tokens": 100},
+             "limits": {"models": ["fast", "smart", "slowpoke", "down", "solo"], "max_tokens": 100},
              "upstream": {"prices": {"fast": {"input": "1", "output": "2"}}, "routes": [
                  {"model": "fast", "upstreams": ["dead", "busy", {"upstream": "good", "model": "gpt-4o-mini"}]},
                  {"model": "smart", "upstreams": [{"upstream": "good", "model": "gpt-4o"}]},
                  {"model": "slowpoke", "upstreams": ["slow"]},
                  {"model": "down", "upstreams": ["dead"]},
+                 {"model": "solo", "upstreams": ["flaky"]},
              ]}},
             {"id": "beta", "keys": [{"kid": beta.kid, "alg": "EdDSA", "public_jwk": beta.public_jwk()}],
              "limits": {"models": ["fast"], "max_tokens": 100},
@@ -109,8 +120,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     from dynaseal_launcher.stack import LocalStack
 
     os.environ.update(CREDENTIALS)
-    port = dict(zip(["dead", "busy", "good", "slow"], free_ports(4), strict=True))
-    upstreams = {name: ScriptedUpstream(port[name], name) for name in ("busy", "good", "slow")}
+    port = dict(zip(["dead", "busy", "good", "slow", "flaky"], free_ports(5), strict=True))
+    upstreams = {name: ScriptedUpstream(port[name], name) for name in ("busy", "good", "slow", "flaky")}
     alpha, beta = SigningKey.generate("alpha-1"), SigningKey.generate("beta-1")
     path = write_config(tmp_path_factory.mktemp("routing"), port, alpha, beta)
     cfg = load_config(path)
@@ -118,6 +129,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     stack.start()
     gw = Gateway(f"http://127.0.0.1:{cfg.gateway.ports.envoy}", f"http://127.0.0.1:{cfg.gateway.ports.envoy_admin}",
                  upstreams, alpha, beta)
+    gw.access_log = stack.access_log
+    gw.redis_url = redis_url(cfg)
     try:
         yield gw
     finally:
@@ -270,3 +283,78 @@ def test_a_client_cannot_pick_a_route_or_a_credential(gw: Gateway) -> None:
     (seen,) = gw.upstreams["good"].take()
     assert seen.json()["model"] == "gpt-4o"
     assert gw.upstreams["busy"].take() == []
+
+
+def logged_line(gw: Gateway, request_id: str) -> bytes:
+    """The access-log line of one request (Envoy flushes the log every 200 ms)."""
+    for _ in range(100):
+        for line in gw.access_log.read_bytes().splitlines():
+            if request_id.encode() in line and b'"tenant":"alpha"' in line:
+                return line
+        time.sleep(0.1)
+    raise AssertionError(f"no access-log line for {request_id}")
+
+
+def logged_statuses(gw: Gateway, jti: str, count: int) -> list[int]:
+    """The statuses of a key's requests in the access log, once `count` are there (bounded wait)."""
+    statuses: list[int] = []
+    for _ in range(100):
+        lines = [json.loads(line) for line in gw.access_log.read_bytes().splitlines()]
+        statuses = [r["code"] for r in lines if r.get("jti") == jti and r["path"].endswith("/chat/completions")]
+        if len(statuses) >= count:
+            return statuses
+        time.sleep(0.1)
+    return statuses
+
+
+def test_a_single_use_key_survives_an_outage_of_its_only_upstream(gw: Gateway) -> None:
+    key = gw.key(uses=1)
+    flaky = gw.upstreams["flaky"]
+    flaky.close()  # the port now refuses connections
+    with pytest.raises(openai.InternalServerError) as outage:
+        gw.client(key, max_retries=2).chat.completions.create(model="solo", messages=MESSAGES, max_tokens=10)
+    # The SDK retried twice and each try found the key's one use back (not `key_exhausted`).
+    assert outage.value.code == "upstream_unavailable"
+    assert logged_statuses(gw, str(jwt_payload(key)["jti"]), 3) == [503, 503, 503]
+    line = logged_line(gw, outage.value.response.headers["x-dynaseal-request-id"])
+    payload = callback_payload(parse_line(line), include_content=False)  # type: ignore[arg-type]
+    assert (payload["usage_source"], payload["tokens"], payload["status"]) == ("none", 0, 503)
+    assert (payload["upstreams_tried"], payload["upstream"]) == (["flaky"], None)
+
+    gw.upstreams["flaky"] = ScriptedUpstream(flaky.port, "flaky")  # the upstream is back
+    answer = gw.client(key).chat.completions.create(model="solo", messages=MESSAGES, max_tokens=10)
+    assert answer.choices[0].message.content == "from flaky"
+    state = counters(redis.Redis.from_url(gw.redis_url), "alpha", str(jwt_payload(key)["jti"]))
+    assert state["uses"] == 1 and state.get("reserved", 0) > 0  # served: its reservation awaits settlement
+    with pytest.raises(openai.RateLimitError) as spent:
+        gw.client(key).chat.completions.create(model="solo", messages=MESSAGES, max_tokens=10)
+    assert spent.value.code == "key_exhausted"
+
+
+def test_a_provider_refusal_gives_back_and_the_callback_names_the_upstreams(gw: Gateway) -> None:
+    key = gw.key(uses=1)
+    gw.upstreams["good"].behaviour = Behaviour(status=503)
+    with pytest.raises(openai.InternalServerError) as refused:
+        gw.client(key).chat.completions.create(model="fast", messages=MESSAGES, max_tokens=10)
+    line = logged_line(gw, refused.value.response.headers["x-dynaseal-request-id"])
+    payload = callback_payload(parse_line(line), include_content=False)  # type: ignore[arg-type]
+    assert payload["usage_source"] == "none" and payload["cost"] == {"amount": "0", "currency": "USD"}
+    assert (payload["upstreams_tried"], payload["upstream"]) == (["dead", "busy", "good"], None)
+
+    gw.upstreams["good"].behaviour = Behaviour()
+    raw = gw.client(key).chat.completions.with_raw_response.create(model="fast", messages=MESSAGES, max_tokens=10)
+    assert raw.parse().choices[0].message.content == "from good"
+    line = logged_line(gw, raw.headers["x-dynaseal-request-id"])
+    payload = callback_payload(parse_line(line), include_content=False)  # type: ignore[arg-type]
+    assert payload["usage_source"] == "upstream" and payload["tokens"] == 7
+    assert (payload["upstreams_tried"], payload["upstream"]) == (["dead", "busy", "good"], "good")
+
+
+def test_a_client_cannot_give_back_by_itself(gw: Gateway) -> None:
+    key = gw.key(uses=1)
+    gw.client(key).chat.completions.create(model="smart", messages=MESSAGES, max_tokens=10)
+    for token in ("", "x.y", "W10.0123456789abcdef0123456789abcdef"):
+        reply = httpx.post(f"{gw.url}/_dynaseal/give-back", headers={"x-dynaseal-give-back": token})
+        assert reply.status_code == 404 and reply.json()["error"]["code"] == "not_found"
+    state = counters(redis.Redis.from_url(gw.redis_url), "alpha", str(jwt_payload(key)["jti"]))
+    assert state["uses"] == 1

@@ -61,7 +61,7 @@ class ScriptedUpstream:
             def log_message(self, *args: Any) -> None:
                 pass
 
-
+            def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
                 with upstream._lock:

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
@@ -21,11 +21,15 @@ from dynaseal.keys.claims import VerifiedKey
 from dynaseal.keys.dpop import DpopProof, DpopRefusal, request_url, verify_proof
 from dynaseal.keys.tenants import Registry
 from dynaseal.keys.verification import UnknownKid, VerifiedKeyCache
+from dynaseal.policy import give_back
 from dynaseal.policy.decision import Decision, allow, answer, deny, deny_from
 from dynaseal.policy.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.policy.request_policy import CheckedRequest, check_request, parse_body
 from dynaseal.policy.routing import choose as choose_route
 from dynaseal.usage import record as usage_record
+
+if TYPE_CHECKING:
+    from dynaseal.ledger.give_back import GiveBack
 
 log = logging.getLogger("dynaseal.authz")
 
@@ -154,10 +158,13 @@ def _unavailable(key: VerifiedKey | None, request_id: str, reason: str) -> Decis
 class Authorizer:
     """Decides one request at a time against an immutable registry."""
 
-    def __init__(self, registry: Registry, quota: Quota | None = None, cache_size: int = 10_000) -> None:
+    def __init__(self, registry: Registry, quota: Quota | None = None, cache_size: int = 10_000,
+                 giver: GiveBack | None = None) -> None:
         self.registry = registry
         self.quota = quota
         self.keys = VerifiedKeyCache(registry, cache_size)
+        # Gives back what an unserved request took (dynaseal.policy.give_back); None: never given back.
+        self.giver = giver
 
     async def decide(self, request: AuthRequest) -> Decision:
         """Run every step; never raises. Every decision carries a fresh gateway request id."""
@@ -165,6 +172,8 @@ class Authorizer:
         # reservation or collide with another request's settlement.
         request_id = new_request_id()
         key: VerifiedKey | None = None
+        if request.path == give_back.GIVE_BACK_PATH:
+            return await self._give_back(request, request_id)
         try:
             token, via_dpop = extract_credential(request.headers)
             key = await self._verify(token)
@@ -175,7 +184,12 @@ class Authorizer:
             checked = check_request(parse_body(request.body, request.headers), key, len(request.body))
             if self.quota is not None:
                 await self.quota.admit(key, checked, request_id, proof)
-            return self._allow(key, checked, request.headers, request_id, request.body)
+            decision = self._allow(key, checked, request.headers, request_id, request.body)
+            # A chain's levels are not given back one by one: a child key's failures are billed as before.
+            hmac_key = await self.giver.load_key() if self.giver is not None and key.parent is None else None
+            if hmac_key is not None:
+                decision.metadata["give_back"] = give_back.make_token(hmac_key, key.tenant.id, key.jti, request_id)
+            return decision
         except Refusal as refusal:
             return deny_from(refusal, key.jti if key else None, request_id)
         except QuotaUnavailable as exc:
@@ -186,6 +200,25 @@ class Authorizer:
         except Exception:
             log.exception("internal error deciding request_id=%s jti=%s", request_id, key.jti if key else "-")
             return _unavailable(key, request_id, "internal_error")
+
+    async def _give_back(self, request: AuthRequest, request_id: str) -> Decision:
+        """Envoy's give-back of an unserved request; anyone else is told the path does not exist."""
+        hmac_key = await self.giver.load_key() if self.giver is not None else None
+        ids = give_back.read_token(hmac_key, request.headers.get(give_back.TOKEN_HEADER, "")) \
+            if hmac_key is not None and request.method == "POST" else None
+        if ids is None:
+            return give_back.reply(404, False, request_id)
+        tenant_id, jti, given_id = ids
+        tenant = self.registry.get(tenant_id)
+        try:
+            assert self.giver is not None
+            given = await self.giver.run(tenant_id, jti, given_id, tenant.limits if tenant else None)
+        except Exception:
+            # Not given back: the request is billed as if served (its reservation settles or expires).
+            log.exception("give-back failed request_id=%s jti=%s", given_id, jti)
+            return give_back.reply(200, False, request_id)
+        log.info("unserved request given back", extra={"request_id": given_id, "jti": jti, "given_back": given})
+        return give_back.reply(200, given, request_id)
 
     async def _verify(self, token: str) -> VerifiedKey:
         """Verify through the cache, against the latest remote JWKS; on an unknown kid of a jwks_url
