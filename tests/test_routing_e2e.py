@@ -358,3 +358,15 @@ def test_a_client_cannot_give_back_by_itself(gw: Gateway) -> None:
         assert reply.status_code == 404 and reply.json()["error"]["code"] == "not_found"
     state = counters(redis.Redis.from_url(gw.redis_url), "alpha", str(jwt_payload(key)["jti"]))
     assert state["uses"] == 1
+
+
+def test_a_started_stream_is_never_retried(gw: Gateway) -> None:
+    gw.upstreams["busy"].behaviour = Behaviour(break_stream=True)
+    stream = gw.client(gw.key()).chat.completions.create(model="fast", messages=MESSAGES, max_tokens=10, stream=True)
+    received = []
+    with pytest.raises((openai.APIError, httpx.HTTPError)):
+        for chunk in stream:
+            received.append(chunk)
+    assert received and received[0].choices[0].delta.content == "from busy"
+    assert len(gw.upstreams["busy"].take()) == 1
+    assert gw.upstreams["good"].take() == []  # the answer had begun: no second provider

@@ -38,6 +38,8 @@ class Behaviour:
     status: int = 200
     delay_s: float = 0.0
     retry_after: str = "7"
+    # Send the stream's headers and first event, then drop the connection (a stream that started and broke).
+    break_stream: bool = False
     extra_headers: dict[str, str] = field(default_factory=lambda: {
         "x-request-id": "req_scripted", "openai-organization": "org-secret", "openai-project": "proj_x",
         "x-ratelimit-remaining-requests": "99", "set-cookie": "__cf_bm=tracking", "server": "scripted",
@@ -98,6 +100,18 @@ class ScriptedUpstream:
                   {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
                   {**chunk, "choices": [], "usage": usage}]
         payload = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+        if behaviour.break_stream:
+            first = b"data: " + json.dumps(events[0]).encode() + b"\n\n"
+            handler.send_response(200)
+            handler.send_header("content-type", "text/event-stream")
+            handler.send_header("transfer-encoding", "chunked")
+            handler.end_headers()
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(first), first))
+            handler.wfile.flush()
+            time.sleep(0.2)
+            handler.close_connection = True
+            handler.connection.shutdown(2)
+            return
         self._send(handler, 200, "text/event-stream", payload, behaviour.extra_headers)
 
     @staticmethod
