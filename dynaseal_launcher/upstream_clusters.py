@@ -198,6 +198,9 @@ def clusters(cfg: DynasealConfig) -> str:
             f"  - name: {chain}\n"
             f"    connect_timeout: {max(upstreams[n].timeouts.connect_s for n in names)}s\n"
             "    lb_policy: CLUSTER_PROVIDED\n"
+            # Envoy allows 3 retries in flight per cluster by default: under load every further fallback
+            # would be refused (503, overflow). Each request still tries each upstream at most once.
+            "    circuit_breakers: { thresholds: [{ max_retries: 1024 }] }\n"
             "    cluster_type:\n"
             "      name: envoy.clusters.aggregate\n"
             "      typed_config:\n"
