@@ -210,3 +210,16 @@ async def _give_back_once(url: str, tenant: str, jti: str, request_id: str) -> b
         return await GiveBack(quota).run(tenant, jti, request_id, None)
     finally:
         await quota.client.aclose()
+
+
+def test_envoys_own_replies_are_openai_shaped(tmp_path: Path) -> None:
+    cfg = load_config(config(tmp_path, [OPENAI], [{"model": "fast", "upstreams": ["openai"]}]))
+    doc = yaml.safe_load(envoy_config.render(cfg, tmp_path / "access.log"))
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    codes = {}
+    for mapper in hcm["local_reply_config"]["mappers"]:
+        status = mapper["filter"].get("status_code_filter", {}).get("comparison", {}).get("value", {})
+        if "body_format_override" in mapper and status:
+            codes.setdefault(status["default_value"], mapper["body_format_override"]["json_format"]["error"]["code"])
+    assert codes == {503: "upstream_unavailable", 504: "upstream_timeout", 408: "request_timeout",
+                     413: "request_too_large", 404: "not_found"}

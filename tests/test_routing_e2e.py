@@ -347,6 +347,8 @@ def test_a_provider_refusal_gives_back_and_the_callback_names_the_upstreams(gw: 
     line = logged_line(gw, raw.headers["x-dynaseal-request-id"])
     payload = callback_payload(parse_line(line), include_content=False)  # type: ignore[arg-type]
     assert payload["usage_source"] == "upstream" and payload["tokens"] == 7
+    # Priced as the model the client asked for (fast: 1 and 2 per million), whatever gpt-4o-mini costs.
+    assert payload["model"] == "fast" and payload["cost"] == {"amount": "0.000009", "currency": "USD"}
     assert (payload["upstreams_tried"], payload["upstream"]) == (["dead", "busy", "good"], "good")
 
 
