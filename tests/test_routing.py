@@ -223,3 +223,12 @@ def test_envoys_own_replies_are_openai_shaped(tmp_path: Path) -> None:
             codes.setdefault(status["default_value"], mapper["body_format_override"]["json_format"]["error"]["code"])
     assert codes == {503: "upstream_unavailable", 504: "upstream_timeout", 408: "request_timeout",
                      413: "request_too_large", 404: "not_found"}
+
+
+def test_a_client_never_sends_the_gateways_routing_headers() -> None:
+    from dynaseal.policy.authorizer import headers_to_strip
+
+    client = {"content-type": "application/json", "x-dynaseal-route": "route-x", "x-dynaseal-try": "x",
+              "x-dynaseal-give-back": "t", "x-forwarded-proto": "http"}
+    stripped = headers_to_strip(client, frozenset({"x-dynaseal-route"}), swapped_credential=False)
+    assert set(stripped) == {"x-dynaseal-route", "x-dynaseal-try", "x-dynaseal-give-back"}

@@ -76,7 +76,10 @@ def headers_to_strip(headers: Mapping[str, str], forward: frozenset[str], swappe
     keep = (FORWARDED_HEADERS | forward) - NEVER_FORWARDED
     if swapped_credential:
         keep = keep | {"authorization"}  # overwritten with the provider credential
-    return tuple(name for name in headers if name[0] != ":" and name not in keep)
+    # The gateway's own routing headers (x-dynaseal-route, -try, -give-back) never come from a client,
+    # whatever forward_headers says.
+    return tuple(name for name in headers
+                 if name[0] != ":" and (name not in keep or name.startswith("x-dynaseal-")))
 
 
 def is_model_list(method: str, path: str) -> bool:
