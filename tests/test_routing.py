@@ -232,3 +232,24 @@ def test_a_client_never_sends_the_gateways_routing_headers() -> None:
               "x-dynaseal-give-back": "t", "x-forwarded-proto": "http"}
     stripped = headers_to_strip(client, frozenset({"x-dynaseal-route"}), swapped_credential=False)
     assert set(stripped) == {"x-dynaseal-route", "x-dynaseal-try", "x-dynaseal-give-back"}
+
+
+def test_a_given_back_request_is_billed_nothing_and_names_its_upstreams() -> None:
+    from dynaseal.usage.callbacks import callback_payload
+    from dynaseal.usage.events import parse_line
+
+    line = {"request_id": "3b7c2a8e-0d1f-4e5a-9b6c-7d8e9f0a1b2c", "tenant": "t1", "jti": "j1", "model": "fast",
+            "code": 503, "details": "upstream_reset_before_response_started{remote_reset}", "reserved": 100,
+            "upstreams_tried": "local,openai"}
+    billed = parse_line(json.dumps(line))
+    assert billed is not None and (billed.usage_source, billed.total_tokens) == ("reserved", 100)
+    given = parse_line(json.dumps({**line, "given_back": True}))
+    assert given is not None and (given.usage_source, given.total_tokens) == ("none", 0)
+    payload = callback_payload(given, include_content=False)
+    assert (payload["upstreams_tried"], payload["upstream"]) == (["local", "openai"], None)
+    served = callback_payload(parse_line(json.dumps({**line, "code": 200, "total_tokens": 9})),  # type: ignore[arg-type]
+                              include_content=False)
+    assert served["upstream"] == "openai" and served["usage_source"] == "upstream"
+    plain = callback_payload(parse_line(json.dumps({**line, "upstreams_tried": None})),  # type: ignore[arg-type]
+                             include_content=False)
+    assert "upstreams_tried" not in plain  # a tenant without routes: the callback as before
