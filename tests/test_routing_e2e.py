@@ -42,6 +42,7 @@ class Gateway:
                  beta: SigningKey) -> None:
         self.url, self.admin, self.upstreams, self.alpha, self.beta = url, admin, upstreams, alpha, beta
         self.access_log = Path()
+        self.key_file = Path()
         self.redis_url = ""
 
     def key(self, tenant: str = "alpha", models: tuple[str, ...] = ("fast", "smart", "slowpoke", "down", "solo"),
@@ -89,7 +90,8 @@ def write_config(directory: Path, ports: dict[str, int], alpha: SigningKey, beta
                  "outlier_detection": None},
                 {"name": "slow", "base_url": f"http://127.0.0.1:{ports['slow']}/v1", "api_key_env": "T_KEY_SLOW",
                  "timeouts": {"first_byte_s": 0.5}, "outlier_detection": None},
-                {"name": "flaky", "base_url": f"http://127.0.0.1:{ports['flaky']}/v1", "outlier_detection": None},
+                {"name": "flaky", "base_url": f"http://127.0.0.1:{ports['flaky']}/v1", "outlier_detection": None,
+                 "api_key_file": str(directory / "flaky-keys.txt")},
             ],
         },
         "tenants": [
@@ -110,6 +112,7 @@ def write_config(directory: Path, ports: dict[str, int], alpha: SigningKey, beta
              ]}},
         ],
     }
+    (directory / "flaky-keys.txt").write_text("sk-flaky-0007\n")
     path = directory / "dynaseal.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -130,6 +133,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gw = Gateway(f"http://127.0.0.1:{cfg.gateway.ports.envoy}", f"http://127.0.0.1:{cfg.gateway.ports.envoy_admin}",
                  upstreams, alpha, beta)
     gw.access_log = stack.access_log
+    gw.key_file = path.parent / "flaky-keys.txt"
     gw.redis_url = redis_url(cfg)
     try:
         yield gw
@@ -372,3 +376,20 @@ def test_a_started_stream_is_never_retried(gw: Gateway) -> None:
     assert received and received[0].choices[0].delta.content == "from busy"
     assert len(gw.upstreams["busy"].take()) == 1
     assert gw.upstreams["good"].take() == []  # the answer had begun: no second provider
+
+
+def test_a_rotated_key_file_is_used_without_a_restart(gw: Gateway) -> None:
+    client = gw.client(gw.key())
+    client.chat.completions.create(model="solo", messages=MESSAGES, max_tokens=10)
+    assert [r.headers["authorization"] for r in gw.upstreams["flaky"].take()] == ["Bearer sk-flaky-0007"]
+    gw.key_file.write_text("sk-flaky-0008\n")
+    later = time.time() + 5
+    os.utime(gw.key_file, (later, later))
+    seen: list[str] = []
+    for _ in range(40):  # authz looks at the file at most once a second
+        client.chat.completions.create(model="solo", messages=MESSAGES, max_tokens=10)
+        seen = [r.headers["authorization"] for r in gw.upstreams["flaky"].take()]
+        if seen == ["Bearer sk-flaky-0008"]:
+            break
+        time.sleep(0.1)
+    assert seen == ["Bearer sk-flaky-0008"]
