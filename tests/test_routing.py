@@ -22,6 +22,7 @@ from dynaseal.ledger.give_back import GiveBack
 from dynaseal.ledger.quota import RedisQuota, counters, settle
 from dynaseal.money.pricing import Price
 from dynaseal.policy import give_back
+from dynaseal.policy.errors import Refusal
 from dynaseal.policy.model_span import model_value_span
 from dynaseal.policy.provider_credentials import CredentialPool
 from dynaseal.policy.request_policy import CheckedRequest
@@ -253,3 +254,30 @@ def test_a_given_back_request_is_billed_nothing_and_names_its_upstreams() -> Non
     plain = callback_payload(parse_line(json.dumps({**line, "upstreams_tried": None})),  # type: ignore[arg-type]
                              include_content=False)
     assert "upstreams_tried" not in plain  # a tenant without routes: the callback as before
+
+
+def test_give_back_returns_the_tenant_wide_rpm_slot_too(cfg: DynasealConfig, redis_server: str) -> None:
+    key = verified_key(cfg, "gbt")
+    limits = key.tenant.limits.model_copy(update={"tenant_rpm": 1})
+    key = replace(key, tenant=replace(key.tenant, id=f"t-{key.jti}", limits=limits))
+    request = CheckedRequest(model="gpt-4o-mini", stream=False, n=1, max_tokens=10, prompt_bound=0)
+
+    async def scenario() -> list[str]:
+        quota = RedisQuota.from_url(redis_server, timeout_s=2.0)
+        outcomes = []
+        try:
+            await quota.admit(key, request, "req-1")
+            other = replace(key, jti=f"{key.jti}-other")
+            try:
+                await quota.admit(other, request, "req-2")
+                outcomes.append("admitted")
+            except Refusal as refusal:
+                outcomes.append(refusal.code.value)
+            await GiveBack(quota).run(key.tenant.id, key.jti, "req-1", limits)
+            await quota.admit(other, request, "req-3")  # the tenant's one slot a minute is back
+            outcomes.append("admitted")
+            return outcomes
+        finally:
+            await quota.client.aclose()
+
+    assert asyncio.run(scenario()) == ["rate_limit_exceeded", "admitted"]
