@@ -19,6 +19,7 @@ from authz_service.servicer import AuthorizationServicer
 from authz_service.transport import ServerKind, new_server
 from dynaseal.config import ConfigError, DynasealConfig, expand_path, load_config, resolve_config_path
 from dynaseal.keys.remote_jwks import RemoteJwks
+from dynaseal.ledger.give_back import GiveBack
 from dynaseal.ledger.quota import RedisQuota
 from dynaseal.policy.authorizer import Authorizer
 from dynaseal.runtime.views import Runtime
@@ -55,7 +56,7 @@ def build_authorizer(cfg: DynasealConfig, quota: RedisQuota, remote_jwks: Remote
                      fetch_new_jwks: bool = True) -> Authorizer:
     """An Authorizer for a loaded config (raises ConfigError); remote JWKS come from `remote_jwks`."""
     view = Runtime.from_config(cfg).authz(remote_jwks, fetch_new_jwks=fetch_new_jwks)
-    return Authorizer(view.registry, quota=quota, cache_size=view.key_cache_size)
+    return Authorizer(view.registry, quota=quota, cache_size=view.key_cache_size, giver=GiveBack(quota))
 
 
 class AuthzServer:

@@ -17,6 +17,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from dynaseal.tenant_config import StrictModel, TenantConfig
+from dynaseal.upstreams import UpstreamSpec, route_problems
 
 DEFAULT_CONFIG_NAME = "dynaseal.yaml"
 
@@ -124,6 +125,9 @@ class GatewayConfig(StrictModel):
             raise ValueError("public_url must be http(s)://host[:port][/prefix], without query or fragment")
         return url.rstrip("/") if url is not None else None
 
+    # Providers by name, which tenants' routes send models to (dynaseal.upstreams).
+    upstreams: tuple[UpstreamSpec, ...] = ()
+
 
 class AuthzConfig(StrictModel):
     """The authz service's own settings."""
@@ -157,6 +161,12 @@ class DynasealConfig(StrictModel):
     def _issuer_tenant_exists(self) -> DynasealConfig:
         if self.issuer and self.issuer.tenant not in {t.id for t in self.tenants}:
             raise ValueError(f"issuer.tenant {self.issuer.tenant!r} is not a configured tenant")
+        return self
+
+    @model_validator(mode="after")
+    def _routes_consistent(self) -> DynasealConfig:
+        if problems := route_problems(self):
+            raise ValueError("; ".join(problems))
         return self
 
     @property

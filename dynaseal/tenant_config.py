@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, RootModel, field_validator, model_validator
 
 from dynaseal.policy.origins import check_origin_pattern
+from dynaseal.upstreams import ModelRoute
 
 KID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -157,6 +158,11 @@ class TenantUpstream(StrictModel):
     # A model without a price: served and flagged (`serve`), or refused (`refuse`).
     unpriced: Literal["serve", "refuse"] = "serve"
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    # Each model the tenant serves -> its upstreams in order of preference (dynaseal.upstreams); none = the
+    # gateway's single upstream. The client's model name is what limits and prices apply to.
+    routes: tuple[ModelRoute, ...] = ()
+    # Pass the provider's account and rate-limit headers (openai-organization, x-ratelimit-*) to clients.
+    provider_headers: bool = False
 
 
 class CallbackConfig(StrictModel):

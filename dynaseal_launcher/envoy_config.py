@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from dynaseal.config import DynasealConfig
 from dynaseal.policy.origins import origin_regex
 from dynaseal.usage import record as usage_record
+from dynaseal_launcher import upstream_clusters
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 GATEWAY_TEMPLATE = TEMPLATE_DIR / "gateway.yaml.tmpl"
@@ -99,6 +100,13 @@ def render(cfg: DynasealConfig, access_log: Path, authz_host: str | None = None,
         upstream_port=upstream.port,
         upstream_tls=_tls_block(upstream, gw.upstream.ca_file),
         cors_origins=cors_origin_matchers(cfg),
+        # Named upstreams and tenants' routes (empty without routes): authz's route header picks one, so the
+        # route is chosen again after ext_authz.
+        routed_routes=upstream_clusters.routes(cfg, f"{limits.max_stream_duration_s}s",
+                                               f"{limits.stream_idle_timeout_s}s"),
+        routed_clusters=upstream_clusters.clusters(cfg),
+        clear_route_cache="true" if upstream_clusters.used_chains(cfg) else "false",
+        self_address=gw.host if _is_ip(gw.host) and gw.host not in ("0.0.0.0", "::") else "127.0.0.1",
     )
 
 

@@ -97,8 +97,11 @@ def test_routes_are_exactly_the_served_paths(tmp_path: Path, config_path: Path) 
     get_only = [{"name": ":method", "string_match": {"exact": "GET"}}]
     post_only = [{"name": ":method", "string_match": {"exact": "POST"}}]
     assert paths == {"/v1/chat/completions": post_only, "/api/v1/chat/completions": post_only,
-                     "/client-side/chat/completions": post_only, "/v1/models": get_only, "/api/v1/models": get_only}
-    assert {r["route"]["cluster"] for r in vhost["routes"]} == {"upstream_llm"}  # every one through ext_authz
+                     "/client-side/chat/completions": post_only, "/v1/models": get_only, "/api/v1/models": get_only,
+                     "/_dynaseal/give-back": None}
+    # every one through ext_authz; the give-back only reaches authz (it answers it), never an upstream
+    assert {r["route"]["cluster"] for r in vhost["routes"] if "route" in r} == {"upstream_llm"}
+    assert [r["direct_response"] for r in vhost["routes"] if "route" not in r] == [{"status": 404}]
     assert vhost["request_headers_to_add"] == [{"header": {"key": "accept-encoding", "value": "identity"},
                                                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
     assert "access-control-allow-origin" in vhost["response_headers_to_remove"]  # the provider's CORS: never

@@ -23,6 +23,7 @@ from dynaseal.tenant_config import KID_PATTERN, CallbackConfig, Limits, TenantCo
 
 if TYPE_CHECKING:
     from dynaseal.keys.remote_jwks import RemoteJwks
+    from dynaseal.policy.routing import RouteTable
 
 log = logging.getLogger("dynaseal.config")
 _ALG_BY_JWK = {("OKP", "Ed25519"): "EdDSA", ("EC", "P-256"): "ES256"}
@@ -92,6 +93,8 @@ class Registry:
     remote_generation: int = -1
     # gateway.public_url: the origin DPoP proofs must name (None = the one Envoy saw).
     public_url: str | None = None
+    # Tenants' routes to named upstreams (dynaseal.policy.routing); None = every request to the one upstream.
+    routes: RouteTable | None = None
 
     def get(self, tenant_id: str) -> Tenant | None:
         """The tenant with this id, if any."""
@@ -210,6 +213,9 @@ def build_registry(cfg: DynasealConfig, remote_jwks: RemoteJwks | None = None, *
             cors_origins=frozenset(tc.cors.origins) if tc.cors else frozenset(),
         )
     default_key = _env_secret(cfg.gateway.upstream.api_key_env, "gateway upstream", errors)
+    from dynaseal.policy.routing import build_route_table  # the policy layer's table, built with the registry
+
+    routes = build_route_table(cfg, errors)
     if errors:
         raise ConfigError("invalid tenant configuration:\n  - " + "\n  - ".join(errors))
     store = remote_jwks if remote_jwks is not None else RemoteJwks()
@@ -219,5 +225,6 @@ def build_registry(cfg: DynasealConfig, remote_jwks: RemoteJwks | None = None, *
         store.fetch_untried()
     registry = Registry(MappingProxyType(tenants), cfg.gateway.audience, cfg.gateway.leeway_s, default_key,
                         frozenset(h.lower() for h in cfg.gateway.upstream.forward_headers), remote_jwks=store,
-                        public_url=cfg.gateway.public_url)
+                        public_url=cfg.gateway.public_url,
+                        routes=routes if routes.routed_tenants or routes.provider_headers else None)
     return store.apply(registry)

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -20,13 +21,18 @@ from dynaseal.keys.claims import VerifiedKey
 from dynaseal.keys.dpop import DpopProof, DpopRefusal, request_url, verify_proof
 from dynaseal.keys.tenants import Registry
 from dynaseal.keys.verification import UnknownKid, VerifiedKeyCache
+from dynaseal.policy import give_back
 from dynaseal.policy.content_check import ContentBlocked, blocked_decision, check_content
 from dynaseal.policy.decision import Decision, allow, answer, deny, deny_from
 from dynaseal.policy.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.policy.origins import check_origin
 from dynaseal.policy.quota_refusals import Quota, admit_request, check_not_revoked
 from dynaseal.policy.request_policy import CheckedRequest, check_request, parse_body
+from dynaseal.policy.routing import choose as choose_route
 from dynaseal.usage import record as usage_record
+
+if TYPE_CHECKING:
+    from dynaseal.ledger.give_back import GiveBack
 
 log = logging.getLogger("dynaseal.authz")
 
@@ -36,7 +42,10 @@ KEY_HEADERS = ("authorization", "dynasealtoken")
 # and pseudo-headers cannot be removed (Envoy owns them); x-request-id and accept-encoding are
 # overwritten with the gateway's values.
 FORWARDED_HEADERS = frozenset({"content-type", "content-length", "accept", "host", "x-request-id",
-                               "accept-encoding", "transfer-encoding"})
+                               "accept-encoding", "transfer-encoding",
+                               # Envoy's own: route matching (after authz, for routed tenants) needs it; the
+                               # virtual host removes it before the provider.
+                               "x-forwarded-proto"})
 MODEL_LIST_PATHS = frozenset({"/v1/models", "/api/v1/models"})
 # Never forwarded, whatever gateway.upstream.forward_headers says: the proof is the gateway's to check.
 NEVER_FORWARDED = frozenset({"dpop"})
@@ -62,7 +71,10 @@ def headers_to_strip(headers: Mapping[str, str], forward: frozenset[str], swappe
     keep = (FORWARDED_HEADERS | forward) - NEVER_FORWARDED
     if swapped_credential:
         keep = keep | {"authorization"}  # overwritten with the provider credential
-    return tuple(name for name in headers if name[0] != ":" and name not in keep)
+    # The gateway's own routing headers (x-dynaseal-route, -try, -give-back) never come from a client,
+    # whatever forward_headers says.
+    return tuple(name for name in headers
+                 if name[0] != ":" and (name not in keep or name.startswith("x-dynaseal-")))
 
 
 def is_model_list(method: str, path: str) -> bool:
@@ -144,10 +156,13 @@ def _unavailable(key: VerifiedKey | None, request_id: str, reason: str) -> Decis
 class Authorizer:
     """Decides one request at a time against an immutable registry."""
 
-    def __init__(self, registry: Registry, quota: Quota | None = None, cache_size: int = 10_000) -> None:
+    def __init__(self, registry: Registry, quota: Quota | None = None, cache_size: int = 10_000,
+                 giver: GiveBack | None = None) -> None:
         self.registry = registry
         self.quota = quota
         self.keys = VerifiedKeyCache(registry, cache_size)
+        # Gives back what an unserved request took (dynaseal.policy.give_back); None: never given back.
+        self.giver = giver
 
     async def decide(self, request: AuthRequest) -> Decision:
         """Run every step; never raises. Every decision carries a fresh gateway request id."""
@@ -155,6 +170,8 @@ class Authorizer:
         # reservation or collide with another request's settlement.
         request_id = new_request_id()
         key: VerifiedKey | None = None
+        if request.path == give_back.GIVE_BACK_PATH:
+            return await self._give_back(request, request_id)
         try:
             token, via_dpop = extract_credential(request.headers)
             key = await self._verify(token)
@@ -171,7 +188,12 @@ class Authorizer:
             check_content(key, body)
             if self.quota is not None:
                 await admit_request(self.quota, key, checked, request_id, proof)
-            return self._allow(key, checked, request.headers, request_id)
+            decision = self._allow(key, checked, request.headers, request_id, request.body)
+            # A chain's levels are not given back one by one: a child key's failures are billed as before.
+            hmac_key = await self.giver.load_key() if self.giver is not None and key.parent is None else None
+            if hmac_key is not None:
+                decision.metadata["give_back"] = give_back.make_token(hmac_key, key.tenant.id, key.jti, request_id)
+            return decision
         except ContentBlocked as blocked:
             return blocked_decision(blocked, key, request_id)
         except Refusal as refusal:
@@ -184,6 +206,25 @@ class Authorizer:
         except Exception:
             log.exception("internal error deciding request_id=%s jti=%s", request_id, key.jti if key else "-")
             return _unavailable(key, request_id, "internal_error")
+
+    async def _give_back(self, request: AuthRequest, request_id: str) -> Decision:
+        """Envoy's give-back of an unserved request; anyone else is told the path does not exist."""
+        hmac_key = await self.giver.load_key() if self.giver is not None else None
+        ids = give_back.read_token(hmac_key, request.headers.get(give_back.TOKEN_HEADER, "")) \
+            if hmac_key is not None and request.method == "POST" else None
+        if ids is None:
+            return give_back.reply(404, False, request_id)
+        tenant_id, jti, given_id = ids
+        tenant = self.registry.get(tenant_id)
+        try:
+            assert self.giver is not None
+            given = await self.giver.run(tenant_id, jti, given_id, tenant.limits if tenant else None)
+        except Exception:
+            # Not given back: the request is billed as if served (its reservation settles or expires).
+            log.exception("give-back failed request_id=%s jti=%s", given_id, jti)
+            return give_back.reply(200, False, request_id)
+        log.info("unserved request given back", extra={"request_id": given_id, "jti": jti, "given_back": given})
+        return give_back.reply(200, given, request_id)
 
     async def _verify(self, token: str) -> VerifiedKey:
         """Verify through the cache, against the latest remote JWKS; on an unknown kid of a jwks_url
@@ -211,8 +252,11 @@ class Authorizer:
         self.keys = VerifiedKeyCache(self.registry, self.keys.capacity)
 
     def _allow(self, key: VerifiedKey, checked: CheckedRequest, client_headers: Mapping[str, str],
-               request_id: str) -> Decision:
-        provider_key = key.tenant.provider_key or self.registry.default_provider_key
+               request_id: str, body: bytes = b"") -> Decision:
+        routes = self.registry.routes
+        route = routes.route(key.tenant.id, checked.model) if routes is not None else None
+        # A routed request's credential is chosen per upstream try (in Envoy, from the route's metadata).
+        provider_key = None if route is not None else key.tenant.provider_key or self.registry.default_provider_key
         # The gateway's id toward the upstream; identity so Envoy can always read the usage it returns.
         headers = {"x-request-id": request_id, "accept-encoding": "identity"}
         if provider_key is not None:
@@ -238,4 +282,11 @@ class Authorizer:
             metadata["strip_usage"] = True
         if key.tenant.callback is not None and key.tenant.callback.include_content:
             metadata["capture_content"] = True
+        if route is not None:
+            choice = choose_route(route, checked.model, body, checked.body_prefix or "")
+            headers.update(choice.headers)
+            metadata.update(choice.metadata)
+            removed = tuple(name for name in removed if name not in headers)
+        if routes is not None and key.tenant.id in routes.provider_headers:
+            metadata["provider_headers"] = True
         return allow(headers, removed, metadata, key.jti, request_id)

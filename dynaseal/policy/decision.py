@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from dynaseal.policy.errors import ErrorCode, Refusal, error_envelope, status_of, type_of
+from dynaseal.policy.errors import ErrorCode, Refusal, error_envelope, should_retry, status_of, type_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +47,11 @@ def allow(headers: dict[str, str], headers_to_remove: tuple[str, ...],
 
 def deny(code: ErrorCode, message: str, param: str | None = None, jti: str | None = None,
          headers: dict[str, str] | None = None, request_id: str = "") -> Decision:
-    """A refusal with its status taken from the closed set of codes."""
-    return Decision(False, status_of(code), code.value, message, param, headers or {}, (), {}, jti, request_id)
+    """A refusal with its status taken from the closed set of codes; one no retry can fix says so."""
+    headers = dict(headers or {})
+    if not should_retry(code):
+        headers["x-should-retry"] = "false"
+    return Decision(False, status_of(code), code.value, message, param, headers, (), {}, jti, request_id)
 
 
 def deny_from(refusal: Refusal, jti: str | None = None, request_id: str = "") -> Decision:

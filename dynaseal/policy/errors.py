@@ -63,6 +63,16 @@ _STATUS_AND_TYPE: dict[ErrorCode, tuple[int, str]] = {
 }
 
 
+# Refusals a retry of the same request cannot fix: the `openai` and `anthropic` SDKs read
+# `x-should-retry: false` and stop at once instead of retrying (a retry would only spend time).
+_NOT_RETRYABLE = frozenset(set(ErrorCode) - {ErrorCode.RATE_LIMITED, ErrorCode.AUTHZ_UNAVAILABLE})
+
+
+def should_retry(code: ErrorCode) -> bool:
+    """Whether the same request may succeed later (a rate limit, an outage); False for every other refusal."""
+    return code not in _NOT_RETRYABLE
+
+
 def error_envelope(message: str, error_type: str, code: str,
                    param: str | None = None) -> dict[str, dict[str, str | None]]:
     """The OpenAI-shaped error body every Dynaseal service answers with: {"error": {message, type, code, param}}."""

@@ -43,11 +43,17 @@ def _retry_s(retry_ms: int) -> int:
     return max(1, -(-retry_ms // 1000))
 
 
+def _retry_after(retry_ms: int) -> dict[str, str]:
+    """The real wait, in the header SDKs read before retrying (whole seconds, rounded up)."""
+    return {"retry-after": str(_retry_s(retry_ms))}
+
+
 def _tenant_refusal(refused: Refused, key: VerifiedKey, request: CheckedRequest) -> Refusal:
     limits = key.tenant.limits
     if refused.code == AdmitCode.TENANT_RATE_LIMITED:
         return Refusal(ErrorCode.RATE_LIMITED, f"the tenant's rate limit of {limits.tenant_rpm} requests per "
-                                               f"minute reached; retry in {_retry_s(refused.retry_ms)} s")
+                                               f"minute reached; retry in {_retry_s(refused.retry_ms)} s",
+                       headers=_retry_after(refused.retry_ms))
     budget = limits.tenant_budget
     window, tokens = ("day", 0) if budget is None else (budget.window, budget.tokens)
     left = max(0, tokens - refused.spent - refused.reserved)
@@ -85,7 +91,8 @@ def refusal_of(refused: Refused, key: VerifiedKey, request: CheckedRequest) -> E
         return Refusal(ErrorCode.KEY_EXHAUSTED, f"{whose} has no uses left (uses: {limits.uses})")
     if code == AdmitCode.RATE_LIMITED:
         return Refusal(ErrorCode.RATE_LIMITED, f"rate limit of {limits.rpm} requests per minute reached; "
-                                               f"retry in {_retry_s(refused.retry_ms)} s")
+                                               f"retry in {_retry_s(refused.retry_ms)} s",
+                       headers=_retry_after(refused.retry_ms))
     if code == AdmitCode.MONEY_SPENT:
         currency = key.tenant.currency
         if request.reservation_cost is None:  # request_policy refuses this first; kept fail-closed

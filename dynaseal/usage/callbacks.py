@@ -21,6 +21,14 @@ from dynaseal.usage.blocked import blocked_payload
 RETRYABLE_STATUSES = frozenset({408, 429})
 
 
+def _upstreams(event: UsageEvent) -> dict[str, Any]:
+    if not event.upstreams_tried:
+        return {}
+    tried = event.upstreams_tried.split(",")
+    unserved = event.given_back or event.status >= 500 or event.status == 429
+    return {"upstreams_tried": tried, "upstream": None if unserved else tried[-1]}
+
+
 def callback_payload(event: UsageEvent, include_content: bool) -> dict[str, Any]:
     """The callback object: the seed's fields (event_id, content, tokens) plus the usage detail."""
     if event.content_rule:
@@ -54,6 +62,8 @@ def callback_payload(event: UsageEvent, include_content: bool) -> dict[str, Any]
         "started_at": event.started_at,
         "duration_ms": event.duration_ms,
         "cb": cb,
+        # Routed tenants: the upstreams tried in order, the one that served (null: none did).
+        **_upstreams(event),
         # A child key's callback also names its family: the root key (the one the tenant minted) and
         # every key from it down to key_id.
         **family,

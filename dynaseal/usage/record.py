@@ -15,6 +15,8 @@ AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
 # json_to_metadata / sse_to_metadata put the upstream's usage here; the Lua filter the captured body.
 USAGE_NAMESPACE = "llm.usage"
 CONTENT_NAMESPACE = "dynaseal.content"
+# The per-try upstream filter records the upstreams it tried here; the Lua filter a give-back.
+ROUTE_NAMESPACE = "dynaseal.route"
 
 # How the parser turns a logged value into the UsageEvent field: copied as text, as a count, as a flag
 # (true only for JSON true), or by a rule of its own in `dynaseal.usage.events` ("rule").
@@ -96,6 +98,10 @@ FIELDS: tuple[LogField, ...] = (
              note="Response body (base64, bounded) only for tenants whose callback includes content; "
                   "null for everyone else. The shipper parses the assistant text out of it."),
     LogField("content_truncated", _meta(CONTENT_NAMESPACE, "truncated"), "content_truncated", "flag"),
+    LogField("upstreams_tried", _meta(ROUTE_NAMESPACE, "tried"), "upstreams_tried", "text",
+             note="Routing: the named upstreams tried in order (the last one answered), and whether an unserved "
+                  "request's use and reservation were given back."),
+    LogField("given_back", _meta(ROUTE_NAMESPACE, "given_back"), "given_back", "flag"),
 )
 BY_NAME: Mapping[str, LogField] = {f.name: f for f in FIELDS}
 ALLOW_KEYS = frozenset(f.name for f in FIELDS if f.authz in ("required", "optional"))

@@ -1,0 +1,116 @@
+"""The route choice of an allowed request: which upstreams, in which order, with which model and key.
+
+authz decides everything per upstream of the route at once and hands it to Envoy as dynamic
+metadata; Envoy's retry across the route's upstreams picks one per try, and the upstream filter
+applies that upstream's values (credential, physical model, path, host) to that try only:
+
+  - header `x-dynaseal-route`: the route (an Envoy aggregate cluster of the upstreams, in order);
+  - metadata `up_auth.<upstream>`: the `authorization` value presented to that upstream;
+  - metadata `up_model.<upstream>`: `<offset> <length> <json string>`: the bytes of the body's model
+    value and what replaces them for that upstream (absent: the client's name is the physical one).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from dynaseal.policy.model_span import model_value_span
+from dynaseal.policy.provider_credentials import CredentialPool
+from dynaseal.runtime.secrets import env_secret
+from dynaseal.upstreams import chain_name, declared_upstreams
+
+if TYPE_CHECKING:
+    from dynaseal.config import DynasealConfig
+
+ROUTE_HEADER = "x-dynaseal-route"
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One upstream of a route: its name, the model it receives (None: as asked), its credential."""
+
+    upstream: str
+    physical_model: str | None
+    credential: CredentialPool
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A model's upstreams in order, and the Envoy cluster that tries them in that order."""
+
+    chain: str
+    hops: tuple[Hop, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteChoice:
+    """What the allow decision adds for routing: request headers and dynamic metadata."""
+
+    headers: dict[str, str]
+    metadata: dict[str, str | int | float | bool]
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """Every routed tenant's routes, by (tenant, format, model); `*` stands for any other model."""
+
+    routes: Mapping[tuple[str, str, str], Route] = field(default_factory=lambda: MappingProxyType({}))
+    provider_headers: frozenset[str] = frozenset()
+    routed_tenants: frozenset[str] = frozenset()
+
+    def route(self, tenant: str, model: str, fmt: str = "chat_completions") -> Route | None:
+        """The route of a model (exact name first, then the tenant's `*`)."""
+        return self.routes.get((tenant, fmt, model)) or self.routes.get((tenant, fmt, "*"))
+
+
+def build_route_table(cfg: DynasealConfig, errors: list[str]) -> RouteTable:
+    """Resolve every route's credentials once (env vars now, files on use); problems go to `errors`."""
+    upstreams = declared_upstreams(cfg)
+    pools: dict[str, CredentialPool] = {}
+    for spec in upstreams.values():
+        names = ([spec.api_key_env] if spec.api_key_env else []) + list(spec.api_key_envs)
+        secrets = tuple(s for n in names if (s := env_secret(n, f"upstream {spec.name}", errors)) is not None)
+        pools[spec.name] = CredentialPool(secrets, Path(spec.api_key_file) if spec.api_key_file else None)
+    routes: dict[tuple[str, str, str], Route] = {}
+    for tenant in cfg.tenants:
+        for route in tenant.upstream.routes if tenant.upstream else ():
+            hops = []
+            for target in route.upstreams:
+                pool = pools.get(target.upstream, CredentialPool())
+                if target.api_key_env:
+                    own = env_secret(target.api_key_env, f"tenant {tenant.id} route {route.model}", errors)
+                    pool = CredentialPool((own,) if own is not None else ())
+                physical = target.model if target.model not in (None, route.model) else None
+                hops.append(Hop(target.upstream, physical, pool))
+            for fmt in route.formats:
+                routes[(tenant.id, fmt, route.model)] = Route(chain_name(h.upstream for h in hops), tuple(hops))
+    return RouteTable(MappingProxyType(routes),
+                      frozenset(t.id for t in cfg.tenants if t.upstream and t.upstream.provider_headers),
+                      frozenset(t.id for t in cfg.tenants if t.upstream and t.upstream.routes))
+
+
+def choose(route: Route, model: str, body: bytes, body_prefix: str = "") -> RouteChoice:
+    """The headers and metadata that send this request along `route`.
+
+    `body_prefix` is what Envoy inserts right after the body's `{` before the upstream sees it: the
+    model value's offset moves by its length in bytes.
+    """
+    metadata: dict[str, str | int | float | bool] = {"route": route.chain}
+    span: tuple[int, int] | None = None
+    for hop in route.hops:
+        key = hop.credential.next_key()
+        if key is not None:
+            metadata[f"up_auth.{hop.upstream}"] = f"Bearer {key}"
+        if hop.physical_model is not None and hop.physical_model != model:
+            if span is None:
+                span = model_value_span(body)
+                if span is None:  # request_policy requires a model: never reached, kept fail-closed
+                    raise ValueError("no model member to rewrite")
+            offset = span[0] + len(body_prefix.encode())
+            metadata[f"up_model.{hop.upstream}"] = f"{offset} {span[1]} {json.dumps(hop.physical_model)}"
+    return RouteChoice({ROUTE_HEADER: route.chain}, metadata)

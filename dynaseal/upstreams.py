@@ -1,0 +1,153 @@
+"""Upstreams by name and each tenant's routes to them: the config schema and its cross-checks.
+
+`gateway.upstreams` declares the providers (any OpenAI-compatible server); a tenant's
+`upstream.routes` maps each model it serves to an ordered list of them, each with an optional
+physical model name. The first upstream that answers serves; the others are fallbacks. Prices
+stay attached to the model name the client asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from dynaseal.config import DynasealConfig
+
+# The API formats an upstream may speak; each endpoint of the gateway goes only to upstreams speaking its
+# format (no translation between formats).
+Format = Literal["chat_completions"]
+FORMATS: tuple[Format, ...] = ("chat_completions",)
+# The upstream that `gateway.upstream.base_url` (or the bundled mock) stands for when routes name it.
+IMPLICIT_UPSTREAM = "default"
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+
+
+class StrictModel(BaseModel):
+    """As `dynaseal.tenant_config.StrictModel` (which imports this module): unknown fields refused, frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UpstreamTls(StrictModel):
+    """How Envoy checks an https upstream: never skip verification towards a real provider."""
+
+    verify: bool = True
+    ca_file: str = "/etc/ssl/certs/ca-certificates.crt"
+
+
+class UpstreamTimeouts(StrictModel):
+    """Per-upstream deadlines; a try that misses one goes to the next upstream of the route."""
+
+    connect_s: float = Field(2.0, gt=0, le=60)
+    # Until the answer's first byte (then the stream may last as long as gateway.limits allow).
+    first_byte_s: float = Field(60.0, gt=0, le=3600)
+
+
+class OutlierDetection(StrictModel):
+    """An upstream answering 5xx this many times in a row is left out for a while (then tried again)."""
+
+    consecutive_5xx: int = Field(5, ge=1)
+    base_ejection_s: int = Field(30, ge=1)
+
+
+class UpstreamSpec(StrictModel):
+    """One provider endpoint: where it is, what it speaks, the credential(s) the gateway presents."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    base_url: str = Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
+    formats: tuple[Format, ...] = FORMATS
+    # The provider key: one env var, several (balanced per request), or a mounted file with one key a line
+    # (re-read when it changes: rotation without a restart).
+    api_key_env: str | None = None
+    api_key_envs: tuple[str, ...] = ()
+    api_key_file: str | None = None
+    tls: UpstreamTls = Field(default_factory=UpstreamTls)
+    timeouts: UpstreamTimeouts = Field(default_factory=UpstreamTimeouts)
+    outlier_detection: OutlierDetection | None = Field(default_factory=OutlierDetection)
+
+
+class RouteTarget(StrictModel):
+    """One step of a route: the upstream, the model name it receives, the tenant's own key for it."""
+
+    upstream: str
+    model: str | None = Field(None, min_length=1, max_length=256)
+    api_key_env: str | None = None
+
+
+class ModelRoute(StrictModel):
+    """A model a tenant serves (`*` = any other) and the upstreams it goes to, in order of preference."""
+
+    model: str = Field(min_length=1, max_length=256)
+    upstreams: tuple[RouteTarget, ...] = Field(min_length=1, max_length=8)
+    formats: tuple[Format, ...] = FORMATS
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        # `upstreams: [openai, {upstream: deepseek, model: deepseek-chat}]`: a bare name is a target.
+        if isinstance(value, list | tuple):
+            return [{"upstream": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ModelRoute:
+        names = [t.upstream for t in self.upstreams]
+        if len(names) != len(set(names)):
+            raise ValueError(f"model {self.model!r}: an upstream appears twice in its route")
+        return self
+
+
+def chain_name(upstreams: Iterable[str]) -> str:
+    """The Envoy cluster (and route header value) of an ordered list of upstreams."""
+    names = list(upstreams)
+    readable = "route-" + "-".join(names)
+    # Long chains get a digest: cluster names stay short and still name one list exactly.
+    return readable if len(readable) <= 60 else "route-" + hashlib.sha256(readable.encode()).hexdigest()[:16]
+
+
+def declared_upstreams(cfg: DynasealConfig) -> dict[str, UpstreamSpec]:
+    """Every upstream by name: the declared ones and, unless one is called so, the implicit `default`."""
+    found = {u.name: u for u in cfg.gateway.upstreams}
+    if IMPLICIT_UPSTREAM not in found:
+        gw = cfg.gateway
+        base_url = gw.upstream.base_url or f"http://{gw.host}:{gw.ports.mock_upstream}/v1"
+        found[IMPLICIT_UPSTREAM] = UpstreamSpec(name=IMPLICIT_UPSTREAM, base_url=base_url,
+                                                api_key_env=gw.upstream.api_key_env,
+                                                tls=UpstreamTls(ca_file=gw.upstream.ca_file))
+    return found
+
+
+def route_problems(cfg: DynasealConfig) -> list[str]:
+    """Every inconsistency between upstreams and routes, each naming its tenant and model."""
+    problems: list[str] = []
+    names = [u.name for u in cfg.gateway.upstreams]
+    problems += [f"gateway.upstreams: the name {n!r} is used twice" for n in sorted({n for n in names
+                                                                                    if names.count(n) > 1})]
+    upstreams = declared_upstreams(cfg)
+    for tenant in cfg.tenants:
+        routes = tenant.upstream.routes if tenant.upstream else ()
+        if not routes:
+            continue
+        routed = [r.model for r in routes]
+        for model in sorted({m for m in routed if routed.count(m) > 1}):
+            problems.append(f"tenant {tenant.id} model {model}: more than one route")
+        for route in routes:
+            for target in route.upstreams:
+                spec = upstreams.get(target.upstream)
+                if spec is None:
+                    problems.append(f"tenant {tenant.id} model {route.model}: unknown upstream {target.upstream!r} "
+                                    f"(declared: {', '.join(sorted(upstreams))})")
+                    continue
+                for fmt in route.formats:
+                    if fmt not in spec.formats:
+                        problems.append(f"tenant {tenant.id} model {route.model}: upstream {spec.name!r} does not "
+                                        f"speak {fmt} (it speaks {', '.join(spec.formats)})")
+        for model in tenant.limits.models:
+            if model not in routed and "*" not in routed:
+                problems.append(f"tenant {tenant.id} model {model}: no route (route it in upstream.routes, "
+                                f"or add a `*` route)")
+    return problems
