@@ -25,6 +25,7 @@ from dynaseal.policy import give_back
 from dynaseal.policy.errors import Refusal
 from dynaseal.policy.model_span import model_value_span
 from dynaseal.policy.provider_credentials import CredentialPool
+from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest
 from dynaseal.policy.routing import Hop, Route, build_route_table, choose
 from dynaseal_launcher import envoy_config
@@ -183,10 +184,10 @@ def test_give_back_returns_use_rpm_and_reservation_once(cfg: DynasealConfig, red
         quota = RedisQuota.from_url(redis_server, timeout_s=2.0)
         giver = GiveBack(quota)
         try:
-            await quota.admit(key, request, "req-1")
+            await admit_request(quota, key, request, "req-1")
             given = await giver.run(key.tenant.id, key.jti, "req-1", key.tenant.limits)
             again = await giver.run(key.tenant.id, key.jti, "req-1", key.tenant.limits)
-            await quota.admit(key, request, "req-2")  # the use and the rpm slot are back
+            await admit_request(quota, key, request, "req-2")  # the use and the rpm slot are back
             shared = await giver.load_key() == await GiveBack(quota).load_key()
             return given, again, shared
         finally:
@@ -266,15 +267,15 @@ def test_give_back_returns_the_tenant_wide_rpm_slot_too(cfg: DynasealConfig, red
         quota = RedisQuota.from_url(redis_server, timeout_s=2.0)
         outcomes = []
         try:
-            await quota.admit(key, request, "req-1")
+            await admit_request(quota, key, request, "req-1")
             other = replace(key, jti=f"{key.jti}-other")
             try:
-                await quota.admit(other, request, "req-2")
+                await admit_request(quota, other, request, "req-2")
                 outcomes.append("admitted")
             except Refusal as refusal:
                 outcomes.append(refusal.code.value)
             await GiveBack(quota).run(key.tenant.id, key.jti, "req-1", limits)
-            await quota.admit(other, request, "req-3")  # the tenant's one slot a minute is back
+            await admit_request(quota, other, request, "req-3")  # the tenant's one slot a minute is back
             outcomes.append("admitted")
             return outcomes
         finally:
