@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +30,15 @@ def _load_prctl() -> Callable[..., int] | None:
 # Resolved here, in the parent, once: a dlopen in the forked child can deadlock on the loader's lock
 # when another thread of the parent (a gRPC or tokio runtime, a test's HTTP server) held it at fork.
 _PRCTL = _load_prctl()
+
+
+def _setpriv_prefix() -> tuple[str, ...]:
+    """`setpriv --pdeathsig TERM --`: the parent-death signal set by the child itself (Linux), or ()."""
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return (setpriv, "--pdeathsig", "TERM", "--") if setpriv else ()
+
+
+_SETPRIV = _setpriv_prefix()
 
 
 def _die_with_parent() -> None:
@@ -108,10 +118,14 @@ class Supervisor:
                                    f"stop what holds it or choose another port in the config")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{spec.name}.log"
+        # With setpriv (util-linux) the child sets its own parent-death signal before exec, so Popen needs
+        # no preexec_fn: a preexec_fn forces fork(), whose atfork handlers (grpc's, in a process that has
+        # used grpc) can deadlock the launcher; without one Popen uses vfork, which runs none.
+        argv = [*_SETPRIV, *spec.argv] if _SETPRIV else list(spec.argv)
         with log_path.open("ab") as log_file:
-            process = subprocess.Popen(list(spec.argv), stdout=log_file, stderr=subprocess.STDOUT,
+            process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, env={**os.environ, **spec.env},
-                                       start_new_session=True, preexec_fn=_die_with_parent)
+                                       start_new_session=True, preexec_fn=None if _SETPRIV else _die_with_parent)
         service = RunningService(spec, process, log_path)
         self.running.append(service)
         progress(f"starting {spec.name} …")
