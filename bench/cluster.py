@@ -23,11 +23,11 @@ from pathlib import Path
 from types import MappingProxyType
 
 from bench.harness import wait_for_quiet
+from dynaseal.errors import QuotaUnavailable
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.keys.tenants import Tenant
 from dynaseal.ledger.quota import RedisQuota
 from dynaseal.ledger.redis_connect import async_client
-from dynaseal.policy.errors import QuotaUnavailable
 from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest
 from dynaseal.tenant_config import Limits, TenantBudget

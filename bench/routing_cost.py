@@ -35,7 +35,7 @@ from bench.fixture import BODY, MODEL, PROVIDER_KEY, PROVIDER_KEY_ENV, make_keys
 from bench.harness import GATEWAY_PORTS, HOST, cpu_seconds, free_ports, wait_for_quiet
 from bench.lua_cost import BUFFER, LUA, REQUEST_ID, ROUTER, Tally, set_metadata
 from dynaseal.config import load_config
-from dynaseal.policy.model_span import model_value_span
+from dynaseal.routing.model_span import model_value_span
 from dynaseal_launcher import envoy_config
 from dynaseal_launcher.probes import http_ok
 from dynaseal_launcher.processes import ServiceSpec, StartupError, Supervisor

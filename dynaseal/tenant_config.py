@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, RootModel, field_validator, model_validator
 
-from dynaseal.policy.origins import check_origin_pattern
+from dynaseal.keys.origins import check_origin_pattern
 from dynaseal.upstreams import ModelRoute
 
 KID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -195,7 +195,7 @@ class CallbackConfig(StrictModel):
 
 
 class CorsConfig(StrictModel):
-    """Web pages allowed to call the gateway with this tenant's keys (dynaseal.policy.origins)."""
+    """Web pages allowed to call the gateway with this tenant's keys (dynaseal.keys.origins)."""
 
     # Exact origins (`https://app.example.com`) or `scheme://*.host[:port]` patterns.
     origins: tuple[str, ...] = Field(default=(), max_length=100)
@@ -331,3 +331,16 @@ class ContentRules(RootModel[tuple[ContentRule, ...]]):
 
     def __bool__(self) -> bool:
         return bool(self.root)
+
+
+def unbounded_media_warning(tenant: TenantConfig) -> str | None:
+    """The load-time warning for a tenant whose budgets will refuse every media request, or None."""
+    limits = tenant.limits
+    if limits.media_part_tokens is not None:
+        return None
+    budgets = [name for name in ("budget", "budget_cost", "tenant_budget") if getattr(limits, name) is not None]
+    if not budgets:
+        return None
+    return (f"tenant {tenant.id}: limits.{', limits.'.join(budgets)} set but no limits.media_part_tokens: "
+            "requests with image, audio or file parts will be refused (403 param_not_allowed); "
+            "set media_part_tokens to reserve for them")

@@ -13,7 +13,7 @@ from string import Template
 from urllib.parse import urlsplit
 
 from dynaseal.config import DynasealConfig
-from dynaseal.policy.origins import origin_regex
+from dynaseal.keys.origins import origin_regex
 from dynaseal.usage import record as usage_record
 from dynaseal_launcher import upstream_clusters
 

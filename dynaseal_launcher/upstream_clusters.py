@@ -5,7 +5,7 @@ upstreams a route uses, an aggregate cluster (`route-a-b`) trying them in that o
 goes to the next priority (the next upstream) on a connect failure, a reset, no first byte within
 the per-try timeout, or a 5xx/429, and never once the answer's headers went to the client (a
 started stream is never retried). The routed cluster's upstream filters apply, per try, what authz
-decided for that upstream (dynaseal.policy.routing): credential, physical model, path and host.
+decided for that upstream (dynaseal.routing.routes): credential, physical model, path and host.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dynaseal.policy.errors import ErrorCode, error_envelope
+from dynaseal.errors import ErrorCode, error_envelope
 
 log = logging.getLogger("issuer_api.errors")
 

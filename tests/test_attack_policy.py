@@ -12,11 +12,11 @@ import pytest
 from conftest import DEMO_SECRET, DEMO_TENANT, OTHER_TENANT, TenantKeys, acme_key
 from keyfactory import ed25519, hs256, raw_token
 
+from dynaseal.errors import Refusal
 from dynaseal.keys.tenants import Registry
 from dynaseal.keys.verification import verify_token
 from dynaseal.policy.authorizer import Authorizer, AuthRequest
 from dynaseal.policy.decision import Decision
-from dynaseal.policy.errors import Refusal
 
 MESSAGES = '"messages":[{"role":"user","content":"hi"}]'
 

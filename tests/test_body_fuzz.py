@@ -18,10 +18,10 @@ from keyfactory import ed25519, native_claims, raw_token
 from authz_service.envoy_adapter import to_check_response
 from authz_service.metrics import FAILURES
 from authz_service.servicer import AuthorizationServicer
+from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.logs import JsonFormatter
 from dynaseal.policy.authorizer import Authorizer, AuthRequest
 from dynaseal.policy.decision import Decision, deny
-from dynaseal.policy.errors import ErrorCode, Refusal
 from dynaseal.safe_text import safe_text
 
 SURROGATE_MODEL = b'{"model":"gpt-4o-mini\\ud800","messages":[{"role":"user","content":"hi"}],"max_tokens":5}'

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.policy.content_builtins import has_card_number, luhn_valid
 from dynaseal.policy.content_fields import (
     FIELDS,
@@ -17,7 +18,6 @@ from dynaseal.policy.content_fields import (
     responses_texts,
 )
 from dynaseal.policy.content_rules import MAX_INSPECTED_BYTES, CompiledRules, ContentBlocked, InspectionFailed
-from dynaseal.policy.errors import ErrorCode, Refusal
 from dynaseal.tenant_config import ContentRules, Limits
 
 

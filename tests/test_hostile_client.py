@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 from keyfactory import b64, ed25519, hs256, native_claims, raw_token
 
 from dynaseal.config import DynasealConfig
+from dynaseal.errors import Refusal
 from dynaseal.keys.tenants import Registry, build_registry
 from dynaseal.keys.verification import verify_token
 from dynaseal.ledger import redis_keys
 from dynaseal.policy.authorizer import Authorizer, AuthRequest, headers_to_strip
 from dynaseal.policy.decision import Decision
-from dynaseal.policy.errors import Refusal
 from dynaseal.policy.request_policy import PROMPT_OVERHEAD_TOKENS
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import orjson
 
+from dynaseal.errors import ErrorCode
 from dynaseal.policy.decision import deny
-from dynaseal.policy.errors import ErrorCode
 from issuer_api.errors import ApiError, IssuerError, forbidden, invalid_request, unauthenticated
 
 ISSUER = Path(__file__).resolve().parent.parent / "issuer_api"

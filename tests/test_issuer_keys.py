@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 from test_issuer_support import DEMO_TENANT, assert_error, bearer, issuer_client, login
 
 from dynaseal.config import DynasealConfig
+from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.keys.signing_keystore import SigningKeyStore
 from dynaseal.keys.tenants import build_registry
 from dynaseal.keys.verification import verify_token
-from dynaseal.policy.errors import ErrorCode, Refusal
 from issuer_api.app import issuer_state
 from issuer_api.store import MintedKey
 

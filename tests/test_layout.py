@@ -9,7 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = ("authz_service", "issuer_api", "log_shipper", "callback_consumer", "mock_llm", "dynaseal_launcher")
-ROOMS = ("keys", "policy", "ledger", "usage", "money", "runtime")
+ROOMS = ("keys", "policy", "ledger", "usage", "money", "runtime", "routing")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -35,3 +35,38 @@ def test_every_room_says_what_it_holds() -> None:
         init = REPO / "dynaseal" / room / "__init__.py"
         doc = ast.get_docstring(ast.parse(init.read_text()))
         assert doc and len(doc.splitlines()) == 1, f"{room}: a one-line docstring at the top"
+
+
+def room_edges() -> dict[str, set[str]]:
+    """Which rooms each room imports (TYPE_CHECKING and function-local imports count too)."""
+    edges: dict[str, set[str]] = {room: set() for room in ROOMS}
+    for room in ROOMS:
+        for path in (REPO / "dynaseal" / room).rglob("*.py"):
+            for name in imported_modules(path):
+                parts = name.split(".")
+                if parts[0] == "dynaseal" and len(parts) > 1 and parts[1] in ROOMS and parts[1] != room:
+                    edges[room].add(parts[1])
+    return edges
+
+
+def test_every_core_room_is_a_room_of_the_layout() -> None:
+    rooms = {p.parent.name for p in (REPO / "dynaseal").glob("*/__init__.py")} - {"pb", "defaults"}
+    assert rooms == set(ROOMS)
+
+
+def test_the_rooms_import_each_other_without_cycles() -> None:
+    """Each room stands on the ones below it: no chain of imports leads a room back to itself."""
+    edges = room_edges()
+
+    def reaches(start: str, node: str, seen: set[str]) -> list[str] | None:
+        for nxt in sorted(edges[node]):
+            if nxt == start:
+                return [node, nxt]
+            if nxt not in seen:
+                seen.add(nxt)
+                if (path := reaches(start, nxt, seen)) is not None:
+                    return [node, *path]
+        return None
+
+    cycles = [" -> ".join([room, *path[1:]]) for room in ROOMS if (path := reaches(room, room, set()))]
+    assert not cycles, cycles

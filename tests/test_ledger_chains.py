@@ -13,11 +13,11 @@ from conftest import OTHER_TENANT, verified_key
 from test_quota_money import request as priced_request
 
 from dynaseal.config import DynasealConfig
+from dynaseal.errors import Refusal
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.ledger import quota_scripts, tenant_scripts
 from dynaseal.ledger.outcomes import LUA_CONSTANTS, AdmitCode, SettleOutcome
 from dynaseal.ledger.quota import MoneySettlement, RedisQuota, counters, settle
-from dynaseal.policy.errors import Refusal
 from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest
 
@@ -117,8 +117,8 @@ def test_generated_constants_are_the_same_in_lua_and_python(sync_redis: redis.Re
 @pytest.mark.parametrize("code", list(AdmitCode))
 def test_every_refusal_code_has_a_client_answer(code: AdmitCode, cfg: DynasealConfig) -> None:
     """The policy layer turns every code the ledger can answer into a Refusal or a fail-closed 503."""
+    from dynaseal.errors import QuotaUnavailable
     from dynaseal.ledger.outcomes import Refused
-    from dynaseal.policy.errors import QuotaUnavailable
     from dynaseal.policy.quota_refusals import refusal_of
 
     if code == AdmitCode.ADMITTED:

@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from dynaseal.config import ConfigError, DynasealConfig, load_config
+from dynaseal.errors import Refusal
 from dynaseal.keys.claims import check_claims
 from dynaseal.keys.tenants import build_registry
 from dynaseal.money.budget_thresholds import Crossing, basis_points, threshold_body, threshold_webhook_id
 from dynaseal.money.pricing import Price, TokenUsage, format_amount, from_micros, to_micros
-from dynaseal.policy.errors import Refusal
 from dynaseal.policy.request_policy import check_request
 from dynaseal.tenant_config import CallbackConfig, Limits, TenantUpstream
 from dynaseal.usage.callbacks import callback_payload

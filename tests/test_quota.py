@@ -11,12 +11,12 @@ import redis
 from conftest import OTHER_TENANT, private_redis, verified_key
 
 from dynaseal.config import DynasealConfig
+from dynaseal.errors import Refusal
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.keys.tenants import build_registry
 from dynaseal.ledger.outcomes import SettleOutcome
 from dynaseal.ledger.quota import RedisQuota, counters, settle
 from dynaseal.ledger.revocation import revoke
-from dynaseal.policy.errors import Refusal
 from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest
 
@@ -106,7 +106,7 @@ def test_expired_reservation_is_billed_then_corrected_once(redis_server: str, sy
 
 
 def test_redis_down_fails_closed(base_key: VerifiedKey) -> None:
-    from dynaseal.policy.errors import QuotaUnavailable
+    from dynaseal.errors import QuotaUnavailable
 
     async def admit_dead() -> None:
         quota = RedisQuota.from_url("redis://127.0.0.1:1/0", timeout_s=0.05)
@@ -117,7 +117,7 @@ def test_redis_down_fails_closed(base_key: VerifiedKey) -> None:
 
 def test_a_known_request_id_is_refused_not_admitted_for_free(redis_server: str, sync_redis: redis.Redis,
                                                              base_key: VerifiedKey) -> None:
-    from dynaseal.policy.errors import QuotaUnavailable
+    from dynaseal.errors import QuotaUnavailable
 
     key = replace(base_key, uses=5)
 
@@ -150,7 +150,7 @@ def test_same_jti_in_two_tenants_shares_nothing(redis_server: str, sync_redis: r
 
 def test_an_admit_redis_runs_after_its_deadline_writes_nothing(redis_server: str, sync_redis: redis.Redis,
                                                                base_key: VerifiedKey) -> None:
-    from dynaseal.policy.errors import QuotaUnavailable
+    from dynaseal.errors import QuotaUnavailable
 
     async def late() -> str:
         quota = RedisQuota.from_url(redis_server, timeout_s=2.0)
@@ -173,7 +173,7 @@ def test_redis_paused_past_the_deadline_refused_requests_spend_nothing(
     import os
     import signal
 
-    from dynaseal.policy.errors import QuotaUnavailable
+    from dynaseal.errors import QuotaUnavailable
 
     key = replace(base_key, uses=1, budget=1000, rpm=100)
 

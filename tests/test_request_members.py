@@ -12,9 +12,9 @@ from conftest import acme_tenant
 from pydantic import ValidationError
 
 from dynaseal.config import DynasealConfig
+from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.keys.tenants import Tenant
-from dynaseal.policy.errors import ErrorCode, Refusal
 from dynaseal.policy.request_members import CHAT_COMPLETIONS, KNOWN_MEMBERS, RESTRICTED_FEATURES
 from dynaseal.policy.request_policy import CheckedRequest, check_request
 from dynaseal.tenant_config import Limits

@@ -16,13 +16,13 @@ from conftest import OTHER_TENANT, acme_tenant
 from pydantic import ValidationError
 
 from dynaseal.config import DynasealConfig
+from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.keys.tenants import Tenant, build_registry
 from dynaseal.money.pricing import Price
-from dynaseal.policy.errors import ErrorCode, Refusal
 from dynaseal.policy.request_policy import PROMPT_OVERHEAD_TOKENS, CheckedRequest, check_request
-from dynaseal.policy.reservation_bound import budget_applies, unbounded_media_warning
-from dynaseal.tenant_config import Limits, TenantBudget, TenantConfig
+from dynaseal.policy.reservation_bound import budget_applies
+from dynaseal.tenant_config import Limits, TenantBudget, TenantConfig, unbounded_media_warning
 
 IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
 PRICE = Price("USD", Decimal("0.27"), Decimal("0.07"), Decimal("1.10"), Decimal("2.19"))

@@ -18,16 +18,16 @@ import yaml
 from conftest import verified_key
 
 from dynaseal.config import ConfigError, DynasealConfig, load_config
+from dynaseal.errors import Refusal
 from dynaseal.ledger.give_back import GiveBack
 from dynaseal.ledger.quota import RedisQuota, counters, settle
 from dynaseal.money.pricing import Price
 from dynaseal.policy import give_back
-from dynaseal.policy.errors import Refusal
-from dynaseal.policy.model_span import model_value_span
-from dynaseal.policy.provider_credentials import CredentialPool
 from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest
-from dynaseal.policy.routing import Hop, Route, build_route_table, choose
+from dynaseal.routing.model_span import model_value_span
+from dynaseal.routing.provider_credentials import CredentialPool
+from dynaseal.routing.routes import Hop, Route, build_route_table, choose
 from dynaseal_launcher import envoy_config
 
 KEY = {"kid": "k1", "alg": "HS256", "secret_env": "T_ROUTING_SECRET"}

@@ -17,13 +17,13 @@ from conftest import acme_tenant
 from test_quota import request
 
 from dynaseal.config import DynasealConfig
+from dynaseal.errors import QuotaUnavailable, Refusal
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.ledger import redis_keys
 from dynaseal.ledger.outcomes import SettleOutcome
 from dynaseal.ledger.quota import MoneySettlement, RedisQuota, counters, settle, tenant_counters
 from dynaseal.ledger.redis_connect import SyncClient, sync_client
 from dynaseal.ledger.tenant_quota import window_id
-from dynaseal.policy.errors import QuotaUnavailable, Refusal
 from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest
 from dynaseal.tenant_config import TenantBudget

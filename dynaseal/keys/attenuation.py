@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.keys.claims import VerifiedKey, budget_cost_claim
 from dynaseal.keys.dpop import ALGORITHMS, confirmation
 from dynaseal.money.pricing import from_micros
-from dynaseal.policy.errors import ErrorCode, Refusal
 from dynaseal.tenant_config import ParamLimit
 
 CHILD_TYP = "dynaseal-child+jwt"

@@ -15,11 +15,11 @@ from typing import Any
 
 import orjson
 
+from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.keys.dpop import confirmation
+from dynaseal.keys.origins import parse_origins_claim
 from dynaseal.keys.tenants import Registry, Tenant, VerificationKey
 from dynaseal.money.pricing import MICROS, to_micros
-from dynaseal.policy.errors import ErrorCode, Refusal
-from dynaseal.policy.origins import parse_origins_claim
 from dynaseal.tenant_config import ParamLimit
 
 MAX_CB_BYTES = 1024
@@ -55,7 +55,7 @@ class VerifiedKey:
     # Budget in money: integer micro-units of the tenant's currency (`budget_cost` claim, capped by the
     # tenant's `limits.budget_cost`).
     budget_cost: int | None = None
-    # `origins` claim: the web pages this key may be used from (dynaseal.policy.origins); None = any the
+    # `origins` claim: the web pages this key may be used from (dynaseal.keys.origins); None = any the
     # tenant allows.
     origins: frozenset[str] | None = None
 

@@ -22,9 +22,9 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 from jwt.algorithms import get_default_algorithms
 
+from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.jsonsafe import loads_strict
 from dynaseal.keys.tenants import VerificationKey, jwk_to_key
-from dynaseal.policy.errors import ErrorCode, Refusal
 
 DPOP_ALGS = ("EdDSA", "ES256")
 # |now - iat| may be at most this plus the gateway's clock leeway.

@@ -17,13 +17,12 @@ from pydantic import SecretStr
 
 from dynaseal.config import ConfigError, DynasealConfig, expand_path
 from dynaseal.money.pricing import Price
-from dynaseal.policy.reservation_bound import unbounded_media_warning
-from dynaseal.runtime.secrets import env_secret
-from dynaseal.tenant_config import KID_PATTERN, CallbackConfig, Limits, TenantConfig
+from dynaseal.secrets import env_secret
+from dynaseal.tenant_config import KID_PATTERN, CallbackConfig, Limits, TenantConfig, unbounded_media_warning
 
 if TYPE_CHECKING:
     from dynaseal.keys.remote_jwks import RemoteJwks
-    from dynaseal.policy.routing import RouteTable
+    from dynaseal.routing.routes import RouteTable
 
 log = logging.getLogger("dynaseal.config")
 _ALG_BY_JWK = {("OKP", "Ed25519"): "EdDSA", ("EC", "P-256"): "ES256"}
@@ -93,7 +92,7 @@ class Registry:
     remote_generation: int = -1
     # gateway.public_url: the origin DPoP proofs must name (None = the one Envoy saw).
     public_url: str | None = None
-    # Tenants' routes to named upstreams (dynaseal.policy.routing); None = every request to the one upstream.
+    # Tenants' routes to named upstreams (dynaseal.routing.routes); None = every request to the one upstream.
     routes: RouteTable | None = None
 
     def get(self, tenant_id: str) -> Tenant | None:
@@ -213,7 +212,7 @@ def build_registry(cfg: DynasealConfig, remote_jwks: RemoteJwks | None = None, *
             cors_origins=frozenset(tc.cors.origins) if tc.cors else frozenset(),
         )
     default_key = _env_secret(cfg.gateway.upstream.api_key_env, "gateway upstream", errors)
-    from dynaseal.policy.routing import build_route_table  # the policy layer's table, built with the registry
+    from dynaseal.routing.routes import build_route_table  # the policy layer's table, built with the registry
 
     routes = build_route_table(cfg, errors)
     if errors:

@@ -18,11 +18,11 @@ from typing import Any
 
 from jwt.algorithms import get_default_algorithms
 
+from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.jsonsafe import loads_strict
 from dynaseal.keys.attenuation import MAX_DEPTH, check_child
 from dynaseal.keys.claims import VerifiedKey, check_claims, tenant_id_of
 from dynaseal.keys.tenants import Registry
-from dynaseal.policy.errors import ErrorCode, Refusal
 from dynaseal.tenant_config import KID_PATTERN
 
 log = logging.getLogger("dynaseal.keys")

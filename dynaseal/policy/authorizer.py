@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from dynaseal.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.keys.dpop import DpopProof, DpopRefusal, request_url, verify_proof
+from dynaseal.keys.origins import check_origin
 from dynaseal.keys.tenants import Registry
 from dynaseal.keys.verification import UnknownKid, VerifiedKeyCache
 from dynaseal.policy import give_back
 from dynaseal.policy.content_check import ContentBlocked, blocked_decision, check_content
 from dynaseal.policy.decision import Decision, allow, answer, deny, deny_from
-from dynaseal.policy.errors import ErrorCode, QuotaUnavailable, Refusal
-from dynaseal.policy.origins import check_origin
 from dynaseal.policy.quota_refusals import Quota, admit_request, check_not_revoked
 from dynaseal.policy.request_policy import CheckedRequest, check_request, parse_body
-from dynaseal.policy.routing import choose as choose_route
+from dynaseal.routing.routes import choose as choose_route
 from dynaseal.usage import record as usage_record
 
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ from typing import Any
 
 import re2
 
+from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.policy.content_builtins import BUILTINS
 from dynaseal.policy.content_fields import FIELDS, Texts
-from dynaseal.policy.errors import ErrorCode, Refusal
 
 # Text looked at per request, all fields together. The gateway's body limit bounds it already; this
 # holds if that limit is raised: a request with more text than this is refused, never passed unread.

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from dynaseal.policy.errors import ErrorCode, Refusal, error_envelope, should_retry, status_of, type_of
+from dynaseal.errors import ErrorCode, Refusal, error_envelope, should_retry, status_of, type_of
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,8 @@ import hmac
 
 import orjson
 
+from dynaseal.errors import error_envelope
 from dynaseal.policy.decision import Decision
-from dynaseal.policy.errors import error_envelope
 
 GIVE_BACK_PATH = "/_dynaseal/give-back"
 TOKEN_HEADER = "x-dynaseal-give-back"

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from dynaseal.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.keys.dpop import DpopProof, DpopRefusal, replay_set_ttl_ms
 from dynaseal.ledger.admission import Admission, LevelLimits, ProofReplay
 from dynaseal.ledger.outcomes import AdmitCode, Admitted, LedgerUnavailable, Outcome, Refused
 from dynaseal.ledger.tenant_quota import tier_of
 from dynaseal.money.pricing import format_amount, from_micros
-from dynaseal.policy.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.policy.request_policy import CheckedRequest
 
 

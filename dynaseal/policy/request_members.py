@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dynaseal.policy.errors import ErrorCode, Refusal
+from dynaseal.errors import ErrorCode, Refusal
 
 # Provider features that change the price or keep data in the provider account (a price
 # multiplier, per-call fees, audio output, stored completions): known, but refused unless the

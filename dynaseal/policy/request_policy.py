@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.jsonsafe import DuplicateKeyError, LoneSurrogateError, loads_strict
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.money.pricing import Price
-from dynaseal.policy.errors import ErrorCode, Refusal
 from dynaseal.policy.request_members import (
     CHAT_COMPLETIONS,
     RESTRICTED_FEATURES,

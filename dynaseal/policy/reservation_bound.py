@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from dynaseal.policy.errors import ErrorCode, Refusal
-from dynaseal.tenant_config import Limits, ModelAllowance, TenantConfig
+from dynaseal.errors import ErrorCode, Refusal
+from dynaseal.tenant_config import Limits, ModelAllowance
 
 if TYPE_CHECKING:  # the registry imports this module at load time; claims imports the registry
     from dynaseal.keys.claims import VerifiedKey
@@ -88,16 +88,3 @@ def prompt_bound(body_size: int, messages: list[Any], key: VerifiedKey,
             per_part = 0  # no budget to protect; the real usage is still billed
         bound += media * per_part
     return bound
-
-
-def unbounded_media_warning(tenant: TenantConfig) -> str | None:
-    """The load-time warning for a tenant whose budgets will refuse every media request, or None."""
-    limits = tenant.limits
-    if limits.media_part_tokens is not None:
-        return None
-    budgets = [name for name in ("budget", "budget_cost", "tenant_budget") if getattr(limits, name) is not None]
-    if not budgets:
-        return None
-    return (f"tenant {tenant.id}: limits.{', limits.'.join(budgets)} set but no limits.media_part_tokens: "
-            "requests with image, audio or file parts will be refused (403 param_not_allowed); "
-            "set media_part_tokens to reserve for them")

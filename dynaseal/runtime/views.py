@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from dynaseal.config import ConfigError, DynasealConfig, IssuerConfig, load_config
 from dynaseal.runtime.locations import Paths, Resolved, envoy_admin_url, paths_of, resolve_kafka, resolve_redis
-from dynaseal.runtime.secrets import SecretResolver
+from dynaseal.secrets import SecretResolver
 from dynaseal.tenant_config import CallbackConfig, Limits
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from dynaseal.policy.errors import ErrorCode, Refusal
+from dynaseal.errors import ErrorCode, Refusal
 
 # scheme://host[:port], lowercase, no path, no userinfo: the serialisation of an origin (RFC 6454 §6.2).
 _ORIGIN = re.compile(r"^(https?)://(\*\.)?([a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*"

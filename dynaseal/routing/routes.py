@@ -19,9 +19,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from dynaseal.policy.model_span import model_value_span
-from dynaseal.policy.provider_credentials import CredentialPool
-from dynaseal.runtime.secrets import env_secret
+from dynaseal.routing.model_span import model_value_span
+from dynaseal.routing.provider_credentials import CredentialPool
+from dynaseal.secrets import env_secret
 from dynaseal.upstreams import chain_name, declared_upstreams
 
 if TYPE_CHECKING:
