@@ -52,11 +52,12 @@ class AuthzOptions:
     server: ServerKind | None = None  # overrides the config's authz.server
 
 
-def build_authorizer(cfg: DynasealConfig, quota: RedisQuota, remote_jwks: RemoteJwks | None = None, *,
+def build_authorizer(cfg: DynasealConfig, quota: RedisQuota | None, remote_jwks: RemoteJwks | None = None, *,
                      fetch_new_jwks: bool = True) -> Authorizer:
     """An Authorizer for a loaded config (raises ConfigError); remote JWKS come from `remote_jwks`."""
     view = Runtime.from_config(cfg).authz(remote_jwks, fetch_new_jwks=fetch_new_jwks)
-    return Authorizer(view.registry, quota=quota, cache_size=view.key_cache_size, giver=GiveBack(quota))
+    return Authorizer(view.registry, quota=quota, cache_size=view.key_cache_size,
+                      giver=None if quota is None else GiveBack(quota))
 
 
 class AuthzServer:
