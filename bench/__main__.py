@@ -11,19 +11,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import check_grpc, cluster, envoy_variants, gateway, litellm_bench, profile, results, streaming
+from bench import check_grpc, cluster, envoy_variants, gateway, litellm_bench, peers, profile, results, streaming
 from bench.harness import BenchStack
 
 PARTS = ("gateway", "stream", "check")
-EXTRA = ("profile", "cluster", "envoy", "litellm")
+EXTRA = ("profile", "cluster", "envoy", "litellm", "peers")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("parts", nargs="*", choices=[*PARTS, *EXTRA, []],
-                        help="which benchmarks (default: gateway stream check; profile, cluster, envoy and "
-                             "litellm only when named)")
+                        help="which benchmarks (default: gateway stream check; profile, cluster, envoy, "
+                             "litellm and peers only when named)")
     parser.add_argument("--seconds", type=float, default=15, help="measured seconds per wrk run (default 15)")
     parser.add_argument("--warmup", type=float, default=3, help="discarded warm-up seconds per run (default 3)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.note:
         lines[2:2] = [args.note, ""]
     work = Path(tempfile.mkdtemp(prefix="dynaseal-bench-"))
-    if {"gateway", "stream", "envoy", "litellm"} & set(parts):
+    if {"gateway", "stream", "envoy", "litellm", "peers"} & set(parts):
         stack = BenchStack(work / "gateway", authz_workers=args.authz_workers,
                            envoy_concurrency=args.envoy_concurrency, authz_server=args.authz_server)
         with stack:
@@ -78,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
                 lite_runs, why = litellm_bench.run(stack, args.seconds, args.connections, args.warmup)
                 lines += ["### Beside LiteLLM: the same request and client, each proxy in front of the mock", "",
                           *(litellm_bench.table(lite_runs) if lite_runs else [why]), ""]
+            if "peers" in parts:
+                print("peers: U, D, TensorZero, Portkey and LiteLLM in front of the same mock …", flush=True)
+                load = peers.loadavg()
+                peer_runs, skipped = peers.run(stack, args.seconds, args.connections, args.warmup)
+                lines += ["### Beside the other gateways: the same request, client and mock, one run", "",
+                          f"Machine: {load} (other work shares the 2 cores: compare ratios, not absolutes).", "",
+                          *peers.table(peer_runs, skipped), ""]
             if "stream" in parts:
                 print(f"stream: {args.streams} streams per listener …", flush=True)
                 stats = streaming.run(stack, args.streams)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import httpx
@@ -31,8 +32,10 @@ MASTER_KEY = "sk-litellm-bench-master-key-0123456789"
 
 
 def litellm_command() -> str | None:
-    """`$LITELLM`, else `.venv-litellm/bin/litellm` in the repository, else `litellm` on PATH."""
-    for candidate in (os.environ.get("LITELLM"), str(REPO / ".venv-litellm" / "bin" / "litellm")):
+    """`$LITELLM`, else `litellm` in the repository's `.venv-litellm` or `.venv-peers`, else beside this
+    interpreter (the test extra installs it, without the proxy's own dependencies), else on PATH."""
+    for candidate in (os.environ.get("LITELLM"), str(REPO / ".venv-litellm" / "bin" / "litellm"),
+                      str(REPO / ".venv-peers" / "bin" / "litellm"), str(Path(sys.executable).parent / "litellm")):
         if candidate and Path(candidate).exists():
             return candidate
     return shutil.which("litellm")
