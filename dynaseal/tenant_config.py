@@ -119,6 +119,20 @@ class Limits(StrictModel):
         return names
     # Requests carrying what these match are refused with content_blocked (dynaseal.policy.content_rules).
     content_rules: ContentRules = Field(default_factory=lambda: ContentRules(()))
+    # Responses / Messages members and tools that pull in context the body does not hold or run on the
+    # provider's side (previous_response_id, conversation, prompt, item_reference; web_search, file_search,
+    # code_interpreter, image_generation, computer_use, mcp; Messages' server tools, mcp_servers, container):
+    # refused unless named here; a request using any reserves `server_side_tokens` more prompt tokens
+    # (dynaseal.policy.endpoints.server_side).
+    server_side: tuple[str, ...] = ()
+    server_side_tokens: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _server_side_ceiling(self) -> Limits:
+        if self.server_side and self.server_side_tokens is None:
+            raise ValueError("limits.server_side needs limits.server_side_tokens: the tokens such a request "
+                             "reserves beyond its body")
+        return self
 
 
 class ModelPrice(StrictModel):

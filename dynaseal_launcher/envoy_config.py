@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from dynaseal.config import DynasealConfig
 from dynaseal.usage import record as usage_record
+from dynaseal_launcher.endpoint_routes import endpoint_routes
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 GATEWAY_TEMPLATE = TEMPLATE_DIR / "gateway.yaml.tmpl"
@@ -96,6 +97,9 @@ def render(cfg: DynasealConfig, access_log: Path, authz_host: str | None = None,
         upstream_address=upstream.host,
         upstream_port=upstream.port,
         upstream_tls=_tls_block(upstream, gw.upstream.ca_file),
+        endpoint_routes=endpoint_routes(upstream.path_prefix, 14, "upstream_llm", f"{limits.max_stream_duration_s}s",
+                                        f"{limits.stream_idle_timeout_s}s",
+                                        f"host_rewrite_literal: {host_header!r}".replace("'", '"')),
     )
 
 

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class UsageEvent(_message.Message):
-    __slots__ = ("request_id", "tenant", "jti", "event_id", "sub", "model", "stream", "status", "response_flags", "prompt_tokens", "completion_tokens", "total_tokens", "reserved", "usage_source", "started_at", "duration_ms", "path", "content", "content_truncated", "cb_json", "response_details", "shipped_at_ms", "root_jti", "chain", "cached_tokens", "reasoning_tokens", "price", "cost", "currency", "cost_micros", "unpriced", "reserved_cost_micros", "budget_tokens", "budget_cost_micros", "content_rule")
+    __slots__ = ("request_id", "tenant", "jti", "event_id", "sub", "model", "stream", "status", "response_flags", "prompt_tokens", "completion_tokens", "total_tokens", "reserved", "usage_source", "started_at", "duration_ms", "path", "content", "content_truncated", "cb_json", "response_details", "shipped_at_ms", "root_jti", "chain", "cached_tokens", "reasoning_tokens", "price", "cost", "currency", "cost_micros", "unpriced", "reserved_cost_micros", "budget_tokens", "budget_cost_micros", "content_rule", "endpoint", "cache_write_tokens")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     JTI_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,8 @@ class UsageEvent(_message.Message):
     BUDGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_COST_MICROS_FIELD_NUMBER: _ClassVar[int]
     CONTENT_RULE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tenant: str
     jti: str
@@ -78,7 +80,9 @@ class UsageEvent(_message.Message):
     budget_tokens: int
     budget_cost_micros: int
     content_rule: str
-    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., jti: _Optional[str] = ..., event_id: _Optional[str] = ..., sub: _Optional[str] = ..., model: _Optional[str] = ..., stream: _Optional[bool] = ..., status: _Optional[int] = ..., response_flags: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., reserved: _Optional[int] = ..., usage_source: _Optional[str] = ..., started_at: _Optional[str] = ..., duration_ms: _Optional[int] = ..., path: _Optional[str] = ..., content: _Optional[str] = ..., content_truncated: _Optional[bool] = ..., cb_json: _Optional[str] = ..., response_details: _Optional[str] = ..., shipped_at_ms: _Optional[int] = ..., root_jti: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ..., cached_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., cost: _Optional[str] = ..., currency: _Optional[str] = ..., cost_micros: _Optional[int] = ..., unpriced: _Optional[bool] = ..., reserved_cost_micros: _Optional[int] = ..., budget_tokens: _Optional[int] = ..., budget_cost_micros: _Optional[int] = ..., content_rule: _Optional[str] = ...) -> None: ...
+    endpoint: str
+    cache_write_tokens: int
+    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., jti: _Optional[str] = ..., event_id: _Optional[str] = ..., sub: _Optional[str] = ..., model: _Optional[str] = ..., stream: _Optional[bool] = ..., status: _Optional[int] = ..., response_flags: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., reserved: _Optional[int] = ..., usage_source: _Optional[str] = ..., started_at: _Optional[str] = ..., duration_ms: _Optional[int] = ..., path: _Optional[str] = ..., content: _Optional[str] = ..., content_truncated: _Optional[bool] = ..., cb_json: _Optional[str] = ..., response_details: _Optional[str] = ..., shipped_at_ms: _Optional[int] = ..., root_jti: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ..., cached_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., cost: _Optional[str] = ..., currency: _Optional[str] = ..., cost_micros: _Optional[int] = ..., unpriced: _Optional[bool] = ..., reserved_cost_micros: _Optional[int] = ..., budget_tokens: _Optional[int] = ..., budget_cost_micros: _Optional[int] = ..., content_rule: _Optional[str] = ..., endpoint: _Optional[str] = ..., cache_write_tokens: _Optional[int] = ...) -> None: ...
 
 class Price(_message.Message):
     __slots__ = ("currency", "input", "cached_input", "output", "reasoning")

@@ -46,6 +46,8 @@ from dynaseal.usage.blocked import blocked_event
 from dynaseal.usage.record import copied_fields, log_count
 
 UPSTREAM, RESERVED, NONE = "upstream", "reserved", "none"
+# Endpoints that generate nothing (authz reserved nothing for them): no usage event.
+UNMETERED_ENDPOINTS = frozenset({"messages_count_tokens"})
 # An error the upstream answered itself: it generated nothing billable, the reservation is released.
 _UPSTREAM_ANSWERED = "via_upstream"
 # Envoy's own replies for a request the upstream never received (connect failure, no endpoint,
@@ -91,6 +93,10 @@ def _usage(record: dict[str, Any], status: int, reserved: int) -> tuple[str, int
     """(usage_source, prompt, completion, total) by rules 2–5."""
     prompt, completion, total = (_count(record.get(k)) for k in ("prompt_tokens", "completion_tokens",
                                                                    "total_tokens"))
+    if record.get("endpoint") == "messages" and prompt is not None:
+        # Anthropic's input_tokens leave out what was read from or written to the prompt cache; the
+        # prompt (OpenAI's meaning, which the price lines use) is all three.
+        prompt += (_count(record.get("cached_tokens")) or 0) + (_count(record.get("cache_write_tokens")) or 0)
     if total is None and prompt is not None and completion is not None:
         total = prompt + completion
     if cut_short(record):
@@ -140,6 +146,8 @@ def parse_line(line: bytes | str, shipped_at_ms: int | None = None) -> UsageEven
     if not _admitted(record):  # a refusal: no usage; a content refusal is told to the tenant (usage.blocked)
         return blocked_event(record, _request_id(record, raw),
                              int(time.time() * 1000) if shipped_at_ms is None else shipped_at_ms)
+    if record.get("endpoint") in UNMETERED_ENDPOINTS:  # generated nothing, reserved nothing
+        return None
     status = _count(record.get("code")) or 0
     reserved = _count(record.get("reserved")) or 0
     source, prompt, completion, total = _usage(record, status, reserved)
@@ -181,6 +189,8 @@ def _add_money(event: UsageEvent, record: dict[str, Any]) -> None:
     if event.usage_source == UPSTREAM:
         event.cached_tokens = min(_count(record.get("cached_tokens")) or 0, event.prompt_tokens)
         event.reasoning_tokens = min(_count(record.get("reasoning_tokens")) or 0, event.completion_tokens)
+        event.cache_write_tokens = min(_count(record.get("cache_write_tokens")) or 0,
+                                       event.prompt_tokens - event.cached_tokens)
     event.budget_tokens = _count(record.get("budget")) or 0
     event.budget_cost_micros = _count(record.get("budget_cost")) or 0
     price = Price.decode(_text(record.get("price")))

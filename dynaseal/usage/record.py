@@ -96,6 +96,10 @@ FIELDS: tuple[LogField, ...] = (
              note="Response body (base64, bounded) only for tenants whose callback includes content; "
                   "null for everyone else. The shipper parses the assistant text out of it."),
     LogField("content_truncated", _meta(CONTENT_NAMESPACE, "truncated"), "content_truncated", "flag"),
+    _authz("endpoint", "endpoint", "text", "optional",
+           "The API called beside chat completions (responses, messages, messages_count_tokens, embeddings); "
+           "absent for chat. Its usage fields are read into the same keys; Messages' cache writes apart."),
+    LogField("cache_write_tokens", _meta(USAGE_NAMESPACE, "cache_write_tokens"), "cache_write_tokens", "rule"),
 )
 BY_NAME: Mapping[str, LogField] = {f.name: f for f in FIELDS}
 ALLOW_KEYS = frozenset(f.name for f in FIELDS if f.authz in ("required", "optional"))
