@@ -43,6 +43,7 @@ from dynaseal.money.pricing import Price, TokenUsage, format_amount, from_micros
 from dynaseal.pb import UsageEvent
 from dynaseal.pb.usage_event_pb2 import Price as PriceMessage
 from dynaseal.usage.blocked import blocked_event
+from dynaseal.usage.endpoint_content import event_text, json_answer
 from dynaseal.usage.record import copied_fields, log_count
 
 UPSTREAM, RESERVED, NONE = "upstream", "reserved", "none"
@@ -240,6 +241,9 @@ def _sse_text(body: bytes) -> str:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
             continue  # the last event of a truncated capture
+        if isinstance(chunk, dict) and "type" in chunk:  # a Responses or Messages event
+            parts.append(event_text(chunk))
+            continue
         choices = chunk.get("choices") if isinstance(chunk, dict) else None
         for choice in choices if isinstance(choices, list) else []:
             delta = choice.get("delta") if isinstance(choice, dict) else None
@@ -254,6 +258,8 @@ def _json_text(body: bytes) -> str | None:
     except orjson.JSONDecodeError:
         return None  # cut at the capture limit
     choices = reply.get("choices") if isinstance(reply, dict) else None
+    if isinstance(reply, dict) and choices is None:
+        return json_answer(reply)
     for choice in choices if isinstance(choices, list) else []:
         message = choice.get("message") if isinstance(choice, dict) else None
         if isinstance(message, dict) and choice.get("index", 0) == 0:
