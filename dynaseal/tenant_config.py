@@ -158,6 +158,16 @@ class ModelPrice(StrictModel):
             raise ValueError("a price must be a finite number")
         return value
 
+    # Prompt tokens written to the provider's prompt cache (Anthropic's cache writes); defaults to input.
+    cache_write: Decimal | None = Field(None, ge=0, allow_inf_nan=False)
+
+    @field_validator("cache_write", mode="before")
+    @classmethod
+    def _exact_cache_write(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("a price is a number or a decimal string")
+        return repr(value) if isinstance(value, float) else value
+
 
 class TenantUpstream(StrictModel):
     """A tenant's own provider credential (named by env var), used instead of the gateway's, and the

@@ -89,8 +89,11 @@ def test_routes_are_exactly_the_served_paths(tmp_path: Path, config_path: Path) 
     paths = {r["match"]["path"]: r["match"].get("headers") for r in vhost["routes"]}
     get_only = [{"name": ":method", "string_match": {"exact": "GET"}}]
     post_only = [{"name": ":method", "string_match": {"exact": "POST"}}]
+    endpoints = {f"{prefix}/{path}": post_only for prefix in ("/v1", "/api/v1")
+                 for path in ("responses", "messages", "messages/count_tokens", "embeddings")}
     assert paths == {"/v1/chat/completions": post_only, "/api/v1/chat/completions": post_only,
-                     "/client-side/chat/completions": post_only, "/v1/models": get_only, "/api/v1/models": get_only}
+                     "/client-side/chat/completions": post_only, "/v1/models": get_only, "/api/v1/models": get_only,
+                     **endpoints}
     assert {r["route"]["cluster"] for r in vhost["routes"]} == {"upstream_llm"}  # every one through ext_authz
     assert vhost["request_headers_to_add"] == [{"header": {"key": "accept-encoding", "value": "identity"},
                                                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]

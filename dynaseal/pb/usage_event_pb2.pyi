@@ -85,15 +85,17 @@ class UsageEvent(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., jti: _Optional[str] = ..., event_id: _Optional[str] = ..., sub: _Optional[str] = ..., model: _Optional[str] = ..., stream: _Optional[bool] = ..., status: _Optional[int] = ..., response_flags: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., reserved: _Optional[int] = ..., usage_source: _Optional[str] = ..., started_at: _Optional[str] = ..., duration_ms: _Optional[int] = ..., path: _Optional[str] = ..., content: _Optional[str] = ..., content_truncated: _Optional[bool] = ..., cb_json: _Optional[str] = ..., response_details: _Optional[str] = ..., shipped_at_ms: _Optional[int] = ..., root_jti: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ..., cached_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., cost: _Optional[str] = ..., currency: _Optional[str] = ..., cost_micros: _Optional[int] = ..., unpriced: _Optional[bool] = ..., reserved_cost_micros: _Optional[int] = ..., budget_tokens: _Optional[int] = ..., budget_cost_micros: _Optional[int] = ..., content_rule: _Optional[str] = ..., endpoint: _Optional[str] = ..., cache_write_tokens: _Optional[int] = ...) -> None: ...
 
 class Price(_message.Message):
-    __slots__ = ("currency", "input", "cached_input", "output", "reasoning")
+    __slots__ = ("currency", "input", "cached_input", "output", "reasoning", "cache_write")
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     CACHED_INPUT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     REASONING_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_FIELD_NUMBER: _ClassVar[int]
     currency: str
     input: str
     cached_input: str
     output: str
     reasoning: str
-    def __init__(self, currency: _Optional[str] = ..., input: _Optional[str] = ..., cached_input: _Optional[str] = ..., output: _Optional[str] = ..., reasoning: _Optional[str] = ...) -> None: ...
+    cache_write: str
+    def __init__(self, currency: _Optional[str] = ..., input: _Optional[str] = ..., cached_input: _Optional[str] = ..., output: _Optional[str] = ..., reasoning: _Optional[str] = ..., cache_write: _Optional[str] = ...) -> None: ...

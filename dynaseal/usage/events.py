@@ -200,12 +200,13 @@ def _add_money(event: UsageEvent, record: dict[str, Any]) -> None:
         return
     event.price.CopyFrom(PriceMessage(currency=price.currency, input=format_amount(price.input),
                                       cached_input=format_amount(price.cached_input),
-                                      output=format_amount(price.output), reasoning=format_amount(price.reasoning)))
+                                      output=format_amount(price.output), reasoning=format_amount(price.reasoning),
+                                      cache_write=format_amount(price.cache_write_rate)))
     event.currency = price.currency
     event.reserved_cost_micros = _count(record.get("reserved_cost")) or 0
     if event.usage_source == UPSTREAM:
         cost = price.cost(TokenUsage(event.prompt_tokens, event.completion_tokens, event.cached_tokens,
-                                     event.reasoning_tokens))
+                                     event.reasoning_tokens, event.cache_write_tokens))
         if cut_short(record):
             cost = max(cost, from_micros(event.reserved_cost_micros))
     elif event.usage_source == RESERVED:
