@@ -6,7 +6,7 @@ gateway never sees; a server-side tool (web search, file search, code execution,
 computer use, a remote MCP server) adds fetched text and per-call fees. Each is named by a feature
 name the tenant may list in `limits.server_side`; a request using any reserves the tenant's
 `limits.server_side_tokens` on top of its body's bound. Tool types carry dated suffixes
-(`web_search_20250305`, `web_search_preview`, `computer_use_preview`): the feature is the base name.
+(`web_search_20250305`, `web_search_preview_2025_03_11`, `computer_use_preview`): the feature is the base name.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dynaseal.keys.claims import VerifiedKey
 from dynaseal.policy.errors import ErrorCode, Refusal
 from dynaseal.safe_text import safe_text
 
-_SUFFIX = re.compile(r"(_preview)?(_\d{8})?(_preview)?$")
+_SUFFIX = re.compile(r"(_preview)?(_\d{4}_?\d{2}_?\d{2})?$")
 
 
 def feature_of(tool_type: str) -> str:

@@ -1,0 +1,90 @@
+"""The decision on the new endpoints: where the key comes from, which headers reach the provider, the
+provider credential's header, the error shape, and count_tokens reserving nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from conftest import PROVIDER_KEY, TenantKeys, acme_key
+
+from dynaseal.policy.authorizer import Authorizer, AuthRequest
+from dynaseal.policy.decision import Decision
+
+MESSAGES = {"model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def decide(authorizer: Authorizer, path: str, headers: dict[str, str], body: dict[str, Any]) -> Decision:
+    request = AuthRequest("POST", path, {"content-type": "application/json", **headers}, orjson.dumps(body))
+    return asyncio.run(authorizer.decide(request))
+
+
+def test_x_api_key_carries_the_key_on_messages_and_the_provider_credential_goes_in_x_api_key(
+        authorizer: Authorizer, test_keys: TenantKeys) -> None:
+    token = acme_key(test_keys)
+    decision = decide(authorizer, "/v1/messages",
+                      {"x-api-key": token, "anthropic-version": "2023-06-01", "anthropic-beta": "x",
+                       "openai-organization": "org"}, MESSAGES)
+    assert decision.allowed, decision.message
+    assert decision.headers["x-api-key"] == PROVIDER_KEY and "authorization" not in decision.headers
+    # The client's x-api-key is overwritten (not removed); Authorization and other provider headers go.
+    assert "x-api-key" not in decision.headers_to_remove and "openai-organization" in decision.headers_to_remove
+    assert "anthropic-version" not in decision.headers_to_remove
+    assert "anthropic-beta" not in decision.headers_to_remove
+    assert decision.metadata["endpoint"] == "messages"
+
+
+def test_bearer_on_messages_is_removed_toward_an_anthropic_upstream(authorizer: Authorizer,
+                                                                     test_keys: TenantKeys) -> None:
+    decision = decide(authorizer, "/api/v1/messages", {"authorization": f"Bearer {acme_key(test_keys)}",
+                                                      "anthropic-version": "2023-06-01"}, MESSAGES)
+    assert decision.allowed and "authorization" in decision.headers_to_remove
+
+
+def test_x_api_key_is_no_key_on_openai_paths_and_never_forwarded(authorizer: Authorizer,
+                                                                  test_keys: TenantKeys) -> None:
+    body = {"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": 20}
+    refused = decide(authorizer, "/v1/responses", {"x-api-key": acme_key(test_keys)}, body)
+    assert refused.status == 401 and orjson.loads(refused.error_body())["error"]["code"] == "invalid_api_key"
+    allowed = decide(authorizer, "/v1/responses", {"authorization": f"Bearer {acme_key(test_keys)}",
+                                                   "x-api-key": "leaked", "anthropic-version": "1"}, body)
+    assert allowed.allowed and allowed.headers["authorization"] == f"Bearer {PROVIDER_KEY}"
+    assert {"x-api-key", "anthropic-version"} <= set(allowed.headers_to_remove)
+
+
+def test_two_different_keys_are_refused(authorizer: Authorizer, test_keys: TenantKeys) -> None:
+    decision = decide(authorizer, "/v1/messages", {"x-api-key": acme_key(test_keys),
+                                                   "authorization": "Bearer other"}, MESSAGES)
+    assert decision.status == 401
+
+
+def test_refusals_on_messages_are_anthropic_shaped(authorizer: Authorizer, test_keys: TenantKeys) -> None:
+    for headers, body, status, kind in [
+        ({}, MESSAGES, 401, "authentication_error"),
+        ({"x-api-key": acme_key(test_keys)}, {**MESSAGES, "model": "gpt-4o"}, 403, "permission_error"),
+        ({"x-api-key": acme_key(test_keys)}, {**MESSAGES, "max_tokens": 101}, 403, "permission_error"),
+        ({"x-api-key": acme_key(test_keys)}, {**MESSAGES, "top_k": "x", "unknown": 1}, 403, "permission_error"),
+    ]:
+        decision = decide(authorizer, "/v1/messages", headers, body)
+        error = orjson.loads(decision.error_body())
+        assert decision.status == status and error["type"] == "error" and error["error"]["type"] == kind
+        assert error["error"]["message"] and error["error"]["code"] == decision.code
+    openai_shaped = decide(authorizer, "/v1/embeddings", {}, {"model": "gpt-4o-mini", "input": "x"})
+    assert set(orjson.loads(openai_shaped.error_body())) == {"error"}
+
+
+def test_count_tokens_is_allowed_with_nothing_reserved(authorizer: Authorizer, test_keys: TenantKeys) -> None:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    decision = decide(authorizer, "/v1/messages/count_tokens", {"x-api-key": acme_key(test_keys)}, body)
+    assert decision.allowed and decision.metadata["reserved"] == 0
+    assert decision.metadata["endpoint"] == "messages_count_tokens"
+
+
+def test_embeddings_and_responses_name_their_endpoint(authorizer: Authorizer, test_keys: TenantKeys) -> None:
+    bearer = {"authorization": f"Bearer {acme_key(test_keys)}"}
+    embeddings = decide(authorizer, "/api/v1/embeddings", bearer, {"model": "gpt-4o-mini", "input": ["a", "bc"]})
+    assert embeddings.allowed and embeddings.metadata["endpoint"] == "embeddings"
+    assert embeddings.metadata["reserved"] == 3 + 32
+    query = decide(authorizer, "/v1/responses?x=1", bearer, {"model": "gpt-4o-mini", "input": "hi"})
+    assert query.status == 400
