@@ -205,7 +205,9 @@ class _Handlers:
     def _anthropic_preamble(self, request: Request) -> None:
         """Anthropic's checks: the key in x-api-key, an anthropic-version, the status hook in its shape."""
         if self.api_key is not None:
-            sent = request.headers.get("x-api-key", "")
+            # x-api-key, or Authorization: Bearer as the anthropic SDK (2.x) sends its api_key.
+            scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+            sent = request.headers.get("x-api-key") or (bearer.strip() if scheme.lower() == "bearer" else "")
             if not hmac.compare_digest(sent.encode(), self.api_key.encode()):
                 raise AnthropicError(401, "invalid x-api-key")
         if not request.headers.get("anthropic-version"):

@@ -7,6 +7,7 @@ outside the system prompt; `output_tokens` = the words answered, at most `max_to
 `stop_reason` is `max_tokens`). Given tools (and `tool_choice` not `none`), the model calls the first
 one until the conversation holds `TOOL_ROUNDS` tool results, then answers in text.
 
+The key is read from `x-api-key` or `Authorization: Bearer` (the anthropic SDK 2.x sends its api_key so).
 Errors use Anthropic's envelope `{"type": "error", "error": {"type", "message"}}` and its statuses.
 """
 

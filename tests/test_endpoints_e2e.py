@@ -257,3 +257,81 @@ def test_langchain_chat_anthropic_and_chat_openai_responses(cfg: DynasealConfig,
     assert streamed
     callback = stored_callback(cfg, jti_of(openai_key))
     assert callback["endpoint"] == "responses" and callback["usage_source"] == "upstream"
+
+
+# ------------------------------------------------------------------ key carriers, paths, Envoy's replies
+
+
+def callbacks_of(cfg: DynasealConfig, jti: str, count: int, timeout_s: float = 30) -> list[dict[str, Any]]:
+    """The `count` callbacks the bundled issuer stored for this key (waits for them)."""
+    import json
+    import sqlite3
+    import time
+    from pathlib import Path
+
+    db = Path(cfg.gateway.data_dir) / "issuer" / "issuer.db"
+    deadline = time.monotonic() + timeout_s
+    rows: list[Any] = []
+    while time.monotonic() < deadline:
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute("SELECT payload FROM callbacks WHERE jti = ?", (jti,)).fetchall()
+        if len(rows) >= count:
+            break
+        time.sleep(0.2)
+    return [json.loads(row[0]) for row in rows]
+
+
+def test_the_key_as_x_api_key_never_reaches_the_provider(cfg: DynasealConfig, root: str, mock_url: str,
+                                                         issuer_key: SigningKey) -> None:
+    key = key_for(issuer_key)
+    client = anthropic.Anthropic(base_url=root, api_key=None, auth_token=None, max_retries=0,
+                                 default_headers={"x-api-key": key})
+    raw = client.messages.with_raw_response.create(model=CLAUDE, max_tokens=8,
+                                                   messages=[{"role": "user", "content": "hi"}])
+    assert raw.parse().content
+    record = upstream_record(mock_url, raw.headers["x-dynaseal-request-id"])
+    assert record["headers"]["x-api-key"] == "sk-mock-provider-test-key" and key not in str(record)
+    assert stored_callback(cfg, jti_of(key))["endpoint"] == "messages"
+
+
+def test_seed_layout_paths_serve_responses_and_embeddings(cfg: DynasealConfig, root: str,
+                                                          issuer_key: SigningKey) -> None:
+    key = key_for(issuer_key, uses=2)
+    client = openai.OpenAI(base_url=f"{root}/api/v1", api_key=key, max_retries=0)
+    assert client.responses.create(model=CHAT, input="hi", max_output_tokens=16).output_text
+    assert client.embeddings.create(model=EMBED, input="hi").data
+    assert {c["endpoint"] for c in callbacks_of(cfg, jti_of(key), 2)} == {"responses", "embeddings"}
+
+
+def test_envoys_own_replies_on_messages_are_anthropic_shaped(root: str, issuer_key: SigningKey) -> None:
+    client = claude(root, key_for(issuer_key))
+    with pytest.raises(anthropic.APIStatusError) as too_large:
+        client.messages.create(model=CLAUDE, max_tokens=8, messages=[{"role": "user", "content": "x" * 70_000}])
+    assert too_large.value.status_code == 413
+    assert too_large.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]
+    with pytest.raises(anthropic.NotFoundError) as unknown:
+        client.messages.batches.list()
+    assert unknown.value.body["type"] == "error"  # type: ignore[index]
+
+
+def test_concurrent_requests_on_a_budgeted_key_never_overspend(cfg: DynasealConfig, root: str,
+                                                               issuer_key: SigningKey) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    budget = 400
+    key = key_for(issuer_key, budget=budget)
+
+    def call(i: int) -> int:
+        try:
+            oai(root, key).responses.create(model=CHAT, input=f"question {i}", max_output_tokens=20)
+            return 200
+        except openai.RateLimitError as refused:
+            assert refused.code == "insufficient_quota"
+            return 429
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(call, range(8)))
+    served = statuses.count(200)
+    assert 1 <= served < 8
+    billed = callbacks_of(cfg, jti_of(key), served)
+    assert len(billed) == served and sum(c["tokens"] for c in billed) <= budget
