@@ -4,11 +4,15 @@ provider credential's header, the error shape, and count_tokens reserving nothin
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import orjson
 from conftest import PROVIDER_KEY, TenantKeys, acme_key
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from authz_service.envoy_adapter import to_check_response
 from dynaseal.policy.authorizer import Authorizer, AuthRequest
 from dynaseal.policy.decision import Decision
 
@@ -16,7 +20,8 @@ MESSAGES = {"model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "use
 
 
 def decide(authorizer: Authorizer, path: str, headers: dict[str, str], body: dict[str, Any]) -> Decision:
-    request = AuthRequest("POST", path, {"content-type": "application/json", **headers}, orjson.dumps(body))
+    # json, not orjson: integers beyond 64 bits must reach the gateway as a client could send them.
+    request = AuthRequest("POST", path, {"content-type": "application/json", **headers}, json.dumps(body).encode())
     return asyncio.run(authorizer.decide(request))
 
 
@@ -88,3 +93,36 @@ def test_embeddings_and_responses_name_their_endpoint(authorizer: Authorizer, te
     assert embeddings.metadata["reserved"] == 3 + 32
     query = decide(authorizer, "/v1/responses?x=1", bearer, {"model": "gpt-4o-mini", "input": "hi"})
     assert query.status == 400
+
+
+# ------------------------------------------------------------------ hostile bodies: 4xx, never 5xx
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+                     | st.text(max_size=20),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
+                                                                                   max_size=4), max_leaves=20)
+_MEMBERS = {
+    "/v1/responses": ["model", "input", "instructions", "max_output_tokens", "tools", "store", "stream",
+                      "previous_response_id", "stream_options", "reasoning", "user", "text"],
+    "/v1/messages": ["model", "messages", "max_tokens", "system", "tools", "thinking", "stream", "mcp_servers",
+                     "tool_choice", "top_k", "metadata"],
+    "/v1/messages/count_tokens": ["model", "messages", "system", "tools", "thinking"],
+    "/v1/embeddings": ["model", "input", "encoding_format", "dimensions", "user"],
+}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(sorted(_MEMBERS)), data=st.data())
+def test_hostile_bodies_get_a_clear_4xx_in_their_apis_shape(authorizer: Authorizer, test_keys: TenantKeys,
+                                                            path: str, data: st.DataObject) -> None:
+    names = _MEMBERS[path]
+    body = data.draw(st.dictionaries(st.sampled_from(names), _JSON, max_size=6))
+    if data.draw(st.booleans()):
+        body["model"] = "gpt-4o-mini"
+    decision = decide(authorizer, path, {"authorization": f"Bearer {acme_key(test_keys)}"}, body)
+    assert decision.status < 500, (decision.code, decision.message)
+    if not decision.allowed:
+        error = orjson.loads(decision.error_body().decode("utf-8"))
+        assert error["error"]["code"] == decision.code
+        assert ("type" in error) == ("messages" in path)
+    to_check_response(decision).SerializeToString()
