@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -126,3 +127,34 @@ def test_hostile_bodies_get_a_clear_4xx_in_their_apis_shape(authorizer: Authoriz
         assert error["error"]["code"] == decision.code
         assert ("type" in error) == ("messages" in path)
     to_check_response(decision).SerializeToString()
+
+
+# ------------------------------------------------------------------ content rules on every endpoint
+
+
+def test_content_rules_refuse_on_every_endpoint_in_its_shape(tmp_path: Path) -> None:
+    import yaml
+
+    from dynaseal.config import load_config
+    from dynaseal.keys.mint import SigningKey, mint
+    from dynaseal.keys.tenants import build_registry
+
+    signing = SigningKey.generate("shop-1")
+    config = tmp_path / "dynaseal.yaml"
+    config.write_text(yaml.safe_dump({"gateway": {"data_dir": str(tmp_path)}, "tenants": [
+        {"id": "shop", "keys": [{"kid": signing.kid, "alg": "EdDSA", "public_jwk": signing.public_jwk()}],
+         "limits": {"models": ["*"], "max_tokens": 100, "content_rules": [{"builtin": "payment_card"}]}}]}))
+    authorizer = Authorizer(build_registry(load_config(config)), quota=None)
+    bearer = {"authorization": f"Bearer {mint(signing, tenant='shop', max_tokens=50, ttl=60)}"}
+    card = "card 4111 1111 1111 1111"
+    for path, body in [
+        ("/v1/responses", {"model": "m", "input": [{"role": "user", "content": card}]}),
+        ("/v1/messages", {"model": "c", "max_tokens": 9, "messages": [{"role": "user", "content": card}]}),
+        ("/v1/messages/count_tokens", {"model": "c", "messages": [{"role": "user", "content": card}]}),
+        ("/v1/embeddings", {"model": "e", "input": ["fine", card]}),
+    ]:
+        decision = decide(authorizer, path, bearer, body)
+        assert (decision.status, decision.code) == (400, "content_blocked"), path
+        assert "4111" not in decision.error_body().decode()
+        assert decide(authorizer, path, bearer, json.loads(json.dumps(body).replace("1111 1111 1111 1111",
+                                                                                   "1111 1111 1111 1112"))).allowed
