@@ -289,7 +289,8 @@ def test_model_list_goes_through_authz(edge: Edge, path: str) -> None:
     assert edge.recorded() == []
 
 
-@pytest.mark.parametrize("path", ["/v1/models/gpt-4o", "/v1/chat/completions/x", "/api/v1/embeddings", "/"])
+@pytest.mark.parametrize("path", ["/v1/models/gpt-4o", "/v1/chat/completions/x", "/v1/completions",
+                                  "/v1/responses/resp_1/cancel", "/v1/embeddings/x", "/"])
 def test_other_paths_are_404(edge: Edge, path: str) -> None:
     reply = httpx.post(f"{edge.url}{path}", json={})
     assert reply.status_code == 404
