@@ -126,6 +126,9 @@ class Limits(StrictModel):
     # (dynaseal.policy.endpoints.server_side).
     server_side: tuple[str, ...] = ()
     server_side_tokens: int | None = Field(None, ge=1)
+    # `anthropic-beta` values a Messages request may send (a beta can change what a request costs, e.g. a
+    # long-context premium): any other is refused; none by default.
+    anthropic_betas: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _server_side_ceiling(self) -> Limits:

@@ -30,15 +30,30 @@ def test_x_api_key_carries_the_key_on_messages_and_the_provider_credential_goes_
         authorizer: Authorizer, test_keys: TenantKeys) -> None:
     token = acme_key(test_keys)
     decision = decide(authorizer, "/v1/messages",
-                      {"x-api-key": token, "anthropic-version": "2023-06-01", "anthropic-beta": "x",
-                       "openai-organization": "org"}, MESSAGES)
+                      {"x-api-key": token, "anthropic-version": "2023-06-01", "openai-organization": "org"}, MESSAGES)
     assert decision.allowed, decision.message
     assert decision.headers["x-api-key"] == PROVIDER_KEY and "authorization" not in decision.headers
     # The client's x-api-key is overwritten (not removed); Authorization and other provider headers go.
     assert "x-api-key" not in decision.headers_to_remove and "openai-organization" in decision.headers_to_remove
     assert "anthropic-version" not in decision.headers_to_remove
-    assert "anthropic-beta" not in decision.headers_to_remove
     assert decision.metadata["endpoint"] == "messages"
+
+
+def test_anthropic_betas_only_those_the_tenant_allows(authorizer: Authorizer, test_keys: TenantKeys) -> None:
+    from dataclasses import replace
+
+    headers = {"x-api-key": acme_key(test_keys), "anthropic-beta": "context-1m-2025-08-07"}
+    refused = decide(authorizer, "/v1/messages", headers, MESSAGES)
+    assert refused.status == 403 and refused.param == "anthropic-beta"
+    assert orjson.loads(refused.error_body())["error"]["type"] == "permission_error"
+    tenant = authorizer.registry.get("acme")
+    assert tenant is not None
+    allowing = replace(tenant, limits=tenant.limits.model_copy(update={"anthropic_betas": ("context-1m-2025-08-07",)}))
+    permissive = Authorizer(replace(authorizer.registry, tenants={**authorizer.registry.tenants, "acme": allowing}))
+    allowed = decide(permissive, "/v1/messages", {**headers, "anthropic-beta": " context-1m-2025-08-07 "}, MESSAGES)
+    assert allowed.allowed and "anthropic-beta" not in allowed.headers_to_remove
+    assert decide(permissive, "/v1/messages", {**headers, "anthropic-beta": "context-1m-2025-08-07,other"},
+                  MESSAGES).status == 403
 
 
 def test_bearer_on_messages_is_removed_toward_an_anthropic_upstream(authorizer: Authorizer,

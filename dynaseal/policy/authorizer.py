@@ -23,7 +23,12 @@ from dynaseal.keys.verification import UnknownKid, VerifiedKeyCache
 from dynaseal.policy.content_check import ContentBlocked, blocked_decision, check_content
 from dynaseal.policy.decision import Decision, allow, answer, deny, deny_from
 from dynaseal.policy.endpoints import Endpoint, endpoint_of
-from dynaseal.policy.endpoints.credentials import ANTHROPIC_FORWARDED, provider_credential, with_api_key
+from dynaseal.policy.endpoints.credentials import (
+    ANTHROPIC_FORWARDED,
+    check_betas,
+    provider_credential,
+    with_api_key,
+)
 from dynaseal.policy.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.policy.quota_refusals import Quota, admit_request, check_not_revoked
 from dynaseal.policy.request_policy import CheckedRequest, check_request, parse_body
@@ -178,6 +183,8 @@ class Authorizer:
             check_method_and_path(request.method, request.path)
             body = parse_body(request.body, request.headers)
             checked = (endpoint.check if endpoint else check_request)(body, key, len(request.body))
+            if endpoint is not None and endpoint.format == "messages":
+                check_betas(request.headers, key)
             # After the body's checks, before admission: a blocked request spends no use, slot or reservation.
             check_content(key, body, api=endpoint.content_api if endpoint else "chat")
             if self.quota is not None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from dynaseal.keys.claims import VerifiedKey
 from dynaseal.policy.errors import ErrorCode, Refusal
+from dynaseal.safe_text import safe_text
 
 ANTHROPIC_FORWARDED = frozenset({"anthropic-version", "anthropic-beta"})
 
@@ -26,6 +28,16 @@ def with_api_key(headers: Mapping[str, str]) -> Mapping[str, str]:
             raise Refusal(ErrorCode.INVALID_API_KEY, "x-api-key and Authorization carry different keys")
         return headers
     return {**headers, "authorization": f"Bearer {api_key}"}
+
+
+def check_betas(headers: Mapping[str, str], key: VerifiedKey) -> None:
+    """Every `anthropic-beta` value (comma-separated) is one the tenant allows (`limits.anthropic_betas`)."""
+    for beta in headers.get("anthropic-beta", "").split(","):
+        beta = beta.strip()
+        if beta and beta not in key.tenant.limits.anthropic_betas:
+            raise Refusal(ErrorCode.PARAM_NOT_ALLOWED,
+                          f"anthropic-beta '{safe_text(beta, 64)}' is not allowed for this tenant "
+                          "(limits.anthropic_betas)", "anthropic-beta")
 
 
 def provider_credential(provider_key: str, fmt: str) -> dict[str, str]:
