@@ -179,6 +179,13 @@ def test_messages_server_tools_refused_by_default_reserved_when_allowed(
     assert run(check_messages, body, key(base, server_side=(feature,), server_side_tokens=9000)).prompt_bound > 9000
 
 
+def test_messages_metadata_is_the_end_users_id_only(base: Tenant) -> None:
+    body = {"model": "c", "max_tokens": 10, "messages": HELLO, "metadata": {"user_id": "alice"}}
+    assert run(check_messages, body, key(base, sub="alice"))
+    assert refused(check_messages, body, key(base, sub="bob")).param == "metadata.user_id"
+    assert refused(check_messages, {**body, "metadata": {"user_id": "a", "x": 1}}, key(base)).param == "metadata"
+
+
 def test_messages_client_tools_pass(base: Tenant) -> None:
     body = {"model": "c", "max_tokens": 10, "messages": HELLO,
             "tools": [{"name": "f", "input_schema": {"type": "object"}}, {"type": "bash_20250124", "name": "bash"},

@@ -29,7 +29,7 @@ from dynaseal.policy.endpoints.common import (
 )
 from dynaseal.policy.endpoints.responses import _media_tokens
 from dynaseal.policy.endpoints.server_side import feature_of, server_side_tokens
-from dynaseal.policy.errors import ErrorCode
+from dynaseal.policy.errors import ErrorCode, Refusal
 from dynaseal.policy.request_policy import CheckedRequest
 from dynaseal.policy.reservation_bound import allowance_for
 from dynaseal.policy.reservation_bound import prompt_bound as chat_prompt_bound
@@ -100,9 +100,23 @@ def _thinking(body: Mapping[str, Any], max_tokens: int) -> None:
                           "thinking.budget_tokens")
 
 
+def _metadata(body: Mapping[str, Any], key: VerifiedKey) -> Mapping[str, Any]:
+    """Messages' `metadata` holds only the end user's id (no storage, no price): allowed, as the key's sub on a
+    key with one. The body without it, for the member check (chat's `metadata` is a restricted feature)."""
+    metadata = body.get("metadata")
+    if metadata is None:
+        return body
+    if not isinstance(metadata, dict) or set(metadata) - {"user_id"}:
+        raise invalid("metadata may hold only user_id", "metadata")
+    if key.sub is not None and metadata.get("user_id") not in (None, key.sub):
+        raise Refusal(ErrorCode.PARAM_NOT_ALLOWED, "metadata.user_id must be this key's end user (its sub)",
+                      "metadata.user_id")
+    return {k: v for k, v in body.items() if k != "metadata"}
+
+
 def check_messages(body: dict[str, Any], key: VerifiedKey, body_size: int) -> CheckedRequest:
     """Enforce the key's policy on a Messages body of `body_size` bytes."""
-    check_known(body, key, "messages")
+    check_known(_metadata(body, key), key, "messages")
     model = check_model(body, key)
     messages = _messages(body)
     check_names(messages, "messages")
