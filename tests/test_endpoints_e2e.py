@@ -335,3 +335,47 @@ def test_concurrent_requests_on_a_budgeted_key_never_overspend(cfg: DynasealConf
     assert 1 <= served < 8
     billed = callbacks_of(cfg, jti_of(key), served)
     assert len(billed) == served and sum(c["tokens"] for c in billed) <= budget
+
+
+# ------------------------------------------------------------------ reservation ≥ bill, cut streams
+
+
+def test_every_reservation_is_above_the_providers_bill(cfg: DynasealConfig, root: str,
+                                                       issuer_key: SigningKey) -> None:
+    from test_stream_metering_e2e import log_line
+
+    key = key_for(issuer_key)
+    dense = "ünïcödé ✓ 数据 " * 200
+    tool = {"type": "function", "name": "lookup", "parameters": {
+        "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}
+    request_ids = []
+    raw = oai(root, key).responses.with_raw_response.create(
+        model=CHAT, input=dense, instructions=dense, tools=[tool],  # type: ignore[list-item]
+        reasoning={"effort": "high"})
+    request_ids.append(raw.headers["x-dynaseal-request-id"])
+    cached: Any = {"type": "text", "text": dense, "cache_control": {"type": "ephemeral"}}
+    raw_m = claude(root, key).messages.with_raw_response.create(
+        model=CLAUDE, max_tokens=KEY_CAP, system=[cached], messages=[{"role": "user", "content": [cached]}])
+    request_ids.append(raw_m.headers["x-dynaseal-request-id"])
+    raw_e = oai(root, key).embeddings.with_raw_response.create(model=EMBED, input=[[1] * 300, dense],  # type: ignore[list-item]
+                                                               encoding_format="float")
+    request_ids.append(raw_e.headers["x-dynaseal-request-id"])
+    for request_id in request_ids:
+        line = log_line(cfg, request_id)
+        total = (line["total_tokens"] or (line["prompt_tokens"] + line["completion_tokens"]
+                                          + (line["cached_tokens"] or 0) + (line["cache_write_tokens"] or 0)))
+        assert line["endpoint"] and line["reserved"] >= total > 0, line
+
+
+def test_a_responses_stream_the_client_leaves_is_billed_its_reservation(cfg: DynasealConfig, root: str,
+                                                                        issuer_key: SigningKey) -> None:
+    key = key_for(issuer_key)
+    with httpx.Client(timeout=30) as client, client.stream(
+            "POST", f"{root}/v1/responses", json={"model": CHAT, "input": "hi", "stream": True},
+            headers={"authorization": f"Bearer {key}", "x-mock-chunk-delay-ms": "150"}) as reply:
+        assert reply.status_code == 200
+        for n, _line in enumerate(reply.iter_lines()):
+            if n > 6:
+                break
+    callback = stored_callback(cfg, jti_of(key))
+    assert callback["usage_source"] == "reserved" and callback["tokens"] >= KEY_CAP
