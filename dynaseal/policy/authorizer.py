@@ -83,9 +83,9 @@ def check_method_and_path(method: str, path: str) -> None:
     /v1/chat/completions lists the account's stored completions): none of them may ride on a key.
     """
     if method != "POST":
-        raise Refusal(ErrorCode.INVALID_REQUEST, f"{method} is not served here: chat completions are POST only")
+        raise Refusal(ErrorCode.INVALID_REQUEST, f"{method} is not served here: this path is POST only")
     if "?" in path or "#" in path:
-        raise Refusal(ErrorCode.INVALID_REQUEST, "chat completions take no query string")
+        raise Refusal(ErrorCode.INVALID_REQUEST, "this path takes no query string")
 
 
 def model_list(key: VerifiedKey) -> bytes:
