@@ -379,3 +379,23 @@ def test_a_responses_stream_the_client_leaves_is_billed_its_reservation(cfg: Dyn
                 break
     callback = stored_callback(cfg, jti_of(key))
     assert callback["usage_source"] == "reserved" and callback["tokens"] >= KEY_CAP
+
+
+def test_framework_refusals_are_their_sdks_exceptions(root: str, issuer_key: SigningKey) -> None:
+    import agents
+    from langchain_anthropic import ChatAnthropic
+    from langchain_openai import ChatOpenAI
+
+    key = key_for(issuer_key)
+    with pytest.raises(anthropic.PermissionDeniedError) as lc_anthropic:
+        ChatAnthropic(model="claude-opus-4-1", api_key=key, base_url=root, max_tokens=8, max_retries=0).invoke("hi")
+    assert lc_anthropic.value.body["error"]["code"] == "model_not_allowed"  # type: ignore[index]
+    with pytest.raises(openai.PermissionDeniedError) as lc_openai:
+        ChatOpenAI(model=CHAT, api_key=key, base_url=f"{root}/v1", use_responses_api=True, max_retries=0,
+                   max_tokens=KEY_CAP + 1).invoke("hi")  # type: ignore[call-arg]
+    assert lc_openai.value.code == "param_not_allowed"
+    client = openai.AsyncOpenAI(base_url=f"{root}/v1", api_key=key, max_retries=0)
+    agent = agents.Agent(name="edge", model=agents.OpenAIResponsesModel(model="gpt-4o", openai_client=client))
+    with pytest.raises(openai.PermissionDeniedError) as agent_refused:
+        agents.Runner.run_sync(agent, "hi", run_config=agents.RunConfig(tracing_disabled=True))
+    assert agent_refused.value.code == "model_not_allowed"
