@@ -193,6 +193,24 @@ def test_messages_client_tools_pass(base: Tenant) -> None:
     assert run(check_messages, body, key(base))
 
 
+def test_messages_tools_reserve_anthropics_hidden_tool_prompt(base: Tenant) -> None:
+    plain = {"model": "c", "max_tokens": 10, "messages": HELLO}
+    custom = {**plain, "tools": [{"name": "f", "input_schema": {"type": "object"}}]}
+    defined = {**plain, "tools": [{"type": "computer_20250124", "name": "computer", "display_width_px": 1,
+                                   "display_height_px": 1}, {"type": "text_editor_20250728", "name": "e"}]}
+    base_bound = run(check_messages, plain, key(base)).prompt_bound
+    # A tool-use system prompt of 346 tokens on current models, and ≈ 1,200 + 700 for these defined tools.
+    assert run(check_messages, custom, key(base)).prompt_bound >= base_bound + 346
+    assert run(check_messages, defined, key(base)).prompt_bound >= base_bound + 346 + 1235 + 700
+
+
+def test_responses_built_in_client_tools_reserve_their_definitions(base: Tenant) -> None:
+    plain = {"model": "m", "input": "hi", "max_output_tokens": 20}
+    shell = {**plain, "tools": [{"type": "local_shell"}]}
+    plain_bound = run(check_responses, plain, key(base)).prompt_bound
+    assert run(check_responses, shell, key(base)).prompt_bound >= plain_bound + 1000
+
+
 def test_messages_images_are_media(base: Tenant) -> None:
     image = {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}
     body = {"model": "c", "max_tokens": 10, "messages": [{"role": "user", "content": [image]},

@@ -37,6 +37,11 @@ from dynaseal.policy.reservation_bound import prompt_bound as chat_prompt_bound
 CORE = frozenset({"model", "messages", "max_tokens", "system", "stream", "tools", "tool_choice"})
 # Tools Anthropic defines for the client to run, and custom tools (an input_schema, type absent or "custom").
 CLIENT_TOOLS = frozenset({"custom", "bash", "text_editor", "computer", "memory"})
+# Prompt tokens Anthropic adds that the body does not show: a tool-use system prompt whenever tools are given
+# (346 on current models), and the definitions of the tools it defines, sent by name only (bash ≈ 245,
+# text_editor ≈ 700, computer ≈ 735 plus its own ≈ 500-token system prompt). Rounded up, as bounds.
+TOOL_PROMPT_TOKENS = 512
+DEFINED_TOOL_TOKENS = {"custom": 0, "bash": 512, "text_editor": 1024, "computer": 1536, "memory": 1024}
 MEDIA_BLOCKS = frozenset({"image", "document", "container_upload"})
 SERVER_MEMBERS = ("mcp_servers", "container")
 
@@ -58,6 +63,15 @@ def _blocks(messages: list[Any]) -> Iterator[dict[str, Any]]:
             inner = block.get("content")
             if block.get("type") == "tool_result" and isinstance(inner, list):
                 yield from (b for b in inner if isinstance(b, dict))
+
+
+def hidden_tool_tokens(body: Mapping[str, Any]) -> int:
+    """Prompt tokens of the tools Anthropic adds beyond the body's bytes (0 without tools)."""
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not tools:
+        return 0
+    defined = (feature_of(t["type"]) for t in tools if isinstance(t, dict) and isinstance(t.get("type"), str))
+    return TOOL_PROMPT_TOKENS + sum(DEFINED_TOOL_TOKENS.get(name, 0) for name in defined)
 
 
 def _features(body: Mapping[str, Any]) -> list[str]:
@@ -138,7 +152,7 @@ def check_messages(body: dict[str, Any], key: VerifiedKey, body_size: int) -> Ch
     system = body.get("system")
     if isinstance(system, list):
         media += sum(1 for b in system if isinstance(b, dict) and b.get("type") in MEDIA_BLOCKS)
-    extra = server_side_tokens(key, _features(body)) + _media_tokens(key, media)
+    extra = server_side_tokens(key, _features(body)) + _media_tokens(key, media) + hidden_tool_tokens(body)
     allowance = allowance_for(limits, model)
     prompt = chat_prompt_bound(body_size, [], key, allowance) + extra
     return CheckedRequest(model, stream, 1, cap, prompt, prefix, False, price_of(key, model),

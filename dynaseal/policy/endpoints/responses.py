@@ -35,8 +35,10 @@ from dynaseal.policy.reservation_bound import prompt_bound as chat_prompt_bound
 
 CORE = frozenset({"model", "input", "instructions", "max_output_tokens", "stream", "user", "store", "tools",
                   "tool_choice"})
-# Tools the client runs itself: their definitions are in the body, their results come back in it.
+# Tools the client runs itself: their results come back in the body; function and custom tools' definitions
+# are in it too, the built-in ones are sent by name and their definitions added by the provider (a bound each).
 CLIENT_TOOLS = frozenset({"function", "custom", "local_shell", "shell", "apply_patch"})
+BUILT_IN_TOOL_TOKENS = {"local_shell": 1024, "shell": 1024, "apply_patch": 1024}
 SERVER_STATE = ("previous_response_id", "conversation", "prompt")
 # Parts and items whose text is in the body; input_image / input_file / input_audio and unknown items are media.
 TEXT_PARTS = frozenset({"input_text", "output_text", "text", "refusal", "summary_text", "reasoning_text"})
@@ -137,7 +139,9 @@ def check_responses(body: dict[str, Any], key: VerifiedKey, body_size: int) -> C
     check_end_user(body, key, ("user", "safety_identifier"))
     check_key_params(body, key, CORE)
     media, referenced = media_and_references(items)
-    extra = server_side_tokens(key, _features(body, referenced)) + _media_tokens(key, media)
+    features = _features(body, referenced)  # checks `tools` is a list of typed objects
+    built_in = sum(BUILT_IN_TOOL_TOKENS.get(tool["type"], 0) for tool in body.get("tools") or ())
+    extra = server_side_tokens(key, features) + _media_tokens(key, media) + built_in
     allowance = allowance_for(limits, model)
     prompt = chat_prompt_bound(body_size, [], key, allowance) + extra
     return CheckedRequest(model, stream, 1, cap, prompt, prefix, False, price_of(key, model),
