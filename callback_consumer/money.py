@@ -44,7 +44,8 @@ def money_settlement(event: UsageEvent, tenant: CallbackTarget | None) -> MoneyS
 def _price(event: UsageEvent) -> Price | None:
     p = event.price
     try:
-        return Price(p.currency, Decimal(p.input), Decimal(p.cached_input), Decimal(p.output), Decimal(p.reasoning))
+        return Price(p.currency, Decimal(p.input), Decimal(p.cached_input), Decimal(p.output), Decimal(p.reasoning),
+                     Decimal(p.cache_write) if p.cache_write else None)
     except InvalidOperation:
         return None
 
@@ -52,7 +53,8 @@ def _price(event: UsageEvent) -> Price | None:
 def record_money(event: UsageEvent) -> None:
     """Count one settled request's tokens and cost by tenant, model and token type."""
     labels = (event.tenant, event.model or "unknown")
-    usage = TokenUsage(event.prompt_tokens, event.completion_tokens, event.cached_tokens, event.reasoning_tokens)
+    usage = TokenUsage(event.prompt_tokens, event.completion_tokens, event.cached_tokens, event.reasoning_tokens,
+                       event.cache_write_tokens)
     if event.usage_source == UPSTREAM:
         metrics.TOKEN_USAGE.labels(*labels, "chat", "input").observe(event.prompt_tokens)
         metrics.TOKEN_USAGE.labels(*labels, "chat", "output").observe(event.completion_tokens)

@@ -113,3 +113,15 @@ class QuotaUnavailable(Exception):
     def __init__(self, message: str, reason: str = "redis_error") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+# Anthropic's error types by status (its SDK maps the status to an exception class as OpenAI's does).
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 529: "overloaded_error"}
+
+
+def anthropic_envelope(message: str, code: str, status: int) -> dict[str, object]:
+    """The Anthropic-shaped error body of /v1/messages: {"type": "error", "error": {type, message}}, plus the
+    gateway's code beside them (clients that know Anthropic's shape ignore it)."""
+    return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message,
+                                       "code": code}}

@@ -122,6 +122,23 @@ class Limits(StrictModel):
         return names
     # Requests carrying what these match are refused with content_blocked (dynaseal.policy.content_rules).
     content_rules: ContentRules = Field(default_factory=lambda: ContentRules(()))
+    # Responses / Messages members and tools that pull in context the body does not hold or run on the
+    # provider's side (previous_response_id, conversation, prompt, item_reference; web_search, file_search,
+    # code_interpreter, image_generation, computer_use, mcp; Messages' server tools, mcp_servers, container):
+    # refused unless named here; a request using any reserves `server_side_tokens` more prompt tokens
+    # (dynaseal.policy.endpoints.server_side).
+    server_side: tuple[str, ...] = ()
+    server_side_tokens: int | None = Field(None, ge=1)
+    # `anthropic-beta` values a Messages request may send (a beta can change what a request costs, e.g. a
+    # long-context premium): any other is refused; none by default.
+    anthropic_betas: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _server_side_ceiling(self) -> Limits:
+        if self.server_side and self.server_side_tokens is None:
+            raise ValueError("limits.server_side needs limits.server_side_tokens: the tokens such a request "
+                             "reserves beyond its body")
+        return self
 
 
 class ModelPrice(StrictModel):
@@ -146,6 +163,16 @@ class ModelPrice(StrictModel):
         if value is not None and not value.is_finite():
             raise ValueError("a price must be a finite number")
         return value
+
+    # Prompt tokens written to the provider's prompt cache (Anthropic's cache writes); defaults to input.
+    cache_write: Decimal | None = Field(None, ge=0, allow_inf_nan=False)
+
+    @field_validator("cache_write", mode="before")
+    @classmethod
+    def _exact_cache_write(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("a price is a number or a decimal string")
+        return repr(value) if isinstance(value, float) else value
 
 
 class TenantUpstream(StrictModel):

@@ -16,6 +16,7 @@ from dynaseal.config import DynasealConfig
 from dynaseal.keys.origins import origin_regex
 from dynaseal.usage import record as usage_record
 from dynaseal_launcher import upstream_clusters
+from dynaseal_launcher.endpoint_routes import endpoint_routes
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 GATEWAY_TEMPLATE = TEMPLATE_DIR / "gateway.yaml.tmpl"
@@ -107,6 +108,9 @@ def render(cfg: DynasealConfig, access_log: Path, authz_host: str | None = None,
         routed_clusters=upstream_clusters.clusters(cfg),
         clear_route_cache="true" if upstream_clusters.used_chains(cfg) else "false",
         self_address=gw.host if _is_ip(gw.host) and gw.host not in ("0.0.0.0", "::") else "127.0.0.1",
+        endpoint_routes=endpoint_routes(upstream.path_prefix, 14, "upstream_llm", f"{limits.max_stream_duration_s}s",
+                                        f"{limits.stream_idle_timeout_s}s",
+                                        f"host_rewrite_literal: {host_header!r}".replace("'", '"')),
     )
 
 

@@ -16,11 +16,15 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from mock_llm.completion import build_completion
+from mock_llm.embeddings_api import embeddings_body
 from mock_llm.errors import ApiError, hook_error, invalid_request, json_response
+from mock_llm.messages_api import AnthropicError, build_message, count_input, message_body, message_events
 from mock_llm.recording import RecordingMiddleware, RequestRecorder
 from mock_llm.render import completion_body, new_completion_id, now, stream_events
+from mock_llm.responses_api import build_response, response_body, response_events
 
-MODEL_IDS: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "deepseek-chat", "mock-large")
+MODEL_IDS: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "deepseek-chat", "mock-large", "claude-sonnet-4-5",
+                              "text-embedding-3-small")
 MODELS_CREATED = 1_700_000_000  # fixed so /v1/models responses are byte-stable
 STATUS_HEADER = "x-mock-status"
 DELAY_HEADER = "x-mock-delay-ms"
@@ -34,6 +38,8 @@ NEWLINE_HEADER = "x-mock-sse-newline"
 USAGE_HEADER = "x-mock-usage"
 # Drop the connection after N SSE frames, as a provider's load balancer resetting a stream mid-generation.
 ABORT_HEADER = "x-mock-abort-after-frames"
+# Messages streams: an Anthropic `error` event (overloaded_error) after N text deltas, as when overloaded mid-answer.
+STREAM_ERROR_HEADER = "x-mock-stream-error-after"
 
 
 class StreamAborted(Exception):
@@ -167,6 +173,84 @@ class _Handlers:
         return StreamingResponse(_paced(frames, chunk_delay, abort_after), media_type="text/event-stream",
                                  headers=headers)
 
+    async def _json_body(self, request: Request) -> object:
+        raw = await request.body()
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise invalid_request(_PARSE_ERROR) from None
+
+    def _sse(self, request: Request, frames: Iterator[bytes], headers: dict[str, str]) -> Response:
+        """A streamed answer with the pacing and abort hooks chat has."""
+        headers["cache-control"] = "no-cache"
+        return StreamingResponse(_paced(frames, _header_ms(request, CHUNK_DELAY_HEADER),
+                                        _header_int(request, ABORT_HEADER)),
+                                 media_type="text/event-stream", headers=headers)
+
+    async def responses(self, request: Request) -> Response:
+        """POST /v1/responses: OpenAI's Responses API, as JSON or as its SSE event sequence."""
+        await self._preamble(request)
+        run = build_response(await self._json_body(request))
+        headers = {"x-request-id": "req_" + secrets.token_hex(16)}
+        if run.request.get("stream") is True:
+            return self._sse(request, response_events(run), headers)
+        return json_response(response_body(run), headers=headers)
+
+    async def embeddings(self, request: Request) -> Response:
+        """POST /v1/embeddings: deterministic vectors with usage."""
+        await self._preamble(request)
+        return json_response(embeddings_body(await self._json_body(request)),
+                             headers={"x-request-id": "req_" + secrets.token_hex(16)})
+
+    def _anthropic_preamble(self, request: Request) -> None:
+        """Anthropic's checks: the key in x-api-key, an anthropic-version, the status hook in its shape."""
+        if self.api_key is not None:
+            # x-api-key, or Authorization: Bearer as the anthropic SDK (2.x) sends its api_key.
+            scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+            sent = request.headers.get("x-api-key") or (bearer.strip() if scheme.lower() == "bearer" else "")
+            if not hmac.compare_digest(sent.encode(), self.api_key.encode()):
+                raise AnthropicError(401, "invalid x-api-key")
+        if not request.headers.get("anthropic-version"):
+            raise AnthropicError(400, "anthropic-version: header is required")
+        raw_status = request.headers.get(STATUS_HEADER)
+        if raw_status is not None:
+            status = int(raw_status) if raw_status.strip().isdigit() else 500
+            raise AnthropicError(status, f"Injected error {status} (x-mock-status).")
+
+    async def _anthropic_body(self, request: Request) -> object:
+        delay = _header_ms(request, DELAY_HEADER)
+        if delay:
+            await asyncio.sleep(delay)
+        self._anthropic_preamble(request)
+        try:
+            return orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            raise AnthropicError(400, "There was an issue with your request body: invalid JSON") from None
+
+    async def messages(self, request: Request) -> Response:
+        """POST /v1/messages: Anthropic's Messages API, as JSON or as its SSE event sequence."""
+        try:
+            body = await self._anthropic_body(request)
+            run = build_message(body)
+            headers = {"request-id": "req_" + secrets.token_hex(12)}
+            if isinstance(body, dict) and body.get("stream") is True:
+                error_after = _header_int(request, STREAM_ERROR_HEADER)
+                return self._sse(request, message_events(run, error_after), headers)
+            return json_response(message_body(run), headers=headers)
+        except ApiError as exc:  # a hook header's own validation
+            return AnthropicError(exc.status, exc.message).to_response()
+        except AnthropicError as exc:
+            return exc.to_response()
+
+    async def count_tokens(self, request: Request) -> Response:
+        """POST /v1/messages/count_tokens: the prompt's input tokens, all of them."""
+        try:
+            body = await self._anthropic_body(request)
+            uncached, read, written, _, _ = count_input(body)
+            return json_response({"input_tokens": uncached + read + written})
+        except AnthropicError as exc:
+            return exc.to_response()
+
     async def list_models(self, request: Request) -> Response:
         """GET /v1/models: list the advertised model ids."""
         await self._preamble(request)
@@ -222,6 +306,10 @@ def create_app(api_key: str | None = None) -> Starlette:
     h = _Handlers(api_key, recorder)
     routes = [
         Route("/v1/chat/completions", h.chat_completions, methods=["POST"]),
+        Route("/v1/responses", h.responses, methods=["POST"]),
+        Route("/v1/embeddings", h.embeddings, methods=["POST"]),
+        Route("/v1/messages", h.messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", h.count_tokens, methods=["POST"]),
         Route("/v1/models", h.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", h.retrieve_model, methods=["GET"]),
         Route("/healthz", h.healthz, methods=["GET"]),

@@ -85,7 +85,8 @@ def write_test_config(directory: Path, keys: TenantKeys, authz_server: str | Non
     raw["gateway"]["upstream"]["api_key_env"] = "DYNASEAL_TEST_PROVIDER_KEY"
     # The mock upstream's test hooks; every other client header is stripped before the upstream.
     raw["gateway"]["upstream"]["forward_headers"] = ["x-mock-status", "x-mock-delay-ms", "x-mock-chunk-delay-ms",
-                                                  "x-mock-usage", "x-mock-abort-after-frames"]
+                                                  "x-mock-usage", "x-mock-abort-after-frames",
+                                                  "x-mock-stream-error-after"]
     raw["tenants"][0]["callback"]["url"] = f"http://127.0.0.1:{raw['gateway']['ports']['issuer']}/v1/callback/usage"
     # Pages on the test issuer's origin (its demo page) and under a wildcard may call the gateway.
     raw["tenants"][0]["cors"] = {"origins": [f"http://127.0.0.1:{raw['gateway']['ports']['issuer']}",

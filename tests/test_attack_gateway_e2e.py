@@ -128,7 +128,9 @@ def test_pipelined_requests_on_one_connection_each_spend_a_use(cfg: DynasealConf
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions/", "//v1/chat/completions", "/v1/chat%2Fcompletions",
-                                  "/V1/chat/completions", "/v1/chat/completions%00", "/v1/embeddings"])
+                                  "/V1/chat/completions", "/v1/chat/completions%00", "/v1/completions",
+                                  "/v1/responses/", "/V1/messages", "/v1/messages%2Fcount_tokens",
+                                  "/v1/embeddings%00", "/v1/responses/resp_1/input_items"])
 def test_path_variants_never_reach_the_upstream(base: str, mock: str, issuer_key: SigningKey, path: str) -> None:
     httpx.delete(f"{mock}/_mock/requests")
     reply = httpx.post(base + path, json=BODY, timeout=30, headers={"authorization": f"Bearer {key(issuer_key)}"})

@@ -36,10 +36,11 @@ def test_body_has_the_design_fields() -> None:
     assert body == {
         "type": "usage", "event_id": "evt-1", "content": "Hello edge", "tokens": 57,
         "usage": {"prompt_tokens": 12, "completion_tokens": 45, "total_tokens": 57,
-                  "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}},
+                  "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                  "completion_tokens_details": {"reasoning_tokens": 0}},
         "cost": None, "usage_source": "upstream", "model": "deepseek-chat", "key_id": "key-1", "sub": "client1",
         "request_id": "req-1", "status": 200, "stream": True, "started_at": "2026-11-23T10:32:22.903Z",
-        "duration_ms": 812, "cb": {"order": 7},
+        "duration_ms": 812, "cb": {"order": 7}, "endpoint": "chat_completions",
     }
 
 

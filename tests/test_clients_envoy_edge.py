@@ -265,6 +265,27 @@ def test_envoy_local_replies_name_envoys_request_id(edge: Edge, tmp_path: Path) 
         assert edge.log_line(request_id)["code"] == status
 
 
+@pytest.mark.parametrize("prefix", ["/v1", "/api/v1"])
+def test_envoy_local_replies_on_messages_are_anthropic_shaped(edge: Edge, prefix: str) -> None:
+    not_found = httpx.post(f"{edge.url}{prefix}/messages/batches", json={})
+    too_large = httpx.post(f"{edge.url}{prefix}/messages", content=b"{" + b" " * 70000 + b"}")
+
+    def broken(_check: CheckRequest) -> CheckResponse:
+        raise RuntimeError("authz failed")
+
+    edge.script(broken)
+    authz_down = httpx.post(f"{edge.url}{prefix}/messages", json={"model": "x"})
+    for reply, status, kind in ((not_found, 404, "not_found_error"), (too_large, 413, "request_too_large"),
+                                (authz_down, 503, "api_error")):
+        assert reply.status_code == status
+        body = reply.json()
+        assert body["type"] == "error" and body["error"]["type"] == kind and body["error"]["message"]
+        assert reply.headers.get("x-dynaseal-request-id")
+    # The OpenAI paths keep OpenAI's shape.
+    assert httpx.post(f"{edge.url}{prefix}/responses", json={"model": "x"}).json()["error"]["code"] \
+        == "authz_unavailable"
+
+
 # ------------------------------------------------------------------ routes and headers
 
 
@@ -289,7 +310,8 @@ def test_model_list_goes_through_authz(edge: Edge, path: str) -> None:
     assert edge.recorded() == []
 
 
-@pytest.mark.parametrize("path", ["/v1/models/gpt-4o", "/v1/chat/completions/x", "/api/v1/embeddings", "/"])
+@pytest.mark.parametrize("path", ["/v1/models/gpt-4o", "/v1/chat/completions/x", "/v1/completions",
+                                  "/v1/responses/resp_1/cancel", "/v1/embeddings/x", "/"])
 def test_other_paths_are_404(edge: Edge, path: str) -> None:
     reply = httpx.post(f"{edge.url}{path}", json={})
     assert reply.status_code == 404

@@ -96,9 +96,11 @@ def test_routes_are_exactly_the_served_paths(tmp_path: Path, config_path: Path) 
     paths = {r["match"]["path"]: r["match"].get("headers") for r in served}
     get_only = [{"name": ":method", "string_match": {"exact": "GET"}}]
     post_only = [{"name": ":method", "string_match": {"exact": "POST"}}]
+    endpoints = {f"{prefix}/{path}": post_only for prefix in ("/v1", "/api/v1")
+                 for path in ("responses", "messages", "messages/count_tokens", "embeddings")}
     assert paths == {"/v1/chat/completions": post_only, "/api/v1/chat/completions": post_only,
                      "/client-side/chat/completions": post_only, "/v1/models": get_only, "/api/v1/models": get_only,
-                     "/_dynaseal/give-back": None}
+                     "/_dynaseal/give-back": None, **endpoints}
     # every one through ext_authz; the give-back only reaches authz (it answers it), never an upstream
     assert {r["route"]["cluster"] for r in vhost["routes"] if "route" in r} == {"upstream_llm"}
     assert [r["direct_response"] for r in vhost["routes"] if "route" not in r] == [{"status": 404}]

@@ -50,7 +50,7 @@ def test_default_key_verifies_with_the_gateway_code(issuer: tuple[DynasealConfig
     assert verified.tenant.id == DEMO_TENANT
     assert verified.jti == created["jti"]
     assert verified.sub == "client1"
-    assert verified.models == frozenset({"deepseek-chat", "gpt-4o-mini"})
+    assert verified.models == frozenset({"deepseek-chat", "gpt-4o-mini", "claude-sonnet-4-5", "text-embedding-3-small"})
     assert verified.max_tokens == 256
     assert verified.exp == created["expires_at"]
     with issuer_state(client.app).sessions() as db:  # type: ignore[arg-type]

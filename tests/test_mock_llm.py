@@ -338,10 +338,11 @@ def test_delay_hooks(http: httpx.Client) -> None:
 
 def test_models_health_and_unknown_path(client: openai.OpenAI, http: httpx.Client) -> None:
     ids = [m.id for m in client.models.list()]
-    assert ids == ["gpt-4o-mini", "gpt-4o", "deepseek-chat", "mock-large"]
+    assert ids == ["gpt-4o-mini", "gpt-4o", "deepseek-chat", "mock-large", "claude-sonnet-4-5",
+                   "text-embedding-3-small"]
     health = http.get("/healthz")
     assert health.status_code == 200 and health.json() == {"status": "ok"}
-    unknown = http.post("/v1/embeddings", json={})
+    unknown = http.post("/v1/completions", json={})
     assert unknown.status_code == 404
     assert unknown.json()["error"]["code"] == "unknown_url"
     wrong_method = http.get("/v1/chat/completions")

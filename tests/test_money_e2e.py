@@ -97,7 +97,7 @@ def test_cost_of_streamed_and_plain_requests_matches_the_table_for_each_token_ty
     wait_until(lambda: len(_usage_callbacks(money_receiver, jti)) == 2, 30, "both callbacks")
     for callback in _usage_callbacks(money_receiver, jti):
         assert callback["cost"] == {"amount": COST, "currency": "USD"}, callback["stream"]
-        assert callback["usage"]["prompt_tokens_details"] == {"cached_tokens": USAGE["cached"]}
+        assert callback["usage"]["prompt_tokens_details"] == {"cached_tokens": USAGE["cached"], "cache_write_tokens": 0}
         assert callback["usage"]["completion_tokens_details"] == {"reasoning_tokens": USAGE["reasoning"]}
     assert {c["stream"] for c in _usage_callbacks(money_receiver, jti)} == {True, False}
     # Prometheus: the same money by tenant, model and price line.

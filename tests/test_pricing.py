@@ -157,7 +157,7 @@ def test_event_cost_from_the_upstreams_usage_and_details() -> None:
     assert event.price.cached_input == "0.075"
     payload = callback_payload(event, include_content=False)
     assert payload["cost"] == {"amount": "0.0009903", "currency": "USD"}
-    assert payload["usage"]["prompt_tokens_details"] == {"cached_tokens": 1000}
+    assert payload["usage"]["prompt_tokens_details"] == {"cached_tokens": 1000, "cache_write_tokens": 0}
     assert payload["usage"]["completion_tokens_details"] == {"reasoning_tokens": 300}
 
 
@@ -193,3 +193,31 @@ def test_threshold_callback_id_is_per_key_and_threshold_and_its_body_is_stable()
                     "limit": {"amount": "2", "currency": "USD"}, "cb": {"order": 1}}
     assert threshold_body(event, crossing) == threshold_body(event, crossing)
     assert Crossing.parse("cost:80x0:1:2") is None and Crossing.parse("other:1:1:1") is None
+
+
+def test_cache_writes_are_priced_on_their_own_line() -> None:
+    price = Price("USD", Decimal("3"), Decimal("0.3"), Decimal("15"), Decimal("15"), Decimal("3.75"))
+    usage = TokenUsage(prompt=1000, completion=100, cached=200, cache_write=300)
+    assert usage.lines() == {"input": 500, "cached_input": 200, "output": 100, "reasoning": 0, "cache_write": 300}
+    # 500 × 3 + 200 × 0.3 + 300 × 3.75 + 100 × 15 = 4185 micro-units
+    assert price.cost(usage) == Decimal("0.004185")
+    assert Price.decode(price.encode()) == price
+    assert price.bound_micros(1000, 0) == 3750  # the dearest input line bounds any mix
+    free = Price("USD", Decimal("3"), Decimal("3"), Decimal("1"), Decimal("1"), Decimal("0"))
+    assert free.cost(TokenUsage(prompt=10, completion=0, cache_write=10)) == 0
+
+
+def test_a_messages_event_bills_cache_reads_and_writes_from_anthropics_usage() -> None:
+    # Anthropic's input_tokens leave out cache reads and writes: the prompt is all three.
+    line = _line(endpoint="messages", prompt_tokens=100, completion_tokens=10, cached_tokens=40,
+                 cache_write_tokens=60)
+    event = parse_line(line)
+    assert event is not None and event.endpoint == "messages"
+    counts = (event.prompt_tokens, event.cached_tokens, event.cache_write_tokens, event.total_tokens)
+    assert counts == (200, 40, 60, 210)
+    assert callback_payload(event, include_content=False)["usage"]["prompt_tokens_details"] == {
+        "cached_tokens": 40, "cache_write_tokens": 60}
+
+
+def test_count_tokens_lines_are_no_usage_event() -> None:
+    assert parse_line(_line(endpoint="messages_count_tokens", reserved=0)) is None

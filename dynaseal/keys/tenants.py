@@ -171,7 +171,7 @@ def _prices(tc: TenantConfig) -> Mapping[str, Price]:
         return MappingProxyType({})
     return MappingProxyType({
         model: Price(upstream.currency, p.input, p.input if p.cached_input is None else p.cached_input,
-                     p.output, p.output if p.reasoning is None else p.reasoning)
+                     p.output, p.output if p.reasoning is None else p.reasoning, p.cache_write)
         for model, p in upstream.prices.items()})
 
 

@@ -12,6 +12,8 @@ How usage maps onto price lines (OpenAI's usage semantics): `prompt_tokens` incl
          + (completion − reasoning) × output + reasoning × reasoning        (÷ 10⁶)
 
 with `cached_input` defaulting to `input` and `reasoning` to `output` when the table omits them.
+Prompt tokens written to the provider's cache (Anthropic's `cache_creation_input_tokens`) are a part
+of the prompt priced on their own line, `cache_write` (default: `input`).
 """
 
 from __future__ import annotations
@@ -34,13 +36,19 @@ class TokenUsage:
     completion: int
     cached: int = 0
     reasoning: int = 0
+    cache_write: int = 0
 
     def lines(self) -> dict[str, int]:
-        """Tokens per price line: input (uncached), cached_input, output (not reasoning), reasoning."""
+        """Tokens per price line: input (uncached), cached_input, output (not reasoning), reasoning, and
+        cache_write when there are any."""
         cached = min(max(self.cached, 0), max(self.prompt, 0))
+        written = min(max(self.cache_write, 0), max(self.prompt, 0) - cached)
         reasoning = min(max(self.reasoning, 0), max(self.completion, 0))
-        return {"input": max(self.prompt, 0) - cached, "cached_input": cached,
-                "output": max(self.completion, 0) - reasoning, "reasoning": reasoning}
+        lines = {"input": max(self.prompt, 0) - cached - written, "cached_input": cached,
+                 "output": max(self.completion, 0) - reasoning, "reasoning": reasoning}
+        if written:
+            lines["cache_write"] = written
+        return lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +60,18 @@ class Price:
     cached_input: Decimal
     output: Decimal
     reasoning: Decimal
+    # Prompt tokens written to the provider's cache; None = priced as input.
+    cache_write: Decimal | None = None
+
+    @property
+    def cache_write_rate(self) -> Decimal:
+        """The price of a token written to the cache (input's when the table sets none)."""
+        return self.input if self.cache_write is None else self.cache_write
 
     def line_costs(self, usage: TokenUsage) -> dict[str, Decimal]:
         """The exact cost of each price line (in currency units)."""
         rates = {"input": self.input, "cached_input": self.cached_input, "output": self.output,
-                 "reasoning": self.reasoning}
+                 "reasoning": self.reasoning, "cache_write": self.cache_write_rate}
         return {line: _CONTEXT.multiply(Decimal(tokens), rates[line]).scaleb(-MICROS, _CONTEXT)
                 for line, tokens in usage.lines().items()}
 
@@ -73,7 +88,7 @@ class Price:
         Each side is charged at its dearest line, so whatever mix of cached and reasoning tokens the
         upstream reports, the true cost is never above the bound.
         """
-        top_in = max(self.input, self.cached_input)
+        top_in = max(self.input, self.cached_input, self.cache_write_rate)
         top_out = max(self.output, self.reasoning)
         micro = _CONTEXT.add(_CONTEXT.multiply(Decimal(prompt_tokens), top_in),
                              _CONTEXT.multiply(Decimal(completion_tokens), top_out))
@@ -81,14 +96,15 @@ class Price:
 
     def encode(self) -> str:
         """The compact form authz hands to the access log: `CUR input cached_input output reasoning`."""
-        return " ".join([self.currency, *(format_amount(v) for v in
-                                          (self.input, self.cached_input, self.output, self.reasoning))])
+        rates = (self.input, self.cached_input, self.output, self.reasoning) + \
+            (() if self.cache_write is None else (self.cache_write,))
+        return " ".join([self.currency, *(format_amount(v) for v in rates)])
 
     @classmethod
     def decode(cls, text: str) -> Price | None:
         """Parse `encode`'s form; None if it is not one (a line from an older gateway, or damage)."""
         parts = text.split()
-        if len(parts) != 5 or not (len(parts[0]) == 3 and parts[0].isalpha() and parts[0].isupper()):
+        if len(parts) not in (5, 6) or not (len(parts[0]) == 3 and parts[0].isalpha() and parts[0].isupper()):
             return None
         try:
             values = [Decimal(p) for p in parts[1:]]

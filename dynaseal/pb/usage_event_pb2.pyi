@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class UsageEvent(_message.Message):
-    __slots__ = ("request_id", "tenant", "jti", "event_id", "sub", "model", "stream", "status", "response_flags", "prompt_tokens", "completion_tokens", "total_tokens", "reserved", "usage_source", "started_at", "duration_ms", "path", "content", "content_truncated", "cb_json", "response_details", "shipped_at_ms", "root_jti", "chain", "cached_tokens", "reasoning_tokens", "price", "cost", "currency", "cost_micros", "unpriced", "reserved_cost_micros", "budget_tokens", "budget_cost_micros", "content_rule", "upstreams_tried", "given_back")
+    __slots__ = ("request_id", "tenant", "jti", "event_id", "sub", "model", "stream", "status", "response_flags", "prompt_tokens", "completion_tokens", "total_tokens", "reserved", "usage_source", "started_at", "duration_ms", "path", "content", "content_truncated", "cb_json", "response_details", "shipped_at_ms", "root_jti", "chain", "cached_tokens", "reasoning_tokens", "price", "cost", "currency", "cost_micros", "unpriced", "reserved_cost_micros", "budget_tokens", "budget_cost_micros", "content_rule", "upstreams_tried", "given_back", "endpoint", "cache_write_tokens")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     JTI_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,8 @@ class UsageEvent(_message.Message):
     CONTENT_RULE_FIELD_NUMBER: _ClassVar[int]
     UPSTREAMS_TRIED_FIELD_NUMBER: _ClassVar[int]
     GIVEN_BACK_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tenant: str
     jti: str
@@ -82,18 +84,22 @@ class UsageEvent(_message.Message):
     content_rule: str
     upstreams_tried: str
     given_back: bool
-    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., jti: _Optional[str] = ..., event_id: _Optional[str] = ..., sub: _Optional[str] = ..., model: _Optional[str] = ..., stream: _Optional[bool] = ..., status: _Optional[int] = ..., response_flags: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., reserved: _Optional[int] = ..., usage_source: _Optional[str] = ..., started_at: _Optional[str] = ..., duration_ms: _Optional[int] = ..., path: _Optional[str] = ..., content: _Optional[str] = ..., content_truncated: _Optional[bool] = ..., cb_json: _Optional[str] = ..., response_details: _Optional[str] = ..., shipped_at_ms: _Optional[int] = ..., root_jti: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ..., cached_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., cost: _Optional[str] = ..., currency: _Optional[str] = ..., cost_micros: _Optional[int] = ..., unpriced: _Optional[bool] = ..., reserved_cost_micros: _Optional[int] = ..., budget_tokens: _Optional[int] = ..., budget_cost_micros: _Optional[int] = ..., content_rule: _Optional[str] = ..., upstreams_tried: _Optional[str] = ..., given_back: _Optional[bool] = ...) -> None: ...
+    endpoint: str
+    cache_write_tokens: int
+    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., jti: _Optional[str] = ..., event_id: _Optional[str] = ..., sub: _Optional[str] = ..., model: _Optional[str] = ..., stream: _Optional[bool] = ..., status: _Optional[int] = ..., response_flags: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., reserved: _Optional[int] = ..., usage_source: _Optional[str] = ..., started_at: _Optional[str] = ..., duration_ms: _Optional[int] = ..., path: _Optional[str] = ..., content: _Optional[str] = ..., content_truncated: _Optional[bool] = ..., cb_json: _Optional[str] = ..., response_details: _Optional[str] = ..., shipped_at_ms: _Optional[int] = ..., root_jti: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ..., cached_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., cost: _Optional[str] = ..., currency: _Optional[str] = ..., cost_micros: _Optional[int] = ..., unpriced: _Optional[bool] = ..., reserved_cost_micros: _Optional[int] = ..., budget_tokens: _Optional[int] = ..., budget_cost_micros: _Optional[int] = ..., content_rule: _Optional[str] = ..., upstreams_tried: _Optional[str] = ..., given_back: _Optional[bool] = ..., endpoint: _Optional[str] = ..., cache_write_tokens: _Optional[int] = ...) -> None: ...
 
 class Price(_message.Message):
-    __slots__ = ("currency", "input", "cached_input", "output", "reasoning")
+    __slots__ = ("currency", "input", "cached_input", "output", "reasoning", "cache_write")
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     CACHED_INPUT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     REASONING_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_FIELD_NUMBER: _ClassVar[int]
     currency: str
     input: str
     cached_input: str
     output: str
     reasoning: str
-    def __init__(self, currency: _Optional[str] = ..., input: _Optional[str] = ..., cached_input: _Optional[str] = ..., output: _Optional[str] = ..., reasoning: _Optional[str] = ...) -> None: ...
+    cache_write: str
+    def __init__(self, currency: _Optional[str] = ..., input: _Optional[str] = ..., cached_input: _Optional[str] = ..., output: _Optional[str] = ..., reasoning: _Optional[str] = ..., cache_write: _Optional[str] = ...) -> None: ...

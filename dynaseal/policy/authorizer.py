@@ -26,6 +26,13 @@ from dynaseal.keys.verification import UnknownKid, VerifiedKeyCache
 from dynaseal.policy import give_back
 from dynaseal.policy.content_check import ContentBlocked, blocked_decision, check_content
 from dynaseal.policy.decision import Decision, allow, answer, deny, deny_from
+from dynaseal.policy.endpoints import Endpoint, endpoint_of
+from dynaseal.policy.endpoints.credentials import (
+    ANTHROPIC_FORWARDED,
+    check_betas,
+    provider_credential,
+    with_api_key,
+)
 from dynaseal.policy.quota_refusals import Quota, admit_request, check_not_revoked
 from dynaseal.policy.request_policy import CheckedRequest, check_request, parse_body
 from dynaseal.routing.routes import choose as choose_route
@@ -89,9 +96,9 @@ def check_method_and_path(method: str, path: str) -> None:
     /v1/chat/completions lists the account's stored completions): none of them may ride on a key.
     """
     if method != "POST":
-        raise Refusal(ErrorCode.INVALID_REQUEST, f"{method} is not served here: chat completions are POST only")
+        raise Refusal(ErrorCode.INVALID_REQUEST, f"{method} is not served here: this path is POST only")
     if "?" in path or "#" in path:
-        raise Refusal(ErrorCode.INVALID_REQUEST, "chat completions take no query string")
+        raise Refusal(ErrorCode.INVALID_REQUEST, "this path takes no query string")
 
 
 def model_list(key: VerifiedKey) -> bytes:
@@ -169,11 +176,22 @@ class Authorizer:
         # The id is minted here, never read from the request: a client-chosen id could replay a
         # reservation or collide with another request's settlement.
         request_id = new_request_id()
+        endpoint = endpoint_of(request.path)
+        decision = await self._decide(request, request_id, endpoint)
+        # Refusals on /v1/messages take Anthropic's shape, so its SDK raises its own exceptions.
+        if endpoint is not None and endpoint.errors != "openai" and not decision.allowed:
+            decision = replace(decision, errors=endpoint.errors)
+        return decision
+
+    async def _decide(self, request: AuthRequest, request_id: str, endpoint: Endpoint | None) -> Decision:
+        """The steps in order; never raises."""
         key: VerifiedKey | None = None
         if request.path == give_back.GIVE_BACK_PATH:
             return await self._give_back(request, request_id)
         try:
-            token, via_dpop = extract_credential(request.headers)
+            headers = with_api_key(request.headers) if endpoint is not None and endpoint.format == "messages" \
+                else request.headers
+            token, via_dpop = extract_credential(headers)
             key = await self._verify(token)
             proof = check_binding(key, via_dpop, request, token, self.registry)
             check_origin(request.headers, key.tenant.id, key.tenant.cors_origins, (k.origins for k in key.chain))
@@ -183,14 +201,21 @@ class Authorizer:
                 return answer(model_list(key), key.jti, request_id)
             check_method_and_path(request.method, request.path)
             body = parse_body(request.body, request.headers)
-            checked = check_request(body, key, len(request.body))
+            checked = (endpoint.check if endpoint else check_request)(body, key, len(request.body))
+            if endpoint is not None and endpoint.format == "messages":
+                check_betas(request.headers, key)
             # After the body's checks, before admission: a blocked request spends no use, slot or reservation.
-            check_content(key, body)
+            check_content(key, body, api=endpoint.content_api if endpoint else "chat")
             if self.quota is not None:
-                await admit_request(self.quota, key, checked, request_id, proof)
-            decision = self._allow(key, checked, request.headers, request_id, request.body)
+                if endpoint is None or endpoint.metered:
+                    await admit_request(self.quota, key, checked, request_id, proof)
+                else:  # generates nothing: reserves nothing, but a revoked key gets nothing either
+                    await check_not_revoked(self.quota, key)
+            decision = self._allow(key, checked, request.headers, request_id, request.body, endpoint)
             # A chain's levels are not given back one by one: a child key's failures are billed as before.
-            hmac_key = await self.giver.load_key() if self.giver is not None and key.parent is None else None
+            metered = endpoint is None or endpoint.metered
+            hmac_key = await self.giver.load_key() if self.giver is not None and key.parent is None and metered \
+                else None
             if hmac_key is not None:
                 decision.metadata["give_back"] = give_back.make_token(hmac_key, key.tenant.id, key.jti, request_id)
             return decision
@@ -252,16 +277,24 @@ class Authorizer:
         self.keys = VerifiedKeyCache(self.registry, self.keys.capacity)
 
     def _allow(self, key: VerifiedKey, checked: CheckedRequest, client_headers: Mapping[str, str],
-               request_id: str, body: bytes = b"") -> Decision:
+               request_id: str, body: bytes = b"", endpoint: Endpoint | None = None) -> Decision:
         routes = self.registry.routes
-        route = routes.route(key.tenant.id, checked.model) if routes is not None else None
+        # Named routes serve chat completions; the other APIs go to the gateway's upstream for their format.
+        routed = routes is not None and endpoint is None
+        route = routes.route(key.tenant.id, checked.model) if routes is not None and routed else None
         # A routed request's credential is chosen per upstream try (in Envoy, from the route's metadata).
         provider_key = None if route is not None else key.tenant.provider_key or self.registry.default_provider_key
         # The gateway's id toward the upstream; identity so Envoy can always read the usage it returns.
         headers = {"x-request-id": request_id, "accept-encoding": "identity"}
+        fmt = endpoint.format if endpoint else "chat_completions"
+        forward = self.registry.forward_headers
         if provider_key is not None:
-            headers["authorization"] = f"Bearer {provider_key.get_secret_value()}"
-        removed = headers_to_strip(client_headers, self.registry.forward_headers, provider_key is not None)
+            credential = provider_credential(provider_key.get_secret_value(), fmt)
+            headers.update(credential)
+            forward = forward | frozenset(credential)  # overwritten, not removed
+        if fmt == "messages":
+            forward = forward | ANTHROPIC_FORWARDED
+        removed = headers_to_strip(client_headers, forward - {"authorization"}, "authorization" in headers)
         # What the access log records (dynaseal.usage.record); cb is echoed in callbacks, bounded to 1 KiB.
         # A child key names its family (root first). Money: the price applied at admit travels with the
         # request, so its cost is computed with the price the reservation used (a config reload in between
@@ -275,7 +308,8 @@ class Authorizer:
             root_jti=chain[0] if chain else None, chain=orjson.dumps(chain).decode() if chain else None,
             price=checked.price.encode() if checked.price is not None else None,
             reserved_cost=(checked.reservation_cost or 0) if priced else None,
-            budget=key.budget, budget_cost=key.budget_cost)
+            budget=key.budget, budget_cost=key.budget_cost,
+            endpoint=endpoint.name if endpoint else None)
         if checked.body_prefix:
             metadata["body_prefix"] = checked.body_prefix
         if checked.strip_usage:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from dynaseal.errors import ErrorCode, Refusal, error_envelope, should_retry, status_of, type_of
+from dynaseal.errors import ErrorCode, Refusal, anthropic_envelope, error_envelope, should_retry, status_of, type_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +31,15 @@ class Decision:
     body: bytes | None = None
     # Why an internal failure failed closed (a small closed set, the metric label); "" otherwise.
     reason: str = ""
+    # The API whose error shape a refusal takes: "openai", or "anthropic" on /v1/messages.
+    errors: str = "openai"
 
     def error_body(self) -> bytes:
-        """OpenAI-shaped error body for a refusal (or the gateway's own answer)."""
+        """The error body of a refusal in its API's shape (or the gateway's own answer)."""
         if self.body is not None:
             return self.body
+        if self.errors == "anthropic":
+            return orjson.dumps(anthropic_envelope(self.message, self.code, self.status))
         return orjson.dumps(error_envelope(self.message, type_of(ErrorCode(self.code)), self.code, self.param))
 
 

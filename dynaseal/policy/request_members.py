@@ -28,8 +28,31 @@ CHAT_COMPLETIONS = frozenset({
     "safety_identifier", "prompt_cache_key", "reasoning_effort", "verbosity", "functions", "function_call",
 }) | RESTRICTED_FEATURES
 
+# OpenAI's Responses request members. Server-side state and tools (previous_response_id, conversation,
+# prompt) are known here and need the tenant's `limits.server_side` as well (dynaseal.policy.endpoints);
+# `background` (answered later, outside the gateway) is not known.
+RESPONSES = frozenset({
+    "model", "input", "instructions", "max_output_tokens", "max_tool_calls", "parallel_tool_calls",
+    "previous_response_id", "conversation", "prompt", "prompt_cache_key", "prompt_cache_retention", "reasoning",
+    "safety_identifier", "stream", "stream_options", "temperature", "text", "tool_choice", "tools", "top_logprobs",
+    "top_p", "truncation", "user", "include",
+}) | RESTRICTED_FEATURES
+
+# Anthropic's Messages request members (mcp_servers and container are server-side, as above).
+MESSAGES = frozenset({
+    "model", "messages", "max_tokens", "system", "stop_sequences", "stream", "temperature", "top_k", "top_p",
+    "tools", "tool_choice", "thinking", "mcp_servers", "container", "context_management",
+}) | RESTRICTED_FEATURES
+MESSAGES_COUNT_TOKENS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers",
+                                   "context_management"})
+
+# OpenAI's embeddings request members.
+EMBEDDINGS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
+
 # endpoint name -> the members its requests may carry.
 KNOWN_MEMBERS: Mapping[str, frozenset[str]] = {"chat_completions": CHAT_COMPLETIONS}
+KNOWN_MEMBERS = {**KNOWN_MEMBERS, "responses": RESPONSES, "messages": MESSAGES,
+                 "messages_count_tokens": MESSAGES_COUNT_TOKENS, "embeddings": EMBEDDINGS}
 
 # `stream_options` members a client may set: usage metering is the gateway's, so nothing that
 # changes where or how often usage is reported (vLLM's `continuous_usage_stats` puts a running

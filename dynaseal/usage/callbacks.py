@@ -48,7 +48,8 @@ def callback_payload(event: UsageEvent, include_content: bool) -> dict[str, Any]
         "tokens": event.total_tokens,
         "usage": {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
                   "total_tokens": event.total_tokens,
-                  "prompt_tokens_details": {"cached_tokens": event.cached_tokens},
+                  "prompt_tokens_details": {"cached_tokens": event.cached_tokens,
+                                            "cache_write_tokens": event.cache_write_tokens},
                   "completion_tokens_details": {"reasoning_tokens": event.reasoning_tokens}},
         # An exact decimal string in the tenant's currency; null when the model has no price.
         "cost": None if event.unpriced or not event.currency else {"amount": event.cost, "currency": event.currency},
@@ -64,6 +65,8 @@ def callback_payload(event: UsageEvent, include_content: bool) -> dict[str, Any]
         "cb": cb,
         # Routed tenants: the upstreams tried in order, the one that served (null: none did).
         **_upstreams(event),
+        # The API called: chat_completions, responses, messages or embeddings.
+        "endpoint": event.endpoint or "chat_completions",
         # A child key's callback also names its family: the root key (the one the tenant minted) and
         # every key from it down to key_id.
         **family,

@@ -43,9 +43,12 @@ from dynaseal.money.pricing import Price, TokenUsage, format_amount, from_micros
 from dynaseal.pb import UsageEvent
 from dynaseal.pb.usage_event_pb2 import Price as PriceMessage
 from dynaseal.usage.blocked import blocked_event
+from dynaseal.usage.endpoint_content import event_text, json_answer
 from dynaseal.usage.record import copied_fields, log_count
 
 UPSTREAM, RESERVED, NONE = "upstream", "reserved", "none"
+# Endpoints that generate nothing (authz reserved nothing for them): no usage event.
+UNMETERED_ENDPOINTS = frozenset({"messages_count_tokens"})
 # An error the upstream answered itself: it generated nothing billable, the reservation is released.
 _UPSTREAM_ANSWERED = "via_upstream"
 # Envoy's own replies for a request the upstream never received (connect failure, no endpoint,
@@ -91,6 +94,10 @@ def _usage(record: dict[str, Any], status: int, reserved: int) -> tuple[str, int
     """(usage_source, prompt, completion, total) by rules 2–5."""
     prompt, completion, total = (_count(record.get(k)) for k in ("prompt_tokens", "completion_tokens",
                                                                    "total_tokens"))
+    if record.get("endpoint") == "messages" and prompt is not None:
+        # Anthropic's input_tokens leave out what was read from or written to the prompt cache; the
+        # prompt (OpenAI's meaning, which the price lines use) is all three.
+        prompt += (_count(record.get("cached_tokens")) or 0) + (_count(record.get("cache_write_tokens")) or 0)
     if total is None and prompt is not None and completion is not None:
         total = prompt + completion
     if cut_short(record):
@@ -142,6 +149,8 @@ def parse_line(line: bytes | str, shipped_at_ms: int | None = None) -> UsageEven
     if not _admitted(record):  # a refusal: no usage; a content refusal is told to the tenant (usage.blocked)
         return blocked_event(record, _request_id(record, raw),
                              int(time.time() * 1000) if shipped_at_ms is None else shipped_at_ms)
+    if record.get("endpoint") in UNMETERED_ENDPOINTS:  # generated nothing, reserved nothing
+        return None
     status = _count(record.get("code")) or 0
     reserved = _count(record.get("reserved")) or 0
     source, prompt, completion, total = _usage(record, status, reserved)
@@ -183,6 +192,8 @@ def _add_money(event: UsageEvent, record: dict[str, Any]) -> None:
     if event.usage_source == UPSTREAM:
         event.cached_tokens = min(_count(record.get("cached_tokens")) or 0, event.prompt_tokens)
         event.reasoning_tokens = min(_count(record.get("reasoning_tokens")) or 0, event.completion_tokens)
+        event.cache_write_tokens = min(_count(record.get("cache_write_tokens")) or 0,
+                                       event.prompt_tokens - event.cached_tokens)
     event.budget_tokens = _count(record.get("budget")) or 0
     event.budget_cost_micros = _count(record.get("budget_cost")) or 0
     price = Price.decode(_text(record.get("price")))
@@ -191,12 +202,13 @@ def _add_money(event: UsageEvent, record: dict[str, Any]) -> None:
         return
     event.price.CopyFrom(PriceMessage(currency=price.currency, input=format_amount(price.input),
                                       cached_input=format_amount(price.cached_input),
-                                      output=format_amount(price.output), reasoning=format_amount(price.reasoning)))
+                                      output=format_amount(price.output), reasoning=format_amount(price.reasoning),
+                                      cache_write=format_amount(price.cache_write_rate)))
     event.currency = price.currency
     event.reserved_cost_micros = _count(record.get("reserved_cost")) or 0
     if event.usage_source == UPSTREAM:
         cost = price.cost(TokenUsage(event.prompt_tokens, event.completion_tokens, event.cached_tokens,
-                                     event.reasoning_tokens))
+                                     event.reasoning_tokens, event.cache_write_tokens))
         if cut_short(record):
             cost = max(cost, from_micros(event.reserved_cost_micros))
     elif event.usage_source == RESERVED:
@@ -232,6 +244,9 @@ def _sse_text(body: bytes) -> str:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
             continue  # the last event of a truncated capture
+        if isinstance(chunk, dict) and "type" in chunk:  # a Responses or Messages event
+            parts.append(event_text(chunk))
+            continue
         choices = chunk.get("choices") if isinstance(chunk, dict) else None
         for choice in choices if isinstance(choices, list) else []:
             delta = choice.get("delta") if isinstance(choice, dict) else None
@@ -246,6 +261,8 @@ def _json_text(body: bytes) -> str | None:
     except orjson.JSONDecodeError:
         return None  # cut at the capture limit
     choices = reply.get("choices") if isinstance(reply, dict) else None
+    if isinstance(reply, dict) and choices is None:
+        return json_answer(reply)
     for choice in choices if isinstance(choices, list) else []:
         message = choice.get("message") if isinstance(choice, dict) else None
         if isinstance(message, dict) and choice.get("index", 0) == 0:

@@ -102,6 +102,10 @@ FIELDS: tuple[LogField, ...] = (
              note="Routing: the named upstreams tried in order (the last one answered), and whether an unserved "
                   "request's use and reservation were given back."),
     LogField("given_back", _meta(ROUTE_NAMESPACE, "given_back"), "given_back", "flag"),
+    _authz("endpoint", "endpoint", "text", "optional",
+           "The API called beside chat completions (responses, messages, messages_count_tokens, embeddings); "
+           "absent for chat. Its usage fields are read into the same keys; Messages' cache writes apart."),
+    LogField("cache_write_tokens", _meta(USAGE_NAMESPACE, "cache_write_tokens"), "cache_write_tokens", "rule"),
 )
 BY_NAME: Mapping[str, LogField] = {f.name: f for f in FIELDS}
 ALLOW_KEYS = frozenset(f.name for f in FIELDS if f.authz in ("required", "optional"))
