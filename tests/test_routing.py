@@ -165,10 +165,12 @@ def test_a_key_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
 
 def test_give_back_tokens_cannot_be_forged() -> None:
     key = b"k" * 32
-    token = give_back.make_token(key, "t1", "jti-1", "req-1")
-    assert give_back.read_token(key, token) == ("t1", "jti-1", "req-1")
+    token = give_back.make_token(key, "t1", ("jti-1",), "req-1")
+    assert give_back.read_token(key, token) == ("t1", ("jti-1",), "req-1")
+    child = give_back.make_token(key, "t1", ("root", "mid", "leaf"), "req-1")
+    assert give_back.read_token(key, child) == ("t1", ("root", "mid", "leaf"), "req-1")
     ids, _, mac = token.partition(".")
-    other = give_back.make_token(key, "t1", "jti-2", "req-1").partition(".")[0]
+    other = give_back.make_token(key, "t1", ("jti-2",), "req-1").partition(".")[0]
     for forged in (f"{other}.{mac}", f"{ids}.{'0' * 32}", ids, "", f"{ids}.{mac}x"):
         assert give_back.read_token(key, forged) is None
     assert give_back.read_token(b"another key", token) is None
@@ -185,8 +187,8 @@ def test_give_back_returns_use_rpm_and_reservation_once(cfg: DynasealConfig, red
         giver = GiveBack(quota)
         try:
             await admit_request(quota, key, request, "req-1")
-            given = await giver.run(key.tenant.id, key.jti, "req-1", key.tenant.limits)
-            again = await giver.run(key.tenant.id, key.jti, "req-1", key.tenant.limits)
+            given = await giver.run(key.tenant.id, (key.jti,), "req-1", key.tenant.limits)
+            again = await giver.run(key.tenant.id, (key.jti,), "req-1", key.tenant.limits)
             await admit_request(quota, key, request, "req-2")  # the use and the rpm slot are back
             shared = await giver.load_key() == await GiveBack(quota).load_key()
             return given, again, shared
@@ -209,7 +211,7 @@ def test_give_back_returns_use_rpm_and_reservation_once(cfg: DynasealConfig, red
 async def _give_back_once(url: str, tenant: str, jti: str, request_id: str) -> bool:
     quota = RedisQuota.from_url(url, timeout_s=2.0)
     try:
-        return await GiveBack(quota).run(tenant, jti, request_id, None)
+        return await GiveBack(quota).run(tenant, (jti,), request_id, None)
     finally:
         await quota.client.aclose()
 
@@ -274,7 +276,7 @@ def test_give_back_returns_the_tenant_wide_rpm_slot_too(cfg: DynasealConfig, red
                 outcomes.append("admitted")
             except Refusal as refusal:
                 outcomes.append(refusal.code.value)
-            await GiveBack(quota).run(key.tenant.id, key.jti, "req-1", limits)
+            await GiveBack(quota).run(key.tenant.id, (key.jti,), "req-1", limits)
             await admit_request(quota, other, request, "req-3")  # the tenant's one slot a minute is back
             outcomes.append("admitted")
             return outcomes
@@ -282,3 +284,30 @@ def test_give_back_returns_the_tenant_wide_rpm_slot_too(cfg: DynasealConfig, red
             await quota.client.aclose()
 
     assert asyncio.run(scenario()) == ["rate_limit_exceeded", "admitted"]
+
+
+def test_a_child_keys_unserved_request_is_given_back_at_every_level(cfg: DynasealConfig, redis_server: str,
+                                                                    sync_redis: redis.Redis) -> None:
+    """A child key spends its use at its own level and its ancestors': the give-back returns every one."""
+    from test_ledger_chains import child_of, path_of
+
+    price = Price("USD", Decimal(1), Decimal(1), Decimal(2), Decimal(2))
+    root = replace(verified_key(cfg, "gb-root"), uses=1, budget=1000, budget_cost=5_000_000)
+    child = child_of(root, "gb-child", uses=1, rpm=1)
+    request = CheckedRequest(model="gpt-4o-mini", stream=False, n=1, max_tokens=100, prompt_bound=0, price=price)
+
+    async def scenario() -> bool:
+        quota = RedisQuota.from_url(redis_server, timeout_s=2.0)
+        try:
+            await admit_request(quota, child, request, "c-1")
+            given = await GiveBack(quota).run(child.tenant.id, path_of(child), "c-1", None)
+            await admit_request(quota, child, request, "c-2")  # one use at each level, back and spent again
+            return given
+        finally:
+            await quota.client.aclose()
+
+    assert asyncio.run(scenario())
+    for key in (root, child):
+        state = counters(sync_redis, key.tenant.id, key.jti, path_of(key))
+        assert (state["uses"], state["reserved"]) == (1, 100), key.jti
+        assert state["reserved_cost"] > 0

@@ -58,11 +58,12 @@ class GiveBack:
             self.hmac_key = value if isinstance(value, bytes) else str(value).encode()
         return self.hmac_key
 
-    async def run(self, tenant: str, jti: str, request_id: str, limits: Limits | None) -> bool:
-        """Give back one request's use, rpm slot and reservation (and its tenant-wide reservation)."""
+    async def run(self, tenant: str, path: tuple[str, ...], request_id: str, limits: Limits | None) -> bool:
+        """Give back one request's use, rpm slot and reservation at every level of its key's chain (`path`: the
+        jtis from the root down), and its tenant-wide reservation."""
         from dynaseal.ledger.quota import chain_keys
 
-        given = await self.quota._run(RELEASE, chain_keys(tenant, (jti,)), [request_id, 1])
+        given = await self.quota._run(RELEASE, chain_keys(tenant, path), [request_id, len(path)])
         if given and limits is not None and tenant_quota.has_tenant_limits(limits):
             await self.quota._run(TENANT_RELEASE, tenant_quota.tenant_keys(tenant), [request_id])
         return bool(given)

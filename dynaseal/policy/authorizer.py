@@ -212,12 +212,11 @@ class Authorizer:
                 else:  # generates nothing: reserves nothing, but a revoked key gets nothing either
                     await check_not_revoked(self.quota, key)
             decision = self._allow(key, checked, request.headers, request_id, request.body, endpoint)
-            # A chain's levels are not given back one by one: a child key's failures are billed as before.
             metered = endpoint is None or endpoint.metered
-            hmac_key = await self.giver.load_key() if self.giver is not None and key.parent is None and metered \
-                else None
-            if hmac_key is not None:
-                decision.metadata["give_back"] = give_back.make_token(hmac_key, key.tenant.id, key.jti, request_id)
+            hmac_key = await self.giver.load_key() if self.giver is not None and metered else None
+            if hmac_key is not None:  # the whole chain: a child key's request gives back at every level
+                decision.metadata["give_back"] = give_back.make_token(
+                    hmac_key, key.tenant.id, tuple(level.jti for level in key.chain), request_id)
             return decision
         except ContentBlocked as blocked:
             return blocked_decision(blocked, key, request_id)
@@ -239,11 +238,12 @@ class Authorizer:
             if hmac_key is not None and request.method == "POST" else None
         if ids is None:
             return give_back.reply(404, False, request_id)
-        tenant_id, jti, given_id = ids
+        tenant_id, path, given_id = ids
+        jti = path[-1]
         tenant = self.registry.get(tenant_id)
         try:
             assert self.giver is not None
-            given = await self.giver.run(tenant_id, jti, given_id, tenant.limits if tenant else None)
+            given = await self.giver.run(tenant_id, path, given_id, tenant.limits if tenant else None)
         except Exception:
             # Not given back: the request is billed as if served (its reservation settles or expires).
             log.exception("give-back failed request_id=%s jti=%s", given_id, jti)

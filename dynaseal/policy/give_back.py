@@ -1,7 +1,8 @@
 """The give-back request: Envoy's way to return what an unserved request took.
 
 On an allow, authz puts a token in the request's metadata (`give_back`): the request's tenant,
-key id and request id, signed with a key every authz sharing the Redis shares. When the answer is
+request id and key path (the jtis from the root down to the key: a child key gives back at every
+level), signed with a key every authz sharing the Redis shares. When the answer is
 a failure no provider served (429, 500, 502, 503), Envoy's Lua filter POSTs the token to
 `GIVE_BACK_PATH` on its own listener before the client sees the answer; ext_authz hands that to
 authz, which checks the signature and gives the use, rpm slot and reservation back
@@ -24,20 +25,22 @@ from dynaseal.policy.decision import Decision
 GIVE_BACK_PATH = "/_dynaseal/give-back"
 TOKEN_HEADER = "x-dynaseal-give-back"
 _MAC_CHARS = 32
+# A root and at most 4 levels of child keys below it (limits.max_chain_depth).
+MAX_PATH = 5
 
 
 def _mac(key: bytes, ids: str) -> str:
     return hmac.new(key, ids.encode(), hashlib.sha256).hexdigest()[:_MAC_CHARS]
 
 
-def make_token(key: bytes, tenant: str, jti: str, request_id: str) -> str:
-    """The opaque token naming one request (header-safe: base64url and hex)."""
-    ids = base64.urlsafe_b64encode(orjson.dumps([tenant, jti, request_id])).decode().rstrip("=")
+def make_token(key: bytes, tenant: str, path: tuple[str, ...], request_id: str) -> str:
+    """The opaque token naming one request of the key at the end of `path` (header-safe: base64url and hex)."""
+    ids = base64.urlsafe_b64encode(orjson.dumps([tenant, request_id, *path])).decode().rstrip("=")
     return f"{ids}.{_mac(key, ids)}"
 
 
-def read_token(key: bytes, token: str) -> tuple[str, str, str] | None:
-    """(tenant, jti, request_id) of a token this key signed; None for anything else."""
+def read_token(key: bytes, token: str) -> tuple[str, tuple[str, ...], str] | None:
+    """(tenant, key path, request_id) of a token this key signed; None for anything else."""
     ids, _, mac = token.partition(".")
     if not ids or len(mac) != _MAC_CHARS or not hmac.compare_digest(mac, _mac(key, ids)):
         return None
@@ -45,9 +48,10 @@ def read_token(key: bytes, token: str) -> tuple[str, str, str] | None:
         value = orjson.loads(base64.urlsafe_b64decode(ids + "=" * (-len(ids) % 4)))
     except (binascii.Error, ValueError):
         return None
-    if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, str) and v for v in value)):
+    if not (isinstance(value, list) and 3 <= len(value) <= 2 + MAX_PATH
+            and all(isinstance(v, str) and v for v in value)):
         return None
-    return value[0], value[1], value[2]
+    return value[0], tuple(value[2:]), value[1]
 
 
 def reply(status: int, given_back: bool, request_id: str) -> Decision:
