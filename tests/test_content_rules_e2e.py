@@ -59,6 +59,8 @@ def own_stack(tmp_path_factory: pytest.TempPathFactory, test_keys: TenantKeys,
     raw.pop("issuer")
     raw["tenants"] = [t for t in raw["tenants"] if t["id"] == OTHER_TENANT]
     raw["tenants"][0]["limits"]["content_rules"] = RULES
+    # The other APIs' models too, so a rule is seen refusing on every endpoint the gateway serves.
+    raw["tenants"][0]["limits"]["models"] += ["claude-sonnet-4-5", "text-embedding-3-small"]
     raw["tenants"][0]["callback"] = {"url": receiver.url, "secret_env": "DYNASEAL_DEMO_WEBHOOK_SECRET",
                                      "timeout_s": 5}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -313,3 +315,39 @@ def test_every_chat_route_and_streams_are_checked(own_stack: LocalStack, test_ke
         assert "'private_key'" in reply.json()["error"]["message"]
     assert mock_requests() == []
     assert redis_keys_of(own_stack, jti_of(key)) == []
+
+
+# Each other API's places a rule looks: (path, body, the rule that refuses it).
+ENDPOINT_PLACES: dict[str, tuple[str, dict[str, Any], str]] = {
+    "responses_input": ("/v1/responses", {"model": "gpt-4o-mini", "max_output_tokens": 8,
+                                          "input": f"pay with {CARD}"}, "payment_card"),
+    "responses_input_items": ("/v1/responses", {"model": "gpt-4o-mini", "max_output_tokens": 8, "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": PEM}]}]}, "private_key"),
+    "responses_instructions": ("/v1/responses", {"model": "gpt-4o-mini", "max_output_tokens": 8, "input": "hi",
+                                                 "instructions": "use db.acme.internal"}, "internal_hosts"),
+    "messages_system": ("/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": 8, "system": PEM,
+                                         "messages": [{"role": "user", "content": "hi"}]}, "private_key"),
+    "messages_content_block": ("/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": f"card {CARD}"}]}]}, "payment_card"),
+    "embeddings_input": ("/v1/embeddings", {"model": "text-embedding-3-small",
+                                            "input": ["fine", "db.acme.internal"]}, "internal_hosts"),
+}
+
+
+@pytest.mark.parametrize("place", sorted(ENDPOINT_PLACES))
+def test_every_endpoint_is_refused_before_anything_is_spent(own_stack: LocalStack, test_keys: TenantKeys,
+                                                            place: str) -> None:
+    path, body, rule = ENDPOINT_PLACES[place]
+    key = mint(test_keys.acme_ed25519, tenant=OTHER_TENANT, models=[body["model"]], max_tokens=64, ttl=600,
+               uses=1, rpm=1, budget=20_000)
+    mock = f"http://127.0.0.1:{own_stack.cfg.gateway.ports.mock_upstream}/_mock/requests"
+    httpx.delete(mock, timeout=5)
+    envoy = f"http://127.0.0.1:{own_stack.cfg.gateway.ports.envoy}"
+    for _ in range(3):
+        reply = httpx.post(envoy + path, headers={"authorization": f"Bearer {key}"}, json=body, timeout=30)
+        assert reply.status_code == 400, reply.text
+        error = reply.json()["error"]
+        assert error["code"] == "content_blocked" and rule in error["message"], error
+        assert "4111" not in reply.text and "PRIVATE KEY" not in reply.text and "acme.internal" not in reply.text
+    assert httpx.get(mock, timeout=5).json() == []  # the provider never saw it
+    assert redis_keys_of(own_stack, jti_of(key)) == []  # no use, no rpm slot, no reservation
