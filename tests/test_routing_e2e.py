@@ -227,7 +227,7 @@ def test_envoys_own_replies_are_openai_errors_the_sdk_understands(gw: Gateway) -
     assert late.value.status_code == 504
     assert late.value.code == "upstream_timeout"
     with pytest.raises(openai.NotFoundError) as unknown:
-        client.embeddings.create(model="fast", input="x")
+        client.moderations.create(model="fast", input="x")  # a path the gateway does not serve
     assert unknown.value.code == "not_found"
     with pytest.raises(openai.APIStatusError) as large:
         client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "x" * 70000}])
