@@ -31,6 +31,7 @@ ENVOY_IMAGE=dynaseal-local/envoy:v1.40
 KAFKA_IMAGE=dynaseal-local/kafka-standin:tansu
 DYNASEAL_IMAGE="${DYNASEAL_IMAGE:-dynaseal:local}"
 # What the base carries: Python for the Dynaseal, Envoy and broker images, redis-server for Redis.
+HOST_CAS=/usr/local/share/ca-certificates
 PACKAGES=python3,python3-venv,python-is-python3,ca-certificates,redis-server
 
 have() { [ "$REBUILD" != 1 ] && docker image inspect "$1" >/dev/null 2>&1; }
@@ -47,9 +48,17 @@ else
     trap 'rm -rf "$rootfs"' EXIT
     step "debootstrap bookworm ($PACKAGES) from $MIRROR"
     debootstrap --variant=minbase --include="$PACKAGES" bookworm "$rootfs" "$MIRROR" >/dev/null
+    # CA certificates this host added (e.g. a TLS-inspecting egress proxy's) are trusted in the
+    # images too, so pip inside a build reaches the package index as it does here. TRUST_HOST_CAS=0 skips.
+    if [ "${TRUST_HOST_CAS:-1}" = 1 ] && ls "$HOST_CAS"/*.crt >/dev/null 2>&1; then
+        step "trusting the host's CA certificates in $HOST_CAS"
+        cp "$HOST_CAS"/*.crt "$rootfs/usr/local/share/ca-certificates/"
+        chroot "$rootfs" update-ca-certificates >/dev/null
+    fi
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
     step "docker import -> $BASE"
-    tar -C "$rootfs" -c . | docker import --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' - "$BASE" >/dev/null
+    tar -C "$rootfs" -c . | docker import --change 'ENV LANG=C.UTF-8' \
+        --change 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' --change 'CMD ["/bin/bash"]' - "$BASE" >/dev/null
     rm -rf "$rootfs"
     trap - EXIT
 fi
