@@ -6,6 +6,7 @@ connections without a restart. authz is scripted (bench/scripted_authz.py): TLS 
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import socket
 import ssl
@@ -59,12 +60,11 @@ class Ca:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         serial = x509.random_serial_number()
-        import ipaddress
-
         cert = (x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
                 .issuer_name(self.cert.subject).public_key(key.public_key()).serial_number(serial)
-                .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(hours=1))
                 .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
                                                             x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                                critical=False)
@@ -190,5 +190,5 @@ def test_tls_paths_must_be_absolute(tmp_path: Path, test_keys: TenantKeys) -> No
     raw = yaml.safe_load(path.read_text())
     raw["gateway"]["tls"] = {"cert_file": "certs/tls.crt", "key_file": "/k", "sds_file": "/s"}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    with pytest.raises(ConfigError, match="cert_file.*absolute"):
+    with pytest.raises(ConfigError, match=r"cert_file.*absolute"):
         load_config(path)
