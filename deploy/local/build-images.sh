@@ -35,7 +35,8 @@ HOST_CAS=/usr/local/share/ca-certificates
 PACKAGES=python3,python3-venv,python-is-python3,ca-certificates,redis-server
 
 have() { [ "$REBUILD" != 1 ] && docker image inspect "$1" >/dev/null 2>&1; }
-step() { echo "build-images.sh: $*"; }
+START="$(date +%s)"
+step() { echo "build-images.sh [+$(( $(date +%s) - START ))s]: $*"; }
 
 docker info >/dev/null 2>&1 || { echo "no Docker engine answers (deploy/local/engine.sh starts one)" >&2; exit 1; }
 
@@ -56,6 +57,7 @@ else
         chroot "$rootfs" update-ca-certificates >/dev/null
     fi
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    chmod 755 "$rootfs"  # mktemp made it 0700: it becomes the image's /, which non-root users must traverse
     step "docker import -> $BASE"
     tar -C "$rootfs" -c . | docker import --change 'ENV LANG=C.UTF-8' \
         --change 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' --change 'CMD ["/bin/bash"]' - "$BASE" >/dev/null
