@@ -186,7 +186,8 @@ def test_gateway_fails_closed_while_authz_is_down(stack: tuple[Compose, str, str
             assert reply.json()["error"]["code"]
         # Envoy's view of it, the metric the DynasealGatewayFailingClosed alert reads.
         stats = compose.exec("envoy", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9901 && printf "
-                             "'GET /stats/prometheus HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3")
+                             "'GET /stats/prometheus HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3"
+                             " && cat <&3")
         assert f"{ENVOY_ALERT_METRIC} 0" in stats
     finally:
         compose.run("start", "authz", timeout=120)
