@@ -99,8 +99,10 @@ def usage_items(issuer: str) -> list[dict[str, Any]]:
     """Every callback the issuer stored, as the tenant user sees them."""
     headers, items, cursor = login(issuer, "user1"), [], None
     for _ in range(100):
-        page = httpx.get(f"{issuer}/usage", params={"limit": 200, **({"cursor": cursor} if cursor else {})},
-                         headers=headers, timeout=30).json()
+        reply = httpx.get(f"{issuer}/usage", params={"limit": 100, **({"cursor": cursor} if cursor else {})},
+                          headers=headers, timeout=30)
+        assert reply.status_code == 200, reply.text
+        page = reply.json()
         items += page["items"]
         cursor = page.get("next_cursor")
         if not cursor:
@@ -184,11 +186,15 @@ def test_gateway_fails_closed_while_authz_is_down(stack: tuple[Compose, str, str
             assert reply.status_code == 503, reply.text
             assert reply.headers["x-dynaseal-request-id"]
             assert reply.json()["error"]["code"]
-        # Envoy's view of it, the metric the DynasealGatewayFailingClosed alert reads.
-        stats = compose.exec("envoy", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9901 && printf "
-                             "'GET /stats/prometheus HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3"
-                             " && cat <&3")
-        assert f"{ENVOY_ALERT_METRIC} 0" in stats
+        # Envoy's view of it (once its health checks have noticed): the metric the
+        # DynasealGatewayFailingClosed alert reads.
+        deadline, stats = time.monotonic() + 60, ""
+        while f"{ENVOY_ALERT_METRIC} 0" not in stats and time.monotonic() < deadline:
+            time.sleep(1)
+            stats = compose.exec("envoy", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9901 && printf "
+                                 "'GET /stats/prometheus HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close"
+                                 "\\r\\n\\r\\n' >&3 && cat <&3")
+        assert f"{ENVOY_ALERT_METRIC} 0" in stats, stats[-2000:]
     finally:
         compose.run("start", "authz", timeout=120)
     compose.wait_healthy("authz")
