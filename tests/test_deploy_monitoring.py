@@ -213,3 +213,21 @@ def test_kubectl_kustomize_renders_the_overlay(overlay: str) -> None:
 def test_compose_monitoring_files_exist() -> None:
     for name in ("prometheus.yml", "alerts.yml", "alerts.test.yml", "grafana-dashboard.json"):
         assert Path(MONITORING / name).is_file(), name
+
+
+def test_rebalance_metrics_move_when_the_group_reassigns() -> None:
+    """The counter DynasealConsumerGroupRebalancing reads: one per assignment, the owned partitions set."""
+    from kafka import TopicPartition
+
+    from callback_consumer import metrics
+    from callback_consumer.consumer import _Rebalance
+    from callback_consumer.offsets import OffsetTracker
+
+    listener = _Rebalance(OffsetTracker())
+    assigned = metrics.REBALANCES.labels("assigned")
+    before = assigned._value.get()
+    listener.on_partitions_revoked([TopicPartition("dynaseal.usage.v1", 0)])
+    assert metrics.ASSIGNED_PARTITIONS._value.get() == 0
+    listener.on_partitions_assigned([TopicPartition("dynaseal.usage.v1", p) for p in (0, 3, 5)])
+    assert assigned._value.get() == before + 1
+    assert metrics.ASSIGNED_PARTITIONS._value.get() == 3
