@@ -192,3 +192,33 @@ def test_tls_paths_must_be_absolute(tmp_path: Path, test_keys: TenantKeys) -> No
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     with pytest.raises(ConfigError, match=r"cert_file.*absolute"):
         load_config(path)
+
+
+def test_envoy_config_command_writes_the_sds_file_beside(tmp_path: Path, test_keys: TenantKeys) -> None:
+    from dynaseal_launcher import cli
+
+    path = write_test_config(tmp_path, test_keys)
+    raw = yaml.safe_load(path.read_text())
+    raw["gateway"]["tls"] = {"cert_file": "/etc/envoy/tls/tls.crt", "key_file": "/etc/envoy/tls/tls.key",
+                             "sds_file": "/etc/envoy/edge-tls.sds.yaml"}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert cli.main(["--config", str(path), "envoy-config", "--out", str(out / "envoy.yaml")]) == 0
+    sds = yaml.safe_load((out / "edge-tls.sds.yaml").read_text())
+    [secret] = sds["resources"]
+    assert secret["tls_certificate"]["certificate_chain"] == {"filename": "/etc/envoy/tls/tls.crt"}
+    assert secret["tls_certificate"]["watched_directory"] == {"path": "/etc/envoy/tls"}
+    listener = yaml.safe_load((out / "envoy.yaml").read_text())["static_resources"]["listeners"][0]
+    context = listener["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+    assert context["alpn_protocols"] == ["h2", "http/1.1"]
+    assert context["tls_certificate_sds_secret_configs"][0]["sds_config"]["path_config_source"]["path"] == (
+        "/etc/envoy/edge-tls.sds.yaml")
+
+
+def test_without_tls_the_listener_is_plain(tmp_path: Path, test_keys: TenantKeys) -> None:
+    cfg = load_config(write_test_config(tmp_path, test_keys))
+    assert envoy_config.tls_sds(cfg) is None
+    doc = yaml.safe_load(envoy_config.render(cfg, tmp_path / "access.log"))
+    assert "transport_socket" not in doc["static_resources"]["listeners"][0]["filter_chains"][0]
+    assert "node" not in doc
