@@ -35,6 +35,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.containers, pytest.mark.timeo
 
 USAGE_TOPIC = "dynaseal.usage.v1"
 COMPOSE_KAFKA = "kafka:9092"
+# An engine on the vfs storage driver (deploy/local/engine.sh) copies the whole image to create a
+# container: over a minute on a loaded machine, past the Docker client's default 60 s.
+SLOW_ENGINE = {"timeout": 600}
 
 
 def docker_problem() -> str | None:
@@ -80,13 +83,18 @@ def backing_services() -> Iterator[tuple[str, str]]:
         pytest.skip("the usage pipeline (log_shipper, callback_consumer) is not installed")
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.docker_client import DockerClient
+    from testcontainers.core.network import Network
     from testcontainers.core.wait_strategies import ExecWaitStrategy
 
     services = compose_services()
     host = DockerClient().host()
     [kafka_port] = free_ports(1)
     bootstrap = f"{host}:{kafka_port}"
-    kafka = DockerContainer(services["kafka"]["image"]).with_bind_ports(kafka_port, kafka_port)
+    # Their own network, as compose gives them: an engine without the default bridge
+    # (deploy/local/engine.sh) publishes ports only from user-defined networks.
+    network = Network(docker_client_kw=SLOW_ENGINE)  # created on entering its context, below
+    kafka = (DockerContainer(services["kafka"]["image"], docker_client_kw=SLOW_ENGINE).with_network(network)
+             .with_bind_ports(kafka_port, kafka_port))
     environment = {**services["kafka"]["environment"],
                    "KAFKA_LISTENERS": f"PLAINTEXT://:{kafka_port},CONTROLLER://:9093",
                    "KAFKA_ADVERTISED_LISTENERS": f"PLAINTEXT://{bootstrap}",
@@ -95,11 +103,12 @@ def backing_services() -> Iterator[tuple[str, str]]:
         kafka.with_env(name, str(value))
     kafka_ready = services["kafka"]["healthcheck"]["test"][1].replace(COMPOSE_KAFKA, f"localhost:{kafka_port}")
     kafka.waiting_for(ExecWaitStrategy(["sh", "-c", kafka_ready]).with_startup_timeout(180))
-    redis = (DockerContainer(services["redis"]["image"]).with_command(services["redis"]["command"])
+    redis = (DockerContainer(services["redis"]["image"], docker_client_kw=SLOW_ENGINE).with_network(network)
+             .with_command(services["redis"]["command"])
              .with_exposed_ports(6379)
              .waiting_for(ExecWaitStrategy(["sh", "-c", services["redis"]["healthcheck"]["test"][1]])
                           .with_startup_timeout(60)))
-    with kafka, redis:
+    with network, kafka, redis:
         # The compose one-shot job creates the topics, here too.
         create_topics = " ".join(services["kafka-init"]["command"]).replace(COMPOSE_KAFKA, f"localhost:{kafka_port}")
         result = kafka.exec(["sh", "-c", create_topics])
