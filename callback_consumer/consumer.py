@@ -67,10 +67,15 @@ class _Rebalance(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         """Forget revoked partitions: finished-but-uncommitted events there will be read again."""
         self.tracker.forget(revoked)
+        metrics.REBALANCES.labels("revoked").inc()
+        metrics.ASSIGNED_PARTITIONS.set(0)
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         """Log the new assignment."""
-        log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
+        partitions = sorted(tp.partition for tp in assigned)
+        log.info("partitions assigned", extra={"partitions": partitions})
+        metrics.REBALANCES.labels("assigned").inc()
+        metrics.ASSIGNED_PARTITIONS.set(len(partitions))
 
 
 class CallbackConsumer:

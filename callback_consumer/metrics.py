@@ -41,5 +41,10 @@ TOKENS = Counter("dynaseal_tokens", "Tokens the upstream reported, by price line
 COST = Counter("dynaseal_cost", "Cost settled, in currency units, by price line ('reserved': usage unknown, "
                "billed at the reservation)", [*_MODEL_LABELS, "gen_ai_token_type", "currency"])
 UNPRICED = Counter("dynaseal_unpriced_requests", "Requests settled for a model without a price", _MODEL_LABELS)
+# Group membership churn: a steady rise means members keep joining and leaving (crash loops,
+# session timeouts), and partitions stall while they move.
+REBALANCES = Counter("dynaseal_consumer_rebalances_total", "Partition assignments changed for this member",
+                     ["event"])
+ASSIGNED_PARTITIONS = Gauge("dynaseal_consumer_assigned_partitions", "Partitions this member owns")
 BUDGET_THRESHOLDS = Counter("dynaseal_budget_thresholds", "Budget threshold callbacks finished, by budget and outcome",
                             ["tenant", "budget", "outcome"])

@@ -16,6 +16,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from dynaseal.edge_tls import EdgeTls
 from dynaseal.tenant_config import StrictModel, TenantConfig
 from dynaseal.upstreams import UpstreamSpec, route_problems
 
@@ -127,6 +128,11 @@ class GatewayConfig(StrictModel):
 
     # Providers by name, which tenants' routes send models to (dynaseal.upstreams).
     upstreams: tuple[UpstreamSpec, ...] = ()
+    # The environment variable holding public_url, for configs shipped to many deployments: the
+    # process refuses to start when it is unset (deploy/compose.yaml and deploy/k8s name one).
+    public_url_env: str | None = None
+    # TLS on the client listener (HTTP/2 and HTTP/1.1 by ALPN); unset = plain HTTP.
+    tls: EdgeTls | None = None
 
 
 class AuthzConfig(StrictModel):
@@ -231,7 +237,23 @@ def load_config(path: str | os.PathLike[str] | None = None, data_dir: str | None
             env_path = cfg_path.parent / env_path
         if env_path.exists():
             load_env_file(env_path)
-    return cfg
+    return _public_url_from_env(cfg, cfg_path)
+
+
+def _public_url_from_env(cfg: DynasealConfig, cfg_path: Path) -> DynasealConfig:
+    """gateway.public_url read from gateway.public_url_env: unset or invalid refuses the config."""
+    name = cfg.gateway.public_url_env
+    if name is None:
+        return cfg
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{cfg_path}: gateway.public_url_env names {name}, which is not set "
+                          "(the origin clients reach the gateway at, e.g. https://llm.example.com)")
+    try:
+        gateway = GatewayConfig.model_validate({**cfg.gateway.model_dump(), "public_url": value})
+    except ValidationError as exc:
+        raise ConfigError(f"{cfg_path}: {name}: {exc.errors()[0]['msg']}") from None
+    return cfg.model_copy(update={"gateway": gateway})
 
 
 def expand_path(template: str, cfg: DynasealConfig) -> Path:

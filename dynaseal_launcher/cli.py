@@ -45,6 +45,11 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
                                authz_host=args.authz_host)
     out = Path(args.out)
     out.write_text(text)
+    # With gateway.tls, the secret resource Envoy reads the certificate through, beside the config.
+    if (sds := envoy_config.tls_sds(cfg)) is not None and cfg.gateway.tls is not None:
+        sds_out = out.parent / Path(cfg.gateway.tls.sds_file).name
+        sds_out.write_text(sds)
+        _say(f"wrote {sds_out} (mount it at {cfg.gateway.tls.sds_file})")
     if args.validate:
         ok, output = envoy_config.validate(out)
         if not ok:

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from string import Template
 from urllib.parse import urlsplit
 
@@ -20,6 +20,7 @@ from dynaseal_launcher.endpoint_routes import endpoint_routes
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 GATEWAY_TEMPLATE = TEMPLATE_DIR / "gateway.yaml.tmpl"
+EDGE_SECRET = "edge_certificate"  # the SDS secret the client listener serves
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,49 @@ def _tls_block(upstream: Upstream, ca_file: str) -> str:
     )
 
 
+def _listener_tls_block(cfg: DynasealConfig) -> str:
+    """The client listener's TLS: the certificate by file-based SDS, HTTP/2 and HTTP/1.1 by ALPN."""
+    tls = cfg.gateway.tls
+    if tls is None:
+        return ""
+    return (
+        "      transport_socket:\n"
+        "        name: envoy.transport_sockets.tls\n"
+        "        typed_config:\n"
+        '          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n'
+        "          common_tls_context:\n"
+        "            alpn_protocols: [h2, http/1.1]\n"
+        "            tls_params: { tls_minimum_protocol_version: TLSv1_2 }\n"
+        "            tls_certificate_sds_secret_configs:\n"
+        f"            - name: {EDGE_SECRET}\n"
+        f"              sds_config: {{ resource_api_version: V3, path_config_source: {{ path: {tls.sds_file} }} }}\n"
+    )
+
+
+def tls_sds(cfg: DynasealConfig) -> str | None:
+    """The SDS file `gateway.tls.sds_file` must hold (None without TLS). Envoy watches the files it
+    names: replacing them (a rename, or a Kubernetes secret update) serves the new certificate to
+    new connections without a restart."""
+    tls = cfg.gateway.tls
+    if tls is None:
+        return None
+    cert_dir = str(PurePosixPath(tls.cert_file).parent)
+    # One directory for both: watch it, so a cert/key pair swapped together (Kubernetes' ..data
+    # symlink) is read as a pair.
+    watched = (f"    watched_directory: {{ path: {cert_dir} }}\n"
+               if cert_dir == str(PurePosixPath(tls.key_file).parent) else "")
+    return (
+        "# Rendered by `dynaseal envoy-config` from gateway.tls: the edge certificate, by file.\n"
+        "resources:\n"
+        '- "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n'
+        f"  name: {EDGE_SECRET}\n"
+        "  tls_certificate:\n"
+        f"    certificate_chain: {{ filename: {tls.cert_file} }}\n"
+        f"    private_key: {{ filename: {tls.key_file} }}\n"
+        f"{watched}"
+    )
+
+
 def render(cfg: DynasealConfig, access_log: Path, authz_host: str | None = None,
            template: Path = GATEWAY_TEMPLATE) -> str:
     """The Envoy YAML for this config."""
@@ -111,6 +155,9 @@ def render(cfg: DynasealConfig, access_log: Path, authz_host: str | None = None,
         endpoint_routes=endpoint_routes(upstream.path_prefix, 14, "upstream_llm", f"{limits.max_stream_duration_s}s",
                                         f"{limits.stream_idle_timeout_s}s",
                                         f"host_rewrite_literal: {host_header!r}".replace("'", '"')),
+        listener_tls=_listener_tls_block(cfg),
+        # File-based SDS needs the node named (any name: no management server is involved).
+        edge_node="node: { id: dynaseal-gateway, cluster: dynaseal }\n" if gw.tls else "",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ ENVOY_RENDERS = [(DEPLOY / "envoy" / "envoy.compose.yaml", COMPOSE_CONFIG, "auth
 DYNASEAL_SERVICES = {"init", "authz", "issuer", "log-shipper", "callback-consumer", "mock-llm"}
 ONE_COMMAND = ("docker compose -f deploy/compose.yaml --env-file deploy/.env.example "
                "--profile mock up -d --build --wait")
+# The shipped configs take gateway.public_url from this required variable (its refusal when unset is
+# tested in tests/test_deploy_public_url.py); the other deploy tests load them with it set.
+PUBLIC_URL_ENV = "DYNASEAL_PUBLIC_URL"
+os.environ.setdefault(PUBLIC_URL_ENV, "https://llm.example.com")
 VAR_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
 

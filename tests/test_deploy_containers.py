@@ -1,6 +1,9 @@
 """End to end against the real Kafka and Redis images of deploy/compose.yaml (testcontainers).
 
-Runs only where a Docker engine answers; elsewhere it is skipped with the reason. The images and
+Runs where a Docker engine answers or can be started here (deploy/local/engine.sh, as root); elsewhere
+it is skipped with the reason. Marked `containers` (not in the default run: `pytest -m containers`).
+Where no registry is reachable, the images are the local ones of deploy/local/build-images.sh (named
+in deploy/local/images.env; Kafka is the tansu stand-in there). The images and
 the Kafka (KRaft) and Redis settings are read from deploy/compose.yaml, the Kafka listeners moved
 to a host port; Envoy, authz, the issuer, the mock upstream, log_shipper and callback_consumer run
 as local processes (the local launcher) with REDIS_URL and KAFKA_BOOTSTRAP pointing at the
@@ -22,15 +25,19 @@ import openai
 import pytest
 import yaml
 from conftest import DEMO_TENANT, TenantKeys, free_ports, jwt_payload, write_test_config
+from deploy_compose_support import IMAGES_ENV, build_images, engine_problem
 from deploy_support import DEPLOY, env_example, interpolate
 
 from dynaseal.config import DynasealConfig, load_config
 from dynaseal.ledger import redis_keys
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.containers, pytest.mark.timeout(3600)]
 
 USAGE_TOPIC = "dynaseal.usage.v1"
 COMPOSE_KAFKA = "kafka:9092"
+# An engine on the vfs storage driver (deploy/local/engine.sh) copies the whole image to create a
+# container: over a minute on a loaded machine, past the Docker client's default 60 s.
+SLOW_ENGINE = {"timeout": 600}
 
 
 def docker_problem() -> str | None:
@@ -49,28 +56,45 @@ def docker_problem() -> str | None:
 
 
 def compose_services() -> dict[str, Any]:
-    """deploy/compose.yaml's services as compose sees them with deploy/.env.example."""
-    return dict(yaml.safe_load(interpolate((DEPLOY / "compose.yaml").read_text(), env_example()))["services"])
+    """deploy/compose.yaml's services as compose sees them with deploy/.env.example (and the local
+    images of deploy/local/images.env, when build-images.sh wrote it)."""
+    env = env_example()
+    if IMAGES_ENV.exists():
+        env |= dict(line.split("=", 1) for line in IMAGES_ENV.read_text().splitlines()
+                    if line.strip() and not line.startswith("#"))
+    return dict(yaml.safe_load(interpolate((DEPLOY / "compose.yaml").read_text(), env))["services"])
 
 
 @pytest.fixture(scope="module")
 def backing_services() -> Iterator[tuple[str, str]]:
     """(REDIS_URL, KAFKA_BOOTSTRAP) of real Redis and Kafka containers, configured as in compose."""
     pytest.importorskip("testcontainers", reason="testcontainers is not installed (the `test` extra)")
-    problem = docker_problem()
+    problem = engine_problem() or docker_problem()
     if problem:
         pytest.skip(f"no Docker engine: {problem}")
+    if os.geteuid() == 0:
+        build_images()  # skips what exists
+    elif not IMAGES_ENV.exists():
+        pytest.skip("no local images (deploy/local/build-images.sh needs root to make them)")
+    # Ryuk (testcontainers' reaper) is an image from a registry; the containers here are removed by
+    # their context managers.
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
     if not all(importlib.util.find_spec(m) for m in ("log_shipper", "callback_consumer")):
         pytest.skip("the usage pipeline (log_shipper, callback_consumer) is not installed")
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.docker_client import DockerClient
+    from testcontainers.core.network import Network
     from testcontainers.core.wait_strategies import ExecWaitStrategy
 
     services = compose_services()
     host = DockerClient().host()
     [kafka_port] = free_ports(1)
     bootstrap = f"{host}:{kafka_port}"
-    kafka = DockerContainer(services["kafka"]["image"]).with_bind_ports(kafka_port, kafka_port)
+    # Their own network, as compose gives them: an engine without the default bridge
+    # (deploy/local/engine.sh) publishes ports only from user-defined networks.
+    network = Network(docker_client_kw=SLOW_ENGINE)  # created on entering its context, below
+    kafka = (DockerContainer(services["kafka"]["image"], docker_client_kw=SLOW_ENGINE).with_network(network)
+             .with_bind_ports(kafka_port, kafka_port))
     environment = {**services["kafka"]["environment"],
                    "KAFKA_LISTENERS": f"PLAINTEXT://:{kafka_port},CONTROLLER://:9093",
                    "KAFKA_ADVERTISED_LISTENERS": f"PLAINTEXT://{bootstrap}",
@@ -79,11 +103,12 @@ def backing_services() -> Iterator[tuple[str, str]]:
         kafka.with_env(name, str(value))
     kafka_ready = services["kafka"]["healthcheck"]["test"][1].replace(COMPOSE_KAFKA, f"localhost:{kafka_port}")
     kafka.waiting_for(ExecWaitStrategy(["sh", "-c", kafka_ready]).with_startup_timeout(180))
-    redis = (DockerContainer(services["redis"]["image"]).with_command(services["redis"]["command"])
+    redis = (DockerContainer(services["redis"]["image"], docker_client_kw=SLOW_ENGINE).with_network(network)
+             .with_command(services["redis"]["command"])
              .with_exposed_ports(6379)
              .waiting_for(ExecWaitStrategy(["sh", "-c", services["redis"]["healthcheck"]["test"][1]])
                           .with_startup_timeout(60)))
-    with kafka, redis:
+    with network, kafka, redis:
         # The compose one-shot job creates the topics, here too.
         create_topics = " ".join(services["kafka-init"]["command"]).replace(COMPOSE_KAFKA, f"localhost:{kafka_port}")
         result = kafka.exec(["sh", "-c", create_topics])

@@ -21,7 +21,8 @@ from dynaseal_launcher import cli
 
 SERVICES = {"authz", "issuer", "shipper", "consumer"}
 # Stand-ins for the empty placeholders of deploy/k8s/secrets.env (what an overlay fills in).
-K8S_SECRET_VALUES = {"WEBHOOK": "whsec_dGVzdC1vbmx5LXdlYmhvb2stc2VjcmV0LTAwMDE=", "": "k8s-test-secret-" + "x" * 32}
+K8S_SECRET_VALUES = {"PUBLIC_URL": "https://llm.example.com",
+                     "WEBHOOK": "whsec_dGVzdC1vbmx5LXdlYmhvb2stc2VjcmV0LTAwMDE=", "": "k8s-test-secret-" + "x" * 32}
 
 
 @dataclass
