@@ -44,6 +44,8 @@ def config(tmp_path: Path, upstreams: list[dict[str, Any]], routes: list[dict[st
 
 
 OPENAI = {"name": "openai", "base_url": "https://api.openai.com/v1", "api_key_env": "T_OPENAI"}
+ANTHROPIC = {"name": "claude", "base_url": "https://api.anthropic.com/v1", "api_key_env": "T_ANTHROPIC",
+             "formats": ["messages"]}
 
 
 @pytest.mark.parametrize(("upstreams", "routes", "models", "expected"), [
@@ -52,7 +54,20 @@ OPENAI = {"name": "openai", "base_url": "https://api.openai.com/v1", "api_key_en
     ([OPENAI], [{"model": "fast", "upstreams": ["openai"]}], ["fast", "smart"],
      "tenant t1 model smart: no route"),
     ([{**OPENAI, "formats": []}], [{"model": "fast", "upstreams": ["openai"]}], None,
-     "tenant t1 model fast: upstream 'openai' does not speak chat_completions"),
+     "tenant t1 model fast: upstream 'openai' lists no formats"),
+    ([{**OPENAI, "formats": ["chat_completions", "embedding"]}], [{"model": "fast", "upstreams": ["openai"]}], None,
+     "tenant t1 model fast: upstream 'openai' lists an unknown format 'embedding' (known: chat_completions, "
+     "responses, messages, embeddings)"),
+    ([OPENAI], [{"model": "fast", "upstreams": ["openai"], "formats": ["chat"]}], None,
+     "tenant t1 model fast: its route lists an unknown format 'chat'"),
+    ([OPENAI], [{"model": "fast", "upstreams": ["openai"], "formats": []}], None,
+     "tenant t1 model fast: its route lists no formats"),
+    ([OPENAI], [{"model": "fast", "upstreams": ["openai"], "formats": ["messages"]}], None,
+     "tenant t1 model fast: no upstream of the route speaks messages (openai speaks chat_completions)"),
+    ([OPENAI, ANTHROPIC], [{"model": "fast", "upstreams": ["openai", "claude"], "formats": ["chat_completions"]}],
+     None, "tenant t1 model fast: upstream 'claude' does not speak chat_completions (it speaks messages)"),
+    ([OPENAI, {**ANTHROPIC, "formats": ["messages", "completions"]}], [{"model": "fast", "upstreams": ["openai"]}],
+     None, "gateway.upstreams claude: lists an unknown format 'completions'"),
     ([OPENAI, OPENAI], [{"model": "fast", "upstreams": ["openai"]}], None,
      "the name 'openai' is used twice"),
     ([OPENAI], [{"model": "fast", "upstreams": ["openai"]}, {"model": "fast", "upstreams": ["default"]}], None,
