@@ -235,7 +235,13 @@ def test_envoys_own_replies_are_openai_shaped(tmp_path: Path) -> None:
     hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     codes = {}
     for mapper in hcm["local_reply_config"]["mappers"]:
-        status = mapper["filter"].get("status_code_filter", {}).get("comparison", {}).get("value", {})
+        # A status alone, or with Envoy's own response flag (its 404 is for no route, not authz's 404).
+        parts = mapper["filter"].get("and_filter", {}).get("filters", [mapper["filter"]])
+        if any(set(part) - {"status_code_filter", "response_flag_filter"} for part in parts) or \
+                [p for p in parts if "response_flag_filter" in p and p["response_flag_filter"]["flags"] != ["NR"]]:
+            continue
+        status = next((p["status_code_filter"] for p in parts if "status_code_filter" in p), {}).get(
+            "comparison", {}).get("value", {})
         if "body_format_override" in mapper and status:
             codes.setdefault(status["default_value"], mapper["body_format_override"]["json_format"]["error"]["code"])
     assert codes == {503: "upstream_unavailable", 504: "upstream_timeout", 408: "request_timeout",

@@ -227,8 +227,12 @@ def test_envoys_own_replies_are_openai_errors_the_sdk_understands(gw: Gateway) -
     assert late.value.status_code == 504
     assert late.value.code == "upstream_timeout"
     with pytest.raises(openai.NotFoundError) as unknown:
-        client.embeddings.create(model="fast", input="x")
+        client.completions.create(model="fast", prompt="x")  # POST /v1/completions: no such route
     assert unknown.value.code == "not_found"
+    # An API the route's upstreams do not speak (they declare chat completions only): authz's 404, its body kept.
+    with pytest.raises(openai.NotFoundError) as unspoken:
+        client.embeddings.create(model="fast", input="x")
+    assert unspoken.value.code == "model_not_found" and "Embeddings API" in unspoken.value.message
     with pytest.raises(openai.APIStatusError) as large:
         client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "x" * 70000}])
     assert (large.value.status_code, large.value.code) == (413, "request_too_large")
