@@ -3,7 +3,8 @@
 `gateway.upstreams` declares the providers (any OpenAI-compatible server); a tenant's
 `upstream.routes` maps each model it serves to an ordered list of them, each with an optional
 physical model name. The first upstream that answers serves; the others are fallbacks. Prices
-stay attached to the model name the client asked for.
+stay attached to the model name the client asked for. Each upstream says which API formats it
+speaks; a route serves each format with those of its upstreams that speak it, and no other.
 """
 
 from __future__ import annotations

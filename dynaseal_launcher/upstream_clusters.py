@@ -5,7 +5,9 @@ upstreams a route uses, an aggregate cluster (`route-a-b`) trying them in that o
 goes to the next priority (the next upstream) on a connect failure, a reset, no first byte within
 the per-try timeout, or a 5xx/429, and never once the answer's headers went to the client (a
 started stream is never retried). The routed cluster's upstream filters apply, per try, what authz
-decided for that upstream (dynaseal.routing.routes): credential, physical model, path and host.
+decided for that upstream (dynaseal.routing.routes): credential (in the header of the format's
+provider), physical model, path and host. A route's chain is per format: only its upstreams that speak
+the endpoint's format (dynaseal.upstreams.targets_by_format), with one Envoy route per chain and format.
 """
 
 from __future__ import annotations
