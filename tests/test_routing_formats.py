@@ -229,3 +229,14 @@ def test_each_gateway_path_is_rewritten_to_the_apis_path(path: str, fmt: str, up
                                   "/client-side/responses", "/v1/embeddings?x=1", "/v1/chat/completions/x"])
 def test_other_paths_match_no_format(path: str) -> None:
     assert not [f for f, regex in PATHS_OF_FORMAT.items() if re.fullmatch(regex, path)]
+
+
+def test_every_endpoint_authz_serves_has_its_formats_envoy_route() -> None:
+    """The policy's paths and Envoy's routed regexes name the same formats (no drift between the two)."""
+    from dynaseal.policy.endpoints import PATHS
+    from dynaseal.upstreams import FORMATS
+
+    assert set(PATHS_OF_FORMAT) == set(FORMATS)
+    for path, endpoint in PATHS.items():
+        assert endpoint.format in FORMATS
+        assert [f for f, regex in PATHS_OF_FORMAT.items() if re.fullmatch(regex, path)] == [endpoint.format], path

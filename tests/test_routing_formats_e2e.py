@@ -262,3 +262,18 @@ def test_a_refused_request_left_the_single_use_key_whole(gw: Gateway) -> None:
         spent = plain.post(f"{gw.url}/v1/messages", headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
                            json={"model": "claude-x", "max_tokens": 16, "messages": [{"role": "user", "content": "x"}]})
     assert spent.status_code == 429 and spent.json()["error"]["code"] == "key_exhausted"
+
+
+def test_a_client_cannot_steer_a_format_to_another_chain(gw: Gateway) -> None:
+    key = gw.key()
+    steer = {"x-api-key": key, "anthropic-version": "2023-06-01", "x-dynaseal-route": "route-oai",
+             "x-dynaseal-try": "oai"}
+    body = {"model": "fast", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client() as plain:
+        refused = plain.post(f"{gw.url}/v1/messages", headers=steer, json=body)
+        assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
+        served = plain.post(f"{gw.url}/v1/messages", headers=steer, json={**body, "model": "claude-x"})
+    assert served.status_code == 200, served.text
+    (seen,) = gw.upstreams["anthro"].take()
+    assert seen.headers["x-api-key"] == CREDENTIALS["T_FMT_ANTHRO"]
+    nothing_reached_the_other_upstreams(gw, "anthro")
