@@ -38,6 +38,8 @@ class ErrorCode(StrEnum):
     AUTHZ_UNAVAILABLE = "authz_unavailable"
     CONTENT_BLOCKED = "content_blocked"
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"
+    # An allowed model whose upstreams do not speak the endpoint's API (OpenAI's code for a model it does not serve).
+    MODEL_NOT_FOUND = "model_not_found"
 
 
 # code -> (HTTP status, OpenAI error type). OpenAI SDKs map the status to an exception class.
@@ -60,6 +62,7 @@ _STATUS_AND_TYPE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.AUTHZ_UNAVAILABLE: (503, "service_unavailable"),
     ErrorCode.CONTENT_BLOCKED: (400, "invalid_request_error"),
     ErrorCode.ORIGIN_NOT_ALLOWED: (403, "permission_error"),
+    ErrorCode.MODEL_NOT_FOUND: (404, "invalid_request_error"),
 }
 
 

@@ -3,13 +3,14 @@
 `gateway.upstreams` declares the providers (any OpenAI-compatible server); a tenant's
 `upstream.routes` maps each model it serves to an ordered list of them, each with an optional
 physical model name. The first upstream that answers serves; the others are fallbacks. Prices
-stay attached to the model name the client asked for.
+stay attached to the model name the client asked for. Each upstream says which API formats it
+speaks; a route serves each format with those of its upstreams that speak it, and no other.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -18,9 +19,11 @@ if TYPE_CHECKING:
     from dynaseal.config import DynasealConfig
 
 # The API formats an upstream may speak; each endpoint of the gateway goes only to upstreams speaking its
-# format (no translation between formats).
-Format = Literal["chat_completions"]
-FORMATS: tuple[Format, ...] = ("chat_completions",)
+# format (no translation between formats). count_tokens is part of the messages format.
+Format = Literal["chat_completions", "responses", "messages", "embeddings"]
+FORMATS: tuple[Format, ...] = ("chat_completions", "responses", "messages", "embeddings")
+# An upstream that names none speaks chat completions, what every OpenAI-compatible server serves.
+DEFAULT_FORMATS: tuple[str, ...] = ("chat_completions",)
 # The upstream that `gateway.upstream.base_url` (or the bundled mock) stands for when routes name it.
 IMPLICIT_UPSTREAM = "default"
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
@@ -59,7 +62,8 @@ class UpstreamSpec(StrictModel):
 
     name: str = Field(pattern=NAME_PATTERN)
     base_url: str = Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
-    formats: tuple[Format, ...] = FORMATS
+    # Names are checked against FORMATS with the routes (route_problems), so an error names who routes here.
+    formats: tuple[str, ...] = DEFAULT_FORMATS
     # The provider key: one env var, several (balanced per request), or a mounted file with one key a line
     # (re-read when it changes: rotation without a restart).
     api_key_env: str | None = None
@@ -83,7 +87,9 @@ class ModelRoute(StrictModel):
 
     model: str = Field(min_length=1, max_length=256)
     upstreams: tuple[RouteTarget, ...] = Field(min_length=1, max_length=8)
-    formats: tuple[Format, ...] = FORMATS
+    # None: every format its upstreams speak, each endpoint to those of them that speak its format. A list
+    # restricts the route to those formats (each must be spoken by one of its upstreams).
+    formats: tuple[str, ...] | None = None
 
     @field_validator("upstreams", mode="before")
     @classmethod
@@ -115,10 +121,61 @@ def declared_upstreams(cfg: DynasealConfig) -> dict[str, UpstreamSpec]:
     if IMPLICIT_UPSTREAM not in found:
         gw = cfg.gateway
         base_url = gw.upstream.base_url or f"http://{gw.host}:{gw.ports.mock_upstream}/v1"
-        found[IMPLICIT_UPSTREAM] = UpstreamSpec(name=IMPLICIT_UPSTREAM, base_url=base_url,
+        # Every endpoint of a tenant without routes goes to this upstream: it is taken to speak every format.
+        found[IMPLICIT_UPSTREAM] = UpstreamSpec(name=IMPLICIT_UPSTREAM, base_url=base_url, formats=FORMATS,
                                                 api_key_env=gw.upstream.api_key_env,
                                                 tls=UpstreamTls(ca_file=gw.upstream.ca_file))
     return found
+
+
+def targets_by_format(route: ModelRoute, upstreams: Mapping[str, UpstreamSpec]) -> dict[str, tuple[RouteTarget, ...]]:
+    """For each format the route serves, its upstreams that speak it, in the route's order.
+
+    A format none of them speaks is absent: a request in it is refused (the gateway never translates).
+    """
+    served: dict[str, tuple[RouteTarget, ...]] = {}
+    for fmt in route.formats if route.formats is not None else FORMATS:
+        targets = tuple(t for t in route.upstreams
+                        if (spec := upstreams.get(t.upstream)) is not None and fmt in spec.formats)
+        if targets:
+            served[fmt] = targets
+    return served
+
+
+def _format_problems(formats: Iterable[str] | None) -> list[str]:
+    """What is wrong with a list of format names: an unknown name, or no name at all."""
+    if formats is None:
+        return []
+    names = list(formats)
+    if not names:
+        return [f"lists no formats (known: {', '.join(FORMATS)})"]
+    return [f"lists an unknown format {name!r} (known: {', '.join(FORMATS)})" for name in names if name not in FORMATS]
+
+
+def _route_problems(route: ModelRoute, upstreams: Mapping[str, UpstreamSpec]) -> list[str]:
+    """One route's problems (without its tenant and model, which the caller puts first)."""
+    problems = [f"its route {problem}" for problem in _format_problems(route.formats)]
+    known = [t for t in route.upstreams if t.upstream in upstreams]
+    for target in route.upstreams:
+        if target.upstream not in upstreams:
+            problems.append(f"unknown upstream {target.upstream!r} (declared: {', '.join(sorted(upstreams))})")
+        else:
+            spoken = upstreams[target.upstream].formats
+            problems += [f"upstream {target.upstream!r} {p}" for p in _format_problems(spoken)]
+    if problems or route.formats is None:
+        return problems
+    # An explicit list: each format is spoken by one of the route's upstreams, and each upstream serves one.
+    served = targets_by_format(route, upstreams)
+    for fmt in route.formats:
+        if fmt not in served:
+            speaks = "; ".join(f"{t.upstream} speaks {', '.join(upstreams[t.upstream].formats)}" for t in known)
+            problems.append(f"no upstream of the route speaks {fmt} ({speaks})")
+    used = {t.upstream for targets in served.values() for t in targets}
+    for target in known:
+        if target.upstream not in used:
+            problems.append(f"upstream {target.upstream!r} does not speak {' or '.join(route.formats)} "
+                            f"(it speaks {', '.join(upstreams[target.upstream].formats)})")
+    return problems
 
 
 def route_problems(cfg: DynasealConfig) -> list[str]:
@@ -128,6 +185,7 @@ def route_problems(cfg: DynasealConfig) -> list[str]:
     problems += [f"gateway.upstreams: the name {n!r} is used twice" for n in sorted({n for n in names
                                                                                     if names.count(n) > 1})]
     upstreams = declared_upstreams(cfg)
+    routed_to: set[str] = set()
     for tenant in cfg.tenants:
         routes = tenant.upstream.routes if tenant.upstream else ()
         if not routes:
@@ -136,18 +194,14 @@ def route_problems(cfg: DynasealConfig) -> list[str]:
         for model in sorted({m for m in routed if routed.count(m) > 1}):
             problems.append(f"tenant {tenant.id} model {model}: more than one route")
         for route in routes:
-            for target in route.upstreams:
-                spec = upstreams.get(target.upstream)
-                if spec is None:
-                    problems.append(f"tenant {tenant.id} model {route.model}: unknown upstream {target.upstream!r} "
-                                    f"(declared: {', '.join(sorted(upstreams))})")
-                    continue
-                for fmt in route.formats:
-                    if fmt not in spec.formats:
-                        problems.append(f"tenant {tenant.id} model {route.model}: upstream {spec.name!r} does not "
-                                        f"speak {fmt} (it speaks {', '.join(spec.formats)})")
+            routed_to.update(t.upstream for t in route.upstreams)
+            problems += [f"tenant {tenant.id} model {route.model}: {p}" for p in _route_problems(route, upstreams)]
         for model in tenant.limits.models:
             if model not in routed and "*" not in routed:
                 problems.append(f"tenant {tenant.id} model {model}: no route (route it in upstream.routes, "
                                 f"or add a `*` route)")
+    # An upstream no route names is still checked (a route may name it after the next edit).
+    for spec in cfg.gateway.upstreams:
+        if spec.name not in routed_to:
+            problems += [f"gateway.upstreams {spec.name}: {p}" for p in _format_problems(spec.formats)]
     return problems

@@ -1,8 +1,10 @@
 """Envoy routes of the endpoints beside chat completions, rendered from the one list authz serves.
 
 Each route names the format its upstream must speak in its metadata (`dynaseal.format`), the
-name upstreams declare in `formats:`; until routing by format exists every format goes to the one
-upstream, which must speak them all (the bundled mock does).
+name upstreams declare in `formats:`. These routes serve tenants without routes: every format goes to
+the gateway's one upstream, which must speak them all (the bundled mock does). A routed tenant's request
+carries authz's route header and matches its chain's route for the format first
+(dynaseal_launcher.upstream_clusters).
 """
 
 from __future__ import annotations

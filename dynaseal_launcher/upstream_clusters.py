@@ -5,7 +5,9 @@ upstreams a route uses, an aggregate cluster (`route-a-b`) trying them in that o
 goes to the next priority (the next upstream) on a connect failure, a reset, no first byte within
 the per-try timeout, or a 5xx/429, and never once the answer's headers went to the client (a
 started stream is never retried). The routed cluster's upstream filters apply, per try, what authz
-decided for that upstream (dynaseal.routing.routes): credential, physical model, path and host.
+decided for that upstream (dynaseal.routing.routes): credential (in the header of the format's
+provider), physical model, path and host. A route's chain is per format: only its upstreams that speak
+the endpoint's format (dynaseal.upstreams.targets_by_format), with one Envoy route per chain and format.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from dynaseal.config import DynasealConfig
-from dynaseal.upstreams import UpstreamSpec, chain_name, declared_upstreams
+from dynaseal.upstreams import UpstreamSpec, chain_name, declared_upstreams, targets_by_format
 
-CHAT_PATHS = "^/(v1|api/v1|client-side)/chat/completions$"
-# What each format's route rewrites the path to; the upstream filter puts the upstream's base path before it.
-ENDPOINT_OF_FORMAT = {"chat_completions": "/chat/completions"}
-PATHS_OF_FORMAT = {"chat_completions": CHAT_PATHS}
+# Each format's gateway paths; the route rewrites the path to the capture (the API's path under a base URL,
+# count_tokens with messages), and the upstream filter puts the upstream's base path before it.
+PATHS_OF_FORMAT = {
+    "chat_completions": r"^/(?:v1|api/v1|client-side)(/chat/completions)$",
+    "responses": r"^/(?:v1|api/v1)(/responses)$",
+    "messages": r"^/(?:v1|api/v1)(/messages(?:/count_tokens)?)$",
+    "embeddings": r"^/(?:v1|api/v1)(/embeddings)$",
+}
 
 # The per-try edits. `x-dynaseal-try` (the host's upstream name) is set by header_mutation just before.
 # Headers are shared by every try of a request (the body is not): each try sets what it needs outright,
@@ -37,6 +43,7 @@ function envoy_on_request(handle)
   local name = headers:get("x-dynaseal-try") or ""
   headers:remove("x-dynaseal-try")
   headers:remove("authorization")
+  headers:remove("x-api-key")
   local meta = handle:streamInfo():dynamicMetadata()
   local authz = meta:get(AUTHZ)
   local up = UPSTREAMS[name]
@@ -57,7 +64,8 @@ function envoy_on_request(handle)
   headers:replace(":authority", up[2])
   local auth = authz["up_auth." .. name]
   if auth ~= nil then
-    headers:replace("authorization", auth)
+    -- The provider's own header: x-api-key for the messages format, authorization otherwise.
+    headers:replace(authz["up_auth_header"] or "authorization", auth)
   end
   local splice = authz["up_model." .. name]
   if splice ~= nil then
@@ -107,18 +115,25 @@ def _is_ip(host: str) -> bool:
 
 
 def used_chains(cfg: DynasealConfig) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
-    """Every route's chain: name -> (its upstreams in order, the formats it serves)."""
+    """Every chain a route sends a format to: name -> (its upstreams in order, the formats it serves).
+
+    A route's chain for a format is its upstreams that speak that format (dynaseal.upstreams.targets_by_format,
+    as authz computes it), so one route may use a different chain per format.
+    """
+    upstreams = declared_upstreams(cfg)
     chains: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
     for tenant in cfg.tenants:
         for route in tenant.upstream.routes if tenant.upstream else ():
-            names = tuple(t.upstream for t in route.upstreams)
-            _, formats = chains.get(chain_name(names), (names, ()))
-            chains[chain_name(names)] = (names, tuple(sorted(set(formats) | set(route.formats))))
+            for fmt, targets in targets_by_format(route, upstreams).items():
+                names = tuple(t.upstream for t in targets)
+                _, formats = chains.get(chain_name(names), (names, ()))
+                chains[chain_name(names)] = (names, tuple(sorted({*formats, fmt})))
     return chains
 
 
 def _upstream_filters(upstreams: dict[str, UpstreamSpec], indent: int) -> str:
-    table = ", ".join(f"{name} = {{{json.dumps(endpoint_of(spec).path_prefix)}, "
+    # ["name"] keys: a name may be a Lua keyword (`local`, `end`, ...), which `name = ` would not load.
+    table = ", ".join(f"[{json.dumps(name)}] = {{{json.dumps(endpoint_of(spec).path_prefix)}, "
                       f"{json.dumps(endpoint_of(spec).authority)}}}" for name, spec in sorted(upstreams.items()))
     code = _UPSTREAM_LUA % {"table": table}
     pad = " " * indent
@@ -220,7 +235,7 @@ _ROUTE = """\
     cluster: %(cluster)s
     timeout: %(timeout)s
     idle_timeout: %(idle)s
-    regex_rewrite: { pattern: { regex: "^.*$" }, substitution: "%(endpoint)s" }
+    regex_rewrite: { pattern: { regex: "%(paths)s" }, substitution: '\\1' }
     retry_policy:
       retry_on: "connect-failure,reset,5xx,retriable-status-codes"
       retriable_status_codes: [429, 500, 502, 503, 504]
@@ -243,7 +258,7 @@ def routes(cfg: DynasealConfig, max_stream_duration: str, stream_idle_timeout: s
         for fmt in formats:
             out.append(textwrap.indent(_ROUTE % {
                 "paths": PATHS_OF_FORMAT[fmt], "chain": chain, "cluster": chain if len(names) > 1 else f"up_{names[0]}",
-                "timeout": max_stream_duration, "idle": stream_idle_timeout, "endpoint": ENDPOINT_OF_FORMAT[fmt],
+                "timeout": max_stream_duration, "idle": stream_idle_timeout,
                 "retries": len(names) - 1, "per_try": max(upstreams[n].timeouts.first_byte_s for n in names)},
                 " " * 14))
     return "".join(out)

@@ -44,6 +44,8 @@ def config(tmp_path: Path, upstreams: list[dict[str, Any]], routes: list[dict[st
 
 
 OPENAI = {"name": "openai", "base_url": "https://api.openai.com/v1", "api_key_env": "T_OPENAI"}
+ANTHROPIC = {"name": "claude", "base_url": "https://api.anthropic.com/v1", "api_key_env": "T_ANTHROPIC",
+             "formats": ["messages"]}
 
 
 @pytest.mark.parametrize(("upstreams", "routes", "models", "expected"), [
@@ -52,7 +54,20 @@ OPENAI = {"name": "openai", "base_url": "https://api.openai.com/v1", "api_key_en
     ([OPENAI], [{"model": "fast", "upstreams": ["openai"]}], ["fast", "smart"],
      "tenant t1 model smart: no route"),
     ([{**OPENAI, "formats": []}], [{"model": "fast", "upstreams": ["openai"]}], None,
-     "tenant t1 model fast: upstream 'openai' does not speak chat_completions"),
+     "tenant t1 model fast: upstream 'openai' lists no formats"),
+    ([{**OPENAI, "formats": ["chat_completions", "embedding"]}], [{"model": "fast", "upstreams": ["openai"]}], None,
+     "tenant t1 model fast: upstream 'openai' lists an unknown format 'embedding' (known: chat_completions, "
+     "responses, messages, embeddings)"),
+    ([OPENAI], [{"model": "fast", "upstreams": ["openai"], "formats": ["chat"]}], None,
+     "tenant t1 model fast: its route lists an unknown format 'chat'"),
+    ([OPENAI], [{"model": "fast", "upstreams": ["openai"], "formats": []}], None,
+     "tenant t1 model fast: its route lists no formats"),
+    ([OPENAI], [{"model": "fast", "upstreams": ["openai"], "formats": ["messages"]}], None,
+     "tenant t1 model fast: no upstream of the route speaks messages (openai speaks chat_completions)"),
+    ([OPENAI, ANTHROPIC], [{"model": "fast", "upstreams": ["openai", "claude"], "formats": ["chat_completions"]}],
+     None, "tenant t1 model fast: upstream 'claude' does not speak chat_completions (it speaks messages)"),
+    ([OPENAI, {**ANTHROPIC, "formats": ["messages", "completions"]}], [{"model": "fast", "upstreams": ["openai"]}],
+     None, "gateway.upstreams claude: lists an unknown format 'completions'"),
     ([OPENAI, OPENAI], [{"model": "fast", "upstreams": ["openai"]}], None,
      "the name 'openai' is used twice"),
     ([OPENAI], [{"model": "fast", "upstreams": ["openai"]}, {"model": "fast", "upstreams": ["default"]}], None,
@@ -222,7 +237,13 @@ def test_envoys_own_replies_are_openai_shaped(tmp_path: Path) -> None:
     hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     codes = {}
     for mapper in hcm["local_reply_config"]["mappers"]:
-        status = mapper["filter"].get("status_code_filter", {}).get("comparison", {}).get("value", {})
+        # The OpenAI-shaped ones: every mapper but the Messages paths' (Anthropic's shape, tested with them);
+        # a status alone, or with what tells Envoy's 404 (no route) from authz's.
+        if "messages" in json.dumps(mapper["filter"]) or "UAEX" in json.dumps(mapper["filter"]):
+            continue
+        parts = mapper["filter"].get("and_filter", {}).get("filters", [mapper["filter"]])
+        status = next((p["status_code_filter"] for p in parts if "status_code_filter" in p), {}).get(
+            "comparison", {}).get("value", {})
         if "body_format_override" in mapper and status:
             codes.setdefault(status["default_value"], mapper["body_format_override"]["json_format"]["error"]["code"])
     assert codes == {503: "upstream_unavailable", 504: "upstream_timeout", 408: "request_timeout",

@@ -227,8 +227,12 @@ def test_envoys_own_replies_are_openai_errors_the_sdk_understands(gw: Gateway) -
     assert late.value.status_code == 504
     assert late.value.code == "upstream_timeout"
     with pytest.raises(openai.NotFoundError) as unknown:
-        client.moderations.create(model="fast", input="x")  # a path the gateway does not serve
+        client.completions.create(model="fast", prompt="x")  # POST /v1/completions: no such route
     assert unknown.value.code == "not_found"
+    # An API the route's upstreams do not speak (they declare chat completions only): authz's 404, its body kept.
+    with pytest.raises(openai.NotFoundError) as unspoken:
+        client.embeddings.create(model="fast", input="x")
+    assert unspoken.value.code == "model_not_found" and "Embeddings API" in unspoken.value.message
     with pytest.raises(openai.APIStatusError) as large:
         client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "x" * 70000}])
     assert (large.value.status_code, large.value.code) == (413, "request_too_large")
@@ -359,9 +363,11 @@ def test_a_provider_refusal_gives_back_and_the_callback_names_the_upstreams(gw: 
 def test_a_client_cannot_give_back_by_itself(gw: Gateway) -> None:
     key = gw.key(uses=1)
     gw.client(key).chat.completions.create(model="smart", messages=MESSAGES, max_tokens=10)
+    unknown = httpx.post(f"{gw.url}/_dynaseal/other", headers={"x-dynaseal-give-back": "x.y"}).json()
     for token in ("", "x.y", "W10.0123456789abcdef0123456789abcdef"):
         reply = httpx.post(f"{gw.url}/_dynaseal/give-back", headers={"x-dynaseal-give-back": token})
-        assert reply.status_code == 404 and reply.json()["error"]["code"] == "not_found"
+        # Answered exactly as a path that does not exist.
+        assert reply.status_code == 404 and reply.json() == unknown and unknown["error"]["code"] == "not_found"
     state = counters(redis.Redis.from_url(gw.redis_url), "alpha", str(jwt_payload(key)["jti"]))
     assert state["uses"] == 1
 

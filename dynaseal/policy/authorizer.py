@@ -35,6 +35,7 @@ from dynaseal.policy.endpoints.credentials import (
 )
 from dynaseal.policy.quota_refusals import Quota, admit_request, check_not_revoked
 from dynaseal.policy.request_policy import CheckedRequest, check_request, parse_body
+from dynaseal.routing.routes import Route
 from dynaseal.routing.routes import choose as choose_route
 from dynaseal.usage import record as usage_record
 
@@ -204,6 +205,10 @@ class Authorizer:
             checked = (endpoint.check if endpoint else check_request)(body, key, len(request.body))
             if endpoint is not None and endpoint.format == "messages":
                 check_betas(request.headers, key)
+            # Before admission: a model its upstreams cannot serve in this API spends nothing.
+            route = self.registry.routes.for_request(key.tenant.id, checked.model,
+                                                     endpoint.format if endpoint else "chat_completions") \
+                if self.registry.routes is not None else None
             # After the body's checks, before admission: a blocked request spends no use, slot or reservation.
             check_content(key, body, api=endpoint.content_api if endpoint else "chat")
             if self.quota is not None:
@@ -211,7 +216,7 @@ class Authorizer:
                     await admit_request(self.quota, key, checked, request_id, proof)
                 else:  # generates nothing: reserves nothing, but a revoked key gets nothing either
                     await check_not_revoked(self.quota, key)
-            decision = self._allow(key, checked, request.headers, request_id, request.body, endpoint)
+            decision = self._allow(key, checked, request.headers, request_id, request.body, endpoint, route)
             metered = endpoint is None or endpoint.metered
             hmac_key = await self.giver.load_key() if self.giver is not None and metered else None
             if hmac_key is not None:  # the whole chain: a child key's request gives back at every level
@@ -277,11 +282,9 @@ class Authorizer:
         self.keys = VerifiedKeyCache(self.registry, self.keys.capacity)
 
     def _allow(self, key: VerifiedKey, checked: CheckedRequest, client_headers: Mapping[str, str],
-               request_id: str, body: bytes = b"", endpoint: Endpoint | None = None) -> Decision:
+               request_id: str, body: bytes = b"", endpoint: Endpoint | None = None,
+               route: Route | None = None) -> Decision:
         routes = self.registry.routes
-        # Named routes serve chat completions; the other APIs go to the gateway's upstream for their format.
-        routed = routes is not None and endpoint is None
-        route = routes.route(key.tenant.id, checked.model) if routes is not None and routed else None
         # A routed request's credential is chosen per upstream try (in Envoy, from the route's metadata).
         provider_key = None if route is not None else key.tenant.provider_key or self.registry.default_provider_key
         # The gateway's id toward the upstream; identity so Envoy can always read the usage it returns.
@@ -317,7 +320,8 @@ class Authorizer:
         if key.tenant.callback is not None and key.tenant.callback.include_content:
             metadata["capture_content"] = True
         if route is not None:
-            choice = choose_route(route, checked.model, body, checked.body_prefix or "")
+            choice = choose_route(route, checked.model, body, checked.body_prefix or "",
+                                  lambda provider_key: provider_credential(provider_key, fmt))
             headers.update(choice.headers)
             metadata.update(choice.metadata)
             removed = tuple(name for name in removed if name not in headers)
