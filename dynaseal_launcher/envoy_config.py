@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from string import Template
-from urllib.parse import urlsplit
 
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.origins import origin_regex
@@ -23,36 +20,13 @@ GATEWAY_TEMPLATE = TEMPLATE_DIR / "gateway.yaml.tmpl"
 EDGE_SECRET = "edge_certificate"  # the SDS secret the client listener serves
 
 
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    """The upstream LLM endpoint split into what Envoy's cluster and route need."""
-
-    scheme: str
-    host: str
-    port: int
-    path_prefix: str
-
-
-def upstream_of(cfg: DynasealConfig) -> Upstream:
+def upstream_of(cfg: DynasealConfig) -> upstream_clusters.Endpoint:
     """The configured upstream, or the bundled mock on its local port."""
     gw = cfg.gateway
-    base_url = gw.upstream.base_url or f"http://{gw.host}:{gw.ports.mock_upstream}/v1"
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"upstream base_url must be an http(s) URL, got {base_url!r}")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return Upstream(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
+    return upstream_clusters.split_base_url(gw.upstream.base_url or f"http://{gw.host}:{gw.ports.mock_upstream}/v1")
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _tls_block(upstream: Upstream, ca_file: str) -> str:
+def _tls_block(upstream: upstream_clusters.Endpoint, ca_file: str) -> str:
     if upstream.scheme != "https":
         return ""
     return (
@@ -140,7 +114,7 @@ def render(cfg: DynasealConfig, access_log: Path, authz_host: str | None = None,
         stream_idle_timeout=f"{limits.stream_idle_timeout_s}s",
         max_stream_duration=f"{limits.max_stream_duration_s}s",
         host_rewrite=f"host_rewrite_literal: {host_header!r}".replace("'", '"'),
-        upstream_discovery="STATIC" if _is_ip(upstream.host) else "LOGICAL_DNS",
+        upstream_discovery="STATIC" if upstream_clusters.is_ip(upstream.host) else "LOGICAL_DNS",
         upstream_address=upstream.host,
         upstream_port=upstream.port,
         upstream_tls=_tls_block(upstream, gw.upstream.ca_file),
@@ -151,7 +125,7 @@ def render(cfg: DynasealConfig, access_log: Path, authz_host: str | None = None,
                                                f"{limits.stream_idle_timeout_s}s"),
         routed_clusters=upstream_clusters.clusters(cfg),
         clear_route_cache="true" if upstream_clusters.used_chains(cfg) else "false",
-        self_address=gw.host if _is_ip(gw.host) and gw.host not in ("0.0.0.0", "::") else "127.0.0.1",
+        self_address=gw.host if upstream_clusters.is_ip(gw.host) and gw.host not in ("0.0.0.0", "::") else "127.0.0.1",
         endpoint_routes=endpoint_routes(upstream.path_prefix, 14, "upstream_llm", f"{limits.max_stream_duration_s}s",
                                         f"{limits.stream_idle_timeout_s}s",
                                         f"host_rewrite_literal: {host_header!r}".replace("'", '"')),

@@ -12,6 +12,7 @@ the endpoint's format (dynaseal.upstreams.targets_by_format), with one Envoy rou
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import textwrap
 from dataclasses import dataclass
@@ -96,17 +97,22 @@ class Endpoint:
         return self.host if self.port == default else f"{self.host}:{self.port}"
 
 
-def endpoint_of(spec: UpstreamSpec) -> Endpoint:
-    """Split a base URL (validated as http(s) by the schema)."""
-    parts = urlsplit(spec.base_url)
-    assert parts.hostname is not None
+def split_base_url(base_url: str) -> Endpoint:
+    """Split an http(s) base URL into what a cluster and its route need; ValueError for anything else."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"upstream base_url must be an http(s) URL, got {base_url!r}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return Endpoint(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
 
 
-def _is_ip(host: str) -> bool:
-    import ipaddress
+def endpoint_of(spec: UpstreamSpec) -> Endpoint:
+    """A named upstream's base URL, split (validated as http(s) by the schema)."""
+    return split_base_url(spec.base_url)
 
+
+def is_ip(host: str) -> bool:
+    """Whether Envoy can use `host` as it is (STATIC) or must resolve it (LOGICAL_DNS)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -193,7 +199,7 @@ def clusters(cfg: DynasealConfig) -> str:
         outlier = spec.outlier_detection
         out.append(
             f"  - name: up_{name}\n"
-            f"    type: {'STATIC' if _is_ip(ep.host) else 'LOGICAL_DNS'}\n"
+            f"    type: {'STATIC' if is_ip(ep.host) else 'LOGICAL_DNS'}\n"
             f"    connect_timeout: {spec.timeouts.connect_s}s\n"
             "    dns_lookup_family: V4_PREFERRED\n"
             + (f"    outlier_detection: {{ consecutive_5xx: {outlier.consecutive_5xx}, "
