@@ -27,6 +27,7 @@ from dynaseal.policy.endpoints.common import (
     invalid,
     positive_int,
     price_of,
+    type_of,
 )
 from dynaseal.policy.endpoints.responses import _media_tokens
 from dynaseal.policy.endpoints.server_side import feature_of, server_side_tokens
@@ -59,10 +60,14 @@ def _blocks(messages: list[Any]) -> Iterator[dict[str, Any]]:
         for block in content:
             if not isinstance(block, dict):
                 raise invalid("each content block must be an object", "messages")
+            type_of(block, "messages")  # compared by value below: a string or absent
             yield block
             inner = block.get("content")
             if block.get("type") == "tool_result" and isinstance(inner, list):
-                yield from (b for b in inner if isinstance(b, dict))
+                for nested in inner:
+                    if isinstance(nested, dict):
+                        type_of(nested, "messages")
+                        yield nested
 
 
 def hidden_tool_tokens(body: Mapping[str, Any]) -> int:
@@ -151,7 +156,7 @@ def check_messages(body: dict[str, Any], key: VerifiedKey, body_size: int) -> Ch
     media = sum(1 for block in _blocks(messages) if block.get("type") in MEDIA_BLOCKS)
     system = body.get("system")
     if isinstance(system, list):
-        media += sum(1 for b in system if isinstance(b, dict) and b.get("type") in MEDIA_BLOCKS)
+        media += sum(1 for b in system if isinstance(b, dict) and type_of(b, "system") in MEDIA_BLOCKS)
     extra = server_side_tokens(key, _features(body)) + _media_tokens(key, media) + hidden_tool_tokens(body)
     allowance = allowance_for(limits, model)
     prompt = chat_prompt_bound(body_size, [], key, allowance) + extra
