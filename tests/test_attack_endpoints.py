@@ -118,3 +118,28 @@ def test_the_gateway_refuses_instead_of_failing(gateway: str, issuer_key: Signin
                           headers={"authorization": f"Bearer {_key(issuer_key)}"})
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code
+
+
+# --- a client-chosen price: Anthropic's 1-hour cache writes -----------------------------------------------
+
+@pytest.mark.parametrize("body", [
+    {"model": "m", "max_tokens": 20, "system": [{"type": "text", "text": "long context",
+                                                 "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+     "messages": HELLO},
+    {"model": "m", "max_tokens": 20, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "doc", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}]},
+    {"model": "m", "max_tokens": 20, "messages": HELLO, "tools": [
+        {"name": "f", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]},
+])
+def test_a_one_hour_cache_write_needs_the_tenant(tenant: Tenant, body: dict[str, Any]) -> None:
+    """A 1h cache write bills 2x input where the tenant's one `cache_write` price is the 5m write's."""
+    refusal = refusal_of(check_messages, body, key(tenant))
+    assert (refusal.code, refusal.param) == (ErrorCode.PARAM_NOT_ALLOWED, "cache_control.ttl")
+    check_messages(body, key(tenant, provider_features=("cache_control",)), len(orjson.dumps(body)))
+
+
+def test_the_default_cache_ttl_passes(tenant: Tenant) -> None:
+    body = {"model": "m", "max_tokens": 20, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "doc", "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": "more", "cache_control": {"type": "ephemeral", "ttl": "5m"}}]}]}
+    check_messages(body, key(tenant), len(orjson.dumps(body)))

@@ -133,6 +133,24 @@ def _metadata(body: Mapping[str, Any], key: VerifiedKey) -> Mapping[str, Any]:
     return {k: v for k, v in body.items() if k != "metadata"}
 
 
+def _cache_ttls(body: Mapping[str, Any], key: VerifiedKey) -> None:
+    """A cache breakpoint's `ttl` other than the default 5m (a 1h write costs 2x input, not 1.25x: more than
+    one `cache_write` price can say) only where the tenant lists `cache_control` in provider_features."""
+    if "cache_control" in key.tenant.limits.provider_features:
+        return
+    pending: list[Any] = [body]
+    while pending:  # a loop, not recursion: bodies nest as deep as the JSON parser allows
+        value = pending.pop()
+        if isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, dict):
+            control = value.get("cache_control")
+            if isinstance(control, dict) and control.get("ttl", "5m") != "5m":
+                raise Refusal(ErrorCode.PARAM_NOT_ALLOWED, "a cache_control ttl other than 5m changes what the "
+                              "provider charges: this tenant does not allow it", "cache_control.ttl")
+            pending.extend(value.values())
+
+
 def check_messages(body: dict[str, Any], key: VerifiedKey, body_size: int) -> CheckedRequest:
     """Enforce the key's policy on a Messages body of `body_size` bytes."""
     check_known(_metadata(body, key), key, "messages")
@@ -152,6 +170,7 @@ def check_messages(body: dict[str, Any], key: VerifiedKey, body_size: int) -> Ch
         cap, prefix = key.max_tokens, f'"max_tokens":{key.max_tokens},'
     check_cap(cap, key, "max_tokens")
     _thinking(body, cap)
+    _cache_ttls(body, key)
     check_key_params(body, key, CORE)
     media = sum(1 for block in _blocks(messages) if block.get("type") in MEDIA_BLOCKS)
     system = body.get("system")
