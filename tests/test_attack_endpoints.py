@@ -143,3 +143,33 @@ def test_the_default_cache_ttl_passes(tenant: Tenant) -> None:
         {"type": "text", "text": "doc", "cache_control": {"type": "ephemeral"}},
         {"type": "text", "text": "more", "cache_control": {"type": "ephemeral", "ttl": "5m"}}]}]}
     check_messages(body, key(tenant), len(orjson.dumps(body)))
+
+
+# --- media nested where the block walk did not look -------------------------------------------------------
+
+PDF = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"}}
+
+
+def test_a_document_nested_in_a_server_tool_result_is_media(tenant: Tenant) -> None:
+    """A few bytes of PDF cost a page image's tokens; nested in a web fetch result it was not counted."""
+    fetched = {"type": "web_fetch_tool_result", "tool_use_id": "srvtoolu_1",
+               "content": {"type": "web_fetch_result", "url": "https://example.com/a.pdf", "content": PDF}}
+    body = {"model": "m", "max_tokens": 20, "messages": [
+        {"role": "user", "content": "read it"},
+        {"role": "assistant", "content": [{"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_fetch",
+                                           "input": {"url": "https://example.com/a.pdf"}}, fetched]},
+        {"role": "user", "content": "and?"}]}
+    assert refusal_of(check_messages, body, key(tenant)).code == ErrorCode.PARAM_NOT_ALLOWED  # budget, no allowance
+    priced = check_messages(body, key(tenant, media_part_tokens=3000), len(orjson.dumps(body)))
+    assert priced.prompt_bound >= 3000
+
+
+def test_media_blocks_are_counted_once_and_tool_inputs_are_not_content(tenant: Tenant) -> None:
+    image = {"type": "image", "source": {"type": "url", "url": "https://example.com/x.png"}}
+    body = {"model": "m", "max_tokens": 20, "messages": [
+        {"role": "user", "content": [image, {"type": "tool_result", "tool_use_id": "t", "content": [PDF]}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t2", "name": "f", "input": {"type": "image"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t2", "content": "ok"}]}]}
+    size = len(orjson.dumps(body))
+    one, two = (check_messages(body, key(tenant, media_part_tokens=n), size).prompt_bound for n in (1000, 2000))
+    assert two - one == 2 * 1000  # the image and the PDF, not the tool call's input

@@ -70,6 +70,23 @@ def _blocks(messages: list[Any]) -> Iterator[dict[str, Any]]:
                         yield nested
 
 
+def _media_blocks(messages: list[Any]) -> int:
+    """Image, document and upload blocks at any depth: a block may nest others (a tool result's content, a
+    web fetch result's document), and each costs what a media block costs wherever it sits. A tool call's
+    `input` is the model's own JSON, not content: not looked into."""
+    count, pending = 0, list(messages)
+    while pending:  # a loop, not recursion: bodies nest as deep as the JSON parser allows
+        value = pending.pop()
+        if isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, dict):
+            kind = value.get("type")
+            if isinstance(kind, str) and kind in MEDIA_BLOCKS:
+                count += 1
+            pending.extend(v for k, v in value.items() if not (k == "input" and kind == "tool_use"))
+    return count
+
+
 def hidden_tool_tokens(body: Mapping[str, Any]) -> int:
     """Prompt tokens of the tools Anthropic adds beyond the body's bytes (0 without tools)."""
     tools = body.get("tools")
@@ -172,7 +189,9 @@ def check_messages(body: dict[str, Any], key: VerifiedKey, body_size: int) -> Ch
     _thinking(body, cap)
     _cache_ttls(body, key)
     check_key_params(body, key, CORE)
-    media = sum(1 for block in _blocks(messages) if block.get("type") in MEDIA_BLOCKS)
+    for _ in _blocks(messages):  # validates every block and its type
+        pass
+    media = _media_blocks(messages)
     system = body.get("system")
     if isinstance(system, list):
         media += sum(1 for b in system if isinstance(b, dict) and type_of(b, "system") in MEDIA_BLOCKS)
