@@ -6,7 +6,9 @@ what the next upstream answers must not make that request free.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ class Stack:
 
     def __init__(self, url: str, upstreams: dict[str, ScriptedUpstream], signer: SigningKey, redis_at: str) -> None:
         self.url, self.upstreams, self.signer, self.redis_url = url, upstreams, signer, redis_at
+        self.access_log = Path()
 
     def key(self, **claims: Any) -> str:
         return mint(self.signer, tenant="alpha", models=["hedge"], max_tokens=50, ttl=600, **claims)
@@ -78,12 +81,24 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     cfg = load_config(path)
     local = LocalStack(cfg, path, pipeline=False)
     local.start()
+    running = Stack(f"http://127.0.0.1:{cfg.gateway.ports.envoy}", upstreams, signer, redis_url(cfg))
+    running.access_log = local.access_log
     try:
-        yield Stack(f"http://127.0.0.1:{cfg.gateway.ports.envoy}", upstreams, signer, redis_url(cfg))
+        yield running
     finally:
         local.stop()
         for upstream in upstreams.values():
             upstream.close()
+
+
+def logged_line(stack: Stack, request_id: str) -> dict[str, Any]:
+    """The access-log line of one request (Envoy flushes the log every 200 ms; bounded wait)."""
+    for _ in range(100):
+        for line in stack.access_log.read_bytes().splitlines():
+            if request_id.encode() in line:
+                return dict(json.loads(line))
+        time.sleep(0.1)
+    raise AssertionError(f"no access-log line for {request_id}")
 
 
 def test_a_request_a_provider_took_past_the_timeout_is_not_given_back(stack: Stack) -> None:
@@ -91,12 +106,14 @@ def test_a_request_a_provider_took_past_the_timeout_is_not_given_back(stack: Sta
     stack.upstreams["slow"].behaviour = Behaviour(delay_s=2)
     stack.upstreams["busy"].behaviour = Behaviour(status=503)
     key = stack.key(uses=1)
-    with pytest.raises(openai.InternalServerError):
+    with pytest.raises(openai.InternalServerError) as refused:
         stack.client(key).chat.completions.create(model="hedge", messages=MESSAGES, max_tokens=10)
     assert len(stack.upstreams["slow"].take()) == 1  # the provider had it: it may have generated and billed it
     assert len(stack.upstreams["busy"].take()) == 1
     state = counters(redis.Redis.from_url(stack.redis_url), "alpha", str(jwt_payload(key)["jti"]))
     assert state["uses"] == 1  # not given back
+    logged = logged_line(stack, refused.value.response.headers["x-dynaseal-request-id"])
+    assert (logged["overdue"], logged["given_back"], logged["upstreams_tried"]) == (True, None, "slow,busy")
 
 
 def test_a_request_every_provider_refused_at_once_is_still_given_back(stack: Stack) -> None:
@@ -108,3 +125,15 @@ def test_a_request_every_provider_refused_at_once_is_still_given_back(stack: Sta
     assert len(stack.upstreams["slow"].take()) == len(stack.upstreams["busy"].take()) == 1
     state = counters(redis.Redis.from_url(stack.redis_url), "alpha", str(jwt_payload(key)["jti"]))
     assert state["uses"] == 0  # no provider served it: given back
+
+
+def test_a_request_with_an_overdue_try_is_billed_its_reservation() -> None:
+    """The last upstream's own 503 bills nothing; after a try that timed out it bills the reservation."""
+    from dynaseal.usage.events import parse_line
+
+    line = {"request_id": "3b7c2a8e-0d1f-4e5a-9b6c-7d8e9f0a1b2c", "tenant": "alpha", "jti": "j1", "model": "hedge",
+            "code": 503, "details": "via_upstream", "reserved": 100, "upstreams_tried": "slow,busy"}
+    refused = parse_line(json.dumps(line))
+    assert refused is not None and (refused.usage_source, refused.total_tokens) == ("none", 0)
+    overdue = parse_line(json.dumps({**line, "overdue": True}))
+    assert overdue is not None and (overdue.usage_source, overdue.total_tokens) == ("reserved", 100)
