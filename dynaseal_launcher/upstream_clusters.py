@@ -64,11 +64,12 @@ function envoy_on_request(handle)
   -- timeout is no refusal): the request is then never given back, whatever the last upstream answers.
   local now = tonumber(handle:timestampString(EnvoyTimestampResolution.MILLISECOND))
   local last, since = route["last_try"], route["last_try_ms"]
-  if last ~= nil and since ~= nil and UPSTREAMS[last] ~= nil and now - since >= UPSTREAMS[last][3] then
-    meta:set(ROUTE, "overdue", true)
+  if now == nil or (last ~= nil and since ~= nil and UPSTREAMS[last] ~= nil and now - since >= UPSTREAMS[last][3]) then
+    meta:set(ROUTE, "overdue", true)  -- no clock: assume the worst
+  else
+    meta:set(ROUTE, "last_try", name)
+    meta:set(ROUTE, "last_try_ms", now)
   end
-  meta:set(ROUTE, "last_try", name)
-  meta:set(ROUTE, "last_try_ms", now)
   headers:replace(":path", up[1] .. endpoint)
   headers:replace(":authority", up[2])
   local auth = authz["up_auth." .. name]
