@@ -61,6 +61,16 @@ function envoy_on_request(handle)
   end
   local tried = route["tried"]
   meta:set(ROUTE, "tried", tried and (tried .. "," .. name) or name)
+  -- A try that ran past its upstream's first_byte_s before this one began may have been generated (a
+  -- timeout is no refusal): the request is then never given back, whatever the last upstream answers.
+  local now = tonumber(handle:timestampString(EnvoyTimestampResolution.MILLISECOND))
+  local last, since = route["last_try"], route["last_try_ms"]
+  if now == nil or (last ~= nil and since ~= nil and UPSTREAMS[last] ~= nil and now - since >= UPSTREAMS[last][3]) then
+    meta:set(ROUTE, "overdue", true)  -- no clock: assume the worst
+  else
+    meta:set(ROUTE, "last_try", name)
+    meta:set(ROUTE, "last_try_ms", now)
+  end
   headers:replace(":path", up[1] .. endpoint)
   headers:replace(":authority", up[2])
   local auth = authz["up_auth." .. name]
@@ -140,7 +150,8 @@ def used_chains(cfg: DynasealConfig) -> dict[str, tuple[tuple[str, ...], tuple[s
 def _upstream_filters(upstreams: dict[str, UpstreamSpec], indent: int) -> str:
     # ["name"] keys: a name may be a Lua keyword (`local`, `end`, ...), which `name = ` would not load.
     table = ", ".join(f"[{json.dumps(name)}] = {{{json.dumps(endpoint_of(spec).path_prefix)}, "
-                      f"{json.dumps(endpoint_of(spec).authority)}}}" for name, spec in sorted(upstreams.items()))
+                      f"{json.dumps(endpoint_of(spec).authority)}, {int(spec.timeouts.first_byte_s * 1000)}}}"
+                      for name, spec in sorted(upstreams.items()))
     code = _UPSTREAM_LUA % {"table": table}
     pad = " " * indent
     lua = "\n".join(f"{pad}            {line}" if line else "" for line in code.splitlines())

@@ -106,6 +106,8 @@ def _usage(record: dict[str, Any], status: int, reserved: int) -> tuple[str, int
         return RESERVED, 0, 0, reserved
     if total is not None:
         return UPSTREAM, prompt or 0, completion or 0, total
+    if record.get("overdue") is True:  # a try timed out at a provider that may have generated: as a 504 is
+        return RESERVED, 0, 0, reserved
     if record.get("given_back") is True:  # no provider served it: given back at once, nothing billed
         return NONE, 0, 0, 0
     details = _text(record.get("details"))

@@ -106,6 +106,9 @@ FIELDS: tuple[LogField, ...] = (
            "The API called beside chat completions (responses, messages, messages_count_tokens, embeddings); "
            "absent for chat. Its usage fields are read into the same keys; Messages' cache writes apart."),
     LogField("cache_write_tokens", _meta(USAGE_NAMESPACE, "cache_write_tokens"), "cache_write_tokens", "rule"),
+    LogField("overdue", _meta(ROUTE_NAMESPACE, "overdue"),
+             note="Routing: a try ran past its upstream's first_byte_s before the next began (that provider may "
+                  "have generated): never given back, and billed at least its reservation."),
 )
 BY_NAME: Mapping[str, LogField] = {f.name: f for f in FIELDS}
 ALLOW_KEYS = frozenset(f.name for f in FIELDS if f.authz in ("required", "optional"))

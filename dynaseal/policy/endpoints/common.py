@@ -87,3 +87,12 @@ def check_cap(value: int, key: VerifiedKey, name: str) -> None:
     if value > key.max_tokens:
         raise Refusal(ErrorCode.PARAM_NOT_ALLOWED, f"{name} = {value} exceeds this key's cap of {key.max_tokens}",
                       name)
+
+
+def type_of(obj: Mapping[str, Any], what: str, default: str | None = None) -> str | None:
+    """An object's `type`: a string, or `default` when absent (400 for anything else: it is compared and
+    looked up by value, and a list or object there is a client's error, never the gateway's)."""
+    kind = obj.get("type", default)
+    if kind is not None and not isinstance(kind, str):
+        raise invalid(f"a 'type' in {what} must be a string", what)
+    return kind

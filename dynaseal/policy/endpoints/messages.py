@@ -27,6 +27,7 @@ from dynaseal.policy.endpoints.common import (
     invalid,
     positive_int,
     price_of,
+    type_of,
 )
 from dynaseal.policy.endpoints.responses import _media_tokens
 from dynaseal.policy.endpoints.server_side import feature_of, server_side_tokens
@@ -59,10 +60,31 @@ def _blocks(messages: list[Any]) -> Iterator[dict[str, Any]]:
         for block in content:
             if not isinstance(block, dict):
                 raise invalid("each content block must be an object", "messages")
+            type_of(block, "messages")  # compared by value below: a string or absent
             yield block
             inner = block.get("content")
             if block.get("type") == "tool_result" and isinstance(inner, list):
-                yield from (b for b in inner if isinstance(b, dict))
+                for nested in inner:
+                    if isinstance(nested, dict):
+                        type_of(nested, "messages")
+                        yield nested
+
+
+def _media_blocks(messages: list[Any]) -> int:
+    """Image, document and upload blocks at any depth: a block may nest others (a tool result's content, a
+    web fetch result's document), and each costs what a media block costs wherever it sits. A tool call's
+    `input` is the model's own JSON, not content: not looked into."""
+    count, pending = 0, list(messages)
+    while pending:  # a loop, not recursion: bodies nest as deep as the JSON parser allows
+        value = pending.pop()
+        if isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, dict):
+            kind = value.get("type")
+            if isinstance(kind, str) and kind in MEDIA_BLOCKS:
+                count += 1
+            pending.extend(v for k, v in value.items() if not (k == "input" and kind == "tool_use"))
+    return count
 
 
 def hidden_tool_tokens(body: Mapping[str, Any]) -> int:
@@ -128,6 +150,24 @@ def _metadata(body: Mapping[str, Any], key: VerifiedKey) -> Mapping[str, Any]:
     return {k: v for k, v in body.items() if k != "metadata"}
 
 
+def _cache_ttls(body: Mapping[str, Any], key: VerifiedKey) -> None:
+    """A cache breakpoint's `ttl` other than the default 5m (a 1h write costs 2x input, not 1.25x: more than
+    one `cache_write` price can say) only where the tenant lists `cache_control` in provider_features."""
+    if "cache_control" in key.tenant.limits.provider_features:
+        return
+    pending: list[Any] = [body]
+    while pending:  # a loop, not recursion: bodies nest as deep as the JSON parser allows
+        value = pending.pop()
+        if isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, dict):
+            control = value.get("cache_control")
+            if isinstance(control, dict) and control.get("ttl", "5m") != "5m":
+                raise Refusal(ErrorCode.PARAM_NOT_ALLOWED, "a cache_control ttl other than 5m changes what the "
+                              "provider charges: this tenant does not allow it", "cache_control.ttl")
+            pending.extend(value.values())
+
+
 def check_messages(body: dict[str, Any], key: VerifiedKey, body_size: int) -> CheckedRequest:
     """Enforce the key's policy on a Messages body of `body_size` bytes."""
     check_known(_metadata(body, key), key, "messages")
@@ -147,11 +187,14 @@ def check_messages(body: dict[str, Any], key: VerifiedKey, body_size: int) -> Ch
         cap, prefix = key.max_tokens, f'"max_tokens":{key.max_tokens},'
     check_cap(cap, key, "max_tokens")
     _thinking(body, cap)
+    _cache_ttls(body, key)
     check_key_params(body, key, CORE)
-    media = sum(1 for block in _blocks(messages) if block.get("type") in MEDIA_BLOCKS)
+    for _ in _blocks(messages):  # validates every block and its type
+        pass
+    media = _media_blocks(messages)
     system = body.get("system")
     if isinstance(system, list):
-        media += sum(1 for b in system if isinstance(b, dict) and b.get("type") in MEDIA_BLOCKS)
+        media += sum(1 for b in system if isinstance(b, dict) and type_of(b, "system") in MEDIA_BLOCKS)
     extra = server_side_tokens(key, _features(body)) + _media_tokens(key, media) + hidden_tool_tokens(body)
     allowance = allowance_for(limits, model)
     prompt = chat_prompt_bound(body_size, [], key, allowance) + extra

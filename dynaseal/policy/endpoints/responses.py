@@ -27,6 +27,7 @@ from dynaseal.policy.endpoints.common import (
     invalid,
     positive_int,
     price_of,
+    type_of,
 )
 from dynaseal.policy.endpoints.server_side import feature_of, server_side_tokens
 from dynaseal.policy.request_policy import CheckedRequest
@@ -60,23 +61,29 @@ def _parts(value: Any) -> Iterator[Any]:
         yield from value
 
 
+def _media_parts(value: Any) -> int:
+    """Parts of a content array whose text is not in the body (images, files, audio, unknown ones)."""
+    return sum(1 for p in _parts(value) if not isinstance(p, dict) or type_of(p, "input") not in TEXT_PARTS)
+
+
 def media_and_references(items: list[Any]) -> tuple[int, bool]:
     """(media parts, whether any item references stored state)."""
     media, referenced = 0, False
     for item in items:
         if not isinstance(item, dict):
             raise invalid("each 'input' item must be an object", "input")
-        kind = item.get("type", "message")
+        # An item without a type is a message when it has a role, else a reference to a stored item by its
+        # `id` (OpenAI's ItemReference: `type` optional): stored context the body does not show.
+        kind = type_of(item, "input") or ("message" if "role" in item else "item_reference")
         if kind == "item_reference":
             referenced = True
         elif kind == "message" or "role" in item:
             content = item.get("content")
             if content is not None and not isinstance(content, str | list):
                 raise invalid("an input message's content must be a string or an array of parts", "input")
-            media += sum(1 for p in _parts(content) if not isinstance(p, dict) or p.get("type") not in TEXT_PARTS)
+            media += _media_parts(content)
         elif kind in ("function_call_output", "custom_tool_call_output"):
-            output = item.get("output")
-            media += sum(1 for p in _parts(output) if not isinstance(p, dict) or p.get("type") not in TEXT_PARTS)
+            media += _media_parts(item.get("output"))
         elif kind not in TEXT_ITEMS:
             media += 1  # computer screenshots, tool results of server tools, a newer item type
     return media, referenced
