@@ -10,6 +10,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,19 @@ def test_a_request_with_an_overdue_try_is_billed_its_reservation() -> None:
     assert refused is not None and (refused.usage_source, refused.total_tokens) == ("none", 0)
     overdue = parse_line(json.dumps({**line, "overdue": True}))
     assert overdue is not None and (overdue.usage_source, overdue.total_tokens) == ("reserved", 100)
+
+
+def test_a_served_request_after_an_overdue_try_is_billed_its_usage_and_the_reservation() -> None:
+    """Two providers may have generated for one reservation: the one that timed out is billed too."""
+    from dynaseal.money.pricing import Price
+    from dynaseal.usage.events import parse_line
+
+    price = Price("USD", Decimal(1), Decimal(1), Decimal(2), Decimal(2))
+    line = {"request_id": "3b7c2a8e-0d1f-4e5a-9b6c-7d8e9f0a1b2c", "tenant": "alpha", "jti": "j1", "model": "hedge",
+            "code": 200, "reserved": 100, "reserved_cost": 250, "upstreams_tried": "slow,oai",
+            "prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12, "price": price.encode()}
+    served = parse_line(json.dumps(line))
+    assert served is not None and (served.usage_source, served.total_tokens) == ("upstream", 12)
+    late = parse_line(json.dumps({**line, "overdue": True}))
+    assert late is not None and (late.usage_source, late.total_tokens) == ("upstream", 112)
+    assert late.cost_micros == served.cost_micros + 250

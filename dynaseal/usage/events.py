@@ -105,7 +105,10 @@ def _usage(record: dict[str, Any], status: int, reserved: int) -> tuple[str, int
             return UPSTREAM, prompt or 0, completion or 0, total
         return RESERVED, 0, 0, reserved
     if total is not None:
-        return UPSTREAM, prompt or 0, completion or 0, total
+        # A try that timed out before this one may have generated at its provider too: the served usage plus
+        # the reservation (never under-bill; the tenant sees it in the callback as total > prompt + completion).
+        extra = reserved if record.get("overdue") is True else 0
+        return UPSTREAM, prompt or 0, completion or 0, total + extra
     if record.get("overdue") is True:  # a try timed out at a provider that may have generated: as a 504 is
         return RESERVED, 0, 0, reserved
     if record.get("given_back") is True:  # no provider served it: given back at once, nothing billed
@@ -213,6 +216,8 @@ def _add_money(event: UsageEvent, record: dict[str, Any]) -> None:
                                      event.reasoning_tokens, event.cache_write_tokens))
         if cut_short(record):
             cost = max(cost, from_micros(event.reserved_cost_micros))
+        elif record.get("overdue") is True:  # as the tokens: another provider may have generated before
+            cost += from_micros(event.reserved_cost_micros)
     elif event.usage_source == RESERVED:
         cost = from_micros(event.reserved_cost_micros)
     else:
