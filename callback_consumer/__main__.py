@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP, config)")
     parser.add_argument("--per-tenant", type=int, default=32, help="callbacks in flight per tenant")
     parser.add_argument("--tenant-backlog", type=int, default=5000,
-                        help="events one tenant may hold waiting before new ones go to the DLQ")
+                        help="events one tenant may hold in flight; past it new ones queue and their partitions pause")
     parser.add_argument("--retry-base-s", type=float, default=0.5, help="first retry delay (doubles each time)")
     parser.add_argument("--retry-cap-s", type=float, default=30.0, help="longest retry delay")
     parser.add_argument("--session-timeout-ms", type=int, default=kafka_io.SESSION_TIMEOUT_MS)

@@ -49,7 +49,7 @@ class ConsumerOptions:
     client_id: str = "dynaseal-consumer"
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     per_tenant: int = 32
-    # Events one tenant may hold before its new ones are dead-lettered (a quarter of max_in_flight).
+    # Events one tenant may hold before its new ones queue and their partitions pause (a quarter of max_in_flight).
     tenant_backlog: int = 5_000
     # Events held in memory before partitions are paused: a dead tenant's retries may hold many.
     max_in_flight: int = 20_000
@@ -89,13 +89,19 @@ class CallbackConsumer:
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blocking")
         # Each tenant's callback concurrency holds over the whole group, not per member.
         slots = SharedSlots(self.redis, self.executor, f"{options.client_id}-{uuid.uuid4().hex[:8]}")
-        self.dispatcher = Dispatcher(lambda abandon: Deliverer(
+        self.dispatcher = Dispatcher(lambda abandon: self._remember(Deliverer(
             lambda: self.targets, SettlementBatcher(self.redis, self.executor), self.dead_letters, self.executor,
-            options.policy, options.per_tenant, abandon, tenant_backlog=options.tenant_backlog, slots=slots))
+            options.policy, options.per_tenant, abandon, tenant_backlog=options.tenant_backlog, slots=slots)))
         self._paused = False
+        self._held_paused: set[TopicPartition] = set()
+        self._deliverer: Deliverer | None = None
         self._last_commit = 0.0
         self._lag_at = 0.0
         self._lag_labels: set[str] = set()
+
+    def _remember(self, deliverer: Deliverer) -> Deliverer:
+        self._deliverer = deliverer
+        return deliverer
 
     def stop(self) -> None:
         """Ask the loop to stop polling, drain and exit."""
@@ -159,8 +165,23 @@ class CallbackConsumer:
             consumer.pause(*consumer.assignment())
             self._paused = True
         elif self._paused and in_flight <= self.options.max_in_flight // 2:
-            consumer.resume(*consumer.paused())
+            consumer.resume(*(set(consumer.paused()) - self._held_paused))
             self._paused = False
+        self._hold_back(consumer)
+
+    def _hold_back(self, consumer: KafkaConsumer) -> None:
+        """Pause the partitions a slow tenant's queued events came from; resume them once it caught up."""
+        if self._deliverer is None:
+            return
+        owned = consumer.assignment()
+        held = self._deliverer.held_back.partitions() & owned
+        if held - self._held_paused:
+            consumer.pause(*(held - self._held_paused))
+        freed = (self._held_paused - held) & owned
+        if freed and not self._paused:
+            consumer.resume(*freed)
+        self._held_paused = held if not self._paused else held | (freed & self._held_paused)
+        metrics.PAUSED_PARTITIONS.set(len(self._held_paused))
 
     def _update_lag(self, consumer: KafkaConsumer) -> None:
         now = time.monotonic()

@@ -1,7 +1,7 @@
 """One event's journey: settle its reservation, then deliver its signed callback, retrying or dead-lettering.
 
 Outcomes: `delivered` (2xx), `dlq` (a non-retryable status, exhausted retries, an undecodable event,
-a tenant no longer configured, a tenant with more events waiting than its backlog allows),
+a tenant no longer configured),
 `no_callback` (the tenant has no callback: settled only) — all three let the offset be committed —
 and `abandoned` (shutdown came first), which leaves the offset uncommitted so the event is read again.
 """
@@ -13,6 +13,7 @@ import enum
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from contextlib import AbstractAsyncContextManager, nullcontext
@@ -24,6 +25,7 @@ from redis.exceptions import RedisError
 
 from callback_consumer import metrics
 from callback_consumer.dlq import DeadLetters, dlq_headers
+from callback_consumer.held_back import HeldBack
 from callback_consumer.http_client import CallbackClient, CallbackTransportError
 from callback_consumer.money import ThresholdSender, money_settlement, record_money
 from callback_consumer.settlement import SettlementBatcher
@@ -103,12 +105,14 @@ class Deliverer:
         self.abandon = abandon
         # Overrides every tenant's callback.max_attempts (a DLQ replay tries a few times, not eight).
         self.max_attempts = max_attempts
-        # Events one tenant may hold waiting (for a slot, a reply or a retry). Its events share
-        # partitions and the consumer's in-flight limit with every other tenant's: past this, a dead
-        # or very slow tenant would pause consumption for all, so its new events go to the DLQ
-        # (`overloaded`, for `dynaseal dlq replay`) instead.
+        # Events one tenant may hold waiting (for a slot, a reply or a retry). Past this its new
+        # events queue in arrival order (a slow receiver is not a failed one: nothing goes to the
+        # DLQ for being slow) and the partitions they came from are paused (`held_back`), so the
+        # rest of that tenant's events wait in Kafka, uncommitted, until it catches up.
         self.tenant_backlog = tenant_backlog
         self._waiting: dict[str, int] = {}
+        self._turns: dict[str, deque[asyncio.Future[None]]] = {}
+        self.held_back = HeldBack()
         # The tenant's concurrency over the whole consumer group (None: this process's alone).
         self.slots = slots
         self._clients: dict[str, CallbackClient] = {}
@@ -272,14 +276,53 @@ class Deliverer:
             return await self._dead_letter(job, event.request_id, "unknown_tenant", None, 0)
         if tenant.callback is None or tenant.callback_secret is None:
             return Outcome.NO_CALLBACK
-        waiting = self._waiting.get(tenant.id, 0)
-        if self.tenant_backlog is not None and waiting >= self.tenant_backlog:
-            return await self._dead_letter(job, event.request_id, "overloaded", None, 0)
-        self._waiting[tenant.id] = waiting + 1
+        if not await self._take_turn(tenant.id, job):
+            return Outcome.ABANDONED
         try:
             return await self._deliver(job, tenant, event)
         finally:
             self._waiting[tenant.id] -= 1
+            self._next_turn(tenant.id)
+
+    async def _take_turn(self, tenant_id: str, job: Job) -> bool:
+        """Count the job in its tenant's backlog, queueing (FIFO) while the backlog is full; False on shutdown."""
+        backlog = self.tenant_backlog
+        queue = self._turns.setdefault(tenant_id, deque())
+        if backlog is None or (self._waiting.get(tenant_id, 0) < backlog and not queue):
+            self._waiting[tenant_id] = self._waiting.get(tenant_id, 0) + 1
+            return True
+        # A future per held event, granted strictly in arrival order by `_next_turn` (which counts it
+        # in the backlog as it grants it): held events leave in the order they came, per key too.
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(turn)
+        self.held_back.add(tenant_id, job.tp)
+        metrics.HELD_BACK.inc()
+        stop = asyncio.ensure_future(self.abandon.wait())
+        try:
+            await asyncio.wait((turn, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            self.held_back.remove(tenant_id, job.tp)
+            metrics.HELD_BACK.dec()
+            if not turn.done():
+                turn.cancel()
+        if turn.cancelled():
+            return False
+        if self.abandon.is_set():  # granted, but shutdown came: give the turn back
+            self._waiting[tenant_id] -= 1
+            return False
+        return True
+
+    def _next_turn(self, tenant_id: str) -> None:
+        """A delivery of this tenant ended: grant queued turns while its backlog has room."""
+        queue = self._turns.get(tenant_id)
+        backlog = self.tenant_backlog
+        while queue and backlog is not None and self._waiting.get(tenant_id, 0) < backlog:
+            turn = queue.popleft()
+            if turn.done():  # its waiter left (shutdown)
+                continue
+            self._waiting[tenant_id] = self._waiting.get(tenant_id, 0) + 1
+            turn.set_result(None)
 
     async def dead_letter_on_error(self, job: Job) -> Outcome:
         """DLQ an event whose handling raised unexpectedly (abandoned if even that fails)."""

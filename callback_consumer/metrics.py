@@ -43,3 +43,7 @@ COST = Counter("dynaseal_cost", "Cost settled, in currency units, by price line 
 UNPRICED = Counter("dynaseal_unpriced_requests", "Requests settled for a model without a price", _MODEL_LABELS)
 BUDGET_THRESHOLDS = Counter("dynaseal_budget_thresholds", "Budget threshold callbacks finished, by budget and outcome",
                             ["tenant", "budget", "outcome"])
+HELD_BACK = Gauge("dynaseal_consumer_held_back",
+                  "Events queued behind a slow tenant's full backlog (their partitions are paused)")
+PAUSED_PARTITIONS = Gauge("dynaseal_consumer_paused_partitions",
+                          "Partitions paused because a slow tenant's events are queued from them")
