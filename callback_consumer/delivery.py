@@ -30,11 +30,13 @@ from callback_consumer.http_client import CallbackClient, CallbackTransportError
 from callback_consumer.money import ThresholdSender, money_settlement, record_money
 from callback_consumer.settlement import SettlementBatcher
 from callback_consumer.tenant_slots import SharedSlots
+from dynaseal.ledger import redis_keys
 from dynaseal.ledger.quota import Settlement
 from dynaseal.ledger.tenant_quota import has_tenant_limits
 from dynaseal.pb import UsageEvent
 from dynaseal.runtime.views import CallbackTarget, ConsumerView
 from dynaseal.usage.callbacks import CallbackSigner, callback_body, is_retryable
+from dynaseal.usage.reservation_events import is_reservation, webhook_id
 
 log = logging.getLogger("callback_consumer.delivery")
 
@@ -203,7 +205,7 @@ class Deliverer:
 
     async def _deliver(self, job: Job, tenant: CallbackTarget, event: UsageEvent) -> Outcome:
         assert tenant.callback is not None
-        outcome = await self.send(job, tenant, event.request_id, callback_body(event, tenant.callback.include_content))
+        outcome = await self.send(job, tenant, webhook_id(event), callback_body(event, tenant.callback.include_content))
         if outcome is Outcome.DELIVERED:
             metrics.EVENT_AGE_SECONDS.observe(max(0.0, time.time() - event.shipped_at_ms / 1000))
         return outcome
@@ -256,6 +258,10 @@ class Deliverer:
             return await self._dead_letter(job, "-", "undecodable", None, 0)
         if event.content_rule:  # a content refusal: nothing reserved or spent, only the callback
             return await self.deliver(job, event)
+        if is_reservation(event):  # billed by the ledger when it expired: only the callback, unless
+            if await self._settled_since(event):  # the real line settled it meanwhile (its callback tells)
+                return Outcome.NO_CALLBACK
+            return await self.deliver(job, event)
         settlement = await self._settle(event)
         if settlement is None:
             return Outcome.ABANDONED
@@ -268,6 +274,17 @@ class Deliverer:
             # before committing died with it, so the one that reads the event again counts it.
             record_money(event)
         return outcome
+
+    async def _settled_since(self, event: UsageEvent) -> bool:
+        """Whether a real settlement replaced the expired reservation's provisional bill (Redis errors: no)."""
+        if self.settlements is None:
+            return False
+        try:
+            billed = await self.blocking(self.settlements.redis.hget, redis_keys.settled(event.tenant, event.jti),
+                                         event.request_id)
+        except RedisError:
+            return False  # tell the tenant rather than stay silent: a later real callback supersedes it
+        return isinstance(billed, bytes) and not billed.startswith(b"p:")
 
     async def deliver(self, job: Job, event: UsageEvent) -> Outcome:
         """Deliver a settled event to its tenant's callback as configured now (a DLQ replay starts here)."""

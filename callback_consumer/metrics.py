@@ -47,3 +47,5 @@ HELD_BACK = Gauge("dynaseal_consumer_held_back",
                   "Events queued behind a slow tenant's full backlog (their partitions are paused)")
 PAUSED_PARTITIONS = Gauge("dynaseal_consumer_paused_partitions",
                           "Partitions paused because a slow tenant's events are queued from them")
+RESERVATION_NOTICES = Counter("dynaseal_consumer_reservation_notices_total",
+                              "Expired, unsettled reservations produced as usage events (usage_source reservation)")

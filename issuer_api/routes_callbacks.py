@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from dynaseal.logs import redact
+from issuer_api import reservation_rows
 from issuer_api.deps import StateDep
 from issuer_api.errors import ApiError, IssuerError, invalid_request
 from issuer_api.store import utcnow
@@ -153,7 +154,12 @@ async def receive_usage(request: Request, state: StateDep) -> dict[str, str]:
         print(redact(f"content blocked: key_id={payload.get('key_id')} rule={payload.get('rule')}"), flush=True)
         return {"status": "noted", "webhook_id": webhook_id}
     callback = parse_callback(payload)
+    reservation = reservation_rows.is_reservation(payload)
+    if reservation and await reservation_rows.real_row_exists(state.callbacks.engine, payload):
+        return {"status": "superseded", "webhook_id": webhook_id}
     stored = await state.callbacks.store(row_values(webhook_id, callback, payload))
+    if stored and not reservation and webhook_id == payload.get("request_id"):
+        await reservation_rows.drop_reservation_row(state.callbacks.engine, payload)
     if not stored:
         log.info("duplicate callback ignored",
                  extra={"webhook_id": webhook_id, "event_id": callback.event_id})

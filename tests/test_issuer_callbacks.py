@@ -199,3 +199,39 @@ def test_the_writer_answers_each_row_of_a_group_commit(tmp_path_factory: pytest.
     finally:
         writer.close()
         client.__exit__(None, None, None)
+
+
+def _reservation_body(request_id: str, tokens: int) -> dict[str, object]:
+    body = usage_body("evt-res", "jti-res", None, tokens=tokens)
+    body.update({"usage_source": "reservation", "request_id": request_id, "model": "", "status": 0})
+    return body
+
+
+def test_a_late_real_callback_replaces_the_reservation_row(issuer: tuple[DynasealConfig, TestClient],
+                                                           secret: str) -> None:
+    client = issuer[1]
+    request_id = "req-late-" + datetime.now(UTC).strftime("%H%M%S%f")
+    body, headers = signed_callback(secret, _reservation_body(request_id, 300), msg_id=request_id + ".reservation")
+    assert client.post("/v1/callback/usage", content=body, headers=headers).json()["status"] == "stored"
+    assert _stored(client, request_id + ".reservation") == 1
+    real = {**usage_body("evt-real", "jti-res", None, tokens=57), "request_id": request_id, "usage_source": "upstream"}
+    body, headers = signed_callback(secret, real, msg_id=request_id)
+    assert client.post("/v1/callback/usage", content=body, headers=headers).json()["status"] == "stored"
+    assert _stored(client, request_id) == 1 and _stored(client, request_id + ".reservation") == 0
+    # The reservation's callback again (a redelivery): the real row already tells, nothing is stored.
+    body, headers = signed_callback(secret, _reservation_body(request_id, 300), msg_id=request_id + ".reservation")
+    assert client.post("/v1/callback/usage", content=body, headers=headers).json()["status"] == "superseded"
+    assert _stored(client, request_id + ".reservation") == 0
+
+
+def test_a_real_callback_of_another_request_leaves_a_reservation_row(issuer: tuple[DynasealConfig, TestClient],
+                                                                    secret: str) -> None:
+    client = issuer[1]
+    request_id = "req-keep-" + datetime.now(UTC).strftime("%H%M%S%f")
+    body, headers = signed_callback(secret, _reservation_body(request_id, 120), msg_id=request_id + ".reservation")
+    client.post("/v1/callback/usage", content=body, headers=headers)
+    # A body naming the request under another webhook-id cannot delete it.
+    other = {**usage_body("evt-o", "jti-res", None), "request_id": request_id}
+    body, headers = signed_callback(secret, other, msg_id="req-other-" + request_id)
+    client.post("/v1/callback/usage", content=body, headers=headers)
+    assert _stored(client, request_id + ".reservation") == 1
