@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="events one tenant may hold in flight; past it new ones queue and their partitions pause")
     parser.add_argument("--retry-base-s", type=float, default=0.5, help="first retry delay (doubles each time)")
     parser.add_argument("--retry-cap-s", type=float, default=30.0, help="longest retry delay")
+    parser.add_argument("--park-after", type=int, default=5,
+                        help="failed attempts in a row after which a tenant's events are parked for automatic "
+                             "replay (0: retry, then the DLQ)")
+    parser.add_argument("--park-probe-s", type=float, default=2.0,
+                        help="first wait before a parked tenant's receiver is tried again (doubles up to 30 s)")
     parser.add_argument("--expiry-sweep-s", type=float, default=10.0,
                         help="how often expired, unsettled reservations are looked for and reported (0: never)")
     parser.add_argument("--session-timeout-ms", type=int, default=kafka_io.SESSION_TIMEOUT_MS)
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             config_path=args.config, bootstrap=args.bootstrap or runtime.kafka.value,
             group_id=args.group_id, client_id=f"dynaseal-consumer-{socket.gethostname()}-{os.getpid()}",
             policy=RetryPolicy(args.retry_base_s, args.retry_cap_s), per_tenant=args.per_tenant,
-            tenant_backlog=args.tenant_backlog,
+            tenant_backlog=args.tenant_backlog, park_after=args.park_after, park_probe_s=args.park_probe_s,
             session_timeout_ms=args.session_timeout_ms, heartbeat_interval_ms=args.heartbeat_interval_ms))
     except ConfigError as exc:
         print(f"dynaseal consumer: {exc}", file=sys.stderr)

@@ -26,6 +26,8 @@ from callback_consumer.delivery import Deliverer, Job, RetryPolicy
 from callback_consumer.dispatcher import Dispatcher
 from callback_consumer.dlq import DeadLetters
 from callback_consumer.offsets import OffsetTracker
+from callback_consumer.parked_replay import ParkedReplay
+from callback_consumer.parking import Parking
 from callback_consumer.settlement import SettlementBatcher
 from callback_consumer.tenant_slots import SharedSlots
 from dynaseal.config import ConfigError
@@ -54,6 +56,10 @@ class ConsumerOptions:
     # Events held in memory before partitions are paused: a dead tenant's retries may hold many.
     max_in_flight: int = 20_000
     drain_s: float = 8.0
+    # Failed attempts in a row after which a tenant is down and its events are parked (0: never park).
+    park_after: int = 5
+    # First wait before a parked tenant's receiver is tried again (doubles up to 30 s).
+    park_probe_s: float = 2.0
     session_timeout_ms: int = kafka_io.SESSION_TIMEOUT_MS
     heartbeat_interval_ms: int = kafka_io.HEARTBEAT_INTERVAL_MS
 
@@ -91,13 +97,25 @@ class CallbackConsumer:
         slots = SharedSlots(self.redis, self.executor, f"{options.client_id}-{uuid.uuid4().hex[:8]}")
         self.dispatcher = Dispatcher(lambda abandon: self._remember(Deliverer(
             lambda: self.targets, SettlementBatcher(self.redis, self.executor), self.dead_letters, self.executor,
-            options.policy, options.per_tenant, abandon, tenant_backlog=options.tenant_backlog, slots=slots)))
+            options.policy, options.per_tenant, abandon, tenant_backlog=options.tenant_backlog, slots=slots,
+            parking=self._parking())))
+        self.parked_replay: ParkedReplay | None = None
+        if options.park_after > 0:
+            self.parked_replay = ParkedReplay(
+                lambda: self.targets, options.bootstrap, options.group_id, options.client_id, self.redis,
+                self.dead_letters, probe_s=options.park_probe_s, session_timeout_ms=options.session_timeout_ms,
+                heartbeat_interval_ms=options.heartbeat_interval_ms)
         self._paused = False
         self._held_paused: set[TopicPartition] = set()
         self._deliverer: Deliverer | None = None
         self._last_commit = 0.0
         self._lag_at = 0.0
         self._lag_labels: set[str] = set()
+
+    def _parking(self) -> Parking | None:
+        if self.options.park_after <= 0:
+            return None
+        return Parking(self.redis, self.options.park_after)
 
     def _remember(self, deliverer: Deliverer) -> Deliverer:
         self._deliverer = deliverer
@@ -226,6 +244,8 @@ class CallbackConsumer:
     def run(self) -> None:
         """Consume until stopped, then drain deliveries, commit and leave the group."""
         self.dispatcher.start()
+        if self.parked_replay is not None:
+            self.parked_replay.start()
         consumer = self._connect()
         try:
             while consumer is not None and not self.stopping.is_set():
@@ -245,6 +265,8 @@ class CallbackConsumer:
             self._collect()
             self._commit(consumer, force=True)
             kafka_io.close_quietly(consumer, timeout_s=5)
+        if self.parked_replay is not None:
+            self.parked_replay.stop()
         self.dead_letters.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.redis.close()

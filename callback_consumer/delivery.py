@@ -1,7 +1,8 @@
 """One event's journey: settle its reservation, then deliver its signed callback, retrying or dead-lettering.
 
 Outcomes: `delivered` (2xx), `dlq` (a non-retryable status, exhausted retries, an undecodable event,
-a tenant no longer configured),
+a tenant no longer configured), `parked` (its tenant's receiver is failing: kept for automatic replay,
+callback_consumer.parking),
 `no_callback` (the tenant has no callback: settled only) — all three let the offset be committed —
 and `abandoned` (shutdown came first), which leaves the offset uncommitted so the event is read again.
 """
@@ -28,6 +29,7 @@ from callback_consumer.dlq import DeadLetters, dlq_headers
 from callback_consumer.held_back import HeldBack
 from callback_consumer.http_client import CallbackClient, CallbackTransportError
 from callback_consumer.money import ThresholdSender, money_settlement, record_money
+from callback_consumer.parking import Parking
 from callback_consumer.settlement import SettlementBatcher
 from callback_consumer.tenant_slots import SharedSlots
 from dynaseal.ledger import redis_keys
@@ -35,6 +37,7 @@ from dynaseal.ledger.quota import Settlement
 from dynaseal.ledger.tenant_quota import has_tenant_limits
 from dynaseal.pb import UsageEvent
 from dynaseal.runtime.views import CallbackTarget, ConsumerView
+from dynaseal.usage import kafka_io
 from dynaseal.usage.callbacks import CallbackSigner, callback_body, is_retryable
 from dynaseal.usage.reservation_events import is_reservation, webhook_id
 
@@ -48,6 +51,7 @@ class Outcome(enum.StrEnum):
     DLQ = "dlq"
     NO_CALLBACK = "no_callback"
     ABANDONED = "abandoned"
+    PARKED = "parked"
 
     @property
     def finished(self) -> bool:
@@ -97,7 +101,7 @@ class Deliverer:
                  dead_letters: DeadLetters,
                  executor: Executor, policy: RetryPolicy, per_tenant: int, abandon: asyncio.Event,
                  max_attempts: int | None = None, tenant_backlog: int | None = None,
-                 slots: SharedSlots | None = None) -> None:
+                 slots: SharedSlots | None = None, parking: Parking | None = None) -> None:
         self.registry = registry
         self.settlements = settlements
         self.dead_letters = dead_letters
@@ -121,6 +125,8 @@ class Deliverer:
         self._signers: dict[str, tuple[str, CallbackSigner]] = {}
         self._gates: dict[str, tuple[int, asyncio.Semaphore]] = {}
         self.thresholds = ThresholdSender(self)
+        # Usage callbacks of a failing tenant are parked for automatic replay (None: retried, then the DLQ).
+        self.parking = parking
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep, unless shutdown comes first; True if the full pause passed."""
@@ -191,6 +197,12 @@ class Deliverer:
         metrics.CALLBACK_SECONDS.labels(f"{reply.status // 100}xx").observe(time.perf_counter() - started)
         return reply.status, _seconds(reply.retry_after)
 
+    async def attempt_once(self, tenant: CallbackTarget, webhook_id: str,
+                           body: bytes) -> tuple[int | None, float | None]:
+        """One signed POST within the tenant's concurrency (a parked event's replay probes with it)."""
+        async with self._gate(tenant), self._group_slot(tenant):
+            return await self._attempt(tenant, webhook_id, body)
+
     async def _dead_letter(self, job: Job, request_id: str, reason: str, status: int | None, attempts: int,
                            extra: Mapping[str, str] | None = None) -> Outcome:
         headers = dlq_headers(reason, status, attempts, f"{job.tp.topic}/{job.tp.partition}/{job.offset}", job.dlq)
@@ -203,33 +215,85 @@ class Deliverer:
                                                     "attempts": attempts})
         return Outcome.DLQ
 
-    async def _deliver(self, job: Job, tenant: CallbackTarget, event: UsageEvent) -> Outcome:
+    async def _deliver(self, job: Job, tenant: CallbackTarget, event: UsageEvent, seq: int | None) -> Outcome:
         assert tenant.callback is not None
-        outcome = await self.send(job, tenant, webhook_id(event), callback_body(event, tenant.callback.include_content))
+        outcome = await self.send(job, tenant, webhook_id(event), callback_body(event, tenant.callback.include_content),
+                                  park_seq=seq)
         if outcome is Outcome.DELIVERED:
             metrics.EVENT_AGE_SECONDS.observe(max(0.0, time.time() - event.shipped_at_ms / 1000))
         return outcome
 
     async def send(self, job: Job, tenant: CallbackTarget, webhook_id: str, body: bytes,
-                   dlq_extra: Mapping[str, str] | None = None) -> Outcome:
-        """POST one signed body with retries; delivered, dead-lettered (the job's record), or abandoned."""
+                   dlq_extra: Mapping[str, str] | None = None, park_seq: int | None = None) -> Outcome:
+        """POST one signed body with retries; delivered, dead-lettered (the job's record), parked, or abandoned.
+
+        `park_seq` (a usage callback's place in its tenant's order) lets a failing tenant's event be parked.
+        """
         assert tenant.callback is not None
+        parking = self.parking if park_seq is not None else None
+        if parking is not None and await parking.is_down(tenant.id):
+            return await self._park(job, tenant.id, park_seq, "tenant_down", None, 0)
         max_attempts = self.max_attempts or tenant.callback.max_attempts
         for attempt in range(1, max_attempts + 1):
             # Held for the attempt only, never across a backoff: a failing tenant frees its slots.
             async with self._gate(tenant), self._group_slot(tenant):
                 status, retry_after = await self._attempt(tenant, webhook_id, body)
             if status is not None and 200 <= status < 300:
+                if parking is not None:
+                    parking.succeeded(tenant.id)
                 return Outcome.DELIVERED
             reason = "timeout_or_connection" if status is None else f"http_{status}"
             if status is not None and not is_retryable(status):
                 return await self._dead_letter(job, webhook_id, f"rejected:{reason}", status, attempt, dlq_extra)
+            if parking is not None and parking.failed(tenant.id):
+                return await self._park(job, tenant.id, park_seq, reason, status, attempt)
             if attempt == max_attempts:
                 return await self._dead_letter(job, webhook_id, f"exhausted:{reason}", status, attempt, dlq_extra)
             metrics.RETRIES.labels(reason if status is None else f"{status // 100}xx").inc()
-            if not await self._pause(self.policy.delay(attempt, retry_after)):
+            delay = self.policy.delay(attempt, retry_after)
+            if parking is not None:
+                woke = await self._pause_unless(delay, parking.down_event(tenant.id))
+                if woke == "down":  # the tenant went down meanwhile: park rather than retry
+                    return await self._park(job, tenant.id, park_seq, reason, status, attempt)
+                if woke == "abandon":
+                    return Outcome.ABANDONED
+            elif not await self._pause(delay):
                 return Outcome.ABANDONED
         return Outcome.ABANDONED  # unreachable: the loop returns on its last attempt
+
+    async def _pause_unless(self, seconds: float, down: asyncio.Event) -> str:
+        """Sleep `seconds`; "slept", or "down"/"abandon" if that came first."""
+        waits = {asyncio.ensure_future(down.wait()): "down", asyncio.ensure_future(self.abandon.wait()): "abandon"}
+        try:
+            done, _ = await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        if self.abandon.is_set():
+            return "abandon"
+        return waits[next(iter(done))] if done else "slept"
+
+    async def _park(self, job: Job, tenant_id: str, seq: int | None, reason: str, status: int | None,
+                    attempts: int) -> Outcome:
+        """Write the event to the parked topic after every earlier event of its tenant left delivery."""
+        assert self.parking is not None and seq is not None
+        if not await self.parking.wait_turn(tenant_id, seq, self.abandon):
+            return Outcome.ABANDONED
+        headers = dlq_headers(f"parked:{reason}", status, attempts, f"{job.tp.topic}/{job.tp.partition}/{job.offset}",
+                              job.dlq)
+        # Counted before it is written: the replay may deliver it (and count it down) before an ack returns.
+        try:
+            await self.blocking(self.parking.count_parked, tenant_id)
+        except RedisError as exc:  # parked all the same; a new event may then be tried before it
+            log.warning("could not count a parked event", extra={"tenant": tenant_id, "error": str(exc)})
+        # Keyed by tenant: one partition holds a tenant's parked events, in the order they were parked.
+        if not await self.blocking(self.dead_letters.publish, tenant_id.encode(), job.value, headers,
+                                   kafka_io.PARKED_TOPIC):
+            # Shutdown: read again later. The count stays one too high until it expires: at worst an
+            # event parks that need not.
+            return Outcome.ABANDONED
+        metrics.PARKED.inc()
+        return Outcome.PARKED
 
     def _limit(self, tenant: CallbackTarget) -> int:
         assert tenant.callback is not None
@@ -293,13 +357,18 @@ class Deliverer:
             return await self._dead_letter(job, event.request_id, "unknown_tenant", None, 0)
         if tenant.callback is None or tenant.callback_secret is None:
             return Outcome.NO_CALLBACK
-        if not await self._take_turn(tenant.id, job):
-            return Outcome.ABANDONED
+        seq = self.parking.enter(tenant.id) if self.parking is not None else None
         try:
-            return await self._deliver(job, tenant, event)
+            if not await self._take_turn(tenant.id, job):
+                return Outcome.ABANDONED
+            try:
+                return await self._deliver(job, tenant, event, seq)
+            finally:
+                self._waiting[tenant.id] -= 1
+                self._next_turn(tenant.id)
         finally:
-            self._waiting[tenant.id] -= 1
-            self._next_turn(tenant.id)
+            if self.parking is not None and seq is not None:
+                self.parking.leave(tenant.id, seq)
 
     async def _take_turn(self, tenant_id: str, job: Job) -> bool:
         """Count the job in its tenant's backlog, queueing (FIFO) while the backlog is full; False on shutdown."""

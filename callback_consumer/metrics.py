@@ -49,3 +49,6 @@ PAUSED_PARTITIONS = Gauge("dynaseal_consumer_paused_partitions",
                           "Partitions paused because a slow tenant's events are queued from them")
 RESERVATION_NOTICES = Counter("dynaseal_consumer_reservation_notices_total",
                               "Expired, unsettled reservations produced as usage events (usage_source reservation)")
+PARKED = Counter("dynaseal_consumer_parked_total", "Events parked for a tenant whose receiver was failing")
+REPLAYED = Counter("dynaseal_consumer_parked_replayed_total", "Parked events taken off the parked topic, by outcome",
+                   ["outcome"])

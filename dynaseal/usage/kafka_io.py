@@ -22,6 +22,10 @@ log = logging.getLogger("dynaseal.kafka")
 
 USAGE_TOPIC = "dynaseal.usage.v1"
 DLQ_TOPIC = "dynaseal.usage.v1.dlq"
+# Events of tenants whose receiver was failing, keyed by tenant, replayed automatically (callback_consumer.parking);
+# created by the consumer that parks or replays (PARKED_PARTITIONS), not with the pipeline's topics.
+PARKED_TOPIC = "dynaseal.usage.v1.parked"
+PARKED_PARTITIONS = {PARKED_TOPIC: 6}
 # Partitions bound how many consumers share the work (a member beyond the count sits idle); the
 # DLQ is low-volume and read by people. Only a topic created here gets the count: an existing one
 # keeps its own (add partitions with Kafka's tools; events are keyed by jti, any spread is fine).
