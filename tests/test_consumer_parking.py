@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -88,3 +89,27 @@ def test_new_events_go_straight_to_the_receiver_once_the_parked_ones_are_replaye
 @pytest.mark.soak
 def test_a_receiver_down_for_thirty_seconds_gets_every_event_in_order(rig: ConsumerRig) -> None:
     outage(rig, down_s=30, keys=4, per_key=15)
+
+
+@pytest.mark.integration
+def test_status_prints_each_stage_and_the_dlq_by_reason(rig: ConsumerRig, capsys: pytest.CaptureFixture[str]) -> None:
+    from dynaseal_launcher import cli
+
+    fast = rig.receivers[FAST]
+    jti = f"refused-{uuid.uuid4().hex[:8]}"
+    fast.behaviours[jti] = lambda payload, attempt: 400
+    before = len(rig.dlq())
+    rig.produce(FAST, jti, 2)
+    wait_until(lambda: len(rig.dlq()) == before + 2, 30, "two rejected events in the DLQ")
+    capsys.readouterr()
+    assert cli.main(["--config", str(rig.config_path), "status", "--group-id", rig.group_id]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line and not line.startswith(" ")}
+    assert lines["shipper"].endswith("not answering")  # this rig runs no shipper
+    assert "lag (group " in lines["consumer"] and "p0=" in lines["consumer"]
+    assert "callback latency p50 ≤" in lines["receiver"]
+    assert "oldest unsettled reservation" in lines["ledger"]
+    reasons = Counter(h["dlq_reason"].split(":")[0] for _, h in rig.dlq())
+    assert lines["dlq"].startswith(f"dlq         {sum(reasons.values())} entries (")
+    assert all(f"{reason}: {count}" in lines["dlq"] for reason, count in reasons.items())
+    assert "in flight 0" in out
