@@ -81,6 +81,9 @@ def write_config(work: Path, consumers: int | None) -> Path:
     raw = yaml.safe_load(bundled.read_text())
     raw["gateway"]["data_dir"] = str(work / "data")
     raw["gateway"]["ports"] = dict(zip(GATEWAY_PORTS, free_ports(len(GATEWAY_PORTS)), strict=True))
+    demo = next(t for t in raw["tenants"] if t["id"] == DEMO_TENANT)
+    demo["limits"]["rpm"] = 1_000_000  # the gateway's pace, not a key's rate limit
+    demo["callback"]["url"] = f"http://127.0.0.1:{raw['gateway']['ports']['issuer']}/v1/callback/usage"
     if raw.get("env_file"):
         raw["env_file"] = str((bundled.parent / raw["env_file"]).resolve())
     if consumers is not None:
@@ -99,9 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-max-s", type=float, default=300.0)
     parser.add_argument("--consumers", type=int, help="consumers `dynaseal up` starts (default: the config's)")
     parser.add_argument("--label", default="", help="a note for the results row")
+    parser.add_argument("--work", help="keep the run's data and logs here (default: a temporary directory)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="dynaseal-soak-") as tmp:
-        work = Path(tmp)
+        work = Path(args.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         config_path = write_config(work, args.consumers)
         cfg = load_config(config_path)
         stack = LocalStack(cfg, config_path)
