@@ -183,7 +183,7 @@ class CallbackConsumer:
             consumer.pause(*consumer.assignment())
             self._paused = True
         elif self._paused and in_flight <= self.options.max_in_flight // 2:
-            consumer.resume(*(set(consumer.paused()) - self._held_paused))
+            kafka_io.resume(consumer, set(consumer.paused()) - self._held_paused)
             self._paused = False
         self._hold_back(consumer)
 
@@ -197,7 +197,7 @@ class CallbackConsumer:
             consumer.pause(*(held - self._held_paused))
         freed = (self._held_paused - held) & owned
         if freed and not self._paused:
-            consumer.resume(*freed)
+            kafka_io.resume(consumer, freed)
         self._held_paused = held if not self._paused else held | (freed & self._held_paused)
         metrics.PAUSED_PARTITIONS.set(len(self._held_paused))
 

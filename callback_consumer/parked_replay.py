@@ -118,7 +118,7 @@ class ParkedReplay:
         now = time.monotonic()
         for tp, wait in list(self._waits.items()):
             if now >= wait.until and tp in consumer.assignment():
-                consumer.resume(tp)
+                kafka_io.resume(consumer, [tp])
         records = consumer.poll(timeout_ms=200)
         for tp, batch in records.items():
             for record in batch:
