@@ -25,6 +25,7 @@ from kafka import TopicPartition
 from redis.exceptions import RedisError
 
 from callback_consumer import metrics
+from callback_consumer.batches import Batcher
 from callback_consumer.dlq import DeadLetters, dlq_headers
 from callback_consumer.held_back import HeldBack
 from callback_consumer.http_client import CallbackClient, CallbackTransportError
@@ -127,6 +128,7 @@ class Deliverer:
         self.thresholds = ThresholdSender(self)
         # Usage callbacks of a failing tenant are parked for automatic replay (None: retried, then the DLQ).
         self.parking = parking
+        self.batcher = Batcher(self)
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep, unless shutdown comes first; True if the full pause passed."""
@@ -203,6 +205,17 @@ class Deliverer:
         async with self._gate(tenant), self._group_slot(tenant):
             return await self._attempt(tenant, webhook_id, body)
 
+    async def attempt_batch(self, tenant: CallbackTarget, webhook_id: str, body: bytes) -> tuple[int | None, bytes]:
+        """One signed batch POST within the tenant's concurrency: (status or None, reply body)."""
+        assert tenant.callback is not None
+        headers = self._signer(tenant).headers(webhook_id, body)
+        async with self._gate(tenant), self._group_slot(tenant):
+            try:
+                reply = await self._client(tenant).post(body, headers, tenant.callback.timeout_s)
+            except (TimeoutError, CallbackTransportError):
+                return None, b""
+        return reply.status, reply.body
+
     async def _dead_letter(self, job: Job, request_id: str, reason: str, status: int | None, attempts: int,
                            extra: Mapping[str, str] | None = None) -> Outcome:
         headers = dlq_headers(reason, status, attempts, f"{job.tp.topic}/{job.tp.partition}/{job.offset}", job.dlq)
@@ -217,6 +230,13 @@ class Deliverer:
 
     async def _deliver(self, job: Job, tenant: CallbackTarget, event: UsageEvent, seq: int | None) -> Outcome:
         assert tenant.callback is not None
+        # A batching tenant (not while it is down: parked events go one by one): alone only if the batch
+        # did not acknowledge it.
+        batching = tenant.callback.batch is not None and not (self.parking is not None
+                                                              and await self.parking.is_down(tenant.id))
+        if batching and await self.batcher.offer(tenant, webhook_id(event), event):
+            metrics.EVENT_AGE_SECONDS.observe(max(0.0, time.time() - event.shipped_at_ms / 1000))
+            return Outcome.DELIVERED
         outcome = await self.send(job, tenant, webhook_id(event), callback_body(event, tenant.callback.include_content),
                                   park_seq=seq)
         if outcome is Outcome.DELIVERED:

@@ -52,3 +52,5 @@ RESERVATION_NOTICES = Counter("dynaseal_consumer_reservation_notices_total",
 PARKED = Counter("dynaseal_consumer_parked_total", "Events parked for a tenant whose receiver was failing")
 REPLAYED = Counter("dynaseal_consumer_parked_replayed_total", "Parked events taken off the parked topic, by outcome",
                    ["outcome"])
+BATCHES = Counter("dynaseal_consumer_callback_batches_total",
+                  "Batched callback requests, by how many of their events were acknowledged", ["result"])

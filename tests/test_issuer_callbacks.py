@@ -235,3 +235,30 @@ def test_a_real_callback_of_another_request_leaves_a_reservation_row(issuer: tup
     body, headers = signed_callback(secret, other, msg_id="req-other-" + request_id)
     client.post("/v1/callback/usage", content=body, headers=headers)
     assert _stored(client, request_id + ".reservation") == 1
+
+
+def test_a_batch_is_stored_per_event_and_a_bad_event_is_refused_alone(
+        issuer: tuple[DynasealConfig, TestClient], secret: str) -> None:
+    client = issuer[1]
+    stamp = datetime.now(UTC).strftime("%H%M%S%f")
+    good = [f"req-b{stamp}-{i}" for i in range(3)]
+    events = [{"id": i, "event": {**usage_body(f"evt-{i}", "jti-batch", None), "request_id": i}} for i in good]
+    bad = f"req-bad-{stamp}"
+    events.insert(1, {"id": bad, "event": {**usage_body("evt-bad", "jti-batch", None), "tokens": -1}})
+    body, headers = signed_callback(secret, {"type": "batch", "events": events}, msg_id=f"batch_{stamp}")
+    reply = client.post("/v1/callback/usage", content=body, headers=headers)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["results"] == {good[0]: "stored", bad: "refused", good[1]: "stored", good[2]: "stored"}
+    assert all(_stored(client, i) == 1 for i in good) and _stored(client, bad) == 0
+    assert _stored(client, f"batch_{stamp}") == 0  # the batch's own id is not a row
+    # The same batch again (a retry): each event a duplicate, nothing stored twice.
+    body, headers = signed_callback(secret, {"type": "batch", "events": events}, msg_id=f"batch_{stamp}")
+    assert set(client.post("/v1/callback/usage", content=body, headers=headers).json()["results"].values()) == \
+        {"duplicate", "refused"}
+
+
+def test_a_malformed_batch_is_a_clear_400(issuer: tuple[DynasealConfig, TestClient], secret: str) -> None:
+    client = issuer[1]
+    for events in ([], "x", [{"id": "a b", "event": {}}], [{"id": "ok"}], [1]):
+        body, headers = signed_callback(secret, {"type": "batch", "events": events})
+        assert client.post("/v1/callback/usage", content=body, headers=headers).status_code == 400
