@@ -86,7 +86,11 @@ def test_lines_destroyed_while_the_shipper_was_down_still_reach_the_tenant_once(
     send(drill, key, 3)
     admitted = admitted_by_authz(redis_client, {jti})
     assert admitted == 11
-    wait_until(lambda: len(receiver.delivered(jti)) == admitted, TTL_S + 60, "a callback for every admitted request")
+    try:
+        wait_until(lambda: len(receiver.delivered(jti)) == admitted, TTL_S + 60, "a callback for every admitted request")
+    finally:
+        print("delivered", Counter(p["usage_source"] for p in receiver.delivered(jti).values()),
+              "notices", drill.metric("consumer", "dynaseal_consumer_reservation_notices_total"))
     time.sleep(2.5)  # two more sweeps: nothing is reported twice
     delivered = {p["request_id"]: p for p in receiver.delivered(jti).values()}
     sources = Counter(p["usage_source"] for p in delivered.values())
