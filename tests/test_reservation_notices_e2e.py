@@ -52,7 +52,7 @@ class ExpiryDrill(Drill):
 
 
 @pytest.fixture(scope="module")
-def drill(cfg: DynasealConfig, config_path: Path, stack: object, receiver: Receiver,
+def drill(cfg: DynasealConfig, config_path: Path, stack: object, receiver: Receiver, redis_server: str,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExpiryDrill]:
     directory = tmp_path_factory.mktemp("expiry-drill")
     config = pipeline_config(config_path, directory, receiver.url, kafka_port=free_ports(1)[0])
@@ -60,6 +60,9 @@ def drill(cfg: DynasealConfig, config_path: Path, stack: object, receiver: Recei
     ports = raw["gateway"]["ports"]
     ports["envoy"], ports["envoy_admin"], ports["authz"], ports["authz_metrics"] = free_ports(4)
     raw["gateway"]["reservation_ttl_s"] = TTL_S
+    # A Redis of its own: the session stack's consumers sweep the session Redis too, and would report
+    # this drill's expired reservations to the session's issuer instead of this drill's receiver.
+    raw["gateway"]["redis_url"] = redis_server
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
     services = ExpiryDrill(config, cfg, directory / "logs")
     try:
@@ -71,7 +74,8 @@ def drill(cfg: DynasealConfig, config_path: Path, stack: object, receiver: Recei
 
 
 def test_lines_destroyed_while_the_shipper_was_down_still_reach_the_tenant_once(
-        drill: ExpiryDrill, receiver: Receiver, issuer_key: SigningKey, redis_client: Redis) -> None:
+        drill: ExpiryDrill, receiver: Receiver, issuer_key: SigningKey, redis_server: str) -> None:
+    redis_client = Redis.from_url(redis_server)
     key, jti = new_key(issuer_key)
     send(drill, key, 3)
     wait_until(lambda: len(receiver.delivered(jti)) == 3, 30, "the first callbacks")
@@ -87,7 +91,8 @@ def test_lines_destroyed_while_the_shipper_was_down_still_reach_the_tenant_once(
     admitted = admitted_by_authz(redis_client, {jti})
     assert admitted == 11
     try:
-        wait_until(lambda: len(receiver.delivered(jti)) == admitted, TTL_S + 60, "a callback for every admitted request")
+        wait_until(lambda: len(receiver.delivered(jti)) == admitted, TTL_S + 60,
+                   "a callback for every admitted request")
     finally:
         print("delivered", Counter(p["usage_source"] for p in receiver.delivered(jti).values()),
               "notices", drill.metric("consumer", "dynaseal_consumer_reservation_notices_total"))
