@@ -68,6 +68,7 @@ class AuthzServer:
         self.cfg = load_config(options.config_path)
         runtime = Runtime.from_config(self.cfg)
         self.quota = RedisQuota.from_url(runtime.redis.value, self.cfg.gateway.redis_timeout_ms / 1000)
+        self.quota.reservation_ttl_ms = int(self.cfg.gateway.reservation_ttl_s * 1000)
         # One store of remote JWKS for the server's life: refreshed keys and the unknown-kid
         # limiter survive reloads.
         self.remote_jwks = RemoteJwks()

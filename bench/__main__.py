@@ -47,6 +47,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen benchmarks and report."""
+    rest = list(sys.argv[1:] if argv is None else argv)
+    if rest[:1] == ["pipeline-soak"]:  # its own options: the whole local stack, not the bench stack
+        from bench import pipeline_soak
+
+        return pipeline_soak.main(rest[1:])
     args = parse(argv)
     parts = args.parts or list(PARTS)
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)

@@ -17,8 +17,10 @@ from redis.exceptions import RedisError
 
 from callback_consumer.consumer import CallbackConsumer, ConsumerOptions
 from callback_consumer.delivery import RetryPolicy
+from callback_consumer.expiry_sweeper import ExpirySweeper
 from callback_consumer.metrics import OLDEST_RESERVATION_SECONDS
 from dynaseal.config import ConfigError
+from dynaseal.ledger.quota import RESERVATION_TTL_MS
 from dynaseal.ledger.redis_connect import sync_client
 from dynaseal.ledger.reservation_age import oldest_open_reservation_age_s
 from dynaseal.logs import setup_logging
@@ -39,22 +41,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP, config)")
     parser.add_argument("--per-tenant", type=int, default=32, help="callbacks in flight per tenant")
     parser.add_argument("--tenant-backlog", type=int, default=5000,
-                        help="events one tenant may hold waiting before new ones go to the DLQ")
+                        help="events one tenant may hold in flight; past it new ones queue and their partitions pause")
     parser.add_argument("--retry-base-s", type=float, default=0.5, help="first retry delay (doubles each time)")
     parser.add_argument("--retry-cap-s", type=float, default=30.0, help="longest retry delay")
+    parser.add_argument("--park-after", type=int, default=5,
+                        help="failed attempts in a row after which a tenant's events are parked for automatic "
+                             "replay (0: retry, then the DLQ)")
+    parser.add_argument("--park-probe-s", type=float, default=2.0,
+                        help="first wait before a parked tenant's receiver is tried again (doubles up to 30 s)")
+    parser.add_argument("--expiry-sweep-s", type=float, default=10.0,
+                        help="how often expired, unsettled reservations are looked for and reported (0: never)")
     parser.add_argument("--session-timeout-ms", type=int, default=kafka_io.SESSION_TIMEOUT_MS)
     parser.add_argument("--heartbeat-interval-ms", type=int, default=kafka_io.HEARTBEAT_INTERVAL_MS)
     return parser
 
 
-def watch_reservations(url: str, interval_s: float = RESERVATION_SCAN_S) -> threading.Thread:
+def watch_reservations(url: str, interval_s: float = RESERVATION_SCAN_S,
+                       reservation_ttl_ms: int = RESERVATION_TTL_MS) -> threading.Thread:
     """Keep the oldest-open-reservation gauge current, off the delivery path (a daemon thread)."""
     client = sync_client(url, timeout_s=5.0)  # one server or a redis+cluster:// URL
 
     def loop() -> None:
         while True:
             try:
-                OLDEST_RESERVATION_SECONDS.set(oldest_open_reservation_age_s(client))
+                OLDEST_RESERVATION_SECONDS.set(oldest_open_reservation_age_s(
+                    client, reservation_ttl_ms=reservation_ttl_ms))
             except RedisError as exc:  # the gauge keeps its last value; settlement reports Redis itself
                 logging.getLogger("dynaseal.consumer").debug("reservation scan failed: %s", exc)
             time.sleep(interval_s)
@@ -77,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             config_path=args.config, bootstrap=args.bootstrap or runtime.kafka.value,
             group_id=args.group_id, client_id=f"dynaseal-consumer-{socket.gethostname()}-{os.getpid()}",
             policy=RetryPolicy(args.retry_base_s, args.retry_cap_s), per_tenant=args.per_tenant,
-            tenant_backlog=args.tenant_backlog,
+            tenant_backlog=args.tenant_backlog, park_after=args.park_after, park_probe_s=args.park_probe_s,
             session_timeout_ms=args.session_timeout_ms, heartbeat_interval_ms=args.heartbeat_interval_ms))
     except ConfigError as exc:
         print(f"dynaseal consumer: {exc}", file=sys.stderr)
@@ -94,11 +105,20 @@ def main(argv: list[str] | None = None) -> int:
     def _reload(signum: int, frame: FrameType | None) -> None:
         consumer.reload()
 
-    watch_reservations(runtime.redis.value)
+    ttl_ms = int(cfg.gateway.reservation_ttl_s * 1000)
+    watch_reservations(runtime.redis.value, min(RESERVATION_SCAN_S, ttl_ms / 4000), ttl_ms)
+    sweeper = None
+    if args.expiry_sweep_s > 0:
+        currencies = {t.id: t.upstream.currency if t.upstream else "USD" for t in cfg.tenants}
+        sweeper = ExpirySweeper(sync_client(runtime.redis.value, timeout_s=5.0), consumer.options.bootstrap,
+                                currencies.get, args.expiry_sweep_s, consumer.options.client_id)
+        sweeper.start()
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGHUP, _reload)
     consumer.run()
+    if sweeper is not None:
+        sweeper.stop()
     return 0
 
 

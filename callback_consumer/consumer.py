@@ -26,6 +26,8 @@ from callback_consumer.delivery import Deliverer, Job, RetryPolicy
 from callback_consumer.dispatcher import Dispatcher
 from callback_consumer.dlq import DeadLetters
 from callback_consumer.offsets import OffsetTracker
+from callback_consumer.parked_replay import ParkedReplay
+from callback_consumer.parking import Parking
 from callback_consumer.settlement import SettlementBatcher
 from callback_consumer.tenant_slots import SharedSlots
 from dynaseal.config import ConfigError
@@ -49,11 +51,15 @@ class ConsumerOptions:
     client_id: str = "dynaseal-consumer"
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     per_tenant: int = 32
-    # Events one tenant may hold before its new ones are dead-lettered (a quarter of max_in_flight).
+    # Events one tenant may hold before its new ones queue and their partitions pause (a quarter of max_in_flight).
     tenant_backlog: int = 5_000
     # Events held in memory before partitions are paused: a dead tenant's retries may hold many.
     max_in_flight: int = 20_000
     drain_s: float = 8.0
+    # Failed attempts in a row after which a tenant is down and its events are parked (0: never park).
+    park_after: int = 5
+    # First wait before a parked tenant's receiver is tried again (doubles up to 30 s).
+    park_probe_s: float = 2.0
     session_timeout_ms: int = kafka_io.SESSION_TIMEOUT_MS
     heartbeat_interval_ms: int = kafka_io.HEARTBEAT_INTERVAL_MS
 
@@ -94,13 +100,31 @@ class CallbackConsumer:
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blocking")
         # Each tenant's callback concurrency holds over the whole group, not per member.
         slots = SharedSlots(self.redis, self.executor, f"{options.client_id}-{uuid.uuid4().hex[:8]}")
-        self.dispatcher = Dispatcher(lambda abandon: Deliverer(
+        self.dispatcher = Dispatcher(lambda abandon: self._remember(Deliverer(
             lambda: self.targets, SettlementBatcher(self.redis, self.executor), self.dead_letters, self.executor,
-            options.policy, options.per_tenant, abandon, tenant_backlog=options.tenant_backlog, slots=slots))
+            options.policy, options.per_tenant, abandon, tenant_backlog=options.tenant_backlog, slots=slots,
+            parking=self._parking())))
+        self.parked_replay: ParkedReplay | None = None
+        if options.park_after > 0:
+            self.parked_replay = ParkedReplay(
+                lambda: self.targets, options.bootstrap, options.group_id, options.client_id, self.redis,
+                self.dead_letters, probe_s=options.park_probe_s, session_timeout_ms=options.session_timeout_ms,
+                heartbeat_interval_ms=options.heartbeat_interval_ms)
         self._paused = False
+        self._held_paused: set[TopicPartition] = set()
+        self._deliverer: Deliverer | None = None
         self._last_commit = 0.0
         self._lag_at = 0.0
         self._lag_labels: set[str] = set()
+
+    def _parking(self) -> Parking | None:
+        if self.options.park_after <= 0:
+            return None
+        return Parking(self.redis, self.options.park_after)
+
+    def _remember(self, deliverer: Deliverer) -> Deliverer:
+        self._deliverer = deliverer
+        return deliverer
 
     def stop(self) -> None:
         """Ask the loop to stop polling, drain and exit."""
@@ -164,8 +188,23 @@ class CallbackConsumer:
             consumer.pause(*consumer.assignment())
             self._paused = True
         elif self._paused and in_flight <= self.options.max_in_flight // 2:
-            consumer.resume(*consumer.paused())
+            kafka_io.resume(consumer, set(consumer.paused()) - self._held_paused)
             self._paused = False
+        self._hold_back(consumer)
+
+    def _hold_back(self, consumer: KafkaConsumer) -> None:
+        """Pause the partitions a slow tenant's queued events came from; resume them once it caught up."""
+        if self._deliverer is None:
+            return
+        owned = consumer.assignment()
+        held = self._deliverer.held_back.partitions() & owned
+        if held - self._held_paused:
+            consumer.pause(*(held - self._held_paused))
+        freed = (self._held_paused - held) & owned
+        if freed and not self._paused:
+            kafka_io.resume(consumer, freed)
+        self._held_paused = held if not self._paused else held | (freed & self._held_paused)
+        metrics.PAUSED_PARTITIONS.set(len(self._held_paused))
 
     def _update_lag(self, consumer: KafkaConsumer) -> None:
         now = time.monotonic()
@@ -210,6 +249,8 @@ class CallbackConsumer:
     def run(self) -> None:
         """Consume until stopped, then drain deliveries, commit and leave the group."""
         self.dispatcher.start()
+        if self.parked_replay is not None:
+            self.parked_replay.start()
         consumer = self._connect()
         try:
             while consumer is not None and not self.stopping.is_set():
@@ -229,6 +270,8 @@ class CallbackConsumer:
             self._collect()
             self._commit(consumer, force=True)
             kafka_io.close_quietly(consumer, timeout_s=5)
+        if self.parked_replay is not None:
+            self.parked_replay.stop()
         self.dead_letters.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.redis.close()

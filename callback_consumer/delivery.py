@@ -1,7 +1,8 @@
 """One event's journey: settle its reservation, then deliver its signed callback, retrying or dead-lettering.
 
 Outcomes: `delivered` (2xx), `dlq` (a non-retryable status, exhausted retries, an undecodable event,
-a tenant no longer configured, a tenant with more events waiting than its backlog allows),
+a tenant no longer configured), `parked` (its tenant's receiver is failing: kept for automatic replay,
+callback_consumer.parking),
 `no_callback` (the tenant has no callback: settled only) — all three let the offset be committed —
 and `abandoned` (shutdown came first), which leaves the offset uncommitted so the event is read again.
 """
@@ -13,6 +14,7 @@ import enum
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from contextlib import AbstractAsyncContextManager, nullcontext
@@ -23,16 +25,22 @@ from kafka import TopicPartition
 from redis.exceptions import RedisError
 
 from callback_consumer import metrics
+from callback_consumer.batches import Batcher
 from callback_consumer.dlq import DeadLetters, dlq_headers
+from callback_consumer.held_back import HeldBack
 from callback_consumer.http_client import CallbackClient, CallbackTransportError
 from callback_consumer.money import ThresholdSender, money_settlement, record_money
+from callback_consumer.parking import Parking
 from callback_consumer.settlement import SettlementBatcher
 from callback_consumer.tenant_slots import SharedSlots
+from dynaseal.ledger import redis_keys
 from dynaseal.ledger.quota import Settlement
 from dynaseal.ledger.tenant_quota import has_tenant_limits
 from dynaseal.pb import UsageEvent
 from dynaseal.runtime.views import CallbackTarget, ConsumerView
+from dynaseal.usage import kafka_io
 from dynaseal.usage.callbacks import CallbackSigner, callback_body, is_retryable
+from dynaseal.usage.reservation_events import is_reservation, webhook_id
 
 log = logging.getLogger("callback_consumer.delivery")
 
@@ -44,6 +52,7 @@ class Outcome(enum.StrEnum):
     DLQ = "dlq"
     NO_CALLBACK = "no_callback"
     ABANDONED = "abandoned"
+    PARKED = "parked"
 
     @property
     def finished(self) -> bool:
@@ -93,7 +102,7 @@ class Deliverer:
                  dead_letters: DeadLetters,
                  executor: Executor, policy: RetryPolicy, per_tenant: int, abandon: asyncio.Event,
                  max_attempts: int | None = None, tenant_backlog: int | None = None,
-                 slots: SharedSlots | None = None) -> None:
+                 slots: SharedSlots | None = None, parking: Parking | None = None) -> None:
         self.registry = registry
         self.settlements = settlements
         self.dead_letters = dead_letters
@@ -103,18 +112,23 @@ class Deliverer:
         self.abandon = abandon
         # Overrides every tenant's callback.max_attempts (a DLQ replay tries a few times, not eight).
         self.max_attempts = max_attempts
-        # Events one tenant may hold waiting (for a slot, a reply or a retry). Its events share
-        # partitions and the consumer's in-flight limit with every other tenant's: past this, a dead
-        # or very slow tenant would pause consumption for all, so its new events go to the DLQ
-        # (`overloaded`, for `dynaseal dlq replay`) instead.
+        # Events one tenant may hold waiting (for a slot, a reply or a retry). Past this its new
+        # events queue in arrival order (a slow receiver is not a failed one: nothing goes to the
+        # DLQ for being slow) and the partitions they came from are paused (`held_back`), so the
+        # rest of that tenant's events wait in Kafka, uncommitted, until it catches up.
         self.tenant_backlog = tenant_backlog
         self._waiting: dict[str, int] = {}
+        self._turns: dict[str, deque[asyncio.Future[None]]] = {}
+        self.held_back = HeldBack()
         # The tenant's concurrency over the whole consumer group (None: this process's alone).
         self.slots = slots
         self._clients: dict[str, CallbackClient] = {}
         self._signers: dict[str, tuple[str, CallbackSigner]] = {}
         self._gates: dict[str, tuple[int, asyncio.Semaphore]] = {}
         self.thresholds = ThresholdSender(self)
+        # Usage callbacks of a failing tenant are parked for automatic replay (None: retried, then the DLQ).
+        self.parking = parking
+        self.batcher = Batcher(self)
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep, unless shutdown comes first; True if the full pause passed."""
@@ -185,6 +199,23 @@ class Deliverer:
         metrics.CALLBACK_SECONDS.labels(f"{reply.status // 100}xx").observe(time.perf_counter() - started)
         return reply.status, _seconds(reply.retry_after)
 
+    async def attempt_once(self, tenant: CallbackTarget, webhook_id: str,
+                           body: bytes) -> tuple[int | None, float | None]:
+        """One signed POST within the tenant's concurrency (a parked event's replay probes with it)."""
+        async with self._gate(tenant), self._group_slot(tenant):
+            return await self._attempt(tenant, webhook_id, body)
+
+    async def attempt_batch(self, tenant: CallbackTarget, webhook_id: str, body: bytes) -> tuple[int | None, bytes]:
+        """One signed batch POST within the tenant's concurrency: (status or None, reply body)."""
+        assert tenant.callback is not None
+        headers = self._signer(tenant).headers(webhook_id, body)
+        async with self._gate(tenant), self._group_slot(tenant):
+            try:
+                reply = await self._client(tenant).post(body, headers, tenant.callback.timeout_s)
+            except (TimeoutError, CallbackTransportError):
+                return None, b""
+        return reply.status, reply.body
+
     async def _dead_letter(self, job: Job, request_id: str, reason: str, status: int | None, attempts: int,
                            extra: Mapping[str, str] | None = None) -> Outcome:
         headers = dlq_headers(reason, status, attempts, f"{job.tp.topic}/{job.tp.partition}/{job.offset}", job.dlq)
@@ -197,33 +228,92 @@ class Deliverer:
                                                     "attempts": attempts})
         return Outcome.DLQ
 
-    async def _deliver(self, job: Job, tenant: CallbackTarget, event: UsageEvent) -> Outcome:
+    async def _deliver(self, job: Job, tenant: CallbackTarget, event: UsageEvent, seq: int | None) -> Outcome:
         assert tenant.callback is not None
-        outcome = await self.send(job, tenant, event.request_id, callback_body(event, tenant.callback.include_content))
+        # A batching tenant (not while it is down: parked events go one by one): alone only if the batch
+        # did not acknowledge it.
+        batching = tenant.callback.batch is not None and not (self.parking is not None
+                                                              and await self.parking.is_down(tenant.id))
+        if batching and await self.batcher.offer(tenant, webhook_id(event), event):
+            metrics.EVENT_AGE_SECONDS.observe(max(0.0, time.time() - event.shipped_at_ms / 1000))
+            return Outcome.DELIVERED
+        outcome = await self.send(job, tenant, webhook_id(event), callback_body(event, tenant.callback.include_content),
+                                  park_seq=seq)
         if outcome is Outcome.DELIVERED:
             metrics.EVENT_AGE_SECONDS.observe(max(0.0, time.time() - event.shipped_at_ms / 1000))
         return outcome
 
     async def send(self, job: Job, tenant: CallbackTarget, webhook_id: str, body: bytes,
-                   dlq_extra: Mapping[str, str] | None = None) -> Outcome:
-        """POST one signed body with retries; delivered, dead-lettered (the job's record), or abandoned."""
+                   dlq_extra: Mapping[str, str] | None = None, park_seq: int | None = None) -> Outcome:
+        """POST one signed body with retries; delivered, dead-lettered (the job's record), parked, or abandoned.
+
+        `park_seq` (a usage callback's place in its tenant's order) lets a failing tenant's event be parked.
+        """
         assert tenant.callback is not None
+        parking = self.parking if park_seq is not None else None
+        if parking is not None and await parking.is_down(tenant.id):
+            return await self._park(job, tenant.id, park_seq, "tenant_down", None, 0)
         max_attempts = self.max_attempts or tenant.callback.max_attempts
         for attempt in range(1, max_attempts + 1):
             # Held for the attempt only, never across a backoff: a failing tenant frees its slots.
             async with self._gate(tenant), self._group_slot(tenant):
                 status, retry_after = await self._attempt(tenant, webhook_id, body)
             if status is not None and 200 <= status < 300:
+                if parking is not None:
+                    parking.succeeded(tenant.id)
                 return Outcome.DELIVERED
             reason = "timeout_or_connection" if status is None else f"http_{status}"
             if status is not None and not is_retryable(status):
                 return await self._dead_letter(job, webhook_id, f"rejected:{reason}", status, attempt, dlq_extra)
+            if parking is not None and parking.failed(tenant.id):
+                return await self._park(job, tenant.id, park_seq, reason, status, attempt)
             if attempt == max_attempts:
                 return await self._dead_letter(job, webhook_id, f"exhausted:{reason}", status, attempt, dlq_extra)
             metrics.RETRIES.labels(reason if status is None else f"{status // 100}xx").inc()
-            if not await self._pause(self.policy.delay(attempt, retry_after)):
+            delay = self.policy.delay(attempt, retry_after)
+            if parking is not None:
+                woke = await self._pause_unless(delay, parking.down_event(tenant.id))
+                if woke == "down":  # the tenant went down meanwhile: park rather than retry
+                    return await self._park(job, tenant.id, park_seq, reason, status, attempt)
+                if woke == "abandon":
+                    return Outcome.ABANDONED
+            elif not await self._pause(delay):
                 return Outcome.ABANDONED
         return Outcome.ABANDONED  # unreachable: the loop returns on its last attempt
+
+    async def _pause_unless(self, seconds: float, down: asyncio.Event) -> str:
+        """Sleep `seconds`; "slept", or "down"/"abandon" if that came first."""
+        waits = {asyncio.ensure_future(down.wait()): "down", asyncio.ensure_future(self.abandon.wait()): "abandon"}
+        try:
+            done, _ = await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        if self.abandon.is_set():
+            return "abandon"
+        return waits[next(iter(done))] if done else "slept"
+
+    async def _park(self, job: Job, tenant_id: str, seq: int | None, reason: str, status: int | None,
+                    attempts: int) -> Outcome:
+        """Write the event to the parked topic after every earlier event of its tenant left delivery."""
+        assert self.parking is not None and seq is not None
+        if not await self.parking.wait_turn(tenant_id, seq, self.abandon):
+            return Outcome.ABANDONED
+        headers = dlq_headers(f"parked:{reason}", status, attempts, f"{job.tp.topic}/{job.tp.partition}/{job.offset}",
+                              job.dlq)
+        # Counted before it is written: the replay may deliver it (and count it down) before an ack returns.
+        try:
+            await self.blocking(self.parking.count_parked, tenant_id)
+        except RedisError as exc:  # parked all the same; a new event may then be tried before it
+            log.warning("could not count a parked event", extra={"tenant": tenant_id, "error": str(exc)})
+        # Keyed by tenant: one partition holds a tenant's parked events, in the order they were parked.
+        if not await self.blocking(self.dead_letters.publish, tenant_id.encode(), job.value, headers,
+                                   kafka_io.PARKED_TOPIC):
+            # Shutdown: read again later. The count stays one too high until it expires: at worst an
+            # event parks that need not.
+            return Outcome.ABANDONED
+        metrics.PARKED.inc()
+        return Outcome.PARKED
 
     def _limit(self, tenant: CallbackTarget) -> int:
         assert tenant.callback is not None
@@ -252,6 +342,10 @@ class Deliverer:
             return await self._dead_letter(job, "-", "undecodable", None, 0)
         if event.content_rule:  # a content refusal: nothing reserved or spent, only the callback
             return await self.deliver(job, event)
+        if is_reservation(event):  # billed by the ledger when it expired: only the callback, unless
+            if await self._settled_since(event):  # the real line settled it meanwhile (its callback tells)
+                return Outcome.NO_CALLBACK
+            return await self.deliver(job, event)
         settlement = await self._settle(event)
         if settlement is None:
             return Outcome.ABANDONED
@@ -265,6 +359,17 @@ class Deliverer:
             record_money(event)
         return outcome
 
+    async def _settled_since(self, event: UsageEvent) -> bool:
+        """Whether a real settlement replaced the expired reservation's provisional bill (Redis errors: no)."""
+        if self.settlements is None:
+            return False
+        try:
+            billed = await self.blocking(self.settlements.redis.hget, redis_keys.settled(event.tenant, event.jti),
+                                         event.request_id)
+        except RedisError:
+            return False  # tell the tenant rather than stay silent: a later real callback supersedes it
+        return isinstance(billed, bytes) and not billed.startswith(b"p:")
+
     async def deliver(self, job: Job, event: UsageEvent) -> Outcome:
         """Deliver a settled event to its tenant's callback as configured now (a DLQ replay starts here)."""
         tenant = self.registry().get(event.tenant)
@@ -272,14 +377,58 @@ class Deliverer:
             return await self._dead_letter(job, event.request_id, "unknown_tenant", None, 0)
         if tenant.callback is None or tenant.callback_secret is None:
             return Outcome.NO_CALLBACK
-        waiting = self._waiting.get(tenant.id, 0)
-        if self.tenant_backlog is not None and waiting >= self.tenant_backlog:
-            return await self._dead_letter(job, event.request_id, "overloaded", None, 0)
-        self._waiting[tenant.id] = waiting + 1
+        seq = self.parking.enter(tenant.id) if self.parking is not None else None
         try:
-            return await self._deliver(job, tenant, event)
+            if not await self._take_turn(tenant.id, job):
+                return Outcome.ABANDONED
+            try:
+                return await self._deliver(job, tenant, event, seq)
+            finally:
+                self._waiting[tenant.id] -= 1
+                self._next_turn(tenant.id)
         finally:
-            self._waiting[tenant.id] -= 1
+            if self.parking is not None and seq is not None:
+                self.parking.leave(tenant.id, seq)
+
+    async def _take_turn(self, tenant_id: str, job: Job) -> bool:
+        """Count the job in its tenant's backlog, queueing (FIFO) while the backlog is full; False on shutdown."""
+        backlog = self.tenant_backlog
+        queue = self._turns.setdefault(tenant_id, deque())
+        if backlog is None or (self._waiting.get(tenant_id, 0) < backlog and not queue):
+            self._waiting[tenant_id] = self._waiting.get(tenant_id, 0) + 1
+            return True
+        # A future per held event, granted strictly in arrival order by `_next_turn` (which counts it
+        # in the backlog as it grants it): held events leave in the order they came, per key too.
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(turn)
+        self.held_back.add(tenant_id, job.tp)
+        metrics.HELD_BACK.inc()
+        stop = asyncio.ensure_future(self.abandon.wait())
+        try:
+            await asyncio.wait((turn, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            self.held_back.remove(tenant_id, job.tp)
+            metrics.HELD_BACK.dec()
+            if not turn.done():
+                turn.cancel()
+        if turn.cancelled():
+            return False
+        if self.abandon.is_set():  # granted, but shutdown came: give the turn back
+            self._waiting[tenant_id] -= 1
+            return False
+        return True
+
+    def _next_turn(self, tenant_id: str) -> None:
+        """A delivery of this tenant ended: grant queued turns while its backlog has room."""
+        queue = self._turns.get(tenant_id)
+        backlog = self.tenant_backlog
+        while queue and backlog is not None and self._waiting.get(tenant_id, 0) < backlog:
+            turn = queue.popleft()
+            if turn.done():  # its waiter left (shutdown)
+                continue
+            self._waiting[tenant_id] = self._waiting.get(tenant_id, 0) + 1
+            turn.set_result(None)
 
     async def dead_letter_on_error(self, job: Job) -> Outcome:
         """DLQ an event whose handling raised unexpectedly (abandoned if even that fails)."""

@@ -42,8 +42,10 @@ class DeadLetters:
                 self._producer = None
         kafka_io.close_quietly(producer, timeout_s=0)
 
-    def publish(self, key: bytes | None, value: bytes, headers: dict[str, str]) -> bool:
-        """Write one record and wait for the broker's acknowledgement; False if shutdown stopped the retries."""
+    def publish(self, key: bytes | None, value: bytes, headers: dict[str, str],
+                topic: str = kafka_io.DLQ_TOPIC) -> bool:
+        """Write one record (to the DLQ, or `topic`) and wait for the broker's acknowledgement; False if
+        shutdown stopped the retries."""
         delay = RETRY_MIN_S
         encoded = [(name, redact(text).encode()) for name, text in headers.items()]
         # What leaves the process is redacted like a log line; masking keeps the protobuf's length framing.
@@ -52,7 +54,7 @@ class DeadLetters:
             producer = None
             try:
                 producer = self._current()
-                producer.send(kafka_io.DLQ_TOPIC, key=key, value=value, headers=encoded).get(timeout=SEND_TIMEOUT_S)
+                producer.send(topic, key=key, value=value, headers=encoded).get(timeout=SEND_TIMEOUT_S)
                 return True
             except KafkaError as exc:
                 log.warning("DLQ write failed; retrying with a new producer", extra={"error": str(exc)})

@@ -29,6 +29,8 @@ class Reply:
 
     status: int
     retry_after: str | None
+    # The body, when it fits in MAX_DISCARDED_BODY (a batch's per-event results); else empty.
+    body: bytes = b""
 
 
 @dataclass(slots=True)
@@ -73,6 +75,7 @@ class CallbackClient:
         await conn.writer.drain()
         reply: Reply | None = None
         discarded = 0
+        kept = bytearray()
         while True:
             event = p.next_event()
             if event is h11.NEED_DATA:
@@ -82,6 +85,8 @@ class CallbackClient:
                 reply = Reply(event.status_code, retry_after)
             elif isinstance(event, h11.Data):
                 discarded += len(event.data)
+                if discarded <= MAX_DISCARDED_BODY:
+                    kept += event.data
                 if discarded > MAX_DISCARDED_BODY and reply is not None:
                     conn.close()
                     return reply
@@ -91,7 +96,7 @@ class CallbackClient:
                     self._idle.append(conn)
                 else:
                     conn.close()
-                return reply
+                return Reply(reply.status, reply.retry_after, bytes(kept)) if kept else reply
             elif isinstance(event, h11.ConnectionClosed):
                 raise CallbackTransportError("connection closed before a complete response")
 

@@ -48,3 +48,14 @@ REBALANCES = Counter("dynaseal_consumer_rebalances_total", "Partition assignment
 ASSIGNED_PARTITIONS = Gauge("dynaseal_consumer_assigned_partitions", "Partitions this member owns")
 BUDGET_THRESHOLDS = Counter("dynaseal_budget_thresholds", "Budget threshold callbacks finished, by budget and outcome",
                             ["tenant", "budget", "outcome"])
+HELD_BACK = Gauge("dynaseal_consumer_held_back",
+                  "Events queued behind a slow tenant's full backlog (their partitions are paused)")
+PAUSED_PARTITIONS = Gauge("dynaseal_consumer_paused_partitions",
+                          "Partitions paused because a slow tenant's events are queued from them")
+RESERVATION_NOTICES = Counter("dynaseal_consumer_reservation_notices_total",
+                              "Expired, unsettled reservations produced as usage events (usage_source reservation)")
+PARKED = Counter("dynaseal_consumer_parked_total", "Events parked for a tenant whose receiver was failing")
+REPLAYED = Counter("dynaseal_consumer_parked_replayed_total", "Parked events taken off the parked topic, by outcome",
+                   ["outcome"])
+BATCHES = Counter("dynaseal_consumer_callback_batches_total",
+                  "Batched callback requests, by how many of their events were acknowledged", ["result"])

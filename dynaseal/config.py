@@ -118,6 +118,11 @@ class GatewayConfig(StrictModel):
     # The origin clients reach the gateway at (e.g. https://llm.example.com, optionally with a path prefix):
     # what DPoP proofs' `htu` must name. Unset = the scheme and :authority Envoy saw, which the client chooses.
     public_url: str | None = None
+    # An admitted request's reservation is billed in full (provisionally) when no usage event settled it by
+    # then, and its tenant gets a `usage_source: reservation` callback (dynaseal.ledger.expiry_notices).
+    reservation_ttl_s: float = Field(900.0, ge=1, le=86400)
+    # Callback consumers `dynaseal up` starts (one consumer group; more than the usage topic's partitions idle).
+    consumers: int = Field(2, ge=1, le=16)
 
     @field_validator("public_url")
     @classmethod

@@ -192,6 +192,14 @@ class TenantUpstream(StrictModel):
     provider_headers: bool = False
 
 
+class CallbackBatch(StrictModel):
+    """Several usage callbacks in one signed request (`type: batch`), each with its own id."""
+
+    max_events: int = Field(50, ge=1, le=1000)
+    # How long the first event of a batch waits for others.
+    max_wait_ms: int = Field(200, ge=0, le=10_000)
+
+
 class CallbackConfig(StrictModel):
     """The tenant's usage callback endpoint."""
 
@@ -208,6 +216,8 @@ class CallbackConfig(StrictModel):
     # Fractions of a key's budget (tokens and money) whose crossing sends a `budget_threshold` callback,
     # each at most once per key and budget.
     budget_thresholds: tuple[float, ...] = ()
+    # Batched delivery (null: one event per request, the seed's format). callback_consumer.batches.
+    batch: CallbackBatch | None = None
 
     @field_validator("budget_thresholds")
     @classmethod

@@ -15,7 +15,7 @@ from dynaseal_launcher.processes import StartupError
 SERVICE_MODULES = {"authz": "authz_service", "issuer": "issuer_api", "mock-llm": "mock_llm",
                    "shipper": "log_shipper", "consumer": "callback_consumer"}
 # Tools that live with a service, run the same way: `dynaseal dlq replay …`.
-TOOL_MODULES = {"dlq": "callback_consumer.dlq_replay"}
+TOOL_MODULES = {"dlq": "callback_consumer.dlq_replay", "status": "dynaseal_launcher.status"}
 
 
 def _say(line: str) -> None:
@@ -162,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SERVICE_MODULES:
         sub.add_parser(name, help=f"run the {name} service alone", add_help=False)
     sub.add_parser("dlq", help="dead-lettered callbacks: replay [--tenant T] [--dry-run] [--max N]", add_help=False)
+    sub.add_parser("status", help="pipeline lag per stage, oldest unsettled reservation, parked and DLQ counts",
+                   add_help=False)
     return parser
 
 

