@@ -67,6 +67,16 @@ class ExpirySweeper:
         claimed = expiry_notices.claim(self.redis, LEASE_MS)
         if not claimed:
             return 0
+        # A tenant this config does not serve has no callback to receive the notice (deleted, or another
+        # deployment's keys in a shared Redis): drop its claims rather than fill the DLQ with them.
+        unknown = [c for c in claimed if self.currency_of(c.tenant) is None]
+        for expired in unknown:
+            log.warning("expired reservation of a tenant not in the config: not reported",
+                        extra={"tenant": expired.tenant, "request_id": expired.request_id})
+            expiry_notices.done(self.redis, expired)
+        claimed = [c for c in claimed if self.currency_of(c.tenant) is not None]
+        if not claimed:
+            return 0
         if self._producer is None:
             self._producer = kafka_io.new_producer(self.bootstrap, f"{self.client_id}-expiry")
         sends = [(c, self._producer.send(kafka_io.USAGE_TOPIC, key=c.jti.encode(),

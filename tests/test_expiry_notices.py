@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import redis
-from conftest import OTHER_TENANT, verified_key
+from conftest import OTHER_TENANT, private_redis, verified_key
 
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.claims import VerifiedKey
@@ -32,6 +34,23 @@ async def _admit(url: str, key: VerifiedKey, ids: list[str], reserve: int) -> No
                                                            max_tokens=reserve, prompt_bound=0), rid)
     finally:
         await quota.client.aclose()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[str]:
+    """A Redis of this test's own: the session Redis is swept by the session stack's consumers, and holds
+    other tests' expired reservations."""
+    with private_redis(tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def sync_redis(redis_server: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 @pytest.fixture
