@@ -1,4 +1,4 @@
-"""The callback body (DESIGN §7), its Standard Webhooks signature, and the HTTP client that delivers it."""
+"""The callback body, its Standard Webhooks signature, and the HTTP client that delivers it."""
 
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ def signed_callback(secret: str, body: dict[str, Any], *, msg_id: str | None = N
 
 def usage_body(event_id: str, jti: str | None, sub: str | None, tokens: int = 57,
                content: str = "hello from the model") -> dict[str, Any]:
-    """A callback body in the DESIGN §7 shape."""
+    """A callback body in the shape the consumer sends (dynaseal.usage.callbacks)."""
     return {"type": "usage", "event_id": event_id, "content": content, "tokens": tokens,
             "usage": {"prompt_tokens": 12, "completion_tokens": tokens - 12, "total_tokens": tokens},
             "model": "deepseek-chat", "key_id": jti, "sub": sub, "request_id": "req-" + event_id,

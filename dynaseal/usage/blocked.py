@@ -1,4 +1,5 @@
-"""Requests a tenant's content rule refused: their access-log line as an event, and their callback body.
+"""Requests a tenant's content rule refused: their access-log line as an event (its callback body is
+built with the others, in dynaseal.usage.callbacks).
 
 A content refusal reserved nothing and sent nothing, so it is no usage; but the tenant asked to be
 told, so its line (deny_code `content_blocked`, the rule's name in `content_rule`) becomes an event
@@ -9,8 +10,6 @@ with `content_rule` set, which the consumer delivers without settling anything, 
 from __future__ import annotations
 
 from typing import Any
-
-import orjson
 
 from dynaseal.pb import UsageEvent
 from dynaseal.usage.record import copied_fields, log_count
@@ -42,30 +41,3 @@ def blocked_event(record: dict[str, Any], request_id: str, shipped_at_ms: int) -
     if isinstance(cb, str) and cb:
         event.cb_json = cb
     return event
-
-
-def blocked_payload(event: UsageEvent) -> dict[str, Any]:
-    """The callback of a content refusal: which key, which rule, when; the seed's fields empty."""
-    cb: Any = {}
-    if event.cb_json:
-        try:
-            cb = orjson.loads(event.cb_json)
-        except orjson.JSONDecodeError:
-            cb = {}
-    family = {"root_key_id": event.root_jti, "chain": list(event.chain)} if event.chain else {}
-    return {
-        "type": "content_blocked",
-        "rule": event.content_rule,
-        "event_id": event.event_id,
-        # The seed's fields, so a seed backend stores the callback instead of refusing it: nothing said, nothing spent.
-        "content": "",
-        "tokens": 0,
-        "model": event.model,
-        "key_id": event.jti,
-        "sub": event.sub if event.HasField("sub") else None,
-        "request_id": event.request_id,
-        "status": event.status,
-        "started_at": event.started_at,
-        "cb": cb,
-        **family,
-    }

@@ -1,4 +1,4 @@
-"""A usage event as the tenant's callback (DESIGN §7): the JSON body and its Standard Webhooks signature.
+"""A usage event as the tenant's callback: the JSON body and its Standard Webhooks signature.
 
 `webhook-id` is the event's request_id, so every retry and every redelivery after a crash carries
 the same id and the receiver can store it once. Each attempt is signed with a fresh timestamp
@@ -15,7 +15,6 @@ import orjson
 from standardwebhooks import Webhook
 
 from dynaseal.pb import UsageEvent
-from dynaseal.usage.blocked import blocked_payload
 
 # Statuses worth retrying besides 5xx: the receiver timed out, or asked us to slow down.
 RETRYABLE_STATUSES = frozenset({408, 429})
@@ -29,10 +28,8 @@ def _upstreams(event: UsageEvent) -> dict[str, Any]:
     return {"upstreams_tried": tried, "upstream": None if unserved else tried[-1]}
 
 
-def callback_payload(event: UsageEvent, include_content: bool) -> dict[str, Any]:
-    """The callback object: the seed's fields (event_id, content, tokens) plus the usage detail."""
-    if event.content_rule:
-        return blocked_payload(event)
+def _echoed(event: UsageEvent) -> tuple[Any, dict[str, Any]]:
+    """What every callback echoes of the key: its `cb` object, and its family when it is a child key."""
     cb: Any = {}
     if event.cb_json:
         try:
@@ -40,6 +37,35 @@ def callback_payload(event: UsageEvent, include_content: bool) -> dict[str, Any]
         except orjson.JSONDecodeError:
             cb = {}
     family = {"root_key_id": event.root_jti, "chain": list(event.chain)} if event.chain else {}
+    return cb, family
+
+
+def blocked_payload(event: UsageEvent) -> dict[str, Any]:
+    """The callback of a content refusal: which key, which rule, when; the seed's fields empty."""
+    cb, family = _echoed(event)
+    return {
+        "type": "content_blocked",
+        "rule": event.content_rule,
+        "event_id": event.event_id,
+        # The seed's fields, so a seed backend stores the callback instead of refusing it: nothing said, nothing spent.
+        "content": "",
+        "tokens": 0,
+        "model": event.model,
+        "key_id": event.jti,
+        "sub": event.sub if event.HasField("sub") else None,
+        "request_id": event.request_id,
+        "status": event.status,
+        "started_at": event.started_at,
+        "cb": cb,
+        **family,
+    }
+
+
+def callback_payload(event: UsageEvent, include_content: bool) -> dict[str, Any]:
+    """The callback object: the seed's fields (event_id, content, tokens) plus the usage detail."""
+    if event.content_rule:
+        return blocked_payload(event)
+    cb, family = _echoed(event)
     return {
         "type": "usage",
         "event_id": event.event_id,
