@@ -122,6 +122,10 @@ class Limits(StrictModel):
         return names
     # Requests carrying what these match are refused with content_blocked (dynaseal.policy.content_rules).
     content_rules: ContentRules = Field(default_factory=lambda: ContentRules(()))
+    # Tokens reserved per document part (chat `file`, Responses `input_file`, Messages `document`): a PDF of
+    # many pages costs far more than an image, so media_part_tokens does not bound it. Unset = documents are
+    # refused whenever a budget applies (dynaseal.policy.documents).
+    document_part_tokens: int | None = Field(None, ge=0)
     # Responses / Messages members and tools that pull in context the body does not hold or run on the
     # provider's side (previous_response_id, conversation, prompt, item_reference; web_search, file_search,
     # code_interpreter, image_generation, computer_use, mcp; Messages' server tools, mcp_servers, container):

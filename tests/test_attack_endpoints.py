@@ -160,7 +160,8 @@ def test_a_document_nested_in_a_server_tool_result_is_media(tenant: Tenant) -> N
                                            "input": {"url": "https://example.com/a.pdf"}}, fetched]},
         {"role": "user", "content": "and?"}]}
     assert refusal_of(check_messages, body, key(tenant)).code == ErrorCode.PARAM_NOT_ALLOWED  # budget, no allowance
-    priced = check_messages(body, key(tenant, media_part_tokens=3000), len(orjson.dumps(body)))
+    priced = check_messages(body, key(tenant, media_part_tokens=3000, document_part_tokens=3000),
+                            len(orjson.dumps(body)))
     assert priced.prompt_bound >= 3000
 
 
@@ -171,5 +172,6 @@ def test_media_blocks_are_counted_once_and_tool_inputs_are_not_content(tenant: T
         {"role": "assistant", "content": [{"type": "tool_use", "id": "t2", "name": "f", "input": {"type": "image"}}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t2", "content": "ok"}]}]}
     size = len(orjson.dumps(body))
-    one, two = (check_messages(body, key(tenant, media_part_tokens=n), size).prompt_bound for n in (1000, 2000))
+    one, two = (check_messages(body, key(tenant, media_part_tokens=n, document_part_tokens=n), size).prompt_bound
+                for n in (1000, 2000))
     assert two - one == 2 * 1000  # the image and the PDF, not the tool call's input

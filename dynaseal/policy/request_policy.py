@@ -17,6 +17,7 @@ from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.jsonsafe import DuplicateKeyError, LoneSurrogateError, loads_strict
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.money.pricing import Price
+from dynaseal.policy.documents import count_documents, document_tokens
 from dynaseal.policy.request_members import (
     CHAT_COMPLETIONS,
     RESTRICTED_FEATURES,
@@ -250,5 +251,7 @@ def check_request(body: dict[str, Any], key: VerifiedKey, body_size: int = 0) ->
     _check_features(body, key)
     _check_params(body, key)
     allowance = allowance_for(key.tenant.limits, model)
-    return CheckedRequest(model, stream, n, max_tokens, prompt_bound(body_size, messages, key, allowance),
+    prompt = prompt_bound(body_size, messages, key, allowance) + document_tokens(key, count_documents(messages),
+                                                                                 "messages")
+    return CheckedRequest(model, stream, n, max_tokens, prompt,
                           cap_member + usage_member, strip_usage, _price(key, model), allowance.reasoning_tokens)

@@ -18,6 +18,7 @@ from typing import Any
 
 from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.keys.claims import VerifiedKey
+from dynaseal.policy.documents import count_documents, document_tokens
 from dynaseal.policy.endpoints.common import (
     check_cap,
     check_key_params,
@@ -195,7 +196,8 @@ def check_messages(body: dict[str, Any], key: VerifiedKey, body_size: int) -> Ch
     system = body.get("system")
     if isinstance(system, list):
         media += sum(1 for b in system if isinstance(b, dict) and type_of(b, "system") in MEDIA_BLOCKS)
-    extra = server_side_tokens(key, _features(body)) + _media_tokens(key, media) + hidden_tool_tokens(body)
+    extra = server_side_tokens(key, _features(body)) + _media_tokens(key, media) + hidden_tool_tokens(body) \
+        + document_tokens(key, count_documents([messages, system]), "messages")
     allowance = allowance_for(limits, model)
     prompt = chat_prompt_bound(body_size, [], key, allowance) + extra
     return CheckedRequest(model, stream, 1, cap, prompt, prefix, False, price_of(key, model),

@@ -17,6 +17,7 @@ from typing import Any
 
 from dynaseal.errors import ErrorCode
 from dynaseal.keys.claims import VerifiedKey
+from dynaseal.policy.documents import count_documents, document_tokens
 from dynaseal.policy.endpoints.common import (
     check_cap,
     check_end_user,
@@ -148,7 +149,8 @@ def check_responses(body: dict[str, Any], key: VerifiedKey, body_size: int) -> C
     media, referenced = media_and_references(items)
     features = _features(body, referenced)  # checks `tools` is a list of typed objects
     built_in = sum(BUILT_IN_TOOL_TOKENS.get(tool["type"], 0) for tool in body.get("tools") or ())
-    extra = server_side_tokens(key, features) + _media_tokens(key, media) + built_in
+    extra = server_side_tokens(key, features) + _media_tokens(key, media) + built_in \
+        + document_tokens(key, count_documents(items), "input")
     allowance = allowance_for(limits, model)
     prompt = chat_prompt_bound(body_size, [], key, allowance) + extra
     return CheckedRequest(model, stream, 1, cap, prompt, prefix, False, price_of(key, model),
