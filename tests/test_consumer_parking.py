@@ -81,7 +81,9 @@ def test_new_events_go_straight_to_the_receiver_once_the_parked_ones_are_replaye
     parked_before = rig.metric("dynaseal_consumer_parked_total")
     ids = rig.produce(SLOW, jti, 4)
     wait_until(lambda: len(slow.delivered(jti)) == 4, 30, "the callbacks")
-    assert [d.webhook_id for d in slow.for_key(jti)] == ids  # one attempt each, none parked
+    # One attempt each, none parked. Outside an outage a tenant's callbacks go out concurrently (its
+    # `callback.concurrency`), so their order is not asserted here; the replay after an outage is in order.
+    assert sorted(d.webhook_id for d in slow.for_key(jti)) == sorted(ids)
     assert rig.metric("dynaseal_consumer_parked_total") == parked_before
 
 
