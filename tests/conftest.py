@@ -7,7 +7,8 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -273,3 +274,13 @@ def receiver(cfg: DynasealConfig) -> Iterator[object]:
 
     with Receiver(os.environ["DYNASEAL_DEMO_WEBHOOK_SECRET"]) as running:
         yield running
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 15.0) -> bool:
+    """Poll `condition` every 0.1 s until it holds (True) or `timeout_s` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False

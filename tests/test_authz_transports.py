@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -18,7 +18,7 @@ import orjson
 import pytest
 import redis
 import yaml
-from conftest import AUTHZ_SERVERS, OTHER_TENANT, TenantKeys, write_test_config
+from conftest import AUTHZ_SERVERS, OTHER_TENANT, TenantKeys, wait_until, write_test_config
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -40,14 +40,6 @@ while true do
 end
 """
 
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture(scope="module", params=AUTHZ_SERVERS)

@@ -10,7 +10,6 @@ tenant gets a signed `content_blocked` callback naming it, without the text.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import orjson
 import pytest
 import redis
 import yaml
-from conftest import OTHER_TENANT, TenantKeys, write_test_config
+from conftest import OTHER_TENANT, TenantKeys, wait_until, write_test_config
 from pipeline_harness import Receiver
 
 from dynaseal.config import load_config
@@ -39,14 +38,6 @@ RULES = [
 ]
 TOOL_CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
 
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture(scope="module")

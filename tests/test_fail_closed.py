@@ -8,13 +8,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from conftest import OTHER_TENANT, TenantKeys, write_test_config
+from conftest import OTHER_TENANT, TenantKeys, wait_until, write_test_config
 
 from dynaseal.config import load_config
 from dynaseal.keys.mint import mint
@@ -23,14 +23,6 @@ from dynaseal_launcher.stack import AUTHZ_SERVICE_NAME, LocalStack
 
 pytestmark = pytest.mark.integration
 
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture(scope="module")
