@@ -40,6 +40,7 @@ class Ports(StrictModel):
     authz_metrics: int = 9102
     consumer_metrics: int = 9103
     shipper_metrics: int = 9104
+    admin: int = 9300
 
 
 class UpstreamConfig(StrictModel):
@@ -151,6 +152,16 @@ class AuthzConfig(StrictModel):
     io_threads: int = Field(1, ge=1, le=64)
 
 
+class AdminConfig(StrictModel):
+    """The operator's admin API and console: who may call it and where it keeps tenants and usage."""
+
+    # The bearer token operators present (named by env var or read from a mounted file).
+    token_env: str | None = "DYNASEAL_ADMIN_TOKEN"
+    token_file: str | None = None
+    # SQLAlchemy URL of the admin store (tenants as data, usage); unset = SQLite in {data_dir}/admin.
+    database_url: str | None = None
+
+
 class DynasealConfig(StrictModel):
     """The whole config file."""
 
@@ -159,6 +170,7 @@ class DynasealConfig(StrictModel):
     authz: AuthzConfig = Field(default_factory=AuthzConfig)
     tenants: tuple[TenantConfig, ...]
     issuer: IssuerConfig | None = None
+    admin: AdminConfig | None = None
 
     @field_validator("tenants")
     @classmethod

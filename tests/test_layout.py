@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SERVICES = ("authz_service", "issuer_api", "log_shipper", "callback_consumer", "mock_llm", "dynaseal_launcher")
+SERVICES = ("authz_service", "issuer_api", "admin_api", "log_shipper", "callback_consumer", "mock_llm",
+            "dynaseal_launcher")
 ROOMS = ("keys", "policy", "ledger", "usage", "money", "runtime", "routing")
 
 
