@@ -1,7 +1,7 @@
 """One Envoy config with a listener per benchmark configuration, derived from the real gateway.
 
 Everything dynaseal-specific (the ext_authz filter, the authz cluster, the upstream cluster, the
-usage filters) is taken from `dynaseal_launcher/templates/gateway.yaml.tmpl` as `dynaseal envoy-config` renders it, so
+usage filters) is taken from `dynaseal/envoy/templates/gateway.yaml.tmpl` as `dynaseal envoy-config` renders it, so
 tuning the template shows up here. The listeners:
 
 | name | auth | route | used by |

@@ -4,7 +4,7 @@
 
 One Envoy (`--concurrency 1`, pinned to CPU 0) with a listener per variant. No authz runs: each
 listener's first filter, `set_metadata`, writes what authz would into the ext_authz namespace, so
-the Lua filter (verbatim from `dynaseal_launcher/templates/gateway.yaml.tmpl` as rendered) sees exactly the gateway's
+the Lua filter (verbatim from `dynaseal/envoy/templates/gateway.yaml.tmpl` as rendered) sees exactly the gateway's
 metadata and nothing else is measured. Variants, all in one run:
 
 | listener | filters | route |

@@ -1,6 +1,6 @@
 """Streaming benchmark: time to first token and total time through Envoy, with and without ext_authz.
 
-Both listeners are the real gateway listener (`dynaseal_launcher/templates/gateway.yaml.tmpl` as rendered), one with the
+Both listeners are the real gateway listener (`dynaseal/envoy/templates/gateway.yaml.tmpl` as rendered), one with the
 ext_authz filter removed, in front of the mock upstream pacing its SSE frames with
 `x-mock-chunk-delay-ms`, so every chunk travels on its own. Requests alternate between the two
 listeners so drift hits both alike. If ext_authz cost anything per chunk, the total-time gap

@@ -1,69 +1,22 @@
 """The closed set of errors a client can ever see, each with its HTTP status and OpenAI type.
 
-A `code` here is the snake_case string clients read in `error.code` and the label of the
-decision metric. Anything that is not one of these is an internal failure and becomes
-`authz_unavailable` (fail closed).
+The codes, statuses and types are the registry's (`dynaseal.contracts.error_registry`). A `code`
+is the snake_case string clients read in `error.code` and the label of the decision metric.
+Anything that is not one of these is an internal failure and becomes `authz_unavailable` (fail closed).
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
-
+from dynaseal.contracts.error_registry import ErrorCode, anthropic_type, openai_type, status_for
 from dynaseal.safe_text import safe_text
+
+__all__ = ["ErrorCode", "QuotaUnavailable", "Refusal", "anthropic_envelope", "error_envelope", "should_retry",
+           "status_of", "type_of"]
 
 # A refusal's message and param are quoted in the answer, the deny log line and the access log: they
 # may carry client text, so they are made safe (and bounded) once, here.
 MAX_MESSAGE_CHARS = 1024
 MAX_PARAM_CHARS = 128
-
-
-class ErrorCode(StrEnum):
-    """User-facing error codes; the value is what appears in `error.code`."""
-
-    INVALID_REQUEST = "invalid_request_error"
-    DUPLICATE_KEY = "duplicate_key"
-    UNSUPPORTED_ENCODING = "unsupported_content_encoding"
-    MAX_TOKENS_REQUIRED = "max_tokens_required"
-    STREAM_USAGE_REQUIRED = "stream_usage_required"
-    INVALID_API_KEY = "invalid_api_key"
-    EXPIRED_KEY = "expired_key"
-    REVOKED_KEY = "revoked_key"
-    INVALID_DPOP_PROOF = "invalid_dpop_proof"
-    MODEL_NOT_ALLOWED = "model_not_allowed"
-    PARAM_NOT_ALLOWED = "param_not_allowed"
-    BODY_TOO_LARGE = "request_too_large"
-    RATE_LIMITED = "rate_limit_exceeded"
-    INSUFFICIENT_QUOTA = "insufficient_quota"
-    KEY_EXHAUSTED = "key_exhausted"
-    AUTHZ_UNAVAILABLE = "authz_unavailable"
-    CONTENT_BLOCKED = "content_blocked"
-    ORIGIN_NOT_ALLOWED = "origin_not_allowed"
-    # An allowed model whose upstreams do not speak the endpoint's API (OpenAI's code for a model it does not serve).
-    MODEL_NOT_FOUND = "model_not_found"
-
-
-# code -> (HTTP status, OpenAI error type). OpenAI SDKs map the status to an exception class.
-_STATUS_AND_TYPE: dict[ErrorCode, tuple[int, str]] = {
-    ErrorCode.INVALID_REQUEST: (400, "invalid_request_error"),
-    ErrorCode.DUPLICATE_KEY: (400, "invalid_request_error"),
-    ErrorCode.UNSUPPORTED_ENCODING: (400, "invalid_request_error"),
-    ErrorCode.MAX_TOKENS_REQUIRED: (400, "invalid_request_error"),
-    ErrorCode.STREAM_USAGE_REQUIRED: (400, "invalid_request_error"),
-    ErrorCode.INVALID_API_KEY: (401, "authentication_error"),
-    ErrorCode.EXPIRED_KEY: (401, "authentication_error"),
-    ErrorCode.REVOKED_KEY: (401, "authentication_error"),
-    ErrorCode.INVALID_DPOP_PROOF: (401, "authentication_error"),
-    ErrorCode.MODEL_NOT_ALLOWED: (403, "permission_error"),
-    ErrorCode.PARAM_NOT_ALLOWED: (403, "permission_error"),
-    ErrorCode.BODY_TOO_LARGE: (413, "invalid_request_error"),
-    ErrorCode.RATE_LIMITED: (429, "rate_limit_error"),
-    ErrorCode.INSUFFICIENT_QUOTA: (429, "insufficient_quota"),
-    ErrorCode.KEY_EXHAUSTED: (429, "rate_limit_error"),
-    ErrorCode.AUTHZ_UNAVAILABLE: (503, "service_unavailable"),
-    ErrorCode.CONTENT_BLOCKED: (400, "invalid_request_error"),
-    ErrorCode.ORIGIN_NOT_ALLOWED: (403, "permission_error"),
-    ErrorCode.MODEL_NOT_FOUND: (404, "invalid_request_error"),
-}
 
 
 # Refusals a retry of the same request cannot fix: the `openai` and `anthropic` SDKs read
@@ -84,12 +37,12 @@ def error_envelope(message: str, error_type: str, code: str,
 
 def status_of(code: ErrorCode) -> int:
     """HTTP status for an error code."""
-    return _STATUS_AND_TYPE[code][0]
+    return status_for(code)
 
 
 def type_of(code: ErrorCode) -> str:
     """OpenAI `error.type` for an error code."""
-    return _STATUS_AND_TYPE[code][1]
+    return openai_type(code)
 
 
 class Refusal(Exception):
@@ -118,13 +71,8 @@ class QuotaUnavailable(Exception):
         self.reason = reason
 
 
-# Anthropic's error types by status (its SDK maps the status to an exception class as OpenAI's does).
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 529: "overloaded_error"}
-
-
 def anthropic_envelope(message: str, code: str, status: int) -> dict[str, object]:
     """The Anthropic-shaped error body of /v1/messages: {"type": "error", "error": {type, message}}, plus the
     gateway's code beside them (clients that know Anthropic's shape ignore it)."""
-    return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message,
+    return {"type": "error", "error": {"type": anthropic_type(status), "message": message,
                                        "code": code}}

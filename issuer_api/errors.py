@@ -1,5 +1,8 @@
 """The issuer's client-facing errors: one exception type, one OpenAI-shaped JSON envelope.
 
+Its codes (`IssuerError`), their statuses and types are in the one registry of error codes
+(`dynaseal.contracts.error_registry`), beside authz's and Envoy's.
+
 Every failure a client can see is `{"error": {"message", "type", "code", "param"}}`, including
 FastAPI's validation errors (turned into 400) and routing errors (404/405). Anything else is
 logged and answered 500 without details, so no internal text (or secret) leaks to a client.
@@ -9,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from enum import StrEnum
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,55 +19,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dynaseal.errors import ErrorCode, error_envelope
+from dynaseal.contracts.error_registry import IssuerError, openai_type
+from dynaseal.errors import error_envelope
+
+__all__ = ["ApiError", "IssuerError", "forbidden", "install_error_handlers", "invalid_request", "unauthenticated"]
 
 log = logging.getLogger("issuer_api.errors")
-
-# status -> OpenAI `error.type`, so SDK-style clients map our errors the same way as the gateway's.
-_TYPE_BY_STATUS = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "service_unavailable",
-}
-
-
-class IssuerError(StrEnum):
-    """Every `error.code` the issuer answers with; the codes the gateway also uses have its values."""
-
-    INVALID_REQUEST = ErrorCode.INVALID_REQUEST.value
-    REQUEST_TOO_LARGE = ErrorCode.BODY_TOO_LARGE.value
-    MODEL_NOT_ALLOWED = ErrorCode.MODEL_NOT_ALLOWED.value
-    INVALID_TOKEN = "invalid_token"
-    TOKEN_EXPIRED = "token_expired"
-    WRONG_TOKEN_TYPE = "wrong_token_type"
-    MISSING_TOKEN = "missing_token"
-    INVALID_CREDENTIALS = "invalid_credentials"
-    TOO_MANY_LOGIN_ATTEMPTS = "too_many_login_attempts"
-    SCOPE_NOT_ALLOWED = "scope_not_allowed"
-    SUB_NOT_ALLOWED = "sub_not_allowed"
-    MODELS_REQUIRED = "models_required"
-    KEY_NOT_FOUND = "key_not_found"
-    CALLBACK_NOT_CONFIGURED = "callback_not_configured"
-    INVALID_SIGNATURE = "invalid_signature"
-    INVALID_WEBHOOK_ID = "invalid_webhook_id"
-    GATEWAY_UNAVAILABLE = "gateway_unavailable"
-    NOT_FOUND = "not_found"
-    METHOD_NOT_ALLOWED = "method_not_allowed"
-    HTTP_ERROR = "http_error"
-    INTERNAL_ERROR = "internal_error"
-    INVALID_DPOP_PROOF = "invalid_dpop_proof"
-    DPOP_KEY_MISMATCH = "dpop_key_mismatch"
-    DPOP_REQUIRED = "dpop_required"
-    REFRESH_TOKEN_REUSED = "refresh_token_reused"
-    SESSION_REVOKED = "session_revoked"
-    USES_ABOVE_LIMIT = "uses_above_limit"
-    MINT_RATE_EXCEEDED = "mint_rate_exceeded"
 
 
 class ApiError(Exception):
@@ -82,9 +41,8 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         """The JSON envelope for this error."""
-        fallback = "server_error" if self.status >= 500 else "invalid_request_error"
-        error_type = _TYPE_BY_STATUS.get(self.status, fallback)
-        return error_envelope(self.message, error_type, self.code, self.param)
+        # The registry's type for this code (dynaseal.contracts.error_registry): the gateway's where it shares it.
+        return error_envelope(self.message, openai_type(self.code, self.status), self.code, self.param)
 
     def response(self) -> JSONResponse:
         """This error as a JSON response."""

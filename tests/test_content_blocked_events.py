@@ -10,11 +10,11 @@ import pytest
 from test_usage_record import access_log_format, authz_namespace, envoy_writes
 
 from dynaseal.config import DynasealConfig
+from dynaseal.contracts import usage_record
 from dynaseal.keys.mint import SigningKey, mint
 from dynaseal.keys.tenants import build_registry
 from dynaseal.policy.authorizer import Authorizer, AuthRequest
 from dynaseal.policy.decision import Decision
-from dynaseal.usage import record as usage_record
 from dynaseal.usage.callbacks import callback_body, callback_payload
 from dynaseal.usage.events import parse_line
 

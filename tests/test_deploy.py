@@ -17,6 +17,7 @@ from deploy_support import (
 )
 
 from dynaseal.config import load_config
+from dynaseal.envoy import render as envoy_render
 from dynaseal_launcher import envoy_config
 from dynaseal_launcher.stack import AUTHZ_SERVICE_NAME
 
@@ -27,7 +28,7 @@ from dynaseal_launcher.stack import AUTHZ_SERVICE_NAME
 def test_envoy_config_is_rendered_from_its_dynaseal_config(envoy_file: Path, config: Path, authz_host: str) -> None:
     """The committed file is exactly what `dynaseal envoy-config` renders (re-render after config edits)."""
     cfg = load_config(config)
-    assert envoy_config.render(cfg, Path(access_log_of(cfg)), authz_host=authz_host) == envoy_file.read_text(), (
+    assert envoy_render.render(cfg, Path(access_log_of(cfg)), authz_host=authz_host) == envoy_file.read_text(), (
         f"re-render: dynaseal --config {config.relative_to(REPO)} envoy-config --authz-host {authz_host} "
         f"--access-log {access_log_of(cfg)} --out {envoy_file.relative_to(REPO)}")
 

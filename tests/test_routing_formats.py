@@ -17,12 +17,12 @@ import yaml
 from conftest import OTHER_TENANT, TenantKeys, acme_key
 
 from dynaseal.config import load_config
+from dynaseal.envoy.upstream_clusters import PATHS_OF_FORMAT
 from dynaseal.errors import Refusal
 from dynaseal.policy.authorizer import Authorizer, AuthRequest
 from dynaseal.policy.decision import Decision
 from dynaseal.routing.routes import build_route_table
 from dynaseal_launcher import envoy_config
-from dynaseal_launcher.upstream_clusters import PATHS_OF_FORMAT
 
 KEY = {"kid": "k1", "alg": "HS256", "secret_env": "T_FORMATS_SECRET"}
 CLAUDE = {"name": "claude", "base_url": "https://api.anthropic.com/v1", "api_key_env": "T_FMT_CLAUDE",

@@ -16,13 +16,13 @@ from google.protobuf.json_format import MessageToDict
 
 from authz_service.envoy_adapter import allow_response, deny_response
 from dynaseal.config import DynasealConfig
+from dynaseal.contracts import usage_record
 from dynaseal.keys.mint import SigningKey, mint
 from dynaseal.keys.tenants import build_registry
 from dynaseal.pb import UsageEvent
 from dynaseal.policy.authorizer import Authorizer, AuthRequest
 from dynaseal.policy.decision import Decision
 from dynaseal.usage import events as usage_events
-from dynaseal.usage import record as usage_record
 from dynaseal.usage.events import parse_line
 from dynaseal_launcher import envoy_config
 

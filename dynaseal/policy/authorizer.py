@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from dynaseal.contracts import usage_record
 from dynaseal.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.keys.dpop import DpopProof, DpopRefusal, request_url, verify_proof
@@ -37,7 +38,6 @@ from dynaseal.policy.quota_refusals import Quota, admit_request, check_not_revok
 from dynaseal.policy.request_policy import CheckedRequest, check_request, parse_body
 from dynaseal.routing.routes import Route
 from dynaseal.routing.routes import choose as choose_route
-from dynaseal.usage import record as usage_record
 
 if TYPE_CHECKING:
     from dynaseal.ledger.give_back import GiveBack
@@ -220,7 +220,7 @@ class Authorizer:
             metered = endpoint is None or endpoint.metered
             hmac_key = await self.giver.load_key() if self.giver is not None and metered else None
             if hmac_key is not None:  # the whole chain: a child key's request gives back at every level
-                decision.metadata["give_back"] = give_back.make_token(
+                decision.metadata[usage_record.GIVE_BACK] = give_back.make_token(
                     hmac_key, key.tenant.id, tuple(level.jti for level in key.chain), request_id)
             return decision
         except ContentBlocked as blocked:
@@ -298,7 +298,7 @@ class Authorizer:
         if fmt == "messages":
             forward = forward | ANTHROPIC_FORWARDED
         removed = headers_to_strip(client_headers, forward - {"authorization"}, "authorization" in headers)
-        # What the access log records (dynaseal.usage.record); cb is echoed in callbacks, bounded to 1 KiB.
+        # What the access log records (dynaseal.contracts.usage_record); cb is echoed in callbacks, bounded to 1 KiB.
         # A child key names its family (root first). Money: the price applied at admit travels with the
         # request, so its cost is computed with the price the reservation used (a config reload in between
         # changes neither); the key's budgets go along for the consumer's threshold callbacks.
@@ -314,11 +314,11 @@ class Authorizer:
             budget=key.budget, budget_cost=key.budget_cost,
             endpoint=endpoint.name if endpoint else None)
         if checked.body_prefix:
-            metadata["body_prefix"] = checked.body_prefix
+            metadata[usage_record.BODY_PREFIX] = checked.body_prefix
         if checked.strip_usage:
-            metadata["strip_usage"] = True
+            metadata[usage_record.STRIP_USAGE] = True
         if key.tenant.callback is not None and key.tenant.callback.include_content:
-            metadata["capture_content"] = True
+            metadata[usage_record.CAPTURE_CONTENT] = True
         if route is not None:
             choice = choose_route(route, checked.model, body, checked.body_prefix or "",
                                   lambda provider_key: provider_credential(provider_key, fmt))
@@ -326,5 +326,5 @@ class Authorizer:
             metadata.update(choice.metadata)
             removed = tuple(name for name in removed if name not in headers)
         if routes is not None and key.tenant.id in routes.provider_headers:
-            metadata["provider_headers"] = True
+            metadata[usage_record.PROVIDER_HEADERS] = True
         return allow(headers, removed, metadata, key.jti, request_id)

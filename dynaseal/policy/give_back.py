@@ -19,11 +19,12 @@ import hmac
 
 import orjson
 
+from dynaseal.contracts.usage_record import GIVE_BACK_HEADER as TOKEN_HEADER
+from dynaseal.contracts.usage_record import GIVE_BACK_PATH
 from dynaseal.errors import error_envelope
 from dynaseal.policy.decision import Decision
 
-GIVE_BACK_PATH = "/_dynaseal/give-back"
-TOKEN_HEADER = "x-dynaseal-give-back"
+__all__ = ["GIVE_BACK_PATH", "TOKEN_HEADER", "make_token", "read_token", "reply"]
 _MAC_CHARS = 32
 # A root and at most 4 levels of child keys below it (limits.max_chain_depth).
 MAX_PATH = 5

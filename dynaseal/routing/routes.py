@@ -20,6 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from dynaseal.contracts.usage_record import ROUTE_HEADER, UP_AUTH_HEADER, UP_AUTH_PREFIX, UP_MODEL_PREFIX
 from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.routing.model_span import model_value_span
 from dynaseal.routing.provider_credentials import CredentialPool
@@ -30,7 +31,6 @@ from dynaseal.upstreams import FORMATS, chain_name, declared_upstreams, targets_
 if TYPE_CHECKING:
     from dynaseal.config import DynasealConfig
 
-ROUTE_HEADER = "x-dynaseal-route"
 # How a refusal names the API a format is.
 API_OF_FORMAT = {"chat_completions": "Chat Completions API (/v1/chat/completions)",
                  "responses": "Responses API (/v1/responses)", "messages": "Messages API (/v1/messages)",
@@ -147,14 +147,14 @@ def choose(route: Route, model: str, body: bytes, body_prefix: str = "",
         key = hop.credential.next_key()
         if key is not None:
             ((header, value),) = credential(key).items()
-            metadata[f"up_auth.{hop.upstream}"] = value
+            metadata[UP_AUTH_PREFIX + hop.upstream] = value
             if header != "authorization":
-                metadata["up_auth_header"] = header
+                metadata[UP_AUTH_HEADER] = header
         if hop.physical_model is not None and hop.physical_model != model:
             if span is None:
                 span = model_value_span(body)
                 if span is None:  # request_policy requires a model: never reached, kept fail-closed
                     raise ValueError("no model member to rewrite")
             offset = span[0] + len(body_prefix.encode())
-            metadata[f"up_model.{hop.upstream}"] = f"{offset} {span[1]} {json.dumps(hop.physical_model)}"
+            metadata[UP_MODEL_PREFIX + hop.upstream] = f"{offset} {span[1]} {json.dumps(hop.physical_model)}"
     return RouteChoice({ROUTE_HEADER: route.chain}, metadata)

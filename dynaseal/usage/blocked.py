@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dynaseal.contracts.usage_record import copied_fields, log_count
 from dynaseal.pb import UsageEvent
-from dynaseal.usage.record import copied_fields, log_count
 
 BLOCKED_CODE = "content_blocked"
 

@@ -1,6 +1,6 @@
 """Envoy access-log line → `dynaseal.v1.UsageEvent`: which requests become events, and with what usage.
 
-Each line is one request (the JSON format `dynaseal.usage.record` defines). The rules, in order;
+Each line is one request (the JSON format `dynaseal.contracts.usage_record` defines). The rules, in order;
 the first that applies decides:
 
 1. Not admitted → no event. The line lacks `tenant` or `jti`, carries a `deny_code`, or its
@@ -39,12 +39,12 @@ from typing import Any
 
 import orjson
 
+from dynaseal.contracts.usage_record import copied_fields, log_count
 from dynaseal.money.pricing import Price, TokenUsage, format_amount, from_micros, to_micros
 from dynaseal.pb import UsageEvent
 from dynaseal.pb.usage_event_pb2 import Price as PriceMessage
 from dynaseal.usage.blocked import blocked_event
 from dynaseal.usage.endpoint_content import event_text, json_answer
-from dynaseal.usage.record import copied_fields, log_count
 
 UPSTREAM, RESERVED, NONE = "upstream", "reserved", "none"
 # Endpoints that generate nothing (authz reserved nothing for them): no usage event.

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from dynaseal.config import DynasealConfig
+from dynaseal.contracts import usage_record as record
 from dynaseal.upstreams import UpstreamSpec, chain_name, declared_upstreams, targets_by_format
 
 # Each format's gateway paths; the route rewrites the path to the capture (the API's path under a base URL,
@@ -30,19 +31,18 @@ PATHS_OF_FORMAT = {
     "embeddings": r"^/(?:v1|api/v1)(/embeddings)$",
 }
 
-# The per-try edits. `x-dynaseal-try` (the host's upstream name) is set by header_mutation just before.
+# The per-try edits. TRY_HEADER (the host's upstream name) is set by header_mutation just before.
 # Headers are shared by every try of a request (the body is not): each try sets what it needs outright,
 # and the endpoint is kept in metadata from the first try.
 _UPSTREAM_LUA = """\
 local UPSTREAMS = {%(table)s}
-local AUTHZ = "envoy.filters.http.ext_authz"
-local ROUTE = "dynaseal.route"
+%(control_keys)s
 local match, sub = string.match, string.sub
 
 function envoy_on_request(handle)
   local headers = handle:headers()
-  local name = headers:get("x-dynaseal-try") or ""
-  headers:remove("x-dynaseal-try")
+  local name = headers:get(TRY_HEADER) or ""
+  headers:remove(TRY_HEADER)
   headers:remove("authorization")
   headers:remove("x-api-key")
   local meta = handle:streamInfo():dynamicMetadata()
@@ -54,31 +54,31 @@ function envoy_on_request(handle)
     return
   end
   local route = meta:get(ROUTE) or {}
-  local endpoint = route["endpoint"]
+  local endpoint = route[ROUTE_ENDPOINT]
   if endpoint == nil then
     endpoint = headers:get(":path")
-    meta:set(ROUTE, "endpoint", endpoint)
+    meta:set(ROUTE, ROUTE_ENDPOINT, endpoint)
   end
-  local tried = route["tried"]
-  meta:set(ROUTE, "tried", tried and (tried .. "," .. name) or name)
+  local tried = route[ROUTE_TRIED]
+  meta:set(ROUTE, ROUTE_TRIED, tried and (tried .. "," .. name) or name)
   -- A try that ran past its upstream's first_byte_s before this one began may have been generated (a
   -- timeout is no refusal): the request is then never given back, whatever the last upstream answers.
   local now = tonumber(handle:timestampString(EnvoyTimestampResolution.MILLISECOND))
-  local last, since = route["last_try"], route["last_try_ms"]
+  local last, since = route[ROUTE_LAST_TRY], route[ROUTE_LAST_TRY_MS]
   if now == nil or (last ~= nil and since ~= nil and UPSTREAMS[last] ~= nil and now - since >= UPSTREAMS[last][3]) then
-    meta:set(ROUTE, "overdue", true)  -- no clock: assume the worst
+    meta:set(ROUTE, ROUTE_OVERDUE, true)  -- no clock: assume the worst
   else
-    meta:set(ROUTE, "last_try", name)
-    meta:set(ROUTE, "last_try_ms", now)
+    meta:set(ROUTE, ROUTE_LAST_TRY, name)
+    meta:set(ROUTE, ROUTE_LAST_TRY_MS, now)
   end
   headers:replace(":path", up[1] .. endpoint)
   headers:replace(":authority", up[2])
-  local auth = authz["up_auth." .. name]
+  local auth = authz[UP_AUTH_PREFIX .. name]
   if auth ~= nil then
     -- The provider's own header: x-api-key for the messages format, authorization otherwise.
-    headers:replace(authz["up_auth_header"] or "authorization", auth)
+    headers:replace(authz[UP_AUTH_HEADER] or "authorization", auth)
   end
-  local splice = authz["up_model." .. name]
+  local splice = authz[UP_MODEL_PREFIX .. name]
   if splice ~= nil then
     local offset, length, value = match(splice, "^(%%d+) (%%d+) (.*)$")
     offset, length = tonumber(offset), tonumber(length)
@@ -89,6 +89,11 @@ function envoy_on_request(handle)
   end
 end
 """
+
+# The control keys the per-try filter reads and keeps, from the one definition (dynaseal.contracts.usage_record).
+UPSTREAM_LUA_KEYS = record.lua_constants((
+    "AUTHZ", "ROUTE", "TRY_HEADER", "ROUTE_ENDPOINT", "ROUTE_TRIED", "ROUTE_LAST_TRY", "ROUTE_LAST_TRY_MS",
+    "ROUTE_OVERDUE", "UP_AUTH_PREFIX", "UP_AUTH_HEADER", "UP_MODEL_PREFIX"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +157,7 @@ def _upstream_filters(upstreams: dict[str, UpstreamSpec], indent: int) -> str:
     table = ", ".join(f"[{json.dumps(name)}] = {{{json.dumps(endpoint_of(spec).path_prefix)}, "
                       f"{json.dumps(endpoint_of(spec).authority)}, {int(spec.timeouts.first_byte_s * 1000)}}}"
                       for name, spec in sorted(upstreams.items()))
-    code = _UPSTREAM_LUA % {"table": table}
+    code = _UPSTREAM_LUA % {"table": table, "control_keys": UPSTREAM_LUA_KEYS}
     pad = " " * indent
     lua = "\n".join(f"{pad}            {line}" if line else "" for line in code.splitlines())
     return (
@@ -166,7 +171,8 @@ def _upstream_filters(upstreams: dict[str, UpstreamSpec], indent: int) -> str:
         f'{pad}        "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n'
         f"{pad}        mutations:\n"
         f"{pad}          request_mutations:\n"
-        f'{pad}          - append: {{ header: {{ key: x-dynaseal-try, value: "%UPSTREAM_METADATA(dynaseal:name)%" }}, '
+        f"{pad}          - append: {{ header: {{ key: {record.TRY_HEADER}, "
+        f'value: "%UPSTREAM_METADATA(dynaseal:name)%" }}, '
         f"append_action: OVERWRITE_IF_EXISTS_OR_ADD }}\n"
         f"{pad}    - name: envoy.filters.http.lua\n"
         f"{pad}      typed_config:\n"
@@ -246,8 +252,8 @@ _ROUTE = """\
     safe_regex: { regex: "%(paths)s" }
     headers:
     - { name: ":method", string_match: { exact: POST } }
-    - { name: x-dynaseal-route, string_match: { exact: %(chain)s } }
-  request_headers_to_remove: [x-dynaseal-route]
+    - { name: %(route_header)s, string_match: { exact: %(chain)s } }
+  request_headers_to_remove: [%(route_header)s]
   route:
     cluster: %(cluster)s
     timeout: %(timeout)s
@@ -274,7 +280,8 @@ def routes(cfg: DynasealConfig, max_stream_duration: str, stream_idle_timeout: s
     for chain, (names, formats) in sorted(used_chains(cfg).items()):
         for fmt in formats:
             out.append(textwrap.indent(_ROUTE % {
-                "paths": PATHS_OF_FORMAT[fmt], "chain": chain, "cluster": chain if len(names) > 1 else f"up_{names[0]}",
+                "paths": PATHS_OF_FORMAT[fmt], "chain": chain, "route_header": record.ROUTE_HEADER,
+                "cluster": chain if len(names) > 1 else f"up_{names[0]}",
                 "timeout": max_stream_duration, "idle": stream_idle_timeout,
                 "retries": len(names) - 1, "per_try": max(upstreams[n].timeouts.first_byte_s for n in names)},
                 " " * 14))

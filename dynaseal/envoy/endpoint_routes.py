@@ -4,7 +4,7 @@ Each route names the format its upstream must speak in its metadata (`dynaseal.f
 name upstreams declare in `formats:`. These routes serve tenants without routes: every format goes to
 the gateway's one upstream, which must speak them all (the bundled mock does). A routed tenant's request
 carries authz's route header and matches its chain's route for the format first
-(dynaseal_launcher.upstream_clusters).
+(dynaseal.envoy.upstream_clusters).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""What crosses a process boundary, defined once: usage record, Lua control keys, callback bodies, error codes."""
