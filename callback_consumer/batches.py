@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from callback_consumer import metrics
+from dynaseal.contracts.callback_body import BatchCallback, BatchEntry, body_bytes
 from dynaseal.runtime.views import CallbackTarget
 from dynaseal.usage.callbacks import callback_payload
 
@@ -43,7 +44,9 @@ class _Pending:
 def batch_body(items: list[tuple[str, dict[str, Any]]]) -> tuple[str, bytes]:
     """(webhook-id, body) of one batch request."""
     digest = hashlib.sha256("\n".join(i for i, _ in items).encode()).hexdigest()[:32]
-    return f"batch_{digest}", orjson.dumps({"type": "batch", "events": [{"id": i, "event": e} for i, e in items]})
+    body = BatchCallback.model_construct(type="batch",
+                                         events=[BatchEntry.model_construct(id=i, event=e) for i, e in items])
+    return f"batch_{digest}", body_bytes(body)
 
 
 def acknowledged(reply_body: bytes, ids: list[str]) -> set[str]:

@@ -2,7 +2,8 @@
 
 Verified per Standard Webhooks with the tenant's callback secret, then stored once per
 `webhook-id`: the gateway delivers at least once, so a repeat must change nothing. Rows go through
-the `CallbackWriter` (group commits on one thread).
+the `CallbackWriter` (group commits on one thread). Bodies are parsed with the callback models the
+gateway builds them with (`dynaseal.contracts.callback_body`).
 """
 
 from __future__ import annotations
@@ -10,13 +11,21 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from fastapi import APIRouter, Request
+from pydantic import ValidationError
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from dynaseal.contracts.callback_body import (
+    MAX_WEBHOOK_ID_CHARS,
+    BatchCallback,
+    BudgetThresholdCallback,
+    CallbackBody,
+    ContentBlockedCallback,
+    UsageCallback,
+    parse_callback,
+)
 from dynaseal.logs import redact
 from issuer_api import reservation_rows
 from issuer_api.deps import StateDep
@@ -27,83 +36,44 @@ log = logging.getLogger("issuer_api.callbacks")
 router = APIRouter(tags=["callbacks"])
 
 MAX_BODY_BYTES = 1 << 20
-MAX_ID_CHARS = 256
-MAX_WEBHOOK_ID_CHARS = 128
 # Printable ASCII without space: what Standard Webhooks senders use (msg_…, UUIDs, request ids).
 _WEBHOOK_ID = re.compile(rf"^[\x21-\x7e]{{1,{MAX_WEBHOOK_ID_CHARS}}}$")
 PRINTED_CONTENT_CHARS = 200
 
 
-@dataclass(frozen=True, slots=True)
-class UsageCallback:
-    """The fields of a callback body the issuer indexes (the whole body is kept as `payload`)."""
-
-    event_id: str | None
-    tokens: int
-    usage: dict[str, Any] | None
-    content: str | None
-    jti: str | None
-    sub: str | None
-    # The callback's `cost`: (exact decimal string, currency), or None (an unpriced model, an older gateway).
-    cost: tuple[str, str] | None = None
+def refusal_of(exc: ValidationError) -> ApiError:
+    """A 400 naming the first member of a body the callback models refuse (never quoting its value)."""
+    errors = exc.errors()
+    if not errors:
+        return invalid_request("malformed callback body")
+    param = ".".join(str(part) for part in errors[0]["loc"]) or None
+    message = errors[0]["msg"]
+    return invalid_request(f"{param}: {message}" if param else message, param)
 
 
-def _optional_str(payload: dict[str, Any], name: str, limit: int) -> str | None:
-    value = payload.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int) or len(str(value)) > limit:
-        raise invalid_request(f"{name} must be a string of at most {limit} characters", name)
-    return str(value)
-
-
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
-
-
-def parse_cost(payload: dict[str, Any]) -> tuple[str, str] | None:
-    """The `cost: {"amount": "0.000123", "currency": "USD"}` of a callback, kept as the exact string; 400 if bad."""
-    cost = payload.get("cost")
-    if cost is None:
-        return None
-    if not isinstance(cost, dict) or not isinstance(cost.get("amount"), str) or \
-            not isinstance(cost.get("currency"), str) or not _CURRENCY.match(cost["currency"]):
-        raise invalid_request('cost must be {"amount": "<decimal string>", "currency": "<ISO 4217>"}', "cost")
-    amount = cost["amount"]
+def parse_body(payload: dict[str, Any]) -> CallbackBody:
+    """The callback model of a body (`dynaseal.contracts.callback_body`, the one the gateway builds); 400 if bad."""
     try:
-        valid = len(amount) <= 64 and Decimal(amount).is_finite() and Decimal(amount) >= 0
-    except InvalidOperation:
-        valid = False
-    if not valid:
-        raise invalid_request("cost.amount must be a non-negative decimal string", "cost")
-    return amount, cost["currency"]
+        return parse_callback(payload)
+    except ValidationError as exc:
+        raise refusal_of(exc) from None
 
 
-def parse_callback(payload: dict[str, Any]) -> UsageCallback:
-    """Pick the indexed fields out of a callback body; 400 on a wrong type."""
-    usage = payload.get("usage")
-    if usage is not None and not isinstance(usage, dict):
-        raise invalid_request("usage must be an object", "usage")
-    tokens = payload.get("tokens")
-    if tokens is None and usage is not None:  # the seed's `tokens` is the total
-        tokens = usage.get("total_tokens", 0)
-    tokens = 0 if tokens is None else tokens
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-        raise invalid_request("tokens must be a non-negative integer", "tokens")
-    content = payload.get("content")
-    if content is not None and not isinstance(content, str):
-        raise invalid_request("content must be a string", "content")
-    jti = _optional_str(payload, "key_id", 128) or _optional_str(payload, "jti", 128)
-    return UsageCallback(_optional_str(payload, "event_id", MAX_ID_CHARS), tokens, usage, content, jti,
-                         _optional_str(payload, "sub", MAX_ID_CHARS), parse_cost(payload))
+def tokens_of(callback: UsageCallback) -> int:
+    """The seed's `tokens`, or the usage's total when a body has only that."""
+    if callback.tokens is not None:
+        return callback.tokens
+    return callback.usage.total_tokens if callback.usage is not None else 0
 
 
 def row_values(webhook_id: str, callback: UsageCallback, payload: dict[str, Any]) -> dict[str, Any]:
-    """The callbacks-table row of one callback."""
-    return {"webhook_id": webhook_id, "event_id": callback.event_id, "jti": callback.jti, "sub": callback.sub,
-            "tokens": callback.tokens, "usage": callback.usage, "content": callback.content,
-            "payload": payload, "received_at": utcnow(),
-            "cost_amount": callback.cost[0] if callback.cost else None,
-            "cost_currency": callback.cost[1] if callback.cost else None}
+    """The callbacks-table row of one callback (`usage` and the whole body kept as they came)."""
+    usage = payload.get("usage")
+    return {"webhook_id": webhook_id, "event_id": callback.event_id, "jti": callback.key_id or callback.jti,
+            "sub": callback.sub, "tokens": tokens_of(callback), "usage": usage if isinstance(usage, dict) else None,
+            "content": callback.content, "payload": payload, "received_at": utcnow(),
+            "cost_amount": callback.cost.amount if callback.cost else None,
+            "cost_currency": callback.cost.currency if callback.cost else None}
 
 
 def webhook_id_of(request: Request) -> str | None:
@@ -119,8 +89,8 @@ def _human_line(callback: UsageCallback) -> str:
     content = callback.content or ""
     if len(content) > PRINTED_CONTENT_CHARS:
         content = content[:PRINTED_CONTENT_CHARS] + "…"
-    cost = f" cost={callback.cost[0]} {callback.cost[1]}" if callback.cost else ""
-    return redact(f"callback event_id={callback.event_id} tokens={callback.tokens}{cost} content={content!r}")
+    cost = f" cost={callback.cost.amount} {callback.cost.currency}" if callback.cost else ""
+    return redact(f"callback event_id={callback.event_id} tokens={tokens_of(callback)}{cost} content={content!r}")
 
 
 async def receive_usage(request: Request, state: StateDep) -> dict[str, Any]:
@@ -145,23 +115,27 @@ async def receive_usage(request: Request, state: StateDep) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise invalid_request("callback body must be a JSON object")
     if payload.get("type") == "batch":
-        return {"status": "batch", "webhook_id": webhook_id, "results": await store_batch(state, payload)}
+        batch = parse_body(payload)
+        assert isinstance(batch, BatchCallback)
+        return {"status": "batch", "webhook_id": webhook_id, "results": await store_batch(state, batch)}
     status = await store_one(state, webhook_id, payload)
     return {"status": status, "webhook_id": webhook_id}
 
 
 async def store_one(state: StateDep, webhook_id: str, payload: dict[str, Any]) -> str:
     """Note or store one callback object: noted, stored, duplicate or superseded; ApiError (400) if malformed."""
-    if payload.get("type") == "budget_threshold":
+    callback = parse_body(payload)
+    if isinstance(callback, BudgetThresholdCallback):
         # Not usage: shown, not stored with the usage rows (its webhook-id is stable, so a repeat is harmless).
-        print(redact(f"budget threshold: key_id={payload.get('key_id')} {payload.get('budget')} budget "
-                     f"crossed {payload.get('threshold')}"), flush=True)
+        print(redact(f"budget threshold: key_id={callback.key_id} {callback.budget} budget "
+                     f"crossed {callback.threshold}"), flush=True)
         return "noted"
-    if payload.get("type") == "content_blocked":
+    if isinstance(callback, ContentBlockedCallback):
         # A request the tenant's content rule refused: no usage, only which key and rule (never the text).
-        print(redact(f"content blocked: key_id={payload.get('key_id')} rule={payload.get('rule')}"), flush=True)
+        print(redact(f"content blocked: key_id={callback.key_id} rule={callback.rule}"), flush=True)
         return "noted"
-    callback = parse_callback(payload)
+    if not isinstance(callback, UsageCallback):  # a batch inside a batch
+        raise invalid_request("a batch's events are single callbacks", "type")
     reservation = reservation_rows.is_reservation(payload)
     if reservation and await reservation_rows.real_row_exists(state.callbacks.engine, payload):
         return "superseded"
@@ -173,36 +147,27 @@ async def store_one(state: StateDep, webhook_id: str, payload: dict[str, Any]) -
                  extra={"webhook_id": webhook_id, "event_id": callback.event_id})
         return "duplicate"
     log.info("callback stored", extra={"webhook_id": webhook_id, "event_id": callback.event_id,
-                                       "tokens": callback.tokens, "jti": callback.jti})
+                                       "tokens": tokens_of(callback), "jti": callback.key_id or callback.jti})
     # The seed's demo shows the backend printing event_id, tokens and content.
     print(_human_line(callback), flush=True)
     return "stored"
 
 
-MAX_BATCH_EVENTS = 1000
-
-
-async def store_batch(state: StateDep, payload: dict[str, Any]) -> dict[str, str]:
+async def store_batch(state: StateDep, batch: BatchCallback) -> dict[str, str]:
     """Store each event of a signed batch by its own id; its status by id (`refused` for a malformed one).
 
-    The batch as a whole is refused (400) only when it is not a list of `{"id", "event"}` objects;
-    one bad event is refused alone, and the gateway sends it again alone.
+    The batch as a whole is refused (400) only when it is not a list of `{"id", "event"}` objects (the
+    model's check); one bad event is refused alone, and the gateway sends it again alone.
     """
-    events = payload.get("events")
-    if not isinstance(events, list) or not 0 < len(events) <= MAX_BATCH_EVENTS:
-        raise invalid_request(f"events must be a list of 1 to {MAX_BATCH_EVENTS} objects", "events")
     results: dict[str, str] = {}
-    for item in events:
-        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or \
-                not _WEBHOOK_ID.match(item["id"]) or not isinstance(item.get("event"), dict):
-            raise invalid_request('each batch entry must be {"id": "<webhook-id>", "event": {...}}', "events")
-        if item["id"] in results:
+    for item in batch.events:
+        if item.id in results:
             continue
         try:
-            results[item["id"]] = await store_one(state, item["id"], item["event"])
+            results[item.id] = await store_one(state, item.id, item.event)
         except ApiError as exc:
-            log.info("batched callback refused", extra={"webhook_id": item["id"], "error": str(exc)})
-            results[item["id"]] = "refused"
+            log.info("batched callback refused", extra={"webhook_id": item.id, "error": str(exc)})
+            results[item.id] = "refused"
     return results
 
 

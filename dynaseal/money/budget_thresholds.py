@@ -16,7 +16,8 @@ from typing import Any
 
 import orjson
 
-from dynaseal.money.pricing import from_micros, money
+from dynaseal.contracts.callback_body import BudgetThresholdCallback, Money
+from dynaseal.money.pricing import format_amount, from_micros
 from dynaseal.pb import UsageEvent
 
 TOKENS, COST = "tokens", "cost"
@@ -71,22 +72,19 @@ def threshold_payload(event: UsageEvent, crossing: Crossing) -> dict[str, Any]:
             cb = orjson.loads(event.cb_json)
         except orjson.JSONDecodeError:
             cb = {}
+    spent: int | Money
+    limit: int | Money
     if crossing.kind == COST:
-        spent: Any = money(from_micros(crossing.spent), event.currency)
-        limit: Any = money(from_micros(crossing.limit), event.currency)
+        spent = Money.model_construct(amount=format_amount(from_micros(crossing.spent)), currency=event.currency)
+        limit = Money.model_construct(amount=format_amount(from_micros(crossing.limit)), currency=event.currency)
     else:
         spent, limit = crossing.spent, crossing.limit
-    return {
-        "type": "budget_threshold",
-        "event_id": event.event_id,
-        "key_id": event.jti,
-        "sub": event.sub if event.HasField("sub") else None,
-        "budget": crossing.kind,
-        "threshold": crossing.fraction,
-        "spent": spent,
-        "limit": limit,
-        "cb": cb,
-    }
+    # Built through the model the issuer parses with (dynaseal.contracts.callback_body), unvalidated: the
+    # values are Redis's record of the crossing and the key's claims.
+    return BudgetThresholdCallback.model_construct(
+        type="budget_threshold", event_id=event.event_id, key_id=event.jti,
+        sub=event.sub if event.HasField("sub") else None, budget=crossing.kind, threshold=crossing.fraction,
+        spent=spent, limit=limit, cb=cb).wire()
 
 
 def threshold_body(event: UsageEvent, crossing: Crossing) -> bytes:

@@ -1,0 +1,191 @@
+"""The callback bodies the gateway signs and a tenant's backend receives: one pydantic model each.
+
+The consumer builds every body through these models (`body_bytes`), the issuer parses every body
+with them (`parse_callback`), so the two cannot drift. The wire format is the seed's (`event_id`,
+`content`, `tokens`) plus the usage detail; a member a body does not have is left out, not sent
+as null (the routed and child-key members appear only where they apply). Receivers keep members
+they do not know (a newer gateway may add some), and accept the seed's minimal body.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
+
+MAX_ID_CHARS = 256
+MAX_KEY_ID_CHARS = 128
+MAX_WEBHOOK_ID_CHARS = 128
+MAX_BATCH_EVENTS = 1000
+
+
+def _int_as_text(value: object) -> object:
+    # The seed's event ids are numbers (`"event_id": 111`); they are kept as text. A bool is no id.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Count = Annotated[int, Field(strict=True, ge=0)]
+Id = Annotated[str, BeforeValidator(_int_as_text), Field(strict=True, max_length=MAX_ID_CHARS)]
+KeyId = Annotated[str, BeforeValidator(_int_as_text), Field(strict=True, max_length=MAX_KEY_ID_CHARS)]
+# Printable ASCII without space: what Standard Webhooks senders use (msg_…, UUIDs, request ids).
+WebhookId = Annotated[str, StringConstraints(strict=True, pattern=rf"^[\x21-\x7e]{{1,{MAX_WEBHOOK_ID_CHARS}}}$")]
+
+
+class _Body(BaseModel):
+    """A callback object: members it does not declare are kept (a newer sender may add some)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON object as sent: the members that were set, in declaration order."""
+        return self.model_dump(mode="python", exclude_unset=True)
+
+
+class PromptTokensDetails(_Body):
+    """`usage.prompt_tokens_details`."""
+
+    cached_tokens: Count = 0
+    cache_write_tokens: Count = 0
+
+
+class CompletionTokensDetails(_Body):
+    """`usage.completion_tokens_details`."""
+
+    reasoning_tokens: Count = 0
+
+
+class Usage(_Body):
+    """The upstream's token counts in OpenAI's names, whatever API was called."""
+
+    prompt_tokens: Count = 0
+    completion_tokens: Count = 0
+    total_tokens: Count = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
+
+
+class Money(_Body):
+    """An exact amount: a non-negative decimal string in an ISO 4217 currency."""
+
+    amount: Annotated[str, Field(strict=True, max_length=64)]
+    currency: Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Z]{3}$")]
+
+    @field_validator("amount")
+    @classmethod
+    def _decimal(cls, amount: str) -> str:
+        try:
+            valid = Decimal(amount).is_finite() and Decimal(amount) >= 0
+        except InvalidOperation:
+            valid = False
+        if not valid:
+            raise ValueError("must be a non-negative decimal string")
+        return amount
+
+
+class UsageCallback(_Body):
+    """`type: usage`: what one request spent. Only the seed's members are needed to parse one."""
+
+    type: Literal["usage"] = "usage"
+    event_id: Id | None = None
+    # Always a string when the gateway sends it: the seed's backend declares `content: str` and refuses null.
+    content: Annotated[str, Field(strict=True)] | None = None
+    tokens: Count | None = None  # the seed's total; absent, the receiver takes usage.total_tokens
+    usage: Usage | None = None
+    # Null when the model has no price.
+    cost: Money | None = None
+    usage_source: str | None = None
+    model: str | None = None
+    key_id: KeyId | None = None
+    sub: Id | None = None
+    request_id: str | None = None
+    status: int | None = None
+    stream: bool | None = None
+    started_at: str | None = None
+    duration_ms: int | None = None
+    cb: Any = None
+    # Routed tenants: the upstreams tried in order, the one that served (null: none did).
+    upstreams_tried: list[str] | None = None
+    upstream: str | None = None
+    # The API called: chat_completions, responses, messages or embeddings.
+    endpoint: str | None = None
+    # A child key's family: the root key (the one the tenant minted) and every key from it down to key_id.
+    root_key_id: str | None = None
+    chain: list[str] | None = None
+    # An older body names the key `jti`; never sent by this gateway.
+    jti: KeyId | None = None
+
+
+class ContentBlockedCallback(_Body):
+    """`type: content_blocked`: a tenant's content rule refused a request; which key and rule, never the text."""
+
+    type: Literal["content_blocked"] = "content_blocked"
+    rule: str | None = None
+    event_id: Id | None = None
+    # The seed's members, so a seed backend stores the callback instead of refusing it: nothing said, nothing spent.
+    content: str = ""
+    tokens: Count = 0
+    model: str | None = None
+    key_id: KeyId | None = None
+    sub: Id | None = None
+    request_id: str | None = None
+    status: int | None = None
+    started_at: str | None = None
+    cb: Any = None
+    root_key_id: str | None = None
+    chain: list[str] | None = None
+
+
+class BudgetThresholdCallback(_Body):
+    """`type: budget_threshold`: a key's spending crossed one of its tenant's thresholds."""
+
+    type: Literal["budget_threshold"] = "budget_threshold"
+    event_id: Id | None = None
+    key_id: KeyId | None = None
+    sub: Id | None = None
+    budget: str | None = None  # tokens or cost
+    threshold: float | None = None
+    # Tokens as a count, money as an amount.
+    spent: Count | Money | None = None
+    limit: Count | Money | None = None
+    cb: Any = None
+
+
+class BatchEntry(_Body):
+    """One event of a batch: the webhook-id it has alone, and its callback object."""
+
+    id: WebhookId
+    event: dict[str, Any]
+
+
+class BatchCallback(_Body):
+    """`type: batch`: events of one tenant sent together, each acknowledged by its own id."""
+
+    type: Literal["batch"] = "batch"
+    events: Annotated[list[BatchEntry], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
+
+
+CallbackBody = UsageCallback | ContentBlockedCallback | BudgetThresholdCallback | BatchCallback
+_BY_TYPE: dict[str, type[UsageCallback | ContentBlockedCallback | BudgetThresholdCallback | BatchCallback]] = {
+    "usage": UsageCallback, "content_blocked": ContentBlockedCallback,
+    "budget_threshold": BudgetThresholdCallback, "batch": BatchCallback,
+}
+
+
+def parse_callback(payload: dict[str, Any]) -> CallbackBody:
+    """The model of a received callback object, by its `type` (none: the seed's usage callback).
+
+    Raises pydantic's ValidationError for a malformed body (an unknown type included).
+    """
+    kind = payload.get("type", "usage")
+    model = _BY_TYPE.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        # Validated against the usage model, whose `type` refuses it with a clear location.
+        model = UsageCallback
+    return model.model_validate(payload)
+
+
+def body_bytes(body: _Body) -> bytes:
+    """A callback's JSON body, exactly the bytes that get signed."""
+    return orjson.dumps(body.wire())
