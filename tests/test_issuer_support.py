@@ -82,7 +82,8 @@ def usage_body(event_id: str, jti: str | None, sub: str | None, tokens: int = 57
     """A callback body in the shape the consumer sends (dynaseal.usage.callbacks)."""
     return {"type": "usage", "event_id": event_id, "content": content, "tokens": tokens,
             # Counts are never negative (the callback model refuses them): a small total is all prompt.
-            "usage": {"prompt_tokens": min(12, tokens), "completion_tokens": max(tokens - 12, 0), "total_tokens": tokens},
+            "usage": {"prompt_tokens": min(12, tokens), "completion_tokens": max(tokens - 12, 0),
+                      "total_tokens": tokens},
             "model": "deepseek-chat", "key_id": jti, "sub": sub, "request_id": "req-" + event_id,
             "status": 200, "stream": True, "started_at": "2025-01-01T00:00:00Z", "duration_ms": 812, "cb": {}}
 

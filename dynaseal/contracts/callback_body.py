@@ -9,11 +9,10 @@ they do not know (a newer gateway may add some), and accept the seed's minimal b
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 MAX_ID_CHARS = 256
 MAX_KEY_ID_CHARS = 128
@@ -69,19 +68,9 @@ class Usage(_Body):
 class Money(_Body):
     """An exact amount: a non-negative decimal string in an ISO 4217 currency."""
 
-    amount: Annotated[str, Field(strict=True, max_length=64)]
+    # Plain digits (as `dynaseal.money.pricing.format_amount` writes them): no sign, exponent, NaN or Infinity.
+    amount: Annotated[str, StringConstraints(strict=True, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?$")]
     currency: Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Z]{3}$")]
-
-    @field_validator("amount")
-    @classmethod
-    def _decimal(cls, amount: str) -> str:
-        try:
-            valid = Decimal(amount).is_finite() and Decimal(amount) >= 0
-        except InvalidOperation:
-            valid = False
-        if not valid:
-            raise ValueError("must be a non-negative decimal string")
-        return amount
 
 
 class UsageCallback(_Body):
