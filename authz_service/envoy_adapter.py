@@ -19,12 +19,12 @@ from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct
 from google.rpc import code_pb2, status_pb2
 
+# The response header that tells a client the gateway's id of its request (its callback's webhook-id).
+from dynaseal.contracts.usage_record import REQUEST_ID_HEADER
 from dynaseal.policy.authorizer import AuthRequest
 from dynaseal.policy.decision import Decision
 
 _OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
-# The response header that tells a client the gateway's id of its request (its callback's webhook-id).
-REQUEST_ID_HEADER = "x-dynaseal-request-id"
 _OK = status_pb2.Status(code=code_pb2.OK)
 _DENIED = status_pb2.Status(code=code_pb2.PERMISSION_DENIED)
 

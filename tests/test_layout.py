@@ -71,3 +71,8 @@ def test_the_rooms_import_each_other_without_cycles() -> None:
 
     cycles = [" -> ".join([room, *path[1:]]) for room in ROOMS if (path := reaches(room, room, set()))]
     assert not cycles, cycles
+
+
+def test_the_contracts_room_stands_on_no_other_room() -> None:
+    """What crosses a process boundary is defined below everything that uses it: contracts import no room."""
+    assert room_edges()["contracts"] == set()

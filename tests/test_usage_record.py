@@ -27,7 +27,7 @@ from dynaseal.usage.events import parse_line
 from dynaseal_launcher import envoy_config
 
 # Metadata authz sets for Envoy's filters, not for the log (the Lua filters and the body prefix).
-CONTROL_KEYS = {"body_prefix", "strip_usage", "capture_content"}
+CONTROL_KEYS = {usage_record.BODY_PREFIX, usage_record.STRIP_USAGE, usage_record.CAPTURE_CONTENT}
 KEY = SigningKey.generate("rt-1")
 
 
