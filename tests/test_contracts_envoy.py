@@ -29,7 +29,7 @@ from dynaseal.contracts.error_registry import (
     openai_type,
     status_for,
 )
-from dynaseal.envoy.render import render
+from dynaseal.envoy.render import GATEWAY_TEMPLATE, render
 from dynaseal.keys.mint import mint
 from dynaseal.keys.tenants import build_registry
 from dynaseal.policy.authorizer import Authorizer, AuthRequest
@@ -116,6 +116,26 @@ def test_the_keys_authz_sets_for_envoy_are_read_by_the_gateways_lua(tmp_path: Pa
     gateway_lua = next(s for s in lua_sources(rendered(config(), tmp_path)) if "envoy_on_response" in s)
     declared = dict(DECLARATION.findall(gateway_lua))
     assert for_envoy <= set(declared.values()), for_envoy - set(declared.values())
+
+
+def strings_of(path: Path) -> list[str]:
+    """The string constants of a module, docstrings and other bare-expression strings left out."""
+    tree = ast.parse(path.read_text())
+    bare = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}
+    return [n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in bare]
+
+
+def test_the_renderer_and_its_template_spell_no_shared_name_by_hand() -> None:
+    names = (usage_record.REQUEST_ID_HEADER, usage_record.GIVE_BACK_PATH, usage_record.GIVE_BACK_HEADER,
+             usage_record.TRY_HEADER, usage_record.ROUTE_HEADER, usage_record.GATEWAY_CLUSTER,
+             usage_record.USAGE_NAMESPACE, usage_record.ROUTE_NAMESPACE, usage_record.CONTENT_NAMESPACE)
+    template = [line for line in GATEWAY_TEMPLATE.read_text().splitlines() if not line.lstrip().startswith("#")]
+    modules = sorted(GATEWAY_TEMPLATE.parent.parent.glob("*.py"))
+    assert len(modules) >= 4
+    for where, texts in [("template", template), *((p.name, strings_of(p)) for p in modules)]:
+        spelled = [name for name in names for text in texts if name in text]
+        assert not spelled, (where, spelled)
 
 
 def test_the_lua_constants_render_as_lua_string_literals() -> None:

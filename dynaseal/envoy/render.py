@@ -106,6 +106,11 @@ def render(cfg: DynasealConfig, access_log: Path, authz_host: str | None = None,
         json_usage_rules=usage_record.usage_rules_yaml(indent=16, sse=False),
         lua_control_keys=usage_record.lua_constants(GATEWAY_LUA_KEYS).replace("\n", "\n" + " " * 18),
         lua_not_amendable=local_replies.not_amendable_body(),
+        # The gateway's own names Envoy and authz share (dynaseal.contracts.usage_record).
+        request_id_header=usage_record.REQUEST_ID_HEADER,
+        authz_namespace=usage_record.AUTHZ_NAMESPACE,
+        give_back_path=usage_record.GIVE_BACK_PATH,
+        gateway_cluster=usage_record.GATEWAY_CLUSTER,
         # Envoy's own replies: codes, statuses, types and messages from the error registry.
         local_reply_mappers=local_replies.mappers_yaml(12, gw.max_body_bytes),
         max_body_bytes=gw.max_body_bytes,
