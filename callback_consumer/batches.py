@@ -44,8 +44,7 @@ class _Pending:
 def batch_body(items: list[tuple[str, dict[str, Any]]]) -> tuple[str, bytes]:
     """(webhook-id, body) of one batch request."""
     digest = hashlib.sha256("\n".join(i for i, _ in items).encode()).hexdigest()[:32]
-    body = BatchCallback.model_construct(type="batch",
-                                         events=[BatchEntry.model_construct(id=i, event=e) for i, e in items])
+    body = BatchCallback.body(type="batch", events=[BatchEntry.body(id=i, event=e) for i, e in items])
     return f"batch_{digest}", body_bytes(body)
 
 

@@ -115,6 +115,12 @@ def test_content_blocked_threshold_and_batch_bodies_are_parsed_by_their_models(
     assert deliver(issuer, webhook_id, body)["results"] == {"rt-batch-1": "stored", "rt-batch-2": "noted"}
 
 
+def test_a_sender_cannot_build_a_member_the_model_does_not_declare() -> None:
+    with pytest.raises(TypeError, match="no member"):
+        UsageCallback.body(type="usage", key="a typo of key_id")
+    assert UsageCallback.body(type="usage", key_id="k") == {"type": "usage", "key_id": "k"}
+
+
 def test_the_seeds_minimal_body_still_parses() -> None:
     parsed = parse_callback({"event_id": 111, "content": "hi", "tokens": 5})
     assert isinstance(parsed, UsageCallback) and (parsed.event_id, parsed.tokens) == ("111", 5)

@@ -1,10 +1,11 @@
 """The callback bodies the gateway signs and a tenant's backend receives: one pydantic model each.
 
-The consumer builds every body through these models (`body_bytes`), the issuer parses every body
-with them (`parse_callback`), so the two cannot drift. The wire format is the seed's (`event_id`,
-`content`, `tokens`) plus the usage detail; a member a body does not have is left out, not sent
-as null (the routed and child-key members appear only where they apply). Receivers keep members
-they do not know (a newer gateway may add some), and accept the seed's minimal body.
+The consumer builds every body through these models (`Model.body(...)`, then `body_bytes`), the
+issuer parses every body with them (`parse_callback`), so the two cannot drift. The wire format
+is the seed's (`event_id`, `content`, `tokens`) plus the usage detail; a member a body does not
+have is left out, not sent as null (the routed and child-key members appear only where they
+apply). Receivers keep members they do not know (a newer gateway may add some), and accept the
+seed's minimal body.
 """
 
 from __future__ import annotations
@@ -37,8 +38,20 @@ class _Body(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
+    @classmethod
+    def body(cls, **members: Any) -> dict[str, Any]:
+        """A body of this model as a sender builds it: its members by the model's names, in call order.
+
+        Not validated: it is built on every callback's hot path (a model instance costs ten times the
+        dict), from values typed already, and judging it is the receiver's part. A name the model does
+        not declare is refused here, so a sender cannot drift from what the receiver parses.
+        """
+        if not members.keys() <= cls.__pydantic_fields__.keys():
+            raise TypeError(f"{cls.__name__} has no member {sorted(members.keys() - cls.model_fields.keys())}")
+        return members
+
     def wire(self) -> dict[str, Any]:
-        """The JSON object as sent: the members that were set, in declaration order."""
+        """A parsed body as JSON-ready data: the members it had, in declaration order (unknown ones after)."""
         return self.model_dump(mode="python", exclude_unset=True)
 
 
@@ -175,6 +188,6 @@ def parse_callback(payload: dict[str, Any]) -> CallbackBody:
     return model.model_validate(payload)
 
 
-def body_bytes(body: _Body) -> bytes:
-    """A callback's JSON body, exactly the bytes that get signed."""
-    return orjson.dumps(body.wire())
+def body_bytes(body: dict[str, Any]) -> bytes:
+    """A callback's JSON body (built by a model's `body`), exactly the bytes that get signed."""
+    return orjson.dumps(body)

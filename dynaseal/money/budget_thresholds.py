@@ -72,19 +72,18 @@ def threshold_payload(event: UsageEvent, crossing: Crossing) -> dict[str, Any]:
             cb = orjson.loads(event.cb_json)
         except orjson.JSONDecodeError:
             cb = {}
-    spent: int | Money
-    limit: int | Money
+    spent: int | dict[str, Any]
+    limit: int | dict[str, Any]
     if crossing.kind == COST:
-        spent = Money.model_construct(amount=format_amount(from_micros(crossing.spent)), currency=event.currency)
-        limit = Money.model_construct(amount=format_amount(from_micros(crossing.limit)), currency=event.currency)
+        spent = Money.body(amount=format_amount(from_micros(crossing.spent)), currency=event.currency)
+        limit = Money.body(amount=format_amount(from_micros(crossing.limit)), currency=event.currency)
     else:
         spent, limit = crossing.spent, crossing.limit
-    # Built through the model the issuer parses with (dynaseal.contracts.callback_body), unvalidated: the
-    # values are Redis's record of the crossing and the key's claims.
-    return BudgetThresholdCallback.model_construct(
+    # Built through the model the issuer parses with (dynaseal.contracts.callback_body).
+    return BudgetThresholdCallback.body(
         type="budget_threshold", event_id=event.event_id, key_id=event.jti,
         sub=event.sub if event.HasField("sub") else None, budget=crossing.kind, threshold=crossing.fraction,
-        spent=spent, limit=limit, cb=cb).wire()
+        spent=spent, limit=limit, cb=cb)
 
 
 def threshold_body(event: UsageEvent, crossing: Crossing) -> bytes:

@@ -52,36 +52,33 @@ def _echoed(event: UsageEvent) -> tuple[Any, dict[str, Any]]:
     return cb, family
 
 
-# The models are built without validation: the event's fields are typed already, and judging a body is
-# the receiver's part (one it refuses is a 4xx, and the event goes to the DLQ as for any refusal).
-def blocked_model(event: UsageEvent) -> ContentBlockedCallback:
+def blocked_payload(event: UsageEvent) -> dict[str, Any]:
     """The callback of a content refusal: which key, which rule, when; the seed's fields empty."""
     cb, family = _echoed(event)
-    return ContentBlockedCallback.model_construct(
+    return ContentBlockedCallback.body(
         type="content_blocked", rule=event.content_rule, event_id=event.event_id,
         # The seed's fields, so a seed backend stores the callback instead of refusing it: nothing said, nothing spent.
         content="", tokens=0, model=event.model, key_id=event.jti, sub=event.sub if event.HasField("sub") else None,
         request_id=event.request_id, status=event.status, started_at=event.started_at, cb=cb, **family)
 
 
-def callback_model(event: UsageEvent, include_content: bool) -> UsageCallback | ContentBlockedCallback:
-    """The callback of one event: the seed's fields (event_id, content, tokens) plus the usage detail."""
+def callback_payload(event: UsageEvent, include_content: bool) -> dict[str, Any]:
+    """The callback object: the seed's fields (event_id, content, tokens) plus the usage detail."""
     if event.content_rule:
-        return blocked_model(event)
+        return blocked_payload(event)
     cb, family = _echoed(event)
-    usage = Usage.model_construct(
+    usage = Usage.body(
         prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens, total_tokens=event.total_tokens,
-        prompt_tokens_details=PromptTokensDetails.model_construct(cached_tokens=event.cached_tokens,
-                                                                  cache_write_tokens=event.cache_write_tokens),
-        completion_tokens_details=CompletionTokensDetails.model_construct(reasoning_tokens=event.reasoning_tokens))
-    return UsageCallback.model_construct(
+        prompt_tokens_details=PromptTokensDetails.body(cached_tokens=event.cached_tokens,
+                                                       cache_write_tokens=event.cache_write_tokens),
+        completion_tokens_details=CompletionTokensDetails.body(reasoning_tokens=event.reasoning_tokens))
+    return UsageCallback.body(
         type="usage", event_id=event.event_id,
         # Always a string: the seed's backend declares `content: str` and refuses null (a 422, i.e. a DLQ).
         content=event.content if include_content and event.HasField("content") else "",
         tokens=event.total_tokens, usage=usage,
         # An exact decimal string in the tenant's currency; null when the model has no price.
-        cost=None if event.unpriced or not event.currency else Money.model_construct(amount=event.cost,
-                                                                                     currency=event.currency),
+        cost=None if event.unpriced or not event.currency else Money.body(amount=event.cost, currency=event.currency),
         usage_source=event.usage_source, model=event.model, key_id=event.jti,
         sub=event.sub if event.HasField("sub") else None, request_id=event.request_id, status=event.status,
         stream=event.stream, started_at=event.started_at, duration_ms=event.duration_ms, cb=cb,
@@ -93,19 +90,9 @@ def callback_model(event: UsageEvent, include_content: bool) -> UsageCallback | 
         **family)
 
 
-def blocked_payload(event: UsageEvent) -> dict[str, Any]:
-    """The callback object of a content refusal (`blocked_model` as JSON-ready data)."""
-    return blocked_model(event).wire()
-
-
-def callback_payload(event: UsageEvent, include_content: bool) -> dict[str, Any]:
-    """The callback object of one event (`callback_model` as JSON-ready data)."""
-    return callback_model(event, include_content).wire()
-
-
 def callback_body(event: UsageEvent, include_content: bool) -> bytes:
     """The callback's JSON body, exactly the bytes that get signed."""
-    return body_bytes(callback_model(event, include_content))
+    return body_bytes(callback_payload(event, include_content))
 
 
 @dataclass(frozen=True)
