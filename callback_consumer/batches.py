@@ -18,10 +18,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import orjson
+from pydantic import ValidationError
 
 from callback_consumer import metrics
-from dynaseal.contracts.callback_body import BatchCallback, BatchEntry, body_bytes
+from dynaseal.contracts.callback_body import BatchCallback, BatchEntry, BatchReply, body_bytes
 from dynaseal.runtime.views import CallbackTarget
 from dynaseal.usage.callbacks import callback_payload
 
@@ -51,10 +51,8 @@ def batch_body(items: list[tuple[str, dict[str, Any]]]) -> tuple[str, bytes]:
 def acknowledged(reply_body: bytes, ids: list[str]) -> set[str]:
     """The ids a batch reply acknowledged (none if the body is not the expected shape)."""
     try:
-        results = orjson.loads(reply_body).get("results")
-    except (orjson.JSONDecodeError, AttributeError):
-        return set()
-    if not isinstance(results, dict):
+        results = BatchReply.model_validate_json(reply_body).results
+    except ValidationError:  # not JSON, not an object, no results: nothing is acknowledged, each goes alone
         return set()
     return {i for i in ids if results.get(i) in ACKNOWLEDGED}
 

@@ -20,6 +20,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from dynaseal.contracts.callback_body import (
     MAX_WEBHOOK_ID_CHARS,
     BatchCallback,
+    BatchReply,
     BudgetThresholdCallback,
     CallbackBody,
     ContentBlockedCallback,
@@ -117,7 +118,7 @@ async def receive_usage(request: Request, state: StateDep) -> dict[str, Any]:
     if payload.get("type") == "batch":
         batch = parse_body(payload)
         assert isinstance(batch, BatchCallback)
-        return {"status": "batch", "webhook_id": webhook_id, "results": await store_batch(state, batch)}
+        return BatchReply.body(status="batch", webhook_id=webhook_id, results=await store_batch(state, batch))
     status = await store_one(state, webhook_id, payload)
     return {"status": status, "webhook_id": webhook_id}
 

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from test_issuer_support import assert_error, callback_secret, issuer_client, signed_callback
 
-from callback_consumer.batches import batch_body
+from callback_consumer.batches import acknowledged, batch_body
 from dynaseal.config import DynasealConfig
 from dynaseal.contracts.callback_body import (
     BatchCallback,
@@ -112,7 +112,16 @@ def test_content_blocked_threshold_and_batch_bodies_are_parsed_by_their_models(
     webhook_id, body = batch_body(items)
     batch = parse_callback(orjson.loads(body))
     assert isinstance(batch, BatchCallback) and [e.id for e in batch.events] == ["rt-batch-1", "rt-batch-2"]
-    assert deliver(issuer, webhook_id, body)["results"] == {"rt-batch-1": "stored", "rt-batch-2": "noted"}
+    reply = deliver(issuer, webhook_id, body)
+    assert reply["results"] == {"rt-batch-1": "stored", "rt-batch-2": "noted"}
+    # The issuer's answer, read by the consumer through the same contract: the stored event is acknowledged.
+    assert acknowledged(orjson.dumps(reply), ["rt-batch-1", "rt-batch-2"]) == {"rt-batch-1"}
+
+
+@pytest.mark.parametrize("reply", [b"", b"not json", b"[]", b"{}", b'{"results": []}', b'{"results": {"a": 5}}',
+                                   b'{"results": "stored"}'])
+def test_a_batch_reply_outside_the_contract_acknowledges_nothing(reply: bytes) -> None:
+    assert acknowledged(reply, ["a"]) == set()
 
 
 def test_a_sender_cannot_build_a_member_the_model_does_not_declare() -> None:

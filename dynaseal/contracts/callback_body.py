@@ -168,6 +168,14 @@ class BatchCallback(_Body):
     events: Annotated[list[BatchEntry], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
 
 
+class BatchReply(_Body):
+    """A receiver's 2xx answer to a batch: each event's status by its id (`stored` and `duplicate` acknowledge it)."""
+
+    status: str | None = None
+    webhook_id: str | None = None
+    results: dict[str, str]
+
+
 CallbackBody = UsageCallback | ContentBlockedCallback | BudgetThresholdCallback | BatchCallback
 _BY_TYPE: dict[str, type[UsageCallback | ContentBlockedCallback | BudgetThresholdCallback | BatchCallback]] = {
     "usage": UsageCallback, "content_blocked": ContentBlockedCallback,
