@@ -128,7 +128,7 @@ SPECS: tuple[ErrorSpec, ...] = (
     _spec(ErrorCode.KEY_EXHAUSTED, 429, "rate_limit_error", "authz"),
     _spec(ErrorCode.AUTHZ_UNAVAILABLE, 503, "service_unavailable", "authz", "envoy",
           message="authorization is temporarily unavailable"),
-    _spec(EnvoyReply.NOT_FOUND, 404, _INVALID, "envoy", "issuer",
+    _spec(EnvoyReply.NOT_FOUND, 404, _INVALID, "envoy", "issuer", "authz",
           message="unknown path: served are POST /v1/chat/completions (also /client-side/), /v1/responses, "
                   "/v1/messages, /v1/messages/count_tokens, /v1/embeddings (each also under /api/v1/) and "
                   "GET /v1/models"),

@@ -19,6 +19,7 @@ import hmac
 
 import orjson
 
+from dynaseal.contracts.error_registry import EnvoyReply, spec_of
 from dynaseal.contracts.usage_record import GIVE_BACK_HEADER as TOKEN_HEADER
 from dynaseal.contracts.usage_record import GIVE_BACK_PATH
 from dynaseal.errors import error_envelope
@@ -60,6 +61,7 @@ def reply(status: int, given_back: bool, request_id: str) -> Decision:
     if status == 200:
         body = orjson.dumps({"given_back": given_back})
     else:
-        body = orjson.dumps(error_envelope("unknown path", "invalid_request_error", "not_found"))
+        unknown = spec_of(EnvoyReply.NOT_FOUND)  # the answer of any unknown path (Envoy's reply replaces it)
+        body = orjson.dumps(error_envelope("unknown path", unknown.type, unknown.code))
     return Decision(False, status, "ok" if status == 200 else "invalid_request_error", "", None,
                     {"content-type": "application/json"}, (), {}, None, request_id, body)
