@@ -36,7 +36,7 @@ def decode(records: list[ConsumerRecord]) -> list[UsageEvent]:
     for item in records:
         try:
             events.append(UsageEvent.FromString(item.value))
-        except DecodeError:
+        except (DecodeError, TypeError):  # not protobuf, or no value at all (a tombstone)
             metrics.RECORDS.labels("undecodable").inc()
     return events
 

@@ -69,7 +69,7 @@ def _entry(record: ConsumerRecord) -> DlqEntry:
     headers = {name: (value or b"").decode(errors="replace") for name, value in record.headers}
     try:
         event: UsageEvent | None = UsageEvent.FromString(record.value)
-    except DecodeError:
+    except (DecodeError, TypeError):  # not protobuf, or no value at all
         event = None
     return DlqEntry(record.partition, record.offset, headers, event)
 
