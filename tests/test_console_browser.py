@@ -146,10 +146,12 @@ def test_log_in_and_see_the_chart_of_traffic_just_sent(page: Any, admin: str, cf
     page.get_by_test_id("usage-refresh").click()
     wait_state(page, "usage-status", "ready")
     assert page.locator(f'[data-testid="usage-chart"] rect[data-series="{DEMO_TENANT} / deepseek-chat"]').count()
+    page.screenshot(path=str(artifacts_dir() / "console-usage-chart.png"), full_page=True)
     page.get_by_role("button", name="Tenants").click()
     wait_state(page, "tenants-status", "absent")  # this admin API has no tenant routes: said, not an error
     page.get_by_role("button", name="Refusals").click()
     wait_state(page, "refusals-status", "ready")
+    assert int(page.get_by_test_id("refusals-chart").get_attribute("data-bars") or 0) >= 0
 
 
 def test_replay_a_dlq_entry_from_the_console(page: Any, admin: str, cfg: DynasealConfig, config_path: Path) -> None:

@@ -22,7 +22,7 @@ function niceMax(value) {
 // data: {labels: [bucket label], series: [{name, values: [number per label]}]}; format(number) -> text.
 function stackedColumns(container, data, format) {
   container.replaceChildren();
-  const width = 760, height = 260, left = 70, bottom = 40, top = 12, right = 12;
+  const width = 760, height = 260, left = 84, bottom = 40, top = 12, right = 12;
   const svg = svgEl("svg", {viewBox: `0 0 ${width} ${height}`, role: "img", class: "chart-svg"});
   const totals = data.labels.map((_, i) => data.series.reduce((sum, s) => sum + (s.values[i] || 0), 0));
   const max = niceMax(Math.max(0, ...totals));

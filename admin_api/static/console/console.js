@@ -105,6 +105,20 @@ async function loadTenants() {
   setStatus("tenants-status", "ready", `${tenants.length} tenant(s)`);
 }
 
+const BUCKET_MS = {minute: 60000, hour: 3600000, day: 86400000};
+
+// Every bucket of the range, empty ones too, so the chart reads as time; only the filled ones past 500.
+function timeline(payload) {
+  const filled = [...new Set(payload.series.map((row) => row.bucket))].sort();
+  const size = BUCKET_MS[payload.bucket];
+  const start = Math.floor(Date.parse(payload.since) / size) * size;
+  const end = Date.parse(payload.until);
+  if ((end - start) / size > 500) return filled;
+  const all = [];
+  for (let at = start; at < end; at += size) all.push(new Date(at).toISOString().replace(".000Z", "Z"));
+  return [...new Set([...all, ...filled])].sort();
+}
+
 function bucketLabel(iso, bucket) {
   if (bucket === "day") return iso.slice(0, 10);
   return iso.slice(bucket === "hour" ? 5 : 11, 16).replace("T", " ");
@@ -124,7 +138,7 @@ async function loadUsage(event) {
     return;
   }
   const groups = payload.group_by;
-  const buckets = [...new Set(payload.series.map((row) => row.bucket))].sort();
+  const buckets = timeline(payload);
   const labels = buckets.map((b) => bucketLabel(b, payload.bucket));
   const names = [...new Set(payload.series.map((row) => groups.map((g) => row[g]).join(" / ")))].sort();
   const tokens = names.map((name) => ({name, values: buckets.map(() => 0)}));
@@ -139,7 +153,8 @@ async function loadUsage(event) {
   const currency = [...currencies].join("/");
   DynasealCharts.stackedColumns($("#usage-tokens"), {labels, series: tokens}, (v) => Math.round(v).toLocaleString());
   DynasealCharts.stackedColumns($("#usage-cost"), {labels, series: costs.filter((c) => c.values.some((v) => v > 0))},
-                                (v) => `${v.toPrecision(3)} ${currency}`.trim());
+                                (v) => (v === 0 ? "0" : v.toPrecision(2)));
+  byTestId("cost-currency").textContent = currency ? `(${currency})` : "";
   const body = byTestId("usage-totals").querySelector("tbody");
   body.replaceChildren();
   for (const total of payload.totals) {
