@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from dynaseal.pb import UsageEvent
 from dynaseal.usage_store.queries import UsageFilter, refusals_by_code, usage_series, usage_totals
 from dynaseal.usage_store.recording import record
 from dynaseal.usage_store.rows import cost_nanos, row_of
-from dynaseal.usage_store.schema import make_engine
+from dynaseal.usage_store.schema import make_engine, metadata
 
 T0 = 1_780_000_000 - 1_780_000_000 % 86400  # a UTC midnight
 
@@ -32,9 +33,26 @@ def event(request_id: str, tenant: str = "t1", model: str = "m1", at_s: int = T0
     return made
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    return make_engine(f"sqlite:///{tmp_path / 'usage.db'}")
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server for the module (skipped where none can run)."""
+    from postgres_support import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """The same store code on SQLite (the default) and on PostgreSQL, each test on an empty table."""
+    if request.param == "sqlite":
+        made = make_engine(f"sqlite:///{tmp_path / 'usage.db'}")
+    else:
+        made = make_engine(request.getfixturevalue("postgres_url"))
+        metadata.drop_all(made)
+        metadata.create_all(made)
+    yield made
+    made.dispose()
 
 
 def window() -> UsageFilter:
@@ -102,3 +120,11 @@ def test_events_without_ids_and_hostile_amounts_are_not_stored() -> None:
     row = row_of(hostile)
     assert row is not None and len(row["request_id"]) == 80 and len(row["model"]) == 128
     assert row["started_s"] == T0 + 1  # an unreadable start: when it was shipped
+
+
+def test_a_dlq_entry_is_claimed_for_replay_once(engine: Engine) -> None:
+    from dynaseal.usage_store import replays
+
+    assert replays.claim(engine, "0:5", "r1", "t1") and not replays.claim(engine, "0:5", "r1", "t1")
+    replays.release(engine, "0:5")  # the broker refused the replay: it may be tried again
+    assert replays.claim(engine, "0:5", "r1", "t1") and set(replays.replayed(engine)) == {"0:5"}

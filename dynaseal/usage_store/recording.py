@@ -30,10 +30,9 @@ def _insert_new(connection: Connection, rows: list[dict[str, Any]]) -> int:
         statement = sqlite.insert(usage_requests).on_conflict_do_nothing(index_elements=["request_id"])
     else:
         raise ValueError(f"the usage store supports SQLite and PostgreSQL, not {dialect}")
-    inserted = 0
-    for row in rows:
-        inserted += connection.execute(statement.values(**row)).rowcount or 0
-    return inserted
+    # Counted by RETURNING, not rowcount: PostgreSQL's driver reports -1 for a skipped conflict.
+    statement = statement.returning(usage_requests.c.request_id)
+    return sum(len(connection.execute(statement.values(**row)).all()) for row in rows)
 
 
 def _supersede(connection: Connection, rows: list[dict[str, Any]]) -> int:
@@ -46,8 +45,8 @@ def _supersede(connection: Connection, rows: list[dict[str, Any]]) -> int:
         result = connection.execute(update(usage_requests)
                                     .where(usage_requests.c.request_id == row["request_id"],
                                            usage_requests.c.usage_source == RESERVATION)
-                                    .values(**values))
-        replaced += result.rowcount or 0
+                                    .values(**values).returning(usage_requests.c.request_id))
+        replaced += len(result.all())
     return replaced
 
 
