@@ -10,6 +10,7 @@ id, back on the DLQ with a new reason if it fails again. Whoever replays needs n
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -74,6 +75,22 @@ def _entry(record: ConsumerRecord) -> DlqEntry:
     return DlqEntry(record.partition, record.offset, headers, event)
 
 
+def _check_reachable(bootstrap: str, timeout_s: float = 2.0) -> None:
+    """Raise ConnectionError unless one bootstrap server accepts a connection.
+
+    Asked before any Kafka client is made: kafka-python leaves the sockets of a client whose bootstrap
+    failed open, and waits its whole bootstrap timeout first; a down broker is an immediate answer here.
+    """
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s):
+                return
+        except (OSError, ValueError):
+            continue
+    raise ConnectionError(f"no Kafka bootstrap server of {bootstrap!r} accepts connections")
+
+
 def _reader(bootstrap: str) -> tuple[KafkaConsumer, list[TopicPartition]]:
     consumer = kafka_io.new_consumer(bootstrap, None, f"dynaseal-admin-dlq-{uuid.uuid4().hex[:8]}")  # type: ignore[arg-type]
     partitions = consumer.partitions_for_topic(kafka_io.DLQ_TOPIC) or {0}
@@ -84,6 +101,7 @@ def _reader(bootstrap: str) -> tuple[KafkaConsumer, list[TopicPartition]]:
 
 def read_entries(bootstrap: str, limit: int = MAX_ENTRIES) -> list[DlqEntry]:
     """Every DLQ entry (at most `limit`, the oldest first per partition)."""
+    _check_reachable(bootstrap)
     kafka_io.ensure_topics(bootstrap)
     consumer, assigned = _reader(bootstrap)
     try:
@@ -103,6 +121,7 @@ def read_entries(bootstrap: str, limit: int = MAX_ENTRIES) -> list[DlqEntry]:
 
 def read_entry(bootstrap: str, partition: int, offset: int) -> DlqEntry | None:
     """The entry at (partition, offset); None if there is none."""
+    _check_reachable(bootstrap)
     kafka_io.ensure_topics(bootstrap)
     consumer, assigned = _reader(bootstrap)
     try:
@@ -131,6 +150,7 @@ def replay(bootstrap: str, entry: DlqEntry, send_timeout_s: float = 15.0) -> Non
     """Put a replayable entry's event back on the usage topic and wait for the broker's acknowledgement."""
     if entry.event is None or not entry.replayable:
         raise ValueError("this DLQ entry cannot be replayed here")
+    _check_reachable(bootstrap)
     producer = kafka_io.new_producer(bootstrap, "dynaseal-admin-replay", linger_ms=0)
     try:
         headers = [(REPLAY_HEADER, f"{kafka_io.DLQ_TOPIC}/{entry.partition}/{entry.offset}".encode())]
