@@ -170,9 +170,17 @@ def delivered_blocked(rig: ConsumerRig) -> dict[str, set[str]]:
     return result
 
 
+@pytest.fixture
+def recorder(rig: ConsumerRig, tmp_path: Path) -> Iterator[RecorderProcess]:
+    process = RecorderProcess(rig, tmp_path)
+    try:
+        yield process
+    finally:
+        process.supervisor.stop()
+
+
 def test_store_counts_and_costs_equal_the_delivered_callbacks_with_a_recorder_killed_midway(
-        rig: ConsumerRig, tmp_path: Path) -> None:
-    recorder = RecorderProcess(rig, tmp_path)
+        rig: ConsumerRig, recorder: RecorderProcess) -> None:
     engine = make_engine(recorder.url)
     run = Run()
     recorder.start()
