@@ -12,13 +12,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, Engine, update
+from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dynaseal.pb import UsageEvent
 from dynaseal.usage.reservation_events import RESERVATION
 from dynaseal.usage_store.rows import row_of
 from dynaseal.usage_store.schema import usage_requests
+
+# Request ids per look-up of stored notices (under SQLite's limit of bound parameters).
+CHUNK = 500
 
 
 def _insert_new(connection: Connection, rows: list[dict[str, Any]]) -> int:
@@ -32,18 +35,23 @@ def _insert_new(connection: Connection, rows: list[dict[str, Any]]) -> int:
         raise ValueError(f"the usage store supports SQLite and PostgreSQL, not {dialect}")
     # Counted by RETURNING, not rowcount: PostgreSQL's driver reports -1 for a skipped conflict.
     statement = statement.returning(usage_requests.c.request_id)
-    return sum(len(connection.execute(statement.values(**row)).all()) for row in rows)
+    # executemany: SQLAlchemy sends it as multi-row statements ("insertmanyvalues"), compiled once and cached.
+    return len(connection.execute(statement, rows).all())
 
 
 def _supersede(connection: Connection, rows: list[dict[str, Any]]) -> int:
     """Replace stored reservation notices by the real lines among `rows`."""
+    real = {row["request_id"]: row for row in rows if row["usage_source"] != RESERVATION}
+    noticed: list[str] = []
+    ids = list(real)
+    for i in range(0, len(ids), CHUNK):  # one look-up per chunk: notices are rare, most batches update nothing
+        noticed += connection.execute(select(usage_requests.c.request_id).where(
+            usage_requests.c.request_id.in_(ids[i:i + CHUNK]), usage_requests.c.usage_source == RESERVATION)).scalars()
     replaced = 0
-    for row in rows:
-        if row["usage_source"] == RESERVATION:
-            continue
-        values = {k: v for k, v in row.items() if k != "request_id"}
+    for request_id in noticed:
+        values = {k: v for k, v in real[request_id].items() if k != "request_id"}
         result = connection.execute(update(usage_requests)
-                                    .where(usage_requests.c.request_id == row["request_id"],
+                                    .where(usage_requests.c.request_id == request_id,
                                            usage_requests.c.usage_source == RESERVATION)
                                     .values(**values).returning(usage_requests.c.request_id))
         replaced += len(result.all())
