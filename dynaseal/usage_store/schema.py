@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, Column, Engine, Index, Integer, MetaData, String, Table, create_engine
 from sqlalchemy import event as sa_event
+from sqlalchemy.exc import DBAPIError
 
 from dynaseal.config import DynasealConfig
 
@@ -69,7 +70,12 @@ def make_engine(url: str) -> Engine:
         sa_event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    metadata.create_all(engine)
+    try:
+        metadata.create_all(engine)
+    except DBAPIError:
+        # The recorder and the admin API start together: the other may have created a table between this
+        # one's check and its CREATE. A second pass finds it; a real problem raises again.
+        metadata.create_all(engine)
     return engine
 
 
