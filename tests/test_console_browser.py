@@ -154,6 +154,24 @@ def test_log_in_and_see_the_chart_of_traffic_just_sent(page: Any, admin: str, cf
     assert int(page.get_by_test_id("refusals-chart").get_attribute("data-bars") or 0) >= 0
 
 
+def test_tenants_and_their_settings_as_the_tenant_routes_return_them(page: Any, admin: str) -> None:
+    # The tenant routes live in another room of the admin API: their answer's shape, served here.
+    listing = {"generation": 7, "tenants": [
+        {"id": DEMO_TENANT, "source": "file", "disabled": False, "generation": 7,
+         "tenant": {"id": DEMO_TENANT, "name": "Demo <b>tenant</b>", "limits": {"models": ["deepseek-chat"]}}},
+        {"id": "acme", "source": "store", "disabled": True, "generation": 7, "tenant": {"id": "acme"}}]}
+    page.route("**/admin/v1/tenants", lambda route: route.fulfill(json=listing))
+    log_in(page, admin)
+    page.get_by_role("button", name="Tenants").click()
+    assert wait_state(page, "tenants-status", "ready") == "2 tenant(s)"
+    demo = page.locator(f'[data-testid="tenants-list"] details[data-tenant="{DEMO_TENANT}"]')
+    assert demo.locator("summary").text_content() == f"{DEMO_TENANT} · Demo <b>tenant</b> · from file"
+    demo.locator("summary").click()
+    assert '"deepseek-chat"' in str(demo.locator("pre").text_content())
+    assert page.locator('[data-testid="tenants-list"] b').count() == 0  # shown as text, never as markup
+    assert "disabled" in str(page.locator('details[data-tenant="acme"] summary').text_content())
+
+
 def test_replay_a_dlq_entry_from_the_console(page: Any, admin: str, cfg: DynasealConfig, config_path: Path) -> None:
     jti, request_id = f"dlq-{uuid.uuid4().hex[:10]}", str(uuid.uuid4())
     event = UsageEvent(request_id=request_id, tenant=DEMO_TENANT, jti=jti, event_id=jti, model="deepseek-chat",

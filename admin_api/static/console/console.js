@@ -91,11 +91,15 @@ async function loadTenants() {
     setStatus("tenants-status", error.status === 404 ? "absent" : "error", message);
     return;
   }
+  // `{tenants: [{id, source, disabled, generation, tenant: {...settings}}]}`; a bare list is read the same way.
   const tenants = Array.isArray(payload) ? payload : (payload && (payload.tenants || payload.items)) || [];
   for (const tenant of tenants) {
     const details = document.createElement("details");
+    details.dataset.tenant = String(tenant.id);
     const summary = document.createElement("summary");
-    const label = [tenant.id, tenant.name, tenant.enabled === false || tenant.disabled ? "(disabled)" : ""];
+    const settings = tenant.tenant && typeof tenant.tenant === "object" ? tenant.tenant : tenant;
+    const label = [tenant.id, settings.name, tenant.source ? `from ${tenant.source}` : "",
+                   tenant.enabled === false || tenant.disabled ? "disabled" : ""];
     summary.textContent = label.filter(Boolean).join(" · ");
     const pre = document.createElement("pre");
     pre.textContent = JSON.stringify(tenant, null, 2);
