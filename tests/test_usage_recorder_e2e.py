@@ -1,5 +1,6 @@
 """The usage store against the callbacks actually delivered: a mixed run through a real broker (tansu), the real
-callback consumer and Redis, with the usage recorder killed (-9) midway and records repeated.
+callback consumer and Redis, with the usage recorder and the callback consumer killed (-9) midway and
+records repeated.
 
 Events are produced straight to the usage topic (the shipper's job, priced by the same money code), so the
 run holds every kind the store must count: priced and unpriced models, streams, upstream errors (no
@@ -8,6 +9,7 @@ usage), content-rule refusals, an expired reservation's notice and the real line
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 import uuid
@@ -179,7 +181,7 @@ def recorder(rig: ConsumerRig, tmp_path: Path) -> Iterator[RecorderProcess]:
         process.supervisor.stop()
 
 
-def test_store_counts_and_costs_equal_the_delivered_callbacks_with_a_recorder_killed_midway(
+def test_store_counts_and_costs_equal_the_delivered_callbacks_with_consumers_killed_midway(
         rig: ConsumerRig, recorder: RecorderProcess) -> None:
     engine = make_engine(recorder.url)
     run = Run()
@@ -192,9 +194,12 @@ def test_store_counts_and_costs_equal_the_delivered_callbacks_with_a_recorder_ki
     produce(rig, [*first, notice])
     wait_until(lambda: stored_rows(engine) >= 10, 60, "the recorder to store part of the first wave")
     recorder.kill()
+    # The callback consumer too, mid-delivery: it sends again what it had not committed (same webhook-ids).
+    consumer_spec = rig.supervisor.stop_service("consumer", signal.SIGKILL)
     second = mixed_wave(run, 30)
     produce(rig, second)
     produce(rig, first[:6] + second[:6])  # a shipper that repeats after a crash: same request ids
+    rig.supervisor.start(consumer_spec)
     recorder.start()
     third = mixed_wave(run, 18)
     produce(rig, [*third, late])
