@@ -15,8 +15,9 @@ from dynaseal.usage_store.schema import database_url, make_engine
 
 CONSOLE_DIR = Path(__file__).resolve().parent / "static" / "console"
 CONSOLE_PATH = "/console"
-# A key of a tenant this config does not list (created as data) lives at most this long: its marker outlives it.
-FALLBACK_MAX_TTL_S = 7 * 86400
+# A tenant this config does not list (created as data since): its max_ttl is unknown here, so its markers last
+# a year, longer than any key is expected to live (a marker costs a few bytes; an early expiry re-admits a key).
+FALLBACK_MAX_TTL_S = 366 * 86400
 
 
 @dataclass(frozen=True)
