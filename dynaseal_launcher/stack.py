@@ -168,6 +168,14 @@ class LocalStack:
                 "shipper", self._python("log_shipper"), f"metrics http://{host}:{ports.shipper_metrics}",
                 lambda: http_ok(f"http://{host}:{ports.shipper_metrics}/metrics"),
                 ports=[("metrics", ports.shipper_metrics)], ready_timeout_s=60))
+            # The operator's usage store, fed by a consumer group of its own (the admin API's usage and charts).
+            if importlib.util.find_spec("usage_recorder") is not None:
+                recorder_port = spare_ports(host, 1)[0]
+                specs.append(ServiceSpec(
+                    "usage-recorder", self._python("usage_recorder", "--metrics-port", str(recorder_port)),
+                    f"metrics http://{host}:{recorder_port}",
+                    functools.partial(http_ok, f"http://{host}:{recorder_port}/metrics"),
+                    ports=[("metrics", recorder_port)], ready_timeout_s=60))
         return specs
 
     def start(self, progress: Callable[[str], None] = lambda _: None) -> list[ServiceSpec]:
