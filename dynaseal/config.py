@@ -21,6 +21,8 @@ from dynaseal.tenant_config import StrictModel, TenantConfig
 from dynaseal.upstreams import UpstreamSpec, route_problems
 
 DEFAULT_CONFIG_NAME = "dynaseal.yaml"
+# The largest clock leeway gateway.leeway_s may set: what must outlive a key (revocations, DPoP replay ids).
+MAX_LEEWAY_S = 30
 
 
 class ConfigError(Exception):
@@ -108,7 +110,7 @@ class GatewayConfig(StrictModel):
     max_body_bytes: int = Field(1 << 20, ge=1024)
     # The log shipper rotates Envoy's access log past this size (0 = never; rotate it yourself).
     access_log_max_bytes: int = Field(64 << 20, ge=0)
-    leeway_s: int = Field(30, ge=0, le=30)
+    leeway_s: int = Field(30, ge=0, le=MAX_LEEWAY_S)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
     redis_url: str | None = None
     redis_timeout_ms: int = Field(50, ge=1, le=5000)

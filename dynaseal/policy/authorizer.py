@@ -130,11 +130,6 @@ def extract_credential(headers: Mapping[str, str]) -> tuple[str, bool]:
     return token, bool(from_bearer) and scheme == "dpop"
 
 
-def extract_token(headers: Mapping[str, str]) -> str:
-    """The dynamic key from `Authorization: Bearer`/`DPoP` or `dynasealtoken`."""
-    return extract_credential(headers)[0]
-
-
 def check_binding(key: VerifiedKey, via_dpop: bool, request: AuthRequest, token: str, registry: Registry,
                   now: float | None = None) -> DpopProof | None:
     """The sender constraint (RFC 9449 §7): a key with `cnf` needs the DPoP scheme and a valid proof;

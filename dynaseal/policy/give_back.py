@@ -20,7 +20,7 @@ import hmac
 import orjson
 
 from dynaseal.errors import error_envelope
-from dynaseal.policy.decision import Decision
+from dynaseal.policy.decision import Decision, answer
 
 GIVE_BACK_PATH = "/_dynaseal/give-back"
 TOKEN_HEADER = "x-dynaseal-give-back"
@@ -57,8 +57,7 @@ def read_token(key: bytes, token: str) -> tuple[str, tuple[str, ...], str] | Non
 def reply(status: int, given_back: bool, request_id: str) -> Decision:
     """authz's own answer to a give-back request (404, as for any unknown path, when the token is bad)."""
     if status == 200:
-        body = orjson.dumps({"given_back": given_back})
-    else:
-        body = orjson.dumps(error_envelope("unknown path", "invalid_request_error", "not_found"))
-    return Decision(False, status, "ok" if status == 200 else "invalid_request_error", "", None,
+        return answer(orjson.dumps({"given_back": given_back}), None, request_id)
+    body = orjson.dumps(error_envelope("unknown path", "invalid_request_error", "not_found"))
+    return Decision(False, status, "invalid_request_error", "", None,
                     {"content-type": "application/json"}, (), {}, None, request_id, body)
