@@ -18,6 +18,7 @@ from authz_service.metrics import CONFIG_RELOADS
 from authz_service.servicer import AuthorizationServicer
 from authz_service.transport import ServerKind, new_server
 from dynaseal.config import ConfigError, DynasealConfig, expand_path, load_config, resolve_config_path
+from dynaseal.keys.registry_holder import RegistryHolder
 from dynaseal.keys.remote_jwks import RemoteJwks
 from dynaseal.ledger.give_back import GiveBack
 from dynaseal.ledger.quota import RedisQuota
@@ -56,7 +57,8 @@ def build_authorizer(cfg: DynasealConfig, quota: RedisQuota | None, remote_jwks:
                      fetch_new_jwks: bool = True) -> Authorizer:
     """An Authorizer for a loaded config (raises ConfigError); remote JWKS come from `remote_jwks`."""
     view = Runtime.from_config(cfg).authz(remote_jwks, fetch_new_jwks=fetch_new_jwks)
-    return Authorizer(view.registry, quota=quota, cache_size=view.key_cache_size,
+    # The holder follows `remote_jwks`: the store pushes each new key set into it.
+    return Authorizer(RegistryHolder(view.registry, view.key_cache_size), quota=quota,
                       giver=None if quota is None else GiveBack(quota))
 
 

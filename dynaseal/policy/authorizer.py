@@ -21,6 +21,7 @@ from dynaseal.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.keys.dpop import DpopProof, DpopRefusal, request_url, verify_proof
 from dynaseal.keys.origins import check_origin
+from dynaseal.keys.registry_holder import RegistryHolder
 from dynaseal.keys.tenants import Registry
 from dynaseal.keys.verification import UnknownKid, VerifiedKeyCache
 from dynaseal.policy import give_back
@@ -157,15 +158,25 @@ def _unavailable(key: VerifiedKey | None, request_id: str, reason: str) -> Decis
 
 
 class Authorizer:
-    """Decides one request at a time against an immutable registry."""
+    """Decides one request at a time against the registry its holder has in force (never changing it)."""
 
-    def __init__(self, registry: Registry, quota: Quota | None = None, cache_size: int = 10_000,
+    def __init__(self, registry: Registry | RegistryHolder, quota: Quota | None = None, cache_size: int = 10_000,
                  giver: GiveBack | None = None) -> None:
-        self.registry = registry
+        # The holder follows the registry's remote JWKS store: new remote keys are pushed into it.
+        self.holder = registry if isinstance(registry, RegistryHolder) else RegistryHolder(registry, cache_size)
         self.quota = quota
-        self.keys = VerifiedKeyCache(registry, cache_size)
         # Gives back what an unserved request took (dynaseal.policy.give_back); None: never given back.
         self.giver = giver
+
+    @property
+    def registry(self) -> Registry:
+        """The registry in force (its remote keys as the store last pushed them)."""
+        return self.holder.registry
+
+    @property
+    def keys(self) -> VerifiedKeyCache:
+        """The verified-key cache of the registry in force."""
+        return self.holder.keys
 
     async def decide(self, request: AuthRequest) -> Decision:
         """Run every step; never raises. Every decision carries a fresh gateway request id."""
@@ -252,29 +263,14 @@ class Authorizer:
         return give_back.reply(200, given, request_id)
 
     async def _verify(self, token: str) -> VerifiedKey:
-        """Verify through the cache, against the latest remote JWKS; on an unknown kid of a jwks_url
-        tenant, refresh (rate-limited) and retry once."""
-        remote = self.registry.remote_jwks
-        if remote is not None and remote.generation != self.registry.remote_generation:
-            self._adopt_remote_keys()
+        """Verify through the cache, against the latest remote JWKS the store pushed; on an unknown kid of
+        a jwks_url tenant, have it refreshed (rate-limited) and retry once."""
         try:
             return self.keys.verify(token)
         except UnknownKid as unknown:
-            tenant = self.registry.get(unknown.tenant_id)
-            if remote is None or tenant is None or not tenant.jwks_url:
+            if not await self.holder.refresh_for_unknown_kid(unknown.tenant_id):
                 raise
-            await remote.refresh_for_unknown_kid(tenant.id)
-            if remote.generation == self.registry.remote_generation:
-                raise
-            self._adopt_remote_keys()
             return self.keys.verify(token)
-
-    def _adopt_remote_keys(self) -> None:
-        """A refresh (scheduled or not) changed some tenant's set: rebuild the registry from it and drop
-        cached verifications, so a withdrawn kid stops verifying now."""
-        assert self.registry.remote_jwks is not None
-        self.registry = self.registry.remote_jwks.apply(self.registry)
-        self.keys = VerifiedKeyCache(self.registry, self.keys.capacity)
 
     def _allow(self, key: VerifiedKey, checked: CheckedRequest, client_headers: Mapping[str, str],
                request_id: str, body: bytes = b"", endpoint: Endpoint | None = None,
