@@ -9,7 +9,6 @@ internal failure, logged and turned into 503 `authz_unavailable` (fail closed).
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -19,11 +18,11 @@ import orjson
 
 from dynaseal.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.keys.claims import VerifiedKey
-from dynaseal.keys.dpop import DpopProof, DpopRefusal, request_url, verify_proof
+from dynaseal.keys.identity import Presentation
 from dynaseal.keys.origins import check_origin
 from dynaseal.keys.registry_holder import RegistryHolder
 from dynaseal.keys.tenants import Registry
-from dynaseal.keys.verification import UnknownKid, VerifiedKeyCache
+from dynaseal.keys.verification import UnknownKid, VerifiedKeyCache, check_bindings
 from dynaseal.policy import give_back
 from dynaseal.policy.content_check import ContentBlocked, blocked_decision, check_content
 from dynaseal.policy.decision import Decision, allow, answer, deny, deny_from
@@ -131,26 +130,6 @@ def extract_credential(headers: Mapping[str, str]) -> tuple[str, bool]:
     return token, bool(from_bearer) and scheme == "dpop"
 
 
-def check_binding(key: VerifiedKey, via_dpop: bool, request: AuthRequest, token: str, registry: Registry,
-                  now: float | None = None) -> DpopProof | None:
-    """The sender constraint (RFC 9449 §7): a key with `cnf` needs the DPoP scheme and a valid proof;
-    a tenant with `require_dpop` takes no other key. Returns the proof, whose jti Redis must not know yet."""
-    if key.cnf_jkt is None:
-        if key.tenant.limits.require_dpop:
-            raise DpopRefusal(f"tenant {key.tenant.id} accepts only sender-constrained keys (a cnf claim)")
-        if via_dpop:
-            raise Refusal(ErrorCode.INVALID_API_KEY,
-                          "this key is not bound to a DPoP key: send it as 'Authorization: Bearer <key>'")
-        return None
-    if not via_dpop:  # §7.2: a bound key sent as a bearer token is refused, proof or not
-        raise DpopRefusal("this key is sender-constrained: send it as 'Authorization: DPoP <key>' "
-                          "with a DPoP proof header")
-    return verify_proof(request.headers.get("dpop", ""), method=request.method,
-                        url=request_url(request.headers, request.path, registry.public_url),
-                        now=time.time() if now is None else now, leeway_s=registry.leeway_s,
-                        access_token=token, jkt=key.cnf_jkt)
-
-
 def _unavailable(key: VerifiedKey | None, request_id: str, reason: str) -> Decision:
     """503 authz_unavailable, failing closed, with the reason as the metric label."""
     return replace(deny(ErrorCode.AUTHZ_UNAVAILABLE, "authorization is temporarily unavailable",
@@ -200,7 +179,9 @@ class Authorizer:
                 else request.headers
             token, via_dpop = extract_credential(headers)
             key = await self._verify(token)
-            proof = check_binding(key, via_dpop, request, token, self.registry)
+            # Per request, never cached: how the key was presented (the DPoP sender constraint).
+            proof = check_bindings(key, Presentation(token, via_dpop, request.method, request.path, request.headers),
+                                   self.registry)
             check_origin(request.headers, key.tenant.id, key.tenant.cors_origins, (k.origins for k in key.chain))
             if is_model_list(request.method, request.path):
                 if self.quota is not None:  # reserves nothing, but a revoked key learns nothing either
