@@ -204,6 +204,7 @@ def jwks() -> Iterator[object]:
     yield server
     server.release.set()
     server.server.shutdown()
+    server.server.server_close()  # the listening socket too: left to the collector it warns (ResourceWarning)
 
 
 @pytest.fixture(scope="module")

@@ -126,8 +126,13 @@ def test_authz_builds_one_runtime_per_load_and_uses_its_views_redis(tmp_path: Pa
 
 
 def test_the_consumer_command_loads_its_config_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from callback_consumer import __main__ as consumer_main
+    import warnings
+
     from dynaseal.runtime import views
+
+    with warnings.catch_warnings():  # kafka-python's own import-time DeprecationWarning (importlib.resources)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from callback_consumer import __main__ as consumer_main
     from dynaseal.runtime.views import ConsumerView
 
     loads: list[str] = []

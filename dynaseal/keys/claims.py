@@ -17,13 +17,13 @@ import orjson
 
 from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.keys.dpop import confirmation
+from dynaseal.keys.key_claims import SEED_CLAIMS
 from dynaseal.keys.origins import parse_origins_claim
 from dynaseal.keys.tenants import Registry, Tenant, VerificationKey
 from dynaseal.money.pricing import MICROS, to_micros
 from dynaseal.tenant_config import ParamLimit
 
 MAX_CB_BYTES = 1024
-SEED_CLAIMS = frozenset({"api-key", "model", "max_tokens", "expiring", "event_id"})
 MAX_BUDGET_COST = Decimal(10**9)
 
 
