@@ -1,7 +1,8 @@
 """Claims of a verified dynamic key, checked and intersected with the tenant's ceilings.
 
 Native claims and the seed's claim names (`api-key`, `model`, `expiring`) end up in the same
-`VerifiedKey`; nothing downstream needs to know which format a key used.
+`VerifiedKey`; nothing downstream needs to know which format a key used. The names read here are the
+ones the claims model defines (dynaseal.keys.key_claims), the model minting writes.
 """
 
 from __future__ import annotations
