@@ -18,11 +18,12 @@ from authz_service.metrics import CONFIG_RELOADS
 from authz_service.servicer import AuthorizationServicer
 from authz_service.transport import ServerKind, new_server
 from dynaseal.config import ConfigError, DynasealConfig, expand_path, load_config, resolve_config_path
+from dynaseal.keys.registry_holder import RegistryHolder
 from dynaseal.keys.remote_jwks import RemoteJwks
 from dynaseal.ledger.give_back import GiveBack
 from dynaseal.ledger.quota import RedisQuota
 from dynaseal.policy.authorizer import Authorizer
-from dynaseal.runtime.views import Runtime
+from dynaseal.runtime.views import AuthzView, Runtime
 
 log = logging.getLogger("dynaseal.authz")
 AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
@@ -52,11 +53,15 @@ class AuthzOptions:
     server: ServerKind | None = None  # overrides the config's authz.server
 
 
-def build_authorizer(cfg: DynasealConfig, quota: RedisQuota | None, remote_jwks: RemoteJwks | None = None, *,
-                     fetch_new_jwks: bool = True) -> Authorizer:
-    """An Authorizer for a loaded config (raises ConfigError); remote JWKS come from `remote_jwks`."""
-    view = Runtime.from_config(cfg).authz(remote_jwks, fetch_new_jwks=fetch_new_jwks)
-    return Authorizer(view.registry, quota=quota, cache_size=view.key_cache_size,
+def authz_view(cfg: DynasealConfig, remote_jwks: RemoteJwks, *, fetch_new_jwks: bool = True) -> AuthzView:
+    """authz's view of a loaded config (raises ConfigError): one Runtime per load, nothing resolved twice."""
+    return Runtime.from_config(cfg).authz(remote_jwks, fetch_new_jwks=fetch_new_jwks)
+
+
+def build_authorizer(view: AuthzView, quota: RedisQuota | None) -> Authorizer:
+    """An Authorizer over a view; its registry holder follows the view's remote JWKS store, which pushes
+    each new key set into it."""
+    return Authorizer(RegistryHolder(view.registry, view.key_cache_size), quota=quota,
                       giver=None if quota is None else GiveBack(quota))
 
 
@@ -66,13 +71,13 @@ class AuthzServer:
     def __init__(self, options: AuthzOptions) -> None:
         self.options = options
         self.cfg = load_config(options.config_path)
-        runtime = Runtime.from_config(self.cfg)
-        self.quota = RedisQuota.from_url(runtime.redis.value, self.cfg.gateway.redis_timeout_ms / 1000)
-        self.quota.reservation_ttl_ms = int(self.cfg.gateway.reservation_ttl_s * 1000)
         # One store of remote JWKS for the server's life: refreshed keys and the unknown-kid
         # limiter survive reloads.
         self.remote_jwks = RemoteJwks()
-        self.servicer = AuthorizationServicer(build_authorizer(self.cfg, self.quota, self.remote_jwks))
+        view = authz_view(self.cfg, self.remote_jwks)
+        self.quota = RedisQuota.from_url(view.redis_url, view.redis_timeout_s)
+        self.quota.reservation_ttl_ms = int(self.cfg.gateway.reservation_ttl_s * 1000)
+        self.servicer = AuthorizationServicer(build_authorizer(view, self.quota))
         self.health = HealthServicer()
         self._stopping = asyncio.Event()
 
@@ -81,7 +86,8 @@ class AuthzServer:
         try:
             cfg = load_config(self.options.config_path)
             # No blocking fetch on the event loop: a new jwks_url is fetched by the scheduled refresh.
-            self.servicer.authorizer = build_authorizer(cfg, self.quota, self.remote_jwks, fetch_new_jwks=False)
+            view = authz_view(cfg, self.remote_jwks, fetch_new_jwks=False)
+            self.servicer.authorizer = build_authorizer(view, self.quota)
             self.cfg = cfg
             CONFIG_RELOADS.labels("ok").inc()
             log.info("config reloaded", extra={"tenants": len(cfg.tenants)})

@@ -50,7 +50,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
                           decision.jti or "-")
             decision = fail_closed("response_error", decision.jti, decision.request_id)
             response = to_check_response(decision)
-        _decision_counter("allow" if decision.allowed else "deny", decision.code).inc()
+        _decision_counter(decision.result, decision.code).inc()  # a local answer is no deny
         if decision.reason:
             _failure_counter(decision.reason).inc()
             if decision.reason.startswith("redis"):

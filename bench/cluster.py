@@ -64,7 +64,7 @@ def _cpu(pid: int) -> float:
 def _keys(tenant_wide: bool) -> list[VerifiedKey]:
     limits = Limits(tenant_budget=TenantBudget(tokens=10**12, window="month")) if tenant_wide else Limits()
     tenant = Tenant(id=f"bench-{uuid.uuid4().hex[:6]}", name="bench", keys_by_kid=MappingProxyType({}),
-                    seed_key=None, limits=limits, provider_key=None, callback=None, callback_secret=None)
+                    seed_key=None, limits=limits, provider_key=None, callback=None)
     return [VerifiedKey(tenant=tenant, jti=f"k{i}", exp=time.time() + 3600, event_id="e", sub=None, models=None,
                         max_tokens=20, budget=None, uses=None, rpm=None) for i in range(KEYS)]
 

@@ -24,7 +24,7 @@ import yaml
 from standardwebhooks.webhooks import Webhook
 
 from bench.harness import free_ports
-from dynaseal.config import bundled_dev_config, load_config
+from dynaseal.config import bundled_dev_config, config_environment, load_config
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -98,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="dynaseal-bench-issuer-"))
     (port,) = free_ports(1)
     config = write_config(work, port)
-    callback = load_config(config).tenants[0].callback  # also loads dev.env into the environment
+    cfg = load_config(config)
+    callback = cfg.tenants[0].callback
     assert callback is not None
-    secret = os.environ[callback.secret_env]
+    secret = config_environment(cfg)[callback.secret_env]  # from dev.env, as the issuer reads it
     issuer = subprocess.Popen([sys.executable, "-m", "issuer_api", "--config", str(config)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"

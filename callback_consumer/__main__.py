@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             group_id=args.group_id, client_id=f"dynaseal-consumer-{socket.gethostname()}-{os.getpid()}",
             policy=RetryPolicy(args.retry_base_s, args.retry_cap_s), per_tenant=args.per_tenant,
             tenant_backlog=args.tenant_backlog, park_after=args.park_after, park_probe_s=args.park_probe_s,
-            session_timeout_ms=args.session_timeout_ms, heartbeat_interval_ms=args.heartbeat_interval_ms))
+            session_timeout_ms=args.session_timeout_ms, heartbeat_interval_ms=args.heartbeat_interval_ms),
+            runtime.consumer())  # the config is loaded once, here
     except ConfigError as exc:
         print(f"dynaseal consumer: {exc}", file=sys.stderr)
         return 2

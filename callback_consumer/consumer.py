@@ -87,10 +87,11 @@ class _Rebalance(ConsumerRebalanceListener):
 class CallbackConsumer:
     """One member of the callback consumer group."""
 
-    def __init__(self, options: ConsumerOptions) -> None:
+    def __init__(self, options: ConsumerOptions, view: ConsumerView | None = None) -> None:
         self.options = options
-        # Only the consumer's view: callback targets and secrets, no tenant keys or provider key.
-        self.targets: ConsumerView = load_runtime(options.config_path).consumer()
+        # Only the consumer's view: callback targets and secrets, no tenant keys or provider key. Given by
+        # whoever already loaded the config (the command line), so it is read once.
+        self.targets: ConsumerView = load_runtime(options.config_path).consumer() if view is None else view
         self.stopping = threading.Event()
         self._reload_requested = threading.Event()
         self.tracker = OffsetTracker()

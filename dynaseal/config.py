@@ -1,7 +1,9 @@
 """The config file's schema and loader: YAML in, one validated immutable object out.
 
-Secrets never appear in the file: they are named by environment variable (`*_env`) and
-resolved by `dynaseal.keys.tenants`. Every validation error is reported at once.
+Secrets never appear in the file: they are named by environment variable (`*_env`) and resolved,
+by each service for what it uses, in `config_environment(cfg)`: the process environment, then the
+config's `env_file` for names it lacks. Loading never changes the process environment. Every
+validation error is reported at once.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections import ChainMap
+from collections.abc import Mapping, MutableMapping
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -21,6 +25,8 @@ from dynaseal.tenant_config import StrictModel, TenantConfig
 from dynaseal.upstreams import UpstreamSpec, route_problems
 
 DEFAULT_CONFIG_NAME = "dynaseal.yaml"
+# The largest clock leeway gateway.leeway_s may set: what must outlive a key (revocations, DPoP replay ids).
+MAX_LEEWAY_S = 30
 
 
 class ConfigError(Exception):
@@ -108,7 +114,7 @@ class GatewayConfig(StrictModel):
     max_body_bytes: int = Field(1 << 20, ge=1024)
     # The log shipper rotates Envoy's access log past this size (0 = never; rotate it yourself).
     access_log_max_bytes: int = Field(64 << 20, ge=0)
-    leeway_s: int = Field(30, ge=0, le=30)
+    leeway_s: int = Field(30, ge=0, le=MAX_LEEWAY_S)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
     redis_url: str | None = None
     redis_timeout_ms: int = Field(50, ge=1, le=5000)
@@ -213,14 +219,16 @@ def resolve_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return local if local.exists() else bundled_dev_config()
 
 
-def load_env_file(path: Path) -> None:
-    """Set KEY=VALUE lines from a dev env file, never overriding what the environment has."""
+def read_env_file(path: Path) -> dict[str, str]:
+    """The KEY=VALUE lines of a dev env file (blank lines and `#` comments skipped); nothing is set."""
+    values: dict[str, str] = {}
     for raw in path.read_text().splitlines():
         line = raw.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue
         name, _, value = line.partition("=")
-        os.environ.setdefault(name.strip(), value.strip())
+        values.setdefault(name.strip(), value.strip())
+    return values
 
 
 def _format_errors(path: Path, err: ValidationError) -> str:
@@ -248,12 +256,9 @@ def load_config(path: str | os.PathLike[str] | None = None, data_dir: str | None
         cfg = DynasealConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_errors(cfg_path, exc)) from None
-    if cfg.env_file:
-        env_path = Path(cfg.env_file)
-        if not env_path.is_absolute():
-            env_path = cfg_path.parent / env_path
-        if env_path.exists():
-            load_env_file(env_path)
+    if cfg.env_file and not Path(cfg.env_file).is_absolute():
+        # Relative to the config file; kept absolute so every service reads the same file, whatever its cwd.
+        cfg = cfg.model_copy(update={"env_file": str((cfg_path.parent / cfg.env_file).absolute())})
     return _public_url_from_env(cfg, cfg_path)
 
 
@@ -262,7 +267,7 @@ def _public_url_from_env(cfg: DynasealConfig, cfg_path: Path) -> DynasealConfig:
     name = cfg.gateway.public_url_env
     if name is None:
         return cfg
-    value = os.environ.get(name, "").strip()
+    value = config_environment(cfg).get(name, "").strip()
     if not value:
         raise ConfigError(f"{cfg_path}: gateway.public_url_env names {name}, which is not set "
                           "(the origin clients reach the gateway at, e.g. https://llm.example.com)")
@@ -276,3 +281,17 @@ def _public_url_from_env(cfg: DynasealConfig, cfg_path: Path) -> DynasealConfig:
 def expand_path(template: str, cfg: DynasealConfig) -> Path:
     """Expand `{data_dir}` in a configured path."""
     return Path(template.replace("{data_dir}", cfg.gateway.data_dir))
+
+
+def config_environment(cfg: DynasealConfig, env: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    """Where a config's `*_env` names are looked up: `env` (default: the process environment), then the
+    config's `env_file` for names it lacks (a variable set in the environment always wins).
+
+    Read, never written: loading a config leaves the process environment as it was.
+    """
+    path = Path(cfg.env_file) if cfg.env_file else None
+    if path is None or not path.is_file():
+        return os.environ if env is None else env
+    # The live environment (a variable set later is seen), never copied into.
+    first: MutableMapping[str, str] = os.environ if env is None else dict(env)
+    return ChainMap(first, read_env_file(path))

@@ -33,9 +33,10 @@ class SecretResolver:
         return SecretStr(value)
 
 
-def env_secret(name: str | None, what: str, errors: list[str]) -> SecretStr | None:
-    """One secret from the process environment; a problem is appended to `errors`."""
-    resolver = SecretResolver()
+def env_secret(name: str | None, what: str, errors: list[str],
+               env: Mapping[str, str] | None = None) -> SecretStr | None:
+    """One secret from `env` (default: the process environment); a problem is appended to `errors`."""
+    resolver = SecretResolver(env)
     secret = resolver.optional(name, what)
     errors.extend(resolver.errors)
     return secret

@@ -95,7 +95,7 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
     exp = args.exp or time.time() + tenants[tenant].limits.max_ttl
     client = sync_client(redis_url(cfg))  # one server or a redis+cluster:// URL
     try:
-        revoke(client, tenant, args.jti, exp)
+        revoke(client, tenant, args.jti, exp, leeway_s=cfg.gateway.leeway_s)
     finally:
         client.close()
     _say(f"revoked {args.jti} of tenant {tenant}")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 import shutil
 import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dynaseal.config import DynasealConfig
+from dynaseal.config import DynasealConfig, config_environment
 from dynaseal.keys.signing_keystore import SigningKeyStore
 from dynaseal.runtime.locations import Paths, redis_url, resolve_kafka, resolve_redis
 from dynaseal_launcher import envoy_config
@@ -104,7 +103,7 @@ class LocalStack:
         specs: list[ServiceSpec] = []
         if gw.upstream.base_url is None:
             # The mock checks the provider credential the way a real provider would.
-            provider_key = os.environ.get(gw.upstream.api_key_env or "", "")
+            provider_key = config_environment(self.cfg).get(gw.upstream.api_key_env or "", "")
             specs.append(ServiceSpec(
                 "mock-llm",
                 [sys.executable, "-m", "mock_llm", "--host", host, "--port", str(ports.mock_upstream)],

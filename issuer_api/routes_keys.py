@@ -117,7 +117,7 @@ async def revoke_key(body: RevokeRequest, state: StateDep, account: AccountDep) 
     notified = False
     # Gateway first: if Redis is down nothing is recorded and the client can simply retry.
     if state.redis_url:
-        await notify_revoked(state.redis_url, state.tenant_id, body.jti, exp)
+        await notify_revoked(state.redis_url, state.tenant_id, body.jti, exp, state.cfg.gateway.leeway_s)
         notified = True
     revoked_at = await run_in_threadpool(_mark_revoked, state, body.jti)
     log.info("revoked key", extra={"jti": body.jti, "user": account.username, "gateway_notified": notified})

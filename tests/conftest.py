@@ -19,7 +19,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from dynaseal.config import DynasealConfig, bundled_dev_config, load_config  # noqa: E402
+from dynaseal.config import DynasealConfig, bundled_dev_config, config_environment, load_config  # noqa: E402
 from dynaseal.keys.claims import VerifiedKey  # noqa: E402
 from dynaseal.keys.mint import SigningKey  # noqa: E402
 from dynaseal.keys.tenants import Registry, Tenant, build_registry  # noqa: E402
@@ -204,6 +204,7 @@ def jwks() -> Iterator[object]:
     yield server
     server.release.set()
     server.server.shutdown()
+    server.server.server_close()  # the listening socket too: left to the collector it warns (ResourceWarning)
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +273,7 @@ def receiver(cfg: DynasealConfig) -> Iterator[object]:
     """A tenant callback endpoint in this process that verifies every signature (pipeline tests)."""
     from pipeline_harness import Receiver
 
-    with Receiver(os.environ["DYNASEAL_DEMO_WEBHOOK_SECRET"]) as running:
+    with Receiver(config_environment(cfg)["DYNASEAL_DEMO_WEBHOOK_SECRET"]) as running:
         yield running
 
 

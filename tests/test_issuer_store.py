@@ -85,9 +85,13 @@ def test_database_url_and_demo_users_switch(tmp_path: Path) -> None:
 
 
 def test_missing_session_secret_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = issuer_config(tmp_path)
+    dev = issuer_config(tmp_path)
+    assert dev.issuer is not None
+    # A name neither the environment nor dev.env sets (dev.env supplies the dev config's own).
+    issuer = dev.issuer.model_copy(update={"session_secret_env": "DYNASEAL_T_UNSET_SESSION_SECRET"})
+    cfg = dev.model_copy(update={"issuer": issuer})
     assert cfg.issuer is not None
-    monkeypatch.delenv(cfg.issuer.session_secret_env)
+    monkeypatch.delenv(cfg.issuer.session_secret_env, raising=False)
     with pytest.raises(ConfigError, match=cfg.issuer.session_secret_env):
         create_app(cfg)
     monkeypatch.setenv(cfg.issuer.session_secret_env, "short")

@@ -6,7 +6,6 @@ Named test_issuer_* only so it lives beside the tests it serves; it holds no tes
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,8 +14,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 from standardwebhooks.webhooks import Webhook
 
-from dynaseal.config import DynasealConfig, bundled_dev_config, load_config
-from dynaseal.keys.tenants import build_registry
+from dynaseal.config import DynasealConfig, bundled_dev_config, config_environment, load_config
+from dynaseal.runtime.views import Runtime
 from issuer_api.app import create_app
 
 DEMO_TENANT = "671249a93f1cf2f8bf9b2b82"
@@ -59,10 +58,10 @@ def assert_error(response: Any, status: int, code: str | None = None) -> dict[st
 
 
 def callback_secret(cfg: DynasealConfig) -> str:
-    """The demo tenant's webhook secret, as the gateway would sign with it."""
-    tenant = build_registry(cfg).get(DEMO_TENANT)
-    assert tenant is not None and tenant.callback_secret is not None
-    return tenant.callback_secret.get_secret_value()
+    """The demo tenant's webhook secret, as the gateway (its consumer) would sign with it."""
+    target = Runtime.from_config(cfg).consumer().get(DEMO_TENANT)
+    assert target is not None and target.callback_secret is not None
+    return target.callback_secret.get_secret_value()
 
 
 def signed_callback(secret: str, body: dict[str, Any], *, msg_id: str | None = None,
@@ -91,4 +90,4 @@ def usage_body(event_id: str, jti: str | None, sub: str | None, tokens: int = 57
 def session_secret(cfg: DynasealConfig) -> str:
     """The issuer's session secret (dev.env supplies it)."""
     assert cfg.issuer is not None
-    return os.environ[cfg.issuer.session_secret_env]
+    return config_environment(cfg)[cfg.issuer.session_secret_env]

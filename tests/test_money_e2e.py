@@ -49,9 +49,9 @@ def _with_thresholds(path: Path, thresholds: list[float]) -> Path:
 
 @pytest.fixture(scope="module")
 def money_receiver(cfg: DynasealConfig) -> Iterator[Receiver]:
-    import os
+    from dynaseal.config import config_environment
 
-    with Receiver(os.environ["DYNASEAL_DEMO_WEBHOOK_SECRET"]) as running:
+    with Receiver(config_environment(cfg)["DYNASEAL_DEMO_WEBHOOK_SECRET"]) as running:
         yield running
 
 

@@ -13,6 +13,8 @@ ranges): a range is a permission in the request policy, so a new one would widen
 the chain does not read would be a limit its holder believes in and nobody enforces.
 
 The gateway then charges each request to every level, in one Redis script (dynaseal.ledger.quota_scripts).
+`ChainKey` is this module's identity mechanism (dynaseal.keys.identity): it unwraps `prn` to the tenant's
+key, has that proved by the root mechanisms, then checks each child below it.
 """
 
 from __future__ import annotations
@@ -21,17 +23,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from dynaseal.errors import ErrorCode, Refusal
-from dynaseal.keys.claims import VerifiedKey, budget_cost_claim
-from dynaseal.keys.dpop import ALGORITHMS, confirmation
+from dynaseal.keys.claims import VerifiedKey, budget_cost_claim, tenant_id_of
+from dynaseal.keys.dpop import ALGORITHMS, DpopProof, confirmation
+from dynaseal.keys.identity import JwsToken, Presentation, VerifyContext, invalid
+from dynaseal.keys.key_claims import CHILD_CLAIMS
+from dynaseal.keys.tenants import Registry
 from dynaseal.money.pricing import from_micros
 from dynaseal.tenant_config import ParamLimit
 
 CHILD_TYP = "dynaseal-child+jwt"
 # Levels below the root a token may nest at all, before any tenant is known (tenants allow at most 4).
 MAX_DEPTH = 4
-# Every claim a child may carry; each is checked below. `event_id` and `cb` have their own refusal.
-CHILD_CLAIMS = frozenset({"iss", "aud", "exp", "nbf", "iat", "jti", "sub", "prn", "models", "max_tokens",
-                          "budget", "uses", "rpm", "params", "cnf", "budget_cost"})
+# Every claim a child may carry (CHILD_CLAIMS, from the one claims model) is checked below; `event_id` and
+# `cb` have their own refusal.
+__all__ = ["CHILD_CLAIMS", "CHILD_TYP", "MAX_DEPTH", "ChainKey", "check_child"]
 
 
 def _refuse(message: str) -> Refusal:
@@ -213,3 +218,40 @@ def check_child(parent: VerifiedKey, header: Mapping[str, Any], payload: Mapping
         cnf_jkt=cnf.jkt if cnf else None, holder=cnf.holder if cnf else None,
         parent=parent, depth=depth, budget_cost=budget_cost,
     )
+
+
+class ChainKey:
+    """A child key: its parent's holder signed it, every level within the one above (identity mechanism)."""
+
+    name = "chain"
+
+    def verify(self, token: JwsToken, ctx: VerifyContext) -> VerifiedKey | None:
+        """Unwrap `prn` down to the tenant's key, have that proved, then check each child below it in turn."""
+        if not token.is_child:
+            return None
+        children = [token]
+        while True:
+            parent_token = children[-1].payload["prn"]
+            if not isinstance(parent_token, str):
+                raise invalid("child key claim 'prn' must be its parent's compact token")
+            if len(children) > MAX_DEPTH:
+                raise invalid(f"child key is nested deeper than {MAX_DEPTH} levels")
+            parsed = JwsToken.parse(parent_token)
+            if not parsed.is_child:
+                break
+            children.append(parsed)
+        # Cheap before any signature: a tenant that allows fewer levels refuses here.
+        tenant = ctx.registry.get(tenant_id_of(parsed.payload) or "")
+        if tenant is not None and len(children) > tenant.limits.max_chain_depth:
+            raise invalid(f"child key is {len(children)} levels below its tenant's key; tenant {tenant.id} allows "
+                          f"{tenant.limits.max_chain_depth}")
+        key = ctx.verify_root(parsed)
+        for child in reversed(children):
+            key = check_child(key, child.header, child.payload, child.signing_input, child.signature(),
+                              ctx.registry.audience, ctx.registry.leeway_s, ctx.now)
+        return key
+
+    def bind(self, key: VerifiedKey, presentation: Presentation, registry: Registry,
+             now: float) -> DpopProof | None:
+        """Nothing of its own per request: a child's `cnf` is checked by DpopBinding like any key's."""
+        return None

@@ -1,7 +1,8 @@
 """Claims of a verified dynamic key, checked and intersected with the tenant's ceilings.
 
 Native claims and the seed's claim names (`api-key`, `model`, `expiring`) end up in the same
-`VerifiedKey`; nothing downstream needs to know which format a key used.
+`VerifiedKey`; nothing downstream needs to know which format a key used. The names read here are the
+ones the claims model defines (dynaseal.keys.key_claims), the model minting writes.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import orjson
 
 from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.keys.dpop import confirmation
+from dynaseal.keys.key_claims import SEED_CLAIMS
 from dynaseal.keys.origins import parse_origins_claim
 from dynaseal.keys.tenants import Registry, Tenant, VerificationKey
 from dynaseal.money.pricing import MICROS, to_micros
 from dynaseal.tenant_config import ParamLimit
 
 MAX_CB_BYTES = 1024
-SEED_CLAIMS = frozenset({"api-key", "model", "max_tokens", "expiring", "event_id"})
 MAX_BUDGET_COST = Decimal(10**9)
 
 

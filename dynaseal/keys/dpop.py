@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 from jwt.algorithms import get_default_algorithms
 
+from dynaseal.config import MAX_LEEWAY_S  # replay ids are kept long enough for any config's leeway
 from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.jsonsafe import loads_strict
 from dynaseal.keys.tenants import VerificationKey, jwk_to_key
@@ -29,8 +30,6 @@ from dynaseal.keys.tenants import VerificationKey, jwk_to_key
 DPOP_ALGS = ("EdDSA", "ES256")
 # |now - iat| may be at most this plus the gateway's clock leeway.
 PROOF_WINDOW_S = 60
-# The largest clock leeway a config may set (gateway.leeway_s ≤ 30): replay ids are kept long enough for it.
-MAX_LEEWAY_S = 30
 MAX_PROOF_CHARS = 4096
 # RFC 7638 §3.2: the required members of each key type, the only ones hashed.
 _THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x"), "RSA": ("e", "kty", "n")}

@@ -4,7 +4,8 @@
     signing_key = SigningKey.generate()          # keep signing_key.private_jwk() secret
     token = mint(signing_key, tenant="acme", models=["gpt-4o-mini"], max_tokens=256, ttl=600)
 
-Publish `signing_key.public_jwk()` in the gateway config (or a JWKS) under the tenant.
+Publish `signing_key.public_jwk()` in the gateway config (or a JWKS) under the tenant. Every key is
+written from the one claims model, `dynaseal.keys.key_claims.KeyClaims`, that verification reads.
 
 A device or agent holds a `HolderKey` of its own: a key bound to it (`cnf`) is sent with a fresh
 DPoP proof per request (`holder.headers(...)`, or `DpopAuth` for an httpx/openai client), and a key
@@ -29,6 +30,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 from dynaseal.keys.attenuation import CHILD_TYP
 from dynaseal.keys.dpop import access_token_hash, thumbprint
+from dynaseal.keys.key_claims import KeyClaims, money
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,23 +92,17 @@ def mint(
     the holder may mint narrowed children). `budget_cost` is a decimal string in `currency`.
     """
     issued = int(time.time() if now is None else now)
-    claims: dict[str, Any] = {
-        "iss": tenant,
-        "aud": audience,
-        "iat": issued,
-        "nbf": issued,
-        "exp": issued + ttl,
-        "jti": jti or secrets.token_urlsafe(16),
-        "models": list(models),
-        "max_tokens": max_tokens,
-    }
-    optional = {"sub": sub, "budget": budget, "uses": uses, "rpm": rpm, "event_id": event_id,
-                "params": dict(params) if params else None, "cb": dict(cb) if cb else None,
-                "cnf": dict(cnf) if cnf else None}
-    claims.update({k: v for k, v in optional.items() if v is not None})
-    if budget_cost is not None:
-        claims["budget_cost"] = {"amount": str(budget_cost), "currency": currency}
-    return jwt.encode(claims, signing_key.private_key, algorithm="EdDSA",
+    claims = KeyClaims(
+        iss=tenant, aud=audience, iat=issued, nbf=issued, exp=issued + ttl, jti=jti or secrets.token_urlsafe(16),
+        models=list(models), max_tokens=max_tokens, sub=sub, budget=budget, uses=uses, rpm=rpm, event_id=event_id,
+        params=params or None, cb=cb or None, cnf=cnf or None,
+        budget_cost=money(budget_cost, currency) if budget_cost is not None else None)
+    return sign_claims(signing_key, claims)
+
+
+def sign_claims(signing_key: SigningKey, claims: KeyClaims) -> str:
+    """Sign any native claims (the one claims model, dynaseal.keys.key_claims) with a tenant's key."""
+    return jwt.encode(claims.payload(), signing_key.private_key, algorithm="EdDSA",
                       headers={"kid": signing_key.kid, "typ": "JWT"})
 
 
@@ -191,13 +187,11 @@ class HolderKey:
         claims = _unverified_claims(parent)
         issued = int(time.time() if now is None else now)
         exp = int(claims["exp"]) if ttl is None else min(int(claims["exp"]), issued + ttl)
-        child: dict[str, Any] = {"iss": claims["iss"], "aud": claims.get("aud"), "iat": issued, "nbf": issued,
-                                 "exp": exp, "jti": jti or secrets.token_urlsafe(16), "prn": parent}
-        optional = {"models": list(models) if models is not None else None, "max_tokens": max_tokens,
-                    "budget": budget, "uses": uses, "rpm": rpm, "params": dict(params) if params else None,
-                    "cnf": dict(cnf) if cnf else None}
-        child.update({k: v for k, v in optional.items() if v is not None})
-        return jwt.encode(child, self.private_key, algorithm=self.alg, headers={"typ": CHILD_TYP})
+        child = KeyClaims(iss=claims["iss"], aud=claims.get("aud"), iat=issued, nbf=issued, exp=exp,
+                          jti=jti or secrets.token_urlsafe(16), prn=parent,
+                          models=list(models) if models is not None else None, max_tokens=max_tokens,
+                          budget=budget, uses=uses, rpm=rpm, params=params or None, cnf=cnf or None)
+        return jwt.encode(child.payload(), self.private_key, algorithm=self.alg, headers={"typ": CHILD_TYP})
 
 
 class DpopAuth(httpx.Auth):

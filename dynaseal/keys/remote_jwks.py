@@ -15,8 +15,10 @@ import logging
 import math
 import re
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import httpx
@@ -26,6 +28,7 @@ from prometheus_client import Counter
 from dynaseal.keys.tenants import VerificationKey, parse_jwks
 
 if TYPE_CHECKING:
+    from dynaseal.keys.registry_holder import JwksSnapshot, RegistryHolder
     from dynaseal.keys.tenants import Registry
 
 log = logging.getLogger("dynaseal.jwks")
@@ -161,13 +164,33 @@ class RemoteJwks:
         self._sources: dict[str, _Source] = {}
         # Bumped whenever any tenant's set changes: a registry built at an older generation is stale.
         self.generation = 0
+        # Who is told of every change (the authz server's registry holders); weakly, so a holder that a
+        # config reload dropped is simply forgotten.
+        self._holders: weakref.WeakSet[RegistryHolder] = weakref.WeakSet()
+
+    def subscribe(self, holder: RegistryHolder) -> None:
+        """Push every later change of any tenant's set to `holder` (as a `JwksSnapshot`)."""
+        self._holders.add(holder)
+
+    def snapshot(self) -> JwksSnapshot:
+        """Every tracked tenant's latest keys, at the current generation."""
+        from dynaseal.keys.registry_holder import JwksSnapshot
+
+        return JwksSnapshot(self.generation, MappingProxyType({t: s.keys for t, s in self._sources.items()}))
+
+    def _changed(self) -> None:
+        """A tenant's set changed: a new generation, pushed to every holder."""
+        self.generation += 1
+        snapshot = self.snapshot()
+        for holder in list(self._holders):
+            holder.push(snapshot)
 
     def track(self, sources: Mapping[str, tuple[str, float]]) -> None:
         """Follow exactly these tenants (id -> (url, refresh_s)); a changed URL starts from no keys."""
         for tenant_id in list(self._sources):
             moved = tenant_id not in sources or self._sources[tenant_id].url != sources[tenant_id][0]
             if moved and self._sources.pop(tenant_id).keys:
-                self.generation += 1
+                self._changed()
         for tenant_id, (url, refresh_s) in sources.items():
             source = self._sources.get(tenant_id)
             if source is None:
@@ -183,7 +206,8 @@ class RemoteJwks:
 
     def apply(self, registry: Registry) -> Registry:
         """The registry with every tracked tenant's remote keys set to the latest ones."""
-        return registry.with_remote_keys({t: s.keys for t, s in self._sources.items()}, self.generation)
+        snapshot = self.snapshot()
+        return registry.with_remote_keys(snapshot.keys_by_tenant, snapshot.generation)
 
     def fetch_untried(self) -> None:
         """Fetch, blocking, every source never tried yet (at start-up, before serving)."""
@@ -264,10 +288,7 @@ class RemoteJwks:
             REFRESHES.labels(tenant_id, "unchanged").inc()
             return
         source.keys, source.fingerprint = fetched.keys, fetched.fingerprint
-        self.generation += 1
+        self._changed()
         REFRESHES.labels(tenant_id, "changed").inc()
         log.info("jwks refreshed", extra={"tenant": tenant_id, "kids": [k.kid for k in fetched.keys]})
 
-
-# The name the authorizer constructs by default; a registry's own store is the one consulted.
-JwksRefresher = RemoteJwks

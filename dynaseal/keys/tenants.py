@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import jwt
 from pydantic import SecretStr
 
-from dynaseal.config import ConfigError, DynasealConfig, expand_path
+from dynaseal.config import ConfigError, DynasealConfig, config_environment, expand_path
 from dynaseal.money.pricing import Price
 from dynaseal.secrets import env_secret
 from dynaseal.tenant_config import KID_PATTERN, CallbackConfig, Limits, TenantConfig, unbounded_media_warning
@@ -47,8 +47,8 @@ class Tenant:
     seed_key: VerificationKey | None
     limits: Limits
     provider_key: SecretStr | None
+    # Only what authz reads of it (include_content); its signing secret is the consumer's, never resolved here.
     callback: CallbackConfig | None
-    callback_secret: SecretStr | None
     jwks_url: str | None = None
     # The inline and jwks_file keys: what stays when the remote set is replaced.
     local_keys_by_kid: Mapping[str, VerificationKey] = field(default_factory=lambda: MappingProxyType({}))
@@ -107,9 +107,9 @@ class Registry:
         return replace(self, tenants=MappingProxyType(tenants), remote_generation=generation)
 
 
-def _env_secret(name: str | None, what: str, errors: list[str]) -> SecretStr | None:
+def _env_secret(name: str | None, what: str, errors: list[str], env: Mapping[str, str]) -> SecretStr | None:
     # One resolver for every secret: it also tells the redactor the value.
-    return env_secret(name, what, errors)
+    return env_secret(name, what, errors, env)
 
 
 def jwk_to_key(jwk_dict: Mapping[str, Any], pinned_alg: str | None = None) -> VerificationKey:
@@ -140,12 +140,13 @@ def parse_jwks(document: Mapping[str, Any]) -> list[VerificationKey]:
     return keys
 
 
-def _tenant_keys(cfg: DynasealConfig, tc: TenantConfig, errors: list[str]) -> list[VerificationKey]:
+def _tenant_keys(cfg: DynasealConfig, tc: TenantConfig, errors: list[str],
+                 env: Mapping[str, str]) -> list[VerificationKey]:
     keys: list[VerificationKey] = []
     for kc in tc.keys:
         where = f"tenant {tc.id} key {kc.kid or '(seed)'}"
         if kc.alg == "HS256":
-            secret = _env_secret(kc.secret_env, where, errors)
+            secret = _env_secret(kc.secret_env, where, errors, env)
             if secret is not None:
                 keys.append(VerificationKey(kc.kid, "HS256", secret.get_secret_value().encode()))
             continue
@@ -176,8 +177,9 @@ def _prices(tc: TenantConfig) -> Mapping[str, Price]:
 
 
 def build_registry(cfg: DynasealConfig, remote_jwks: RemoteJwks | None = None, *,
-                   fetch_new_jwks: bool = True) -> Registry:
-    """Resolve every tenant's keys and secrets; raise ConfigError listing all problems.
+                   fetch_new_jwks: bool = True, env: Mapping[str, str] | None = None) -> Registry:
+    """Resolve every tenant's keys and the secrets authz uses (tenants' HS secrets, provider keys) in `env`
+    (default: `config_environment(cfg)`); raise ConfigError listing all problems.
 
     Remote JWKS live in `remote_jwks` (a private store if none is given), which is told which
     tenants to follow; with `fetch_new_jwks` the ones never fetched are fetched now (blocking:
@@ -185,12 +187,13 @@ def build_registry(cfg: DynasealConfig, remote_jwks: RemoteJwks | None = None, *
     """
     from dynaseal.keys.remote_jwks import RemoteJwks
 
+    env = config_environment(cfg) if env is None else env
     errors: list[str] = []
     tenants: dict[str, Tenant] = {}
     for tc in cfg.tenants:
         if (warning := unbounded_media_warning(tc)) is not None:
             log.warning(warning, extra={"tenant": tc.id})
-        keys = _tenant_keys(cfg, tc, errors)
+        keys = _tenant_keys(cfg, tc, errors, env)
         local_keys = MappingProxyType({k.kid: k for k in keys if k.kid is not None})
         upstream = tc.upstream
         tenants[tc.id] = Tenant(
@@ -200,10 +203,8 @@ def build_registry(cfg: DynasealConfig, remote_jwks: RemoteJwks | None = None, *
             seed_key=next((k for k in keys if k.kid is None), None),
             limits=tc.limits,
             provider_key=_env_secret(upstream.api_key_env if upstream else None,
-                                     f"tenant {tc.id} upstream", errors),
+                                     f"tenant {tc.id} upstream", errors, env),
             callback=tc.callback,
-            callback_secret=_env_secret(tc.callback.secret_env if tc.callback else None,
-                                        f"tenant {tc.id} callback", errors),
             jwks_url=tc.jwks_url,
             local_keys_by_kid=local_keys,
             prices=_prices(tc),
@@ -211,10 +212,10 @@ def build_registry(cfg: DynasealConfig, remote_jwks: RemoteJwks | None = None, *
             refuse_unpriced=upstream is not None and upstream.unpriced == "refuse",
             cors_origins=frozenset(tc.cors.origins) if tc.cors else frozenset(),
         )
-    default_key = _env_secret(cfg.gateway.upstream.api_key_env, "gateway upstream", errors)
+    default_key = _env_secret(cfg.gateway.upstream.api_key_env, "gateway upstream", errors, env)
     from dynaseal.routing.routes import build_route_table  # the policy layer's table, built with the registry
 
-    routes = build_route_table(cfg, errors)
+    routes = build_route_table(cfg, errors, env)
     if errors:
         raise ConfigError("invalid tenant configuration:\n  - " + "\n  - ".join(errors))
     store = remote_jwks if remote_jwks is not None else RemoteJwks()

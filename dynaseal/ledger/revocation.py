@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import time
 
+from dynaseal.config import MAX_LEEWAY_S
 from dynaseal.ledger import redis_keys
 from dynaseal.ledger.redis_connect import AsyncClient, SyncClient
 
-# Revocation outlives exp by the verification leeway so a key is never valid again.
-LEEWAY_S = 30
 
-
-def _ttl(exp: float) -> int:
-    return max(1, int(exp - time.time()) + LEEWAY_S)
+def _ttl(exp: float, leeway_s: int) -> int:
+    # Revocation outlives exp by the verification leeway (gateway.leeway_s) so a key is never valid again.
+    return max(1, int(exp - time.time()) + leeway_s)
 
 
 def marker(tenant: str, jti: str, ancestors: tuple[str, ...] = ()) -> str:
@@ -28,12 +27,14 @@ def marker(tenant: str, jti: str, ancestors: tuple[str, ...] = ()) -> str:
     return redis_keys.level_keys(tenant, (*ancestors, jti))[0]
 
 
-def revoke(redis: SyncClient, tenant: str, jti: str, exp: float, ancestors: tuple[str, ...] = ()) -> None:
-    """Mark tenant's `jti` revoked until its `exp` (plus leeway); every key below it is refused with it."""
-    redis.set(marker(tenant, jti, ancestors), "1", ex=_ttl(exp))
+def revoke(redis: SyncClient, tenant: str, jti: str, exp: float, ancestors: tuple[str, ...] = (), *,
+           leeway_s: int = MAX_LEEWAY_S) -> None:
+    """Mark tenant's `jti` revoked until its `exp` plus `leeway_s` (the config's gateway.leeway_s; by default
+    the largest a config may set); every key below it is refused with it."""
+    redis.set(marker(tenant, jti, ancestors), "1", ex=_ttl(exp, leeway_s))
 
 
 async def revoke_async(redis: AsyncClient, tenant: str, jti: str, exp: float,
-                       ancestors: tuple[str, ...] = ()) -> None:
+                       ancestors: tuple[str, ...] = (), *, leeway_s: int = MAX_LEEWAY_S) -> None:
     """Async form of `revoke`."""
-    await redis.set(marker(tenant, jti, ancestors), "1", ex=_ttl(exp))
+    await redis.set(marker(tenant, jti, ancestors), "1", ex=_ttl(exp, leeway_s))

@@ -9,7 +9,6 @@ internal failure, logged and turned into 503 `authz_unavailable` (fail closed).
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -20,10 +19,11 @@ import orjson
 from dynaseal.contracts import usage_record
 from dynaseal.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.keys.claims import VerifiedKey
-from dynaseal.keys.dpop import DpopProof, DpopRefusal, request_url, verify_proof
+from dynaseal.keys.identity import Presentation
 from dynaseal.keys.origins import check_origin
+from dynaseal.keys.registry_holder import RegistryHolder
 from dynaseal.keys.tenants import Registry
-from dynaseal.keys.verification import UnknownKid, VerifiedKeyCache
+from dynaseal.keys.verification import UnknownKid, VerifiedKeyCache, check_bindings
 from dynaseal.policy import give_back
 from dynaseal.policy.content_check import ContentBlocked, blocked_decision, check_content
 from dynaseal.policy.decision import Decision, allow, answer, deny, deny_from
@@ -130,31 +130,6 @@ def extract_credential(headers: Mapping[str, str]) -> tuple[str, bool]:
     return token, bool(from_bearer) and scheme == "dpop"
 
 
-def extract_token(headers: Mapping[str, str]) -> str:
-    """The dynamic key from `Authorization: Bearer`/`DPoP` or `dynasealtoken`."""
-    return extract_credential(headers)[0]
-
-
-def check_binding(key: VerifiedKey, via_dpop: bool, request: AuthRequest, token: str, registry: Registry,
-                  now: float | None = None) -> DpopProof | None:
-    """The sender constraint (RFC 9449 §7): a key with `cnf` needs the DPoP scheme and a valid proof;
-    a tenant with `require_dpop` takes no other key. Returns the proof, whose jti Redis must not know yet."""
-    if key.cnf_jkt is None:
-        if key.tenant.limits.require_dpop:
-            raise DpopRefusal(f"tenant {key.tenant.id} accepts only sender-constrained keys (a cnf claim)")
-        if via_dpop:
-            raise Refusal(ErrorCode.INVALID_API_KEY,
-                          "this key is not bound to a DPoP key: send it as 'Authorization: Bearer <key>'")
-        return None
-    if not via_dpop:  # §7.2: a bound key sent as a bearer token is refused, proof or not
-        raise DpopRefusal("this key is sender-constrained: send it as 'Authorization: DPoP <key>' "
-                          "with a DPoP proof header")
-    return verify_proof(request.headers.get("dpop", ""), method=request.method,
-                        url=request_url(request.headers, request.path, registry.public_url),
-                        now=time.time() if now is None else now, leeway_s=registry.leeway_s,
-                        access_token=token, jkt=key.cnf_jkt)
-
-
 def _unavailable(key: VerifiedKey | None, request_id: str, reason: str) -> Decision:
     """503 authz_unavailable, failing closed, with the reason as the metric label."""
     return replace(deny(ErrorCode.AUTHZ_UNAVAILABLE, "authorization is temporarily unavailable",
@@ -162,15 +137,25 @@ def _unavailable(key: VerifiedKey | None, request_id: str, reason: str) -> Decis
 
 
 class Authorizer:
-    """Decides one request at a time against an immutable registry."""
+    """Decides one request at a time against the registry its holder has in force (never changing it)."""
 
-    def __init__(self, registry: Registry, quota: Quota | None = None, cache_size: int = 10_000,
+    def __init__(self, registry: Registry | RegistryHolder, quota: Quota | None = None, cache_size: int = 10_000,
                  giver: GiveBack | None = None) -> None:
-        self.registry = registry
+        # The holder follows the registry's remote JWKS store: new remote keys are pushed into it.
+        self.holder = registry if isinstance(registry, RegistryHolder) else RegistryHolder(registry, cache_size)
         self.quota = quota
-        self.keys = VerifiedKeyCache(registry, cache_size)
         # Gives back what an unserved request took (dynaseal.policy.give_back); None: never given back.
         self.giver = giver
+
+    @property
+    def registry(self) -> Registry:
+        """The registry in force (its remote keys as the store last pushed them)."""
+        return self.holder.registry
+
+    @property
+    def keys(self) -> VerifiedKeyCache:
+        """The verified-key cache of the registry in force."""
+        return self.holder.keys
 
     async def decide(self, request: AuthRequest) -> Decision:
         """Run every step; never raises. Every decision carries a fresh gateway request id."""
@@ -194,7 +179,9 @@ class Authorizer:
                 else request.headers
             token, via_dpop = extract_credential(headers)
             key = await self._verify(token)
-            proof = check_binding(key, via_dpop, request, token, self.registry)
+            # Per request, never cached: how the key was presented (the DPoP sender constraint).
+            proof = check_bindings(key, Presentation(token, via_dpop, request.method, request.path, request.headers),
+                                   self.registry)
             check_origin(request.headers, key.tenant.id, key.tenant.cors_origins, (k.origins for k in key.chain))
             if is_model_list(request.method, request.path):
                 if self.quota is not None:  # reserves nothing, but a revoked key learns nothing either
@@ -257,29 +244,14 @@ class Authorizer:
         return give_back.reply(200, given, request_id)
 
     async def _verify(self, token: str) -> VerifiedKey:
-        """Verify through the cache, against the latest remote JWKS; on an unknown kid of a jwks_url
-        tenant, refresh (rate-limited) and retry once."""
-        remote = self.registry.remote_jwks
-        if remote is not None and remote.generation != self.registry.remote_generation:
-            self._adopt_remote_keys()
+        """Verify through the cache, against the latest remote JWKS the store pushed; on an unknown kid of
+        a jwks_url tenant, have it refreshed (rate-limited) and retry once."""
         try:
             return self.keys.verify(token)
         except UnknownKid as unknown:
-            tenant = self.registry.get(unknown.tenant_id)
-            if remote is None or tenant is None or not tenant.jwks_url:
+            if not await self.holder.refresh_for_unknown_kid(unknown.tenant_id):
                 raise
-            await remote.refresh_for_unknown_kid(tenant.id)
-            if remote.generation == self.registry.remote_generation:
-                raise
-            self._adopt_remote_keys()
             return self.keys.verify(token)
-
-    def _adopt_remote_keys(self) -> None:
-        """A refresh (scheduled or not) changed some tenant's set: rebuild the registry from it and drop
-        cached verifications, so a withdrawn kid stops verifying now."""
-        assert self.registry.remote_jwks is not None
-        self.registry = self.registry.remote_jwks.apply(self.registry)
-        self.keys = VerifiedKeyCache(self.registry, self.keys.capacity)
 
     def _allow(self, key: VerifiedKey, checked: CheckedRequest, client_headers: Mapping[str, str],
                request_id: str, body: bytes = b"", endpoint: Endpoint | None = None,

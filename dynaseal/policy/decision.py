@@ -33,6 +33,14 @@ class Decision:
     reason: str = ""
     # The API whose error shape a refusal takes: "openai", or "anthropic" on /v1/messages.
     errors: str = "openai"
+    # The gateway answered the request itself with `body` (the model list, a give-back): neither an
+    # allow (nothing goes upstream) nor a refusal (metrics and logs must not count it as one).
+    local: bool = False
+
+    @property
+    def result(self) -> str:
+        """`allow`, `deny` or `answer` (a local answer): the decisions metric's label."""
+        return "answer" if self.local else "allow" if self.allowed else "deny"
 
     def error_body(self) -> bytes:
         """The error body of a refusal in its API's shape (or the gateway's own answer)."""
@@ -64,10 +72,14 @@ def deny_from(refusal: Refusal, jti: str | None = None, request_id: str = "") ->
                 request_id=request_id)
 
 
-def answer(body: bytes, jti: str, request_id: str = "") -> Decision:
-    """A 200 the gateway gives itself (the request never reaches the upstream)."""
+def answer(body: bytes, jti: str | None, request_id: str = "") -> Decision:
+    """A 200 the gateway gives itself (the request never reaches the upstream): a local answer, not a refusal.
+
+    Envoy sends it as ext_authz's local reply (a "denied" response with status 200), which is also why
+    its access-log line carries no usage; everything on the gateway's side counts it as an answer.
+    """
     return Decision(False, 200, "ok", "", None, {"content-type": "application/json"}, (), {}, jti, request_id,
-                    body)
+                    body, local=True)
 
 
 def fail_closed(reason: str, jti: str | None = None, request_id: str = "") -> Decision:

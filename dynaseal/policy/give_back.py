@@ -23,7 +23,7 @@ from dynaseal.contracts.error_registry import EnvoyReply, spec_of
 from dynaseal.contracts.usage_record import GIVE_BACK_HEADER as TOKEN_HEADER
 from dynaseal.contracts.usage_record import GIVE_BACK_PATH
 from dynaseal.errors import error_envelope
-from dynaseal.policy.decision import Decision
+from dynaseal.policy.decision import Decision, answer
 
 __all__ = ["GIVE_BACK_PATH", "TOKEN_HEADER", "make_token", "read_token", "reply"]
 _MAC_CHARS = 32
@@ -59,9 +59,8 @@ def read_token(key: bytes, token: str) -> tuple[str, tuple[str, ...], str] | Non
 def reply(status: int, given_back: bool, request_id: str) -> Decision:
     """authz's own answer to a give-back request (404, as for any unknown path, when the token is bad)."""
     if status == 200:
-        body = orjson.dumps({"given_back": given_back})
-    else:
-        unknown = spec_of(EnvoyReply.NOT_FOUND)  # the answer of any unknown path (Envoy's reply replaces it)
-        body = orjson.dumps(error_envelope("unknown path", unknown.type, unknown.code))
-    return Decision(False, status, "ok" if status == 200 else "invalid_request_error", "", None,
+        return answer(orjson.dumps({"given_back": given_back}), None, request_id)
+    unknown = spec_of(EnvoyReply.NOT_FOUND)  # the answer of any unknown path (Envoy's reply replaces it)
+    body = orjson.dumps(error_envelope("unknown path", unknown.type, unknown.code))
+    return Decision(False, status, "invalid_request_error", "", None,
                     {"content-type": "application/json"}, (), {}, None, request_id, body)

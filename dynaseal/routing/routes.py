@@ -98,13 +98,17 @@ class RouteTable:
                       "model")
 
 
-def build_route_table(cfg: DynasealConfig, errors: list[str]) -> RouteTable:
-    """Resolve every route's credentials once (env vars now, files on use); problems go to `errors`."""
+def build_route_table(cfg: DynasealConfig, errors: list[str], env: Mapping[str, str] | None = None) -> RouteTable:
+    """Resolve every route's credentials once (env vars now, in `env` (default: the config's environment),
+    files on use); problems go to `errors`."""
+    from dynaseal.config import config_environment
+
+    env = config_environment(cfg) if env is None else env
     upstreams = declared_upstreams(cfg)
     pools: dict[str, CredentialPool] = {}
     for spec in upstreams.values():
         names = ([spec.api_key_env] if spec.api_key_env else []) + list(spec.api_key_envs)
-        secrets = tuple(s for n in names if (s := env_secret(n, f"upstream {spec.name}", errors)) is not None)
+        secrets = tuple(s for n in names if (s := env_secret(n, f"upstream {spec.name}", errors, env)) is not None)
         pools[spec.name] = CredentialPool(secrets, Path(spec.api_key_file) if spec.api_key_file else None)
     routes: dict[tuple[str, str, str], Route] = {}
     for tenant in cfg.tenants:
@@ -113,7 +117,7 @@ def build_route_table(cfg: DynasealConfig, errors: list[str]) -> RouteTable:
             for target in route.upstreams:
                 pool = pools.get(target.upstream, CredentialPool())
                 if target.api_key_env:
-                    own = env_secret(target.api_key_env, f"tenant {tenant.id} route {route.model}", errors)
+                    own = env_secret(target.api_key_env, f"tenant {tenant.id} route {route.model}", errors, env)
                     pool = CredentialPool((own,) if own is not None else ())
                 physical = target.model if target.model not in (None, route.model) else None
                 hops[target.upstream] = Hop(target.upstream, physical, pool)

@@ -7,12 +7,11 @@ beats the local service `dynaseal up` starts.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from dynaseal.config import DynasealConfig
+from dynaseal.config import DynasealConfig, config_environment
 
 REDIS_URL_ENV = "REDIS_URL"
 KAFKA_BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP"
@@ -28,13 +27,13 @@ class Resolved:
 
 def resolve_redis(cfg: DynasealConfig, env: Mapping[str, str] | None = None) -> Resolved:
     """$REDIS_URL, else gateway.redis_url, else the local Redis that `dynaseal up` starts."""
-    explicit = (os.environ if env is None else env).get(REDIS_URL_ENV) or cfg.gateway.redis_url
+    explicit = (config_environment(cfg) if env is None else env).get(REDIS_URL_ENV) or cfg.gateway.redis_url
     return Resolved(explicit or f"redis://{cfg.gateway.host}:{cfg.gateway.ports.redis}/0", bool(explicit))
 
 
 def resolve_kafka(cfg: DynasealConfig, env: Mapping[str, str] | None = None) -> Resolved:
     """$KAFKA_BOOTSTRAP, else gateway.kafka_bootstrap, else the local broker on ports.kafka."""
-    explicit = (os.environ if env is None else env).get(KAFKA_BOOTSTRAP_ENV) or cfg.gateway.kafka_bootstrap
+    explicit = (config_environment(cfg) if env is None else env).get(KAFKA_BOOTSTRAP_ENV) or cfg.gateway.kafka_bootstrap
     return Resolved(explicit or f"{cfg.gateway.host}:{cfg.gateway.ports.kafka}", bool(explicit))
 
 

@@ -1,9 +1,10 @@
 """The config resolved once into a `Runtime`, and one view per service holding only what it needs.
 
 A service builds its own view and nothing else, so it starts with only its own mounts and
-environment: the consumer needs no tenant's `jwks_file` and no provider key, the shipper no
-secret at all, the issuer only its own tenant's secrets. Each view checks everything it needs
-at once and raises one `ConfigError` listing every problem.
+environment: authz needs no callback secret, the consumer no tenant's `jwks_file` and no provider
+key, the shipper no secret at all, the issuer only its own tenant's secrets. Secrets are looked up
+in the runtime's `env` (the process environment, then the config's `env_file`), which nothing
+writes. Each view checks everything it needs at once and raises one `ConfigError` listing every problem.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
-from dynaseal.config import ConfigError, DynasealConfig, IssuerConfig, load_config
+from dynaseal.config import ConfigError, DynasealConfig, IssuerConfig, config_environment, load_config
 from dynaseal.runtime.locations import Paths, Resolved, envoy_admin_url, paths_of, resolve_kafka, resolve_redis
 from dynaseal.secrets import SecretResolver
 from dynaseal.tenant_config import CallbackConfig, Limits
@@ -34,7 +35,7 @@ def _raise_if(errors: list[str], what: str) -> None:
 
 @dataclass(frozen=True)
 class AuthzView:
-    """authz: every tenant's verification keys and limits (the registry), and its Redis."""
+    """authz: every tenant's verification keys and limits (the registry), and its Redis (URL and deadline)."""
 
     registry: Registry
     redis_url: str
@@ -105,15 +106,16 @@ class Runtime:
 
     @classmethod
     def from_config(cls, cfg: DynasealConfig, env: Mapping[str, str] | None = None) -> Runtime:
-        """Resolve a config's locations (reads the environment once)."""
-        env = os.environ if env is None else env
+        """Resolve a config's locations in `env` (default: the process environment), then its env_file."""
+        env = config_environment(cfg, env)
         return cls(cfg, paths_of(cfg), resolve_redis(cfg, env), resolve_kafka(cfg, env), env)
 
     def authz(self, remote_jwks: RemoteJwks | None = None, *, fetch_new_jwks: bool = True) -> AuthzView:
-        """Every tenant's keys (inline, jwks_file, jwks_url), secrets and limits: authz's whole config."""
+        """Every tenant's keys (inline, jwks_file, jwks_url), the secrets authz uses (HS secrets, provider
+        keys) and limits: authz's whole config. No tenant's callback secret is resolved."""
         from dynaseal.keys.tenants import build_registry
 
-        registry = build_registry(self.cfg, remote_jwks, fetch_new_jwks=fetch_new_jwks)
+        registry = build_registry(self.cfg, remote_jwks, fetch_new_jwks=fetch_new_jwks, env=self.env)
         gw = self.cfg.gateway
         return AuthzView(registry, self.redis.value, gw.redis_timeout_ms / 1000, gw.key_cache_size)
 
