@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -17,12 +17,13 @@ from prometheus_client import start_http_server
 from authz_service.metrics import CONFIG_RELOADS
 from authz_service.servicer import AuthorizationServicer
 from authz_service.transport import ServerKind, new_server
-from dynaseal.config import ConfigError, DynasealConfig, expand_path, load_config, resolve_config_path
+from dynaseal.config import ConfigError, DynasealConfig
 from dynaseal.keys.remote_jwks import RemoteJwks
 from dynaseal.ledger.give_back import GiveBack
 from dynaseal.ledger.quota import RedisQuota
 from dynaseal.policy.authorizer import Authorizer
 from dynaseal.runtime.views import Runtime
+from dynaseal.tenancy.source import TenancySource
 
 log = logging.getLogger("dynaseal.authz")
 AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
@@ -31,14 +32,6 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 DRAIN_SECONDS = 10.0
 HEALTH_INTERVAL_S = 1.0
 CONFIG_POLL_S = 1.0
-
-
-def _stat(path: Path) -> tuple[float, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime, st.st_size
 
 
 @dataclass
@@ -53,10 +46,16 @@ class AuthzOptions:
 
 
 def build_authorizer(cfg: DynasealConfig, quota: RedisQuota | None, remote_jwks: RemoteJwks | None = None, *,
-                     fetch_new_jwks: bool = True) -> Authorizer:
-    """An Authorizer for a loaded config (raises ConfigError); remote JWKS come from `remote_jwks`."""
+                     fetch_new_jwks: bool = True, disabled: frozenset[str] = frozenset()) -> Authorizer:
+    """An Authorizer for a loaded config (raises ConfigError); remote JWKS come from `remote_jwks`.
+
+    A disabled tenant is left out: its keys name an unknown tenant (401) from this authorizer on."""
     view = Runtime.from_config(cfg).authz(remote_jwks, fetch_new_jwks=fetch_new_jwks)
-    return Authorizer(view.registry, quota=quota, cache_size=view.key_cache_size,
+    registry = view.registry
+    if disabled:
+        registry = replace(registry, tenants=MappingProxyType(
+            {tid: t for tid, t in registry.tenants.items() if tid not in disabled}))
+    return Authorizer(registry, quota=quota, cache_size=view.key_cache_size,
                       giver=None if quota is None else GiveBack(quota))
 
 
@@ -65,45 +64,45 @@ class AuthzServer:
 
     def __init__(self, options: AuthzOptions) -> None:
         self.options = options
-        self.cfg = load_config(options.config_path)
+        # The file with the tenant store over it; polled for changes (dynaseal.tenancy).
+        self.tenancy = TenancySource(options.config_path)
+        tenancy = self.tenancy.load()
+        self.cfg = tenancy.cfg
         runtime = Runtime.from_config(self.cfg)
         self.quota = RedisQuota.from_url(runtime.redis.value, self.cfg.gateway.redis_timeout_ms / 1000)
         self.quota.reservation_ttl_ms = int(self.cfg.gateway.reservation_ttl_s * 1000)
         # One store of remote JWKS for the server's life: refreshed keys and the unknown-kid
         # limiter survive reloads.
         self.remote_jwks = RemoteJwks()
-        self.servicer = AuthorizationServicer(build_authorizer(self.cfg, self.quota, self.remote_jwks))
+        self.servicer = AuthorizationServicer(build_authorizer(self.cfg, self.quota, self.remote_jwks,
+                                                               disabled=tenancy.disabled))
+        self.tenancy.accept(tenancy)
         self.health = HealthServicer()
         self._stopping = asyncio.Event()
 
     def reload(self) -> None:
         """Load the config again; keep serving the old one if the new one is bad."""
         try:
-            cfg = load_config(self.options.config_path)
+            tenancy = self.tenancy.load()
+            cfg = tenancy.cfg
             # No blocking fetch on the event loop: a new jwks_url is fetched by the scheduled refresh.
-            self.servicer.authorizer = build_authorizer(cfg, self.quota, self.remote_jwks, fetch_new_jwks=False)
+            self.servicer.authorizer = build_authorizer(cfg, self.quota, self.remote_jwks, fetch_new_jwks=False,
+                                                        disabled=tenancy.disabled)
             self.cfg = cfg
+            self.tenancy.accept(tenancy)
             CONFIG_RELOADS.labels("ok").inc()
-            log.info("config reloaded", extra={"tenants": len(cfg.tenants)})
+            log.info("config reloaded", extra={"tenants": len(cfg.tenants), "generation": tenancy.generation})
         except ConfigError as exc:
             CONFIG_RELOADS.labels("rejected").inc()
             log.error("config reload rejected; keeping the previous config", extra={"error": str(exc)})
 
-    def _watched_files(self) -> dict[Path, tuple[float, int] | None]:
-        """The config file and every JWKS file it names, with their (mtime, size)."""
-        paths = [resolve_config_path(self.options.config_path)]
-        paths += [expand_path(t.jwks_file, self.cfg) for t in self.cfg.tenants if t.jwks_file]
-        return {p: _stat(p) for p in paths}
-
     async def _watch_config(self) -> None:
-        """Reload when the config or a JWKS file changes (key rotation needs no restart)."""
-        seen = self._watched_files()
+        """Reload when the config, a JWKS or secret file, or the tenant store's generation changes
+        (tenants added, rotated or disabled take effect without a restart)."""
         while True:
             await asyncio.sleep(CONFIG_POLL_S)
-            now = self._watched_files()
-            if now != seen:
+            if await asyncio.to_thread(self.tenancy.changed):
                 self.reload()
-                seen = self._watched_files()
 
     async def _watch_dependencies(self) -> None:
         """Readiness: the Authorization service is SERVING only while Redis answers, so an authz that

@@ -32,7 +32,8 @@ from callback_consumer.settlement import SettlementBatcher
 from callback_consumer.tenant_slots import SharedSlots
 from dynaseal.config import ConfigError
 from dynaseal.ledger.redis_connect import sync_client
-from dynaseal.runtime.views import ConsumerView, load_runtime
+from dynaseal.runtime.views import ConsumerView, Runtime
+from dynaseal.tenancy.source import POLL_S, TenancySource
 from dynaseal.usage import kafka_io
 
 log = logging.getLogger("callback_consumer")
@@ -90,7 +91,11 @@ class CallbackConsumer:
     def __init__(self, options: ConsumerOptions) -> None:
         self.options = options
         # Only the consumer's view: callback targets and secrets, no tenant keys or provider key.
-        self.targets: ConsumerView = load_runtime(options.config_path).consumer()
+        # The file with the tenant store over it: a tenant added or a secret rotated is loaded within a second.
+        self.tenancy = TenancySource(options.config_path)
+        tenancy = self.tenancy.load()
+        self.targets: ConsumerView = Runtime.from_config(tenancy.cfg).consumer()
+        self.tenancy.accept(tenancy)
         self.stopping = threading.Event()
         self._reload_requested = threading.Event()
         self.tracker = OffsetTracker()
@@ -138,10 +143,21 @@ class CallbackConsumer:
         """Load tenants (callback URLs, secrets) again; keep the old ones if the new config is bad."""
         self._reload_requested.clear()
         try:
-            self.targets = load_runtime(self.options.config_path).consumer()
-            log.info("config reloaded")
+            tenancy = self.tenancy.load()
+            self.targets = Runtime.from_config(tenancy.cfg).consumer()
+            self.tenancy.accept(tenancy)
+            log.info("config reloaded", extra={"generation": tenancy.generation})
         except ConfigError as exc:
             log.error("config reload rejected; keeping the previous config", extra={"error": str(exc)})
+
+    def _watch_tenancy(self) -> None:
+        """Ask for a reload when the config file, a secret file or the tenant store changes."""
+        while not self.stopping.wait(POLL_S):
+            try:
+                if self.tenancy.changed():
+                    self._reload_requested.set()
+            except Exception:  # a watcher that dies would silently freeze the config
+                log.exception("config watch failed; trying again")
 
     def _connect(self) -> KafkaConsumer | None:
         while not self.stopping.is_set():
@@ -249,6 +265,7 @@ class CallbackConsumer:
     def run(self) -> None:
         """Consume until stopped, then drain deliveries, commit and leave the group."""
         self.dispatcher.start()
+        threading.Thread(target=self._watch_tenancy, name="tenancy-watch", daemon=True).start()
         if self.parked_replay is not None:
             self.parked_replay.start()
         consumer = self._connect()

@@ -123,7 +123,7 @@ class Deliverer:
         # The tenant's concurrency over the whole consumer group (None: this process's alone).
         self.slots = slots
         self._clients: dict[str, CallbackClient] = {}
-        self._signers: dict[str, tuple[str, CallbackSigner]] = {}
+        self._signers: dict[str, tuple[tuple[str, tuple[str, ...]], CallbackSigner]] = {}
         self._gates: dict[str, tuple[int, asyncio.Semaphore]] = {}
         self.thresholds = ThresholdSender(self)
         # Usage callbacks of a failing tenant are parked for automatic replay (None: retried, then the DLQ).
@@ -177,9 +177,10 @@ class Deliverer:
     def _signer(self, tenant: CallbackTarget) -> CallbackSigner:
         assert tenant.callback_secret is not None
         secret = tenant.callback_secret.get_secret_value()
+        previous = tuple(old.get_secret_value() for old in tenant.previous_secrets)
         cached = self._signers.get(tenant.id)
-        if cached is None or cached[0] != secret:
-            cached = (secret, CallbackSigner.from_secret(secret))
+        if cached is None or cached[0] != (secret, previous):
+            cached = ((secret, previous), CallbackSigner.from_secret(secret, previous))
             self._signers[tenant.id] = cached
         return cached[1]
 

@@ -10,7 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = ("authz_service", "issuer_api", "admin_api", "log_shipper", "callback_consumer", "mock_llm",
             "dynaseal_launcher")
-ROOMS = ("keys", "policy", "ledger", "usage", "money", "runtime", "routing")
+ROOMS = ("keys", "policy", "ledger", "usage", "money", "runtime", "routing", "tenancy")
 
 
 def imported_modules(path: Path) -> set[str]:

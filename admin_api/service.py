@@ -1,0 +1,55 @@
+"""The admin service as `dynaseal up` runs it: the operator's API over the tenant store, and the seed's
+backend registration routes that Envoy sends to it from the gateway's port."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from fastapi import APIRouter, FastAPI
+from pydantic import SecretStr
+
+from admin_api import routes_seed, routes_tenants
+from admin_api.app import create_app
+from admin_api.state import AdminState
+from dynaseal.config import ConfigError, DynasealConfig
+from dynaseal.secrets import SecretResolver
+from dynaseal.tenancy.source import TenancySource, follow_generation
+
+# The seed's backend account (user1:user1, its bcrypt hash as the seed ships it) for the demo tenant.
+DEMO_ACCOUNT = ("user1@example.com", "user1", "$2b$12$QFk6uHDBM5s69uSXrchivOC5SbpTUGV4tjmWz0nRvPSiMt.WAZVhC")
+MIN_TOKEN_CHARS = 16
+
+
+def admin_token(cfg: DynasealConfig) -> SecretStr:
+    """The operator token from `admin.token_env` or `admin.token_file`; ConfigError if missing or short."""
+    admin = cfg.admin
+    if admin is None:
+        raise ConfigError("the config has no `admin` section: the admin API has no token and no store")
+    resolver = SecretResolver()
+    token = resolver.reference(admin.token_env if not admin.token_file else None, admin.token_file, "admin token")
+    if resolver.errors or token is None:
+        raise ConfigError("invalid admin configuration:\n  - " + "\n  - ".join(resolver.errors or ["no token"]))
+    if len(token.get_secret_value()) < MIN_TOKEN_CHARS:
+        raise ConfigError(f"invalid admin configuration:\n  - admin token: at least {MIN_TOKEN_CHARS} characters")
+    return token
+
+
+def build_app(config_path: str | os.PathLike[str] | None, extra_routers: list[APIRouter] | None = None,
+              *, follow: bool = True) -> FastAPI:
+    """The admin app of one config file (raises ConfigError): tenants, status, the seed's registration."""
+    source = TenancySource(config_path)
+    tenancy = source.load()
+    source.accept(tenancy)
+    cfg = tenancy.cfg
+    app = create_app(admin_token(cfg), [routes_tenants.router, *(extra_routers or [])])
+    state = AdminState(source)
+    app.state.admin = state
+    app.state.generation = lambda: source.current.generation if source.current else 0
+    app.include_router(routes_seed.router)
+    if cfg.admin is not None and cfg.admin.demo_accounts and cfg.issuer is not None:
+        email, username, password_hash = DEMO_ACCOUNT
+        state.store().add_account(email, username, password_hash, cfg.issuer.tenant)
+    if follow:
+        follow_generation(source, threading.Event())
+    return app
