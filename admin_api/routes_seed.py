@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import bcrypt
 import jwt
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from redis.exceptions import RedisError
 
 from admin_api.state import AdminState, admin_state
 from admin_api.usage_totals import tenant_total_tokens
@@ -96,5 +97,8 @@ def create_api_key(account: Account, state: State) -> dict[str, Any]:
 @router.get("/user/me")
 def me(account: Account, state: State) -> dict[str, Any]:
     """The account in the seed's `User` shape (no password, no keys), with the tokens its tenant spent."""
-    return {"_id": account.tenant_id, "username": account.username, "email": account.email,
-            "total_tokens": tenant_total_tokens(state.redis_url(), account.tenant_id)}
+    try:
+        total = tenant_total_tokens(state.redis_url(), account.tenant_id)
+    except RedisError:
+        raise HTTPException(503, "usage is unavailable: the ledger cannot be reached") from None
+    return {"_id": account.tenant_id, "username": account.username, "email": account.email, "total_tokens": total}

@@ -60,9 +60,13 @@ def _source(state: AdminState, tenant_id: str) -> str:
     return "file" if any(t.id == tenant_id for t in state.file_config().tenants) else "store"
 
 
-def _document(body: TenantWrite, tenant_id: str | None = None) -> tuple[str, dict[str, Any], dict[str, str]]:
-    """Validate the tenant as the file would be, with stored-secret references where values were given."""
+def _document(body: TenantWrite, tenant_id: str | None = None,
+              stored: dict[str, Any] | None = None) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """Validate the tenant as the file would be, with stored-secret references where values were given
+    (and, replacing `stored`, where the store already holds the tenant's secrets)."""
     doc = dict(body.tenant)
+    if stored is not None and tenant_id is not None:
+        _keep_stored_secrets(doc, body, tenant_id, stored)
     if tenant_id is not None:
         doc.setdefault("id", tenant_id)
         if doc["id"] != tenant_id:
@@ -87,6 +91,19 @@ def _document(body: TenantWrite, tenant_id: str | None = None) -> tuple[str, dic
     if PURPOSE_CALLBACK in values:
         _check_webhook_secret(values[PURPOSE_CALLBACK])
     return tc.id, tc.model_dump(mode="json", exclude_defaults=True), values
+
+
+def _keep_stored_secrets(doc: dict[str, Any], body: TenantWrite, tenant_id: str, stored: dict[str, Any]) -> None:
+    """Secrets the store already holds stay referenced when a replacement gives no new values."""
+    had_seed = any(k.get("secret_env") == seed_marker(tenant_id) for k in stored.get("keys", []))
+    keys = doc.get("keys", [])
+    if had_seed and body.secrets.seed is None and isinstance(keys, list):
+        doc["keys"] = [*keys, {"alg": "HS256", "secret_env": seed_marker(tenant_id)}]
+    old = stored.get("callback") or {}
+    new = doc.get("callback")
+    if (old.get("secret_env") == callback_marker(tenant_id) and body.secrets.callback is None
+            and isinstance(new, dict) and not new.get("secret_env") and not new.get("secret_file")):
+        doc["callback"] = {**new, "secret_env": callback_marker(tenant_id)}
 
 
 def _check_webhook_secret(value: str) -> None:
@@ -140,16 +157,7 @@ def replace_tenant(tenant_id: str, body: TenantWrite, state: State) -> dict[str,
     stored = snapshot.tenants.get(tenant_id)
     if stored is None or stored.document is None:
         raise HTTPException(404, f"no stored tenant {tenant_id!r}")
-    _, document, values = _document(body, tenant_id)
-    # Secrets the store already holds stay referenced when the new document does not give new values.
-    had_seed = any(k.get("secret_env") == seed_marker(tenant_id) for k in stored.document.get("keys", []))
-    if had_seed and PURPOSE_SEED not in values:
-        document["keys"] = [*document.get("keys", []), {"alg": "HS256", "secret_env": seed_marker(tenant_id)}]
-    old_callback = stored.document.get("callback") or {}
-    if (old_callback.get("secret_env") == callback_marker(tenant_id) and PURPOSE_CALLBACK not in values
-            and isinstance(document.get("callback"), dict) and not document["callback"].get("secret_file")
-            and document["callback"].get("secret_env") in (None, callback_marker(tenant_id))):
-        document["callback"] = {**document["callback"], "secret_env": callback_marker(tenant_id)}
+    _, document, values = _document(body, tenant_id, stored.document)
     state.check(with_secrets(with_tenant(snapshot, tenant_id, document), tenant_id, values))
     return {"id": tenant_id, "generation": state.store().put_tenant(tenant_id, document, values)}
 
