@@ -149,7 +149,8 @@ class SwitchingReceiver(Receiver):
 
 
 def test_the_webhook_secret_rotates_while_traffic_flows_and_no_callback_is_lost(live: Stack) -> None:
-    with SwitchingReceiver(OLD_HOOK) as receiver:
+    receiver = SwitchingReceiver(OLD_HOOK)
+    with receiver:
         secret = uuid.uuid4().hex
         tenant_id, _ = new_tenant(live, secret, callback={"url": receiver.url})
         assert wait_until(lambda: live.chat(seed_key(tenant_id, secret)).status_code == 200, 15)
@@ -179,7 +180,9 @@ def test_the_webhook_secret_rotates_while_traffic_flows_and_no_callback_is_lost(
         finally:
             stop.set()
             sender.join(60)
-        delivered = lambda: {d.webhook_id for d in receiver.deliveries}  # noqa: E731
+        def delivered() -> set[str]:
+            return {d.webhook_id for d in receiver.deliveries}
+
         assert wait_until(lambda: set(sent) <= delivered(), 60), f"{len(set(sent) - delivered())} callbacks missing"
         assert receiver.bad_signatures == 0
         print(f"{len(sent)} requests, {len(delivered())} callbacks verified across the rotation")
