@@ -13,6 +13,7 @@ from dynaseal.config import ConfigError, DynasealConfig, load_config
 from dynaseal.runtime.locations import resolve_redis
 from dynaseal.runtime.views import Runtime
 from dynaseal.secrets import use_stored_secrets
+from dynaseal.tenancy.chains import missing_chains
 from dynaseal.tenancy.overlay import Tenancy, overlay
 from dynaseal.tenancy.source import TenancySource
 from dynaseal.tenancy.store import Snapshot, StoredSecret, StoredTenant, TenantStore
@@ -50,7 +51,10 @@ class AdminState:
         """The config a proposed store state would give, checked as every service will check it
         (models, routes, secrets present, files readable); 422 naming each problem otherwise."""
         try:
-            tenancy = overlay(self.file_config(), snapshot, time.time())
+            file_cfg = self.file_config()
+            tenancy = overlay(file_cfg, snapshot, time.time())
+            if missing := missing_chains(file_cfg, tenancy.cfg):
+                raise ConfigError("invalid routes:\n  - " + "\n  - ".join(missing))
             use_stored_secrets(tenancy.secrets)
             runtime = Runtime.from_config(tenancy.cfg)
             runtime.authz(fetch_new_jwks=False)

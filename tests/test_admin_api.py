@@ -143,3 +143,29 @@ def test_api_key_create_needs_an_access_token(client: TestClient) -> None:
     for headers in ({}, {"Authorization": "Bearer nonsense"}, {"Authorization": "Bearer " + login["refresh_token"]},
                     AUTH):
         assert client.post("/api/v1/api_key/create", headers=headers).status_code == 401
+
+
+def test_a_store_tenant_may_only_route_to_chains_the_running_envoy_has(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DYNASEAL_TEST_ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("DYNASEAL_TEST_PROVIDER_A", "sk-a")
+    raw = yaml.safe_load(bundled_dev_config().read_text())
+    raw["env_file"] = str(bundled_dev_config().parent / "dev.env")
+    raw["gateway"]["data_dir"] = str(tmp_path / "data")
+    raw["gateway"]["upstreams"] = [
+        {"name": "first", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "DYNASEAL_TEST_PROVIDER_A"},
+        {"name": "second", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "DYNASEAL_TEST_PROVIDER_A"}]
+    raw["tenants"][0].pop("jwks_file")
+    raw["tenants"][0]["upstream"]["routes"] = [{"model": "*", "upstreams": ["first"]}]
+    raw["admin"] = {"token_env": "DYNASEAL_TEST_ADMIN_TOKEN"}
+    path = tmp_path / "dynaseal.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with TestClient(build_app(path, follow=False)) as client:
+        routed = {"routes": [{"model": "*", "upstreams": ["first"]}]}
+        served = client.post("/admin/v1/tenants", headers=AUTH, json={
+            "tenant": {"id": "routed", "upstream": routed}, "secrets": {"seed": SEED_SECRET}})
+        assert served.status_code == 201, served.text
+        moved = client.put("/admin/v1/tenants/routed", headers=AUTH, json={"tenant": {
+            "id": "routed", "upstream": {"routes": [{"model": "*", "upstreams": ["second"]}]}}})
+        assert moved.status_code == 422
+        assert "route to second for chat_completions: the gateway's Envoy has no route" in moved.text
