@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import threading
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 
 from admin_api import routes_seed, routes_tenants
@@ -35,6 +37,13 @@ def admin_token(cfg: DynasealConfig) -> SecretStr:
     return token
 
 
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """422 naming where and what, never echoing the input: a request body may carry secret values."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors]
+    return JSONResponse({"detail": {"message": "invalid request", "problems": problems}}, status_code=422)
+
+
 def build_app(config_path: str | os.PathLike[str] | None, extra_routers: list[APIRouter] | None = None,
               *, follow: bool = True) -> FastAPI:
     """The admin app of one config file (raises ConfigError): tenants, status, the seed's registration."""
@@ -47,6 +56,7 @@ def build_app(config_path: str | os.PathLike[str] | None, extra_routers: list[AP
     app.state.admin = state
     app.state.generation = lambda: source.current.generation if source.current else 0
     app.include_router(routes_seed.router)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     if cfg.admin is not None and cfg.admin.demo_accounts and cfg.issuer is not None:
         email, username, password_hash = DEMO_ACCOUNT
         state.store().add_account(email, username, password_hash, cfg.issuer.tenant)

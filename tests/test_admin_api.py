@@ -169,3 +169,12 @@ def test_a_store_tenant_may_only_route_to_chains_the_running_envoy_has(
             "id": "routed", "upstream": {"routes": [{"model": "*", "upstreams": ["second"]}]}}})
         assert moved.status_code == 422
         assert "route to second for chat_completions: the gateway's Envoy has no route" in moved.text
+
+
+def test_a_malformed_request_never_echoes_a_secret_value(client: TestClient) -> None:
+    body = gamma()
+    body["secrets"]["seed"] = ["not", "a", SEED_SECRET]
+    answer = client.post("/admin/v1/tenants", headers=AUTH, json=body)
+    assert answer.status_code == 422 and "secrets.seed" in answer.text
+    assert SEED_SECRET not in answer.text
+    assert client.post("/admin/v1/tenants", json=body).status_code == 401  # the token before the body

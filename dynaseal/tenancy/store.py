@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Engine, Float, Integer, String, Text, create_engine, select, update
+from sqlalchemy import BigInteger, Boolean, Engine, Float, Integer, String, Text, create_engine, event, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from dynaseal.config import DynasealConfig, expand_path
@@ -105,6 +106,12 @@ class Snapshot:
     secrets: tuple[StoredSecret, ...]
 
 
+def _sqlite_wal(connection: Any, record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
 def store_url(cfg: DynasealConfig) -> str:
     """The store's SQLAlchemy URL: `admin.database_url`, else SQLite in {data_dir}/admin/admin.db."""
     if cfg.admin is not None and cfg.admin.database_url:
@@ -118,13 +125,24 @@ class TenantStore:
     """Reads and writes the tenant store; every write is one transaction that bumps the generation."""
 
     def __init__(self, url: str) -> None:
-        args = {"timeout": 10} if url.startswith("sqlite") else {}
-        self.engine: Engine = create_engine(url, connect_args=args, pool_pre_ping=True)
-        Base.metadata.create_all(self.engine)
+        sqlite = url.startswith("sqlite")
+        self.engine: Engine = create_engine(url, connect_args={"timeout": 10} if sqlite else {}, pool_pre_ping=True)
+        if sqlite:
+            # WAL: the services' once-a-second reads never wait for the admin service's writes.
+            event.listen(self.engine, "connect", _sqlite_wal)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        with self.sessions.begin() as session:
-            if session.get(GenerationRow, 1) is None:
-                session.add(GenerationRow(id=1, value=0))
+        for attempt in range(3):
+            # Several services may open a new store at once: the loser of a create race tries again.
+            try:
+                Base.metadata.create_all(self.engine)
+                with self.sessions.begin() as session:
+                    if session.get(GenerationRow, 1) is None:
+                        session.add(GenerationRow(id=1, value=0))
+                break
+            except (IntegrityError, OperationalError):
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
 
     def generation(self) -> int:
         """The current generation (one cheap read: what every service polls)."""
