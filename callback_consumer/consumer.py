@@ -38,6 +38,7 @@ from dynaseal.usage import kafka_io
 
 log = logging.getLogger("callback_consumer")
 POLL_MS = 100
+UNKNOWN_TENANT_WAIT_S = 3 * POLL_S
 COMMIT_EVERY_S = 0.2
 LAG_EVERY_S = 1.0
 
@@ -128,6 +129,8 @@ class CallbackConsumer:
         return Parking(self.redis, self.options.park_after)
 
     def _remember(self, deliverer: Deliverer) -> Deliverer:
+        # A tenant created through the admin API may be admitted by authz before this consumer loads it.
+        deliverer.unknown_tenant_wait_s = UNKNOWN_TENANT_WAIT_S
         self._deliverer = deliverer
         return deliverer
 
