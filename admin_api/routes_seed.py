@@ -19,6 +19,7 @@ import jwt
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from redis.exceptions import RedisError
 
+from admin_api.login_throttle import LoginThrottle
 from admin_api.state import AdminState, admin_state
 from admin_api.usage_totals import tenant_total_tokens
 from dynaseal.tenancy.store import PURPOSE_SEED, AccountRow
@@ -76,8 +77,13 @@ Account = Annotated[AccountRow, Depends(current_account)]
 def login(request: Request, state: State, username: Annotated[str, Form()],
           password: Annotated[str, Form()]) -> dict[str, str]:
     """The seed's OAuth2 password form (e-mail or username; grant_type, scope, client_* accepted and unused)."""
-    account = state.store().account(username.strip())
+    login_name = username.strip()
+    throttle: LoginThrottle = request.app.state.login_throttle
+    if (wait := throttle.retry_after(login_name)) > 0:
+        raise HTTPException(429, "Too many failed logins", headers={"Retry-After": str(int(wait) + 1)})
+    account = state.store().account(login_name)
     if not _matches(password, account.password_hash if account else None) or account is None:
+        throttle.failed(login_name)
         raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": "Bearer"})
     return {"access_token": _token(request, account, "access", SESSION_MINUTES),
             "refresh_token": _token(request, account, "refresh", 60 * 24 * 7), "token_type": "bearer"}

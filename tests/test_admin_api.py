@@ -178,3 +178,19 @@ def test_a_malformed_request_never_echoes_a_secret_value(client: TestClient) -> 
     assert answer.status_code == 422 and "secrets.seed" in answer.text
     assert SEED_SECRET not in answer.text
     assert client.post("/admin/v1/tenants", json=body).status_code == 401  # the token before the body
+
+
+def test_failed_seed_logins_are_throttled_per_account(client: TestClient) -> None:
+    for _ in range(10):
+        assert client.post("/api/v1/user/login", data={"username": "user1@example.com",
+                                                        "password": "guess"}).status_code == 401
+    throttled = client.post("/api/v1/user/login", data={"username": "USER1@example.com", "password": "user1"})
+    assert throttled.status_code == 429 and int(throttled.headers["retry-after"]) > 0
+
+
+def test_a_tenant_keeps_a_bounded_number_of_open_seed_secrets(client: TestClient) -> None:
+    token = client.post("/api/v1/user/login", data={"username": "user1", "password": "user1"}).json()["access_token"]
+    for _ in range(12):
+        assert client.post("/api/v1/api_key/create", headers={"Authorization": "Bearer " + token}).status_code == 200
+    keys = client.get(f"/admin/v1/tenants/{DEMO}", headers=AUTH).json()["tenant"]["keys"]
+    assert sum(1 for k in keys if "kid" not in k) == 1 + 8  # the file's and the newest 8

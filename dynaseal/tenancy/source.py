@@ -73,6 +73,8 @@ class TenancySource:
             tenancy = Tenancy(cfg) if store is None else overlay(cfg, store.snapshot(), time.time())
         except SQLAlchemyError as exc:
             raise ConfigError(f"tenant store unreachable: {type(exc).__name__}") from None
+        except OSError as exc:  # its SQLite directory cannot be made (a read-only mount)
+            raise ConfigError(f"tenant store unusable: {exc.strerror or exc}: {exc.filename or ''}") from None
         use_stored_secrets(tenancy.secrets)
         # The generation read with the snapshot: a write after it is seen by the next poll.
         self._loaded, self._seen = tenancy, self._fingerprint(tenancy, tenancy.generation)

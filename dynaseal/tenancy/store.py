@@ -21,6 +21,9 @@ from dynaseal.config import DynasealConfig, expand_path
 
 PURPOSE_SEED = "seed"
 PURPOSE_CALLBACK = "callback"
+# Seed-format secrets of one tenant that verify without an end set: each is tried on a kid-less key, so
+# the oldest beyond this many stop verifying when a new one is added.
+MAX_OPEN_SEED_SECRETS = 8
 
 
 class Base(DeclarativeBase):
@@ -180,7 +183,17 @@ class TenantStore:
             row.updated_at = time.time()
             for purpose, value in secrets.items():
                 session.add(SecretRow(tenant_id=tenant_id, purpose=purpose, value=value, created_at=time.time()))
+            if PURPOSE_SEED in secrets:
+                session.flush()
+                self._retire_oldest_seeds(session, tenant_id)
             return self._bump(session)
+
+    def _retire_oldest_seeds(self, session: Session, tenant_id: str) -> None:
+        open_rows = list(session.scalars(select(SecretRow).where(
+            SecretRow.tenant_id == tenant_id, SecretRow.purpose == PURPOSE_SEED,
+            SecretRow.retires_at.is_(None)).order_by(SecretRow.id.desc())))
+        for old in open_rows[MAX_OPEN_SEED_SECRETS:]:
+            old.retires_at = time.time()
 
     def set_disabled(self, tenant_id: str, disabled: bool) -> int:
         """Disable or enable a tenant (a store or a file tenant); the new generation."""
