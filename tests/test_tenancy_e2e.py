@@ -104,6 +104,11 @@ def test_a_tenant_created_through_the_admin_api_serves_within_seconds_without_a_
     print(f"first request of tenant {tenant_id} admitted {time.monotonic() - started:.2f} s after creation")
     assert wait_until(lambda: live.all_run(generation), 10), live.generations()
     assert live.pids() == pids  # nothing restarted
+    from dynaseal_launcher.status import report
+
+    [line] = [line for line in report(live.local.cfg, "dynaseal-callbacks") if line.startswith("config")]
+    reported = re.findall(r"(?:authz|consumer|shipper) (\d+)", line)
+    assert len(reported) == 3 and all(int(n) >= generation for n in reported), line
     assert all(s.process.poll() is None for s in live.local.supervisor.running)
 
 
