@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from admin_api.auth import AdminOnly
 from admin_api.state import AdminState, admin_state, validation_problems, with_secrets, with_tenant
+from dynaseal.secrets import STORED_PREFIX
 from dynaseal.tenancy.overlay import Tenancy, callback_marker, seed_marker
 from dynaseal.tenancy.store import PURPOSE_CALLBACK, PURPOSE_SEED
 from dynaseal.tenant_config import TenantConfig
@@ -88,6 +89,7 @@ def _document(body: TenantWrite, tenant_id: str | None = None,
         tc = TenantConfig.model_validate(doc)
     except ValidationError as exc:
         raise HTTPException(422, {"message": "invalid tenant", "problems": validation_problems(exc)}) from None
+    _own_stored_secrets_only(tc)
     if PURPOSE_CALLBACK in values:
         _check_webhook_secret(values[PURPOSE_CALLBACK])
     return tc.id, tc.model_dump(mode="json", exclude_defaults=True), values
@@ -104,6 +106,20 @@ def _keep_stored_secrets(doc: dict[str, Any], body: TenantWrite, tenant_id: str,
     if (old.get("secret_env") == callback_marker(tenant_id) and body.secrets.callback is None
             and isinstance(new, dict) and not new.get("secret_env") and not new.get("secret_file")):
         doc["callback"] = {**new, "secret_env": callback_marker(tenant_id)}
+
+
+def _own_stored_secrets_only(tc: TenantConfig) -> None:
+    """A tenant may name only its own stored secrets (never another tenant's `dynaseal-store:` entry)."""
+    named = [k.secret_env for k in tc.keys]
+    if tc.callback is not None:
+        named += [tc.callback.secret_env, *tc.callback.previous_secret_envs]
+    if tc.upstream is not None:
+        named.append(tc.upstream.api_key_env)
+    allowed = {seed_marker(tc.id), callback_marker(tc.id)}
+    foreign = sorted({n for n in named if n and n.startswith(STORED_PREFIX) and n not in allowed})
+    if foreign:
+        raise HTTPException(422, {"message": "invalid tenant", "problems": [
+            f"{name}: a stored secret is given as a value in `secrets`, not named" for name in foreign]})
 
 
 def _check_webhook_secret(value: str) -> None:

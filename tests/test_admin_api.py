@@ -194,3 +194,12 @@ def test_a_tenant_keeps_a_bounded_number_of_open_seed_secrets(client: TestClient
         assert client.post("/api/v1/api_key/create", headers={"Authorization": "Bearer " + token}).status_code == 200
     keys = client.get(f"/admin/v1/tenants/{DEMO}", headers=AUTH).json()["tenant"]["keys"]
     assert sum(1 for k in keys if "kid" not in k) == 1 + 8  # the file's and the newest 8
+
+
+def test_a_tenant_cannot_name_another_tenants_stored_secret(client: TestClient) -> None:
+    assert client.post("/admin/v1/tenants", headers=AUTH, json=gamma()).status_code == 201
+    thief = {"tenant": {"id": "thief", "keys": [{"alg": "HS256", "secret_env": "dynaseal-store:gamma/seed/1"}],
+                        "callback": {"url": "http://127.0.0.1:9/cb", "secret_env": "dynaseal-store:gamma/callback/2"}}}
+    answer = client.post("/admin/v1/tenants", headers=AUTH, json=thief)
+    assert answer.status_code == 422
+    assert "dynaseal-store:gamma/seed/1" in answer.text and "dynaseal-store:gamma/callback/2" in answer.text

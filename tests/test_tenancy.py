@@ -194,3 +194,20 @@ def test_the_store_generation_is_one_counter_for_every_write(tmp_path: Path) -> 
     assert snapshot.generation == 3 and snapshot.tenants["t"].disabled
     # A second handle (another service) sees the same generation.
     assert TenantStore(f"sqlite:///{tmp_path / 'admin.db'}").generation() == 3
+
+
+def test_a_file_tenants_mounted_webhook_secret_keeps_signing_during_a_store_rotation(tmp_path: Path) -> None:
+    hook_file = tmp_path / "webhook-secret"
+    hook_file.write_text(OLD_HOOK + "\n")
+    raw = yaml.safe_load(bundled_dev_config().read_text())
+    raw["tenants"][0]["callback"] = {"url": "http://127.0.0.1:9/cb", "secret_file": str(hook_file)}
+    source = TenancySource(write_config(tmp_path, tenants=raw["tenants"]))
+    store = source.store(source.load().cfg)
+    assert store is not None
+    store.rotate_secret(DEMO, PURPOSE_CALLBACK, NEW_HOOK, grace_s=60)
+    from dynaseal.runtime.views import Runtime
+
+    target = Runtime.from_config(source.load().cfg).consumer().targets[DEMO]
+    assert target.callback_secret is not None
+    assert [s.get_secret_value() for s in target.previous_secrets] == [OLD_HOOK]
+    assert target.callback_secret.get_secret_value() == NEW_HOOK

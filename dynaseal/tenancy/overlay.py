@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from dynaseal.config import ConfigError, DynasealConfig
-from dynaseal.secrets import STORED_PREFIX
+from dynaseal.secrets import STORED_PREFIX, SecretResolver
 from dynaseal.tenancy.store import PURPOSE_CALLBACK, PURPOSE_SEED, Snapshot, StoredSecret, StoredTenant
 from dynaseal.tenant_config import KeyConfig, TenantConfig
 
@@ -64,6 +64,18 @@ class _Overlay:
             self.secrets[_name(row)] = row.value
         return found
 
+    def _file_secret(self, tc: TenantConfig) -> str | None:
+        """The file's own webhook secret, as a name the rotation's previous secrets can hold."""
+        assert tc.callback is not None
+        if tc.callback.secret_env or not tc.callback.secret_file:
+            return tc.callback.secret_env
+        resolver = SecretResolver()
+        secret = resolver.from_file(tc.callback.secret_file, f"tenant {tc.id} callback")
+        if secret is None:  # unreadable: the load names it through the new secret's checks anyway
+            return None
+        self.secrets[_file_secret_name(tc.id)] = secret.get_secret_value()
+        return _file_secret_name(tc.id)
+
     def tenant(self, tc: TenantConfig, stored: StoredTenant | None, rows: list[StoredSecret]) -> TenantConfig:
         seeds = self._active(rows, PURPOSE_SEED)
         keys = [k for k in tc.keys if k.secret_env != seed_marker(tc.id)]
@@ -81,11 +93,15 @@ class _Overlay:
             previous: tuple[str, ...] = ()
             if newest.retires_at is not None and newest.retires_at > self.now:
                 self.changes.append(newest.retires_at)
-                before = _name(callbacks[-2]) if len(callbacks) > 1 else tc.callback.secret_env
+                before = _name(callbacks[-2]) if len(callbacks) > 1 else self._file_secret(tc)
                 previous = (before,) if before and before != callback_marker(tc.id) else ()
             update["callback"] = tc.callback.model_copy(update={
                 "secret_env": _name(newest), "secret_file": None, "previous_secret_envs": previous})
         return tc.model_copy(update=update)
+
+
+def _file_secret_name(tenant_id: str) -> str:
+    return f"{STORED_PREFIX}{tenant_id}/{PURPOSE_CALLBACK}/file"
 
 
 def overlay(file_cfg: DynasealConfig, snapshot: Snapshot, now: float) -> Tenancy:
