@@ -19,9 +19,10 @@ import jwt
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from redis.exceptions import RedisError
 
-from admin_api.login_throttle import LoginThrottle
 from admin_api.state import AdminState, admin_state
+from admin_api.throttle import Throttle
 from admin_api.usage_totals import tenant_total_tokens
+from dynaseal.redaction import remember_secrets
 from dynaseal.tenancy.store import PURPOSE_SEED, AccountRow
 
 router = APIRouter(prefix="/api/v1", tags=["seed registration"])
@@ -78,24 +79,29 @@ def login(request: Request, state: State, username: Annotated[str, Form()],
           password: Annotated[str, Form()]) -> dict[str, str]:
     """The seed's OAuth2 password form (e-mail or username; grant_type, scope, client_* accepted and unused)."""
     login_name = username.strip()
-    throttle: LoginThrottle = request.app.state.login_throttle
+    throttle: Throttle = request.app.state.login_throttle
     if (wait := throttle.retry_after(login_name)) > 0:
         raise HTTPException(429, "Too many failed logins", headers={"Retry-After": str(int(wait) + 1)})
     account = state.store().account(login_name)
     if not _matches(password, account.password_hash if account else None) or account is None:
-        throttle.failed(login_name)
+        throttle.count(login_name)
         raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": "Bearer"})
     return {"access_token": _token(request, account, "access", SESSION_MINUTES),
             "refresh_token": _token(request, account, "refresh", 60 * 24 * 7), "token_type": "bearer"}
 
 
 @router.post("/api_key/create")
-def create_api_key(account: Account, state: State) -> dict[str, Any]:
+def create_api_key(request: Request, account: Account, state: State) -> dict[str, Any]:
     """A new signing secret for the account's tenant, in the seed's `APIKey` shape; earlier ones stay valid."""
+    creations: Throttle = request.app.state.create_throttle
+    if (wait := creations.retry_after(account.email)) > 0:
+        raise HTTPException(429, "Too many keys created", headers={"Retry-After": str(int(wait) + 1)})
+    creations.count(account.email)
     tenant_ids = {t.id for t in state.current().cfg.tenants}
     if account.tenant_id not in tenant_ids:
         raise HTTPException(400, "User not found")
     api_key = str(uuid.uuid4())
+    remember_secrets([api_key])
     state.store().put_tenant(account.tenant_id, None, {PURPOSE_SEED: api_key})
     return {"_id": None, "revision_id": None, "api_key": api_key, "last_used": 0}
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from admin_api.auth import AdminOnly
 from admin_api.state import AdminState, admin_state, validation_problems, with_secrets, with_tenant
+from dynaseal.redaction import remember_secrets
 from dynaseal.secrets import STORED_PREFIX
 from dynaseal.tenancy.overlay import Tenancy, callback_marker, seed_marker
 from dynaseal.tenancy.store import PURPOSE_CALLBACK, PURPOSE_SEED
@@ -74,6 +75,8 @@ def _document(body: TenantWrite, tenant_id: str | None = None,
             raise HTTPException(422, {"message": "tenant.id differs from the id in the path",
                                       "problems": [f"tenant.id: {doc['id']!r} != {tenant_id!r}"]})
     tid = str(doc.get("id", ""))
+    # Known to the redactor before anything could log them (a database error quotes its parameters).
+    remember_secrets([body.secrets.seed, body.secrets.callback])
     values: dict[str, str] = {}
     if body.secrets.seed is not None:
         doc["keys"] = [*doc.get("keys", []), {"alg": "HS256", "secret_env": seed_marker(tid)}]
@@ -204,6 +207,7 @@ def rotate_signing_secret(tenant_id: str, body: Rotation, state: State) -> dict[
     _known(state, tenant_id)
     generated = body.secret is None
     value = str(uuid.uuid4()) if body.secret is None else body.secret.get_secret_value()
+    remember_secrets([value])
     snapshot = state.store().snapshot()
     state.check(with_secrets(snapshot, tenant_id, {PURPOSE_SEED: value}))
     generation = state.store().rotate_secret(tenant_id, PURPOSE_SEED, value, body.grace_s, retire_file_seed=True)
@@ -224,6 +228,7 @@ def rotate_webhook_secret(tenant_id: str, body: Rotation, state: State) -> dict[
     generated = body.secret is None
     value = ("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode() if body.secret is None
              else body.secret.get_secret_value())
+    remember_secrets([value])
     _check_webhook_secret(value)
     snapshot = state.store().snapshot()
     state.check(with_secrets(snapshot, tenant_id, {PURPOSE_CALLBACK: value}, body.grace_s))

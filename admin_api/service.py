@@ -13,8 +13,8 @@ from pydantic import SecretStr
 
 from admin_api import routes_seed, routes_tenants
 from admin_api.app import create_app
-from admin_api.login_throttle import LoginThrottle
 from admin_api.state import AdminState
+from admin_api.throttle import Throttle
 from dynaseal.config import ConfigError, DynasealConfig
 from dynaseal.secrets import SecretResolver
 from dynaseal.tenancy.source import TenancySource, follow_generation
@@ -57,7 +57,8 @@ def build_app(config_path: str | os.PathLike[str] | None, extra_routers: list[AP
     app.state.admin = state
     app.state.generation = lambda: source.current.generation if source.current else 0
     app.include_router(routes_seed.router)
-    app.state.login_throttle = LoginThrottle()
+    app.state.login_throttle = Throttle()  # 10 failed logins per account per 5 minutes
+    app.state.create_throttle = Throttle(max_attempts=30, window_s=3600.0)  # api_key/create per account
     app.add_exception_handler(RequestValidationError, _invalid_request)
     if cfg.admin is not None and cfg.admin.demo_accounts and cfg.issuer is not None:
         email, username, password_hash = DEMO_ACCOUNT

@@ -203,3 +203,10 @@ def test_a_tenant_cannot_name_another_tenants_stored_secret(client: TestClient) 
     answer = client.post("/admin/v1/tenants", headers=AUTH, json=thief)
     assert answer.status_code == 422
     assert "dynaseal-store:gamma/seed/1" in answer.text and "dynaseal-store:gamma/callback/2" in answer.text
+
+
+def test_api_key_create_is_rate_limited_per_account(client: TestClient) -> None:
+    token = client.post("/api/v1/user/login", data={"username": "user1", "password": "user1"}).json()["access_token"]
+    answers = [client.post("/api/v1/api_key/create", headers={"Authorization": "Bearer " + token}).status_code
+               for _ in range(31)]
+    assert answers[:30] == [200] * 30 and answers[30] == 429
