@@ -16,7 +16,9 @@ def create_app(admin_token: SecretStr, routers: list[APIRouter] | None = None) -
         app.include_router(router, prefix=ADMIN_PREFIX)
 
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    def healthz() -> dict[str, object]:
+        # The config generation this process runs, when the app follows a tenant store.
+        generation = getattr(app.state, "generation", None)
+        return {"status": "ok"} if generation is None else {"status": "ok", "generation": generation()}
 
     return app

@@ -30,7 +30,7 @@ from dynaseal_launcher.probes import http_ok
 from dynaseal_launcher.stack import LocalStack
 
 PORT_NAMES = ["envoy", "envoy_admin", "issuer", "authz", "mock_upstream", "redis", "kafka", "authz_metrics",
-              "consumer_metrics", "shipper_metrics"]
+              "consumer_metrics", "shipper_metrics", "admin"]
 
 
 def envoy_without_authz(cfg_text: str, port: int, admin_port: int) -> str:

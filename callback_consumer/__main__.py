@@ -24,7 +24,8 @@ from dynaseal.ledger.quota import RESERVATION_TTL_MS
 from dynaseal.ledger.redis_connect import sync_client
 from dynaseal.ledger.reservation_age import oldest_open_reservation_age_s
 from dynaseal.logs import setup_logging
-from dynaseal.runtime.views import load_runtime
+from dynaseal.runtime.views import Runtime
+from dynaseal.tenancy.source import TenancySource
 from dynaseal.usage import kafka_io
 
 GROUP_ENV = "DYNASEAL_CONSUMER_GROUP"
@@ -82,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     # kafka-python narrates every connection at INFO.
     logging.getLogger("kafka").setLevel(logging.WARNING)
     try:
-        runtime = load_runtime(args.config)
+        source = TenancySource(args.config)  # the file with the tenant store over it
+        tenancy = source.load()
+        source.accept(tenancy)
+        runtime = Runtime.from_config(tenancy.cfg)
         cfg = runtime.cfg
         consumer = CallbackConsumer(ConsumerOptions(
             config_path=args.config, bootstrap=args.bootstrap or runtime.kafka.value,
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             policy=RetryPolicy(args.retry_base_s, args.retry_cap_s), per_tenant=args.per_tenant,
             tenant_backlog=args.tenant_backlog, park_after=args.park_after, park_probe_s=args.park_probe_s,
             session_timeout_ms=args.session_timeout_ms, heartbeat_interval_ms=args.heartbeat_interval_ms),
-            runtime.consumer())  # the config is loaded once, here
+            runtime.consumer(), source)  # the config is loaded once, here
     except ConfigError as exc:
         print(f"dynaseal consumer: {exc}", file=sys.stderr)
         return 2

@@ -32,11 +32,13 @@ from callback_consumer.settlement import SettlementBatcher
 from callback_consumer.tenant_slots import SharedSlots
 from dynaseal.config import ConfigError
 from dynaseal.ledger.redis_connect import sync_client
-from dynaseal.runtime.views import ConsumerView, load_runtime
+from dynaseal.runtime.views import ConsumerView, Runtime
+from dynaseal.tenancy.source import POLL_S, TenancySource
 from dynaseal.usage import kafka_io
 
 log = logging.getLogger("callback_consumer")
 POLL_MS = 100
+UNKNOWN_TENANT_WAIT_S = 3 * POLL_S
 COMMIT_EVERY_S = 0.2
 LAG_EVERY_S = 1.0
 
@@ -87,11 +89,18 @@ class _Rebalance(ConsumerRebalanceListener):
 class CallbackConsumer:
     """One member of the callback consumer group."""
 
-    def __init__(self, options: ConsumerOptions, view: ConsumerView | None = None) -> None:
+    def __init__(self, options: ConsumerOptions, view: ConsumerView | None = None,
+                 source: TenancySource | None = None) -> None:
         self.options = options
-        # Only the consumer's view: callback targets and secrets, no tenant keys or provider key. Given by
-        # whoever already loaded the config (the command line), so it is read once.
-        self.targets: ConsumerView = load_runtime(options.config_path).consumer() if view is None else view
+        # Only the consumer's view: callback targets and secrets, no tenant keys or provider key. The file
+        # with the tenant store over it: a tenant added or a secret rotated is loaded within a second. Given
+        # (view and the source that loaded it) by whoever already loaded the config, so it is read once.
+        self.tenancy = TenancySource(options.config_path) if source is None else source
+        if view is None:
+            tenancy = self.tenancy.load()
+            view = Runtime.from_config(tenancy.cfg).consumer()
+            self.tenancy.accept(tenancy)
+        self.targets: ConsumerView = view
         self.stopping = threading.Event()
         self._reload_requested = threading.Event()
         self.tracker = OffsetTracker()
@@ -124,6 +133,8 @@ class CallbackConsumer:
         return Parking(self.redis, self.options.park_after)
 
     def _remember(self, deliverer: Deliverer) -> Deliverer:
+        # A tenant created through the admin API may be admitted by authz before this consumer loads it.
+        deliverer.unknown_tenant_wait_s = UNKNOWN_TENANT_WAIT_S
         self._deliverer = deliverer
         return deliverer
 
@@ -139,10 +150,21 @@ class CallbackConsumer:
         """Load tenants (callback URLs, secrets) again; keep the old ones if the new config is bad."""
         self._reload_requested.clear()
         try:
-            self.targets = load_runtime(self.options.config_path).consumer()
-            log.info("config reloaded")
+            tenancy = self.tenancy.load()
+            self.targets = Runtime.from_config(tenancy.cfg).consumer()
+            self.tenancy.accept(tenancy)
+            log.info("config reloaded", extra={"generation": tenancy.generation})
         except ConfigError as exc:
             log.error("config reload rejected; keeping the previous config", extra={"error": str(exc)})
+
+    def _watch_tenancy(self) -> None:
+        """Ask for a reload when the config file, a secret file or the tenant store changes."""
+        while not self.stopping.wait(POLL_S):
+            try:
+                if self.tenancy.changed():
+                    self._reload_requested.set()
+            except Exception:  # a watcher that dies would silently freeze the config
+                log.exception("config watch failed; trying again")
 
     def _connect(self) -> KafkaConsumer | None:
         while not self.stopping.is_set():
@@ -250,6 +272,7 @@ class CallbackConsumer:
     def run(self) -> None:
         """Consume until stopped, then drain deliveries, commit and leave the group."""
         self.dispatcher.start()
+        threading.Thread(target=self._watch_tenancy, name="tenancy-watch", daemon=True).start()
         if self.parked_replay is not None:
             self.parked_replay.start()
         consumer = self._connect()

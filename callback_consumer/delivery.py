@@ -123,12 +123,15 @@ class Deliverer:
         # The tenant's concurrency over the whole consumer group (None: this process's alone).
         self.slots = slots
         self._clients: dict[str, CallbackClient] = {}
-        self._signers: dict[str, tuple[str, CallbackSigner]] = {}
+        self._signers: dict[str, tuple[tuple[str, tuple[str, ...]], CallbackSigner]] = {}
         self._gates: dict[str, tuple[int, asyncio.Semaphore]] = {}
         self.thresholds = ThresholdSender(self)
         # Usage callbacks of a failing tenant are parked for automatic replay (None: retried, then the DLQ).
         self.parking = parking
         self.batcher = Batcher(self)
+        # How long an event of a tenant this consumer does not know waits for a config load that may have it
+        # (the consumer sets it: tenants as data reach every service within about a second); 0 = no wait.
+        self.unknown_tenant_wait_s = 0.0
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep, unless shutdown comes first; True if the full pause passed."""
@@ -177,9 +180,10 @@ class Deliverer:
     def _signer(self, tenant: CallbackTarget) -> CallbackSigner:
         assert tenant.callback_secret is not None
         secret = tenant.callback_secret.get_secret_value()
+        previous = tuple(old.get_secret_value() for old in tenant.previous_secrets)
         cached = self._signers.get(tenant.id)
-        if cached is None or cached[0] != secret:
-            cached = (secret, CallbackSigner.from_secret(secret))
+        if cached is None or cached[0] != (secret, previous):
+            cached = ((secret, previous), CallbackSigner.from_secret(secret, previous))
             self._signers[tenant.id] = cached
         return cached[1]
 
@@ -334,6 +338,17 @@ class Deliverer:
             cached = self._gates[tenant.id] = (limit, asyncio.Semaphore(limit))
         return cached[1]
 
+    async def _newer_config_has(self, tenant_id: str) -> CallbackTarget | None:
+        """A tenant just created may reach authz a moment before this consumer: wait for the next config
+        load (`unknown_tenant_wait_s` at most) before calling the tenant unknown."""
+        deadline = time.monotonic() + self.unknown_tenant_wait_s
+        while time.monotonic() < deadline:
+            if not await self._pause(0.1):
+                return None
+            if (tenant := self.registry().get(tenant_id)) is not None:
+                return tenant
+        return None
+
     async def handle(self, job: Job) -> Outcome:
         """Settle and deliver one event; how it ended."""
         try:
@@ -373,6 +388,8 @@ class Deliverer:
     async def deliver(self, job: Job, event: UsageEvent) -> Outcome:
         """Deliver a settled event to its tenant's callback as configured now (a DLQ replay starts here)."""
         tenant = self.registry().get(event.tenant)
+        if tenant is None and self.unknown_tenant_wait_s > 0:
+            tenant = await self._newer_config_has(event.tenant)
         if tenant is None:  # removed from the config since: keep the event for a person to look at
             return await self._dead_letter(job, event.request_id, "unknown_tenant", None, 0)
         if tenant.callback is None or tenant.callback_secret is None:

@@ -166,6 +166,8 @@ class AdminConfig(StrictModel):
     token_file: str | None = None
     # SQLAlchemy URL of the admin store (tenants as data, usage); unset = SQLite in {data_dir}/admin.
     database_url: str | None = None
+    # The seed's backend account user1@example.com / user1 for `issuer.tenant` (dev only).
+    demo_accounts: bool = False
 
 
 class DynasealConfig(StrictModel):

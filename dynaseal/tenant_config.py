@@ -30,16 +30,18 @@ class KeyConfig(StrictModel):
     alg: Literal["EdDSA", "ES256", "HS256"]
     public_jwk: dict[str, Any] | None = None
     secret_env: str | None = None
+    # A mounted file holding the secret (a Kubernetes Secret volume): read again on change.
+    secret_file: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> KeyConfig:
         if self.kid is not None and not KID_PATTERN.match(self.kid):
             raise ValueError("kid must match [A-Za-z0-9._-]{1,64}")
         if self.alg == "HS256":
-            if not self.secret_env or self.public_jwk:
-                raise ValueError("HS256 keys take secret_env (and no public_jwk)")
-        elif not self.public_jwk or self.secret_env:
-            raise ValueError(f"{self.alg} keys take public_jwk (and no secret_env)")
+            if (self.secret_env is None) == (self.secret_file is None) or self.public_jwk:
+                raise ValueError("HS256 keys take one of secret_env or secret_file (and no public_jwk)")
+        elif not self.public_jwk or self.secret_env or self.secret_file:
+            raise ValueError(f"{self.alg} keys take public_jwk (and no secret_env or secret_file)")
         return self
 
 
@@ -208,7 +210,7 @@ class CallbackConfig(StrictModel):
     """The tenant's usage callback endpoint."""
 
     url: str
-    secret_env: str
+    secret_env: str | None = None
     include_content: bool = False
     # Covers a handler that works before it answers (the seed backend's takes 10 s): an attempt that
     # times out is retried although it arrived, and a too-short timeout dead-letters every callback.
@@ -233,6 +235,21 @@ class CallbackConfig(StrictModel):
         if len(set(values)) != len(values):
             raise ValueError("duplicate budget threshold")
         return tuple(sorted(values))
+
+    # The signing secret in a mounted file instead of secret_env (exactly one of the two).
+    secret_file: str | None = None
+    # Secrets that also sign every callback during a rotation's grace period: the `webhook-signature`
+    # header carries one signature per secret (Standard Webhooks), so a receiver on either verifies.
+    previous_secret_envs: tuple[str, ...] = Field((), max_length=4)
+
+    @model_validator(mode="after")
+    def _url_and_secret(self) -> CallbackConfig:
+        # A malformed URL (`htp:/...`) is refused at load, not at the first callback.
+        if not re.match(r"^https?://(\[[0-9a-f:.]+\]|[^/?#\s:\[\]@]+)(:\d{1,5})?([/?#]\S*)?$", self.url, re.IGNORECASE):
+            raise ValueError(f"callback url {self.url!r} must be an absolute http:// or https:// URL")
+        if (self.secret_env is None) == (self.secret_file is None):
+            raise ValueError("callback takes one of secret_env or secret_file")
+        return self
 
 
 class CorsConfig(StrictModel):
@@ -274,8 +291,10 @@ class TenantConfig(StrictModel):
     def _has_keys(self) -> TenantConfig:
         if not (self.keys or self.jwks_file or self.jwks_url):
             raise ValueError("a tenant needs keys, jwks_file or jwks_url")
-        if sum(1 for k in self.keys if k.kid is None) > 1:
-            raise ValueError("at most one key without kid (the seed-format HS256 secret)")
+        # Several seed-format secrets (keys without kid) may verify side by side while one is rotated.
+        if sum(1 for k in self.keys if k.kid is None) > 1 and any(k.alg != "HS256" for k in self.keys
+                                                                   if k.kid is None):
+            raise ValueError("keys without kid are seed-format HS256 secrets: several only when all are HS256")
         kids = [k.kid for k in self.keys if k.kid is not None]
         if len(kids) != len(set(kids)):
             raise ValueError("duplicate kid")

@@ -13,7 +13,7 @@ from dynaseal_launcher.processes import StartupError
 
 # `dynaseal <service>` calls the service's own main(argv): the launcher may import a service, the core never.
 SERVICE_MODULES = {"authz": "authz_service", "issuer": "issuer_api", "mock-llm": "mock_llm",
-                   "shipper": "log_shipper", "consumer": "callback_consumer"}
+                   "shipper": "log_shipper", "consumer": "callback_consumer", "admin": "admin_api"}
 # Tools that live with a service, run the same way: `dynaseal dlq replay …`.
 TOOL_MODULES = {"dlq": "callback_consumer.dlq_replay", "status": "dynaseal_launcher.status"}
 
@@ -102,6 +102,20 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Check everything every service will need from the config (and the tenant store); name each problem."""
+    from dynaseal_launcher.check import problems
+
+    found, generation = problems(args.config)
+    if found:
+        _say(f"{len(found)} problem(s):")
+        for line in found:
+            print(f"  - {line}", flush=True)
+        return 1
+    _say(f"configuration OK (generation {generation})")
+    return 0
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     """Health probe for container healthchecks: 0 when healthy, 1 otherwise (no config is read)."""
     from dynaseal_launcher.probes import grpc_serving, http_ok
@@ -130,24 +144,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dynaseal", description="Dynamic keys for LLM calls from the edge.")
     parser.add_argument("--config", help="config file (default: $DYNASEAL_CONFIG, ./dynaseal.yaml, "
                                          "else the bundled dev config)")
+    # `--config` after the subcommand too (`dynaseal up --config X`): SUPPRESS keeps the one given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="config file (as before the subcommand)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="run the local stack (Envoy, authz, issuer, mock LLM, …)").set_defaults(func=cmd_up)
-    demo = sub.add_parser("demo", help="run the stack and a demo edge client through Envoy")
+    sub.add_parser("check", parents=[common], help="check the config and tenant store for every service; "
+                                                   "exit 1 naming each problem").set_defaults(func=cmd_check)
+    sub.add_parser("up", parents=[common],
+                   help="run the local stack (Envoy, authz, issuer, mock LLM, …)").set_defaults(func=cmd_up)
+    demo = sub.add_parser("demo", parents=[common], help="run the stack and a demo edge client through Envoy")
     demo.add_argument("--keep-running", action="store_true", help="keep the stack up after the demo")
     demo.set_defaults(func=cmd_demo)
-    env = sub.add_parser("envoy-config", help="render the Envoy config")
+    env = sub.add_parser("envoy-config", parents=[common], help="render the Envoy config")
     env.add_argument("--out", required=True)
     env.add_argument("--access-log")
     env.add_argument("--authz-host")
     env.add_argument("--validate", action="store_true")
     env.set_defaults(func=cmd_envoy_config)
-    keys = sub.add_parser("keys", help="issuer signing keys: init, rotate, remove KID")
+    keys = sub.add_parser("keys", parents=[common], help="issuer signing keys: init, rotate, remove KID")
     keys.add_argument("action", choices=["init", "rotate", "remove"])
     keys.add_argument("kid", nargs="?")
     keys.set_defaults(func=cmd_keys)
     key = sub.add_parser("key", help="dynamic keys: revoke JTI")
     key_sub = key.add_subparsers(dest="key_command", required=True)
-    revoke = key_sub.add_parser("revoke", help="refuse a key from the next request on")
+    revoke = key_sub.add_parser("revoke", parents=[common], help="refuse a key from the next request on")
     revoke.add_argument("jti")
     revoke.add_argument("--tenant", help="the key's tenant (its `iss`); optional when the config has one tenant")
     revoke.add_argument("--exp", type=float, help="the key's exp (default: now + the largest max_ttl)")

@@ -94,12 +94,15 @@ def tcp_open(host: str, port: int) -> bool:
         return False
 
 
-def tail(path: Path, lines: int = 15) -> str:
-    """The last lines of a log file, for an error message."""
+def tail(path: Path, lines: int = 15, start: int = 0) -> str:
+    """The last lines of a log file written after byte `start` (this run's), for an error message."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        with path.open("rb") as log_file:
+            log_file.seek(start)
+            text = log_file.read().decode(errors="replace")
     except OSError:
         return ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 class Supervisor:
@@ -123,6 +126,8 @@ class Supervisor:
         # used grpc) can deadlock the launcher; without one Popen uses vfork, which runs none.
         argv = [*_SETPRIV, *spec.argv] if _SETPRIV else list(spec.argv)
         with log_path.open("ab") as log_file:
+            # Earlier runs' lines stay in the log, but a failed start shows only this run's.
+            start = log_file.tell()
             process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, env={**os.environ, **spec.env},
                                        start_new_session=True, preexec_fn=None if _SETPRIV else _die_with_parent)
@@ -133,12 +138,12 @@ class Supervisor:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise StartupError(f"{spec.name} exited with code {process.returncode} while starting; "
-                                   f"last lines of {log_path}:\n{tail(log_path)}")
+                                   f"last lines of {log_path}:\n{tail(log_path, start=start)}")
             if spec.ready():
                 return service
             time.sleep(0.1)
         raise StartupError(f"{spec.name} was not ready after {spec.ready_timeout_s:.0f} s; "
-                           f"last lines of {log_path}:\n{tail(log_path)}")
+                           f"last lines of {log_path}:\n{tail(log_path, start=start)}")
 
     def dead(self) -> RunningService | None:
         """The first service that exited on its own, if any."""

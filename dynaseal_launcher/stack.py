@@ -145,6 +145,12 @@ class LocalStack:
                 lambda: http_ok(f"http://{host}:{ports.issuer}/healthz"),
                 env={"REDIS_URL": redis_url(self.cfg)},  # revocations reach the gateway's Redis
                 ports=[("http", ports.issuer)]))
+        if self.cfg.admin is not None:
+            specs.append(ServiceSpec(
+                "admin", self._python("admin_api"), f"http://{host}:{ports.admin}/admin/v1",
+                lambda: http_ok(f"http://{host}:{ports.admin}/healthz"),
+                env={"REDIS_URL": redis_url(self.cfg)},  # the ledger, for the backends' total_tokens
+                ports=[("http", ports.admin)]))
         specs.append(ServiceSpec(
             "envoy",
             [envoy_config.envoy_binary(), "-c", str(envoy_file), "--disable-hot-restart",

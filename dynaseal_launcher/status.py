@@ -190,6 +190,12 @@ def report(cfg: DynasealConfig, group_id: str) -> list[str]:
     else:
         by = ", ".join(f"{r}: {n}" for r, n in reasons.most_common())
         lines.append(f"dlq         {sum(reasons.values())} entries" + (f" ({by})" if by else ""))
+    # Which config generation (tenant store: dynaseal.tenancy) each service runs: equal once a change is taken.
+    running = {name: scrape(f"http://{host}:{port}/metrics") for name, port in (
+        ("authz", ports.authz_metrics), ("consumer", ports.consumer_metrics), ("shipper", ports.shipper_metrics))}
+    lines.append("config      generation: " + ", ".join(
+        f"{name} {total(samples, 'dynaseal_config_generation'):.0f}" if samples is not None else f"{name} ?"
+        for name, samples in running.items()))
     return lines
 
 

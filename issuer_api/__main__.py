@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from typing import Any
 
 import uvicorn
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         from issuer_api.app import create_app
 
         app = create_app(cfg)
+        # Its tenant as the tenant store changes it (limits, webhook secret), without a restart.
+        from issuer_api.tenant_follow import follow_tenant
+
+        follow_tenant(app, args.config, threading.Event())
     except ConfigError as exc:
         first, *rest = str(exc).splitlines() or [""]
         print(f"issuer_api: config error: {first}" + (f" (+{len(rest)} more lines)" if rest else ""),

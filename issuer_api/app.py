@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 
 from dynaseal.config import DynasealConfig
 from issuer_api import routes_callbacks, routes_demo, routes_keys, routes_usage, routes_user
@@ -51,9 +51,10 @@ def _health_router() -> APIRouter:
     router = APIRouter(tags=["health"])
 
     @router.get("/healthz", summary="Liveness")
-    def healthz() -> dict[str, str]:
-        """The process is up and serving."""
-        return {"status": "ok"}
+    def healthz(request: Request) -> dict[str, object]:
+        """The process is up and serving (and the config generation it runs, when it follows the store)."""
+        generation = getattr(request.app.state, "generation", None)
+        return {"status": "ok"} if generation is None else {"status": "ok", "generation": generation}
 
     return router
 

@@ -59,6 +59,11 @@ def _session_secret(view: IssuerView) -> SecretStr:
     return secret
 
 
+def webhook_of(secret: SecretStr | None) -> Webhook | None:
+    """The verifier of the tenant's callbacks (None without a secret); ConfigError if the secret is unusable."""
+    return _webhook(secret)
+
+
 def _webhook(secret: SecretStr | None) -> Webhook | None:
     if secret is None:
         return None

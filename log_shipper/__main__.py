@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 
@@ -15,6 +16,7 @@ from prometheus_client import start_http_server
 from dynaseal.config import ConfigError
 from dynaseal.logs import setup_logging
 from dynaseal.runtime.views import load_runtime
+from dynaseal.tenancy.source import TenancySource, follow_generation
 from dynaseal.usage import kafka_io
 from log_shipper.shipper import Shipper, ShipperOptions
 
@@ -66,7 +68,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dynaseal shipper: cannot serve metrics: {exc}", file=sys.stderr)
         return 2
 
+    # The shipper holds no tenant data, but says which config generation the stack runs, as every service.
+    tenancy = TenancySource(args.config)
+    stop_watch = threading.Event()
+    try:
+        tenancy.accept(tenancy.load())
+    except ConfigError as exc:
+        print(f"dynaseal shipper: {exc}", file=sys.stderr)
+        return 2
+    follow_generation(tenancy, stop_watch)
+
     def _stop(signum: int, frame: FrameType | None) -> None:
+        stop_watch.set()
         shipper.stop()
 
     signal.signal(signal.SIGTERM, _stop)

@@ -76,7 +76,7 @@ def write_test_config(directory: Path, keys: TenantKeys, authz_server: str | Non
     if kind := authz_server or authz_server_kind():
         raw["authz"] = {"server": kind}
     names = ["envoy", "envoy_admin", "issuer", "authz", "mock_upstream", "redis", "kafka",
-             "authz_metrics", "consumer_metrics", "shipper_metrics"]
+             "authz_metrics", "consumer_metrics", "shipper_metrics", "admin"]
     raw["env_file"] = str(bundled_dev_config().parent / "dev.env")
     raw["gateway"]["ports"] = dict(zip(names, free_ports(len(names)), strict=True))
     raw["gateway"]["data_dir"] = str(directory / "data")

@@ -27,6 +27,19 @@ def _as_postgres_user(argv: list[str]) -> list[str]:
     return [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", *argv]
 
 
+def unavailable() -> str | None:
+    """Why no server can be started here (None: it can)."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "the psycopg driver is not installed"
+    if shutil.which("initdb") is None or shutil.which("postgres") is None:
+        return "PostgreSQL's initdb/postgres are not on PATH"
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        return "running as root without setpriv: PostgreSQL cannot be started"
+    return None
+
+
 @contextlib.contextmanager
 def postgres_server() -> Iterator[str]:
     """A running server's SQLAlchemy URL (database `postgres`, user `postgres`, trust auth on loopback)."""

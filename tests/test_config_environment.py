@@ -129,6 +129,7 @@ def test_the_consumer_command_loads_its_config_once(tmp_path: Path, monkeypatch:
     import warnings
 
     from dynaseal.runtime import views
+    from dynaseal.tenancy import source as tenancy_source
 
     with warnings.catch_warnings():  # kafka-python's own import-time DeprecationWarning (importlib.resources)
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -146,11 +147,12 @@ def test_the_consumer_command_loads_its_config_once(tmp_path: Path, monkeypatch:
     class Stop(Exception):
         pass
 
-    def fake_consumer(options: object, view: object = None) -> object:
+    def fake_consumer(options: object, view: object = None, source: object = None) -> object:
         given.append(view)
         raise Stop  # nothing is started: only how the consumer got its config is under test
 
     monkeypatch.setattr(views, "load_config", counting_load)
+    monkeypatch.setattr(tenancy_source, "load_config", counting_load)
     monkeypatch.setattr(consumer_main, "CallbackConsumer", fake_consumer)
     monkeypatch.setattr(consumer_main, "setup_logging", lambda service: None)  # the session's logging stays
     with pytest.raises(Stop):

@@ -92,6 +92,11 @@ def test_routes_are_exactly_the_served_paths(tmp_path: Path, config_path: Path) 
     assert other_options["direct_response"] == {"status": 204}
     assert other_options["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["disabled"] is True
     assert "typed_per_filter_config" not in preflight  # were it ever passed on, authz would refuse it
+    # The seed's backend registration goes to the admin service, without ext_authz (it carries no key).
+    seed = [r for r in served if r.get("route", {}).get("cluster") == "dynaseal_admin"]
+    assert {r["match"]["path"] for r in seed} == {"/api/v1/user/login", "/api/v1/api_key/create", "/api/v1/user/me"}
+    assert all(r["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["disabled"] is True for r in seed)
+    served = [r for r in served if r not in seed]
     vhost["routes"] = [preflight, *served]
     paths = {r["match"]["path"]: r["match"].get("headers") for r in served}
     get_only = [{"name": ":method", "string_match": {"exact": "GET"}}]

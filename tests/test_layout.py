@@ -10,7 +10,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = ("authz_service", "issuer_api", "admin_api", "log_shipper", "callback_consumer", "mock_llm",
             "dynaseal_launcher", "usage_recorder")
-ROOMS = ("keys", "policy", "ledger", "usage", "money", "runtime", "routing", "contracts", "envoy", "usage_store")
+ROOMS = ("keys", "policy", "ledger", "usage", "money", "runtime", "routing", "contracts", "envoy", "usage_store",
+         "tenancy")
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -34,7 +34,7 @@ from dynaseal_launcher.stack import LocalStack, tansu_binary
 
 pytestmark = pytest.mark.integration
 PORT_NAMES = ["envoy", "envoy_admin", "issuer", "authz", "mock_upstream", "redis", "kafka", "authz_metrics",
-              "consumer_metrics", "shipper_metrics"]
+              "consumer_metrics", "shipper_metrics", "admin"]
 TENANT_BUDGET = 1_000_000  # not binding here: it makes every admit take both slots
 
 

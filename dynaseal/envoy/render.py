@@ -8,7 +8,7 @@ from string import Template
 
 from dynaseal.config import DynasealConfig
 from dynaseal.contracts import usage_record
-from dynaseal.envoy import local_replies, upstream_clusters
+from dynaseal.envoy import admin_routes, local_replies, upstream_clusters
 from dynaseal.envoy.endpoint_routes import endpoint_routes
 from dynaseal.keys.origins import origin_regex
 
@@ -143,6 +143,10 @@ def render(cfg: DynasealConfig, access_log: Path, authz_host: str | None = None,
                                         f"{limits.stream_idle_timeout_s}s",
                                         f"host_rewrite_literal: {host_header!r}".replace("'", '"')),
         listener_tls=_listener_tls_block(cfg),
+        # The seed's backend registration, to the admin service without ext_authz (dynaseal.envoy.admin_routes).
+        admin_routes=admin_routes.routes(cfg),
+        admin_cluster=admin_routes.cluster(
+            cfg, gw.host if upstream_clusters.is_ip(gw.host) and gw.host not in ("0.0.0.0", "::") else "127.0.0.1"),
         # File-based SDS needs the node named (any name: no management server is involved).
         edge_node="node: { id: dynaseal-gateway, cluster: dynaseal }\n" if gw.tls else "",
     )

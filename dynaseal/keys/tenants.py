@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from dynaseal.config import ConfigError, DynasealConfig, config_environment, expand_path
 from dynaseal.money.pricing import Price
-from dynaseal.secrets import env_secret
+from dynaseal.secrets import env_secret, referenced_secret
 from dynaseal.tenant_config import KID_PATTERN, CallbackConfig, Limits, TenantConfig, unbounded_media_warning
 
 if TYPE_CHECKING:
@@ -58,6 +58,8 @@ class Tenant:
     refuse_unpriced: bool = False
     # Browser origins allowed to use the tenant's keys (tenant `cors.origins`; none = no page may).
     cors_origins: frozenset[str] = frozenset()
+    # Every seed-format (kid-less HS256) secret, seed_key first: several while one is being rotated.
+    seed_keys: tuple[VerificationKey, ...] = ()
 
     def with_remote_keys(self, keys: tuple[VerificationKey, ...]) -> Tenant:
         """A copy whose kid keys are the local keys plus exactly `keys` (the latest remote JWKS).
@@ -146,7 +148,7 @@ def _tenant_keys(cfg: DynasealConfig, tc: TenantConfig, errors: list[str],
     for kc in tc.keys:
         where = f"tenant {tc.id} key {kc.kid or '(seed)'}"
         if kc.alg == "HS256":
-            secret = _env_secret(kc.secret_env, where, errors, env)
+            secret = referenced_secret(kc.secret_env, kc.secret_file, where, errors, env)
             if secret is not None:
                 keys.append(VerificationKey(kc.kid, "HS256", secret.get_secret_value().encode()))
             continue
@@ -201,6 +203,7 @@ def build_registry(cfg: DynasealConfig, remote_jwks: RemoteJwks | None = None, *
             name=tc.name or tc.id,
             keys_by_kid=local_keys,
             seed_key=next((k for k in keys if k.kid is None), None),
+            seed_keys=tuple(k for k in keys if k.kid is None),
             limits=tc.limits,
             provider_key=_env_secret(upstream.api_key_env if upstream else None,
                                      f"tenant {tc.id} upstream", errors, env),

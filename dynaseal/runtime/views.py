@@ -52,6 +52,8 @@ class CallbackTarget:
     callback_secret: SecretStr | None
     # Only to know whether settlement also runs on the tenant's slot (tenant-wide limits).
     limits: Limits = field(default_factory=Limits)
+    # Secrets that also sign during a webhook secret's rotation (callback.previous_secret_envs).
+    previous_secrets: tuple[SecretStr, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,9 @@ class Runtime:
     def consumer(self) -> ConsumerView:
         """Each tenant's callback and signing secret; no verification key, no provider key."""
         secrets = SecretResolver(self.env)
-        targets = {tc.id: CallbackTarget(tc.id, tc.callback, secrets.optional(
-            tc.callback.secret_env if tc.callback else None, f"tenant {tc.id} callback"), tc.limits)
+        targets = {tc.id: CallbackTarget(tc.id, tc.callback, secrets.reference(
+            tc.callback.secret_env if tc.callback else None, tc.callback.secret_file if tc.callback else None,
+            f"tenant {tc.id} callback"), tc.limits, _previous_secrets(secrets, tc.id, tc.callback))
             for tc in self.cfg.tenants}
         _raise_if(secrets.errors, "consumer")
         return ConsumerView(MappingProxyType(targets), self.redis.value, self.kafka.value)
@@ -141,8 +144,9 @@ class Runtime:
         tenant = next(t for t in self.cfg.tenants if t.id == issuer.tenant)  # the validator checked it exists
         secrets = SecretResolver(self.env)
         session = secrets.optional(issuer.session_secret_env, "issuer.session_secret_env")
-        callback = secrets.optional(tenant.callback.secret_env if tenant.callback else None,
-                                    f"tenant {tenant.id} callback")
+        callback = secrets.reference(tenant.callback.secret_env if tenant.callback else None,
+                                     tenant.callback.secret_file if tenant.callback else None,
+                                     f"tenant {tenant.id} callback")
         _raise_if(secrets.errors, "issuer")
         assert session is not None  # session_secret_env is required, so a missing one is an error above
         return IssuerView(tenant.id, issuer, tenant.limits, self.cfg.gateway.audience, session, callback,
@@ -154,3 +158,11 @@ def load_runtime(path: str | os.PathLike[str] | None = None, data_dir: str | Non
                  env: Mapping[str, str] | None = None) -> Runtime:
     """Load the config (see `load_config`) and resolve its locations."""
     return Runtime.from_config(load_config(path, data_dir), env)
+
+
+def _previous_secrets(secrets: SecretResolver, tenant_id: str,
+                      callback: CallbackConfig | None) -> tuple[SecretStr, ...]:
+    """The secrets that still sign a tenant's callbacks during a webhook secret's rotation."""
+    found = (secrets.optional(name, f"tenant {tenant_id} callback previous secret")
+             for name in (callback.previous_secret_envs if callback else ()))
+    return tuple(secret for secret in found if secret is not None)

@@ -100,16 +100,19 @@ class CallbackSigner:
     """Signs callback bodies with one tenant's `whsec_` secret."""
 
     webhook: Webhook
+    # During a secret's rotation the previous secrets sign too (space-separated, as Standard Webhooks allows).
+    previous: tuple[Webhook, ...] = ()
 
     @classmethod
-    def from_secret(cls, secret: str) -> CallbackSigner:
-        """A signer for a Standard Webhooks secret (`whsec_<base64>`)."""
-        return cls(Webhook(secret))
+    def from_secret(cls, secret: str, previous: tuple[str, ...] = ()) -> CallbackSigner:
+        """A signer for a Standard Webhooks secret (`whsec_<base64>`), plus any still in their grace period."""
+        return cls(Webhook(secret), tuple(Webhook(old) for old in previous if old != secret))
 
     def headers(self, webhook_id: str, body: bytes, now: datetime | None = None) -> dict[str, str]:
         """The request headers of one delivery attempt: content type, webhook-id/-timestamp/-signature."""
         stamp = (now or datetime.now(UTC)).astimezone(UTC)
-        signature = self.webhook.sign(webhook_id, stamp, body.decode())
+        text = body.decode()
+        signature = " ".join(hook.sign(webhook_id, stamp, text) for hook in (self.webhook, *self.previous))
         return {"content-type": "application/json", "webhook-id": webhook_id,
                 "webhook-timestamp": str(int(stamp.timestamp())), "webhook-signature": signature}
 

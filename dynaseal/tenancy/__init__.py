@@ -1,0 +1,1 @@
+"""Tenants as data: the tenant store, how it overlays the config file, and the generation services run."""
