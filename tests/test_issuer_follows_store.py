@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from conftest import wait_until
 from fastapi.testclient import TestClient
 from test_issuer_support import signed_callback, usage_body
 
-from dynaseal.config import bundled_dev_config, load_config
+from dynaseal.config import bundled_dev_config, config_environment, load_config
 from dynaseal.tenancy.store import PURPOSE_CALLBACK
 from issuer_api.app import create_app
 from issuer_api.tenant_follow import follow_tenant
@@ -42,7 +41,7 @@ def issuer(tmp_path: Path) -> Iterator[tuple[TestClient, threading.Event, Path]]
 def test_a_rotated_webhook_secret_verifies_at_the_issuer_without_a_restart(
         issuer: tuple[TestClient, threading.Event, Path]) -> None:
     client, _, path = issuer
-    old = os.environ["DYNASEAL_DEMO_WEBHOOK_SECRET"]
+    old = config_environment(load_config(path))["DYNASEAL_DEMO_WEBHOOK_SECRET"]
     body, headers = signed_callback(old, usage_body("e-old", "jti-old", None))
     assert client.post("/v1/callback/usage", content=body, headers=headers).status_code == 200
     from dynaseal.tenancy.source import TenancySource

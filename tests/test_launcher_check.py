@@ -46,8 +46,9 @@ def test_check_names_every_missing_secret_and_unreadable_file_for_each_service(
     assert main(["--config", str(path), "check"]) == 1
     out = capsys.readouterr().out
     assert "authz: tenant 671249a93f1cf2f8bf9b2b82 key (seed): environment variable DYNASEAL_CHECK_UNSET_SEED" in out
-    for service in ("authz", "consumer", "issuer"):
+    for service in ("consumer", "issuer"):  # authz never reads a callback secret
         assert f"{service}: tenant 671249a93f1cf2f8bf9b2b82 callback: secret file" in out, service
+    assert "authz: tenant 671249a93f1cf2f8bf9b2b82 callback" not in out
     assert "absent-webhook-secret cannot be read" in out
 
 
