@@ -18,7 +18,7 @@ from conftest import DEMO_SECRET, DEMO_TENANT, wait_until
 from pipeline_harness import Receiver
 from standardwebhooks import Webhook
 
-from dynaseal.config import DynasealConfig
+from dynaseal.config import DynasealConfig, config_environment
 from dynaseal.keys.mint import mint_seed_key
 
 pytestmark = pytest.mark.integration
@@ -30,12 +30,11 @@ class Stack:
     """Addresses of the running stack and the calls these tests make."""
 
     def __init__(self, cfg: DynasealConfig, local: Any) -> None:
-        import os
 
         self.local = local
         self.gateway = f"http://127.0.0.1:{cfg.gateway.ports.envoy}"
         self.admin = httpx.Client(base_url=f"http://127.0.0.1:{cfg.gateway.ports.admin}/admin/v1", timeout=10,
-                                  headers={"Authorization": f"Bearer {os.environ['DYNASEAL_ADMIN_TOKEN']}"})
+                                  headers={"Authorization": f"Bearer {config_environment(cfg)['DYNASEAL_ADMIN_TOKEN']}"})
 
     def pids(self) -> dict[str, int]:
         """Each running service's process id."""

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from types import FrameType
 
 from prometheus_client import start_http_server
@@ -15,6 +16,7 @@ from prometheus_client import start_http_server
 from dynaseal.config import ConfigError
 from dynaseal.logs import setup_logging
 from dynaseal.runtime.views import load_runtime
+from dynaseal.tenancy.source import TenancySource, follow_generation
 from dynaseal.usage import kafka_io
 from dynaseal.usage_store.schema import database_url, make_engine
 from usage_recorder.recorder import DEFAULT_GROUP_ID, Recorder
@@ -38,11 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("usage-recorder")
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    # The recorder holds no tenant data, but says which config generation the stack runs, as every service.
+    tenancy = TenancySource(args.config)
     try:
         runtime = load_runtime(args.config)
+        tenancy.accept(tenancy.load())
     except ConfigError as exc:
         print(f"usage recorder: {exc}", file=sys.stderr)
         return 2
+    stop_watch = threading.Event()
+    follow_generation(tenancy, stop_watch)
     engine = make_engine(args.database_url or database_url(runtime.cfg))
     if args.metrics_port:
         try:
@@ -55,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.session_timeout_ms, args.heartbeat_interval_ms)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
+        stop_watch.set()
         recorder.stop()
 
     signal.signal(signal.SIGTERM, _stop)
