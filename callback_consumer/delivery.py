@@ -270,16 +270,25 @@ class Deliverer:
             if attempt == max_attempts:
                 return await self._dead_letter(job, webhook_id, f"exhausted:{reason}", status, attempt, dlq_extra)
             metrics.RETRIES.labels(reason if status is None else f"{status // 100}xx").inc()
-            delay = self.policy.delay(attempt, retry_after)
-            if parking is not None:
-                woke = await self._pause_unless(delay, parking.down_event(tenant.id))
-                if woke == "down":  # the tenant went down meanwhile: park rather than retry
-                    return await self._park(job, tenant.id, park_seq, reason, status, attempt)
-                if woke == "abandon":
-                    return Outcome.ABANDONED
-            elif not await self._pause(delay):
-                return Outcome.ABANDONED
+            stopped = await self._back_off(job, tenant.id, park_seq, self.policy.delay(attempt, retry_after),
+                                           reason, status, attempt)
+            if stopped is not None:
+                return stopped
         return Outcome.ABANDONED  # unreachable: the loop returns on its last attempt
+
+    async def _back_off(self, job: Job, tenant_id: str, park_seq: int | None, delay: float, reason: str,
+                        status: int | None, attempt: int) -> Outcome | None:
+        """Wait `delay` before the next attempt; None to go on, or how the event ended meanwhile
+        (shutdown came first, or its tenant went down and it was parked)."""
+        parking = self.parking if park_seq is not None else None
+        if parking is not None:
+            woke = await self._pause_unless(delay, parking.down_event(tenant_id))
+            if woke == "down":  # the tenant went down meanwhile: park rather than retry
+                return await self._park(job, tenant_id, park_seq, reason, status, attempt)
+            if woke == "abandon":
+                return Outcome.ABANDONED
+            return None
+        return None if await self._pause(delay) else Outcome.ABANDONED
 
     async def _pause_unless(self, seconds: float, down: asyncio.Event) -> str:
         """Sleep `seconds`; "slept", or "down"/"abandon" if that came first."""

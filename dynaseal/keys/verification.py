@@ -22,7 +22,7 @@ from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.jsonsafe import loads_strict
 from dynaseal.keys.attenuation import MAX_DEPTH, check_child
 from dynaseal.keys.claims import VerifiedKey, check_claims, tenant_id_of
-from dynaseal.keys.tenants import Registry
+from dynaseal.keys.tenants import Registry, Tenant, VerificationKey
 from dynaseal.tenant_config import KID_PATTERN
 
 log = logging.getLogger("dynaseal.keys")
@@ -146,17 +146,7 @@ def _verify_root(parts: list[str], header: dict[str, Any], payload: dict[str, An
     if tenant is None:
         raise _invalid("dynamic key names an unknown tenant")
 
-    kid = header.get("kid")
-    if kid is None:
-        verification_key = tenant.seed_key
-    elif not isinstance(kid, str) or not KID_PATTERN.match(kid):
-        raise _invalid("dynamic key has a malformed kid")
-    else:
-        verification_key = tenant.keys_by_kid.get(kid)
-        if verification_key is None:
-            raise UnknownKid(tenant.id)
-    if verification_key is None:
-        raise _invalid("dynamic key was signed with a key this gateway does not know")
+    verification_key = _verification_key(header.get("kid"), tenant)
     if verification_key.alg != alg:
         raise _invalid("dynamic key algorithm does not match its verification key")
 
@@ -202,3 +192,18 @@ class VerifiedKeyCache:
         if len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
         return verified
+
+
+def _verification_key(kid: object, tenant: Tenant) -> VerificationKey:
+    """The tenant's key that `kid` names (none: its seed secret); UnknownKid for a kid it may publish later."""
+    if kid is None:
+        verification_key = tenant.seed_key
+    elif not isinstance(kid, str) or not KID_PATTERN.match(kid):
+        raise _invalid("dynamic key has a malformed kid")
+    else:
+        verification_key = tenant.keys_by_kid.get(kid)
+        if verification_key is None:
+            raise UnknownKid(tenant.id)
+    if verification_key is None:
+        raise _invalid("dynamic key was signed with a key this gateway does not know")
+    return verification_key
