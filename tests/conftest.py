@@ -204,6 +204,7 @@ def jwks() -> Iterator[object]:
     yield server
     server.release.set()
     server.server.shutdown()
+    server.server.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -114,6 +114,8 @@ def test_silent_server_times_out_and_next_command_reconnects() -> None:
             assert len(accepted) == 2  # the silent connection was dropped, a new one was made
         finally:
             await client.aclose()
+            for writer in accepted:
+                writer.close()
             server.close()
     asyncio.run(run())
 
@@ -158,6 +160,7 @@ def test_a_busy_server_times_out_every_command_and_the_next_one_reconnects() -> 
         async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             while await reader.read(65536):
                 pass
+            writer.close()
         server = await asyncio.start_server(swallow, "127.0.0.1", 0)
         client = PipelinedRedis("127.0.0.1", server.sockets[0].getsockname()[1], timeout_s=0.05)
         try:

@@ -161,6 +161,7 @@ def test_a_same_scheme_redirect_is_followed(jwks: JwksServer) -> None:
         assert [k.kid for k in fetch_jwks(jwks.url).keys] == ["k-1"]
     finally:
         target.server.shutdown()
+        target.server.server_close()
 
 
 def test_a_hanging_jwks_server_does_not_delay_checks(jwks: JwksServer) -> None:
