@@ -63,38 +63,57 @@ def main(argv: list[str] | None = None) -> int:
         lines[2:2] = [args.note, ""]
     work = Path(tempfile.mkdtemp(prefix="dynaseal-bench-"))
     if {"gateway", "stream", "envoy", "litellm", "peers"} & set(parts):
-        stack = BenchStack(work / "gateway", authz_workers=args.authz_workers,
-                           envoy_concurrency=args.envoy_concurrency, authz_server=args.authz_server)
-        with stack:
-            if "gateway" in parts:
-                print(f"gateway: {args.configs} × ({args.warmup:.0f} s warm-up + {args.seconds:.0f} s) …", flush=True)
-                runs = gateway.run(stack, args.seconds, args.connections, args.warmup, args.configs,
-                                   args.redis_py, args.other_server)
-                lines += ["### Gateway: Envoy A no auth · B jwt_authn · C dynaseal ext_authz (direct_response)", "",
-                          *results.gateway_table(runs), ""]
-            if "envoy" in parts:
-                print("envoy: B, C and C's ext_authz variants …", flush=True)
-                variant_runs = envoy_variants.run(stack, args.seconds, args.connections, args.warmup)
-                lines += ["### Envoy's side of ext_authz: C's variants (direct_response)", "",
-                          *(f"- {r.label}: {r.name}" for r in variant_runs if r.label.startswith("c_")), "",
-                          *envoy_variants.table(variant_runs), ""]
-            if "litellm" in parts:
-                print("litellm: the gateway and LiteLLM's proxy in front of the same mock …", flush=True)
-                lite_runs, why = litellm_bench.run(stack, args.seconds, args.connections, args.warmup)
-                lines += ["### Beside LiteLLM: the same request and client, each proxy in front of the mock", "",
-                          *(litellm_bench.table(lite_runs) if lite_runs else [why]), ""]
-            if "peers" in parts:
-                print("peers: U, D, TensorZero, Portkey and LiteLLM in front of the same mock …", flush=True)
-                load = peers.loadavg()
-                peer_runs, skipped = peers.run(stack, args.seconds, args.connections, args.warmup)
-                lines += ["### Beside the other gateways: the same request, client and mock, one run", "",
-                          f"Machine: {load} (other work shares the 2 cores: compare ratios, not absolutes).", "",
-                          *peers.table(peer_runs, skipped), ""]
-            if "stream" in parts:
-                print(f"stream: {args.streams} streams per listener …", flush=True)
-                stats = streaming.run(stack, args.streams)
-                lines += ["### Streaming through the gateway listener (mock upstream)", "",
-                          *results.stream_table(stats, streaming.CHUNK_DELAY_MS), ""]
+        lines += _stack_parts(args, parts, work)
+    lines += _direct_parts(args, parts, work)
+    report = "\n".join(lines)
+    print("\n" + report)
+    if not args.no_record:
+        results.append(lines)
+        print(f"appended to {results.RESULTS}")
+    return 0
+
+
+def _stack_parts(args: argparse.Namespace, parts: list[str], work: Path) -> list[str]:
+    """The parts that run on one bench stack (Envoy, authz, Redis, the mock): their report lines."""
+    lines: list[str] = []
+    stack = BenchStack(work / "gateway", authz_workers=args.authz_workers,
+                       envoy_concurrency=args.envoy_concurrency, authz_server=args.authz_server)
+    with stack:
+        if "gateway" in parts:
+            print(f"gateway: {args.configs} × ({args.warmup:.0f} s warm-up + {args.seconds:.0f} s) …", flush=True)
+            runs = gateway.run(stack, args.seconds, args.connections, args.warmup, args.configs,
+                               args.redis_py, args.other_server)
+            lines += ["### Gateway: Envoy A no auth · B jwt_authn · C dynaseal ext_authz (direct_response)", "",
+                      *results.gateway_table(runs), ""]
+        if "envoy" in parts:
+            print("envoy: B, C and C's ext_authz variants …", flush=True)
+            variant_runs = envoy_variants.run(stack, args.seconds, args.connections, args.warmup)
+            lines += ["### Envoy's side of ext_authz: C's variants (direct_response)", "",
+                      *(f"- {r.label}: {r.name}" for r in variant_runs if r.label.startswith("c_")), "",
+                      *envoy_variants.table(variant_runs), ""]
+        if "litellm" in parts:
+            print("litellm: the gateway and LiteLLM's proxy in front of the same mock …", flush=True)
+            lite_runs, why = litellm_bench.run(stack, args.seconds, args.connections, args.warmup)
+            lines += ["### Beside LiteLLM: the same request and client, each proxy in front of the mock", "",
+                      *(litellm_bench.table(lite_runs) if lite_runs else [why]), ""]
+        if "peers" in parts:
+            print("peers: U, D, TensorZero, Portkey and LiteLLM in front of the same mock …", flush=True)
+            load = peers.loadavg()
+            peer_runs, skipped = peers.run(stack, args.seconds, args.connections, args.warmup)
+            lines += ["### Beside the other gateways: the same request, client and mock, one run", "",
+                      f"Machine: {load} (other work shares the 2 cores: compare ratios, not absolutes).", "",
+                      *peers.table(peer_runs, skipped), ""]
+        if "stream" in parts:
+            print(f"stream: {args.streams} streams per listener …", flush=True)
+            stats = streaming.run(stack, args.streams)
+            lines += ["### Streaming through the gateway listener (mock upstream)", "",
+                      *results.stream_table(stats, streaming.CHUNK_DELAY_MS), ""]
+    return lines
+
+
+def _direct_parts(args: argparse.Namespace, parts: list[str], work: Path) -> list[str]:
+    """The parts that start their own processes (direct Check, the cluster, the profile): their report lines."""
+    lines: list[str] = []
     if "check" in parts:
         print("check: direct gRPC Check, fixed rate and max, dynaseal then null server …", flush=True)
         check_runs = check_grpc.run(work / "check", args.check_seconds, args.check_rate,
@@ -111,12 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         result, summary = profile.run(work / "profile", args.seconds, args.connections)
         lines += [f"### Profile of authz under load C ({result.rps:,.0f} req/s while sampled, py-spy --nonblocking)",
                   "", *summary, ""]
-    report = "\n".join(lines)
-    print("\n" + report)
-    if not args.no_record:
-        results.append(lines)
-        print(f"appended to {results.RESULTS}")
-    return 0
+    return lines
 
 
 if __name__ == "__main__":

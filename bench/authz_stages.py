@@ -95,7 +95,8 @@ def measure(requests: int, rounds: int) -> list[tuple[str, float]]:
         def wire() -> bytes:
             n = next(ids)
             template.attributes.request.http.id = f"stage-{n}"
-            return template.SerializeToString()
+            data: bytes = template.SerializeToString()
+            return data
 
         payload = wire()
         parsed = CheckRequest.FromString(payload)
@@ -103,8 +104,9 @@ def measure(requests: int, rounds: int) -> list[tuple[str, float]]:
         decision = loop.run_until_complete(ledger.decide(request))
         assert decision.allowed, decision
         async def check() -> bytes:
-            answer = await servicer.Check(CheckRequest.FromString(wire()), None)  # type: ignore[arg-type]
-            return answer.SerializeToString()
+            answer = await servicer.Check(CheckRequest.FromString(wire()), None)
+            data: bytes = answer.SerializeToString()
+            return data
 
         rows = [
             ("decode: CheckRequest.FromString", median_us(lambda: CheckRequest.FromString(payload), requests, rounds)),

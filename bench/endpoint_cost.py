@@ -162,8 +162,9 @@ def run(work: Path, seconds: float, rounds: int) -> dict[str, Tally]:
     supervisor = Supervisor(work / "logs", HOST)
     mock_port, admin = gateway_ports["mock_upstream"], gateway_ports["envoy_admin"]
     tallies = {name: Tally() for name in names}
-    scripts = {n: wrk.write_script(work / n, _body(n, False), "unused") for n in ENDPOINTS
-               if (work / n).mkdir() is None}
+    for n in ENDPOINTS:
+        (work / n).mkdir()
+    scripts = {n: wrk.write_script(work / n, _body(n, False), "unused") for n in ENDPOINTS}
     try:
         supervisor.start(ServiceSpec(
             "mock-llm", ["taskset", "-c", "1", sys.executable, "-m", "mock_llm", "--host", HOST,

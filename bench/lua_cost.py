@@ -54,8 +54,9 @@ AUTHZ_NS = "envoy.filters.http.ext_authz"
 LUA, SSE, ROUTER = "envoy.filters.http.lua", "envoy.filters.http.sse_to_metadata", "envoy.filters.http.router"
 REQUEST_ID = "5f0c8a52-7f38-4d7e-9a0e-1d4f6b2c3a10"
 PREFIX = '"stream_options":{"include_usage":true},'
-REQUEST_LISTENERS = {"q_base": ({}, False), "q_idle": ({}, True), "q_amend": ({"body_prefix": PREFIX}, True)}
-STREAM_LISTENERS = {"s_base": ({}, False), "s_idle": ({}, True), "s_strip": ({"strip_usage": True}, True)}
+Listeners = dict[str, tuple[dict[str, Any], bool]]
+REQUEST_LISTENERS: Listeners = {"q_base": ({}, False), "q_idle": ({}, True), "q_amend": ({"body_prefix": PREFIX}, True)}
+STREAM_LISTENERS: Listeners = {"s_base": ({}, False), "s_idle": ({}, True), "s_strip": ({"strip_usage": True}, True)}
 BUFFER = {"name": "envoy.filters.http.buffer", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": 65536}}
 STREAM_TOKENS = 24  # the mock's natural answer length: 28 SSE events a stream

@@ -297,7 +297,8 @@ def run_latency(rig: PipelineRig, rate: float, seconds: float, rng: random.Rando
 
 def run_throughput(rig: PipelineRig, events: int, rng: random.Random, jtis: list[str]) -> dict[str, Any]:
     """`events` event lines at once; events/s until the last callback arrived."""
-    lines, ids = [], set()
+    lines: list[bytes] = []
+    ids: set[str] = set()
     while len(ids) < events:
         request_id, line = access_line(rng.choice(jtis), rng)
         lines.append(line)

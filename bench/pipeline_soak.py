@@ -151,7 +151,7 @@ def run(args: argparse.Namespace, cfg: object, stack: LocalStack, work: Path) ->
     drain_s = time.monotonic() - load_end
     stop.set()
     sampler.join(10)
-    dlq = status.dlq_reasons(bootstrap) or {}
+    dlq: dict[str, int] = status.dlq_reasons(bootstrap) or {}
     during = [lag for at, lag in zip(samples.at, samples.consumer_lag, strict=False) if at <= load_end]
     ship = [lag for at, lag in zip(samples.at, samples.shipper_lag, strict=False) if at <= load_end]
     figures = {

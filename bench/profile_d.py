@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from bench import gateway, profile, results, wrk
 from bench.fixture import BODY
@@ -58,11 +59,12 @@ def perf_rows(perf: str, data: Path, sort: str) -> list[tuple[float, list[str]]]
 
 def summarize_perf(perf: str, data: Path, names: dict[int, str], requests: int, cpu_us: dict[str, float]) -> list[str]:
     """Per process: its CPU µs/request split by shared object, then its top symbols."""
-    by_dso: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    # Counters of float shares (typeshed's Counter only counts ints).
+    by_dso: dict[str, Any] = collections.defaultdict(collections.Counter)
     for pct, fields in perf_rows(perf, data, "pid,dso"):
         pid = int(fields[0].split(":", 1)[0])
         by_dso[names.get(pid, str(pid))][fields[1]] += pct
-    by_sym: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    by_sym: dict[str, Any] = collections.defaultdict(collections.Counter)
     for pct, fields in perf_rows(perf, data, "pid,dso,sym"):
         pid = int(fields[0].split(":", 1)[0])
         by_sym[names.get(pid, str(pid))][f"{fields[1]} {fields[2]}"] += pct

@@ -54,7 +54,7 @@ def deny(status: int, body: str, request_id: str | None = None) -> CheckResponse
                _header("x-dynaseal-request-id", request_id or str(uuid.uuid4()))]
     response = CheckResponse(
         status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED),
-        denied_response=DeniedHttpResponse(status=HttpStatus(code=status),  # type: ignore[arg-type]
+        denied_response=DeniedHttpResponse(status=HttpStatus(code=status),
                                            headers=headers, body=body))
     return response
 

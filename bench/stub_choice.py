@@ -23,7 +23,8 @@ def sample_request() -> bytes:
     for name, value in headers.items():
         http.headers[name] = value
     http.raw_body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"' + b"x" * 250 + b'"}]}'
-    return request.SerializeToString()
+    data: bytes = request.SerializeToString()
+    return data
 
 
 def per_call_us(decode: object, data: bytes, rounds: int) -> float:

@@ -10,27 +10,25 @@ and `abandoned` (shutdown came first), which leaves the offset uncommitted so th
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
-from kafka import TopicPartition
 from redis.exceptions import RedisError
 
 from callback_consumer import metrics
 from callback_consumer.batches import Batcher
+from callback_consumer.callback_post import CallbackPoster
 from callback_consumer.dlq import DeadLetters, dlq_headers
 from callback_consumer.held_back import HeldBack
-from callback_consumer.http_client import CallbackClient, CallbackTransportError
+from callback_consumer.http_client import CallbackClient
+from callback_consumer.jobs import Job, Outcome
 from callback_consumer.money import ThresholdSender, money_settlement, record_money
 from callback_consumer.parking import Parking
+from callback_consumer.retry_policy import RetryPolicy
 from callback_consumer.settlement import SettlementBatcher
 from callback_consumer.tenant_slots import SharedSlots
 from dynaseal.ledger import redis_keys
@@ -42,60 +40,13 @@ from dynaseal.usage import kafka_io
 from dynaseal.usage.callbacks import CallbackSigner, callback_body, is_retryable
 from dynaseal.usage.reservation_events import is_reservation, webhook_id
 
+# Job, Outcome and RetryPolicy live in their own modules; importers of this one keep working.
+__all__ = ["Deliverer", "Job", "Outcome", "RetryPolicy"]
+
 log = logging.getLogger("callback_consumer.delivery")
 
 
-class Outcome(enum.StrEnum):
-    """How handling one event ended."""
-
-    DELIVERED = "delivered"
-    DLQ = "dlq"
-    NO_CALLBACK = "no_callback"
-    ABANDONED = "abandoned"
-    PARKED = "parked"
-
-    @property
-    def finished(self) -> bool:
-        """Whether the event's offset may be committed."""
-        return self is not Outcome.ABANDONED
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """One Kafka record to handle."""
-
-    tp: TopicPartition
-    offset: int
-    key: bytes | None
-    value: bytes
-    # The headers it carried in the DLQ, when a replay delivers it again.
-    dlq: Mapping[str, str] | None = None
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter: attempt n waits between half and all of min(cap, base·2ⁿ⁻¹)."""
-
-    base_s: float = 0.5
-    cap_s: float = 30.0
-
-    def delay(self, attempt: int, retry_after_s: float | None = None) -> float:
-        """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        ceiling = min(self.cap_s, self.base_s * 2 ** (attempt - 1))
-        wait = ceiling / 2 + random.uniform(0, ceiling / 2)
-        if retry_after_s is not None:  # the receiver said when (429/503): honour it, within the cap
-            wait = max(wait, min(retry_after_s, self.cap_s))
-        return float(wait)
-
-
-def _seconds(retry_after: str | None) -> float | None:
-    try:
-        return float(retry_after) if retry_after else None
-    except ValueError:  # an HTTP date: not worth parsing, the backoff applies
-        return None
-
-
-class Deliverer:
+class Deliverer(CallbackPoster):
     """Handles jobs on one event loop; per-tenant HTTP clients bound how much any one tenant can hold."""
 
     def __init__(self, registry: Callable[[], ConsumerView], settlements: SettlementBatcher | None,
@@ -167,59 +118,6 @@ class Deliverer:
                 return None
             delay = min(delay * 2, 5.0)
 
-    def _client(self, tenant: CallbackTarget) -> CallbackClient:
-        assert tenant.callback is not None
-        client = self._clients.get(tenant.id)
-        if client is None or client.url != tenant.callback.url:  # new tenant, or its URL changed on reload
-            if client is not None:
-                client.close()
-            # One pool per tenant: a slow tenant holds its own connections, never another's.
-            client = self._clients[tenant.id] = CallbackClient(tenant.callback.url, max_idle=self._limit(tenant))
-        return client
-
-    def _signer(self, tenant: CallbackTarget) -> CallbackSigner:
-        assert tenant.callback_secret is not None
-        secret = tenant.callback_secret.get_secret_value()
-        previous = tuple(old.get_secret_value() for old in tenant.previous_secrets)
-        cached = self._signers.get(tenant.id)
-        if cached is None or cached[0] != (secret, previous):
-            cached = ((secret, previous), CallbackSigner.from_secret(secret, previous))
-            self._signers[tenant.id] = cached
-        return cached[1]
-
-    async def _attempt(self, tenant: CallbackTarget, webhook_id: str, body: bytes) -> tuple[int | None, float | None]:
-        """One POST: (status or None on a timeout/connection error, Retry-After seconds)."""
-        assert tenant.callback is not None
-        headers = self._signer(tenant).headers(webhook_id, body)
-        started = time.perf_counter()
-        try:
-            reply = await self._client(tenant).post(body, headers, tenant.callback.timeout_s)
-        except TimeoutError:
-            metrics.CALLBACK_SECONDS.labels("timeout").observe(time.perf_counter() - started)
-            return None, None
-        except CallbackTransportError:
-            metrics.CALLBACK_SECONDS.labels("connection_error").observe(time.perf_counter() - started)
-            return None, None
-        metrics.CALLBACK_SECONDS.labels(f"{reply.status // 100}xx").observe(time.perf_counter() - started)
-        return reply.status, _seconds(reply.retry_after)
-
-    async def attempt_once(self, tenant: CallbackTarget, webhook_id: str,
-                           body: bytes) -> tuple[int | None, float | None]:
-        """One signed POST within the tenant's concurrency (a parked event's replay probes with it)."""
-        async with self._gate(tenant), self._group_slot(tenant):
-            return await self._attempt(tenant, webhook_id, body)
-
-    async def attempt_batch(self, tenant: CallbackTarget, webhook_id: str, body: bytes) -> tuple[int | None, bytes]:
-        """One signed batch POST within the tenant's concurrency: (status or None, reply body)."""
-        assert tenant.callback is not None
-        headers = self._signer(tenant).headers(webhook_id, body)
-        async with self._gate(tenant), self._group_slot(tenant):
-            try:
-                reply = await self._client(tenant).post(body, headers, tenant.callback.timeout_s)
-            except (TimeoutError, CallbackTransportError):
-                return None, b""
-        return reply.status, reply.body
-
     async def _dead_letter(self, job: Job, request_id: str, reason: str, status: int | None, attempts: int,
                            extra: Mapping[str, str] | None = None) -> Outcome:
         headers = dlq_headers(reason, status, attempts, f"{job.tp.topic}/{job.tp.partition}/{job.offset}", job.dlq)
@@ -274,16 +172,25 @@ class Deliverer:
             if attempt == max_attempts:
                 return await self._dead_letter(job, webhook_id, f"exhausted:{reason}", status, attempt, dlq_extra)
             metrics.RETRIES.labels(reason if status is None else f"{status // 100}xx").inc()
-            delay = self.policy.delay(attempt, retry_after)
-            if parking is not None:
-                woke = await self._pause_unless(delay, parking.down_event(tenant.id))
-                if woke == "down":  # the tenant went down meanwhile: park rather than retry
-                    return await self._park(job, tenant.id, park_seq, reason, status, attempt)
-                if woke == "abandon":
-                    return Outcome.ABANDONED
-            elif not await self._pause(delay):
-                return Outcome.ABANDONED
+            stopped = await self._back_off(job, tenant.id, park_seq, self.policy.delay(attempt, retry_after),
+                                           reason, status, attempt)
+            if stopped is not None:
+                return stopped
         return Outcome.ABANDONED  # unreachable: the loop returns on its last attempt
+
+    async def _back_off(self, job: Job, tenant_id: str, park_seq: int | None, delay: float, reason: str,
+                        status: int | None, attempt: int) -> Outcome | None:
+        """Wait `delay` before the next attempt; None to go on, or how the event ended meanwhile
+        (shutdown came first, or its tenant went down and it was parked)."""
+        parking = self.parking if park_seq is not None else None
+        if parking is not None:
+            woke = await self._pause_unless(delay, parking.down_event(tenant_id))
+            if woke == "down":  # the tenant went down meanwhile: park rather than retry
+                return await self._park(job, tenant_id, park_seq, reason, status, attempt)
+            if woke == "abandon":
+                return Outcome.ABANDONED
+            return None
+        return None if await self._pause(delay) else Outcome.ABANDONED
 
     async def _pause_unless(self, seconds: float, down: asyncio.Event) -> str:
         """Sleep `seconds`; "slept", or "down"/"abandon" if that came first."""
@@ -318,25 +225,6 @@ class Deliverer:
             return Outcome.ABANDONED
         metrics.PARKED.inc()
         return Outcome.PARKED
-
-    def _limit(self, tenant: CallbackTarget) -> int:
-        assert tenant.callback is not None
-        return tenant.callback.concurrency or self.per_tenant
-
-    def _group_slot(self, tenant: CallbackTarget) -> AbstractAsyncContextManager[None]:
-        """One of the tenant's slots across every consumer of the group, after the local gate."""
-        assert tenant.callback is not None
-        if self.slots is None:
-            return nullcontext()
-        return self.slots.hold(tenant.id, self._limit(tenant), tenant.callback.timeout_s)
-
-    def _gate(self, tenant: CallbackTarget) -> asyncio.Semaphore:
-        """At most the tenant's concurrency in flight to it; others' callbacks never wait on this one."""
-        limit = self._limit(tenant)
-        cached = self._gates.get(tenant.id)
-        if cached is None or cached[0] != limit:  # new tenant, or its concurrency changed on reload
-            cached = self._gates[tenant.id] = (limit, asyncio.Semaphore(limit))
-        return cached[1]
 
     async def _newer_config_has(self, tenant_id: str) -> CallbackTarget | None:
         """A tenant just created may reach authz a moment before this consumer: wait for the next config
@@ -407,46 +295,6 @@ class Deliverer:
             if self.parking is not None and seq is not None:
                 self.parking.leave(tenant.id, seq)
 
-    async def _take_turn(self, tenant_id: str, job: Job) -> bool:
-        """Count the job in its tenant's backlog, queueing (FIFO) while the backlog is full; False on shutdown."""
-        backlog = self.tenant_backlog
-        queue = self._turns.setdefault(tenant_id, deque())
-        if backlog is None or (self._waiting.get(tenant_id, 0) < backlog and not queue):
-            self._waiting[tenant_id] = self._waiting.get(tenant_id, 0) + 1
-            return True
-        # A future per held event, granted strictly in arrival order by `_next_turn` (which counts it
-        # in the backlog as it grants it): held events leave in the order they came, per key too.
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue.append(turn)
-        self.held_back.add(tenant_id, job.tp)
-        metrics.HELD_BACK.inc()
-        stop = asyncio.ensure_future(self.abandon.wait())
-        try:
-            await asyncio.wait((turn, stop), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            self.held_back.remove(tenant_id, job.tp)
-            metrics.HELD_BACK.dec()
-            if not turn.done():
-                turn.cancel()
-        if turn.cancelled():
-            return False
-        if self.abandon.is_set():  # granted, but shutdown came: give the turn back
-            self._waiting[tenant_id] -= 1
-            return False
-        return True
-
-    def _next_turn(self, tenant_id: str) -> None:
-        """A delivery of this tenant ended: grant queued turns while its backlog has room."""
-        queue = self._turns.get(tenant_id)
-        backlog = self.tenant_backlog
-        while queue and backlog is not None and self._waiting.get(tenant_id, 0) < backlog:
-            turn = queue.popleft()
-            if turn.done():  # its waiter left (shutdown)
-                continue
-            self._waiting[tenant_id] = self._waiting.get(tenant_id, 0) + 1
-            turn.set_result(None)
-
     async def dead_letter_on_error(self, job: Job) -> Outcome:
         """DLQ an event whose handling raised unexpectedly (abandoned if even that fails)."""
         try:
@@ -455,8 +303,3 @@ class Deliverer:
             log.exception("could not dead-letter an event after an error", extra={"offset": job.offset})
             return Outcome.ABANDONED
 
-    async def aclose(self) -> None:
-        """Close every tenant's connections."""
-        for client in self._clients.values():
-            client.close()
-        self._clients.clear()

@@ -329,7 +329,6 @@ class ContentRule(StrictModel):
     def _valid(self) -> ContentRule:
         from dynaseal.policy.content_builtins import BUILTINS
         from dynaseal.policy.content_fields import FIELDS
-        from dynaseal.policy.content_rules import pattern_error
 
         label = f"content rule {self.name!r}"
         if self.name is None or not CONTENT_RULE_NAME.match(self.name):
@@ -341,6 +340,17 @@ class ContentRule(StrictModel):
                 raise ValueError(f"{label}: a built-in takes no literals, patterns or case_insensitive")
         elif not (self.literals or self.patterns):
             raise ValueError(f"{label}: give a builtin, literals or patterns")
+        self._check_matchers(label)
+        unknown = sorted(set(self.where or ()) - set(FIELDS))
+        if unknown or self.where == ():
+            raise ValueError(f"{label}: unknown field(s) {unknown or '(none listed)'} in where "
+                             f"(known: {', '.join(FIELDS)})")
+        return self
+
+    def _check_matchers(self, label: str) -> None:
+        """Every literal matches something less than every request; every pattern compiles on RE2."""
+        from dynaseal.policy.content_rules import pattern_error
+
         for literal in self.literals:
             if not literal:
                 raise ValueError(f"{label}: an empty literal would match every request")
@@ -348,11 +358,6 @@ class ContentRule(StrictModel):
             reason = pattern_error(pattern)
             if reason is not None:
                 raise ValueError(f"{label}: pattern {pattern!r} does not compile (RE2 syntax): {reason}")
-        unknown = sorted(set(self.where or ()) - set(FIELDS))
-        if unknown or self.where == ():
-            raise ValueError(f"{label}: unknown field(s) {unknown or '(none listed)'} in where "
-                             f"(known: {', '.join(FIELDS)})")
-        return self
 
 
 class ContentRules(RootModel[tuple[ContentRule, ...]]):

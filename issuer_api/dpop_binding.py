@@ -15,7 +15,15 @@ from typing import Any
 
 from starlette.requests import Request
 
-from dynaseal.keys.dpop import PROOF_WINDOW_S, DpopRefusal, confirmation, normalize_url, public_key_of, verify_proof
+from dynaseal.keys.dpop import (
+    PROOF_WINDOW_S,
+    DpopProof,
+    DpopRefusal,
+    confirmation,
+    normalize_url,
+    public_key_of,
+    verify_proof,
+)
 from issuer_api.errors import ApiError, IssuerError, invalid_request
 from issuer_api.scope import ScopeRequest
 
@@ -52,32 +60,8 @@ def _invalid_proof(message: str) -> ApiError:
 def requested_binding(request: Request, body: ScopeRequest | None, leeway_s: int,
                       require_dpop: bool) -> dict[str, Any] | None:
     """The `cnf` claim for the key this request mints, or None for a bearer key; 400 ApiError if unusable."""
-    proofs = request.headers.getlist("dpop")
-    if len(proofs) > 1:
-        raise _invalid_proof("send exactly one DPoP proof header")
-    proof = None
-    if proofs:
-        now = time.time()
-        try:
-            proof = verify_proof(proofs[0], method=request.method, url=normalize_url(str(request.url)), now=now,
-                                 leeway_s=leeway_s)
-        except DpopRefusal as refusal:
-            raise _invalid_proof(refusal.message) from None
-        if not _PROOFS.first_use(proof.jti, proof.iat, now):
-            raise _invalid_proof("DPoP proof has been used before")
-    cnf: dict[str, Any] | None = None
-    if body is not None and body.holder_jwk is not None:
-        try:  # checked whole first: a private member means the client leaked its key, never strip it silently
-            public_key_of(body.holder_jwk)
-        except ValueError as exc:
-            raise invalid_request(f"holder_jwk is not a usable public key: {exc}", "holder_jwk") from None
-        cnf = {"jwk": {k: v for k, v in body.holder_jwk.items() if k in ("kty", "crv", "x", "y")}}
-        if body.dpop_jkt is not None:
-            raise invalid_request("give dpop_jkt or holder_jwk, not both", "dpop_jkt")
-    elif body is not None and body.dpop_jkt is not None:
-        cnf = {"jkt": body.dpop_jkt}
-    elif proof is not None:
-        cnf = {"jkt": proof.jkt}
+    proof = _request_proof(request, leeway_s)
+    cnf = _named_binding(body, proof)
     if cnf is not None:
         try:
             jkt = confirmation(cnf).jkt
@@ -90,4 +74,39 @@ def requested_binding(request: Request, body: ScopeRequest | None, leeway_s: int
         raise invalid_request("this tenant accepts only sender-constrained keys: send dpop_jkt, holder_jwk or "
                               "a DPoP proof header", "dpop_jkt", IssuerError.DPOP_REQUIRED)
     return cnf
+
+
+def _request_proof(request: Request, leeway_s: int) -> DpopProof | None:
+    """The request's own DPoP proof, verified and first used now; None without one."""
+    proofs = request.headers.getlist("dpop")
+    if len(proofs) > 1:
+        raise _invalid_proof("send exactly one DPoP proof header")
+    if not proofs:
+        return None
+    now = time.time()
+    try:
+        proof = verify_proof(proofs[0], method=request.method, url=normalize_url(str(request.url)), now=now,
+                             leeway_s=leeway_s)
+    except DpopRefusal as refusal:
+        raise _invalid_proof(refusal.message) from None
+    if not _PROOFS.first_use(proof.jti, proof.iat, now):
+        raise _invalid_proof("DPoP proof has been used before")
+    return proof
+
+
+def _named_binding(body: ScopeRequest | None, proof: DpopProof | None) -> dict[str, Any] | None:
+    """The holder key the request names: its `holder_jwk`, its `dpop_jkt`, else its proof's key."""
+    if body is not None and body.holder_jwk is not None:
+        try:  # checked whole first: a private member means the client leaked its key, never strip it silently
+            public_key_of(body.holder_jwk)
+        except ValueError as exc:
+            raise invalid_request(f"holder_jwk is not a usable public key: {exc}", "holder_jwk") from None
+        if body.dpop_jkt is not None:
+            raise invalid_request("give dpop_jkt or holder_jwk, not both", "dpop_jkt")
+        return {"jwk": {k: v for k, v in body.holder_jwk.items() if k in ("kty", "crv", "x", "y")}}
+    if body is not None and body.dpop_jkt is not None:
+        return {"jkt": body.dpop_jkt}
+    if proof is not None:
+        return {"jkt": proof.jkt}
+    return None
 

@@ -175,35 +175,60 @@ def build_completion(body: Any, continuous_usage: bool = False) -> Completion:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise invalid_request("Invalid 'messages': expected a non-empty array of message objects.", "messages")
+    prompt_tokens, cached_tokens, last_user_text = _prompt(messages)
 
+    n = _optional_int(body, "n", 1, MAX_CHOICES) or 1
+    limit = _optional_int(body, "max_completion_tokens", 1)
+    if limit is None:
+        limit = _optional_int(body, "max_tokens", 1)
+    stream, include_usage, continuous_usage = _stream_flags(body, continuous_usage)
+
+    if model == MISSING_MODEL:
+        raise ApiError(
+            404,
+            f"The model `{model}` does not exist or you do not have access to it.",
+            code="model_not_found",
+        )
+    choices = tuple(_generate(last_user_text, i, limit) for i in range(n))
+    return Completion(model, bool(stream), include_usage, prompt_tokens, choices, cached_tokens,
+                      body.get("reasoning_effort") is not None, continuous_usage and bool(stream))
+
+
+def _prompt(messages: list[Any]) -> tuple[int, int, str]:
+    """Prompt tokens, the cached ones (the leading system/developer turns) and the last user turn's text."""
     prompt_tokens = PER_REQUEST_TOKENS
     cached_tokens, cached_prefix = 0, True
     last_user_text = ""
     for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise invalid_request(f"Invalid 'messages.[{i}]': expected an object.", f"messages.[{i}]")
-        role = message.get("role")
-        if not isinstance(role, str) or role not in VALID_ROLES:
-            raise invalid_request(
-                f"Invalid 'messages.[{i}].role': expected one of {sorted(VALID_ROLES)}.", f"messages.[{i}].role"
-            )
-        if "content" not in message:
-            raise invalid_request(f"Missing required parameter: 'messages.[{i}].content'.", f"messages.[{i}].content")
-        content = message["content"]
-        # OpenAI allows null content on assistant turns that only carry tool calls.
-        text = "" if content is None and role == "assistant" else _content_text(content, i)
+        role, text = _message_text(message, i)
         prompt_tokens += count_words(text) + PER_MESSAGE_TOKENS
         cached_prefix = cached_prefix and role in ("system", "developer")
         if cached_prefix:
             cached_tokens += count_words(text) + PER_MESSAGE_TOKENS
         if role == "user":
             last_user_text = text
+    return prompt_tokens, cached_tokens, last_user_text
 
-    n = _optional_int(body, "n", 1, MAX_CHOICES) or 1
-    limit = _optional_int(body, "max_completion_tokens", 1)
-    if limit is None:
-        limit = _optional_int(body, "max_tokens", 1)
 
+def _message_text(message: Any, i: int) -> tuple[str, str]:
+    """One message's role and text, validated as OpenAI does."""
+    if not isinstance(message, dict):
+        raise invalid_request(f"Invalid 'messages.[{i}]': expected an object.", f"messages.[{i}]")
+    role = message.get("role")
+    if not isinstance(role, str) or role not in VALID_ROLES:
+        raise invalid_request(
+            f"Invalid 'messages.[{i}].role': expected one of {sorted(VALID_ROLES)}.", f"messages.[{i}].role"
+        )
+    if "content" not in message:
+        raise invalid_request(f"Missing required parameter: 'messages.[{i}].content'.", f"messages.[{i}].content")
+    content = message["content"]
+    # OpenAI allows null content on assistant turns that only carry tool calls.
+    text = "" if content is None and role == "assistant" else _content_text(content, i)
+    return role, text
+
+
+def _stream_flags(body: dict[str, Any], continuous_usage: bool) -> tuple[bool | None, bool, bool]:
+    """`stream`, `stream_options.include_usage`, and usage in every chunk (forced or asked for)."""
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise invalid_request("Invalid type for 'stream': expected a boolean.", "stream", "invalid_type")
@@ -218,13 +243,4 @@ def build_completion(body: Any, continuous_usage: bool = False) -> Completion:
             raise invalid_request("Invalid type for 'stream_options': expected an object.", "stream_options")
         include_usage = stream_options.get("include_usage") is True
         continuous_usage = continuous_usage or stream_options.get("continuous_usage_stats") is True
-
-    if model == MISSING_MODEL:
-        raise ApiError(
-            404,
-            f"The model `{model}` does not exist or you do not have access to it.",
-            code="model_not_found",
-        )
-    choices = tuple(_generate(last_user_text, i, limit) for i in range(n))
-    return Completion(model, bool(stream), include_usage, prompt_tokens, choices, cached_tokens,
-                      body.get("reasoning_effort") is not None, continuous_usage and bool(stream))
+    return stream, include_usage, continuous_usage

@@ -48,7 +48,7 @@ class ConsumerRig:
         self.metrics_url = f"http://127.0.0.1:{metrics}/metrics"
         self.consumer_args = consumer_args or []
         suffix = uuid.uuid4().hex[:8].upper()
-        tenants = []
+        tenants: list[dict[str, Any]] = []
         for tenant, receiver in self.receivers.items():
             name = tenant.split("-")[1].upper()
             key_env, hook_env = f"DYNASEAL_TEST_{name}_KEY_{suffix}", f"DYNASEAL_TEST_{name}_HOOK_{suffix}"
@@ -67,7 +67,7 @@ class ConsumerRig:
         self.config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
         self.supervisor = Supervisor(directory / "logs", "127.0.0.1")
         self.group_id = f"test-{uuid.uuid4().hex[:8]}"
-        self._producer = None
+        self._producer: Any = None
 
     def start(self) -> None:
         """Receivers, broker, consumer; returns once the consumer serves metrics."""

@@ -16,6 +16,7 @@ import httpx
 import openai
 import yaml
 from conftest import DEMO_TENANT, free_ports
+from openai.types.chat import ChatCompletionMessageParam
 from redis import Redis
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -28,7 +29,7 @@ from dynaseal_launcher.processes import RunningService, ServiceSpec, Supervisor,
 from dynaseal_launcher.stack import tansu_binary
 
 REPO = Path(__file__).resolve().parent.parent
-MESSAGES = [{"role": "user", "content": "Tell me about usage callbacks at the edge."}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me about usage callbacks at the edge."}]
 Behaviour = Callable[[dict[str, Any], int], int]
 
 

@@ -231,7 +231,8 @@ def test_a_malformed_child_budget_cost_is_refused(authorizer: Authorizer, signin
 def test_a_child_claim_the_chain_does_not_enforce_is_refused(authorizer: Authorizer, signing_key: SigningKey,
                                                              claim: str) -> None:
     agent = HolderKey.generate()
-    token = hand_child(agent, root(signing_key, agent), **{claim: 1})
+    claims: dict[str, Any] = {claim: 1}
+    token = hand_child(agent, root(signing_key, agent), **claims)
     assert f"no level of the chain enforces: ['{claim}']" in refusal(decide(authorizer, token))
 
 
@@ -239,7 +240,8 @@ def test_a_hostile_claim_name_is_quoted_safely(authorizer: Authorizer, signing_k
     agent = HolderKey.generate()
     parent = root(signing_key, agent)
     for name in ("x" * 5000, "bad\ud800name", "new\nline\x00"):
-        for token in (hand_child(agent, parent, **{name: 1}), hand_child(agent, parent, params={name: {"max": 1}})):
+        claims: dict[str, Any] = {name: 1}
+        for token in (hand_child(agent, parent, **claims), hand_child(agent, parent, params={name: {"max": 1}})):
             message = refusal(decide(authorizer, token))
             assert len(message) < 300 and message.isprintable(), message
             message.encode("utf-8")  # no lone surrogate left in it

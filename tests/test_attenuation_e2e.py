@@ -175,8 +175,10 @@ def test_a_childs_callback_names_its_family_and_every_level_settles(
     levels = ((jti(parent),), (jti(parent), jti(child)))
     token_fields = ("uses", "reserved", "spent")
     for path in levels:
-        wait_until(lambda p=path: {f: level_counters(store, *p).get(f) for f in token_fields}
-                   == {"uses": 1, "reserved": 0, "spent": total}, 10, f"settlement at level {len(path)}")
+        def settled(p: tuple[str, ...] = path) -> bool:
+            return {f: level_counters(store, *p).get(f) for f in token_fields} == {"uses": 1, "reserved": 0,
+                                                                                    "spent": total}
+        wait_until(settled, 10, f"settlement at level {len(path)}")
     # The model is priced: its cost is held and settled at every level too, the same at each.
     money = [(level_counters(store, *p)["reserved_cost"], level_counters(store, *p)["spent_cost"]) for p in levels]
     assert money[0] == money[1] and money[0][0] == 0 and money[0][1] > 0

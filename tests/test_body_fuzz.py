@@ -105,7 +105,7 @@ def test_an_answer_that_cannot_be_built_fails_closed_with_its_label() -> None:
     servicer = AuthorizationServicer(Unanswerable())  # type: ignore[arg-type]
     from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 
-    response = asyncio.run(servicer.Check(CheckRequest(), None))  # type: ignore[arg-type]
+    response = asyncio.run(servicer.Check(CheckRequest(), None))
     assert response.denied_response.status.code == 503
     assert orjson.loads(response.denied_response.body)["error"]["code"] == "authz_unavailable"
     assert FAILURES.labels("response_error")._value.get() == before + 1

@@ -18,13 +18,14 @@ import httpx
 import openai
 import pytest
 from conftest import DEMO_TENANT
+from openai.types.chat import ChatCompletionMessageParam
 
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.mint import SigningKey, mint
 
 pytestmark = pytest.mark.integration
 
-MESSAGES = [{"role": "user", "content": "Say something about keys that expire."}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say something about keys that expire."}]
 KEY_CAP = 48
 GATEWAY_ADDITIONS = {"max_tokens", "stream_options"}
 
@@ -44,7 +45,7 @@ class Wire:
         self.request_ids.append(response.headers.get("x-dynaseal-request-id", ""))
 
     def client(self) -> httpx.Client:
-        """The client to hand to the SDK."""
+        """The client to hand to the SDK (openai's annotation names httpx2.Client; it takes this one too)."""
         return httpx.Client(timeout=30, event_hooks={"request": [self._request], "response": [self._response]})
 
 
@@ -111,7 +112,8 @@ def stored_callback(cfg: DynasealConfig, jti: str, timeout_s: float = 30) -> dic
 
 def test_openai_sdk_without_max_tokens_gets_the_keys_cap(gw: str, mock_url: str, issuer_key: SigningKey,
                                                          wire: Wire) -> None:
-    client = openai.OpenAI(base_url=gw, api_key=demo_key(issuer_key), max_retries=0, http_client=wire.client())
+    client = openai.OpenAI(base_url=gw, api_key=demo_key(issuer_key), max_retries=0,
+                           http_client=wire.client())  # type: ignore[arg-type]
     reply = client.chat.completions.create(model="deepseek-chat", messages=MESSAGES)
     assert reply.choices[0].message.content
     assert reply.usage is not None and 0 < reply.usage.completion_tokens <= KEY_CAP
@@ -122,7 +124,7 @@ def test_openai_sdk_stream_without_stream_options(gw: str, mock_url: str, cfg: D
                                                   issuer_key: SigningKey, wire: Wire) -> None:
     """The most common streaming call: every chunk has a choice, no usage chunk the client did not ask for."""
     key = demo_key(issuer_key)
-    client = openai.OpenAI(base_url=gw, api_key=key, max_retries=0, http_client=wire.client())
+    client = openai.OpenAI(base_url=gw, api_key=key, max_retries=0, http_client=wire.client())  # type: ignore[arg-type]
     text = []
     chunks = list(client.chat.completions.create(model="deepseek-chat", messages=MESSAGES, stream=True,
                                                  max_tokens=20))
@@ -142,9 +144,10 @@ def test_stream_with_and_without_usage_is_billed_the_same(gw: str, mock_url: str
                                                           issuer_key: SigningKey, wire: Wire) -> None:
     asked_key, silent_key = demo_key(issuer_key), demo_key(issuer_key)
     usage_chunks: dict[str, list[Any]] = {}
+    options: Any  # the SDK's overloads take its keyword arguments one by one
     for name, key, options in (("asked", asked_key, {"stream_options": {"include_usage": True}}),
                                ("silent", silent_key, {})):
-        client = openai.OpenAI(base_url=gw, api_key=key, max_retries=0, http_client=wire.client())
+        client = openai.OpenAI(base_url=gw, api_key=key, max_retries=0, http_client=wire.client())  # type: ignore[arg-type]
         stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True, **options)
         usage_chunks[name] = [c.usage for c in stream if c.usage is not None]
     assert len(usage_chunks["asked"]) == 1 and usage_chunks["silent"] == []

@@ -51,7 +51,7 @@ def test_in_flight_counts_held_jobs_and_returns_to_zero_after_a_burst() -> None:
         wait_until(lambda: held.started == 250, 10, "every job to start")
         assert _gauge() == 250
         release.set()
-        finished = []
+        finished: list[object] = []
         wait_until(lambda: _drain_into(dispatcher, finished) == 250, 10, "every job to finish")
         # The gauge is exact once the last job reported: no scrape may see stale work.
         assert _gauge() == 0 and dispatcher.in_flight == 0

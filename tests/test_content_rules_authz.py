@@ -26,7 +26,8 @@ from dynaseal.policy.decision import Decision
 
 TENANT = "shop"
 KEY = SigningKey.generate("shop-1")
-RULES = [{"builtin": "payment_card"}, {"name": "hosts", "literals": ["db.shop.internal"], "where": ["user"]}]
+RULES: list[dict[str, Any]] = [{"builtin": "payment_card"},
+                               {"name": "hosts", "literals": ["db.shop.internal"], "where": ["user"]}]
 
 
 class RecordingQuota:

@@ -299,6 +299,7 @@ def test_probe_reports_http_health() -> None:
         assert probe("http", base + "/missing") == 1
     finally:
         server.shutdown()
+        server.server_close()
 
 
 def test_probe_runs_as_the_image_runs_it() -> None:

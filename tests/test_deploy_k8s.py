@@ -89,6 +89,22 @@ def test_k8s_manifests_validate_against_kubernetes_schemas(k8s_docs: list[dict[s
         kubernetes_validate.validate(doc, version, strict=True)
 
 
+def _assert_pod_references_resolve(name: str, pod: dict[str, Any], names: set[tuple[str, str]]) -> None:
+    """The pod's volumes name existing ConfigMaps, Secrets and claims; its mounts and envFrom resolve."""
+    for volume in pod.get("volumes", []):
+        if "configMap" in volume:
+            assert ("ConfigMap", volume["configMap"]["name"]) in names, (name, volume)
+        if "secret" in volume:
+            assert ("Secret", volume["secret"]["secretName"]) in names, (name, volume)
+        if "persistentVolumeClaim" in volume:
+            assert ("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]) in names
+    mounts = {v["name"] for v in pod.get("volumes", [])}
+    for container in containers(pod).values():
+        assert {m["name"] for m in container.get("volumeMounts", [])} <= mounts, (name, container["name"])
+        for source in container.get("envFrom", []):
+            assert ("Secret", source["secretRef"]["name"]) in names
+
+
 def test_k8s_references_resolve(k8s_docs: list[dict[str, Any]]) -> None:
     """ConfigMaps, Secrets, claims, Service selectors and ports, PDB and HPA targets all exist."""
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
@@ -97,18 +113,7 @@ def test_k8s_references_resolve(k8s_docs: list[dict[str, Any]]) -> None:
     labels = {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
               for d in k8s_docs if d["kind"] == "Deployment"}
     for name, pod in pods.items():
-        for volume in pod.get("volumes", []):
-            if "configMap" in volume:
-                assert ("ConfigMap", volume["configMap"]["name"]) in names, (name, volume)
-            if "secret" in volume:
-                assert ("Secret", volume["secret"]["secretName"]) in names, (name, volume)
-            if "persistentVolumeClaim" in volume:
-                assert ("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]) in names
-        mounts = {v["name"] for v in pod.get("volumes", [])}
-        for container in containers(pod).values():
-            assert {m["name"] for m in container.get("volumeMounts", [])} <= mounts, (name, container["name"])
-            for source in container.get("envFrom", []):
-                assert ("Secret", source["secretRef"]["name"]) in names
+        _assert_pod_references_resolve(name, pod, names)
     for doc in k8s_docs:
         spec = doc.get("spec", {})
         if doc["kind"] == "Service" and spec.get("type") != "ExternalName":

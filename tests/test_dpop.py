@@ -220,6 +220,7 @@ def test_a_tenant_can_require_bound_keys(authorizer: Authorizer, signing_key: Si
 
 def test_unusable_cnf_claims_are_refused(authorizer: Authorizer, signing_key: SigningKey) -> None:
     holder = HolderKey.generate()
+    cnf: Any
     for cnf in ({"x5t#S256": "abc"}, {"jkt": "short"}, {"jkt": holder.jkt(), "jwk": holder.public_jwk()},
                 {"jwk": {**holder.public_jwk(), "d": "AAAA"}}, {"jwk": {"kty": "RSA", "n": "x", "e": "AQAB"}}, []):
         key = mint(signing_key, tenant="t", models=["m"], max_tokens=10, ttl=300, cnf=cnf or None)

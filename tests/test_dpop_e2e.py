@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import httpx
 import openai
@@ -18,7 +19,8 @@ from dynaseal.config import DynasealConfig
 from dynaseal.keys.mint import DpopAuth, HolderKey, SigningKey, mint
 
 pytestmark = pytest.mark.integration
-BODY = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "count to three"}], "max_tokens": 20}
+BODY: dict[str, Any] = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "count to three"}],
+                        "max_tokens": 20}
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,7 @@ def test_the_openai_sdk_works_with_a_bound_key(cfg: DynasealConfig, gw: str, iss
     holder = HolderKey.generate()
     key = bound(issuer_key, holder)
     client = openai.OpenAI(base_url=gw.rsplit("/chat/", 1)[0], api_key="unused", max_retries=0,
-                           http_client=httpx.Client(auth=DpopAuth(holder, key), timeout=30))
+                           http_client=httpx.Client(auth=DpopAuth(holder, key), timeout=30))  # type: ignore[arg-type]  # httpx2.Client in the stub
     for _ in range(2):  # a new proof each time
         reply = client.chat.completions.create(model="deepseek-chat", messages=BODY["messages"], max_tokens=5)
         assert reply.usage is not None

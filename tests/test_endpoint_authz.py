@@ -162,6 +162,7 @@ def test_content_rules_refuse_on_every_endpoint_in_its_shape(tmp_path: Path) -> 
     authorizer = Authorizer(build_registry(load_config(config)), quota=None)
     bearer = {"authorization": f"Bearer {mint(signing, tenant='shop', models=['m', 'c', 'e'], max_tokens=50, ttl=60)}"}
     card = "card 4111 1111 1111 1111"
+    body: Any
     for path, body in [
         ("/v1/responses", {"model": "m", "input": [{"role": "user", "content": card}]}),
         ("/v1/messages", {"model": "c", "max_tokens": 9, "messages": [{"role": "user", "content": card}]}),

@@ -226,7 +226,7 @@ def test_count_tokens_reserves_nothing_but_checks_model_and_members(base: Tenant
     assert run(check_count_tokens, {"model": "c", "messages": HELLO}, key(base)).reservation == 0
     assert refused(check_count_tokens, {"model": "c", "messages": HELLO, "max_tokens": 5}, key(base)).param \
         == "max_tokens"
-    narrow = replace(key(base), models=("other",))
+    narrow = replace(key(base), models=frozenset({"other"}))
     assert refused(check_count_tokens, {"model": "c", "messages": HELLO}, narrow).code == ErrorCode.MODEL_NOT_ALLOWED
 
 
@@ -245,7 +245,7 @@ def test_embeddings_bound_strings_by_bytes_and_token_arrays_by_length(base: Tena
 # ------------------------------------------------------------------ reservation ≥ bill
 
 
-_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=200)
+_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=200)
 
 
 @settings(max_examples=60, deadline=None)

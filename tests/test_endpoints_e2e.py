@@ -10,6 +10,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+from anthropic.types import MessageParam
 from test_clients_sdks import Wire, jti_of, stored_callback, upstream_body
 
 from dynaseal.config import DynasealConfig
@@ -44,7 +45,8 @@ def key_for(issuer_key: SigningKey, **claims: Any) -> str:
 def oai(root: str, key: str, wire: Wire | None = None) -> openai.OpenAI:
     """The openai SDK pointed at the gateway."""
     return openai.OpenAI(base_url=f"{root}/v1", api_key=key, max_retries=0,
-                         http_client=(wire or Wire()).client())
+                         # openai's annotation names httpx2.Client; it takes an httpx.Client as well
+                         http_client=(wire or Wire()).client())  # type: ignore[arg-type]
 
 
 def claude(root: str, key: str, **headers: str) -> anthropic.Anthropic:
@@ -182,7 +184,7 @@ def test_messages_mid_stream_error_bills_the_reservation(cfg: DynasealConfig, ro
 
 def test_messages_refusals_are_anthropic_errors(root: str, issuer_key: SigningKey) -> None:
     client = claude(root, key_for(issuer_key))
-    hello = [{"role": "user", "content": "hi"}]
+    hello: list[MessageParam] = [{"role": "user", "content": "hi"}]
     with pytest.raises(anthropic.PermissionDeniedError) as above_cap:
         client.messages.create(model=CLAUDE, max_tokens=KEY_CAP + 1, messages=hello)
     assert above_cap.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
@@ -206,7 +208,7 @@ def test_messages_refusals_are_anthropic_errors(root: str, issuer_key: SigningKe
 def test_count_tokens_is_checked_but_not_metered(root: str, issuer_key: SigningKey) -> None:
     key = key_for(issuer_key, uses=1)
     client = claude(root, key)
-    hello = [{"role": "user", "content": "count these four words"}]
+    hello: list[MessageParam] = [{"role": "user", "content": "count these four words"}]
     assert client.messages.count_tokens(model=CLAUDE, messages=hello).input_tokens > 0
     assert client.messages.count_tokens(model=CLAUDE, messages=hello).input_tokens > 0  # spends no use
     with pytest.raises(anthropic.PermissionDeniedError):
@@ -346,18 +348,18 @@ def test_every_reservation_is_above_the_providers_bill(cfg: DynasealConfig, root
 
     key = key_for(issuer_key)
     dense = "ünïcödé ✓ 数据 " * 200
-    tool = {"type": "function", "name": "lookup", "parameters": {
+    tool: Any = {"type": "function", "name": "lookup", "parameters": {
         "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}
     request_ids = []
     raw = oai(root, key).responses.with_raw_response.create(
-        model=CHAT, input=dense, instructions=dense, tools=[tool],  # type: ignore[list-item]
+        model=CHAT, input=dense, instructions=dense, tools=[tool],
         reasoning={"effort": "high"})
     request_ids.append(raw.headers["x-dynaseal-request-id"])
     cached: Any = {"type": "text", "text": dense, "cache_control": {"type": "ephemeral"}}
     raw_m = claude(root, key).messages.with_raw_response.create(
         model=CLAUDE, max_tokens=KEY_CAP, system=[cached], messages=[{"role": "user", "content": [cached]}])
     request_ids.append(raw_m.headers["x-dynaseal-request-id"])
-    raw_e = oai(root, key).embeddings.with_raw_response.create(model=EMBED, input=[[1] * 300, dense],  # type: ignore[list-item]
+    raw_e = oai(root, key).embeddings.with_raw_response.create(model=EMBED, input=[[1] * 300, dense],  # type: ignore[arg-type]
                                                                encoding_format="float")
     request_ids.append(raw_e.headers["x-dynaseal-request-id"])
     for request_id in request_ids:
@@ -392,7 +394,7 @@ def test_framework_refusals_are_their_sdks_exceptions(root: str, issuer_key: Sig
     assert lc_anthropic.value.body["error"]["code"] == "model_not_allowed"  # type: ignore[index]
     with pytest.raises(openai.PermissionDeniedError) as lc_openai:
         ChatOpenAI(model=CHAT, api_key=key, base_url=f"{root}/v1", use_responses_api=True, max_retries=0,
-                   max_tokens=KEY_CAP + 1).invoke("hi")  # type: ignore[call-arg]
+                   max_tokens=KEY_CAP + 1).invoke("hi")
     assert lc_openai.value.code == "param_not_allowed"
     client = openai.AsyncOpenAI(base_url=f"{root}/v1", api_key=key, max_retries=0)
     agent = agents.Agent(name="edge", model=agents.OpenAIResponsesModel(model="gpt-4o", openai_client=client))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -62,7 +63,7 @@ def _rendered(tmp_path: Path, config_path: Path, **gateway: object) -> dict[str,
     return dict(yaml.safe_load(rendered.read_text()))
 
 
-def _hcm(doc: dict[str, object]) -> dict[str, object]:
+def _hcm(doc: dict[str, object]) -> dict[str, Any]:
     listener = doc["static_resources"]["listeners"][0]  # type: ignore[index]
     return dict(listener["filter_chains"][0]["filters"][0]["typed_config"])
 

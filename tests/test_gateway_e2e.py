@@ -9,13 +9,15 @@ import httpx
 import openai
 import pytest
 from conftest import DEMO_SECRET, DEMO_TENANT, PROVIDER_KEY
+from openai.types.chat import ChatCompletionMessageParam
 
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.mint import SigningKey, mint, mint_seed_key
 
 pytestmark = pytest.mark.integration
 
-MESSAGES = [{"role": "user", "content": "Tell me something about the edge of the network."}]
+MESSAGES: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Tell me something about the edge of the network."}]
 
 
 @pytest.fixture(scope="module")

@@ -140,6 +140,7 @@ def test_big_tools_on_a_small_budget_are_refused_at_admit(cfg: DynasealConfig, t
     verified = verify_token(acme_key(test_keys, budget=100), build_registry(cfg))
     body = chat(max_tokens=1, tools=[{"type": "function", "function": {"name": "f", "description": "d" * 20000}}])
     checked = check_request(parse_body(body, {}), verified, len(body))
+    assert verified.budget is not None
     assert checked.reservation > verified.budget  # the ADMIT script refuses anything over what remains
 
 

@@ -42,7 +42,7 @@ def store(cfg: DynasealConfig) -> redis.Redis:
     return redis.Redis.from_url(redis_url(cfg))
 
 
-def post(url: str, key: str, body: dict[str, object] = BODY, **headers: str) -> httpx.Response:
+def post(url: str, key: str, body: dict[str, object] = BODY, /, **headers: str) -> httpx.Response:
     return httpx.post(url, headers={"authorization": f"Bearer {key}", **headers}, json=body, timeout=30)
 
 

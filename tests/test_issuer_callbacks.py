@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -161,7 +162,7 @@ def test_a_malformed_webhook_id_is_a_clear_400(issuer: tuple[DynasealConfig, Tes
     client = issuer[1]
     as_text = webhook_id.decode("latin-1")  # what the receiver sees of these bytes
     body, headers = signed_callback(secret, usage_body("evt-wid", "jti-wid", "client1"), msg_id=as_text or "x")
-    sent: dict[str, str | bytes] = {**headers, "webhook-id": webhook_id}
+    sent: dict[str, Any] = {**headers, "webhook-id": webhook_id}
     error = assert_error(client.post("/v1/callback/usage", content=body, headers=sent), 400, "invalid_webhook_id")
     assert error["param"] == "webhook-id"
     assert _stored(client, as_text) == 0

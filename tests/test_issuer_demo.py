@@ -22,6 +22,7 @@ def test_the_page_its_script_and_the_client_modules_are_served(tmp_path: Path) -
             assert reply.headers["content-type"].startswith("text/javascript")
             assert reply.headers["x-content-type-options"] == "nosniff"
         config = client.get("/demo/config.json").json()
+        assert cfg.issuer is not None
         assert config == {"gateway": f"http://127.0.0.1:{cfg.gateway.ports.envoy}/v1", "tenant": cfg.issuer.tenant}
 
 
@@ -37,6 +38,7 @@ def test_nothing_outside_the_two_folders_can_be_named(tmp_path: Path) -> None:
 
 def test_a_config_without_demo_users_serves_no_demo(tmp_path: Path) -> None:
     cfg = issuer_config(tmp_path)
+    assert cfg.issuer is not None
     cfg = cfg.model_copy(update={"issuer": cfg.issuer.model_copy(update={"demo_users": False})})
     with TestClient(create_app(cfg)) as client:
         for path in ("/demo/", "/demo/demo.js", "/demo/client/index.js", "/demo/config.json"):

@@ -39,7 +39,8 @@ def user1(issuer: tuple[DynasealConfig, TestClient]) -> dict[str, str]:
 def _mint(client: TestClient, headers: dict[str, str], **scope: object) -> dict[str, object]:
     response = client.post("/key/create", headers=headers, json=scope or None)
     assert response.status_code == 200, response.text
-    return response.json()
+    minted: dict[str, object] = response.json()
+    return minted
 
 
 def test_default_key_verifies_with_the_gateway_code(issuer: tuple[DynasealConfig, TestClient],

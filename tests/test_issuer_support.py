@@ -39,7 +39,8 @@ def login(client: TestClient, username: str, password: str | None = None) -> dic
     """Log in with the OAuth2 form and return the token pair (asserting success)."""
     response = client.post("/user/login", data={"username": username, "password": password or username})
     assert response.status_code == 200, response.text
-    return response.json()
+    pair: dict[str, str] = response.json()
+    return pair
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -50,7 +51,7 @@ def bearer(token: str) -> dict[str, str]:
 def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
     """The response is a JSON error envelope with this status (and code)."""
     assert response.status_code == status, response.text
-    error = response.json()["error"]
+    error: dict[str, Any] = response.json()["error"]
     assert set(error) == {"message", "type", "code", "param"}
     if code is not None:
         assert error["code"] == code, error

@@ -122,7 +122,7 @@ def test_the_js_client_refuses_a_widening_child_the_gateway_would_refuse(cfg: Dy
         assert made["child"] is None and made["refused"].startswith("ChildKeyError"), widening
         # The gateway refuses the same child made by the Python helper, which does not check.
         if "ttl" not in widening:
-            forged = holder.child(parent, **widening)  # type: ignore[arg-type]
+            forged = holder.child(parent, **widening)
             decision = asyncio.run(Authorizer(build_registry(cfg), quota=None).decide(AuthRequest(
                 "POST", "/v1/chat/completions", {"authorization": f"Bearer {forged}"},
                 b'{"model":"deepseek-chat","messages":[{"role":"user","content":"hi"}],"max_tokens":5}')))

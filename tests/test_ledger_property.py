@@ -143,15 +143,15 @@ class Model:
 def read_level(client: redis.Redis, tenant: str, depth: int, now: int) -> tuple[dict[str, int], int]:
     names = redis_keys.level_keys(tenant, tuple(level.jti for level in LEVELS[:depth]))
     raw = client.hgetall(names[1])
-    state = {f: int(raw.get(f.encode(), 0)) for f in FIELDS}  # type: ignore[union-attr]
-    return state, int(client.zcount(names[4], f"({now - 60_000}", "+inf"))  # type: ignore[arg-type]
+    state = {f: int(raw.get(f.encode(), 0)) for f in FIELDS}
+    return state, int(client.zcount(names[4], f"({now - 60_000}", "+inf"))
 
 
 def read_tenant(client: redis.Redis, tenant: str, now: int) -> tuple[tuple[int, int], int]:
     window = window_id(TIER.window, now / 1000)
     reserved, spent = client.hmget(redis_keys.tenant_budget(tenant), [f"r:{window}", f"s:{window}"])
     rpm = client.zcount(redis_keys.tenant_rate_window(tenant), f"({now - 60_000}", "+inf")
-    return (int(reserved or 0), int(spent or 0)), int(rpm)  # type: ignore[arg-type]
+    return (int(reserved or 0), int(spent or 0)), int(rpm)
 
 
 def check_sums(client: redis.Redis, tenant: str, model: Model) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+from typing import Any
 
 import httpx
 import pytest
@@ -76,6 +77,7 @@ def test_hostile_bytes_never_get_a_5xx(gw: str, issuer_key: SigningKey) -> None:
         for _ in range(30):
             junk = bytes(rng.choice(range(0x21, 0x7f)) for _ in range(rng.randint(1, 600)))
             assert printable.match(junk)
-            reply = client.post(gw, headers={"authorization": b"Bearer " + junk, "dynasealtoken": junk},
+            raw_headers: dict[str, Any] = {"authorization": b"Bearer " + junk, "dynasealtoken": junk}
+            reply = client.post(gw, headers=raw_headers,
                                 json=BODY)
             assert reply.status_code == 401

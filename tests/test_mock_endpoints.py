@@ -13,6 +13,7 @@ import openai
 import orjson
 import pytest
 import uvicorn
+from anthropic.types import MessageParam, ToolParam
 from starlette.testclient import TestClient
 
 from mock_llm import create_app
@@ -63,20 +64,21 @@ def test_responses_plain_and_streamed_agree(oai: openai.OpenAI, http: TestClient
 
 
 def test_responses_call_function_tools_then_answer(oai: openai.OpenAI) -> None:
-    tool = {"type": "function", "name": "weather", "parameters": {
+    tool: Any = {"type": "function", "name": "weather", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
         "required": ["city", "days"]}}
     history: list[Any] = [{"role": "user", "content": "weather?"}]
     for _ in range(2):
-        reply = oai.responses.create(model="m", input=history, tools=[tool])  # type: ignore[list-item]
+        reply = oai.responses.create(model="m", input=history, tools=[tool])
         [call] = reply.output
         assert call.type == "function_call" and orjson.loads(call.arguments) == {"city": "mock", "days": 1}
         history += [call.model_dump(), {"type": "function_call_output", "call_id": call.call_id, "output": "sun"}]
-    assert oai.responses.create(model="m", input=history, tools=[tool]).output_text  # type: ignore[arg-type]
+    assert oai.responses.create(model="m", input=history, tools=[tool]).output_text
 
 
 def test_embeddings_float_and_base64(oai: openai.OpenAI) -> None:
-    floats = oai.embeddings.create(model="e", input=["a b", [1, 2, 3]], encoding_format="float", dimensions=4)
+    mixed: Any = ["a b", [1, 2, 3]]  # a text and a token array in one call: more than the SDK's types allow
+    floats = oai.embeddings.create(model="e", input=mixed, encoding_format="float", dimensions=4)
     assert [len(d.embedding) for d in floats.data] == [4, 4] and floats.usage.prompt_tokens == 2 + 3
     assert oai.embeddings.create(model="e", input="a b", dimensions=4).data[0].embedding == pytest.approx(
         floats.data[0].embedding, abs=1e-6)
@@ -139,14 +141,14 @@ def test_messages_errors_are_anthropic_shaped(http: TestClient, served: str) -> 
 
 
 def test_messages_tool_use_and_mid_stream_error(served: str) -> None:
-    tool = {"name": "lookup", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}},
-                                               "required": ["q"]}}
-    hi = [{"role": "user", "content": "hi"}]
-    reply = claude(served).messages.create(model="c", max_tokens=50, messages=hi, tools=[tool])  # type: ignore[list-item]
+    tool: ToolParam = {"name": "lookup", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}},
+                                                          "required": ["q"]}}
+    hi: list[MessageParam] = [{"role": "user", "content": "hi"}]
+    reply = claude(served).messages.create(model="c", max_tokens=50, messages=hi, tools=[tool])
     assert reply.stop_reason == "tool_use" and reply.content[0].input == {"q": "mock"}  # type: ignore[union-attr]
     with pytest.raises(anthropic.APIStatusError) as error, \
             claude(served, **{"x-mock-stream-error-after": "2"}).messages.stream(model="c", max_tokens=50,
-                                                                                messages=hi) as stream:  # type: ignore[arg-type]
+                                                                                messages=hi) as stream:
         list(stream.text_stream)
     assert "Overloaded" in str(error.value)
-    assert claude(served).messages.count_tokens(model="c", messages=hi).input_tokens == 3 + 1 + 4  # type: ignore[arg-type]
+    assert claude(served).messages.count_tokens(model="c", messages=hi).input_tokens == 3 + 1 + 4

@@ -16,6 +16,7 @@ import httpx
 import openai
 import orjson
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from starlette.testclient import TestClient
 
 from mock_llm import DEFAULT_COMPLETION_WORDS, create_app
@@ -24,7 +25,7 @@ from mock_llm.__main__ import API_KEY_ENV, build_parser
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "sk-mock-test-key-0123456789"
 # system: 5 words, user: 6 words -> prompt_tokens = (5 + 4) + (6 + 4) + 3 = 22
-MESSAGES: list[dict[str, Any]] = [
+MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "You are a terse assistant."},
     {"role": "user", "content": "Say hello to the gateway please"},
 ]
@@ -112,6 +113,7 @@ def test_non_streaming_usage_and_shape(client: openai.OpenAI) -> None:
     assert choice.message.role == "assistant"
     assert choice.finish_reason == "stop"
     assert choice.logprobs is None
+    assert choice.message.content is not None
     assert len(choice.message.content.split()) == DEFAULT_COMPLETION_WORDS
     assert resp.usage is not None
     assert resp.usage.prompt_tokens == EXPECTED_PROMPT_TOKENS
@@ -141,6 +143,7 @@ def test_streaming_with_include_usage_matches_non_streaming(client: openai.OpenA
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == ["stop"]
     usage = chunks[-1].usage
+    assert usage is not None and plain.usage is not None
     assert len(text.split()) == usage.completion_tokens == DEFAULT_COMPLETION_WORDS
     assert text == plain.choices[0].message.content
     assert usage.model_dump() == plain.usage.model_dump()
@@ -209,7 +212,7 @@ def test_streaming_without_include_usage_has_no_usage(client: openai.OpenAI) -> 
     ],
 )
 def test_token_caps_with_two_choices(
-    client: openai.OpenAI, limits: dict[str, int], per_choice: int, finish: str, stream: bool
+    client: openai.OpenAI, limits: dict[str, Any], per_choice: int, finish: str, stream: bool
 ) -> None:
     if not stream:
         resp = client.chat.completions.create(model="mock-large", messages=MESSAGES, n=2, **limits)

@@ -21,6 +21,7 @@ import httpx
 import pytest
 import yaml
 from conftest import DEMO_TENANT, free_ports
+from openai.types.chat import ChatCompletionMessageParam
 from pipeline_harness import Delivery, Receiver, Services, complete, new_key, pipeline_config, sdk, wait_until
 from redis import Redis
 
@@ -30,7 +31,7 @@ from dynaseal.ledger.quota import counters
 from dynaseal.money.budget_thresholds import threshold_webhook_id
 
 pytestmark = pytest.mark.integration
-MESSAGES = [{"role": "system", "content": "You are terse."},
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "system", "content": "You are terse."},
             {"role": "user", "content": "Tell me about usage callbacks at the edge."}]
 # The mock's usage for MESSAGES, max_tokens=10 and reasoning_effort set: prompt 3 + (3+4) + (8+4) = 22, of which
 # the system message's 7 are cached; completion 10, of which 10 // 2 = 5 are reasoning.

@@ -74,7 +74,8 @@ def cors_authorizer(cfg: DynasealConfig) -> Authorizer:
 
 def assert_origin_refused(decision: Decision) -> None:
     assert not decision.allowed
-    assert decision.code == ErrorCode.ORIGIN_NOT_ALLOWED == "origin_not_allowed"
+    assert decision.code == ErrorCode.ORIGIN_NOT_ALLOWED
+    assert ErrorCode.ORIGIN_NOT_ALLOWED.value == "origin_not_allowed"
     assert decision.status == status_of(ErrorCode.ORIGIN_NOT_ALLOWED) == 403
 
 

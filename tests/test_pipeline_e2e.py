@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
@@ -122,7 +122,7 @@ def test_mixed_requests_give_exactly_the_expected_callbacks(
 def _reservation_ids_are_request_ids(redis_client: Redis, jti: str) -> bool:
     """Whether authz reserved (open or settled) under the gateway's request id, a UUID: the id usage events carry."""
     ids = [rid.decode() for name in (redis_keys.reservations, redis_keys.settled)
-           for rid in redis_client.hkeys(name(DEMO_TENANT, jti))
+           for rid in cast("list[bytes]", redis_client.hkeys(name(DEMO_TENANT, jti)))
            if not rid.endswith(b"#c")]  # the money fields beside them (`<request id>#c`)
     return bool(ids) and all(len(rid) == 36 and rid.count("-") == 4 for rid in ids)
 

@@ -114,7 +114,7 @@ def test_the_dlq_receives_the_event_redacted(redactor: Redactor) -> None:
     import threading
 
     dead = DeadLetters("127.0.0.1:1", "test", threading.Event())
-    dead._producer = Producer()  # type: ignore[assignment]
+    dead._producer = Producer()
     event = UsageEvent(request_id="r-2", tenant="acme", content=f"echoed {WEBHOOK} and {JWT}")
     assert dead.publish(b"j", event.SerializeToString(), {"dlq_reason": f"rejected: {ENV['T_WEBHOOK']}"})
     [(value, headers)] = sent

@@ -51,7 +51,9 @@ def test_concurrent_commands_get_their_own_replies_in_order(redis_server: str) -
         assert client is not None
         prefix = uuid.uuid4().hex
         try:
-            return await asyncio.gather(*(client.execute("INCRBY", f"{prefix}:{i % 7}", i) for i in range(300)))
+            replies: list[object] = await asyncio.gather(*(client.execute("INCRBY", f"{prefix}:{i % 7}", i)
+                                                           for i in range(300)))
+            return replies
         finally:
             await client.aclose()
     replies = asyncio.run(run())
@@ -112,6 +114,8 @@ def test_silent_server_times_out_and_next_command_reconnects() -> None:
             assert len(accepted) == 2  # the silent connection was dropped, a new one was made
         finally:
             await client.aclose()
+            for writer in accepted:
+                writer.close()
             server.close()
     asyncio.run(run())
 
@@ -124,7 +128,9 @@ def test_server_closing_fails_every_waiter() -> None:
         server = await asyncio.start_server(close_after_read, "127.0.0.1", 0)
         client = PipelinedRedis("127.0.0.1", server.sockets[0].getsockname()[1], timeout_s=1.0)
         try:
-            return await asyncio.gather(*(client.execute("PING") for _ in range(5)), return_exceptions=True)
+            replies: list[object] = await asyncio.gather(*(client.execute("PING") for _ in range(5)),
+                                                         return_exceptions=True)
+            return replies
         finally:
             await client.aclose()
             server.close()
@@ -141,7 +147,8 @@ def test_each_command_has_its_own_deadline_not_the_oldest_ones(redis_server: str
             for n in range(8):  # 8 × 60 ms: later commands are sent long after the first one's deadline
                 pending.append(asyncio.ensure_future(client.execute("ECHO", n)))
                 await asyncio.sleep(0.06)
-            return await asyncio.gather(*pending)
+            replies: list[object] = await asyncio.gather(*pending)
+            return replies
         finally:
             await client.aclose()
     assert asyncio.run(run()) == [str(n).encode() for n in range(8)]
@@ -153,6 +160,7 @@ def test_a_busy_server_times_out_every_command_and_the_next_one_reconnects() -> 
         async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             while await reader.read(65536):
                 pass
+            writer.close()
         server = await asyncio.start_server(swallow, "127.0.0.1", 0)
         client = PipelinedRedis("127.0.0.1", server.sockets[0].getsockname()[1], timeout_s=0.05)
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jwks_support import JwksServer, decide, failures, remote_config, request, token
@@ -106,10 +107,11 @@ def test_a_failed_fetch_keeps_the_last_good_set(jwks: JwksServer) -> None:
     store = RemoteJwks()
     authorizer = Authorizer(build_registry(remote_config(jwks.url), store))
     before = failures("remote")
+    broken: Any
     for broken in ({"status": 500}, {"document": {"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "x"}]}},
                    {"document": {"nokeys": True}}):
-        jwks.status = int(broken.get("status", 200))  # type: ignore[call-overload]
-        jwks.document = broken.get("document", jwks.document)  # type: ignore[assignment]
+        jwks.status = int(broken.get("status", 200))
+        jwks.document = broken.get("document", jwks.document)
         asyncio.run(store.refresh("remote"))
         assert [k.kid for k in store.keys_for("remote")] == ["k-1"]
         assert decide(authorizer, token(key)) == "ok"
@@ -159,6 +161,7 @@ def test_a_same_scheme_redirect_is_followed(jwks: JwksServer) -> None:
         assert [k.kid for k in fetch_jwks(jwks.url).keys] == ["k-1"]
     finally:
         target.server.shutdown()
+        target.server.server_close()
 
 
 def test_a_hanging_jwks_server_does_not_delay_checks(jwks: JwksServer) -> None:

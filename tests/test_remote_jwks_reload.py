@@ -77,8 +77,9 @@ def test_reloads_under_load_never_stall_checks_while_a_jwks_fetch_hangs(jwks: Jw
     remote, local = SigningKey.generate("r-1"), SigningKey.generate("l-1")
     jwks.document = {"keys": [remote.public_jwk()]}
     config = tmp_path / "dynaseal.yaml"
-    local_tenant = {"id": "local", "keys": [{"kid": local.kid, "alg": "EdDSA", "public_jwk": local.public_jwk()}],
-                    "limits": {"models": ["m"]}}
+    local_tenant: dict[str, object] = {
+        "id": "local", "keys": [{"kid": local.kid, "alg": "EdDSA", "public_jwk": local.public_jwk()}],
+        "limits": {"models": ["m"]}}
 
     def write(generation: int) -> None:
         tenants: list[dict[str, object]] = [

@@ -3,6 +3,9 @@ tenant-wide budget, unknown members, stream_options, and a body no encoder can c
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import cast
+
 import httpx
 import pytest
 import redis
@@ -43,12 +46,12 @@ def tenant_counters(cfg: DynasealConfig, tenant: str) -> dict[str, int]:
     client = redis.Redis.from_url(redis_url(cfg))
     try:
         found: dict[str, int] = {}
-        for name in client.scan_iter(match=f"*{{{tenant}}}*", count=1000):
+        for name in cast("Iterator[bytes]", client.scan_iter(match=f"*{{{tenant}}}*", count=1000)):
             kind = client.type(name)
             if kind == b"string":
                 found[name.decode()] = int(client.get(name) or 0)
             elif kind == b"hash":
-                for field, value in client.hgetall(name).items():
+                for field, value in cast("dict[bytes, bytes]", client.hgetall(name)).items():
                     if value.lstrip(b"-").isdigit():
                         found[f"{name.decode()}#{field.decode()}"] = int(value)
         return found

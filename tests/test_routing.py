@@ -93,7 +93,8 @@ def test_a_star_route_covers_every_model_and_the_single_upstream_still_works(tmp
     cfg = load_config(config(tmp_path, [OPENAI], [{"model": "*", "upstreams": ["openai", "default"]}],
                              ["fast", "smart"]))
     os.environ["T_OPENAI"] = "sk-openai"
-    table = build_route_table(cfg, errors := [])
+    errors: list[str] = []
+    table = build_route_table(cfg, errors)
     assert errors == []
     route = table.route("t1", "smart")
     assert route is not None and [h.upstream for h in route.hops] == ["openai", "default"]
@@ -235,14 +236,15 @@ def test_envoys_own_replies_are_openai_shaped(tmp_path: Path) -> None:
     cfg = load_config(config(tmp_path, [OPENAI], [{"model": "fast", "upstreams": ["openai"]}]))
     doc = yaml.safe_load(envoy_config.render(cfg, tmp_path / "access.log"))
     hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    codes = {}
+    codes: dict[int, str] = {}
+    no_filter: dict[str, Any] = {}
     for mapper in hcm["local_reply_config"]["mappers"]:
         # The OpenAI-shaped ones: every mapper but the Messages paths' (Anthropic's shape, tested with them);
         # a status alone, or with what tells Envoy's 404 (no route) from authz's.
         if "messages" in json.dumps(mapper["filter"]) or "UAEX" in json.dumps(mapper["filter"]):
             continue
         parts = mapper["filter"].get("and_filter", {}).get("filters", [mapper["filter"]])
-        status = next((p["status_code_filter"] for p in parts if "status_code_filter" in p), {}).get(
+        status = next((p["status_code_filter"] for p in parts if "status_code_filter" in p), no_filter).get(
             "comparison", {}).get("value", {})
         if "body_format_override" in mapper and status:
             codes.setdefault(status["default_value"], mapper["body_format_override"]["json_format"]["error"]["code"])

@@ -57,7 +57,8 @@ ROUTES: list[dict[str, Any]] = [
 
 
 def test_each_format_goes_to_the_routes_upstreams_that_speak_it_in_order(tmp_path: Path) -> None:
-    table = build_route_table(load_config(config(tmp_path, ROUTES, ["mixed", "fast", "*"])), errors := [])
+    errors: list[str] = []
+    table = build_route_table(load_config(config(tmp_path, ROUTES, ["mixed", "fast", "*"])), errors)
     assert errors == []
     chains = {fmt: table.for_request("t1", "mixed", fmt) for fmt in ("chat_completions", "responses", "messages",
                                                                       "embeddings")}
@@ -102,7 +103,8 @@ def test_the_config_names_tenant_and_model_for_every_format_problem_at_once(tmp_
 
     routes = [{"model": "fast", "upstreams": ["openai"], "formats": ["messages", "embedding"]},
               {"model": "claude-x", "upstreams": ["claude", "local"], "formats": ["messages"]}]
-    upstreams = [CLAUDE, {**OPENAI, "formats": ["chat_completions", "responses", "embeddings", "completions"]}, LOCAL]
+    upstreams: list[dict[str, Any]] = [
+        CLAUDE, {**OPENAI, "formats": ["chat_completions", "responses", "embeddings", "completions"]}, LOCAL]
     with pytest.raises(ConfigError) as error:
         load_config(config(tmp_path, routes, ["fast", "claude-x"], upstreams))
     text = str(error.value)
@@ -180,7 +182,7 @@ def test_the_refusal_comes_before_admission_and_spends_nothing(routed: Authorize
             admitted.append(name)
             raise AssertionError(f"the ledger was asked ({name}) for a request no upstream can serve")
 
-    counting = Authorizer(routed.registry, quota=CountingQuota())  # type: ignore[arg-type]
+    counting = Authorizer(routed.registry, quota=CountingQuota())
     token = acme_key(test_keys, models=["gpt-4o-mini", "gpt-4o"])
     refused = decide(counting, "/v1/messages", {"x-api-key": token}, {**MESSAGES, "model": "gpt-4o"})
     assert refused.status == 404 and admitted == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import httpx
 import openai
@@ -80,7 +81,7 @@ def test_revocation_takes_effect_on_the_next_request(urls: tuple[str, str]) -> N
     auth = {"Authorization": f"Bearer {login['access_token']}"}
     key = httpx.post(f"{backend_url}/key/create", headers=auth).json()["token"]
     client = openai.OpenAI(base_url=f"{llm_server_url}/v1", api_key=key, max_retries=0)
-    body = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    body: Any = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
     client.chat.completions.create(**body)  # works, and is now in the verified-key cache
     revoked = httpx.post(f"{backend_url}/key/revoke", headers=auth, json={"jti": jwt_payload(key)["jti"]})
     assert revoked.status_code == 200, revoked.text

@@ -118,7 +118,9 @@ def test_truncated_while_the_shipper_is_stopped_loses_nothing(
     wait_until(lambda: len(set(received(receiver, jti))) == 6, 30, "the first callbacks")
     assert drill.terminate("shipper") == 0
     before = admitted_ids(log_lines(drill.access_log), {jti})
-    offset = checkpoint.load(drill.checkpoint).acked.offset
+    acked = checkpoint.load(drill.checkpoint).acked
+    assert acked is not None
+    offset = acked.offset
     with drill.access_log.open("r+b") as handle:
         handle.truncate(0)  # Envoy appends (O_APPEND): its next line lands at offset 0
     sent = 0

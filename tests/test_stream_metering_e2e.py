@@ -12,7 +12,7 @@ import json
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import h2.config
 import h2.connection
@@ -147,7 +147,8 @@ def h2_read_events_then_reset(gw: str, key: str, events: int) -> tuple[str, sock
         assert received, "the connection closed"
         for event in conn.receive_data(received):
             if isinstance(event, h2.events.ResponseReceived):
-                request_id = dict(event.headers)["x-dynaseal-request-id"]
+                # header_encoding="utf-8" (above): h2 hands the names and values over as str
+                request_id = dict(cast("list[tuple[str, str]]", event.headers))["x-dynaseal-request-id"]
             elif isinstance(event, h2.events.DataReceived):
                 data += event.data
                 conn.acknowledge_received_data(event.flow_controlled_length, 1)

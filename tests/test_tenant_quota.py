@@ -276,8 +276,8 @@ def test_child_keys_under_a_tenant_wide_budget_are_never_overspent_and_settle_ex
         assert settle(client, tenant, key.jti, rid, usage[rid], chain=path_of(key)).outcome == SettleOutcome.SETTLED
     assert tenant_counters(client, tenant, window) == {"reserved": 0, "spent": sum(usage.values())}
     for key in keys:
-        mine = [rid for k, _, rid in admitted if key in k.chain]
-        assert level(key) == {"uses": len(mine), "reserved": 0, "spent": sum(usage[rid] for rid in mine)}
+        mine_ids = [rid for k, _, rid in admitted if key in k.chain]
+        assert level(key) == {"uses": len(mine_ids), "reserved": 0, "spent": sum(usage[rid] for rid in mine_ids)}
 
 
 def test_the_one_release_undoes_exactly_what_admission_did_and_the_proof_stays_spent(
@@ -307,6 +307,7 @@ def test_the_one_release_undoes_exactly_what_admission_did_and_the_proof_stays_s
             refused = await quota.admit(replace(admission_of(child, priced_request(), "r-2"), proof=proof))
             after = snapshot()
             replayed = await quota.admit(replace(admission_of(child, priced_request(), "r-3"), proof=proof))
+            assert isinstance(refused, Refused)
             assert (before, refused) == (after, Refused(AdmitCode.TENANT_RATE_LIMITED, 0, 0, 0, refused.retry_ms))
             return first, refused, replayed
         finally:

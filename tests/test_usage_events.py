@@ -35,7 +35,7 @@ def b64(data: bytes) -> str:
 
 def sse(*deltas: str, usage: dict[str, int] | None = None) -> bytes:
     """An OpenAI-style SSE body with these content deltas (choice 0), a usage chunk and [DONE]."""
-    frames = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
+    frames: list[dict[str, object]] = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
     frames += [{"choices": [{"index": 0, "delta": {"content": d}}], "usage": None} for d in deltas]
     frames.append({"choices": [], "usage": usage or {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}})
     return b"".join(b"data: " + json.dumps(f).encode() + b"\n\n" for f in frames) + b"data: [DONE]\n\n"

@@ -24,7 +24,7 @@ from typing import Any
 
 from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.keys.claims import VerifiedKey, budget_cost_claim, tenant_id_of
-from dynaseal.keys.dpop import ALGORITHMS, DpopProof, confirmation
+from dynaseal.keys.dpop import ALGORITHMS, Confirmation, DpopProof, confirmation
 from dynaseal.keys.identity import JwsToken, Presentation, VerifyContext, invalid
 from dynaseal.keys.key_claims import CHILD_CLAIMS
 from dynaseal.keys.tenants import Registry
@@ -99,31 +99,40 @@ def _params(payload: Mapping[str, Any], parent: VerifiedKey) -> tuple[dict[str, 
     permitted = None if allowed is None else allowed | frozenset(parent.param_limits)
     for name, spec in raw.items():
         if name == "allow":
-            if not isinstance(spec, list) or not all(isinstance(x, str) for x in spec):
-                raise _refuse("claim 'params.allow' is malformed")
-            wider = set(spec) - permitted if permitted is not None else set()
-            if wider:
-                raise _refuse(f"allows parameters its parent does not: {sorted(wider)}")
-            allowed = frozenset(spec)
+            allowed = _narrowed_allow(spec, permitted)
             continue
-        if not isinstance(spec, dict) or set(spec) - {"min", "max"}:
-            raise _refuse(f"claim 'params.{name}' is malformed")
-        try:
-            asked = ParamLimit.model_validate(spec)
-        except ValueError:
-            raise _refuse(f"claim 'params.{name}' is malformed") from None
-        if permitted is not None and name not in permitted:
-            raise _refuse(f"adds a range for parameter {_shown(name)}, which its parent does not allow")
-        ceiling = limits.get(name, ParamLimit())
-        if ceiling.min is not None and ((asked.min is None and "min" in spec) or
-                                        (asked.min is not None and asked.min < ceiling.min)):
-            raise _refuse(f"allows {name} below its parent's minimum {ceiling.min}")
-        if ceiling.max is not None and ((asked.max is None and "max" in spec) or
-                                        (asked.max is not None and asked.max > ceiling.max)):
-            raise _refuse(f"allows {name} above its parent's maximum {ceiling.max}")
-        limits[name] = ParamLimit(min=asked.min if asked.min is not None else ceiling.min,
-                                  max=asked.max if asked.max is not None else ceiling.max)
+        limits[name] = _narrowed_range(name, spec, permitted, limits.get(name, ParamLimit()))
     return limits, allowed
+
+
+def _narrowed_allow(spec: object, permitted: frozenset[str] | None) -> frozenset[str]:
+    """A child's `params.allow`: a list of names, none outside what its parent lets through."""
+    if not isinstance(spec, list) or not all(isinstance(x, str) for x in spec):
+        raise _refuse("claim 'params.allow' is malformed")
+    wider = set(spec) - permitted if permitted is not None else set()
+    if wider:
+        raise _refuse(f"allows parameters its parent does not: {sorted(wider)}")
+    return frozenset(spec)
+
+
+def _narrowed_range(name: str, spec: object, permitted: frozenset[str] | None, ceiling: ParamLimit) -> ParamLimit:
+    """A child's range for one parameter, within the parent's `ceiling`; what it leaves out it inherits."""
+    if not isinstance(spec, dict) or set(spec) - {"min", "max"}:
+        raise _refuse(f"claim 'params.{name}' is malformed")
+    try:
+        asked = ParamLimit.model_validate(spec)
+    except ValueError:
+        raise _refuse(f"claim 'params.{name}' is malformed") from None
+    if permitted is not None and name not in permitted:
+        raise _refuse(f"adds a range for parameter {_shown(name)}, which its parent does not allow")
+    if ceiling.min is not None and ((asked.min is None and "min" in spec) or
+                                    (asked.min is not None and asked.min < ceiling.min)):
+        raise _refuse(f"allows {name} below its parent's minimum {ceiling.min}")
+    if ceiling.max is not None and ((asked.max is None and "max" in spec) or
+                                    (asked.max is not None and asked.max > ceiling.max)):
+        raise _refuse(f"allows {name} above its parent's maximum {ceiling.max}")
+    return ParamLimit(min=asked.min if asked.min is not None else ceiling.min,
+                      max=asked.max if asked.max is not None else ceiling.max)
 
 
 def _budget_cost(payload: Mapping[str, Any], parent: VerifiedKey) -> int | None:
@@ -148,6 +157,30 @@ def check_child(parent: VerifiedKey, header: Mapping[str, Any], payload: Mapping
                 signing_input: bytes, signature: bytes, audience: str, leeway_s: int,
                 now: float) -> VerifiedKey:
     """Verify one child against its verified parent; the result carries the child's limits in force."""
+    depth = _check_signed_by_holder(parent, header, signing_input, signature)
+    _check_audience(payload, parent, audience)
+    exp = _check_times(payload, parent, leeway_s, now)
+    jti = _check_identity(payload, parent)
+    max_tokens = _count(payload, "max_tokens", parent.max_tokens)
+    assert max_tokens is not None
+    param_limits, allowed = _params(payload, parent)
+    cnf = _confirmation(payload)
+    budget_cost = _budget_cost(payload, parent)
+    return VerifiedKey(
+        tenant=parent.tenant, jti=jti, exp=exp, event_id=parent.event_id, sub=parent.sub,
+        models=_models(payload, parent), max_tokens=max_tokens,
+        budget=_count(payload, "budget", _tightest(parent, "budget")),
+        uses=_count(payload, "uses", _tightest(parent, "uses")),
+        rpm=_count(payload, "rpm", _tightest(parent, "rpm")),
+        param_limits=param_limits, allowed_params=allowed, cb=parent.cb,
+        cnf_jkt=cnf.jkt if cnf else None, holder=cnf.holder if cnf else None,
+        parent=parent, depth=depth, budget_cost=budget_cost,
+    )
+
+
+def _check_signed_by_holder(parent: VerifiedKey, header: Mapping[str, Any], signing_input: bytes,
+                            signature: bytes) -> int:
+    """The child's header and signature, by its parent's holder key, within the tenant's depth; its depth."""
     holder = parent.holder
     if holder is None:
         raise _refuse("has a parent that names no holder key (cnf.jwk): that key cannot have children")
@@ -168,12 +201,20 @@ def check_child(parent: VerifiedKey, header: Mapping[str, Any], payload: Mapping
         valid = False
     if not valid:
         raise _refuse("signature does not verify with its parent's holder key")
+    return depth
 
-    if payload.get("iss") != tenant.id:
+
+def _check_audience(payload: Mapping[str, Any], parent: VerifiedKey, audience: str) -> None:
+    """The child names its parent's tenant as issuer and this gateway as audience."""
+    if payload.get("iss") != parent.tenant.id:
         raise _refuse("names another tenant than its parent")
     aud = payload.get("aud")
     if audience not in (aud if isinstance(aud, list) else [aud]):
         raise _refuse("claim 'aud' does not name this gateway")
+
+
+def _check_times(payload: Mapping[str, Any], parent: VerifiedKey, leeway_s: int, now: float) -> float:
+    """The child's `exp` (required, not after its parent's, not past) and `nbf`/`iat` (not ahead); its exp."""
     exp = _time(payload, "exp")
     if exp is None:
         raise _refuse("claim 'exp' is required")
@@ -185,6 +226,11 @@ def check_child(parent: VerifiedKey, header: Mapping[str, Any], payload: Mapping
         moment = _time(payload, name)
         if moment is not None and now + leeway_s < moment:
             raise _refuse(f"claim '{name}' is in the future")
+    return exp
+
+
+def _check_identity(payload: Mapping[str, Any], parent: VerifiedKey) -> str:
+    """The child's own `jti`, no claim its root owns changed, no claim the chain does not enforce; its jti."""
     jti = payload.get("jti")
     if not isinstance(jti, str) or not 1 <= len(jti) <= 128:
         raise _refuse("claim 'jti' is required (a string of at most 128 characters)")
@@ -198,26 +244,17 @@ def check_child(parent: VerifiedKey, header: Mapping[str, Any], payload: Mapping
     unknown = sorted(set(payload) - CHILD_CLAIMS)
     if unknown:
         raise _refuse(f"carries claims no level of the chain enforces: [{', '.join(map(_shown, unknown[:5]))}]")
-    max_tokens = _count(payload, "max_tokens", parent.max_tokens)
-    assert max_tokens is not None
-    param_limits, allowed = _params(payload, parent)
-    cnf = None
-    if payload.get("cnf") is not None:
-        try:
-            cnf = confirmation(payload["cnf"])
-        except ValueError as exc:
-            raise _refuse(f"claim 'cnf' is not usable: {exc}") from None
-    budget_cost = _budget_cost(payload, parent)
-    return VerifiedKey(
-        tenant=tenant, jti=jti, exp=exp, event_id=parent.event_id, sub=parent.sub,
-        models=_models(payload, parent), max_tokens=max_tokens,
-        budget=_count(payload, "budget", _tightest(parent, "budget")),
-        uses=_count(payload, "uses", _tightest(parent, "uses")),
-        rpm=_count(payload, "rpm", _tightest(parent, "rpm")),
-        param_limits=param_limits, allowed_params=allowed, cb=parent.cb,
-        cnf_jkt=cnf.jkt if cnf else None, holder=cnf.holder if cnf else None,
-        parent=parent, depth=depth, budget_cost=budget_cost,
-    )
+    return jti
+
+
+def _confirmation(payload: Mapping[str, Any]) -> Confirmation | None:
+    """The child's own holder binding (`cnf`), if it names one."""
+    if payload.get("cnf") is None:
+        return None
+    try:
+        return confirmation(payload["cnf"])
+    except ValueError as exc:
+        raise _refuse(f"claim 'cnf' is not usable: {exc}") from None
 
 
 class ChainKey:

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from dynaseal.errors import ErrorCode, Refusal
-from dynaseal.keys.dpop import confirmation
+from dynaseal.keys.dpop import Confirmation, confirmation
 from dynaseal.keys.key_claims import SEED_CLAIMS
 from dynaseal.keys.origins import parse_origins_claim
 from dynaseal.keys.tenants import Registry, Tenant, VerificationKey
@@ -195,69 +195,16 @@ def tenant_id_of(payload: Mapping[str, Any]) -> str | None:
 def check_claims(payload: Mapping[str, Any], tenant: Tenant, registry: Registry, signed_content: bytes,
                  now: float, seed_key: bool = True) -> VerifiedKey:
     """Validate time, audience and limit claims; raise Refusal on the first problem."""
-    seed = "iss" not in payload and "api-key" in payload
-    if seed:
-        # The seed's format is the seed's five claims signed with the tenant's kid-less secret, nothing
-        # else: a native key in its clothes would drop its own limits (uses, budget, aud, ...) unseen.
-        if not seed_key:
-            raise _bad("api-key", "(the seed's format) is only accepted with the tenant's seed secret")
-        extra = sorted(set(payload) - SEED_CLAIMS)
-        if extra:
-            raise _bad(extra[0], "is not a claim of the seed's format: use native claims (iss, ...) instead")
+    seed = _is_seed_format(payload, seed_key)
     claims = _seed_to_native(payload) if seed else payload
-    leeway = registry.leeway_s
-
-    exp = _number(claims, "exp", required=True)
-    assert exp is not None
-    if now > exp + leeway:
-        raise Refusal(ErrorCode.EXPIRED_KEY, "dynamic key has expired")
-    nbf = _number(claims, "nbf")
-    if nbf is not None and now + leeway < nbf:
-        raise _bad("nbf", "is in the future: key not yet valid")
-    iat = _number(claims, "iat")
-    if iat is not None and now + leeway < iat:
-        raise _bad("iat", "is in the future")
-    if exp - max(iat or now, now) > tenant.limits.max_ttl:
-        raise _bad("exp", f"gives a lifetime over the tenant's max_ttl ({tenant.limits.max_ttl} s)")
-
+    exp = _check_lifetime(claims, tenant, registry.leeway_s, now)
     if not seed:
-        aud = claims.get("aud")
-        auds = aud if isinstance(aud, list) else [aud]
-        if registry.audience not in auds:
-            raise _bad("aud", "does not name this gateway")
-
-    jti = claims.get("jti")
-    if jti is None:  # the seed format has no jti: the signed content's hash is a stable id for counters
-        jti = "h-" + hashlib.sha256(signed_content).hexdigest()[:32]
-    elif not isinstance(jti, str) or not 1 <= len(jti) <= 128:
-        raise _bad("jti")
-    event_id = claims.get("event_id", jti)
-    if isinstance(event_id, bool) or not isinstance(event_id, str | int):
-        raise _bad("event_id")
-    sub = claims.get("sub")
-    if sub is not None and not isinstance(sub, str):
-        raise _bad("sub")
-
-    models = claims.get("models")
-    if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
-        raise _bad("models")
-    key_max = _positive_int(claims, "max_tokens")
-    cb = claims.get("cb")
-    if cb is not None and (not isinstance(cb, dict) or len(orjson.dumps(cb)) > MAX_CB_BYTES):
-        raise _bad("cb", f"must be an object of at most {MAX_CB_BYTES} bytes")
+        _check_audience(claims, registry)
+    jti, event_id, sub = _identity(claims, signed_content)
+    models, key_max, cb = _scope(claims)
     param_limits, allowed = _param_limits(claims.get("params"), tenant)
-    cnf = None
-    if claims.get("cnf") is not None:
-        try:
-            cnf = confirmation(claims["cnf"])
-        except ValueError as exc:
-            raise _bad("cnf", f"is not usable: {exc}") from None
-
-    try:
-        origins = parse_origins_claim(claims.get("origins"))
-    except ValueError as exc:
-        raise _bad("origins", str(exc)) from None
-
+    cnf = _confirmation(claims)
+    origins = _origins(claims)
     return VerifiedKey(
         tenant=tenant,
         jti=jti,
@@ -278,3 +225,88 @@ def check_claims(payload: Mapping[str, Any], tenant: Tenant, registry: Registry,
         budget_cost=_budget_cost(claims, tenant),
         origins=origins,
     )
+
+
+def _is_seed_format(payload: Mapping[str, Any], seed_key: bool) -> bool:
+    """Whether the payload is in the seed's format; refused if it is not exactly the seed's claims."""
+    seed = "iss" not in payload and "api-key" in payload
+    if seed:
+        # The seed's format is the seed's five claims signed with the tenant's kid-less secret, nothing
+        # else: a native key in its clothes would drop its own limits (uses, budget, aud, ...) unseen.
+        if not seed_key:
+            raise _bad("api-key", "(the seed's format) is only accepted with the tenant's seed secret")
+        extra = sorted(set(payload) - SEED_CLAIMS)
+        if extra:
+            raise _bad(extra[0], "is not a claim of the seed's format: use native claims (iss, ...) instead")
+    return seed
+
+
+def _check_lifetime(claims: Mapping[str, Any], tenant: Tenant, leeway: int, now: float) -> float:
+    """`exp` (required, not past), `nbf`/`iat` (not ahead) and a lifetime within the tenant's max_ttl; exp."""
+    exp = _number(claims, "exp", required=True)
+    assert exp is not None
+    if now > exp + leeway:
+        raise Refusal(ErrorCode.EXPIRED_KEY, "dynamic key has expired")
+    nbf = _number(claims, "nbf")
+    if nbf is not None and now + leeway < nbf:
+        raise _bad("nbf", "is in the future: key not yet valid")
+    iat = _number(claims, "iat")
+    if iat is not None and now + leeway < iat:
+        raise _bad("iat", "is in the future")
+    if exp - max(iat or now, now) > tenant.limits.max_ttl:
+        raise _bad("exp", f"gives a lifetime over the tenant's max_ttl ({tenant.limits.max_ttl} s)")
+    return exp
+
+
+def _check_audience(claims: Mapping[str, Any], registry: Registry) -> None:
+    """A native key names this gateway in `aud`."""
+    aud = claims.get("aud")
+    auds = aud if isinstance(aud, list) else [aud]
+    if registry.audience not in auds:
+        raise _bad("aud", "does not name this gateway")
+
+
+def _identity(claims: Mapping[str, Any], signed_content: bytes) -> tuple[str, str | int, str | None]:
+    """The key's `jti` (a hash of the signed content for the seed's format), `event_id` and `sub`."""
+    jti = claims.get("jti")
+    if jti is None:  # the seed format has no jti: the signed content's hash is a stable id for counters
+        jti = "h-" + hashlib.sha256(signed_content).hexdigest()[:32]
+    elif not isinstance(jti, str) or not 1 <= len(jti) <= 128:
+        raise _bad("jti")
+    event_id = claims.get("event_id", jti)
+    if isinstance(event_id, bool) or not isinstance(event_id, str | int):
+        raise _bad("event_id")
+    sub = claims.get("sub")
+    if sub is not None and not isinstance(sub, str):
+        raise _bad("sub")
+    return jti, event_id, sub
+
+
+def _scope(claims: Mapping[str, Any]) -> tuple[list[str] | None, int | None, dict[str, Any] | None]:
+    """The key's `models`, its own `max_tokens` and its `cb` object, each checked for shape."""
+    models = claims.get("models")
+    if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
+        raise _bad("models")
+    key_max = _positive_int(claims, "max_tokens")
+    cb = claims.get("cb")
+    if cb is not None and (not isinstance(cb, dict) or len(orjson.dumps(cb)) > MAX_CB_BYTES):
+        raise _bad("cb", f"must be an object of at most {MAX_CB_BYTES} bytes")
+    return models, key_max, cb
+
+
+def _confirmation(claims: Mapping[str, Any]) -> Confirmation | None:
+    """The key's holder binding (`cnf`), if it names one."""
+    if claims.get("cnf") is None:
+        return None
+    try:
+        return confirmation(claims["cnf"])
+    except ValueError as exc:
+        raise _bad("cnf", f"is not usable: {exc}") from None
+
+
+def _origins(claims: Mapping[str, Any]) -> frozenset[str] | None:
+    """The browser origins the key is limited to, if any."""
+    try:
+        return parse_origins_claim(claims.get("origins"))
+    except ValueError as exc:
+        raise _bad("origins", str(exc)) from None

@@ -212,6 +212,19 @@ def verify_proof(proof: str, *, method: str, url: str | None, now: float, leeway
 
 def _verify_proof(proof: str, method: str, url: str | None, now: float, leeway_s: int,
                   access_token: str | None, jkt: str | None) -> DpopProof:
+    parts = _proof_parts(proof)
+    header, claims = _json(parts[0]), _json(parts[1])
+    proof_jkt = _check_signature(parts, header)
+    jti, iat = _check_request_claims(claims, method, url, now, leeway_s)
+    if access_token is not None and claims.get("ath") != access_token_hash(access_token):
+        raise DpopRefusal("DPoP proof ath does not match the access token")
+    if jkt is not None and proof_jkt != jkt:
+        raise DpopRefusal("DPoP proof is signed by a key this dynamic key is not bound to")
+    return DpopProof(proof_jkt, jti, iat)
+
+
+def _proof_parts(proof: str) -> list[str]:
+    """The three segments of the one proof the request sent."""
     if not proof:
         raise DpopRefusal("this key is sender-constrained: send a DPoP proof header (RFC 9449)")
     if "," in proof or len(proof) > MAX_PROOF_CHARS:  # Envoy joins repeated headers with commas
@@ -219,7 +232,11 @@ def _verify_proof(proof: str, method: str, url: str | None, now: float, leeway_s
     parts = proof.split(".")
     if len(parts) != 3 or not all(parts):
         raise DpopRefusal("DPoP proof is not a compact JWS")
-    header, claims = _json(parts[0]), _json(parts[1])
+    return parts
+
+
+def _check_signature(parts: list[str], header: Mapping[str, Any]) -> str:
+    """The proof's header is acceptable and its signature verifies with its own jwk; that jwk's thumbprint."""
     if header.get("typ") != "dpop+jwt":
         raise DpopRefusal("DPoP proof typ must be dpop+jwt")
     alg = header.get("alg")
@@ -242,7 +259,12 @@ def _verify_proof(proof: str, method: str, url: str | None, now: float, leeway_s
         valid = False
     if not valid:
         raise DpopRefusal("DPoP proof signature is invalid")
+    return proof_jkt
 
+
+def _check_request_claims(claims: Mapping[str, Any], method: str, url: str | None, now: float,
+                          leeway_s: int) -> tuple[str, float]:
+    """The proof's jti, htm, htu and iat fit this request, now; its jti and iat."""
     jti, htm, htu, iat = claims.get("jti"), claims.get("htm"), claims.get("htu"), claims.get("iat")
     if not isinstance(jti, str) or not 1 <= len(jti) <= 256:
         raise DpopRefusal("DPoP proof needs a jti (at most 256 characters)")
@@ -254,8 +276,4 @@ def _verify_proof(proof: str, method: str, url: str | None, now: float, leeway_s
         raise DpopRefusal("DPoP proof needs a numeric iat")
     if abs(now - float(iat)) > PROOF_WINDOW_S + leeway_s:
         raise DpopRefusal(f"DPoP proof iat is more than {PROOF_WINDOW_S + leeway_s} s from now")
-    if access_token is not None and claims.get("ath") != access_token_hash(access_token):
-        raise DpopRefusal("DPoP proof ath does not match the access token")
-    if jkt is not None and proof_jkt != jkt:
-        raise DpopRefusal("DPoP proof is signed by a key this dynamic key is not bound to")
-    return DpopProof(proof_jkt, jti, float(iat))
+    return jti, float(iat)

@@ -51,22 +51,30 @@ def parse(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
     if kind == b"-":
         return ResponseError(line.decode(errors="replace")), pos
     if kind == b"$":
-        size = int(line)
-        if size < 0:
-            return None, pos
-        if len(buf) < pos + size + 2:
-            raise _Incomplete
-        return bytes(buf[pos:pos + size]), pos + size + 2
+        return _bulk_string(buf, int(line), pos)
     if kind == b"*":
-        count = int(line)
-        if count < 0:
-            return None, pos
-        items = []
-        for _ in range(count):
-            item, pos = parse(buf, pos)
-            items.append(item)
-        return items, pos
+        return _array(buf, int(line), pos)
     raise RedisConnectionError(f"unexpected RESP reply type {kind!r}")
+
+
+def _bulk_string(buf: bytes | bytearray, size: int, pos: int) -> tuple[bytes | None, int]:
+    """A bulk string of `size` bytes at `pos` (-1: nil)."""
+    if size < 0:
+        return None, pos
+    if len(buf) < pos + size + 2:
+        raise _Incomplete
+    return bytes(buf[pos:pos + size]), pos + size + 2
+
+
+def _array(buf: bytes | bytearray, count: int, pos: int) -> tuple[list[Any] | None, int]:
+    """An array of `count` replies starting at `pos` (-1: nil)."""
+    if count < 0:
+        return None, pos
+    items = []
+    for _ in range(count):
+        item, pos = parse(buf, pos)
+        items.append(item)
+    return items, pos
 
 
 class _Connection(asyncio.Protocol):

@@ -198,17 +198,9 @@ class Authorizer:
                 if self.registry.routes is not None else None
             # After the body's checks, before admission: a blocked request spends no use, slot or reservation.
             check_content(key, body, api=endpoint.content_api if endpoint else "chat")
-            if self.quota is not None:
-                if endpoint is None or endpoint.metered:
-                    await admit_request(self.quota, key, checked, request_id, proof)
-                else:  # generates nothing: reserves nothing, but a revoked key gets nothing either
-                    await check_not_revoked(self.quota, key)
+            await self._admit(key, checked, request_id, proof, endpoint)
             decision = self._allow(key, checked, request.headers, request_id, request.body, endpoint, route)
-            metered = endpoint is None or endpoint.metered
-            hmac_key = await self.giver.load_key() if self.giver is not None and metered else None
-            if hmac_key is not None:  # the whole chain: a child key's request gives back at every level
-                decision.metadata[usage_record.GIVE_BACK] = give_back.make_token(
-                    hmac_key, key.tenant.id, tuple(level.jti for level in key.chain), request_id)
+            await self._attach_give_back(decision, key, request_id, endpoint)
             return decision
         except ContentBlocked as blocked:
             return blocked_decision(blocked, key, request_id)
@@ -300,3 +292,22 @@ class Authorizer:
         if routes is not None and key.tenant.id in routes.provider_headers:
             metadata[usage_record.PROVIDER_HEADERS] = True
         return allow(headers, removed, metadata, key.jti, request_id)
+
+    async def _admit(self, key: VerifiedKey, checked: CheckedRequest, request_id: str, proof: DpopProof | None,
+                     endpoint: Endpoint | None) -> None:
+        """Admission in the ledger (no ledger configured: none)."""
+        if self.quota is None:
+            return
+        if endpoint is None or endpoint.metered:
+            await admit_request(self.quota, key, checked, request_id, proof)
+        else:  # generates nothing: reserves nothing, but a revoked key gets nothing either
+            await check_not_revoked(self.quota, key)
+
+    async def _attach_give_back(self, decision: Decision, key: VerifiedKey, request_id: str,
+                                endpoint: Endpoint | None) -> None:
+        """The token Envoy hands back if no upstream served a metered request."""
+        metered = endpoint is None or endpoint.metered
+        hmac_key = await self.giver.load_key() if self.giver is not None and metered else None
+        if hmac_key is not None:  # the whole chain: a child key's request gives back at every level
+            decision.metadata[usage_record.GIVE_BACK] = give_back.make_token(
+                hmac_key, key.tenant.id, tuple(level.jti for level in key.chain), request_id)

@@ -168,6 +168,17 @@ def parse_line(line: bytes | str, shipped_at_ms: int | None = None) -> UsageEven
     # Text, counts and flags copied as the usage record defines them; the rules above did the rest.
     for name, value in copied_fields(record).items():
         setattr(event, name, value)
+    _add_key_context(event, record)
+    _add_money(event, record)
+    if record.get("content_b64"):
+        content = content_of(_text(record["content_b64"]))
+        if content is not None:
+            event.content = content
+    return event
+
+
+def _add_key_context(event: UsageEvent, record: dict[str, Any]) -> None:
+    """The key's `sub`, its chain (a child key) and its `cb` claim, as authz logged them."""
     if record.get("sub") is not None:
         event.sub = _text(record["sub"])
     chain = _chain(record.get("chain"), event.jti)
@@ -179,12 +190,6 @@ def parse_line(line: bytes | str, shipped_at_ms: int | None = None) -> UsageEven
         event.cb_json = orjson.dumps(cb).decode()
     elif isinstance(cb, str) and cb:
         event.cb_json = cb  # authz passes the claim as a JSON string (Struct values are flat)
-    _add_money(event, record)
-    if record.get("content_b64"):
-        content = content_of(_text(record["content_b64"]))
-        if content is not None:
-            event.content = content
-    return event
 
 
 def _add_money(event: UsageEvent, record: dict[str, Any]) -> None:
