@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     config = write_config(work, port)
     cfg = load_config(config)
     callback = cfg.tenants[0].callback
-    assert callback is not None
+    assert callback is not None and callback.secret_env is not None
     secret = config_environment(cfg)[callback.secret_env]  # from dev.env, as the issuer reads it
     issuer = subprocess.Popen([sys.executable, "-m", "issuer_api", "--config", str(config)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -95,18 +95,3 @@ class VerifiedKeyCache:
         if len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
         return verified
-
-
-def _verification_key(kid: object, tenant: Tenant) -> VerificationKey:
-    """The tenant's key that `kid` names (none: its seed secret); UnknownKid for a kid it may publish later."""
-    if kid is None:
-        verification_key = tenant.seed_key
-    elif not isinstance(kid, str) or not KID_PATTERN.match(kid):
-        raise _invalid("dynamic key has a malformed kid")
-    else:
-        verification_key = tenant.keys_by_kid.get(kid)
-        if verification_key is None:
-            raise UnknownKid(tenant.id)
-    if verification_key is None:
-        raise _invalid("dynamic key was signed with a key this gateway does not know")
-    return verification_key

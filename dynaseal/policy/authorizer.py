@@ -19,6 +19,7 @@ import orjson
 from dynaseal.contracts import usage_record
 from dynaseal.errors import ErrorCode, QuotaUnavailable, Refusal
 from dynaseal.keys.claims import VerifiedKey
+from dynaseal.keys.dpop import DpopProof
 from dynaseal.keys.identity import Presentation
 from dynaseal.keys.origins import check_origin
 from dynaseal.keys.registry_holder import RegistryHolder
