@@ -2,14 +2,16 @@
 
 Verified per Standard Webhooks with the tenant's callback secret, then stored once per
 `webhook-id`: the gateway delivers at least once, so a repeat must change nothing. Rows go through
-the `CallbackWriter` (group commits on one thread).
+the `CallbackWriter` (group commits on one thread); the events of a batch are queued together.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -19,6 +21,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from dynaseal.logs import redact
 from issuer_api import reservation_rows
+from issuer_api.callback_writer import Outcome
 from issuer_api.deps import StateDep
 from issuer_api.errors import ApiError, IssuerError, invalid_request
 from issuer_api.store import utcnow
@@ -150,59 +153,92 @@ async def receive_usage(request: Request, state: StateDep) -> dict[str, Any]:
     return {"status": status, "webhook_id": webhook_id}
 
 
-async def store_one(state: StateDep, webhook_id: str, payload: dict[str, Any]) -> str:
-    """Note or store one callback object: noted, stored, duplicate or superseded; ApiError (400) if malformed."""
+def _noted(payload: dict[str, Any]) -> bool:
+    """Print a callback that is not usage (nothing to store); False for a usage callback."""
     if payload.get("type") == "budget_threshold":
         # Not usage: shown, not stored with the usage rows (its webhook-id is stable, so a repeat is harmless).
         print(redact(f"budget threshold: key_id={payload.get('key_id')} {payload.get('budget')} budget "
                      f"crossed {payload.get('threshold')}"), flush=True)
-        return "noted"
+        return True
     if payload.get("type") == "content_blocked":
         # A request the tenant's content rule refused: no usage, only which key and rule (never the text).
         print(redact(f"content blocked: key_id={payload.get('key_id')} rule={payload.get('rule')}"), flush=True)
-        return "noted"
-    callback = parse_callback(payload)
-    reservation = reservation_rows.is_reservation(payload)
-    if reservation and await reservation_rows.real_row_exists(state.callbacks.engine, payload):
-        return "superseded"
-    stored = await state.callbacks.store(row_values(webhook_id, callback, payload))
-    if stored and not reservation and webhook_id == payload.get("request_id"):
-        await reservation_rows.drop_reservation_row(state.callbacks.engine, payload)
-    if not stored:
-        log.info("duplicate callback ignored",
-                 extra={"webhook_id": webhook_id, "event_id": callback.event_id})
-        return "duplicate"
+        return True
+    return False
+
+
+def _report(webhook_id: str, callback: UsageCallback, outcome: Outcome) -> None:
+    if outcome is not Outcome.STORED:
+        log.info(f"{outcome.value} callback ignored", extra={"webhook_id": webhook_id, "event_id": callback.event_id})
+        return
     log.info("callback stored", extra={"webhook_id": webhook_id, "event_id": callback.event_id,
                                        "tokens": callback.tokens, "jti": callback.jti})
     # The seed's demo shows the backend printing event_id, tokens and content.
     print(_human_line(callback), flush=True)
-    return "stored"
+
+
+async def store_one(state: StateDep, webhook_id: str, payload: dict[str, Any]) -> str:
+    """Note or store one callback object: noted, stored, duplicate or superseded; ApiError (400) if malformed."""
+    if _noted(payload):
+        return "noted"
+    callback = parse_callback(payload)
+    outcome = await _write(state, webhook_id, payload, callback)
+    _report(webhook_id, callback, outcome)
+    return outcome.value
+
+
+async def _write(state: StateDep, webhook_id: str, payload: dict[str, Any], callback: UsageCallback) -> Outcome:
+    row = reservation_rows.callback_row(webhook_id, payload, row_values(webhook_id, callback, payload))
+    return await state.callbacks.write(row)
 
 
 MAX_BATCH_EVENTS = 1000
+
+
+async def _store_parsed(state: StateDep, webhook_id: str, payload: dict[str, Any], callback: UsageCallback) -> str:
+    try:
+        outcome = await _write(state, webhook_id, payload, callback)
+    except Exception:
+        # Unacknowledged: the gateway sends this event again alone, where a failure is a 5xx it retries.
+        log.exception("batched callback not stored", extra={"webhook_id": webhook_id})
+        return "error"
+    _report(webhook_id, callback, outcome)
+    return outcome.value
 
 
 async def store_batch(state: StateDep, payload: dict[str, Any]) -> dict[str, str]:
     """Store each event of a signed batch by its own id; its status by id (`refused` for a malformed one).
 
     The batch as a whole is refused (400) only when it is not a list of `{"id", "event"}` objects;
-    one bad event is refused alone, and the gateway sends it again alone.
+    one bad event is refused alone, and the gateway sends it again alone. The events' rows are queued
+    together, so they share the writer's transactions instead of waiting for one commit each.
     """
     events = payload.get("events")
     if not isinstance(events, list) or not 0 < len(events) <= MAX_BATCH_EVENTS:
         raise invalid_request(f"events must be a list of 1 to {MAX_BATCH_EVENTS} objects", "events")
-    results: dict[str, str] = {}
     for item in events:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str) or \
                 not _WEBHOOK_ID.match(item["id"]) or not isinstance(item.get("event"), dict):
             raise invalid_request('each batch entry must be {"id": "<webhook-id>", "event": {...}}', "events")
-        if item["id"] in results:
+    results: dict[str, str] = {}
+    pending: dict[str, Awaitable[str]] = {}
+    for item in events:
+        webhook_id, event = item["id"], item["event"]
+        if webhook_id in results:
+            continue
+        if _noted(event):
+            results[webhook_id] = "noted"
             continue
         try:
-            results[item["id"]] = await store_one(state, item["id"], item["event"])
+            callback = parse_callback(event)
         except ApiError as exc:
-            log.info("batched callback refused", extra={"webhook_id": item["id"], "error": str(exc)})
-            results[item["id"]] = "refused"
+            log.info("batched callback refused", extra={"webhook_id": webhook_id, "error": str(exc)})
+            results[webhook_id] = "refused"
+            continue
+        results[webhook_id] = ""  # keeps the batch's order in the answer
+        pending[webhook_id] = _store_parsed(state, webhook_id, event, callback)
+    for webhook_id, status in zip(pending, await asyncio.gather(*pending.values()), strict=True):
+        results[webhook_id] = status
     return results
 
 
