@@ -55,14 +55,14 @@ class CallbackRow:
 _Item = tuple[CallbackRow, asyncio.Future[Outcome], asyncio.AbstractEventLoop]
 
 
-def insert_once(dialect: str, values: dict[str, Any]) -> Insert:
-    """One INSERT that skips a webhook-id stored before, where the dialect can say so in SQL."""
+def insert_once(dialect: str) -> Insert:
+    """The INSERT (rows as parameters) that skips a webhook-id stored before, where the dialect can say so."""
     table = cast(Table, Callback.__table__)  # declarative tables are Tables; the stub says FromClause
     if dialect == _ON_CONFLICT[0]:
-        return sqlite.insert(table).values(values).on_conflict_do_nothing(index_elements=["webhook_id"])
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=["webhook_id"])
     if dialect == _ON_CONFLICT[1]:
-        return postgresql.insert(table).values(values).on_conflict_do_nothing(index_elements=["webhook_id"])
-    return insert(table).values(values)  # the unique index refuses a repeat: IntegrityError
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=["webhook_id"])
+    return insert(table)  # the unique index refuses a repeat: IntegrityError
 
 
 def _settle(future: asyncio.Future[Outcome], outcome: Outcome | BaseException) -> None:
@@ -81,6 +81,8 @@ class CallbackWriter:
         self.engine = engine
         self.max_batch = max_batch
         self._dialect = engine.dialect.name
+        # One statement for every row (its compiled form is cached); the row's values are its parameters.
+        self._insert = insert_once(self._dialect)
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="callback-writer", daemon=True)
         self._thread.start()
@@ -136,7 +138,7 @@ class CallbackWriter:
         if row.unless_stored is not None and connection.execute(
                 select(exists().where(Callback.webhook_id == row.unless_stored))).scalar():
             return Outcome.SUPERSEDED
-        if not connection.execute(insert_once(self._dialect, row.values)).rowcount:
+        if not connection.execute(self._insert, row.values).rowcount:
             return Outcome.DUPLICATE
         if row.replaces is not None:
             connection.execute(delete(Callback).where(Callback.webhook_id == row.replaces))
