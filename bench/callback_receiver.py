@@ -112,7 +112,7 @@ def start(label: str, tree: Path, work: Path) -> Issuer:
     (port,) = free_ports(1)
     work.mkdir(parents=True)
     config = write_config(work, port)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("EXTRA"), str(tree)]))}
+    env = {**os.environ, "PYTHONPATH": str(tree)}
     process = subprocess.Popen([sys.executable, "-m", "issuer_api", "--config", str(config)], cwd=tree, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"

@@ -75,7 +75,7 @@ def pct(values: list[float], q: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
-def write_config(work: Path, consumers: int | None) -> Path:
+def write_config(work: Path, consumers: int | None, batch: int | None = None) -> Path:
     """The bundled dev config on free ports and a fresh data dir."""
     bundled = bundled_dev_config()
     raw = yaml.safe_load(bundled.read_text())
@@ -88,6 +88,10 @@ def write_config(work: Path, consumers: int | None) -> Path:
         raw["env_file"] = str((bundled.parent / raw["env_file"]).resolve())
     if consumers is not None:
         raw["gateway"]["consumers"] = consumers
+    if batch == 0:
+        demo["callback"].pop("batch", None)  # one event per request, whatever the bundled config says
+    elif batch is not None:
+        demo["callback"]["batch"] = {"max_events": batch, "max_wait_ms": 200}
     path = work / "soak.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -101,13 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--drain-max-s", type=float, default=300.0)
     parser.add_argument("--consumers", type=int, help="consumers `dynaseal up` starts (default: the config's)")
+    parser.add_argument("--batch", type=int, help="the demo tenant's callback.batch max_events "
+                                                   "(0: one event per request; default: the bundled config's)")
     parser.add_argument("--label", default="", help="a note for the results row")
     parser.add_argument("--work", help="keep the run's data and logs here (default: a temporary directory)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="dynaseal-soak-") as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        config_path = write_config(work, args.consumers)
+        config_path = write_config(work, args.consumers, args.batch)
         cfg = load_config(config_path)
         stack = LocalStack(cfg, config_path)
         stack.start(lambda line: None)
