@@ -31,7 +31,6 @@ from callback_consumer.parking import Parking
 from callback_consumer.settlement import SettlementBatcher
 from callback_consumer.tenant_slots import SharedSlots
 from dynaseal.config import ConfigError
-from dynaseal.ledger.async_scripts import AsyncScripts
 from dynaseal.ledger.redis_connect import sync_client
 from dynaseal.runtime.views import ConsumerView, load_runtime
 from dynaseal.usage import kafka_io
@@ -102,7 +101,7 @@ class CallbackConsumer:
         # Each tenant's callback concurrency holds over the whole group, not per member.
         slots = SharedSlots(self.redis, self.executor, f"{options.client_id}-{uuid.uuid4().hex[:8]}")
         self.dispatcher = Dispatcher(lambda abandon: self._remember(Deliverer(
-            lambda: self.targets, self._settlements(), self.dead_letters, self.executor,
+            lambda: self.targets, SettlementBatcher(self.redis, self.executor), self.dead_letters, self.executor,
             options.policy, options.per_tenant, abandon, tenant_backlog=options.tenant_backlog, slots=slots,
             parking=self._parking())))
         self.parked_replay: ParkedReplay | None = None
@@ -117,10 +116,6 @@ class CallbackConsumer:
         self._last_commit = 0.0
         self._lag_at = 0.0
         self._lag_labels: set[str] = set()
-
-    def _settlements(self) -> SettlementBatcher:
-        # Made in the delivery loop's thread, used only from that loop (its connection belongs to it).
-        return SettlementBatcher(AsyncScripts.from_url(self.targets.redis_url, timeout_s=2.0))
 
     def _parking(self) -> Parking | None:
         if self.options.park_after <= 0:

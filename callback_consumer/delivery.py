@@ -33,6 +33,7 @@ from callback_consumer.money import ThresholdSender, money_settlement, record_mo
 from callback_consumer.parking import Parking
 from callback_consumer.settlement import SettlementBatcher
 from callback_consumer.tenant_slots import SharedSlots
+from dynaseal.ledger import redis_keys
 from dynaseal.ledger.quota import Settlement
 from dynaseal.ledger.tenant_quota import has_tenant_limits
 from dynaseal.pb import UsageEvent
@@ -363,7 +364,8 @@ class Deliverer:
         if self.settlements is None:
             return False
         try:
-            billed = await self.settlements.settled_mark(event.tenant, event.jti, event.request_id)
+            billed = await self.blocking(self.settlements.redis.hget, redis_keys.settled(event.tenant, event.jti),
+                                         event.request_id)
         except RedisError:
             return False  # tell the tenant rather than stay silent: a later real callback supersedes it
         return isinstance(billed, bytes) and not billed.startswith(b"p:")
@@ -437,9 +439,7 @@ class Deliverer:
             return Outcome.ABANDONED
 
     async def aclose(self) -> None:
-        """Close every tenant's connections, and the settlements' Redis connection."""
+        """Close every tenant's connections."""
         for client in self._clients.values():
             client.close()
         self._clients.clear()
-        if self.settlements is not None:
-            await self.settlements.aclose()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
@@ -16,7 +17,6 @@ from conftest import OTHER_TENANT, verified_key
 from callback_consumer.settlement import SettlementBatcher
 from dynaseal.config import DynasealConfig
 from dynaseal.ledger import redis_keys
-from dynaseal.ledger.async_scripts import AsyncScripts
 from dynaseal.ledger.quota import RedisQuota, counters
 from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest
@@ -74,11 +74,8 @@ def test_settling_never_shortens_a_long_lived_keys_counters(redis_server: str, c
     assert client.ttl(name) > lifetime  # admit: the key's lifetime plus a day
 
     async def settle_like_the_consumer() -> None:
-        settlements = SettlementBatcher(AsyncScripts.from_url(redis_server, timeout_s=2.0))
-        try:
-            await settlements.settle(OTHER_TENANT, key.jti, "r-1", 50)
-        finally:
-            await settlements.aclose()
+        with ThreadPoolExecutor(1) as pool:
+            await SettlementBatcher(client, pool).settle(OTHER_TENANT, key.jti, "r-1", 50)
 
     asyncio.run(settle_like_the_consumer())
     assert counters(client, OTHER_TENANT, key.jti)["uses"] == 1
