@@ -157,7 +157,7 @@ def run(args: argparse.Namespace, cfg: object, stack: LocalStack, work: Path) ->
     drain_s = time.monotonic() - load_end
     stop.set()
     sampler.join(10)
-    dlq = status.dlq_reasons(bootstrap) or {}
+    dlq: dict[str, int] = dict(status.dlq_reasons(bootstrap) or {})
     during = [lag for at, lag in zip(samples.at, samples.consumer_lag, strict=False) if at <= load_end]
     ship = [lag for at, lag in zip(samples.at, samples.shipper_lag, strict=False) if at <= load_end]
     figures = {
@@ -170,8 +170,11 @@ def run(args: argparse.Namespace, cfg: object, stack: LocalStack, work: Path) ->
         "consumer_lag_p95": pct([float(x) for x in during], .95),
         "consumer_lag_max": max(during, default=0), "shipper_lag_lines_p50": pct(ship, .5),
         "shipper_lag_lines_p95": pct(ship, .95),
+        # Between consecutive samples taken while the load ran (not the drain's); a sample can take over 1 s.
         "stored_per_s_mean_during_load": round(statistics.mean(
-            [(b - a) for a, b in zip(samples.stored, samples.stored[1:], strict=False)] or [0]), 1),
+            [(b - a) / (t1 - t0) for t0, t1, a, b in zip(samples.at, samples.at[1:], samples.stored,
+                                                          samples.stored[1:], strict=False)
+             if t1 <= load_end and a >= 0 and t1 > t0] or [0]), 1),
     }
     print("SOAK " + json.dumps(figures), flush=True)
     print(f"| {args.label} | {served} ({figures['served_per_s']}/s) | {stored_load} "
