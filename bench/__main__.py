@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import pipeline_soak
 
         return pipeline_soak.main(rest[1:])
+    if rest[:1] == ["callback-receiver"]:  # the bundled issuer alone, before vs after in one run
+        from bench import callback_receiver
+
+        return callback_receiver.main(rest[1:])
     args = parse(argv)
     parts = args.parts or list(PARTS)
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)

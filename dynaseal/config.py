@@ -79,6 +79,9 @@ class IssuerConfig(StrictModel):
     # Ceilings on what one user may mint: uses per key (above: 400), keys per minute (above: 429).
     key_max_uses: int = Field(100_000, ge=1, le=10**9)
     mint_rate_per_minute: int = Field(60, ge=1, le=10_000)
+    # SQLite only: `normal` syncs the write-ahead log at checkpoints, not at every commit (a crash of the
+    # process loses nothing; an OS crash or power loss may lose the last commits); `full` syncs every one.
+    sqlite_synchronous: Literal["normal", "full"] = "normal"
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -16,8 +16,9 @@ from issuer_api.users import Account, account_by_id
 bearer_scheme = OAuth2PasswordBearer(tokenUrl="user/login", auto_error=False)
 
 
-def state_of(request: Request) -> IssuerState:
+async def state_of(request: Request) -> IssuerState:
     """The issuer state of the app serving this request."""
+    # async: FastAPI runs a plain `def` dependency on a worker thread, a hop on every request.
     state: IssuerState = request.app.state.issuer
     return state
 

@@ -3,17 +3,15 @@
 When a request's log line is lost the gateway still reports it, with what the reservation billed and
 the webhook-id `<request_id>.reservation`. If the real line arrives later, its callback
 (webhook-id = request_id) replaces that row: the issuer keeps one usage row per request, the most
-exact one. A reservation callback arriving after the real one is not stored.
+exact one. A reservation callback arriving after the real one is not stored. The `CallbackWriter`
+applies both rules in the row's own transaction.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from sqlalchemy import Engine, delete, exists, select
-
-from issuer_api.store import Callback
+from issuer_api.callback_writer import CallbackRow
 
 RESERVATION = "reservation"
 SUFFIX = ".reservation"
@@ -29,25 +27,12 @@ def _request_id(payload: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) and 0 < len(value) <= 120 else None
 
 
-async def real_row_exists(engine: Engine, payload: dict[str, Any]) -> bool:
-    """Whether the request's real usage is already stored (a late reservation callback is then dropped)."""
+def callback_row(webhook_id: str, payload: dict[str, Any], values: dict[str, Any]) -> CallbackRow:
+    """The row to write: a reservation's unless its request's real row is stored; a real one replacing it."""
     request_id = _request_id(payload)
     if request_id is None:
-        return False
-
-    def query() -> bool:
-        with engine.connect() as conn:
-            return bool(conn.execute(select(exists().where(Callback.webhook_id == request_id))).scalar())
-    return await asyncio.to_thread(query)
-
-
-async def drop_reservation_row(engine: Engine, payload: dict[str, Any]) -> int:
-    """Delete the reservation's row of the request whose real usage was just stored; rows deleted."""
-    request_id = _request_id(payload)
-    if request_id is None:
-        return 0
-
-    def run() -> int:
-        with engine.begin() as conn:
-            return int(conn.execute(delete(Callback).where(Callback.webhook_id == request_id + SUFFIX)).rowcount)
-    return await asyncio.to_thread(run)
+        return CallbackRow(values)
+    if is_reservation(payload):
+        return CallbackRow(values, unless_stored=request_id)
+    # Only the request's own callback (webhook-id = request id) may delete its reservation row.
+    return CallbackRow(values, replaces=request_id + SUFFIX if webhook_id == request_id else None)

@@ -2,15 +2,17 @@
 
 Verified per Standard Webhooks with the tenant's callback secret, then stored once per
 `webhook-id`: the gateway delivers at least once, so a repeat must change nothing. Rows go through
-the `CallbackWriter` (group commits on one thread). Bodies are parsed with the callback models the
-gateway builds them with (`dynaseal.contracts.callback_body`).
+the `CallbackWriter` (group commits on one thread); the events of a batch are queued together. Bodies
+are parsed with the callback models the gateway builds them with (`dynaseal.contracts.callback_body`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -29,6 +31,7 @@ from dynaseal.contracts.callback_body import (
 )
 from dynaseal.logs import redact
 from issuer_api import reservation_rows
+from issuer_api.callback_writer import Outcome
 from issuer_api.deps import StateDep
 from issuer_api.errors import ApiError, IssuerError, invalid_request
 from issuer_api.store import utcnow
@@ -123,52 +126,91 @@ async def receive_usage(request: Request, state: StateDep) -> dict[str, Any]:
     return {"status": status, "webhook_id": webhook_id}
 
 
-async def store_one(state: StateDep, webhook_id: str, payload: dict[str, Any]) -> str:
-    """Note or store one callback object: noted, stored, duplicate or superseded; ApiError (400) if malformed."""
-    callback = parse_body(payload)
+def _noted(callback: CallbackBody) -> bool:
+    """Print a callback that is not usage (nothing to store); False for a usage callback."""
     if isinstance(callback, BudgetThresholdCallback):
         # Not usage: shown, not stored with the usage rows (its webhook-id is stable, so a repeat is harmless).
         print(redact(f"budget threshold: key_id={callback.key_id} {callback.budget} budget "
                      f"crossed {callback.threshold}"), flush=True)
-        return "noted"
+        return True
     if isinstance(callback, ContentBlockedCallback):
         # A request the tenant's content rule refused: no usage, only which key and rule (never the text).
         print(redact(f"content blocked: key_id={callback.key_id} rule={callback.rule}"), flush=True)
-        return "noted"
+        return True
+    return False
+
+
+def _usage_of(payload: dict[str, Any]) -> UsageCallback | None:
+    """The usage callback of a body (None: noted, nothing to store); ApiError (400) if malformed."""
+    callback = parse_body(payload)
+    if _noted(callback):
+        return None
     if not isinstance(callback, UsageCallback):  # a batch inside a batch
         raise invalid_request("a batch's events are single callbacks", "type")
-    reservation = reservation_rows.is_reservation(payload)
-    if reservation and await reservation_rows.real_row_exists(state.callbacks.engine, payload):
-        return "superseded"
-    stored = await state.callbacks.store(row_values(webhook_id, callback, payload))
-    if stored and not reservation and webhook_id == payload.get("request_id"):
-        await reservation_rows.drop_reservation_row(state.callbacks.engine, payload)
-    if not stored:
-        log.info("duplicate callback ignored",
-                 extra={"webhook_id": webhook_id, "event_id": callback.event_id})
-        return "duplicate"
+    return callback
+
+
+def _report(webhook_id: str, callback: UsageCallback, outcome: Outcome) -> None:
+    if outcome is not Outcome.STORED:
+        log.info(f"{outcome.value} callback ignored", extra={"webhook_id": webhook_id, "event_id": callback.event_id})
+        return
     log.info("callback stored", extra={"webhook_id": webhook_id, "event_id": callback.event_id,
                                        "tokens": tokens_of(callback), "jti": callback.key_id or callback.jti})
     # The seed's demo shows the backend printing event_id, tokens and content.
     print(_human_line(callback), flush=True)
-    return "stored"
+
+
+async def _write(state: StateDep, webhook_id: str, payload: dict[str, Any], callback: UsageCallback) -> Outcome:
+    row = reservation_rows.callback_row(webhook_id, payload, row_values(webhook_id, callback, payload))
+    return await state.callbacks.write(row)
+
+
+async def store_one(state: StateDep, webhook_id: str, payload: dict[str, Any]) -> str:
+    """Note or store one callback object: noted, stored, duplicate or superseded; ApiError (400) if malformed."""
+    callback = _usage_of(payload)
+    if callback is None:
+        return "noted"
+    outcome = await _write(state, webhook_id, payload, callback)
+    _report(webhook_id, callback, outcome)
+    return outcome.value
+
+
+async def _store_parsed(state: StateDep, webhook_id: str, payload: dict[str, Any], callback: UsageCallback) -> str:
+    try:
+        outcome = await _write(state, webhook_id, payload, callback)
+    except Exception:
+        # Unacknowledged: the gateway sends this event again alone, where a failure is a 5xx it retries.
+        log.exception("batched callback not stored", extra={"webhook_id": webhook_id})
+        return "error"
+    _report(webhook_id, callback, outcome)
+    return outcome.value
 
 
 async def store_batch(state: StateDep, batch: BatchCallback) -> dict[str, str]:
     """Store each event of a signed batch by its own id; its status by id (`refused` for a malformed one).
 
     The batch as a whole is refused (400) only when it is not a list of `{"id", "event"}` objects (the
-    model's check); one bad event is refused alone, and the gateway sends it again alone.
+    model's check); one bad event is refused alone, and the gateway sends it again alone. The events'
+    rows are queued together, so they share the writer's transactions instead of waiting for one commit each.
     """
     results: dict[str, str] = {}
+    pending: dict[str, Awaitable[str]] = {}
     for item in batch.events:
         if item.id in results:
             continue
         try:
-            results[item.id] = await store_one(state, item.id, item.event)
+            callback = _usage_of(item.event)
         except ApiError as exc:
             log.info("batched callback refused", extra={"webhook_id": item.id, "error": str(exc)})
             results[item.id] = "refused"
+            continue
+        if callback is None:
+            results[item.id] = "noted"
+            continue
+        results[item.id] = ""  # keeps the batch's order in the answer
+        pending[item.id] = _store_parsed(state, item.id, item.event, callback)
+    for webhook_id, status in zip(pending, await asyncio.gather(*pending.values()), strict=True):
+        results[webhook_id] = status
     return results
 
 

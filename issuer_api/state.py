@@ -85,7 +85,7 @@ def build_state(cfg: DynasealConfig) -> IssuerState:
     active = keystore.ensure()  # also (re)writes jwks.json, which authz reads
 
     url = database_url(cfg)
-    engine = make_engine(url)
+    engine = make_engine(url, issuer.sqlite_synchronous)
     upgrade_to_head(url, engine)
     sessions = make_sessions(engine)
     if issuer.demo_users:
