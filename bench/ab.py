@@ -8,6 +8,11 @@ template, so both sides run side by side in one stack, on the same Redis and moc
 wrk drives before and after in turn, alternating, `--rounds` times, so the machine's drift hits both
 alike; each pair is compared within itself. CPU per request: Envoy, authz (the idle authz of the other
 side costs ~0) and Redis, as in `bench peers`.
+
+`--in-process`: for a change to authz's Python alone, where the whole path's noise on a shared machine
+hides a few µs. `bench.authz_stages` (the decision and the Check handler in one process, on a Redis of
+its own) runs from REV's tree and from the working tree in turn, `--rounds` times; CPU µs per request
+of each stage, before and after.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ REDIS_TIMEOUT_MS = 500
 # Runs with REV's tree first on the path: its authz, or its template rendered for the bench config.
 AUTHZ_BEFORE = "import sys\nsys.path.insert(0, {tree!r})\nfrom authz_service.__main__ import main\n" \
                "raise SystemExit(main({args!r}))\n"
+STAGES = "import sys\nsys.path.insert(0, {tree!r})\nfrom bench.authz_stages import main\n" \
+         "raise SystemExit(main(['--requests', '{requests}', '--rounds', '3']))\n"
 RENDER_BEFORE = "import sys\nsys.path.insert(0, {tree!r})\nfrom pathlib import Path\n" \
                 "from dynaseal.config import load_config\nfrom dynaseal_launcher import envoy_config\n" \
                 "print(envoy_config.render(load_config({config!r}), Path({log!r})))\n"
@@ -159,6 +166,34 @@ def table(runs: list[gateway.GatewayRun]) -> list[str]:
     return lines
 
 
+def stages(tree: Path, requests: int) -> dict[str, float]:
+    """`bench.authz_stages` run from `tree`: CPU µs per request of each stage."""
+    done = subprocess.run([sys.executable, "-c", STAGES.format(tree=str(tree), requests=requests)],
+                          capture_output=True, text=True, check=True, cwd=tree)
+    rows = [line.strip("|").split("|") for line in done.stdout.splitlines() if line.startswith("| ")]
+    return {name.strip(): float(value) for name, value in rows[1:]}
+
+
+def in_process(before: Path, rounds: int, requests: int, rev: str) -> list[str]:
+    """authz_stages before and after, alternating; the table of medians and their ratios."""
+    runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    for _ in range(rounds):
+        runs["before"].append(stages(before, requests))
+        runs["after"].append(stages(REPO, requests))
+
+    def median(side: str, stage: str) -> float:
+        values = sorted(run[stage] for run in runs[side])
+        return values[len(values) // 2]
+
+    lines = [f"| stage (in process, CPU µs/request, median of {rounds}) | before ({rev}) | after | after / before |",
+             "|---|---:|---:|---:|"]
+    for stage in runs["after"][0]:
+        if stage in runs["before"][0]:
+            b, a = median("before", stage), median("after", stage)
+            lines.append(f"| {stage} | {b:.1f} | {a:.1f} | {a / max(b, 0.01):.2f} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure before and after alternately; print (and with --record append) the table."""
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
@@ -167,11 +202,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--in-process", action="store_true", help="authz's decision and handler only (no stack)")
+    parser.add_argument("--requests", type=int, default=3000, help="requests per stage (--in-process)")
     parser.add_argument("--note", default="")
     parser.add_argument("--record", action="store_true", help="append to bench/RESULTS.md")
     args = parser.parse_args(argv)
     directory = Path(tempfile.mkdtemp(prefix="dynaseal-ab-"))
     tree = export(args.before, directory / "before-tree")
+    if args.in_process:
+        lines = [*results.header(f"python -m bench.ab --before {args.before} --in-process --rounds {args.rounds}",
+                                 "bench.authz_stages from each tree in turn"), *([args.note, ""] if args.note else []),
+                 "### authz in process before and after", "",
+                 *in_process(tree, args.rounds, args.requests, args.before)]
+        print("\n".join(lines))
+        if args.record:
+            results.append(lines)
+        return 0
     runs = []
     with AbStack(directory, tree) as stack:
         check(stack, "s_before")
