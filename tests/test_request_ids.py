@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
+import warnings
 
 import pytest
 
@@ -45,7 +46,9 @@ def test_a_forked_child_does_not_mint_its_parents_next_ids() -> None:
     request_ids._POOL.reset()
     request_ids.new_request_id()  # the parent holds a pool with 255 ids to go
     read, write = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():  # 3.12+ warns about fork in a threaded process; the child only writes
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         os.write(write, request_ids.new_request_id().encode())
         os._exit(0)
