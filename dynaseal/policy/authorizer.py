@@ -8,8 +8,8 @@ internal failure, logged and turned into 503 `authz_unavailable` (fail closed).
 
 from __future__ import annotations
 
+import functools
 import logging
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -36,6 +36,7 @@ from dynaseal.policy.endpoints.credentials import (
     with_api_key,
 )
 from dynaseal.policy.quota_refusals import Quota, admit_request, check_not_revoked
+from dynaseal.policy.request_ids import new_request_id
 from dynaseal.policy.request_policy import CheckedRequest, check_request, parse_body
 from dynaseal.routing.routes import Route
 from dynaseal.routing.routes import choose as choose_route
@@ -70,16 +71,18 @@ class AuthRequest:
     body: bytes
 
 
-def new_request_id() -> str:
-    """A fresh gateway request id (UUID4: ASCII, 36 characters, unguessable)."""
-    return str(uuid.uuid4())
+@functools.lru_cache(maxsize=64)
+def _kept_headers(forward: frozenset[str], swapped_credential: bool) -> frozenset[str]:
+    """The allowlist for one (forward_headers, credential swapped) pair: the same few on every Check."""
+    keep = (FORWARDED_HEADERS | forward) - NEVER_FORWARDED
+    if swapped_credential:
+        keep = keep | {"authorization"}  # overwritten with the provider credential
+    return keep
 
 
 def headers_to_strip(headers: Mapping[str, str], forward: frozenset[str], swapped_credential: bool) -> tuple[str, ...]:
     """Every client header the provider must not see: all but the allowlist (and the gateway's own)."""
-    keep = (FORWARDED_HEADERS | forward) - NEVER_FORWARDED
-    if swapped_credential:
-        keep = keep | {"authorization"}  # overwritten with the provider credential
+    keep = _kept_headers(forward, swapped_credential)
     # The gateway's own routing headers (x-dynaseal-route, -try, -give-back) never come from a client,
     # whatever forward_headers says.
     return tuple(name for name in headers
@@ -308,7 +311,9 @@ class Authorizer:
                                 endpoint: Endpoint | None) -> None:
         """The token Envoy hands back if no upstream served a metered request."""
         metered = endpoint is None or endpoint.metered
-        hmac_key = await self.giver.load_key() if self.giver is not None and metered else None
+        # Loaded once per process: an await (a coroutine) on every Check only to read it back costs more.
+        hmac_key = (self.giver.hmac_key or await self.giver.load_key()) if self.giver is not None and metered \
+            else None
         if hmac_key is not None:  # the whole chain: a child key's request gives back at every level
             decision.metadata[usage_record.GIVE_BACK] = give_back.make_token(
                 hmac_key, key.tenant.id, tuple(level.jti for level in key.chain), request_id)
