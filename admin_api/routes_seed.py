@@ -80,11 +80,13 @@ def login(request: Request, state: State, username: Annotated[str, Form()],
     """The seed's OAuth2 password form (e-mail or username; grant_type, scope, client_* accepted and unused)."""
     login_name = username.strip()
     throttle: Throttle = request.app.state.login_throttle
-    if (wait := throttle.retry_after(login_name)) > 0:
-        raise HTTPException(429, "Too many failed logins", headers={"Retry-After": str(int(wait) + 1)})
     account = state.store().account(login_name)
+    # Counted per account, whichever name (e-mail or username) it is reached by; an unknown name on its own.
+    attempts_key = f"account:{account.email}" if account is not None else f"name:{login_name}"
+    if (wait := throttle.retry_after(attempts_key)) > 0:
+        raise HTTPException(429, "Too many failed logins", headers={"Retry-After": str(int(wait) + 1)})
     if not _matches(password, account.password_hash if account else None) or account is None:
-        throttle.count(login_name)
+        throttle.count(attempts_key, kept=account is not None)
         raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": "Bearer"})
     return {"access_token": _token(request, account, "access", SESSION_MINUTES),
             "refresh_token": _token(request, account, "refresh", 60 * 24 * 7), "token_type": "bearer"}
@@ -97,9 +99,12 @@ def create_api_key(request: Request, account: Account, state: State) -> dict[str
     if (wait := creations.retry_after(account.email)) > 0:
         raise HTTPException(429, "Too many keys created", headers={"Retry-After": str(int(wait) + 1)})
     creations.count(account.email)
-    tenant_ids = {t.id for t in state.current().cfg.tenants}
-    if account.tenant_id not in tenant_ids:
+    tenancy = state.current()
+    if account.tenant_id not in {t.id for t in tenancy.cfg.tenants}:
         raise HTTPException(400, "User not found")
+    if account.tenant_id in tenancy.disabled:
+        # A disabled tenant's keys are refused; a new secret would verify them again the moment it is enabled.
+        raise HTTPException(403, "the account's tenant is disabled")
     api_key = str(uuid.uuid4())
     remember_secrets([api_key])
     state.store().put_tenant(account.tenant_id, None, {PURPOSE_SEED: api_key})

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from admin_api.auth import AdminOnly
 from admin_api.state import AdminState, admin_state, validation_problems, with_secrets, with_tenant
+from admin_api.write_rules import check_seed_secret, check_store_tenant_id
 from dynaseal.redaction import remember_secrets
 from dynaseal.secrets import STORED_PREFIX
 from dynaseal.tenancy.overlay import Tenancy, callback_marker, seed_marker
@@ -79,6 +80,7 @@ def _document(body: TenantWrite, tenant_id: str | None = None,
     remember_secrets([body.secrets.seed, body.secrets.callback])
     values: dict[str, str] = {}
     if body.secrets.seed is not None:
+        check_seed_secret(body.secrets.seed.get_secret_value(), "secrets.seed")
         doc["keys"] = [*doc.get("keys", []), {"alg": "HS256", "secret_env": seed_marker(tid)}]
         values[PURPOSE_SEED] = body.secrets.seed.get_secret_value()
     if body.secrets.callback is not None:
@@ -158,6 +160,7 @@ def get_tenant(tenant_id: str, state: State) -> dict[str, Any]:
 def create_tenant(body: TenantWrite, state: State) -> dict[str, Any]:
     """Create a tenant in the store; 409 if the id exists (in the file or the store), 422 naming problems."""
     tenant_id, document, values = _document(body)
+    check_store_tenant_id(tenant_id)
     snapshot = state.store().snapshot()
     if _source(state, tenant_id) == "file" or tenant_id in snapshot.tenants:
         raise HTTPException(409, f"tenant {tenant_id!r} exists")
@@ -208,6 +211,7 @@ def rotate_signing_secret(tenant_id: str, body: Rotation, state: State) -> dict[
     generated = body.secret is None
     value = str(uuid.uuid4()) if body.secret is None else body.secret.get_secret_value()
     remember_secrets([value])
+    check_seed_secret(value, "secret")
     snapshot = state.store().snapshot()
     state.check(with_secrets(snapshot, tenant_id, {PURPOSE_SEED: value}))
     generation = state.store().rotate_secret(tenant_id, PURPOSE_SEED, value, body.grace_s, retire_file_seed=True)

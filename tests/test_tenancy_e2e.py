@@ -33,8 +33,9 @@ class Stack:
 
         self.local = local
         self.gateway = f"http://127.0.0.1:{cfg.gateway.ports.envoy}"
+        token = config_environment(cfg)["DYNASEAL_ADMIN_TOKEN"]
         self.admin = httpx.Client(base_url=f"http://127.0.0.1:{cfg.gateway.ports.admin}/admin/v1", timeout=10,
-                                  headers={"Authorization": f"Bearer {config_environment(cfg)['DYNASEAL_ADMIN_TOKEN']}"})
+                                  headers={"Authorization": f"Bearer {token}"})
 
     def pids(self) -> dict[str, int]:
         """Each running service's process id."""

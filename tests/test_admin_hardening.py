@@ -1,0 +1,126 @@
+"""The admin API against a malicious backend account, an outsider on the gateway's port, and an operator's
+mistakes: each test here failed on the code before its fix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from admin_api.service import build_app
+from admin_api.throttle import Throttle
+from dynaseal.config import bundled_dev_config
+
+TOKEN = "test-admin-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+DEMO = "671249a93f1cf2f8bf9b2b82"
+SEED_SECRET = "hardening-seed-secret-0123456789abcdef"
+
+
+@pytest.fixture
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    """The admin app over a fresh store, the bundled dev config (demo accounts on)."""
+    monkeypatch.setenv("DYNASEAL_TEST_ADMIN_TOKEN", TOKEN)
+    raw = yaml.safe_load(bundled_dev_config().read_text())
+    raw["env_file"] = str(bundled_dev_config().parent / "dev.env")
+    raw["gateway"]["data_dir"] = str(tmp_path / "data")
+    raw["gateway"]["redis_url"] = "redis://127.0.0.1:1/0"
+    raw["tenants"][0].pop("jwks_file")
+    raw["admin"] = {"token_env": "DYNASEAL_TEST_ADMIN_TOKEN", "demo_accounts": True}
+    path = tmp_path / "dynaseal.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with TestClient(build_app(path, follow=False), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def tenant(tenant_id: str, seed: str = SEED_SECRET) -> dict[str, Any]:
+    """A tenant write whose seed-format secret the store holds."""
+    return {"tenant": {"id": tenant_id, "limits": {"models": ["deepseek-chat"], "max_tokens": 64}},
+            "secrets": {"seed": seed}}
+
+
+def access_token(client: TestClient) -> str:
+    """The demo backend account's session token, logged in as the seed's script does."""
+    login = client.post("/api/v1/user/login", data={"username": "user1@example.com", "password": "user1"})
+    assert login.status_code == 200, login.text
+    token: str = login.json()["access_token"]
+    return token
+
+
+def test_a_disabled_tenants_backend_cannot_create_signing_secrets(client: TestClient) -> None:
+    token = access_token(client)
+    assert client.post(f"/admin/v1/tenants/{DEMO}/disable", headers=AUTH).status_code == 200
+    refused = client.post("/api/v1/api_key/create", headers={"Authorization": "Bearer " + token})
+    assert refused.status_code == 403 and "disabled" in refused.text
+    keys = client.get(f"/admin/v1/tenants/{DEMO}", headers=AUTH).json()["tenant"]["keys"]
+    assert sum(1 for k in keys if "kid" not in k) == 1  # the file's secret only: nothing was added
+    assert client.post(f"/admin/v1/tenants/{DEMO}/enable", headers=AUTH).status_code == 200
+    assert client.post("/api/v1/api_key/create", headers={"Authorization": "Bearer " + token}).status_code == 200
+
+
+@pytest.mark.parametrize("tenant_id", ["a/b", "a b", "a\nb", "..", ".hidden", "a{b}", "a:b", "\u202eevil", "ä",
+                                       "a*", "a%2Fb"])
+def test_a_store_tenant_id_must_be_addressable_in_the_api(client: TestClient, tenant_id: str) -> None:
+    created = client.post("/admin/v1/tenants", headers=AUTH, json=tenant(tenant_id))
+    assert created.status_code == 422, created.text
+    assert "id: " in created.text
+    assert client.get("/admin/v1/tenants", headers=AUTH).json()["generation"] == 0  # nothing stored
+
+
+def test_a_store_tenant_id_in_the_allowed_alphabet_is_created_and_managed(client: TestClient) -> None:
+    tenant_id = "Acme-2.prod_eu"
+    assert client.post("/admin/v1/tenants", headers=AUTH, json=tenant(tenant_id)).status_code == 201
+    assert client.post(f"/admin/v1/tenants/{tenant_id}/disable", headers=AUTH).status_code == 200
+
+
+@pytest.mark.parametrize("secret", ["", " " * 20, "a", "short-secret-15"])
+def test_a_weak_seed_signing_secret_is_refused(client: TestClient, secret: str) -> None:
+    created = client.post("/admin/v1/tenants", headers=AUTH, json=tenant("weak", seed=secret))
+    assert created.status_code == 422 and "secrets.seed: at least 16 characters" in created.text
+    rotated = client.post(f"/admin/v1/tenants/{DEMO}/rotate-signing-secret", headers=AUTH, json={"secret": secret})
+    assert rotated.status_code == 422 and "secret: at least 16 characters" in rotated.text
+    if len(secret.strip()) > 1:
+        assert secret not in created.text + rotated.text
+    assert client.get("/admin/v1/status", headers=AUTH).json()["store_generation"] == 0
+
+
+def test_failed_logins_by_username_and_by_e_mail_share_one_count(client: TestClient) -> None:
+    for name in ("user1@example.com", "user1") * 5:
+        assert client.post("/api/v1/user/login", data={"username": name, "password": "guess"}).status_code == 401
+    for name in ("user1", "User1@Example.com"):
+        throttled = client.post("/api/v1/user/login", data={"username": name, "password": "user1"})
+        assert throttled.status_code == 429, name
+
+
+def test_a_flood_of_made_up_names_does_not_reset_an_accounts_failed_logins(client: TestClient) -> None:
+    for _ in range(10):
+        assert client.post("/api/v1/user/login", data={"username": "user1@example.com",
+                                                        "password": "guess"}).status_code == 401
+    throttle: Throttle = client.app.state.login_throttle  # type: ignore[attr-defined]
+    # What 10,000 failed logins with made-up names leave in the throttle (sent over HTTP they cost a bcrypt each).
+    for n in range(10_000):
+        throttle.count(f"nobody-{n}@example.com")
+        throttle.count(f"name:nobody-{n}@example.com")
+    assert client.post("/api/v1/user/login", data={"username": "user1@example.com",
+                                                    "password": "user1"}).status_code == 429
+
+
+def test_an_unknown_name_is_throttled_as_an_account_is(client: TestClient) -> None:
+    # Otherwise a 429 after ten failures would tell which e-mails have an account.
+    for _ in range(10):
+        assert client.post("/api/v1/user/login", data={"username": "nobody@example.com",
+                                                        "password": "guess"}).status_code == 401
+    assert client.post("/api/v1/user/login", data={"username": "nobody@example.com",
+                                                    "password": "guess"}).status_code == 429
+
+
+@pytest.mark.parametrize("query", ["since=0001-01-01T00:00:00", "until=0001-01-01T00:00:00",
+                                   "since=0001-01-01T00:00:00&until=0001-01-02T00:00:00&bucket=day"])
+@pytest.mark.parametrize("path", ["/admin/v1/usage", "/admin/v1/refusals"])
+def test_a_date_out_of_range_is_a_400_not_a_500(client: TestClient, path: str, query: str) -> None:
+    answer = client.get(f"{path}?{query}", headers=AUTH)
+    assert answer.status_code == 400, answer.text
