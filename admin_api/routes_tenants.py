@@ -144,7 +144,8 @@ def list_tenants(state: State) -> dict[str, Any]:
     tenancy = state.current()
     file_ids = {t.id for t in state.file_config().tenants}
     return {"generation": tenancy.generation,
-            "tenants": [_summary(tenancy, t.id, "file" if t.id in file_ids else "store") for t in tenancy.cfg.tenants]}
+            "tenants": [_summary(tenancy, t.id, "file" if t.id in file_ids else "store") for t in tenancy.cfg.tenants],
+            "quarantined": [{"id": tid, "problem": problem} for tid, problem in sorted(tenancy.quarantined.items())]}
 
 
 @router.get("/tenants/{tenant_id}")
@@ -185,7 +186,9 @@ def replace_tenant(tenant_id: str, body: TenantWrite, state: State) -> dict[str,
 
 
 def _known(state: AdminState, tenant_id: str) -> None:
-    if not any(t.id == tenant_id for t in state.current().cfg.tenants):
+    tenancy = state.current()
+    # A stored tenant left out (it does not validate) can still be disabled and fixed.
+    if not any(t.id == tenant_id for t in tenancy.cfg.tenants) and tenant_id not in tenancy.quarantined:
         raise HTTPException(404, f"no tenant {tenant_id!r}")
 
 
@@ -226,7 +229,9 @@ def rotate_webhook_secret(tenant_id: str, body: Rotation, state: State) -> dict[
     """A new webhook secret: for `grace_s` every callback is signed with the old and the new one, so a
     receiver verifies whichever it holds while it switches. A generated secret is in this answer only."""
     _known(state, tenant_id)
-    tc = next(t for t in state.current().cfg.tenants if t.id == tenant_id)
+    tc = next((t for t in state.current().cfg.tenants if t.id == tenant_id), None)
+    if tc is None:
+        raise HTTPException(409, f"tenant {tenant_id!r} does not validate: fix it (PUT) first")
     if tc.callback is None:
         raise HTTPException(409, f"tenant {tenant_id!r} has no callback")
     generated = body.secret is None

@@ -13,7 +13,9 @@ from fastapi.testclient import TestClient
 
 from admin_api.service import build_app
 from admin_api.throttle import Throttle
-from dynaseal.config import bundled_dev_config
+from dynaseal.config import bundled_dev_config, load_config
+from dynaseal.tenancy.overlay import seed_marker
+from dynaseal.tenancy.store import PURPOSE_SEED, TenantStore, store_url
 
 TOKEN = "test-admin-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -22,8 +24,8 @@ SEED_SECRET = "hardening-seed-secret-0123456789abcdef"
 
 
 @pytest.fixture
-def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    """The admin app over a fresh store, the bundled dev config (demo accounts on)."""
+def config_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The bundled dev config with an admin section (demo accounts on) and a fresh store in tmp_path."""
     monkeypatch.setenv("DYNASEAL_TEST_ADMIN_TOKEN", TOKEN)
     raw = yaml.safe_load(bundled_dev_config().read_text())
     raw["env_file"] = str(bundled_dev_config().parent / "dev.env")
@@ -33,7 +35,13 @@ def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClie
     raw["admin"] = {"token_env": "DYNASEAL_TEST_ADMIN_TOKEN", "demo_accounts": True}
     path = tmp_path / "dynaseal.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    with TestClient(build_app(path, follow=False), raise_server_exceptions=False) as test_client:
+    return path
+
+
+@pytest.fixture
+def client(config_path: Path) -> Iterator[TestClient]:
+    """The admin app over that config."""
+    with TestClient(build_app(config_path, follow=False), raise_server_exceptions=False) as test_client:
         yield test_client
 
 
@@ -124,3 +132,33 @@ def test_an_unknown_name_is_throttled_as_an_account_is(client: TestClient) -> No
 def test_a_date_out_of_range_is_a_400_not_a_500(client: TestClient, path: str, query: str) -> None:
     answer = client.get(f"{path}?{query}", headers=AUTH)
     assert answer.status_code == 400, answer.text
+
+
+def test_a_bad_stored_row_is_left_out_and_the_rest_keeps_serving(config_path: Path) -> None:
+    # Rows written under another file or version (or by hand in a shared database) that no longer validate.
+    store = TenantStore(store_url(load_config(config_path)))
+    good = tenant("good")["tenant"] | {"keys": [{"alg": "HS256", "secret_env": seed_marker("good")}]}
+    store.put_tenant("good", good, {PURPOSE_SEED: SEED_SECRET})
+    store.put_tenant("bad", {"id": "bad", "keys": [], "limits": {}}, {})
+    store.put_tenant("stale", tenant("stale")["tenant"] | {
+        "keys": [{"alg": "HS256", "secret_env": seed_marker("stale")}],
+        "upstream": {"routes": [{"model": "*", "upstreams": ["removed-from-the-file"]}]}}, {PURPOSE_SEED: SEED_SECRET})
+    store.close()
+    with TestClient(build_app(config_path, follow=False), raise_server_exceptions=False) as client:
+        listed = client.get("/admin/v1/tenants", headers=AUTH)
+        assert listed.status_code == 200, listed.text
+        assert {t["id"] for t in listed.json()["tenants"]} == {DEMO, "good"}
+        left_out = {q["id"]: q["problem"] for q in listed.json()["quarantined"]}
+        assert set(left_out) == {"bad", "stale"} and "removed-from-the-file" in left_out["stale"]
+        # The operator can still act: disable the bad row, add a tenant, fix the stale one.
+        assert client.post("/admin/v1/tenants/bad/disable", headers=AUTH).status_code == 200
+        assert client.post("/admin/v1/tenants", headers=AUTH, json=tenant("fresh")).status_code == 201
+        assert client.post("/admin/v1/tenants/stale/rotate-webhook-secret", headers=AUTH, json={}).status_code == 409
+        still_bad = client.put("/admin/v1/tenants/stale", headers=AUTH, json={"tenant": {
+            "id": "stale", "upstream": {"routes": [{"model": "*", "upstreams": ["still-not-in-the-file"]}]}}})
+        assert still_bad.status_code == 422 and "still-not-in-the-file" in still_bad.text
+        fixed = client.put("/admin/v1/tenants/stale", headers=AUTH, json={"tenant": {"id": "stale"}})
+        assert fixed.status_code == 200, fixed.text
+        after = client.get("/admin/v1/tenants", headers=AUTH).json()
+        assert {t["id"] for t in after["tenants"]} == {DEMO, "good", "fresh", "stale"}
+        assert [q["id"] for q in after["quarantined"]] == ["bad"]
