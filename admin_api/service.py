@@ -13,6 +13,7 @@ from pydantic import SecretStr
 
 from admin_api import routes_seed, routes_tenants
 from admin_api.app import create_app
+from admin_api.body_limit import BodyLimit
 from admin_api.console import add_console, console_routers
 from admin_api.state import AdminState
 from admin_api.throttle import Throttle
@@ -64,6 +65,7 @@ def build_app(config_path: str | os.PathLike[str] | None, extra_routers: list[AP
     app.state.login_throttle = Throttle()  # 10 failed logins per account per 5 minutes
     app.state.create_throttle = Throttle(max_attempts=30, window_s=3600.0)  # api_key/create per account
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_middleware(BodyLimit)  # before any parser holds a body (the seed's routes come from the public port)
     if cfg.admin is not None and cfg.admin.demo_accounts and cfg.issuer is not None:
         email, username, password_hash = DEMO_ACCOUNT
         state.store().add_account(email, username, password_hash, cfg.issuer.tenant)

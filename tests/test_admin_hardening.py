@@ -162,3 +162,29 @@ def test_a_bad_stored_row_is_left_out_and_the_rest_keeps_serving(config_path: Pa
         after = client.get("/admin/v1/tenants", headers=AUTH).json()
         assert {t["id"] for t in after["tenants"]} == {DEMO, "good", "fresh", "stale"}
         assert [q["id"] for q in after["quarantined"]] == ["bad"]
+
+
+def chunks(total: int, size: int = 64 * 1024) -> Iterator[bytes]:
+    """A form body of `total` bytes sent without a declared length (chunked)."""
+    yield b"username=user1%40example.com&password="
+    for _ in range(total // size):
+        yield b"x" * size
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_an_outsized_body_on_the_public_seed_routes_is_refused_before_it_is_parsed(
+        client: TestClient, declared: bool) -> None:
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    body = b"username=user1%40example.com&password=" + b"x" * 512 * 1024
+    answer = (client.post("/api/v1/user/login", headers=form, content=body) if declared
+              else client.post("/api/v1/user/login", headers=form, content=chunks(512 * 1024)))
+    assert answer.status_code == 413, answer.text
+    # A login form of ordinary size is still read.
+    assert client.post("/api/v1/user/login", data={"username": "user1", "password": "user1"}).status_code == 200
+
+
+def test_an_outsized_admin_body_is_refused_before_the_token_is_even_checked(client: TestClient) -> None:
+    huge = {"tenant": {"id": "big", "name": "x" * (2 * 1024 * 1024)}}
+    assert client.post("/admin/v1/tenants", json=huge).status_code == 413
+    assert client.post("/admin/v1/tenants", headers=AUTH, json=huge).status_code == 413
+    assert client.post("/admin/v1/tenants", headers=AUTH, json=tenant("normal")).status_code == 201
