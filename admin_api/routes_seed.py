@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
 import time
 import uuid
 from typing import Annotated, Any
@@ -21,7 +22,7 @@ from redis.exceptions import RedisError
 
 from admin_api.state import AdminState, admin_state
 from admin_api.throttle import Throttle
-from admin_api.usage_totals import tenant_total_tokens
+from admin_api.usage_totals import RecentTotals
 from dynaseal.redaction import remember_secrets
 from dynaseal.tenancy.store import PURPOSE_SEED, AccountRow
 
@@ -31,6 +32,11 @@ SESSION_MINUTES = 30
 MAX_PASSWORD_BYTES = 72
 # Compared against when the e-mail is unknown, so a miss costs what a hit costs.
 _DUMMY_HASH = b"$2b$12$D9Zw3l84onPNf.UF739FeuQkstgmNo5HHlGCrkaZQp.fFo64OHwB2"
+_BCRYPT_SLOT = threading.BoundedSemaphore(1)
+BCRYPT_WAIT_S = 10.0
+# A reading scans the gateway's Redis (authz's hot path) for the tenant's keys: one scan at a time, reused for
+# a second, however often a backend asks.
+_TOTALS = RecentTotals()
 _UNAUTHORIZED = HTTPException(401, "Could not validate credentials", headers={"WWW-Authenticate": "Bearer"})
 
 
@@ -44,7 +50,14 @@ def _matches(password: str, stored: str | None) -> bool:
     raw = password.encode()
     if len(raw) > MAX_PASSWORD_BYTES:
         return False
-    return bcrypt.checkpw(raw, (stored or "").encode() or _DUMMY_HASH) and stored is not None
+    # Anyone on the gateway's port can ask for a bcrypt (made-up names cost one too): one at a time, so
+    # logins never take more than a core from the services beside this one.
+    if not _BCRYPT_SLOT.acquire(timeout=BCRYPT_WAIT_S):
+        raise HTTPException(503, "Too many logins at once", headers={"Retry-After": "1"})
+    try:
+        return bcrypt.checkpw(raw, (stored or "").encode() or _DUMMY_HASH) and stored is not None
+    finally:
+        _BCRYPT_SLOT.release()
 
 
 def _token(request: Request, account: AccountRow, typ: str, minutes: int) -> str:
@@ -115,7 +128,7 @@ def create_api_key(request: Request, account: Account, state: State) -> dict[str
 def me(account: Account, state: State) -> dict[str, Any]:
     """The account in the seed's `User` shape (no password, no keys), with the tokens its tenant spent."""
     try:
-        total = tenant_total_tokens(state.redis_url(), account.tenant_id)
+        total = _TOTALS.read(state.redis_url(), account.tenant_id)
     except RedisError:
         raise HTTPException(503, "usage is unavailable: the ledger cannot be reached") from None
     return {"_id": account.tenant_id, "username": account.username, "email": account.email, "total_tokens": total}

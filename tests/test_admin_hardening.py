@@ -3,14 +3,17 @@ mistakes: each test here failed on the code before its fix."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 import yaml
 from fastapi.testclient import TestClient
 
+from admin_api import usage_totals
 from admin_api.service import build_app
 from admin_api.throttle import Throttle
 from dynaseal.config import bundled_dev_config, load_config
@@ -188,3 +191,52 @@ def test_an_outsized_admin_body_is_refused_before_the_token_is_even_checked(clie
     assert client.post("/admin/v1/tenants", json=huge).status_code == 413
     assert client.post("/admin/v1/tenants", headers=AUTH, json=huge).status_code == 413
     assert client.post("/admin/v1/tenants", headers=AUTH, json=tenant("normal")).status_code == 201
+
+
+def test_many_logins_at_once_run_one_bcrypt_at_a_time(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    inside, most, second_entered = 0, 0, threading.Event()
+    lock = threading.Lock()
+    real = bcrypt.checkpw
+
+    def counting(password: bytes, hashed: bytes) -> bool:
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+            if inside > 1:
+                second_entered.set()
+        second_entered.wait(0.5)  # long enough for another login to enter, were that allowed
+        try:
+            return bool(real(password, hashed))
+        finally:
+            with lock:
+                inside -= 1
+
+    monkeypatch.setattr(bcrypt, "checkpw", counting)
+    answers: list[int] = []
+
+    def attempt(n: int) -> None:
+        form = {"username": f"nobody-{n}@example.com", "password": "guess"}
+        answers.append(client.post("/api/v1/user/login", data=form).status_code)
+
+    threads = [threading.Thread(target=attempt, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(answers) == [401] * 4 and most == 1
+
+
+def test_usage_readings_reuse_one_redis_scan(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    scans: list[str] = []
+
+    def scan(redis_url: str | None, tenant_id: str) -> int:
+        scans.append(tenant_id)
+        return 42
+
+    monkeypatch.setattr(usage_totals, "tenant_total_tokens", scan)
+    token = access_token(client)
+    for _ in range(50):
+        me = client.get("/api/v1/user/me", headers={"Authorization": "Bearer " + token})
+        assert me.status_code == 200 and me.json()["total_tokens"] == 42
+    assert len(scans) < 10  # one per second at most, however often the backend asks
