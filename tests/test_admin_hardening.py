@@ -240,3 +240,28 @@ def test_usage_readings_reuse_one_redis_scan(client: TestClient, monkeypatch: py
         me = client.get("/api/v1/user/me", headers={"Authorization": "Bearer " + token})
         assert me.status_code == 200 and me.json()["total_tokens"] == 42
     assert len(scans) < 10  # one per second at most, however often the backend asks
+
+
+def test_a_revocation_outlives_the_keys_of_a_tenant_created_since_the_service_started(
+        config_path: Path, redis_server: str) -> None:
+    import redis
+
+    raw = yaml.safe_load(config_path.read_text())
+    raw["gateway"]["redis_url"] = redis_server
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    three_years = 3 * 365 * 86400
+    with TestClient(build_app(config_path, follow=False)) as client:
+        long_lived = tenant("long-lived")
+        long_lived["tenant"]["limits"]["max_ttl"] = three_years
+        assert client.post("/admin/v1/tenants", headers=AUTH, json=long_lived).status_code == 201
+        source = client.app.state.admin.source  # type: ignore[attr-defined]
+        source.accept(source.load())  # what the service's generation watch does within a second
+        revoked = client.post("/admin/v1/revocations", headers=AUTH, json={"tenant": "long-lived", "key_id": "k1"})
+        assert revoked.status_code == 200, revoked.text
+        assert revoked.json()["marker_ttl_s"] >= three_years
+    ledger = redis.Redis.from_url(redis_server)
+    try:
+        ttls = [ledger.ttl(key) for key in ledger.scan_iter(match="*long-lived*k1*")]
+    finally:
+        ledger.close()
+    assert ttls and min(ttls) >= three_years
