@@ -3,6 +3,7 @@ mistakes: each test here failed on the code before its fix."""
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ TOKEN = "test-admin-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DEMO = "671249a93f1cf2f8bf9b2b82"
 SEED_SECRET = "hardening-seed-secret-0123456789abcdef"
+HOOK_SECRET = "whsec_" + base64.b64encode(b"hardening-webhook-secret-0123456789").decode()
 
 
 @pytest.fixture
@@ -265,3 +267,27 @@ def test_a_revocation_outlives_the_keys_of_a_tenant_created_since_the_service_st
     finally:
         ledger.close()
     assert ttls and min(ttls) >= three_years
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9901/quitquitquit", "http://localhost:9300/admin/v1/tenants",
+                                 "http://[::1]:9901/healthcheck/fail", "http://[::ffff:127.0.0.1]:9901/quitquitquit",
+                                 "http://0.0.0.0:6379/", "http://127.0.0.2:8000/v1/chat/completions",
+                                 "http://169.254.169.254/latest/meta-data/", "http://[fe80::1]/x"])
+def test_a_callback_aimed_at_the_stacks_own_services_or_metadata_is_refused(client: TestClient, url: str) -> None:
+    hooked = tenant("hooked")
+    hooked["tenant"]["callback"] = {"url": url}
+    hooked["secrets"]["callback"] = HOOK_SECRET
+    created = client.post("/admin/v1/tenants", headers=AUTH, json=hooked)
+    assert created.status_code == 422 and "callback.url" in created.text, created.text
+    assert client.post("/admin/v1/tenants", headers=AUTH, json=tenant("hooked")).status_code == 201
+    moved = client.put("/admin/v1/tenants/hooked", headers=AUTH, json=hooked)
+    assert moved.status_code == 422 and "callback.url" in moved.text
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9000/v1/callback/usage", "https://backend.example/cb",
+                                 "http://10.0.0.7:8080/cb"])
+def test_a_callback_to_a_backend_is_accepted(client: TestClient, url: str) -> None:
+    hooked = tenant("hooked")
+    hooked["tenant"]["callback"] = {"url": url}
+    hooked["secrets"]["callback"] = HOOK_SECRET
+    assert client.post("/admin/v1/tenants", headers=AUTH, json=hooked).status_code == 201
