@@ -291,3 +291,12 @@ def test_a_callback_to_a_backend_is_accepted(client: TestClient, url: str) -> No
     hooked["tenant"]["callback"] = {"url": url}
     hooked["secrets"]["callback"] = HOOK_SECRET
     assert client.post("/admin/v1/tenants", headers=AUTH, json=hooked).status_code == 201
+
+
+@pytest.mark.parametrize("content", ['{"keys": "not-a-list"}', "[]", '{"keys": [1]}', '"text"', '{"keys": [[]]}'])
+def test_a_jwks_file_of_the_wrong_shape_is_a_422_naming_it(client: TestClient, tmp_path: Path, content: str) -> None:
+    jwks = tmp_path / "tenant-jwks.json"
+    jwks.write_text(content)
+    body = {"tenant": {"id": "jwks", "jwks_file": str(jwks), "limits": {"models": ["deepseek-chat"], "max_tokens": 64}}}
+    answer = client.post("/admin/v1/tenants", headers=AUTH, json=body)
+    assert answer.status_code == 422 and "jwks_file" in answer.text, answer.text
