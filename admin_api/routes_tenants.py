@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from admin_api.auth import AdminOnly
 from admin_api.state import AdminState, admin_state, validation_problems, with_secrets, with_tenant
-from admin_api.write_rules import check_callback_target, check_seed_secret, check_store_tenant_id
+from admin_api.write_rules import check_callback_target, check_env_references, check_seed_secret, check_store_tenant_id
 from dynaseal.redaction import remember_secrets
 from dynaseal.secrets import STORED_PREFIX
 from dynaseal.tenancy.overlay import Tenancy, callback_marker, seed_marker
@@ -163,6 +163,7 @@ def create_tenant(body: TenantWrite, state: State) -> dict[str, Any]:
     tenant_id, document, values = _document(body)
     check_store_tenant_id(tenant_id)
     check_callback_target(document, state.file_config())
+    check_env_references(document, state.current().cfg)
     snapshot = state.store().snapshot()
     if _source(state, tenant_id) == "file" or tenant_id in snapshot.tenants:
         raise HTTPException(409, f"tenant {tenant_id!r} exists")
@@ -183,6 +184,7 @@ def replace_tenant(tenant_id: str, body: TenantWrite, state: State) -> dict[str,
         raise HTTPException(404, f"no stored tenant {tenant_id!r}")
     _, document, values = _document(body, tenant_id, stored.document)
     check_callback_target(document, state.file_config())
+    check_env_references(document, state.current().cfg)
     state.check(with_secrets(with_tenant(snapshot, tenant_id, document), tenant_id, values))
     return {"id": tenant_id, "generation": state.store().put_tenant(tenant_id, document, values)}
 

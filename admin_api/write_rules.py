@@ -6,6 +6,9 @@ and then be impossible to address (to disable, rotate or fix) through this API. 
 HS256 key anyone holding a key signed with it can try to guess offline: a short one is refused. A callback
 is a POST the callback consumer sends from inside the stack: one aimed at the stack's own ports (Envoy's
 admin answers `POST /quitquitquit`) or at a link-local address (a cloud's metadata service) is refused.
+A store tenant names its secrets by environment variable: never one the gateway or another tenant holds
+(the admin token sent upstream as a provider key, another tenant's webhook secret signing callbacks to
+this tenant's receiver — which could then replay them, validly signed, to the other tenant).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from urllib.parse import urlsplit
 from fastapi import HTTPException
 
 from dynaseal.config import DynasealConfig
+from dynaseal.secrets import STORED_PREFIX
+from dynaseal.tenant_config import TenantConfig
 
 # ASCII letters and digits, then also `.`, `_`, `-`: what an id in a URL path needs no escaping for.
 STORE_TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -80,3 +85,36 @@ def check_callback_target(document: dict[str, Any], cfg: DynasealConfig) -> None
     if (address is not None and address.is_link_local) or (_is_local(host, cfg) and port in _own_ports(cfg)):
         raise HTTPException(422, {"message": "invalid tenant", "problems": [
             "callback.url: points at a link-local address or one of the gateway's own services"]})
+
+
+def _secret_envs(tc: TenantConfig) -> tuple[set[str], set[str]]:
+    """The env names a tenant's signing and webhook secrets come from, and those of its provider keys."""
+    signing = {k.secret_env for k in tc.keys if k.secret_env}
+    if tc.callback is not None:
+        signing |= {name for name in (tc.callback.secret_env, *tc.callback.previous_secret_envs) if name}
+    provider: set[str] = set()
+    if tc.upstream is not None:
+        provider |= {tc.upstream.api_key_env} if tc.upstream.api_key_env else set()
+        provider |= {t.api_key_env for route in tc.upstream.routes for t in route.upstreams if t.api_key_env}
+    return signing, provider
+
+
+def check_env_references(document: dict[str, Any], running: DynasealConfig) -> None:
+    """422 when a store tenant names an env variable holding the admin token, the issuer's session secret or
+    another tenant's secret; or uses one of the gateway's provider keys as a signing or webhook secret."""
+    tc = TenantConfig.model_validate(document)
+    gw = running.gateway
+    providers = {name for name in (gw.upstream.api_key_env, *(u.api_key_env for u in gw.upstreams)) if name}
+    providers |= {name for u in gw.upstreams for name in u.api_key_envs}
+    held = {name for name in (running.admin.token_env if running.admin else None,
+                              running.issuer.session_secret_env if running.issuer else None) if name}
+    for other in running.tenants:
+        if other.id != tc.id:
+            held |= set().union(*_secret_envs(other))
+    signing, provider = _secret_envs(tc)
+    foreign = {name for name in signing | provider if name in held - providers} | (signing & providers)
+    foreign = {name for name in foreign if not name.startswith(STORED_PREFIX)}
+    if foreign:
+        raise HTTPException(422, {"message": "invalid tenant", "problems": [
+            f"{name}: holds a secret of the gateway or of another tenant; give this tenant its own"
+            for name in sorted(foreign)]})

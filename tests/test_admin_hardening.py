@@ -300,3 +300,28 @@ def test_a_jwks_file_of_the_wrong_shape_is_a_422_naming_it(client: TestClient, t
     body = {"tenant": {"id": "jwks", "jwks_file": str(jwks), "limits": {"models": ["deepseek-chat"], "max_tokens": 64}}}
     answer = client.post("/admin/v1/tenants", headers=AUTH, json=body)
     assert answer.status_code == 422 and "jwks_file" in answer.text, answer.text
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"upstream": {"api_key_env": "DYNASEAL_TEST_ADMIN_TOKEN"}}, "DYNASEAL_TEST_ADMIN_TOKEN"),
+    ({"callback": {"url": "https://receiver.example/cb", "secret_env": "DYNASEAL_DEMO_WEBHOOK_SECRET"}},
+     "DYNASEAL_DEMO_WEBHOOK_SECRET"),
+    ({"keys": [{"alg": "HS256", "secret_env": "DYNASEAL_DEMO_TENANT_SECRET"}]}, "DYNASEAL_DEMO_TENANT_SECRET"),
+    ({"keys": [{"alg": "HS256", "secret_env": "DYNASEAL_ISSUER_SESSION_SECRET"}]}, "DYNASEAL_ISSUER_SESSION_SECRET"),
+    ({"keys": [{"alg": "HS256", "secret_env": "DYNASEAL_UPSTREAM_KEY"}]}, "DYNASEAL_UPSTREAM_KEY"),
+])
+def test_a_store_tenant_cannot_name_a_secret_the_gateway_or_another_tenant_holds(
+        client: TestClient, change: dict[str, Any], named: str) -> None:
+    body = tenant("borrower")
+    body["tenant"].update(change)
+    created = client.post("/admin/v1/tenants", headers=AUTH, json=body)
+    assert created.status_code == 422 and f"{named}: holds a secret" in created.text, created.text
+    assert client.post("/admin/v1/tenants", headers=AUTH, json=tenant("borrower")).status_code == 201
+    changed = client.put("/admin/v1/tenants/borrower", headers=AUTH, json=body)
+    assert changed.status_code == 422 and f"{named}: holds a secret" in changed.text
+
+
+def test_a_store_tenant_may_name_the_gateways_own_provider_key(client: TestClient) -> None:
+    body = tenant("shared-provider")
+    body["tenant"]["upstream"] = {"api_key_env": "DYNASEAL_UPSTREAM_KEY"}
+    assert client.post("/admin/v1/tenants", headers=AUTH, json=body).status_code == 201
