@@ -325,3 +325,13 @@ def test_a_store_tenant_may_name_the_gateways_own_provider_key(client: TestClien
     body = tenant("shared-provider")
     body["tenant"]["upstream"] = {"api_key_env": "DYNASEAL_UPSTREAM_KEY"}
     assert client.post("/admin/v1/tenants", headers=AUTH, json=body).status_code == 201
+
+
+def test_dynaseal_check_names_a_stored_tenant_that_is_left_out(config_path: Path) -> None:
+    from dynaseal_launcher.check import problems
+
+    store = TenantStore(store_url(load_config(config_path)))
+    store.put_tenant("bad", {"id": "bad", "keys": [], "limits": {}}, {})
+    store.close()
+    found, _ = problems(str(config_path))
+    assert any(line.startswith("store: stored tenant bad") for line in found), found
