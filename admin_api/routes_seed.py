@@ -30,6 +30,7 @@ router = APIRouter(prefix="/api/v1", tags=["seed registration"])
 State = Annotated[AdminState, Depends(admin_state)]
 SESSION_MINUTES = 30
 MAX_PASSWORD_BYTES = 72
+MAX_LOGIN_CHARS = 254  # an e-mail address at most
 # Compared against when the e-mail is unknown, so a miss costs what a hit costs.
 _DUMMY_HASH = b"$2b$12$D9Zw3l84onPNf.UF739FeuQkstgmNo5HHlGCrkaZQp.fFo64OHwB2"
 _BCRYPT_SLOT = threading.BoundedSemaphore(1)
@@ -92,6 +93,9 @@ def login(request: Request, state: State, username: Annotated[str, Form()],
           password: Annotated[str, Form()]) -> dict[str, str]:
     """The seed's OAuth2 password form (e-mail or username; grant_type, scope, client_* accepted and unused)."""
     login_name = username.strip()
+    if len(login_name) > MAX_LOGIN_CHARS:
+        # No account has such a name (the store's columns are shorter): no bcrypt, no entry in the throttle.
+        raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": "Bearer"})
     throttle: Throttle = request.app.state.login_throttle
     account = state.store().account(login_name)
     # Counted per account, whichever name (e-mail or username) it is reached by; an unknown name on its own.

@@ -335,3 +335,18 @@ def test_dynaseal_check_names_a_stored_tenant_that_is_left_out(config_path: Path
     store.close()
     found, _ = problems(str(config_path))
     assert any(line.startswith("store: stored tenant bad") for line in found), found
+
+
+def test_a_login_name_no_account_can_have_costs_no_bcrypt_and_no_throttle_entry(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(password: bytes, hashed: bytes) -> bool:
+        raise AssertionError("bcrypt ran for a name no account can have")
+
+    monkeypatch.setattr(bcrypt, "checkpw", refuse)
+    throttle: Throttle = client.app.state.login_throttle  # type: ignore[attr-defined]
+    for n in range(3):
+        name = f"{n}" + "n" * 10_000 + "@example.com"
+        answer = client.post("/api/v1/user/login", data={"username": name, "password": "guess"})
+        assert answer.status_code == 401
+        assert throttle.retry_after(f"name:{name}") == 0 and throttle.retry_after(name) == 0
+    assert not throttle._attempts  # nothing held for them
