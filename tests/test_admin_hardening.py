@@ -350,3 +350,17 @@ def test_a_login_name_no_account_can_have_costs_no_bcrypt_and_no_throttle_entry(
         assert answer.status_code == 401
         assert throttle.retry_after(f"name:{name}") == 0 and throttle.retry_after(name) == 0
     assert not throttle._attempts  # nothing held for them
+
+
+def test_secrets_a_backend_keeps_creating_do_not_pile_up_in_the_store(client: TestClient, config_path: Path) -> None:
+    token = access_token(client)
+    for _ in range(20):
+        assert client.post("/api/v1/api_key/create", headers={"Authorization": "Bearer " + token}).status_code == 200
+    store = TenantStore(store_url(load_config(config_path)))
+    try:
+        rows = [s for s in store.snapshot().secrets if s.tenant_id == DEMO and s.purpose == PURPOSE_SEED]
+    finally:
+        store.close()
+    assert len(rows) == 8  # the open ones; the retired 12 can never verify again
+    keys = client.get(f"/admin/v1/tenants/{DEMO}", headers=AUTH).json()["tenant"]["keys"]
+    assert sum(1 for k in keys if "kid" not in k) == 1 + 8

@@ -194,6 +194,10 @@ class TenantStore:
             SecretRow.retires_at.is_(None)).order_by(SecretRow.id.desc())))
         for old in open_rows[MAX_OPEN_SEED_SECRETS:]:
             old.retires_at = time.time()
+        # A retired secret never verifies again: dropped, so a backend creating secrets (api_key/create) does not
+        # grow the snapshot every service reads on each change without end.
+        session.query(SecretRow).filter(SecretRow.tenant_id == tenant_id, SecretRow.purpose == PURPOSE_SEED,
+                                        SecretRow.retires_at <= time.time()).delete(synchronize_session=False)
 
     def set_disabled(self, tenant_id: str, disabled: bool) -> int:
         """Disable or enable a tenant (a store or a file tenant); the new generation."""
