@@ -168,7 +168,9 @@ def create_tenant(body: TenantWrite, state: State) -> dict[str, Any]:
     if _source(state, tenant_id) == "file" or tenant_id in snapshot.tenants:
         raise HTTPException(409, f"tenant {tenant_id!r} exists")
     state.check(with_secrets(with_tenant(snapshot, tenant_id, document), tenant_id, values))
-    generation = state.store().put_tenant(tenant_id, document, values)
+    generation = state.store().create_tenant(tenant_id, document, values)
+    if generation is None:  # created by another request since the check above
+        raise HTTPException(409, f"tenant {tenant_id!r} exists")
     return {"id": tenant_id, "generation": generation}
 
 

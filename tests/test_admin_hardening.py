@@ -364,3 +364,26 @@ def test_secrets_a_backend_keeps_creating_do_not_pile_up_in_the_store(client: Te
     assert len(rows) == 8  # the open ones; the retired 12 can never verify again
     keys = client.get(f"/admin/v1/tenants/{DEMO}", headers=AUTH).json()["tenant"]["keys"]
     assert sum(1 for k in keys if "kid" not in k) == 1 + 8
+
+
+def test_two_creations_of_one_id_never_merge(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from admin_api.state import AdminState
+
+    first_secret = "first-creators-seed-secret-0123456789"
+    real_check = AdminState.check
+
+    def check_then_lose_the_race(self: AdminState, snapshot: Any) -> Any:
+        checked = real_check(self, snapshot)
+        # Another request creating the same id lands between this one's check and its write.
+        monkeypatch.setattr(AdminState, "check", real_check)
+        first = client.post("/admin/v1/tenants", headers=AUTH, json=tenant("raced", seed=first_secret))
+        assert first.status_code == 201
+        return checked
+
+    monkeypatch.setattr(AdminState, "check", check_then_lose_the_race)
+    second = tenant("raced")
+    second["tenant"]["limits"]["max_tokens"] = 999
+    assert client.post("/admin/v1/tenants", headers=AUTH, json=second).status_code == 409
+    stored = client.get("/admin/v1/tenants/raced", headers=AUTH).json()["tenant"]
+    assert stored["limits"]["max_tokens"] == 64  # the first creator's tenant, unchanged
+    assert sum(1 for k in stored["keys"] if "kid" not in k) == 1  # and only its secret
