@@ -3,7 +3,8 @@ gateway's Redis and authz's metrics. Built once from the config and kept on the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -29,6 +30,8 @@ class ConsoleContext:
     redis_url: str
     authz_metrics_urls: tuple[str, ...]
     max_ttl_s: dict[str, int] = field(default_factory=dict)
+    # The tenants' max_ttl in the config the service runs now (tenants created or changed since it started).
+    live_max_ttl_s: Callable[[], dict[str, int]] | None = field(default=None, compare=False)
 
     @classmethod
     def from_runtime(cls, runtime: Runtime, database: str | None = None) -> ConsoleContext:
@@ -40,7 +43,10 @@ class ConsoleContext:
 
     def key_lifetime_s(self, tenant: str) -> int:
         """The longest a key of `tenant` can live: how long its revocation marker must last."""
-        return self.max_ttl_s.get(tenant) or max([FALLBACK_MAX_TTL_S, *self.max_ttl_s.values()])
+        live = self.live_max_ttl_s() if self.live_max_ttl_s is not None else {}
+        # The longer of then and now: a key minted before a max_ttl was lowered still lives its full life.
+        known = {t: max(self.max_ttl_s.get(t, 0), live.get(t, 0)) for t in {*self.max_ttl_s, *live}}
+        return known.get(tenant) or max([FALLBACK_MAX_TTL_S, *known.values()])
 
 
 def install_console(app: FastAPI, context: ConsoleContext) -> None:
@@ -53,3 +59,8 @@ def console_context(request: Request) -> ConsoleContext:
     """The context `install_console` set (a dependency of every route of these rooms)."""
     context: ConsoleContext = request.app.state.console
     return context
+
+
+def follow_max_ttls(app: FastAPI, current: Callable[[], dict[str, int]]) -> None:
+    """Let revocations size their markers by the config the service runs now, not only the one it started with."""
+    app.state.console = replace(app.state.console, live_max_ttl_s=current)

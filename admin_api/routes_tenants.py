@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from admin_api.auth import AdminOnly
 from admin_api.state import AdminState, admin_state, validation_problems, with_secrets, with_tenant
+from admin_api.write_rules import check_callback_target, check_env_references, check_seed_secret, check_store_tenant_id
 from dynaseal.redaction import remember_secrets
 from dynaseal.secrets import STORED_PREFIX
 from dynaseal.tenancy.overlay import Tenancy, callback_marker, seed_marker
@@ -79,6 +80,7 @@ def _document(body: TenantWrite, tenant_id: str | None = None,
     remember_secrets([body.secrets.seed, body.secrets.callback])
     values: dict[str, str] = {}
     if body.secrets.seed is not None:
+        check_seed_secret(body.secrets.seed.get_secret_value(), "secrets.seed")
         doc["keys"] = [*doc.get("keys", []), {"alg": "HS256", "secret_env": seed_marker(tid)}]
         values[PURPOSE_SEED] = body.secrets.seed.get_secret_value()
     if body.secrets.callback is not None:
@@ -142,7 +144,8 @@ def list_tenants(state: State) -> dict[str, Any]:
     tenancy = state.current()
     file_ids = {t.id for t in state.file_config().tenants}
     return {"generation": tenancy.generation,
-            "tenants": [_summary(tenancy, t.id, "file" if t.id in file_ids else "store") for t in tenancy.cfg.tenants]}
+            "tenants": [_summary(tenancy, t.id, "file" if t.id in file_ids else "store") for t in tenancy.cfg.tenants],
+            "quarantined": [{"id": tid, "problem": problem} for tid, problem in sorted(tenancy.quarantined.items())]}
 
 
 @router.get("/tenants/{tenant_id}")
@@ -158,11 +161,16 @@ def get_tenant(tenant_id: str, state: State) -> dict[str, Any]:
 def create_tenant(body: TenantWrite, state: State) -> dict[str, Any]:
     """Create a tenant in the store; 409 if the id exists (in the file or the store), 422 naming problems."""
     tenant_id, document, values = _document(body)
+    check_store_tenant_id(tenant_id)
+    check_callback_target(document, state.file_config())
+    check_env_references(document, state.current().cfg)
     snapshot = state.store().snapshot()
     if _source(state, tenant_id) == "file" or tenant_id in snapshot.tenants:
         raise HTTPException(409, f"tenant {tenant_id!r} exists")
     state.check(with_secrets(with_tenant(snapshot, tenant_id, document), tenant_id, values))
-    generation = state.store().put_tenant(tenant_id, document, values)
+    generation = state.store().create_tenant(tenant_id, document, values)
+    if generation is None:  # created by another request since the check above
+        raise HTTPException(409, f"tenant {tenant_id!r} exists")
     return {"id": tenant_id, "generation": generation}
 
 
@@ -177,12 +185,16 @@ def replace_tenant(tenant_id: str, body: TenantWrite, state: State) -> dict[str,
     if stored is None or stored.document is None:
         raise HTTPException(404, f"no stored tenant {tenant_id!r}")
     _, document, values = _document(body, tenant_id, stored.document)
+    check_callback_target(document, state.file_config())
+    check_env_references(document, state.current().cfg)
     state.check(with_secrets(with_tenant(snapshot, tenant_id, document), tenant_id, values))
     return {"id": tenant_id, "generation": state.store().put_tenant(tenant_id, document, values)}
 
 
 def _known(state: AdminState, tenant_id: str) -> None:
-    if not any(t.id == tenant_id for t in state.current().cfg.tenants):
+    tenancy = state.current()
+    # A stored tenant left out (it does not validate) can still be disabled and fixed.
+    if not any(t.id == tenant_id for t in tenancy.cfg.tenants) and tenant_id not in tenancy.quarantined:
         raise HTTPException(404, f"no tenant {tenant_id!r}")
 
 
@@ -208,6 +220,7 @@ def rotate_signing_secret(tenant_id: str, body: Rotation, state: State) -> dict[
     generated = body.secret is None
     value = str(uuid.uuid4()) if body.secret is None else body.secret.get_secret_value()
     remember_secrets([value])
+    check_seed_secret(value, "secret")
     snapshot = state.store().snapshot()
     state.check(with_secrets(snapshot, tenant_id, {PURPOSE_SEED: value}))
     generation = state.store().rotate_secret(tenant_id, PURPOSE_SEED, value, body.grace_s, retire_file_seed=True)
@@ -222,7 +235,9 @@ def rotate_webhook_secret(tenant_id: str, body: Rotation, state: State) -> dict[
     """A new webhook secret: for `grace_s` every callback is signed with the old and the new one, so a
     receiver verifies whichever it holds while it switches. A generated secret is in this answer only."""
     _known(state, tenant_id)
-    tc = next(t for t in state.current().cfg.tenants if t.id == tenant_id)
+    tc = next((t for t in state.current().cfg.tenants if t.id == tenant_id), None)
+    if tc is None:
+        raise HTTPException(409, f"tenant {tenant_id!r} does not validate: fix it (PUT) first")
     if tc.callback is None:
         raise HTTPException(409, f"tenant {tenant_id!r} has no callback")
     generated = body.secret is None

@@ -26,8 +26,11 @@ MAX_BUCKETS = 5_000
 
 def _window(since: datetime | None, until: datetime | None, bucket: str) -> tuple[int, int]:
     """The [since, until) range in seconds; 400 when it is backwards or holds too many buckets."""
-    end = int((until or datetime.now(UTC)).timestamp())
-    start = int(since.timestamp()) if since is not None else end - DEFAULT_SPAN_S[bucket]
+    try:
+        end = int((until or datetime.now(UTC)).timestamp())
+        start = int(since.timestamp()) if since is not None else end - DEFAULT_SPAN_S[bucket]
+    except (ValueError, OverflowError, OSError):  # a naive date near year 1 or 9999 has no epoch time here
+        raise HTTPException(400, "`since` and `until` must be dates between 1970 and 9999") from None
     if start >= end:
         raise HTTPException(400, "`since` must be before `until`")
     if (end - start) // BUCKETS[bucket] > MAX_BUCKETS:

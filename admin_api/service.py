@@ -13,7 +13,9 @@ from pydantic import SecretStr
 
 from admin_api import routes_seed, routes_tenants
 from admin_api.app import create_app
+from admin_api.body_limit import BodyLimit
 from admin_api.console import add_console, console_routers
+from admin_api.console_context import follow_max_ttls
 from admin_api.state import AdminState
 from admin_api.throttle import Throttle
 from dynaseal.config import ConfigError, DynasealConfig, config_environment
@@ -60,10 +62,13 @@ def build_app(config_path: str | os.PathLike[str] | None, extra_routers: list[AP
     state = AdminState(source)
     app.state.admin = state
     app.state.generation = lambda: source.current.generation if source.current else 0
+    # A store tenant's keys may live longer than any file tenant's: a revocation marker must outlive them.
+    follow_max_ttls(app, lambda: {t.id: t.limits.max_ttl for t in source.current.cfg.tenants} if source.current else {})
     app.include_router(routes_seed.router)
     app.state.login_throttle = Throttle()  # 10 failed logins per account per 5 minutes
     app.state.create_throttle = Throttle(max_attempts=30, window_s=3600.0)  # api_key/create per account
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_middleware(BodyLimit)  # before any parser holds a body (the seed's routes come from the public port)
     if cfg.admin is not None and cfg.admin.demo_accounts and cfg.issuer is not None:
         email, username, password_hash = DEMO_ACCOUNT
         state.store().add_account(email, username, password_hash, cfg.issuer.tenant)

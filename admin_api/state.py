@@ -53,6 +53,8 @@ class AdminState:
         try:
             file_cfg = self.file_config()
             tenancy = overlay(file_cfg, snapshot, time.time())
+            if left_out := _newly_quarantined(snapshot, tenancy, self.store().snapshot(), file_cfg):
+                raise ConfigError("invalid tenant:\n  - " + "\n  - ".join(left_out))
             if missing := missing_chains(file_cfg, tenancy.cfg):
                 raise ConfigError("invalid routes:\n  - " + "\n  - ".join(missing))
             use_stored_secrets(tenancy.secrets)
@@ -97,3 +99,13 @@ def with_secrets(snapshot: Snapshot, tenant_id: str, secrets: dict[str, str],
 def validation_problems(exc: ValidationError) -> list[str]:
     """A pydantic error as one line per problem, naming where."""
     return [f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()]
+
+
+def _newly_quarantined(snapshot: Snapshot, proposed: Tenancy, stored: Snapshot, file_cfg: DynasealConfig) -> list[str]:
+    """The problems of stored tenants a change would leave out (overlay.Tenancy.quarantined): every one the
+    change writes, and every one served now. A row left out already and not touched does not block others."""
+    if not proposed.quarantined:
+        return []
+    now = overlay(file_cfg, stored, time.time()).quarantined
+    return [problem for tenant_id, problem in sorted(proposed.quarantined.items())
+            if tenant_id not in now or snapshot.tenants.get(tenant_id) != stored.tenants.get(tenant_id)]

@@ -6,6 +6,9 @@ tenant's live keys spent; the usage store keeps the whole history.
 
 from __future__ import annotations
 
+import threading
+import time
+
 from redis import Redis
 
 from dynaseal.ledger.redis_keys import PREFIX, key_tag
@@ -36,3 +39,25 @@ def _glob_escape(pattern: str) -> str:
     for char in ("\\", "[", "]", "?", "*"):
         head = head.replace(char, "\\" + char)
     return head + star + tail
+
+
+class RecentTotals:
+    """`tenant_total_tokens`, one scan at a time and each reused for `fresh_s`: a backend polling its usage
+    cannot turn its calls into a stream of keyspace scans on the gateway's Redis."""
+
+    def __init__(self, fresh_s: float = 1.0) -> None:
+        self.fresh_s = fresh_s
+        self._read: dict[tuple[str | None, str], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def read(self, redis_url: str | None, tenant_id: str) -> int:
+        """The tenant's total, scanned now unless a scan of the last `fresh_s` has it (RedisError if it fails)."""
+        with self._lock:
+            seen = self._read.get((redis_url, tenant_id))
+            if seen is not None and time.monotonic() - seen[0] < self.fresh_s:
+                return seen[1]
+            total = tenant_total_tokens(redis_url, tenant_id)
+            if len(self._read) >= 10_000:
+                self._read.clear()
+            self._read[(redis_url, tenant_id)] = (time.monotonic(), total)
+            return total

@@ -144,13 +144,35 @@ def test_a_webhook_rotation_signs_with_both_secrets_until_the_grace_period_ends(
         Webhook(OLD_HOOK).verify(b"{}", headers)
 
 
-def test_a_stored_tenant_the_file_validators_refuse_fails_the_load_naming_it(source: TenancySource) -> None:
+def test_a_stored_tenant_the_file_validators_refuse_is_left_out_naming_it(source: TenancySource) -> None:
     cfg = source.load().cfg
     store = source.store(cfg)
     assert store is not None
+    store.put_tenant("beta", stored_tenant("beta"), {PURPOSE_SEED: BETA})
     store.put_tenant("bad", {"id": "bad", "keys": [], "limits": {}}, {})
-    with pytest.raises(ConfigError, match="stored tenant bad"):
-        source.load()
+    # One bad row must not stop every service (a restarted one would have no last good config to keep).
+    tenancy = source.load()
+    assert {t.id for t in tenancy.cfg.tenants} == {DEMO, "beta"}
+    assert "stored tenant bad" in tenancy.quarantined["bad"]
+
+
+def test_a_file_change_a_stored_tenant_no_longer_fits_leaves_only_that_tenant_out(tmp_path: Path) -> None:
+    upstreams = [{"name": "first", "base_url": "http://127.0.0.1:9/v1"}]
+    source = TenancySource(write_config(tmp_path, gateway={
+        **yaml.safe_load(bundled_dev_config().read_text())["gateway"], "data_dir": str(tmp_path / "data"),
+        "upstreams": upstreams}))
+    store = source.store(source.load().cfg)
+    assert store is not None
+    routed = {"routes": [{"model": "*", "upstreams": ["first"]}]}
+    store.put_tenant("routed", stored_tenant("routed", upstream=routed), {PURPOSE_SEED: T_ONE})
+    store.put_tenant("beta", stored_tenant("beta"), {PURPOSE_SEED: BETA})
+    assert {t.id for t in source.load().cfg.tenants} == {DEMO, "routed", "beta"}
+    raw = yaml.safe_load(Path(str(source.config_path)).read_text())
+    raw["gateway"]["upstreams"] = [{"name": "second", "base_url": "http://127.0.0.1:9/v1"}]
+    Path(str(source.config_path)).write_text(yaml.safe_dump(raw, sort_keys=False))
+    tenancy = source.load()
+    assert {t.id for t in tenancy.cfg.tenants} == {DEMO, "beta"}
+    assert set(tenancy.quarantined) == {"routed"} and "first" in tenancy.quarantined["routed"]
 
 
 def test_a_malformed_callback_url_is_refused_at_load(tmp_path: Path) -> None:

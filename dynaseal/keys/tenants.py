@@ -133,8 +133,12 @@ def jwk_to_key(jwk_dict: Mapping[str, Any], pinned_alg: str | None = None) -> Ve
 
 def parse_jwks(document: Mapping[str, Any]) -> list[VerificationKey]:
     """Parse a JWKS document; every key must carry a kid."""
+    members = document.get("keys", []) if isinstance(document, Mapping) else None
+    # A file or endpoint may hold any JSON: a wrong shape is a named error, never an AttributeError.
+    if not isinstance(members, list) or not all(isinstance(member, Mapping) for member in members):
+        raise ValueError("a JWKS is an object whose `keys` is a list of JWK objects")
     keys = []
-    for jwk_dict in document.get("keys", []):
+    for jwk_dict in members:
         key = jwk_to_key(jwk_dict)
         if key.kid is None:
             raise ValueError("every JWKS key needs a kid")

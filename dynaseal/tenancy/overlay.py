@@ -43,6 +43,9 @@ class Tenancy:
     # When a rotation's grace period ends: the config changes then although the store does not.
     next_change_at: float | None = None
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    # Stored tenants left out because they do not validate with this file (id -> the problem): their keys
+    # are refused as an unknown tenant's, every other tenant is served.
+    quarantined: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,22 +115,42 @@ def overlay(file_cfg: DynasealConfig, snapshot: Snapshot, now: float) -> Tenancy
         rows.setdefault(secret.tenant_id, []).append(secret)
     file_ids = {tc.id for tc in file_cfg.tenants}
     tenants = [state.tenant(tc, snapshot.tenants.get(tc.id), rows.get(tc.id, [])) for tc in file_cfg.tenants]
-    problems: list[str] = []
+    quarantined: dict[str, str] = {}
     for tenant_id, stored in sorted(snapshot.tenants.items()):
         if stored.document is None or tenant_id in file_ids:
             continue
         try:
             tc = TenantConfig.model_validate(stored.document)
         except ValidationError as exc:
-            problems.append(f"stored tenant {tenant_id}: {exc.errors()[0]['msg']}")
+            quarantined[tenant_id] = f"stored tenant {tenant_id}: {exc.errors()[0]['msg']}"
             continue
         tenants.append(state.tenant(tc, stored, rows.get(tenant_id, [])))
-    if problems:
-        raise ConfigError("invalid tenant store:\n  - " + "\n  - ".join(problems))
-    cfg = revalidate(file_cfg, tenants)
+    try:
+        cfg = revalidate(file_cfg, tenants)
+    except ConfigError:
+        # One stored row (written under another file or version) must not stop every service: each stored
+        # tenant is tried alone with the file's, the ones that fail are left out and named.
+        tenants = _valid_alone(file_cfg, tenants, len(file_cfg.tenants), quarantined)
+        cfg = revalidate(file_cfg, tenants)
     disabled = frozenset(t.id for t in snapshot.tenants.values() if t.disabled)
     upcoming = [moment for moment in state.changes if moment > now]
-    return Tenancy(cfg, snapshot.generation, disabled, min(upcoming) if upcoming else None, state.secrets)
+    return Tenancy(cfg, snapshot.generation, disabled, min(upcoming) if upcoming else None, state.secrets,
+                   quarantined)
+
+
+def _valid_alone(file_cfg: DynasealConfig, tenants: list[TenantConfig], file_count: int,
+                 quarantined: dict[str, str]) -> list[TenantConfig]:
+    """The file's tenants and each stored one that validates beside them alone; the others into `quarantined`."""
+    kept = tenants[:file_count]
+    for tc in tenants[file_count:]:
+        try:
+            revalidate(file_cfg, [*tenants[:file_count], tc])
+        except ConfigError as exc:
+            quarantined[tc.id] = f"stored tenant {tc.id}: " + "; ".join(
+                line.strip(" -") for line in str(exc).splitlines()[1:])
+            continue
+        kept.append(tc)
+    return kept
 
 
 def revalidate(file_cfg: DynasealConfig, tenants: list[TenantConfig]) -> DynasealConfig:

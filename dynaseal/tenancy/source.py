@@ -76,6 +76,9 @@ class TenancySource:
         except OSError as exc:  # its SQLite directory cannot be made (a read-only mount)
             raise ConfigError(f"tenant store unusable: {exc.strerror or exc}: {exc.filename or ''}") from None
         use_stored_secrets(tenancy.secrets)
+        if tenancy.quarantined:
+            log.error("stored tenants left out: they do not validate with this config; fix or disable them",
+                      extra={"problems": sorted(tenancy.quarantined.values())})
         # The generation read with the snapshot: a write after it is seen by the next poll.
         self._loaded, self._seen = tenancy, self._fingerprint(tenancy, tenancy.generation)
         return tenancy

@@ -194,6 +194,10 @@ class TenantStore:
             SecretRow.retires_at.is_(None)).order_by(SecretRow.id.desc())))
         for old in open_rows[MAX_OPEN_SEED_SECRETS:]:
             old.retires_at = time.time()
+        # A retired secret never verifies again: dropped, so a backend creating secrets (api_key/create) does not
+        # grow the snapshot every service reads on each change without end.
+        session.query(SecretRow).filter(SecretRow.tenant_id == tenant_id, SecretRow.purpose == PURPOSE_SEED,
+                                        SecretRow.retires_at <= time.time()).delete(synchronize_session=False)
 
     def set_disabled(self, tenant_id: str, disabled: bool) -> int:
         """Disable or enable a tenant (a store or a file tenant); the new generation."""
@@ -238,3 +242,26 @@ class TenantStore:
     def close(self) -> None:
         """Release the connection pool."""
         self.engine.dispose()
+
+    def create_tenant(self, tenant_id: str, document: dict[str, Any], secrets: dict[str, str]) -> int | None:
+        """`put_tenant` for an id the store holds no tenant document for, checked in the same transaction as
+        the write; None (nothing written) when it holds one: two creations of one id never merge."""
+        try:
+            with self.sessions.begin() as session:
+                row = session.get(TenantRow, tenant_id)
+                if row is not None and row.document is not None:
+                    return None
+                row = self._row(session, tenant_id)
+                row.document = json.dumps(document, sort_keys=True)
+                row.updated_at = time.time()
+                for purpose, value in secrets.items():
+                    session.add(SecretRow(tenant_id=tenant_id, purpose=purpose, value=value, created_at=time.time()))
+                return self._bump(session)
+        except (IntegrityError, OperationalError):
+            # Another writer created the row between this transaction's read and its write (SQLite's busy
+            # snapshot, PostgreSQL's unique key): the same answer as finding it.
+            with self.sessions() as session:
+                row = session.get(TenantRow, tenant_id)
+                if row is not None and row.document is not None:
+                    return None
+            raise
