@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from callback_consumer import metrics
+from callback_consumer.jobs import BatchPoster
 from dynaseal.contracts.callback_body import BatchCallback, BatchEntry, BatchReply, body_bytes
 from dynaseal.runtime.views import CallbackTarget
 from dynaseal.usage.callbacks import callback_payload
 
 if TYPE_CHECKING:
-    from callback_consumer.delivery import Deliverer
-
-from dynaseal.pb import UsageEvent
+    from dynaseal.pb import UsageEvent
 
 log = logging.getLogger("callback_consumer.batches")
 ACKNOWLEDGED = frozenset({"stored", "duplicate"})
@@ -60,7 +59,7 @@ def acknowledged(reply_body: bytes, ids: list[str]) -> set[str]:
 class Batcher:
     """Collects a tenant's usage callbacks and sends them together; `offer` answers whether one was acknowledged."""
 
-    def __init__(self, deliverer: Deliverer) -> None:
+    def __init__(self, deliverer: BatchPoster) -> None:
         self.deliverer = deliverer
         self._pending: dict[str, _Pending] = {}
         self._sending: set[asyncio.Task[None]] = set()

@@ -14,18 +14,15 @@ import asyncio
 import functools
 import logging
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING
 
 from callback_consumer import metrics
+from callback_consumer.jobs import Job, Outcome, Sender
 from dynaseal.ledger.quota import MoneySettlement, mark_thresholds
 from dynaseal.money.budget_thresholds import Crossing, basis_points, threshold_body, threshold_webhook_id
 from dynaseal.money.pricing import Price, TokenUsage
 from dynaseal.pb import UsageEvent
 from dynaseal.runtime.views import CallbackTarget
 from dynaseal.usage.events import RESERVED, UPSTREAM
-
-if TYPE_CHECKING:
-    from callback_consumer.delivery import Deliverer, Job, Outcome
 
 log = logging.getLogger("callback_consumer.money")
 # DLQ headers of a dead-lettered threshold callback (the record's value is the event that reported it).
@@ -79,16 +76,14 @@ def _dlq_extra(crossing: Crossing, webhook_id: str) -> dict[str, str]:
 
 
 class ThresholdSender:
-    """Sends the pending threshold callbacks of settled events through a Deliverer's retries and DLQ."""
+    """Sends the pending threshold callbacks of settled events through a sender's retries and DLQ (`jobs.Sender`)."""
 
-    def __init__(self, deliverer: Deliverer) -> None:
+    def __init__(self, deliverer: Sender) -> None:
         self.deliverer = deliverer
         self._in_flight: dict[str, asyncio.Task[Outcome]] = {}
 
     async def send_all(self, job: Job, event: UsageEvent, crossings: tuple[Crossing, ...]) -> bool:
         """Deliver (or dead-letter) each crossing; False if shutdown came first (they stay pending)."""
-        from callback_consumer.delivery import Outcome
-
         tenant = self.deliverer.registry().get(event.tenant)
         if tenant is None or tenant.callback is None or tenant.callback_secret is None:
             return True  # they stay pending in Redis and go out once the tenant has a callback
@@ -108,8 +103,6 @@ class ThresholdSender:
 
     async def _send(self, job: Job, tenant: CallbackTarget, event: UsageEvent, crossing: Crossing,
                     webhook_id: str) -> Outcome:
-        from callback_consumer.delivery import Outcome
-
         outcome = await self.deliverer.send(job, tenant, webhook_id, threshold_body(event, crossing),
                                             _dlq_extra(crossing, webhook_id))
         if outcome is Outcome.ABANDONED:

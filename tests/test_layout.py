@@ -77,3 +77,17 @@ def test_the_rooms_import_each_other_without_cycles() -> None:
 def test_the_contracts_room_stands_on_no_other_room() -> None:
     """What crosses a process boundary is defined below everything that uses it: contracts import no room."""
     assert room_edges()["contracts"] == set()
+
+
+def _module_cycles(package: str) -> list[tuple[str, str]]:
+    """Pairs of modules of one package that import each other (TYPE_CHECKING and local imports count)."""
+    modules = {p.stem: p for p in (REPO / package).glob("*.py")}
+    imports = {name: {m.split(".")[1] for m in imported_modules(path)
+                      if m.startswith(f"{package}.") and m.split(".")[1] in modules} for name, path in modules.items()}
+    return sorted((a, b) for a in imports for b in imports[a] if a < b and a in imports.get(b, set()))
+
+
+@pytest.mark.parametrize("package", ["callback_consumer", "log_shipper", "issuer_api", "admin_api", "authz_service"])
+def test_no_two_modules_of_a_service_call_each_other(package: str) -> None:
+    # A module pair importing each other (ThresholdSender and Deliverer were one) hides a missing seam.
+    assert not _module_cycles(package), _module_cycles(package)
