@@ -123,3 +123,36 @@ def test_a_rotation_with_no_grace_refuses_the_previous_secret_at_the_next_reload
     assert authz.poll()
     assert authz.verify(old) == "dynamic key signature is invalid"
     assert authz.verify(seed_key(SECOND)) == "ok"
+
+
+def test_a_disable_takes_effect_while_the_config_cannot_be_served(tmp_path: Path) -> None:
+    """Regression: a reload authz could not serve (here a file tenant's JWKS file broken) kept the running
+    registry whole, so a tenant disabled meanwhile went on being served with its cached keys."""
+    raw: dict[str, Any] = yaml.safe_load(write_config(tmp_path).read_text())
+    jwks_file = tmp_path / "gamma.jwks.json"
+    jwks_file.write_text('{"keys": []}')
+    raw["tenants"].append({"id": "gamma", "jwks_file": str(jwks_file), "limits": {"models": ["deepseek-chat"]}})
+    path = tmp_path / "dynaseal.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    (tmp_path / "data" / "admin").mkdir(parents=True, exist_ok=True)
+    store = TenantStore(f"sqlite:///{tmp_path / 'data' / 'admin' / 'admin.db'}")
+    try:
+        store.put_tenant(TENANT, {"id": TENANT, "keys": [{"alg": "HS256", "secret_env": seed_marker(TENANT)}],
+                                  "limits": {"models": ["deepseek-chat"], "max_tokens": 64}}, {PURPOSE_SEED: FIRST})
+        authz = Authz(AuthzServer(AuthzOptions(config_path=str(path))))
+        token = seed_key(FIRST)
+        assert authz.verify(token) == "ok"
+        jwks_file.write_text('{"keys": "not a list"}')  # every reload from now on is rejected
+        assert authz.poll()
+        assert authz.verify(token) == "ok"  # the last good config still serves
+        store.set_disabled(TENANT, True)
+        assert authz.poll()
+        assert authz.verify(token) == "dynamic key names an unknown tenant"
+        store.set_disabled(TENANT, False)  # enabling waits for a config authz can serve
+        assert authz.poll()
+        assert authz.verify(token) == "dynamic key names an unknown tenant"
+        jwks_file.write_text('{"keys": []}')
+        assert authz.poll()
+        assert authz.verify(token) == "ok"
+    finally:
+        store.close()
