@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from key_cases_support import HOST, NOW, PATH, SECRET_ENV, Case, Keys, build_cases, write_config
+from key_cases_support import HOST, NOW, PATH, SECRET_ENV, Case, Keys, build_cases, child, jws, native, write_config
 
 from dynaseal.config import load_config
 from dynaseal.errors import Refusal
@@ -115,3 +115,48 @@ def build_cases_once(keys: Keys) -> dict[str, Case]:
     if id(keys) not in _BUILT:
         _BUILT[id(keys)] = build_cases(keys)
     return _BUILT[id(keys)]
+
+
+_CHILD_CLAIMS = st.fixed_dictionaries({}, optional={
+    "models": st.sampled_from([["m1"], ["m1", "m2"], ["m3"], ["m9"], [], ["*"]]),
+    "max_tokens": st.sampled_from([1, 499, 500, 501, 1000, 0, 10**20]),
+    "budget": st.sampled_from([1, 999, 1000, 1001, 50001]),
+    "uses": st.sampled_from([1, 10, 11]),
+    "rpm": st.sampled_from([1, 50, 51, 101]),
+    "exp": st.sampled_from([NOW + 1, NOW + 899, NOW + 900, NOW + 901, NOW + 3600]),
+    "budget_cost": st.sampled_from([{"amount": a, "currency": "USD"}
+                                    for a in ("0.5", "1.999999", "2", "2.000001", "11")]),
+    "params": st.sampled_from([{"temperature": {"max": m}} for m in (0.5, 1.0, 1.01, 2)]
+                              + [{"temperature": {"min": -1}}, {"allow": ["top_p"]}, {"allow": ["top_p", "n"]},
+                                 {"n": {"max": 1}}, {"top_p": {"max": 0.9}}]),
+    "cnf": st.none(),
+})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(claims=_CHILD_CLAIMS, root_allow=st.booleans())
+def test_an_accepted_child_never_has_more_than_its_parent(keys: Keys, registry: Registry, claims: dict[str, Any],
+                                                          root_allow: bool) -> None:
+    root_claims: dict[str, Any] = {"cnf": {"jwk": keys.holder_ed.jwk()}, "budget": 1000, "uses": 10, "rpm": 50,
+                                   "exp": NOW + 900, "budget_cost": {"amount": "2", "currency": "USD"},
+                                   "params": {"allow": ["top_p"], "temperature": {"max": 1.0}} if root_allow
+                                   else {"temperature": {"max": 1.0}}}
+    root = jws({"alg": "EdDSA", "kid": "ed1"}, native(**root_claims), keys.ed1.sign)
+    try:
+        key = verify_token(child(root, keys.holder_ed, **claims), registry, NOW)
+    except Refusal:
+        return
+    parent = key.parent
+    assert parent is not None
+    assert parent.models is not None and key.models is not None and key.models <= parent.models
+    assert key.max_tokens <= parent.max_tokens and key.exp <= parent.exp
+    for name in ("budget", "uses", "rpm", "budget_cost"):
+        assert getattr(key, name) is not None and getattr(key, name) <= getattr(parent, name), name
+    for name, limit in parent.param_limits.items():
+        narrowed = key.param_limits[name]
+        assert limit.max is None or (narrowed.max is not None and narrowed.max <= limit.max), name
+        assert limit.min is None or (narrowed.min is not None and narrowed.min >= limit.min), name
+    if parent.allowed_params is not None:
+        permitted = parent.allowed_params | frozenset(parent.param_limits)
+        assert key.allowed_params is not None and key.allowed_params <= permitted
+        assert set(key.param_limits) <= permitted
