@@ -97,13 +97,31 @@ class AuthzServer:
     def _install(self, tenancy: Tenancy) -> None:
         """Serve a loaded config (raises ConfigError, the old one still serving, if its keys do not build)."""
         cfg = tenancy.cfg
-        # No blocking fetch on the event loop: a new jwks_url is fetched by the scheduled refresh.
-        view = authz_view(cfg, self.remote_jwks, fetch_new_jwks=False, disabled=tenancy.disabled)
+        try:
+            # No blocking fetch on the event loop: a new jwks_url is fetched by the scheduled refresh.
+            view = authz_view(cfg, self.remote_jwks, fetch_new_jwks=False, disabled=tenancy.disabled)
+        except ConfigError:
+            self._drop_disabled(tenancy.disabled)
+            raise
         self.servicer.authorizer = build_authorizer(view, self.quota)
         self.cfg = cfg
         self.tenancy.accept(tenancy)
         CONFIG_RELOADS.labels("ok").inc()
         log.info("config reloaded", extra={"tenants": len(cfg.tenants), "generation": tenancy.generation})
+
+    def _drop_disabled(self, disabled: frozenset[str]) -> None:
+        """A config that cannot be served still takes its disabled tenants away (fail closed): the running
+        registry without them, and a fresh key cache, until a config that can be served comes."""
+        authorizer = self.servicer.authorizer
+        running = authorizer.holder.base
+        if not disabled & set(running.tenants):
+            return
+        registry = replace(running, tenants=MappingProxyType(
+            {tid: t for tid, t in running.tenants.items() if tid not in disabled}))
+        self.servicer.authorizer = Authorizer(RegistryHolder(registry, authorizer.holder.cache_size),
+                                              quota=authorizer.quota, giver=authorizer.giver)
+        log.warning("tenants disabled while the config cannot be served: refused from now on",
+                    extra={"tenants": sorted(disabled & set(running.tenants))})
 
     def _rejected(self, exc: ConfigError) -> None:
         CONFIG_RELOADS.labels("rejected").inc()
