@@ -33,8 +33,14 @@ MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell 
 Behaviour = Callable[[dict[str, Any], int], int]
 
 
+# The bounds below are liveness limits, not timings: on a loaded 2-core machine (two test workers, a
+# whole stack each) a stage can take several times its quiet figure, so each wait gets this much slack.
+LOAD_SLACK = 3
+
+
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1) -> None:
-    """Poll until predicate() holds; fail with `what` after timeout_s."""
+    """Poll until predicate() holds; fail with `what` after timeout_s (times LOAD_SLACK)."""
+    timeout_s *= LOAD_SLACK
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
