@@ -311,7 +311,7 @@ def test_k8s_network_policy_lets_only_the_gateway_and_operators_reach_the_admin_
                                             "app.kubernetes.io/component": "gateway"}}} in sources
     # Operators come from namespaces an administrator labels; nothing matches every pod or namespace.
     assert {"namespaceSelector": {"matchLabels": {"dynaseal.io/admin-access": "true"}}} in sources
-    assert len(sources) == 2 and all(list(s.values())[0].get("matchLabels") for s in sources)
+    assert len(sources) == 2 and all(next(iter(s.values())).get("matchLabels") for s in sources)
     # The gateway's own policy does not open the admin port on the gateway pods.
     assert ports.admin not in {p["port"] for p in policies["dynaseal-gateway"]["ingress"][0]["ports"]}
     recorder = policies["dynaseal-usage-recorder"]
