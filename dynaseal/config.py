@@ -176,7 +176,19 @@ class AdminConfig(StrictModel):
     database_url_env: str | None = None
     # Where Envoy reaches the admin service for the seed's registration routes (a compose service or a
     # Kubernetes Service name, or an IP); unset = the gateway's own address, as `dynaseal up` runs it.
-    service_host: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.:-]*$", max_length=253)
+    service_host: str | None = Field(None, max_length=253)
+
+    @field_validator("service_host")
+    @classmethod
+    def _a_host(cls, value: str | None) -> str | None:
+        # Written into Envoy's YAML as it is: a DNS name or an IP address, nothing else.
+        label = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+        if value is None or re.fullmatch(rf"{label}(?:\.{label})*", value):
+            return value
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError("must be a host name or an IP address") from None
 
     @model_validator(mode="after")
     def _one_database_url(self) -> AdminConfig:
