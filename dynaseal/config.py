@@ -16,11 +16,13 @@ from collections.abc import Mapping, MutableMapping
 from importlib import resources
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from dynaseal.edge_tls import EdgeTls
+from dynaseal.redaction import remember_secrets
 from dynaseal.tenant_config import StrictModel, TenantConfig
 from dynaseal.upstreams import UpstreamSpec, route_problems
 
@@ -341,4 +343,9 @@ def admin_database_url(cfg: DynasealConfig) -> str | None:
         # Fail closed: without it each service would open a SQLite store of its own and never see the others.
         raise ConfigError(f"admin.database_url_env names {name}, which is not set (the tenant and usage "
                           "stores' SQLAlchemy URL, e.g. postgresql+psycopg://user:password@host/dynaseal)")
+    try:
+        password = urlsplit(value).password
+    except ValueError:  # not a URL SQLAlchemy would take either: its own error names it
+        password = None
+    remember_secrets([value, password])  # a log line that quotes it shows neither
     return value

@@ -11,6 +11,7 @@ import yaml
 
 from dynaseal.config import ConfigError, DynasealConfig, admin_database_url, load_config
 from dynaseal.envoy import admin_routes
+from dynaseal.redaction import redact
 from dynaseal.tenancy.source import TenancySource
 from dynaseal.tenancy.store import store_url
 from dynaseal.usage_store.schema import database_url
@@ -28,13 +29,15 @@ def config(admin: dict[str, Any], tmp_path: Path) -> DynasealConfig:
 
 def test_the_database_url_comes_from_the_variable_the_config_names(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    url = "postgresql+psycopg://dynaseal:pw@db.example.internal:5432/dynaseal"
+    url = "postgresql+psycopg://dynaseal:s3cret-pw@db.example.internal:5432/dynaseal"
     monkeypatch.setenv(URL_VARIABLE, f"  {url}\n")
     cfg = config({"database_url_env": URL_VARIABLE}, tmp_path)
     assert admin_database_url(cfg) == url
     # Both stores, the tenants' and the usage's, live in that one database.
     assert store_url(cfg) == database_url(cfg) == url
     assert not (tmp_path / "admin").exists()  # no SQLite store made beside it
+    # It carries the database password: no log line shows it.
+    assert "s3cret-pw" not in redact(f"cannot connect to {url}") + redact("password s3cret-pw")
 
 
 def test_the_variable_may_come_from_the_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
