@@ -16,11 +16,13 @@ from collections.abc import Mapping, MutableMapping
 from importlib import resources
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from dynaseal.edge_tls import EdgeTls
+from dynaseal.redaction import remember_secrets
 from dynaseal.tenant_config import StrictModel, TenantConfig
 from dynaseal.upstreams import UpstreamSpec, route_problems
 
@@ -171,6 +173,30 @@ class AdminConfig(StrictModel):
     database_url: str | None = None
     # The seed's backend account user1@example.com / user1 for `issuer.tenant` (dev only).
     demo_accounts: bool = False
+    # The store's URL from this environment variable instead (it carries the database password, so a
+    # deployment takes it from a Secret); it and `database_url` exclude each other.
+    database_url_env: str | None = None
+    # Where Envoy reaches the admin service for the seed's registration routes (a compose service or a
+    # Kubernetes Service name, or an IP); unset = the gateway's own address, as `dynaseal up` runs it.
+    service_host: str | None = Field(None, max_length=253)
+
+    @field_validator("service_host")
+    @classmethod
+    def _a_host(cls, value: str | None) -> str | None:
+        # Written into Envoy's YAML as it is: a DNS name or an IP address, nothing else.
+        label = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+        if value is None or re.fullmatch(rf"{label}(?:\.{label})*", value):
+            return value
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError("must be a host name or an IP address") from None
+
+    @model_validator(mode="after")
+    def _one_database_url(self) -> AdminConfig:
+        if self.database_url and self.database_url_env:
+            raise ValueError("set admin.database_url or admin.database_url_env, not both")
+        return self
 
 
 class DynasealConfig(StrictModel):
@@ -300,3 +326,26 @@ def config_environment(cfg: DynasealConfig, env: Mapping[str, str] | None = None
     # The live environment (a variable set later is seen), never copied into.
     first: MutableMapping[str, str] = os.environ if env is None else dict(env)
     return ChainMap(first, read_env_file(path))
+
+
+def admin_database_url(cfg: DynasealConfig) -> str | None:
+    """The admin stores' SQLAlchemy URL: `admin.database_url`, else the variable `admin.database_url_env`
+    names (ConfigError while it is unset); None = the SQLite default in {data_dir}/admin."""
+    if cfg.admin is None:
+        return None
+    if cfg.admin.database_url:
+        return cfg.admin.database_url
+    name = cfg.admin.database_url_env
+    if name is None:
+        return None
+    value = config_environment(cfg).get(name, "").strip()
+    if not value:
+        # Fail closed: without it each service would open a SQLite store of its own and never see the others.
+        raise ConfigError(f"admin.database_url_env names {name}, which is not set (the tenant and usage "
+                          "stores' SQLAlchemy URL, e.g. postgresql+psycopg://user:password@host/dynaseal)")
+    try:
+        password = urlsplit(value).password
+    except ValueError:  # not a URL SQLAlchemy would take either: its own error names it
+        password = None
+    remember_secrets([value, password])  # a log line that quotes it shows neither
+    return value

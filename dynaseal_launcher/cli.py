@@ -13,7 +13,8 @@ from dynaseal_launcher.processes import StartupError
 
 # `dynaseal <service>` calls the service's own main(argv): the launcher may import a service, the core never.
 SERVICE_MODULES = {"authz": "authz_service", "issuer": "issuer_api", "mock-llm": "mock_llm",
-                   "shipper": "log_shipper", "consumer": "callback_consumer", "admin": "admin_api"}
+                   "shipper": "log_shipper", "consumer": "callback_consumer", "admin": "admin_api",
+                   "usage-recorder": "usage_recorder"}
 # Tools that live with a service, run the same way: `dynaseal dlq replay …`.
 TOOL_MODULES = {"dlq": "callback_consumer.dlq_replay", "status": "dynaseal_launcher.status"}
 

@@ -20,7 +20,10 @@ APP_UID = 10001
 # (committed Envoy config, the Dynaseal config it is rendered from, authz host)
 ENVOY_RENDERS = [(DEPLOY / "envoy" / "envoy.compose.yaml", COMPOSE_CONFIG, "authz"),
                  (K8S / "envoy.yaml", K8S_CONFIG, "127.0.0.1")]
-DYNASEAL_SERVICES = {"init", "authz", "issuer", "log-shipper", "callback-consumer", "mock-llm"}
+DYNASEAL_SERVICES = {"init", "authz", "issuer", "log-shipper", "callback-consumer", "admin", "usage-recorder",
+                     "mock-llm"}
+# The compose services that poll the tenant store (and so must all open the same one).
+STORE_READERS = {"authz", "issuer", "log-shipper", "callback-consumer", "admin", "usage-recorder"}
 ONE_COMMAND = ("docker compose -f deploy/compose.yaml --env-file deploy/.env.example "
                "--profile mock up -d --build --wait")
 # The shipped configs take gateway.public_url from this required variable (its refusal when unset is

@@ -17,6 +17,7 @@ from deploy_support import (
 )
 
 from dynaseal.config import load_config
+from dynaseal.envoy import admin_routes
 from dynaseal.envoy import render as envoy_render
 from dynaseal_launcher import envoy_config
 from dynaseal_launcher.stack import AUTHZ_SERVICE_NAME
@@ -62,7 +63,7 @@ def test_envoy_validate_resolves_no_names(tmp_path: Path) -> None:
     doc = yaml.safe_load(envoy_file.read_text().replace(access_log_of(load_config(config)),
                                                         str(tmp_path / "access.log")))
     dns_clusters = [c for c in clusters(doc).values() if c["type"] in ("STRICT_DNS", "LOGICAL_DNS")]
-    assert len(dns_clusters) == 2
+    assert {c["name"] for c in dns_clusters} == {"upstream_llm", "dynaseal_authz", admin_routes.CLUSTER}
     for cluster in dns_clusters:
         sock = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
         sock["socket_address"]["address"] = f"{cluster['name'].replace('_', '-')}.dynaseal.invalid"
@@ -88,4 +89,26 @@ def test_envoy_config_matches_dynaseal_ports_and_health_checks_authz(envoy_file:
     upstream = envoy_config.upstream_of(cfg)
     assert endpoint(clusters(doc)["upstream_llm"]) == (upstream.host, upstream.port)
 
+
+@pytest.mark.parametrize(("envoy_file", "config", "authz_host"), ENVOY_RENDERS, ids=lambda v: getattr(v, "name", v))
+def test_envoy_sends_the_seed_registration_to_the_admin_service_and_nothing_else(
+        envoy_file: Path, config: Path, authz_host: str) -> None:
+    """The seed's backend registration reaches the admin service by its deployed name, without ext_authz;
+    no other route does (the operator's /admin/v1 and the console stay off the gateway's port)."""
+    cfg = load_config(config)
+    assert cfg.admin is not None and cfg.admin.service_host not in (None, "127.0.0.1", authz_host)
+    doc = yaml.safe_load(envoy_file.read_text())
+    admin = clusters(doc)[admin_routes.CLUSTER]
+    assert endpoint(admin) == (cfg.admin.service_host, cfg.gateway.ports.admin)
+    assert admin["type"] == "STRICT_DNS"
+    [listener] = doc["static_resources"]["listeners"]
+    manager = next(f for f in listener["filter_chains"][0]["filters"]
+                   if f["name"] == "envoy.filters.network.http_connection_manager")
+    routes = [r for host in manager["typed_config"]["route_config"]["virtual_hosts"] for r in host["routes"]]
+    to_admin = [r for r in routes if r.get("route", {}).get("cluster") == admin_routes.CLUSTER]
+    assert {(r["match"]["path"], r["match"]["headers"][0]["string_match"]["exact"]) for r in to_admin} == set(
+        admin_routes.SEED_ROUTES)
+    for route in to_admin:
+        assert route["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["disabled"] is True
+    assert not [r for r in routes if "/admin/" in str(r["match"]) or "/console" in str(r["match"])]
 

@@ -19,6 +19,7 @@ from deploy_support import (
     DYNASEAL_SERVICES,
     ONE_COMMAND,
     REPO,
+    STORE_READERS,
     VAR_PATTERN,
     env_example,
     host_port,
@@ -30,6 +31,9 @@ from dynaseal.config import load_config
 from dynaseal.keys.signing_keystore import SigningKeyStore
 from dynaseal.keys.tenants import build_registry
 from dynaseal_launcher.stack import AUTHZ_SERVICE_NAME
+
+# The usage recorder's metrics port (it has no config field: deploy/compose.yaml and the k8s base pass it).
+RECORDER_METRICS_PORT = 9105
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +81,7 @@ def test_compose_services_have_health_checks_and_wait_on_them(compose: dict[str,
     assert jobs <= adopted
     assert services["mock-llm"]["profiles"] == ["mock"]
     assert set(services) == {"redis", "kafka", "kafka-init", "init", "authz", "envoy", "issuer",
-                             "log-shipper", "callback-consumer", "mock-llm"}
+                             "log-shipper", "callback-consumer", "admin", "usage-recorder", "mock-llm"}
 
 
 def test_compose_images(compose: dict[str, Any]) -> None:
@@ -100,7 +104,8 @@ def test_compose_commands_pick_a_service_of_the_one_image(compose: dict[str, Any
     for name in DYNASEAL_SERVICES:
         command = compose["services"][name]["command"]
         if command[0] in SERVICE_MODULES:
-            assert name == "mock-llm" or command[1:] == ["--config", CONFIG_MOUNT], name
+            assert name == "mock-llm" or command[1:3] == ["--config", CONFIG_MOUNT], name
+            assert name in ("mock-llm", "usage-recorder") or len(command) == 3, name
         else:
             build_parser().parse_args(command)
             assert command[:2] == ["--config", CONFIG_MOUNT], name
@@ -148,10 +153,14 @@ def test_compose_ports_match_the_compose_config(compose: dict[str, Any]) -> None
     assert services["envoy"]["ports"][0].endswith(f":{ports.envoy}")
     assert services["issuer"]["ports"][0].endswith(f":{ports.issuer}")
     assert {name: _probe_port(services[name]) for name in
-            ("envoy", "authz", "issuer", "log-shipper", "callback-consumer", "mock-llm", "redis", "kafka")} == {
+            ("envoy", "authz", "issuer", "log-shipper", "callback-consumer", "mock-llm", "redis", "kafka",
+             "admin", "usage-recorder")} == {
         "envoy": ports.envoy_admin, "authz": ports.authz, "issuer": ports.issuer,
         "log-shipper": ports.shipper_metrics, "callback-consumer": ports.consumer_metrics,
-        "mock-llm": ports.mock_upstream, "redis": ports.redis, "kafka": ports.kafka}
+        "mock-llm": ports.mock_upstream, "redis": ports.redis, "kafka": ports.kafka,
+        "admin": ports.admin, "usage-recorder": RECORDER_METRICS_PORT}
+    assert services["admin"]["ports"] == [f"127.0.0.1:{ports.admin}:{ports.admin}"]
+    assert "/healthz" in services["admin"]["healthcheck"]["test"][-1]
     assert services["authz"]["healthcheck"]["test"][-1] == AUTHZ_SERVICE_NAME
     assert services["mock-llm"]["command"][-2:] == ["--port", str(ports.mock_upstream)]
     kafka_env = services["kafka"]["environment"]
@@ -307,3 +316,58 @@ def test_probe_runs_as_the_image_runs_it() -> None:
     proc = subprocess.run([sys.executable, "-m", "dynaseal_launcher.cli", "probe", "http", "http://127.0.0.1:1/h"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 1, proc.stderr
+
+
+# ---------------------------------------------------------------- admin service and usage recorder
+
+
+def test_compose_runs_the_admin_service_and_the_usage_recorder(compose: dict[str, Any]) -> None:
+    """Each runs the image's own command for it, waits for what it reads, and the recorder's metrics are
+    where its healthcheck asks."""
+    from dynaseal_launcher.cli import SERVICE_MODULES
+    from usage_recorder.__main__ import build_parser
+
+    services = compose["services"]
+    assert SERVICE_MODULES["admin"] == "admin_api" and SERVICE_MODULES["usage-recorder"] == "usage_recorder"
+    assert services["admin"]["command"] == ["admin", "--config", CONFIG_MOUNT]
+    recorder = build_parser().parse_args(services["usage-recorder"]["command"][1:])
+    assert recorder.config == CONFIG_MOUNT and recorder.metrics_port == RECORDER_METRICS_PORT
+    for name in ("admin", "usage-recorder"):
+        assert services[name]["depends_on"]["kafka-init"] == {"condition": "service_completed_successfully"}
+    assert services["admin"]["depends_on"]["redis"] == {"condition": "service_healthy"}
+
+
+def test_compose_services_share_one_tenant_store(compose: dict[str, Any], tmp_path: Path) -> None:
+    """Every service that polls the tenant store mounts the one volume where the compose config keeps it
+    (SQLite: one host, one file), read-write (SQLite's WAL index is written by readers too)."""
+    from dynaseal.tenancy.store import store_url
+    from dynaseal.usage_store.schema import database_url
+
+    cfg = load_config(COMPOSE_CONFIG)
+    assert cfg.admin is not None and not cfg.admin.database_url and not cfg.admin.database_url_env
+    data_dir = cfg.gateway.data_dir
+    local = load_config(COMPOSE_CONFIG, data_dir=str(tmp_path))
+    store_dir = Path(store_url(local).removeprefix("sqlite:///")).parent
+    assert store_dir == Path(database_url(local).removeprefix("sqlite:///")).parent == tmp_path.resolve() / "admin"
+    mount = f"admin-data:{data_dir}/admin"
+    assert {name for name, service in compose["services"].items()
+            if mount in service.get("volumes", [])} == STORE_READERS
+    assert "admin-data" in compose["volumes"]
+    assert f"{data_dir}/admin" in (REPO / "Dockerfile").read_text()  # the volume takes the image's owner
+
+
+def test_compose_gives_the_admin_token_to_the_admin_service_only_as_a_file(compose: dict[str, Any]) -> None:
+    from admin_api.service import MIN_TOKEN_CHARS
+
+    cfg = load_config(COMPOSE_CONFIG)
+    assert cfg.admin is not None and cfg.admin.token_env is None
+    assert cfg.admin.token_file == "/run/secrets/admin-token"
+    [(name, secret)] = compose["secrets"].items()
+    assert cfg.admin.token_file == f"/run/secrets/{name}"
+    assert {n for n, s in compose["services"].items() if name in s.get("secrets", [])} == {"admin"}
+    variable = secret["environment"]
+    assert len(env_example()[variable]) >= MIN_TOKEN_CHARS
+    for service_name, service in compose["services"].items():
+        assert variable not in service.get("environment", {}), service_name
+        assert variable not in str(service.get("command", "")), service_name
+

@@ -5,10 +5,12 @@ skipped with the reason. Marked `containers`: the default run leaves it out (it 
 them the first image build); run it with `pytest -m containers tests/test_deploy_compose_run.py`.
 
 In order, on one stack: every service healthy; the seed's flow through the containers (login at the
-issuer, a key, a streamed completion through Envoy, a refused model, the signed callback stored); then
-one container of each service crashed and brought back by compose's restart policy, traffic after
-each; the gateway failing closed (503) while authz is stopped; and the reconciliation: every answered
-request reached the tenant as exactly one callback with the tokens the client was told.
+issuer, a key, a streamed completion through Envoy, a refused model, the signed callback stored); the
+seed's backend registration through Envoy to the admin container and a key signed with the secret it
+returned; then one container of each service crashed and brought back by compose's restart policy,
+traffic after each; the gateway failing closed (503) while authz is stopped; and the reconciliation:
+every answered request reached the tenant as exactly one callback with the tokens the client was told,
+and the usage store holds exactly those tokens.
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ pytestmark = [pytest.mark.containers, pytest.mark.timeout(3600)]
 CHAT = {"model": "deepseek-chat", "max_tokens": 16,
         "messages": [{"role": "user", "content": "Hello from inside the containers."}]}
 # Every service with a long-running container, crashed once each.
-CRASHED = ["redis", "kafka", "authz", "envoy", "issuer", "log-shipper", "callback-consumer", "mock-llm"]
+CRASHED = ["redis", "kafka", "authz", "envoy", "issuer", "log-shipper", "callback-consumer", "admin",
+           "usage-recorder", "mock-llm"]
+# The compose config's demo tenant (the seed's user1) and its backend account at the admin service.
+DEMO_TENANT = "671249a93f1cf2f8bf9b2b82"
+DEMO_ACCOUNT = {"username": "user1@example.com", "password": "user1"}
 # The Envoy metric the alert rules read that no Dynaseal code exports (tests/test_deploy_monitoring.py).
 ENVOY_ALERT_METRIC = 'envoy_cluster_membership_healthy{envoy_cluster_name="dynaseal_authz"}'
 
@@ -44,8 +50,9 @@ def stack() -> Iterator[tuple[Compose, str, str]]:
     if problem:
         pytest.skip(problem)
     timings = {"build-images.sh": build_images()}
-    gateway_port, issuer_port = free_ports(2)
+    gateway_port, issuer_port, admin_port = free_ports(3)
     env = {**os.environ, "DYNASEAL_GATEWAY_PORT": str(gateway_port), "DYNASEAL_ISSUER_PORT": str(issuer_port),
+           "DYNASEAL_ADMIN_PORT": str(admin_port),
            "DYNASEAL_BIND": "127.0.0.1", "DYNASEAL_PUBLIC_URL": f"http://127.0.0.1:{gateway_port}"}
     compose = Compose(binary, f"dynaseal-test-{os.getpid()}", env, timings)
     try:
@@ -57,6 +64,14 @@ def stack() -> Iterator[tuple[Compose, str, str]]:
             compose.run("down", "-v", "--remove-orphans", "--timeout", "20", check=False)
             print(f"\n--- compose logs (tail) ---\n{logs[-6000:]}")
         print(f"\ntimings (s): {json.dumps({k: round(v, 1) for k, v in compose.timings.items()})}")
+
+
+def admin_api(compose: Compose) -> tuple[str, dict[str, str]]:
+    """The admin API's base URL on the host and the operator token of deploy/.env.example."""
+    from deploy_support import env_example
+
+    return (f"http://127.0.0.1:{compose.env['DYNASEAL_ADMIN_PORT']}/admin/v1",
+            {"Authorization": f"Bearer {env_example()['DYNASEAL_ADMIN_TOKEN']}"})
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +152,7 @@ def wait_for_callbacks(issuer: str, request_ids: set[str], timeout_s: float = 30
 def test_every_service_is_up_and_healthy(stack: tuple[Compose, str, str]) -> None:
     compose, _, _ = stack
     containers = compose.containers()
-    for name in ("redis", "kafka", "authz", "envoy", "issuer", "log-shipper", "callback-consumer", "mock-llm"):
+    for name in CRASHED:
         assert containers[name]["State"] == "running", containers[name]
         assert containers[name]["Health"] == "healthy", containers[name]
     for job in ("init", "kafka-init"):
@@ -170,6 +185,41 @@ def test_the_seed_flow_through_the_containers(stack: tuple[Compose, str, str], a
     assert item["tokens"] > 0 and item["model"] == "deepseek-chat"
     answered[request_id] = item["tokens"]
     compose.timings["seed flow"] = time.monotonic() - started
+
+
+def test_the_seed_registration_and_the_operator_api_through_the_containers(stack: tuple[Compose, str, str],
+                                                                         answered: dict[str, int]) -> None:
+    """The seed's get_llm_api.py flow on Envoy's port reaches the admin container; the secret it returns signs
+    a seed-format key that authz admits (it read the tenant store on the shared volume, no restart); the
+    operator's API answers on its own port with the token from the compose secret, and not through Envoy."""
+    import jwt
+
+    compose, gateway, _ = stack
+    started = time.monotonic()
+    login = httpx.post(f"{gateway}/api/v1/user/login", data=DEMO_ACCOUNT, timeout=30)
+    assert login.status_code == 200, login.text
+    created = httpx.post(f"{gateway}/api/v1/api_key/create", timeout=30,
+                         headers={"Authorization": f"Bearer {login.json()['access_token']}"})
+    assert created.status_code == 200, created.text
+    secret = created.json()["api_key"]
+    claims = {"api-key": DEMO_TENANT, "model": "deepseek-chat", "max_tokens": 16,
+              "expiring": int(time.time()) + 600, "event_id": f"compose-seed-{os.getpid()}"}
+    key = jwt.encode(claims, secret, algorithm="HS256")
+    # Admitted within seconds (authz polls the store every second); until then the key is unknown: 401.
+    for _ in range(40):
+        reply = httpx.post(f"{gateway}/v1/chat/completions", json=CHAT, timeout=30,
+                           headers={"Authorization": f"Bearer {key}"})
+        if reply.status_code != 401:
+            break
+        time.sleep(0.5)
+    assert reply.status_code == 200, reply.text
+    answered[reply.headers["x-dynaseal-request-id"]] = int(reply.json()["usage"]["total_tokens"])
+    base, token = admin_api(compose)
+    status = httpx.get(f"{base}/status", headers=token, timeout=30)
+    assert status.status_code == 200, status.text
+    assert httpx.get(f"{base}/status", timeout=30).status_code == 401
+    assert httpx.get(f"{gateway}/admin/v1/status", headers=token, timeout=30).status_code == 404
+    compose.timings["seed registration"] = time.monotonic() - started
 
 
 @pytest.mark.parametrize("service", CRASHED)
@@ -229,3 +279,19 @@ def test_reconciliation_loses_and_duplicates_nothing(stack: tuple[Compose, str, 
     for request_id, tokens in answered.items():
         assert len(by_id[request_id]) == 1, by_id[request_id]
         assert by_id[request_id][0]["tokens"] == tokens, (request_id, by_id[request_id][0])
+
+
+def test_the_usage_store_holds_the_tokens_of_every_answered_request(stack: tuple[Compose, str, str],
+                                                                    answered: dict[str, int]) -> None:
+    """The usage recorder's own consumer group, through its crash, stored each request once."""
+    compose, _, _ = stack
+    base, token = admin_api(compose)
+    deadline, totals = time.monotonic() + 120, []
+    while time.monotonic() < deadline:
+        reply = httpx.get(f"{base}/usage", params={"tenant": DEMO_TENANT, "bucket": "day"}, headers=token, timeout=30)
+        assert reply.status_code == 200, reply.text
+        totals = reply.json()["totals"]
+        if sum(t["total_tokens"] for t in totals) >= sum(answered.values()):
+            break
+        time.sleep(2)
+    assert sum(t["total_tokens"] for t in totals) == sum(answered.values()), totals

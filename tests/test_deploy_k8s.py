@@ -24,6 +24,8 @@ from dynaseal.config import load_config
 from dynaseal.keys.tenants import parse_jwks
 from dynaseal_launcher.stack import AUTHZ_SERVICE_NAME
 
+RECORDER_METRICS_PORT = 9105
+
 
 @pytest.fixture(scope="module")
 def k8s_docs() -> list[dict[str, Any]]:
@@ -153,7 +155,7 @@ def test_k8s_gateway_pod_runs_envoy_with_authz_and_shipper_sidecars(k8s_docs: li
     assert {"name": "access-log", "emptyDir": {"sizeLimit": "2Gi"}} in pod["volumes"]
     jwks_dir = str(Path(cfg.tenants[0].jwks_file or "").parent).replace("{data_dir}", cfg.gateway.data_dir)
     assert {"name": "jwks", "mountPath": jwks_dir, "readOnly": True} in authz["volumeMounts"]
-    policy = next(d for d in k8s_docs if d["kind"] == "NetworkPolicy")
+    policy = next(d for d in k8s_docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "dynaseal-gateway")
     assert {p["port"] for p in policy["spec"]["ingress"][0]["ports"]} == {
         ports.envoy, ports.authz_metrics, ports.shipper_metrics}
 
@@ -164,6 +166,7 @@ def test_k8s_services_and_external_names_match_the_k8s_config(k8s_docs: list[dic
     services = {d["metadata"]["name"]: d["spec"] for d in k8s_docs if d["kind"] == "Service"}
     assert services["dynaseal-gateway"]["ports"][0]["port"] == ports.envoy
     assert services["dynaseal-issuer"]["ports"][0]["port"] == ports.issuer
+    assert services["dynaseal-admin"]["ports"][0]["port"] == ports.admin
     for url in (gw.redis_url or "", gw.kafka_bootstrap or ""):
         host, port = host_port(url)
         assert services[str(host)]["type"] == "ExternalName" and services[str(host)]["ports"][0]["port"] == port
@@ -172,9 +175,12 @@ def test_k8s_services_and_external_names_match_the_k8s_config(k8s_docs: list[dic
     pods = pod_specs(k8s_docs)
     for deployment, container, service, port in (("dynaseal-issuer", "issuer", "issuer", ports.issuer),
                                                  ("dynaseal-callback-consumer", "callback-consumer", "consumer",
-                                                  ports.consumer_metrics)):
+                                                  ports.consumer_metrics),
+                                                 ("dynaseal-admin", "admin", "admin", ports.admin),
+                                                 ("dynaseal-usage-recorder", "usage-recorder", "usage-recorder",
+                                                  RECORDER_METRICS_PORT)):
         spec = containers(pods[deployment])[container]
-        assert spec["args"] == [service, "--config", CONFIG_MOUNT]
+        assert spec["args"][:3] == [service, "--config", CONFIG_MOUNT]
         assert spec["readinessProbe"]["httpGet"]["port"] == port
     for pod in pods.values():
         assert pod["securityContext"]["runAsUser"] == APP_UID and pod["securityContext"]["runAsNonRoot"]
@@ -219,3 +225,95 @@ def test_kubectl_kustomize_renders_valid_manifests() -> None:
     gateway = next(d for d in docs if d["metadata"]["name"] == "dynaseal-gateway" and d["kind"] == "Deployment")
     volumes = {v["name"]: v for v in gateway["spec"]["template"]["spec"]["volumes"]}
     assert volumes["envoy-config"]["configMap"]["name"] in config_maps  # hash-suffixed name rewritten
+
+
+# ---------------------------------------------------------------- admin service and usage recorder
+
+
+def dynaseal_service_containers(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every container running a Dynaseal service (the image's command, not a shell step), by pod/container."""
+    return {f"{pod_name}/{name}": c for pod_name, pod in pod_specs(docs).items()
+            for name, c in containers(pod).items() if c["image"] == "dynaseal" and "command" not in c}
+
+
+def test_k8s_every_service_has_probes_resources_and_a_locked_down_container(k8s_docs: list[dict[str, Any]]) -> None:
+    for name, container in dynaseal_service_containers(k8s_docs).items():
+        assert "readinessProbe" in container and "livenessProbe" in container, name
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"]), name
+        assert {"cpu", "memory"} <= set(container["resources"]["limits"]), name
+        security = container["securityContext"]
+        assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"], name
+    assert {n.split("/")[1] for n in dynaseal_service_containers(k8s_docs)} == {
+        "authz", "log-shipper", "issuer", "callback-consumer", "admin", "usage-recorder"}
+
+
+def test_k8s_admin_and_recorder_run_the_images_commands_with_their_probes(k8s_docs: list[dict[str, Any]]) -> None:
+    from usage_recorder.__main__ import build_parser
+
+    ports = load_config(K8S_CONFIG).gateway.ports
+    pods = pod_specs(k8s_docs)
+    admin = containers(pods["dynaseal-admin"])["admin"]
+    assert admin["args"] == ["admin", "--config", CONFIG_MOUNT]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert admin[probe]["httpGet"] == {"path": "/healthz", "port": ports.admin}
+    recorder = containers(pods["dynaseal-usage-recorder"])["usage-recorder"]
+    args = build_parser().parse_args(recorder["args"][1:])
+    assert args.metrics_port == RECORDER_METRICS_PORT
+    assert [p["containerPort"] for p in recorder["ports"]] == [RECORDER_METRICS_PORT]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert recorder[probe]["httpGet"] == {"path": "/metrics", "port": RECORDER_METRICS_PORT}
+
+
+def test_k8s_admin_token_is_a_secret_mounted_as_a_file_in_the_admin_pod_only(k8s_docs: list[dict[str, Any]]) -> None:
+    cfg = load_config(K8S_CONFIG)
+    assert cfg.admin is not None and cfg.admin.token_env is None and cfg.admin.token_file
+    token_file = Path(cfg.admin.token_file)
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    [generator] = [g for g in kustomization["secretGenerator"] if g["name"] == "dynaseal-admin-token"]
+    assert [Path(f).name for f in generator["files"]] == [token_file.name]
+    assert all((K8S / f).read_text() == "" for f in generator["files"]), "the token is an empty placeholder"
+    holders = set()
+    for pod_name, pod in pod_specs(k8s_docs).items():
+        volumes = {v["name"] for v in pod.get("volumes", [])
+                   if v.get("secret", {}).get("secretName") == "dynaseal-admin-token"}
+        for container in containers(pod).values():
+            for mount in container.get("volumeMounts", []):
+                if mount["name"] in volumes:
+                    assert mount["mountPath"] == str(token_file.parent) and mount["readOnly"], pod_name
+                    holders.add(f"{pod_name}/{container['name']}")
+    assert holders == {"dynaseal-admin/admin"}
+
+
+def test_k8s_every_pod_reads_the_one_tenant_store_from_the_secret(k8s_docs: list[dict[str, Any]]) -> None:
+    """SQLite on a volume cannot be shared across pods: the k8s config names a database URL variable, which
+    Secret dynaseal-secrets holds (empty: pods refuse to start until it is set) and every service receives."""
+    cfg = load_config(K8S_CONFIG)
+    assert cfg.admin is not None and cfg.admin.database_url is None
+    name = cfg.admin.database_url_env
+    env_names = [line.split("=")[0] for line in (K8S / "secrets.env").read_text().splitlines()
+                 if line and not line.startswith("#")]
+    assert name in env_names
+    for container_name, container in dynaseal_service_containers(k8s_docs).items():
+        assert {"secretRef": {"name": "dynaseal-secrets"}} in container.get("envFrom", []), container_name
+
+
+def test_k8s_network_policy_lets_only_the_gateway_and_operators_reach_the_admin_service(
+        k8s_docs: list[dict[str, Any]]) -> None:
+    ports = load_config(K8S_CONFIG).gateway.ports
+    policies = {d["metadata"]["name"]: d["spec"] for d in k8s_docs if d["kind"] == "NetworkPolicy"}
+    admin = policies["dynaseal-admin"]
+    assert admin["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "admin"
+    assert admin["policyTypes"] == ["Ingress"]
+    [rule] = admin["ingress"]
+    assert rule["ports"] == [{"port": ports.admin, "protocol": "TCP"}]
+    sources = rule["from"]
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "dynaseal",
+                                            "app.kubernetes.io/component": "gateway"}}} in sources
+    # Operators come from namespaces an administrator labels; nothing matches every pod or namespace.
+    assert {"namespaceSelector": {"matchLabels": {"dynaseal.io/admin-access": "true"}}} in sources
+    assert len(sources) == 2 and all(next(iter(s.values())).get("matchLabels") for s in sources)
+    # The gateway's own policy does not open the admin port on the gateway pods.
+    assert ports.admin not in {p["port"] for p in policies["dynaseal-gateway"]["ingress"][0]["ports"]}
+    recorder = policies["dynaseal-usage-recorder"]
+    assert [p["port"] for p in recorder["ingress"][0]["ports"]] == [RECORDER_METRICS_PORT]
+

@@ -9,6 +9,7 @@ through Envoy: the operator's `/admin/v1` stays on its own port.
 from __future__ import annotations
 
 from dynaseal.config import DynasealConfig
+from dynaseal.envoy.upstream_clusters import is_ip
 
 CLUSTER = "dynaseal_admin"
 SEED_ROUTES = (("/api/v1/user/login", "POST"), ("/api/v1/api_key/create", "POST"), ("/api/v1/user/me", "GET"))
@@ -33,10 +34,15 @@ def routes(cfg: DynasealConfig, indent: int = 14) -> str:
 
 
 def cluster(cfg: DynasealConfig, address: str) -> str:
-    """The admin service's cluster (indented for `clusters:`), empty without an `admin` section."""
+    """The admin service's cluster (indented for `clusters:`), empty without an `admin` section.
+
+    `admin.service_host` (a compose service or Kubernetes Service name) wins over `address` (the gateway's own);
+    a name is resolved by DNS, as the authz cluster's is."""
     if cfg.admin is None:
         return ""
+    address = cfg.admin.service_host or address
+    discovery = "STATIC" if is_ip(address) else "STRICT_DNS"
     port = cfg.gateway.ports.admin
-    return (f"  - name: {CLUSTER}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n"
+    return (f"  - name: {CLUSTER}\n    type: {discovery}\n    connect_timeout: 1s\n    load_assignment:\n"
             f"      cluster_name: {CLUSTER}\n      endpoints:\n      - lb_endpoints:\n"
             f"        - endpoint: {{ address: {{ socket_address: {{ address: {address}, port_value: {port} }} }} }}\n")

@@ -17,7 +17,7 @@ from sqlalchemy import BigInteger, Boolean, Engine, Float, Integer, String, Text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from dynaseal.config import DynasealConfig, expand_path
+from dynaseal.config import DynasealConfig, admin_database_url, expand_path
 
 PURPOSE_SEED = "seed"
 PURPOSE_CALLBACK = "callback"
@@ -116,9 +116,9 @@ def _sqlite_wal(connection: Any, record: Any) -> None:
 
 
 def store_url(cfg: DynasealConfig) -> str:
-    """The store's SQLAlchemy URL: `admin.database_url`, else SQLite in {data_dir}/admin/admin.db."""
-    if cfg.admin is not None and cfg.admin.database_url:
-        return cfg.admin.database_url
+    """The store's SQLAlchemy URL: `admin.database_url` (or `_env`), else SQLite in {data_dir}/admin/admin.db."""
+    if url := admin_database_url(cfg):  # admin.database_url or admin.database_url_env
+        return url
     path = Path(expand_path("{data_dir}", cfg)).resolve() / "admin" / "admin.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"

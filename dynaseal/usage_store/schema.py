@@ -9,7 +9,7 @@ from sqlalchemy import BigInteger, Boolean, Column, Engine, Index, Integer, Meta
 from sqlalchemy import event as sa_event
 from sqlalchemy.exc import DBAPIError
 
-from dynaseal.config import DynasealConfig
+from dynaseal.config import DynasealConfig, admin_database_url
 
 metadata = MetaData()
 
@@ -81,8 +81,8 @@ def make_engine(url: str) -> Engine:
 
 def database_url(cfg: DynasealConfig) -> str:
     """`admin.database_url` (tables of their own beside the admin store's), else SQLite in {data_dir}/admin."""
-    if cfg.admin is not None and cfg.admin.database_url:
-        return cfg.admin.database_url
+    if url := admin_database_url(cfg):  # admin.database_url or admin.database_url_env
+        return url
     path = Path(cfg.gateway.data_dir).resolve() / "admin" / "usage.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
