@@ -29,9 +29,10 @@ class Side:
     rig: PipelineRig
     rates: list[float] = field(default_factory=list)
     consumer_us: list[float] = field(default_factory=list)
+    shipper_us: list[float] = field(default_factory=list)
 
     def round(self, events: int, rng: random.Random, jtis: list[str]) -> None:
-        """Drain `events` lines once; record events/s and the consumer's CPU µs per event."""
+        """Drain `events` lines once; record events/s and the consumer's and shipper's CPU µs per event."""
         before = self.rig.cpu()
         result = run_throughput(self.rig, events, rng, jtis)
         after = self.rig.cpu()
@@ -39,20 +40,24 @@ class Side:
             raise RuntimeError(f"{self.label}: {result['delivered']} of {events} callbacks arrived")
         self.rates.append(result["events_per_s"])
         self.consumer_us.append((after["consumer"] - before["consumer"]) / events * 1e6)
+        self.shipper_us.append((after["shipper"] - before["shipper"]) / events * 1e6)
 
 
 def table(before: Side, after: Side) -> list[str]:
     """Every round's figures, the ratio within each round, and the median ratio."""
-    lines = ["| round | before: events/s | after: events/s | after / before | consumer CPU µs/event before | after |",
-             "|---|---:|---:|---:|---:|---:|"]
-    ratios = []
-    for n, (rb, ra, cb, ca) in enumerate(zip(before.rates, after.rates, before.consumer_us, after.consumer_us,
-                                             strict=True), 1):
-        ratios.append(ra / rb)
-        lines.append(f"| {n} | {rb:,.0f} | {ra:,.0f} | {ra / rb:.2f} | {cb:.0f} | {ca:.0f} |")
-    cpu = statistics.median(a / b for a, b in zip(after.consumer_us, before.consumer_us, strict=True))
-    return [*lines, "", f"Median ratio after / before: events/s {statistics.median(ratios):.2f}, "
-            f"consumer CPU per event {cpu:.2f}."]
+    lines = ["| round | events/s before | after | after / before | consumer CPU µs/event before | after | "
+             "after / before | shipper CPU µs/event before | after |", "|---|" + "---:|" * 8]
+    for n in range(len(before.rates)):
+        rb, ra, cb, ca = before.rates[n], after.rates[n], before.consumer_us[n], after.consumer_us[n]
+        lines.append(f"| {n + 1} | {rb:,.0f} | {ra:,.0f} | {ra / rb:.2f} | {cb:.0f} | {ca:.0f} | {ca / cb:.2f} | "
+                     f"{before.shipper_us[n]:.0f} | {after.shipper_us[n]:.0f} |")
+
+    def median_ratio(b: list[float], a: list[float]) -> float:
+        return statistics.median(y / x for x, y in zip(b, a, strict=True))
+
+    return [*lines, "", f"Median ratio after / before: events/s {median_ratio(before.rates, after.rates):.2f}, "
+            f"consumer CPU per event {median_ratio(before.consumer_us, after.consumer_us):.2f}, "
+            f"shipper CPU per event {median_ratio(before.shipper_us, after.shipper_us):.2f}."]
 
 
 def run(args: argparse.Namespace) -> int:

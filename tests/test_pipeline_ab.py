@@ -29,9 +29,12 @@ def test_a_service_started_from_another_tree_runs_that_trees_code(tmp_path: Path
 def test_the_table_compares_each_round_within_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("BENCH_TENANT_SECRET", "BENCH_WEBHOOK_SECRET"):
         monkeypatch.setenv(name, "")
-    before = Side("before", PipelineRig(tmp_path), rates=[1000, 2000, 1000], consumer_us=[400, 200, 400])
-    after = Side("after", PipelineRig(tmp_path), rates=[1100, 1000, 1500], consumer_us=[360, 300, 300])
+    before = Side("before", PipelineRig(tmp_path), rates=[1000, 2000, 1000], consumer_us=[400, 200, 400],
+                  shipper_us=[100, 100, 100])
+    after = Side("after", PipelineRig(tmp_path), rates=[1100, 1000, 1500], consumer_us=[360, 300, 300],
+                 shipper_us=[90, 120, 100])
     lines = table(before, after)
-    assert lines[2] == "| 1 | 1,000 | 1,100 | 1.10 | 400 | 360 |"
-    assert lines[3] == "| 2 | 2,000 | 1,000 | 0.50 | 200 | 300 |"
-    assert lines[-1] == "Median ratio after / before: events/s 1.10, consumer CPU per event 0.90."
+    assert lines[2] == "| 1 | 1,000 | 1,100 | 1.10 | 400 | 360 | 0.90 | 100 | 90 |"
+    assert lines[3] == "| 2 | 2,000 | 1,000 | 0.50 | 200 | 300 | 1.50 | 100 | 120 |"
+    assert lines[-1] == ("Median ratio after / before: events/s 1.10, consumer CPU per event 0.90, "
+                         "shipper CPU per event 1.00.")
