@@ -191,6 +191,17 @@ def in_process(before: Path, rounds: int, requests: int, rev: str) -> list[str]:
         if stage in runs["before"][0]:
             b, a = median("before", stage), median("after", stage)
             lines.append(f"| {stage} | {b:.1f} | {a:.1f} | {a / max(b, 0.01):.2f} |")
+    return [*lines, "", *per_round(runs["before"], runs["after"])]
+
+
+def per_round(before: list[dict[str, float]], after: list[dict[str, float]]) -> list[str]:
+    """Each round's after / before of each stage (the two ran back to back), and the median of those ratios."""
+    lines = ["| stage: after / before | " + " | ".join(f"round {n}" for n in range(1, len(after) + 1))
+             + " | median |", "|---|" + "---:|" * (len(after) + 1)]
+    for stage in (s for s in after[0] if s in before[0]):
+        ratios = [a[stage] / max(b[stage], 0.01) for b, a in zip(before, after, strict=True)]
+        lines.append(f"| {stage} | " + " | ".join(f"{r:.2f}" for r in ratios)
+                     + f" | {sorted(ratios)[len(ratios) // 2]:.2f} |")
     return lines
 
 

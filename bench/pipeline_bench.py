@@ -40,6 +40,10 @@ HOST = "127.0.0.1"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"pipeline-bench-webhook-secret-01").decode()
 TENANT_SECRET = "pipeline-bench-tenant-secret-0123456789"
 REPO = Path(__file__).resolve().parent.parent
+# `python -c RUN_FROM_TREE TREE MODULE ARGS...`: MODULE's main from TREE, whatever the working directory
+# (`python -m` would put the working directory, this tree, ahead of TREE on the path).
+RUN_FROM_TREE = ("import sys, runpy\ntree, module = sys.argv[1], sys.argv[2]\nsys.path.insert(0, tree)\n"
+                 "sys.argv = [module, *sys.argv[3:]]\nrunpy.run_module(module, run_name='__main__', alter_sys=True)\n")
 
 
 # --- the receiver process ----------------------------------------------------------------------
@@ -172,8 +176,9 @@ def access_line(jti: str, rng: random.Random) -> tuple[str | None, bytes]:
 class PipelineRig:
     """Redis, broker, shipper, consumer and receiver on free ports in a work directory."""
 
-    def __init__(self, work: Path, tenant_backlog: int = 5000, consumers: int = 1) -> None:
+    def __init__(self, work: Path, tenant_backlog: int = 5000, consumers: int = 1, tree: Path = REPO) -> None:
         self.work = work
+        self.tree = tree  # whose shipper and consumer run (the receiver is always this tree's)
         self.consumers = consumers
         self.tenant_backlog = tenant_backlog
         names = ["kafka", "redis", "consumer_metrics", "shipper_metrics", "receiver"]
@@ -198,6 +203,7 @@ class PipelineRig:
         self.access_log.touch()
         env = {"PYTHONPATH": str(REPO)}
         py = [sys.executable, "-m"]
+        tree_env, tree_py = {"PYTHONPATH": str(self.tree)}, [sys.executable, "-c", RUN_FROM_TREE, str(self.tree)]
         for spec in (
             ServiceSpec("redis", [redis_server_binary(), "--port", str(p["redis"]), "--bind", HOST, "--save", "",
                                   "--appendonly", "no", "--dir", str(self.work)], "",
@@ -207,9 +213,9 @@ class PipelineRig:
                                   "--storage-engine", "memory://tansu/"], "", lambda: tcp_open(HOST, p["kafka"])),
             ServiceSpec("receiver", [*py, "bench.pipeline_bench", "--serve-receiver", str(p["receiver"])], "",
                         lambda: http_ok(f"http://{HOST}:{p['receiver']}/stats"), env=env),
-            *self._consumers(py, env),
-            ServiceSpec("shipper", [*py, "log_shipper", "--config", str(self.config)], "",
-                        lambda: http_ok(f"http://{HOST}:{p['shipper_metrics']}/metrics"), env=env),
+            *self._consumers(tree_py, tree_env),
+            ServiceSpec("shipper", [*tree_py, "log_shipper", "--config", str(self.config)], "",
+                        lambda: http_ok(f"http://{HOST}:{p['shipper_metrics']}/metrics"), env=tree_env),
         ):
             self.supervisor.start(spec)
 
@@ -325,11 +331,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path,
                         help="py-spy the shipper and consumer during the latency run; raw stacks and a summary "
                              "go to this directory")
+    parser.add_argument("--before", help="a git revision whose shipper and consumer drain the same backlogs in "
+                        "alternating rounds beside this tree's (throughput only; bench/pipeline_ab.py)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per side with --before (default 5)")
     parser.add_argument("--serve-receiver", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_receiver:
         serve_receiver(args.serve_receiver)
         return 0
+    if args.before:
+        from bench import pipeline_ab  # it imports this module
+
+        return pipeline_ab.run(args)
     rng = random.Random(7)
     jtis = [f"bench-key-{i}" for i in range(200)]
     rig = PipelineRig(Path(tempfile.mkdtemp(prefix="dynaseal-pipeline-bench-")),
