@@ -88,6 +88,7 @@ class ParkedReplay:
         self._thread.join(15)
 
     def _connect(self) -> KafkaConsumer | None:
+        retries = kafka_io.BROKER_BACKOFF.retries()
         while not self.stopping.is_set():
             try:
                 kafka_io.ensure_topics(self.bootstrap, kafka_io.PARKED_PARTITIONS)
@@ -98,19 +99,21 @@ class ParkedReplay:
                 return consumer
             except KafkaError as exc:
                 log.warning("broker unreachable; retrying", extra={"error": str(exc)})
-                self.stopping.wait(1.0)
+                self.stopping.wait(retries.next_delay())
         return None
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         consumer = self._connect()
+        retries = kafka_io.BROKER_BACKOFF.retries()
         try:
             while consumer is not None and not self.stopping.is_set():
                 try:
                     self._poll_once(consumer)
+                    retries.reset()
                 except KafkaError as exc:
                     log.warning("parked replay poll failed; retrying", extra={"error": str(exc)})
-                    self.stopping.wait(0.5)
+                    self.stopping.wait(retries.next_delay())
         finally:
             kafka_io.close_quietly(consumer, timeout_s=2)
             self._loop.run_until_complete(self._deliverer.aclose())

@@ -36,6 +36,8 @@ USAGE_PARTITIONS_ENV = "DYNASEAL_USAGE_PARTITIONS"
 DEFAULT_USAGE_PARTITIONS = 6
 TOPIC_PARTITIONS = {USAGE_TOPIC: DEFAULT_USAGE_PARTITIONS, DLQ_TOPIC: 1}
 
+# A broker away: consumers connect and poll again from 0.25 s, doubling up to 1 s, full jitter.
+BROKER_BACKOFF = Backoff(0.25, 1.0)
 
 def topic_partitions() -> dict[str, int]:
     """Partition counts of the topics to create: $DYNASEAL_USAGE_PARTITIONS for the usage topic, else 6."""
