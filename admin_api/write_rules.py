@@ -47,9 +47,9 @@ _LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
 
 def _own_ports(cfg: DynasealConfig) -> set[int]:
-    ports = cfg.gateway.ports
+    ports, local = cfg.gateway.ports, cfg.local
     # The issuer (the bundled business backend) receives callbacks: the dev tenant's go to it.
-    return {ports.envoy, ports.envoy_admin, ports.authz, ports.mock_upstream, ports.redis, ports.kafka,
+    return {ports.envoy, ports.envoy_admin, ports.authz, local.mock_upstream_port, local.redis_port, local.kafka_port,
             ports.authz_metrics, ports.consumer_metrics, ports.shipper_metrics, ports.admin}
 
 

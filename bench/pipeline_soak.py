@@ -129,7 +129,7 @@ def run(args: argparse.Namespace, cfg: object, stack: LocalStack, work: Path) ->
     assert isinstance(cfg, DynasealConfig)
     paths = paths_of(cfg)
     ports, host = cfg.gateway.ports, cfg.gateway.host
-    bootstrap = f"{host}:{ports.kafka}"
+    bootstrap = cfg.local.kafka_bootstrap(host)
     key = mint(SigningKeyStore(paths.issuer_dir).active(), jti=f"soak-{time.time_ns()}", tenant=DEMO_TENANT,
                models=["deepseek-chat"], max_tokens=16, ttl=3600)
     script = wrk.write_script(work, json.dumps(BODY).encode(), key)

@@ -9,8 +9,8 @@ import time
 
 from callback_consumer import metrics
 from callback_consumer.http_client import CallbackClient, CallbackTransportError
-from callback_consumer.retry_policy import retry_after_seconds
 from callback_consumer.tenant_gates import TenantGates
+from dynaseal.backoff import retry_after_seconds
 from dynaseal.runtime.views import CallbackTarget
 from dynaseal.usage.callbacks import CallbackSigner
 

@@ -167,6 +167,7 @@ class CallbackConsumer:
                 log.exception("config watch failed; trying again")
 
     def _connect(self) -> KafkaConsumer | None:
+        retries = kafka_io.BROKER_BACKOFF.retries()
         while not self.stopping.is_set():
             try:
                 kafka_io.ensure_topics(self.options.bootstrap)
@@ -179,7 +180,7 @@ class CallbackConsumer:
                 return consumer
             except KafkaError as exc:
                 log.warning("broker unreachable; retrying", extra={"error": str(exc)})
-                self.stopping.wait(1.0)
+                self.stopping.wait(retries.next_delay())
         return None
 
     def _collect(self) -> None:
@@ -276,13 +277,15 @@ class CallbackConsumer:
         if self.parked_replay is not None:
             self.parked_replay.start()
         consumer = self._connect()
+        retries = kafka_io.BROKER_BACKOFF.retries()
         try:
             while consumer is not None and not self.stopping.is_set():
                 try:
                     self._poll_once(consumer)
+                    retries.reset()
                 except KafkaError as exc:
                     log.warning("poll failed; retrying", extra={"error": str(exc)})
-                    self.stopping.wait(0.5)
+                    self.stopping.wait(retries.next_delay())
         finally:
             self._shutdown(consumer)
 

@@ -31,6 +31,7 @@ from callback_consumer.parking import Parking
 from callback_consumer.retry_policy import RetryPolicy
 from callback_consumer.settlement import SettlementBatcher
 from callback_consumer.tenant_slots import SharedSlots
+from dynaseal.backoff import Backoff
 from dynaseal.ledger import redis_keys
 from dynaseal.ledger.quota import Settlement
 from dynaseal.ledger.tenant_quota import has_tenant_limits
@@ -44,6 +45,8 @@ from dynaseal.usage.reservation_events import is_reservation, webhook_id
 __all__ = ["Deliverer", "Job", "Outcome", "RetryPolicy"]
 
 log = logging.getLogger("callback_consumer.delivery")
+# Redis away: settlement is retried from 0.2 s, doubling up to 5 s, full jitter (consumers do not retry in step).
+SETTLE_BACKOFF = Backoff(0.2, 5.0)
 
 
 class Deliverer(CallbackPoster):
@@ -99,7 +102,7 @@ class Deliverer(CallbackPoster):
     async def _settle(self, event: UsageEvent) -> Settlement | None:
         """Settle the reservation with the event's tokens and cost (idempotent per request_id); None if abandoned."""
         assert self.settlements is not None
-        delay = 0.2
+        retries = SETTLE_BACKOFF.retries()
         tenant = self.registry().get(event.tenant)
         money = money_settlement(event, tenant)
         # Only a tenant with tenant-wide limits reserved on its own slot; one whose limits were
@@ -114,9 +117,8 @@ class Deliverer(CallbackPoster):
                 log.warning("settlement failed; retrying", extra={"request_id": event.request_id,
                                                                    "jti": event.jti, "error": str(exc)})
             # Shutdown stops retries only: a job handed out before it still gets its first attempt.
-            if not await self._pause(delay):
+            if not await self._pause(retries.next_delay()):
                 return None
-            delay = min(delay * 2, 5.0)
 
     async def _dead_letter(self, job: Job, request_id: str, reason: str, status: int | None, attempts: int,
                            extra: Mapping[str, str] | None = None) -> Outcome:

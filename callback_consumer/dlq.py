@@ -10,12 +10,14 @@ from collections.abc import Mapping
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from dynaseal.backoff import Backoff
 from dynaseal.redaction import redact, redact_bytes
 from dynaseal.usage import kafka_io
 
 log = logging.getLogger("callback_consumer.dlq")
 SEND_TIMEOUT_S = 15.0
-RETRY_MIN_S, RETRY_MAX_S = 0.5, 5.0
+# A broker away: the write is retried from 0.5 s, doubling up to 5 s, full jitter.
+RETRY_BACKOFF = Backoff(0.5, 5.0)
 
 
 class DeadLetters:
@@ -46,7 +48,7 @@ class DeadLetters:
                 topic: str = kafka_io.DLQ_TOPIC) -> bool:
         """Write one record (to the DLQ, or `topic`) and wait for the broker's acknowledgement; False if
         shutdown stopped the retries."""
-        delay = RETRY_MIN_S
+        retries = RETRY_BACKOFF.retries()
         encoded = [(name, redact(text).encode()) for name, text in headers.items()]
         # What leaves the process is redacted like a log line; masking keeps the protobuf's length framing.
         value = redact_bytes(value)
@@ -59,9 +61,8 @@ class DeadLetters:
             except KafkaError as exc:
                 log.warning("DLQ write failed; retrying with a new producer", extra={"error": str(exc)})
                 self._discard(producer)
-                if self.abandon.wait(delay):
+                if self.abandon.wait(retries.next_delay()):
                     return False
-                delay = min(delay * 2, RETRY_MAX_S)
 
     def close(self) -> None:
         """Flush and close the producer."""

@@ -33,6 +33,7 @@ from callback_consumer import metrics
 from callback_consumer.delivery import Deliverer, Job, RetryPolicy
 from callback_consumer.dlq import DeadLetters, dlq_headers
 from callback_consumer.parking import replayed
+from dynaseal.backoff import Backoff
 from dynaseal.ledger.redis_connect import SyncClient
 from dynaseal.pb import UsageEvent
 from dynaseal.runtime.views import ConsumerView
@@ -46,7 +47,7 @@ log = logging.getLogger("callback_consumer.parked")
 @dataclass
 class _Wait:
     until: float
-    delay: float
+    probes: int  # failed probes in a row
 
 
 class ParkedReplay:
@@ -64,6 +65,8 @@ class ParkedReplay:
         self.redis = redis_client
         self.dead_letters = dead_letters
         self.probe_s, self.probe_cap_s, self.max_parked_s = probe_s, probe_cap_s, max_parked_s
+        # One probe per wait, no jitter: each tenant's receiver is probed by one member alone.
+        self.probe_backoff = Backoff(probe_s, probe_cap_s, jitter=0.0)
         self.session_timeout_ms, self.heartbeat_interval_ms = session_timeout_ms, heartbeat_interval_ms
         self.stopping = threading.Event()
         self._loop = asyncio.new_event_loop()
@@ -85,6 +88,7 @@ class ParkedReplay:
         self._thread.join(15)
 
     def _connect(self) -> KafkaConsumer | None:
+        retries = kafka_io.BROKER_BACKOFF.retries()
         while not self.stopping.is_set():
             try:
                 kafka_io.ensure_topics(self.bootstrap, kafka_io.PARKED_PARTITIONS)
@@ -95,19 +99,21 @@ class ParkedReplay:
                 return consumer
             except KafkaError as exc:
                 log.warning("broker unreachable; retrying", extra={"error": str(exc)})
-                self.stopping.wait(1.0)
+                self.stopping.wait(retries.next_delay())
         return None
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         consumer = self._connect()
+        retries = kafka_io.BROKER_BACKOFF.retries()
         try:
             while consumer is not None and not self.stopping.is_set():
                 try:
                     self._poll_once(consumer)
+                    retries.reset()
                 except KafkaError as exc:
                     log.warning("parked replay poll failed; retrying", extra={"error": str(exc)})
-                    self.stopping.wait(0.5)
+                    self.stopping.wait(retries.next_delay())
         finally:
             kafka_io.close_quietly(consumer, timeout_s=2)
             self._loop.run_until_complete(self._deliverer.aclose())
@@ -132,8 +138,8 @@ class ParkedReplay:
         outcome = self._loop.run_until_complete(self._one(record))
         if outcome == "down":
             wait = self._waits.get(tp)
-            delay = min(self.probe_cap_s, wait.delay * 2) if wait is not None else self.probe_s
-            self._waits[tp] = _Wait(time.monotonic() + delay, delay)
+            probes = (wait.probes if wait is not None else 0) + 1
+            self._waits[tp] = _Wait(time.monotonic() + self.probe_backoff.delay(probes), probes)
             consumer.seek(tp, record.offset)  # the same entry is the next probe
             consumer.pause(tp)
             return False

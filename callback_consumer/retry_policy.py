@@ -1,30 +1,21 @@
-"""When to try a callback again: exponential backoff with jitter, and the receiver's Retry-After."""
+"""When to try a callback again: the core's backoff, keeping at least half of each ceiling."""
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
+
+from dynaseal.backoff import Backoff, retry_after_seconds
+
+__all__ = ["RetryPolicy", "retry_after_seconds"]
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter: attempt n waits between half and all of min(cap, base·2ⁿ⁻¹)."""
+class RetryPolicy(Backoff):
+    """Attempt n waits between half and all of min(cap, base·2ⁿ⁻¹); a Retry-After is honoured within the cap.
+
+    Half jitter, not full: a receiver that just failed always gets a rest before the next try.
+    """
 
     base_s: float = 0.5
     cap_s: float = 30.0
-
-    def delay(self, attempt: int, retry_after_s: float | None = None) -> float:
-        """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        ceiling = min(self.cap_s, self.base_s * 2 ** (attempt - 1))
-        wait = ceiling / 2 + random.uniform(0, ceiling / 2)
-        if retry_after_s is not None:  # the receiver said when (429/503): honour it, within the cap
-            wait = max(wait, min(retry_after_s, self.cap_s))
-        return float(wait)
-
-
-def retry_after_seconds(retry_after: str | None) -> float | None:
-    """A Retry-After header in seconds (None: absent, or an HTTP date)."""
-    try:
-        return float(retry_after) if retry_after else None
-    except ValueError:  # an HTTP date: not worth parsing, the backoff applies
-        return None
+    jitter: float = 0.5

@@ -24,13 +24,15 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
+from dynaseal.backoff import Backoff
 from dynaseal.ledger import redis_keys
 from dynaseal.ledger.redis_connect import SyncClient, run_scripts
 
 log = logging.getLogger("callback_consumer.tenant_slots")
 LEASE_MARGIN_S = 5.0
 POLL_S = 0.05
-RETRY_S = 0.5
+# Redis away: the pump asks again after 0.1 s, doubling up to 0.5 s, full jitter; an answer starts over.
+RETRY_BACKOFF = Backoff(0.1, 0.5)
 
 # KEYS[1]: the tenant's lease set. ARGV: limit, lease_ms, lease ids wanted (in order).
 # Returns the ids granted (a prefix of those asked for).
@@ -105,6 +107,7 @@ class SharedSlots:
 
     async def _pump(self, tenant: str, state: _Tenant) -> None:
         loop = asyncio.get_running_loop()
+        retries = RETRY_BACKOFF.retries()
         while state.waiters:
             state.freed.clear()
             wanted = [lease for lease, future in list(state.waiters)[:state.limit] if not future.done()]
@@ -113,8 +116,9 @@ class SharedSlots:
                     (ACQUIRE, [lease_set(tenant)], [state.limit, state.lease_ms, *wanted])])
             except RedisError as exc:
                 log.warning("callback slots unavailable; retrying", extra={"tenant": tenant, "error": str(exc)})
-                await asyncio.sleep(RETRY_S)
+                await asyncio.sleep(retries.next_delay())
                 continue
+            retries.reset()
             given = {g.decode() if isinstance(g, bytes) else str(g) for g in granted}
             waiting: deque[tuple[str, asyncio.Future[str]]] = deque()
             for lease, future in state.waiters:

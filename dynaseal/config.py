@@ -15,13 +15,14 @@ from collections import ChainMap
 from collections.abc import Mapping, MutableMapping
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from dynaseal.edge_tls import EdgeTls
+from dynaseal.local_stack import LocalStackConfig, lift_legacy_ports
 from dynaseal.redaction import remember_secrets
 from dynaseal.tenant_config import StrictModel, TenantConfig
 from dynaseal.upstreams import UpstreamSpec, route_problems
@@ -36,15 +37,12 @@ class ConfigError(Exception):
 
 
 class Ports(StrictModel):
-    """Listening ports of the local stack."""
+    """Listening ports of the gateway's services (the laptop stack's mock, Redis and Kafka: `local:`)."""
 
     envoy: int = 8000
     envoy_admin: int = 9901
     issuer: int = 9000
     authz: int = 9191
-    mock_upstream: int = 8100
-    redis: int = 6379
-    kafka: int = 9092
     authz_metrics: int = 9102
     consumer_metrics: int = 9103
     shipper_metrics: int = 9104
@@ -233,6 +231,14 @@ class DynasealConfig(StrictModel):
     def data_path(self) -> Path:
         """The data directory as a path."""
         return Path(self.gateway.data_dir)
+
+    # The laptop stack's mock upstream, Redis and Kafka ports (once gateway.ports.{mock_upstream,redis,kafka}).
+    local: LocalStackConfig = Field(default_factory=LocalStackConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_local_ports(cls, data: Any) -> Any:
+        return lift_legacy_ports(data)
 
 
 def bundled_dev_config() -> Path:

@@ -120,7 +120,7 @@ def declared_upstreams(cfg: DynasealConfig) -> dict[str, UpstreamSpec]:
     found = {u.name: u for u in cfg.gateway.upstreams}
     if IMPLICIT_UPSTREAM not in found:
         gw = cfg.gateway
-        base_url = gw.upstream.base_url or f"http://{gw.host}:{gw.ports.mock_upstream}/v1"
+        base_url = gw.upstream.base_url or cfg.local.mock_upstream_url(gw.host)
         # Every endpoint of a tenant without routes goes to this upstream: it is taken to speak every format.
         found[IMPLICIT_UPSTREAM] = UpstreamSpec(name=IMPLICIT_UPSTREAM, base_url=base_url, formats=FORMATS,
                                                 api_key_env=gw.upstream.api_key_env,

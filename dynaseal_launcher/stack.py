@@ -99,18 +99,18 @@ class LocalStack:
     def specs(self, envoy_file: Path) -> list[ServiceSpec]:
         """The services in start order."""
         gw = self.cfg.gateway
-        host, ports = gw.host, gw.ports
+        host, ports, local = gw.host, gw.ports, self.cfg.local
         specs: list[ServiceSpec] = []
         if gw.upstream.base_url is None:
             # The mock checks the provider credential the way a real provider would.
             provider_key = config_environment(self.cfg).get(gw.upstream.api_key_env or "", "")
             specs.append(ServiceSpec(
                 "mock-llm",
-                [sys.executable, "-m", "mock_llm", "--host", host, "--port", str(ports.mock_upstream)],
-                f"http://{host}:{ports.mock_upstream}/v1",
-                lambda: http_ok(f"http://{host}:{ports.mock_upstream}/healthz"),
+                [sys.executable, "-m", "mock_llm", "--host", host, "--port", str(local.mock_upstream_port)],
+                f"http://{host}:{local.mock_upstream_port}/v1",
+                lambda: http_ok(f"http://{host}:{local.mock_upstream_port}/healthz"),
                 env={"MOCK_LLM_API_KEY": provider_key} if provider_key else {},
-                ports=[("http", ports.mock_upstream)]))
+                ports=[("http", local.mock_upstream_port)]))
         if not resolve_redis(self.cfg).configured:
             redis_dir = self.paths.redis_dir
             redis_dir.mkdir(parents=True, exist_ok=True)
@@ -120,21 +120,21 @@ class LocalStack:
                 # data_dir/redis. everysec, not always: Redis writes the AOF before it replies, so a
                 # killed Redis loses nothing and a crash of the machine the last ~1 s (2 s if the disk
                 # stalls); always puts an fsync in every admit (sequential p50 150 -> 320 us here).
-                [redis_server_binary(), "--port", str(ports.redis), "--bind", host, "--save", "",
+                [redis_server_binary(), "--port", str(local.redis_port), "--bind", host, "--save", "",
                  "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(redis_dir),
                  "--daemonize", "no", "--loglevel", "warning"],
-                f"redis://{host}:{ports.redis}/0",
-                lambda: redis_ping(host, ports.redis),
-                ports=[("tcp", ports.redis)]))
+                f"redis://{host}:{local.redis_port}/0",
+                lambda: redis_ping(host, local.redis_port),
+                ports=[("tcp", local.redis_port)]))
         if self.pipeline_enabled and not resolve_kafka(self.cfg).configured:
             specs.append(ServiceSpec(
                 "kafka",
                 # In-memory dev broker: a restart loses what it held (see README, production notes).
-                [tansu_binary(), "broker", "--listener-url", f"tcp://{host}:{ports.kafka}",
-                 "--advertised-listener-url", f"tcp://{host}:{ports.kafka}", "--storage-engine", "memory://tansu/"],
-                f"kafka://{host}:{ports.kafka}",
-                lambda: tcp_open(host, ports.kafka),
-                ports=[("tcp", ports.kafka)]))
+                [tansu_binary(), "broker", "--listener-url", f"tcp://{host}:{local.kafka_port}",
+                 "--advertised-listener-url", f"tcp://{host}:{local.kafka_port}", "--storage-engine", "memory://tansu/"],
+                f"kafka://{host}:{local.kafka_port}",
+                lambda: tcp_open(host, local.kafka_port),
+                ports=[("tcp", local.kafka_port)]))
         specs.append(ServiceSpec(
             "authz", self._python("authz_service"), f"grpc://{host}:{ports.authz}",
             lambda: grpc_serving(f"{host}:{ports.authz}", AUTHZ_SERVICE_NAME),

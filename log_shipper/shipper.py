@@ -20,6 +20,7 @@ from pathlib import Path
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from dynaseal.backoff import Backoff
 from dynaseal.usage import kafka_io
 from dynaseal.usage.events import parse_line
 from log_shipper import checkpoint, metrics
@@ -32,7 +33,8 @@ from log_shipper.tailer import Line, LogTailer
 log = logging.getLogger("log_shipper")
 IDLE_POLL_S = 0.05
 LAG_EVERY_S = 1.0
-RETRY_MIN_S, RETRY_MAX_S = 0.5, 5.0
+# A broker away: reconnects and resends from 0.5 s, doubling up to 5 s, full jitter; a success starts over.
+RETRY_BACKOFF = Backoff(0.5, 5.0)
 # On SIGTERM, how long the last batch may wait for its acknowledgement before it is left for a restart.
 STOP_FLUSH_S = 5.0
 # A saved checkpoint may trail the acknowledged one by this much: a crash resends at most that (duplicates,
@@ -70,7 +72,7 @@ class Shipper:
             if options.max_log_bytes > 0 and options.envoy_admin else None
         self._restarts_seen: dict[str, int] = {}
         self._producer: KafkaProducer | None = None
-        self._retry_s = RETRY_MIN_S
+        self._retries = RETRY_BACKOFF.retries()
         self._lag_at = 0.0
 
     def stop(self) -> None:
@@ -87,13 +89,10 @@ class Shipper:
                 return producer
             except KafkaError as exc:
                 metrics.BROKER_UP.set(0)
-                log.warning("broker unreachable; retrying", extra={"error": str(exc), "retry_s": self._retry_s})
-                self._backoff()
+                retry_s = self._retries.next_delay()
+                log.warning("broker unreachable; retrying", extra={"error": str(exc), "retry_s": round(retry_s, 3)})
+                self.stopping.wait(retry_s)
         return None
-
-    def _backoff(self) -> None:
-        self.stopping.wait(self._retry_s)
-        self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)
 
     def _produce(self, producer: KafkaProducer, lines: list[Line]) -> list[Record] | None:
         """Send the events of these lines; once the broker acknowledged all of them, where they are."""
@@ -201,7 +200,7 @@ class Shipper:
             records = None
         if records is not None:
             self._commit(lines, records)
-            self._retry_s = RETRY_MIN_S
+            self._retries.reset()
             return True
         self.tailer.seek(self.acked, self.acked_at)
         if self.stopping.is_set():
@@ -210,7 +209,7 @@ class Shipper:
         metrics.BROKER_UP.set(0)
         kafka_io.close_quietly(self._producer, timeout_s=0)
         self._producer = None
-        self._backoff()
+        self.stopping.wait(self._retries.next_delay())
         return True
 
     def run(self) -> None:

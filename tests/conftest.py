@@ -75,10 +75,12 @@ def write_test_config(directory: Path, keys: TenantKeys, authz_server: str | Non
     raw = yaml.safe_load(bundled_dev_config().read_text())
     if kind := authz_server or authz_server_kind():
         raw["authz"] = {"server": kind}
-    names = ["envoy", "envoy_admin", "issuer", "authz", "mock_upstream", "redis", "kafka",
-             "authz_metrics", "consumer_metrics", "shipper_metrics", "admin"]
+    names = ["envoy", "envoy_admin", "issuer", "authz", "authz_metrics", "consumer_metrics", "shipper_metrics", "admin"]
+    local = ["mock_upstream_port", "redis_port", "kafka_port"]
     raw["env_file"] = str(bundled_dev_config().parent / "dev.env")
-    raw["gateway"]["ports"] = dict(zip(names, free_ports(len(names)), strict=True))
+    ports = free_ports(len(names) + len(local))
+    raw["gateway"]["ports"] = dict(zip(names, ports[:len(names)], strict=True))
+    raw["local"] = dict(zip(local, ports[len(names):], strict=True))
     raw["gateway"]["data_dir"] = str(directory / "data")
     raw["gateway"]["max_body_bytes"] = 65536
     # Two test stacks share two cores: a generous Redis deadline keeps fail-closed tests about outages.

@@ -24,6 +24,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from dynaseal.config import DynasealConfig, expand_path
 from dynaseal.keys.mint import SigningKey, mint
 from dynaseal.ledger.quota import counters
+from dynaseal.local_stack import LEGACY_PORTS
 from dynaseal_launcher.probes import http_ok
 from dynaseal_launcher.processes import RunningService, ServiceSpec, Supervisor, tcp_open
 from dynaseal_launcher.stack import tansu_binary
@@ -148,7 +149,7 @@ def pipeline_config(session_config: Path, directory: Path, callback_url: str, ka
     ports = raw["gateway"]["ports"]
     ports["consumer_metrics"], ports["shipper_metrics"] = free_ports(2)
     if kafka_port is not None:
-        ports["kafka"] = kafka_port
+        raw["local"]["kafka_port"] = kafka_port
     raw["gateway"]["data_dir"] = str(directory / "data")
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "pipeline.yaml"
@@ -170,8 +171,10 @@ class Services:
 
     @property
     def ports(self) -> dict[str, int]:
-        """The copy's ports."""
-        return dict(self.cfg["gateway"]["ports"])
+        """The copy's ports (those of `local:` under their old names: kafka, redis, mock_upstream)."""
+        local = self.cfg.get("local") or {}
+        lifted = {old: local[new] for old, new in LEGACY_PORTS.items() if new in local}
+        return {**self.cfg["gateway"]["ports"], **lifted}
 
     def spec(self, name: str) -> ServiceSpec:
         """How to run one of: consumer, shipper, kafka.

@@ -27,7 +27,7 @@ def base(cfg: DynasealConfig, stack: object) -> str:
 
 @pytest.fixture(scope="module")
 def mock(cfg: DynasealConfig, stack: object) -> str:
-    return f"http://127.0.0.1:{cfg.gateway.ports.mock_upstream}"
+    return f"http://127.0.0.1:{cfg.local.mock_upstream_port}"
 
 
 def key(issuer_key: SigningKey, **limits: Any) -> str:

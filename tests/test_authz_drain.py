@@ -65,7 +65,7 @@ def test_sigterm_drains_the_check_in_flight(tmp_path: Path, test_keys: TenantKey
     authz = next(s for s in stack.supervisor.running if s.spec.name == "authz")
     try:
         token = mint(test_keys.acme_ed25519, tenant=OTHER_TENANT, models=["gpt-4o-mini"], max_tokens=5, ttl=60)
-        blocker = redis.Redis(port=cfg.gateway.ports.redis)
+        blocker = redis.Redis(port=cfg.local.redis_port)
         # A 1.5 s script holds the real Redis busy, so the Check still waits on it when SIGTERM comes.
         sleeper = threading.Thread(target=lambda: blocker.eval(BUSY_SCRIPT, 0, 1_500_000))
         sleeper.start()

@@ -185,7 +185,7 @@ def test_garbage_and_unknown_methods_are_errors_and_the_server_lives_on(transpor
 def test_a_passed_deadline_is_deadline_exceeded_and_frees_the_call(transport_stack: LocalStack,
                                                                     test_keys: TenantKeys) -> None:
     key = mint(test_keys.acme_ed25519, tenant=OTHER_TENANT, models=["gpt-4o-mini"], max_tokens=64, ttl=600)
-    blocker = redis.Redis(port=transport_stack.cfg.gateway.ports.redis)
+    blocker = redis.Redis(port=transport_stack.cfg.local.redis_port)
     # Redis held busy for 0.6 s: the Check waits on it past its 0.2 s deadline.
     sleeper = threading.Thread(target=lambda: blocker.eval(BUSY_SCRIPT, 0, 600_000))
     sleeper.start()

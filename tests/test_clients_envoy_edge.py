@@ -88,10 +88,10 @@ def edge(tmp_path_factory: pytest.TempPathFactory, test_keys: TenantKeys) -> Ite
     supervisor = Supervisor(directory / "logs", gw.host)
     with ScriptedAuthz(lambda _check: allow(), port=gw.ports.authz) as authz:
         try:
-            mock = f"http://{gw.host}:{gw.ports.mock_upstream}"
+            mock = f"http://{gw.host}:{cfg.local.mock_upstream_port}"
             supervisor.start(ServiceSpec(
                 "mock-llm", [sys.executable, "-m", "mock_llm", "--host", gw.host,
-                             "--port", str(gw.ports.mock_upstream)],
+                             "--port", str(cfg.local.mock_upstream_port)],
                 mock, lambda: http_ok(f"{mock}/healthz")))
             supervisor.start(ServiceSpec(
                 "envoy", [envoy_config.envoy_binary(), "-c", str(envoy_file), "--disable-hot-restart",

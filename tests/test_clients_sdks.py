@@ -58,7 +58,7 @@ def gw(cfg: DynasealConfig, stack: object) -> str:
 @pytest.fixture(scope="module")
 def mock_url(cfg: DynasealConfig, stack: object) -> str:
     """Base URL of the mock upstream."""
-    return f"http://127.0.0.1:{cfg.gateway.ports.mock_upstream}"
+    return f"http://127.0.0.1:{cfg.local.mock_upstream_port}"
 
 
 @pytest.fixture

@@ -66,7 +66,7 @@ def own_stack(tmp_path_factory: pytest.TempPathFactory, test_keys: TenantKeys,
 @pytest.fixture
 def mock_requests(own_stack: LocalStack) -> Callable[[], list[dict[str, Any]]]:
     """What the provider received since the test started."""
-    url = f"http://127.0.0.1:{own_stack.cfg.gateway.ports.mock_upstream}/_mock/requests"
+    url = f"http://127.0.0.1:{own_stack.cfg.local.mock_upstream_port}/_mock/requests"
     httpx.delete(url, timeout=5)
     return lambda: [r for r in httpx.get(url, timeout=5).json() if r["path"].endswith("/chat/completions")]
 
@@ -331,7 +331,7 @@ def test_every_endpoint_is_refused_before_anything_is_spent(own_stack: LocalStac
     path, body, rule = ENDPOINT_PLACES[place]
     key = mint(test_keys.acme_ed25519, tenant=OTHER_TENANT, models=[body["model"]], max_tokens=64, ttl=600,
                uses=1, rpm=1, budget=20_000)
-    mock = f"http://127.0.0.1:{own_stack.cfg.gateway.ports.mock_upstream}/_mock/requests"
+    mock = f"http://127.0.0.1:{own_stack.cfg.local.mock_upstream_port}/_mock/requests"
     httpx.delete(mock, timeout=5)
     envoy = f"http://127.0.0.1:{own_stack.cfg.gateway.ports.envoy}"
     for _ in range(3):

@@ -37,7 +37,7 @@ def authz_decisions(cfg: DynasealConfig) -> float:
 
 
 def mock_requests(cfg: DynasealConfig) -> list[object]:
-    reply: list[object] = httpx.get(f"http://127.0.0.1:{cfg.gateway.ports.mock_upstream}/_mock/requests").json()
+    reply: list[object] = httpx.get(f"http://127.0.0.1:{cfg.local.mock_upstream_port}/_mock/requests").json()
     return reply
 
 
@@ -47,7 +47,7 @@ def key(issuer_key: SigningKey, **claims: object) -> str:
 
 
 def test_the_preflight_is_answered_by_envoy_alone(cfg: DynasealConfig, gw: str, page: str) -> None:
-    httpx.delete(f"http://127.0.0.1:{cfg.gateway.ports.mock_upstream}/_mock/requests")
+    httpx.delete(f"http://127.0.0.1:{cfg.local.mock_upstream_port}/_mock/requests")
     before = authz_decisions(cfg)
     for origin in (page, "https://app.pages.example"):
         reply = httpx.options(gw, headers={"origin": origin, **PREFLIGHT})

@@ -148,7 +148,7 @@ def _probe_port(service: dict[str, Any]) -> int | None:
 
 def test_compose_ports_match_the_compose_config(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    gw = load_config(COMPOSE_CONFIG).gateway
+    gw, local = load_config(COMPOSE_CONFIG).gateway, load_config(COMPOSE_CONFIG).local
     ports = gw.ports
     assert services["envoy"]["ports"][0].endswith(f":{ports.envoy}")
     assert services["issuer"]["ports"][0].endswith(f":{ports.issuer}")
@@ -157,20 +157,20 @@ def test_compose_ports_match_the_compose_config(compose: dict[str, Any]) -> None
              "admin", "usage-recorder")} == {
         "envoy": ports.envoy_admin, "authz": ports.authz, "issuer": ports.issuer,
         "log-shipper": ports.shipper_metrics, "callback-consumer": ports.consumer_metrics,
-        "mock-llm": ports.mock_upstream, "redis": ports.redis, "kafka": ports.kafka,
+        "mock-llm": local.mock_upstream_port, "redis": local.redis_port, "kafka": local.kafka_port,
         "admin": ports.admin, "usage-recorder": RECORDER_METRICS_PORT}
     assert services["admin"]["ports"] == [f"127.0.0.1:{ports.admin}:{ports.admin}"]
     assert "/healthz" in services["admin"]["healthcheck"]["test"][-1]
     assert services["authz"]["healthcheck"]["test"][-1] == AUTHZ_SERVICE_NAME
-    assert services["mock-llm"]["command"][-2:] == ["--port", str(ports.mock_upstream)]
+    assert services["mock-llm"]["command"][-2:] == ["--port", str(local.mock_upstream_port)]
     kafka_env = services["kafka"]["environment"]
     assert kafka_env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{gw.kafka_bootstrap}"
     assert f"--bootstrap-server {gw.kafka_bootstrap}" in " ".join(services["kafka-init"]["command"])
     env = services["authz"]["environment"]
     assert (env["REDIS_URL"], env["KAFKA_BOOTSTRAP"]) == (gw.redis_url, gw.kafka_bootstrap)
-    assert host_port(gw.redis_url or "") == ("redis", ports.redis)
-    assert host_port(gw.kafka_bootstrap or "") == ("kafka", ports.kafka)
-    assert host_port(gw.upstream.base_url or "") == ("mock-llm", ports.mock_upstream)
+    assert host_port(gw.redis_url or "") == ("redis", local.redis_port)
+    assert host_port(gw.kafka_bootstrap or "") == ("kafka", local.kafka_port)
+    assert host_port(gw.upstream.base_url or "") == ("mock-llm", local.mock_upstream_port)
     callback = load_config(COMPOSE_CONFIG).tenants[0].callback
     assert callback is not None and host_port(callback.url) == ("issuer", ports.issuer)
 

@@ -30,7 +30,7 @@ def gw(cfg: DynasealConfig, stack: object) -> str:
 
 @pytest.fixture(scope="module")
 def mock_url(cfg: DynasealConfig, stack: object) -> str:
-    return f"http://127.0.0.1:{cfg.gateway.ports.mock_upstream}"
+    return f"http://127.0.0.1:{cfg.local.mock_upstream_port}"
 
 
 def bound(issuer_key: SigningKey, holder: HolderKey, **claims: object) -> str:

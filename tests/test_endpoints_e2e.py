@@ -31,7 +31,7 @@ def root(cfg: DynasealConfig, stack: object) -> str:
 @pytest.fixture(scope="module")
 def mock_url(cfg: DynasealConfig, stack: object) -> str:
     """Base URL of the mock upstream."""
-    return f"http://127.0.0.1:{cfg.gateway.ports.mock_upstream}"
+    return f"http://127.0.0.1:{cfg.local.mock_upstream_port}"
 
 
 def key_for(issuer_key: SigningKey, **claims: Any) -> str:

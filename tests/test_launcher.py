@@ -14,6 +14,7 @@ import pytest
 import yaml
 from conftest import TenantKeys, write_test_config
 
+from dynaseal.local_stack import LEGACY_PORTS
 from dynaseal_launcher.processes import port_is_free
 
 pytestmark = pytest.mark.integration
@@ -23,7 +24,8 @@ DYNASEAL = [sys.executable, "-m", "dynaseal_launcher.cli"]
 def own_config(tmp_path: Path, keys: TenantKeys) -> tuple[Path, dict[str, int]]:
     path = write_test_config(tmp_path, keys)
     raw = yaml.safe_load(path.read_text())
-    return path, raw["gateway"]["ports"]
+    # The laptop stack's own ports too, under their old names (redis, mock_upstream, kafka).
+    return path, {**raw["gateway"]["ports"], **{old: raw["local"][new] for old, new in LEGACY_PORTS.items()}}
 
 
 def test_taken_port_is_one_clear_line(tmp_path: Path, test_keys: TenantKeys) -> None:

@@ -42,6 +42,7 @@ def gateway_config(session_config: Path, directory: Path, redis_url: str, bootst
                    callback_url: str, hook_env: str) -> Path:
     """The session config for one gateway set: own ports and data dir, shared Redis Cluster and broker."""
     raw = yaml.safe_load(session_config.read_text())
+    raw.pop("local", None)  # every port anew, the laptop stack's in their old spelling under gateway.ports
     raw["gateway"]["ports"] = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
     raw["gateway"]["data_dir"] = str(directory / "data")
     raw["gateway"]["redis_url"] = redis_url

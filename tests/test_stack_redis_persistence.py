@@ -31,7 +31,7 @@ FSYNC_WINDOW_S = 1.0
 def stack_redis_spec(session_config: Path, directory: Path) -> ServiceSpec:
     """The Redis spec exactly as `dynaseal up` builds it, for a config of its own (port, data_dir)."""
     raw = yaml.safe_load(session_config.read_text())
-    raw["gateway"]["ports"]["redis"] = free_ports(1)[0]
+    raw["local"]["redis_port"] = free_ports(1)[0]
     raw["gateway"]["data_dir"] = str(directory / "data")
     raw["gateway"]["redis_url"] = None
     path = directory / "dynaseal.yaml"

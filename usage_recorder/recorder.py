@@ -19,6 +19,7 @@ from kafka.structs import OffsetAndMetadata
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from dynaseal.backoff import Backoff
 from dynaseal.pb import UsageEvent
 from dynaseal.usage import kafka_io
 from dynaseal.usage_store.recording import record
@@ -27,7 +28,8 @@ from usage_recorder import metrics
 log = logging.getLogger("usage_recorder")
 DEFAULT_GROUP_ID = "dynaseal-usage-store"
 POLL_MS = 200
-RETRY_S = 1.0
+# Broker or store away: read again from the last commit after 0.25 s, doubling up to 2 s, full jitter.
+RETRY_BACKOFF = Backoff(0.25, 2.0)
 
 
 def decode(records: list[ConsumerRecord]) -> list[UsageEvent]:
@@ -61,6 +63,7 @@ class Recorder:
 
     def run(self) -> None:
         """Consume until stopped, starting again from the last commit after any failure."""
+        retries = RETRY_BACKOFF.retries()
         while not self.stopping.is_set():
             if not kafka_io.wait_for_topics(self.bootstrap, self.stopping):
                 return
@@ -70,15 +73,16 @@ class Recorder:
                                                  session_timeout_ms=self.session_timeout_ms,
                                                  heartbeat_interval_ms=self.heartbeat_interval_ms)
                 consumer.subscribe([kafka_io.USAGE_TOPIC])
+                retries.reset()  # the broker answered: a later failure starts from the shortest wait
                 self._consume(consumer)
             except KafkaError as exc:
                 log.warning("broker error; reading again from the last commit", extra={"error": str(exc)})
-                self.stopping.wait(RETRY_S)
+                self.stopping.wait(retries.next_delay())
             except SQLAlchemyError as exc:
                 metrics.STORE_ERRORS.inc()
                 log.warning("usage store error; reading again from the last commit",
                             extra={"error": type(exc).__name__})
-                self.stopping.wait(RETRY_S)
+                self.stopping.wait(retries.next_delay())
             finally:
                 kafka_io.close_quietly(consumer)
 

@@ -24,7 +24,7 @@ GATEWAY_LUA_KEYS = ("AUTHZ", "ROUTE", "CONTENT", "BODY_PREFIX", "STRIP_USAGE", "
 def upstream_of(cfg: DynasealConfig) -> upstream_clusters.Endpoint:
     """The configured upstream, or the bundled mock on its local port."""
     gw = cfg.gateway
-    return upstream_clusters.split_base_url(gw.upstream.base_url or f"http://{gw.host}:{gw.ports.mock_upstream}/v1")
+    return upstream_clusters.split_base_url(gw.upstream.base_url or cfg.local.mock_upstream_url(gw.host))
 
 
 def _tls_block(upstream: upstream_clusters.Endpoint, ca_file: str) -> str:

@@ -28,13 +28,13 @@ class Resolved:
 def resolve_redis(cfg: DynasealConfig, env: Mapping[str, str] | None = None) -> Resolved:
     """$REDIS_URL, else gateway.redis_url, else the local Redis that `dynaseal up` starts."""
     explicit = (config_environment(cfg) if env is None else env).get(REDIS_URL_ENV) or cfg.gateway.redis_url
-    return Resolved(explicit or f"redis://{cfg.gateway.host}:{cfg.gateway.ports.redis}/0", bool(explicit))
+    return Resolved(explicit or cfg.local.redis_url(cfg.gateway.host), bool(explicit))
 
 
 def resolve_kafka(cfg: DynasealConfig, env: Mapping[str, str] | None = None) -> Resolved:
-    """$KAFKA_BOOTSTRAP, else gateway.kafka_bootstrap, else the local broker on ports.kafka."""
+    """$KAFKA_BOOTSTRAP, else gateway.kafka_bootstrap, else the local broker on local.kafka_port."""
     explicit = (config_environment(cfg) if env is None else env).get(KAFKA_BOOTSTRAP_ENV) or cfg.gateway.kafka_bootstrap
-    return Resolved(explicit or f"{cfg.gateway.host}:{cfg.gateway.ports.kafka}", bool(explicit))
+    return Resolved(explicit or cfg.local.kafka_bootstrap(cfg.gateway.host), bool(explicit))
 
 
 def redis_url(cfg: DynasealConfig) -> str:

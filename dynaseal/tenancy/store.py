@@ -17,6 +17,7 @@ from sqlalchemy import BigInteger, Boolean, Engine, Float, Integer, String, Text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from dynaseal.backoff import Backoff
 from dynaseal.config import DynasealConfig, admin_database_url, expand_path
 
 PURPOSE_SEED = "seed"
@@ -24,6 +25,8 @@ PURPOSE_CALLBACK = "callback"
 # Seed-format secrets of one tenant that verify without an end set: each is tried on a kid-less key, so
 # the oldest beyond this many stop verifying when a new one is added.
 MAX_OPEN_SEED_SECRETS = 8
+# The losers of a create race try again after up to 0.2 s, then 0.4 s (jitter: they do not collide again).
+CREATE_RACE_BACKOFF = Backoff(0.2, 0.4)
 
 
 class Base(DeclarativeBase):
@@ -145,7 +148,7 @@ class TenantStore:
             except (IntegrityError, OperationalError):
                 if attempt == 2:
                     raise
-                time.sleep(0.2)
+                time.sleep(CREATE_RACE_BACKOFF.delay(attempt + 1))
 
     def generation(self) -> int:
         """The current generation (one cheap read: what every service polls)."""

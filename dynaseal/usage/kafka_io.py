@@ -19,6 +19,8 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from dynaseal.backoff import Backoff
+
 log = logging.getLogger("dynaseal.kafka")
 
 USAGE_TOPIC = "dynaseal.usage.v1"
@@ -34,6 +36,8 @@ USAGE_PARTITIONS_ENV = "DYNASEAL_USAGE_PARTITIONS"
 DEFAULT_USAGE_PARTITIONS = 6
 TOPIC_PARTITIONS = {USAGE_TOPIC: DEFAULT_USAGE_PARTITIONS, DLQ_TOPIC: 1}
 
+# A broker away: consumers connect and poll again from 0.25 s, doubling up to 1 s, full jitter.
+BROKER_BACKOFF = Backoff(0.25, 1.0)
 
 def topic_partitions() -> dict[str, int]:
     """Partition counts of the topics to create: $DYNASEAL_USAGE_PARTITIONS for the usage topic, else 6."""
@@ -72,7 +76,12 @@ def ensure_topics(bootstrap: str, partitions: dict[str, int] | None = None) -> l
 
 
 def wait_for_topics(bootstrap: str, stopping: threading.Event | None = None, retry_s: float = 1.0) -> bool:
-    """`ensure_topics` until it succeeds (the broker may still be starting); False if stopped first."""
+    """`ensure_topics` until it succeeds (the broker may still be starting); False if stopped first.
+
+    Waits grow from a quarter of `retry_s` up to `retry_s`, full jitter: services started together
+    do not knock on the broker in step.
+    """
+    retries = Backoff(retry_s / 4, retry_s).retries()
     while stopping is None or not stopping.is_set():
         try:
             ensure_topics(bootstrap)
@@ -80,9 +89,9 @@ def wait_for_topics(bootstrap: str, stopping: threading.Event | None = None, ret
         except KafkaError as exc:
             log.warning("broker not reachable; retrying topic creation", extra={"error": str(exc)})
             if stopping is None:
-                time.sleep(retry_s)
+                time.sleep(retries.next_delay())
             else:
-                stopping.wait(retry_s)
+                stopping.wait(retries.next_delay())
     return False
 
 
