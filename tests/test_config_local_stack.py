@@ -44,7 +44,7 @@ def test_the_old_spelling_loads_to_the_same_values(tmp_path: Path) -> None:
     new["gateway"]["ports"] = {"envoy": 18000, "authz": 19191}
     new["local"] = {"mock_upstream_port": 18100, "redis_port": 16379, "kafka_port": 19092}
     old = dev_raw(tmp_path)
-    del old["local"]
+    old.pop("local", None)
     old["gateway"]["ports"] = {"envoy": 18000, "authz": 19191, "mock_upstream": 18100, "redis": 16379,
                                "kafka": 19092}
     from_new, from_old = load_config(write(tmp_path, new, "new.yaml")), load_config(write(tmp_path, old, "old.yaml"))
@@ -57,7 +57,7 @@ def test_the_old_spelling_loads_to_the_same_values(tmp_path: Path) -> None:
 def test_the_local_ports_make_the_default_urls(tmp_path: Path) -> None:
     raw = dev_raw(tmp_path)
     raw["gateway"]["ports"] = {"redis": 16380, "kafka": 19093, "mock_upstream": 18101}  # old spelling, mixed
-    del raw["local"]
+    raw.pop("local", None)
     cfg = load_config(write(tmp_path, raw))
     assert resolve_redis(cfg, NO_URLS).value == "redis://127.0.0.1:16380/0"
     assert resolve_kafka(cfg, NO_URLS).value == "127.0.0.1:19093"
