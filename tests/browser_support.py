@@ -4,10 +4,15 @@ or DYNASEAL_INSTALL_BROWSER=1, as root); otherwise the tests skip with the reaso
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -37,3 +42,18 @@ def artifacts_dir() -> Path:
     path = Path(base) if base else Path(__file__).resolve().parent.parent / ".dynaseal" / "artifacts" / "browser"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def launched_chromium() -> Iterator[Any]:
+    """Debian's Chromium under Playwright, headless, closed after; skips the test where it cannot run."""
+    executable, reason = chromium_or_reason()
+    if executable is None:
+        pytest.skip(reason)
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(executable), args=ARGS, headless=True)
+        try:
+            yield launched
+        finally:
+            launched.close()

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from browser_support import ARGS, artifacts_dir, chromium_or_reason
+from browser_support import artifacts_dir, launched_chromium
 
 from dynaseal.config import DynasealConfig
 
@@ -22,13 +22,8 @@ TIMEOUT_MS = 60_000
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    executable, reason = chromium_or_reason()
-    if executable is None:
-        pytest.skip(reason)
-    with playwright_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(executable), args=ARGS, headless=True)
+    with launched_chromium() as launched:
         yield launched
-        launched.close()
 
 
 @pytest.fixture

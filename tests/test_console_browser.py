@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 import uvicorn
-from browser_support import ARGS, artifacts_dir, chromium_or_reason
+from browser_support import artifacts_dir, launched_chromium
 from conftest import DEMO_TENANT, free_ports
 from pipeline_harness import complete, new_key, wait_until
 from pydantic import SecretStr
@@ -66,13 +66,8 @@ def wait_until_ok(url: str) -> bool:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    executable, reason = chromium_or_reason()
-    if executable is None:
-        pytest.skip(reason)
-    with playwright_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(executable), args=ARGS, headless=True)
+    with launched_chromium() as launched:
         yield launched
-        launched.close()
 
 
 @pytest.fixture
