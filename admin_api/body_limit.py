@@ -17,6 +17,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 SEED_PREFIX, SEED_MAX_BYTES = "/api/v1/", 16 * 1024
 # A tenant document with content rules and prices, with room to spare.
 MAX_BYTES = 1024 * 1024
+# A refused body up to this size is read (and dropped) before the 413: answering while the proxy in front
+# is still sending makes the close a reset, which Envoy reports as its own 503 instead of our 413.
+DRAIN_MAX_BYTES = 4 * 1024 * 1024
 
 
 class BodyLimit:
@@ -35,6 +38,8 @@ class BodyLimit:
         ceiling = self.seed_max_bytes if str(scope.get("path", "")).startswith(SEED_PREFIX) else self.max_bytes
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > ceiling):
+            if declared.isdigit() and int(declared) <= DRAIN_MAX_BYTES:
+                await _drain(receive)
             await _too_large(send, ceiling)
             return
         received = 0
@@ -50,6 +55,14 @@ class BodyLimit:
             return message
 
         await self.app(scope, counted, send)
+
+
+async def _drain(receive: Receive) -> None:
+    """Read a refused body to its end without keeping it (bounded by its declared length)."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
 
 
 async def _too_large(send: Send, ceiling: int) -> None:
