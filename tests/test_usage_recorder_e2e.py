@@ -109,14 +109,14 @@ class RecorderProcess:
     def __init__(self, rig: ConsumerRig, directory: Path) -> None:
         self.rig = rig
         self.url = f"sqlite:///{directory / 'usage.db'}"
-        self.port = free_ports(1)[0]
         self.supervisor = Supervisor(directory / "logs", "127.0.0.1")
         self.running: RunningService | None = None
         self.group_id = f"usage-{uuid.uuid4().hex[:8]}"
 
     def start(self) -> None:
-        """Start and wait until it serves metrics."""
-        port = self.port
+        """Start and wait until it serves metrics (on a port free now: a port held before a kill may have been
+        taken since, by any process's outgoing connection)."""
+        port = free_ports(1)[0]
         self.running = self.supervisor.start(ServiceSpec(
             "usage-recorder", [sys.executable, "-m", "usage_recorder", "--config", str(self.rig.config_path),
                                "--database-url", self.url, "--metrics-port", str(port), "--group-id", self.group_id,
