@@ -277,15 +277,9 @@ class CallbackConsumer:
         if self.parked_replay is not None:
             self.parked_replay.start()
         consumer = self._connect()
-        retries = kafka_io.BROKER_BACKOFF.retries()
         try:
-            while consumer is not None and not self.stopping.is_set():
-                try:
-                    self._poll_once(consumer)
-                    retries.reset()
-                except KafkaError as exc:
-                    log.warning("poll failed; retrying", extra={"error": str(exc)})
-                    self.stopping.wait(retries.next_delay())
+            if consumer is not None:
+                kafka_io.poll_until_stopped(consumer, self._poll_once, self.stopping, "poll", log)
         finally:
             self._shutdown(consumer)
 

@@ -105,15 +105,9 @@ class ParkedReplay:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         consumer = self._connect()
-        retries = kafka_io.BROKER_BACKOFF.retries()
         try:
-            while consumer is not None and not self.stopping.is_set():
-                try:
-                    self._poll_once(consumer)
-                    retries.reset()
-                except KafkaError as exc:
-                    log.warning("parked replay poll failed; retrying", extra={"error": str(exc)})
-                    self.stopping.wait(retries.next_delay())
+            if consumer is not None:
+                kafka_io.poll_until_stopped(consumer, self._poll_once, self.stopping, "parked replay poll", log)
         finally:
             kafka_io.close_quietly(consumer, timeout_s=2)
             self._loop.run_until_complete(self._deliverer.aclose())

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -146,6 +146,20 @@ def new_consumer(bootstrap: str, group_id: str, client_id: str, **overrides: obj
     }
     settings.update(overrides)
     return KafkaConsumer(**settings)
+
+
+def poll_until_stopped(consumer: KafkaConsumer, poll_once: Callable[[KafkaConsumer], object],
+                       stopping: threading.Event, what: str, logger: logging.Logger = log) -> None:
+    """Call `poll_once(consumer)` until `stopping` is set; a broker error waits BROKER_BACKOFF's next
+    delay (reset by a poll that succeeds) and tries again."""
+    retries = BROKER_BACKOFF.retries()
+    while not stopping.is_set():
+        try:
+            poll_once(consumer)
+            retries.reset()
+        except KafkaError as exc:
+            logger.warning(f"{what} failed; retrying", extra={"error": str(exc)})
+            stopping.wait(retries.next_delay())
 
 
 def close_quietly(client: KafkaProducer | KafkaConsumer | None, timeout_s: float = 2.0) -> None:
