@@ -26,6 +26,7 @@ from dynaseal.tenant_config import CallbackConfig
 HANDLER_S = 10.0  # the seed backend's callback handler
 PER_TENANT = 3
 BACKLOG = 6  # events one tenant may hold waiting
+GATE_LIMIT_S = 20.0  # longest a gated handler holds its answer (below the 30 s default timeout)
 
 
 def test_default_callback_timeout_covers_a_ten_second_handler() -> None:
@@ -33,14 +34,38 @@ def test_default_callback_timeout_covers_a_ten_second_handler() -> None:
     assert default >= 2 * HANDLER_S  # room for a handler of 10 s on a loaded machine
 
 
-def slow_handler(delay_s: float, arrivals: list[str]) -> Callable[[dict[str, Any], int], int]:
-    """A receiver behaviour: note the arrival, work `delay_s`, then answer 200."""
+def slow_handler(delay_s: float, arrivals: list[str], gate: threading.Event) -> Callable[[dict[str, Any], int], int]:
+    """A receiver behaviour: note the arrival, work `delay_s`, then answer 200 once `gate` is open too.
+
+    The gate keeps the test causal on a loaded machine: the backend is still busy whenever the test
+    looks, however long the other tenant's callbacks took. It is bounded below the default callback
+    timeout (`GATE_LIMIT_S` in all), so it cannot itself cause a resend.
+    """
     lock = threading.Lock()
 
     def behaviour(payload: dict[str, Any], attempt: int) -> int:
         with lock:
             arrivals.append(str(payload["request_id"]))
         time.sleep(delay_s)
+        gate.wait(GATE_LIMIT_S - delay_s)
+        return 200
+    return behaviour
+
+
+def gated_handler(gate: threading.Event, arrivals: list[str]) -> Callable[[dict[str, Any], int], int]:
+    """A receiver behaviour: note the arrival, hold the answer until `gate` opens, then answer 200.
+
+    Causal rather than timed: the backend stays busy for as long as the test needs to see the
+    backlog, however slowly a loaded machine produces the events (a fixed 3 s handler freed its
+    slots before the last events arrived, so the backlog never filled). The wait is bounded below
+    the default callback timeout, so a test that never opens the gate still cannot cause a resend.
+    """
+    lock = threading.Lock()
+
+    def behaviour(payload: dict[str, Any], attempt: int) -> int:
+        with lock:
+            arrivals.append(str(payload["request_id"]))
+        gate.wait(GATE_LIMIT_S)
         return 200
     return behaviour
 
@@ -62,17 +87,20 @@ def test_slow_backend_gets_each_callback_once_and_the_fast_tenant_is_not_delayed
     slow, fast = rig.receivers[SLOW], rig.receivers[FAST]
     slow_jti, fast_jti = f"slow-{uuid.uuid4().hex[:8]}", f"fast-{uuid.uuid4().hex[:8]}"
     arrivals: list[str] = []
-    slow.behaviours[slow_jti] = slow_handler(HANDLER_S, arrivals)
+    gate = threading.Event()
+    slow.behaviours[slow_jti] = slow_handler(HANDLER_S, arrivals, gate)
 
     slow_ids = rig.produce(SLOW, slow_jti, 5)
     wait_until(lambda: len(arrivals) == PER_TENANT, 30, "the slow tenant's slots to fill")
-    assert rig.metric("dynaseal_consumer_in_flight") == 5  # 3 at the backend, 2 waiting for a slot
+    # 3 at the backend, 2 waiting for a slot (waited for: the broker may hand the last events over late).
+    wait_until(lambda: rig.metric("dynaseal_consumer_in_flight") == 5, 10, "five callbacks in flight")
 
     fast_ids = rig.produce(FAST, fast_jti, 5)
     wait_until(lambda: len(fast.delivered(fast_jti)) == 5, 30, "the fast tenant's callbacks")
     # Causal, not a stopwatch: the fast tenant finished while the slow backend still held its first
     # callbacks and the rest waited for the slow tenant's slots.
     assert not slow.delivered(slow_jti) and len(arrivals) == PER_TENANT
+    gate.set()
 
     wait_until(lambda: len(slow.delivered(slow_jti)) == 5, 60, "every slow callback")
     assert set(slow.delivered(slow_jti)) == set(slow_ids) and set(fast.delivered(fast_jti)) == set(fast_ids)
@@ -114,7 +142,8 @@ def test_a_tenant_past_its_backlog_waits_in_kafka_and_the_others_flow(rig: Consu
     slow_jti = f"flood-{uuid.uuid4().hex[:8]}"
     fast_jti = _jti_apart("fast", _partition(slow_jti))
     arrivals: list[str] = []
-    slow.behaviours[slow_jti] = slow_handler(3.0, arrivals)
+    gate = threading.Event()
+    slow.behaviours[slow_jti] = gated_handler(gate, arrivals)
     dlq_before = len(rig.dlq())
     slow_ids = rig.produce(SLOW, slow_jti, BACKLOG + 4)
     # Slow is not dead: the events past the backlog queue and their partition pauses; none is shed.
@@ -122,7 +151,8 @@ def test_a_tenant_past_its_backlog_waits_in_kafka_and_the_others_flow(rig: Consu
     wait_until(lambda: rig.metric("dynaseal_consumer_paused_partitions") == 1, 10, "the slow key's partition paused")
     fast_ids = rig.produce(FAST, fast_jti, 3)
     wait_until(lambda: len(fast.delivered(fast_jti)) == 3, 30, "the fast tenant's callbacks")
-    assert len(slow.delivered(slow_jti)) < len(slow_ids)  # the fast tenant did not wait for the slow one
+    assert not slow.delivered(slow_jti)  # the fast tenant did not wait for the slow one
+    gate.set()
     wait_until(lambda: len(slow.delivered(slow_jti)) == len(slow_ids), 60, "every slow callback")
     assert set(slow.delivered(slow_jti)) == set(slow_ids) and set(fast.delivered(fast_jti)) == set(fast_ids)
     assert len(rig.dlq()) == dlq_before and not rig.dlq(slow_jti)
