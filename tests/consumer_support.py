@@ -22,6 +22,8 @@ from kafka import KafkaConsumer, TopicPartition
 from pipeline_harness import REPO, Receiver
 from prometheus_client.parser import text_string_to_metric_families
 
+from dynaseal.ledger import redis_keys
+from dynaseal.ledger.redis_connect import sync_client
 from dynaseal.pb import UsageEvent
 from dynaseal.usage import kafka_io
 from dynaseal_launcher.probes import http_ok
@@ -47,6 +49,7 @@ class ConsumerRig:
         self.bootstrap = f"127.0.0.1:{kafka}"
         self.metrics_url = f"http://127.0.0.1:{metrics}/metrics"
         self.consumer_args = consumer_args or []
+        self.redis_url = redis_url
         suffix = uuid.uuid4().hex[:8].upper()
         tenants: list[dict[str, Any]] = []
         for tenant, receiver in self.receivers.items():
@@ -69,8 +72,26 @@ class ConsumerRig:
         self.group_id = f"test-{uuid.uuid4().hex[:8]}"
         self._producer: Any = None
 
+    def forget_callback_state(self) -> None:
+        """Drop what an earlier rig left in the shared test Redis for these two tenant ids.
+
+        The group's callback state lives in Redis per tenant (parked counters, callback leases): a
+        consumer killed by an earlier test of the same worker can leave a tenant parked or its slots
+        leased, and this rig's consumer would then park or wait where the test expects a backlog.
+        """
+        client = sync_client(self.redis_url, timeout_s=5.0)
+        try:
+            for tenant in (SLOW, FAST):
+                tag = redis_keys.tenant_tag(tenant)[1:-1]
+                stale = list(client.scan_iter(match=f"{redis_keys.PREFIX}:{{cb:{tag}}}:*"))
+                if stale:
+                    client.delete(*stale)
+        finally:
+            client.close()
+
     def start(self) -> None:
         """Receivers, broker, consumer; returns once the consumer serves metrics."""
+        self.forget_callback_state()
         for receiver in self.receivers.values():
             receiver.__enter__()
         port = int(self.bootstrap.rsplit(":", 1)[1])
