@@ -13,16 +13,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from callback_consumer import metrics
 from callback_consumer.jobs import Job, Outcome, Sender
 from dynaseal.ledger.quota import MoneySettlement, mark_thresholds
 from dynaseal.money.budget_thresholds import Crossing, basis_points, threshold_body, threshold_webhook_id
-from dynaseal.money.pricing import Price, TokenUsage
+from dynaseal.money.pricing import TokenUsage
 from dynaseal.pb import UsageEvent
 from dynaseal.runtime.views import CallbackTarget
 from dynaseal.usage.events import RESERVED, UPSTREAM
+from dynaseal.usage.price_message import from_message
 
 log = logging.getLogger("callback_consumer.money")
 # DLQ headers of a dead-lettered threshold callback (the record's value is the event that reported it).
@@ -36,15 +37,6 @@ def money_settlement(event: UsageEvent, tenant: CallbackTarget | None) -> MoneyS
     return MoneySettlement(cost_micros=event.cost_micros if priced else None,
                            budget_tokens=event.budget_tokens or None, budget_cost=event.budget_cost_micros or None,
                            thresholds=basis_points(thresholds))
-
-
-def _price(event: UsageEvent) -> Price | None:
-    p = event.price
-    try:
-        return Price(p.currency, Decimal(p.input), Decimal(p.cached_input), Decimal(p.output), Decimal(p.reasoning),
-                     Decimal(p.cache_write) if p.cache_write else None)
-    except InvalidOperation:
-        return None
 
 
 def record_money(event: UsageEvent) -> None:
@@ -61,7 +53,7 @@ def record_money(event: UsageEvent) -> None:
         if event.unpriced and event.usage_source != "none":
             metrics.UNPRICED.labels(*labels).inc()
         return
-    price = _price(event) if event.HasField("price") else None
+    price = from_message(event.price) if event.HasField("price") else None
     if event.usage_source == UPSTREAM and price is not None:
         for line, cost in price.line_costs(usage).items():
             # Prometheus samples are floats: the exact amount is in the callback, this is for dashboards.

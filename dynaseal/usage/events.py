@@ -42,9 +42,9 @@ import orjson
 from dynaseal.contracts.usage_record import copied_fields, log_count
 from dynaseal.money.pricing import Price, TokenUsage, format_amount, from_micros, to_micros
 from dynaseal.pb import UsageEvent
-from dynaseal.pb.usage_event_pb2 import Price as PriceMessage
 from dynaseal.usage.blocked import blocked_event
 from dynaseal.usage.endpoint_content import event_text, json_answer
+from dynaseal.usage.price_message import to_message
 
 UPSTREAM, RESERVED, NONE = "upstream", "reserved", "none"
 # Endpoints that generate nothing (authz reserved nothing for them): no usage event.
@@ -210,10 +210,7 @@ def _add_money(event: UsageEvent, record: dict[str, Any]) -> None:
     if price is None:
         event.unpriced = True
         return
-    event.price.CopyFrom(PriceMessage(currency=price.currency, input=format_amount(price.input),
-                                      cached_input=format_amount(price.cached_input),
-                                      output=format_amount(price.output), reasoning=format_amount(price.reasoning),
-                                      cache_write=format_amount(price.cache_write_rate)))
+    event.price.CopyFrom(to_message(price))
     event.currency = price.currency
     event.reserved_cost_micros = _count(record.get("reserved_cost")) or 0
     if event.usage_source == UPSTREAM:
