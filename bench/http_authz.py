@@ -1,6 +1,6 @@
 """What the ext_authz call costs on each transport: gRPC (the product's) against HTTP/1.1, null servers.
 
-`python -m bench.http_authz [--seconds 8] [--rounds 3] [--upstream mock|direct]`: one stack — the
+`python -m bench.http_authz [--seconds 8] [--rounds 3] [--upstream mock|direct] [--pace-ms N]`: one stack — the
 mock LLM, one Envoy (`bench.http_authz_envoy`: a listener per variant, otherwise identical) and a
 null authz server per transport, each allowing every request with one header for upstream:
 
@@ -149,10 +149,20 @@ class Measured:
         return self.run.cpu_us_per_request(self.variant.authz) if self.variant.authz else 0.0
 
 
+def paced_script(directory: Path, token: str, pace_ms: int) -> Path:
+    """The bench request's wrk script; with `pace_ms` each connection waits that long before its next request,
+    so every variant runs at about the same rate (connections ÷ (pace + latency)) instead of its maximum."""
+    script = wrk.write_script(directory, BODY, token)
+    if pace_ms > 0:
+        with script.open("a") as f:
+            f.write(f"\ndelay = function() return {pace_ms} end\n")
+    return script
+
+
 def measure_rounds(stack: HttpAuthzStack, rounds: int, seconds: float, connections: int,
-                   warmup_s: float) -> list[Measured]:
+                   warmup_s: float, pace_ms: int = 0) -> list[Measured]:
     """Every variant once per round, the order rotated by one each round."""
-    script = wrk.write_script(stack.directory, BODY, stack.keys.token)
+    script = paced_script(stack.directory, stack.keys.token, pace_ms)
     out = []
     for n in range(rounds):
         order = stack.variants[n % len(stack.variants):] + stack.variants[:n % len(stack.variants)]
@@ -257,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--upstream", choices=("mock", "direct"), default="mock",
                         help="the mock LLM (default) or Envoy's direct_response (Envoy and authz alone)")
+    parser.add_argument("--pace-ms", type=int, default=0,
+                        help="each wrk connection waits this long between requests: about the same rate for every "
+                             "variant (CPU per request falls as the rate rises), instead of each one's maximum")
     parser.add_argument("--only", default=",".join(v.label for v in VARIANTS),
                         help="comma-separated variant labels (default: all)")
     parser.add_argument("--record", action="store_true", help="append the tables to bench/RESULTS.md")
@@ -266,10 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     with HttpAuthzStack(directory, direct=args.upstream == "direct", variants=chosen) as stack:
         for v in chosen:
             check(stack, v)
-        measured = measure_rounds(stack, args.rounds, args.seconds, args.connections, args.warmup)
+        measured = measure_rounds(stack, args.rounds, args.seconds, args.connections, args.warmup, args.pace_ms)
     uptime = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
     command = (f"python -m bench.http_authz --seconds {args.seconds:g} --rounds {args.rounds} "
-               f"--upstream {args.upstream} --only {args.only}")
+               f"--upstream {args.upstream} --pace-ms {args.pace_ms} --only {args.only}")
     lines = [*results.header(command, f"wrk -t2 -c{args.connections} {args.seconds:g} s after {args.warmup:g} s; "
                              f"Envoy --concurrency 1; `uptime` at the end: {uptime}"),
              "### ext_authz over gRPC vs HTTP/1.1, null servers (CPU µs per request)", "", *report(measured)]
