@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -108,11 +106,10 @@ def test_a_request_after_an_answered_one_that_asked_to_close_is_not_read() -> No
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[HttpAuthzStack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpAuthzStack]:
     """Envoy with U, H (the raw server) and Gn (pygrpc-native), answering with direct_response."""
     chosen = tuple(v for v in VARIANTS if v.label in ("U", "H", "Gn"))
-    with HttpAuthzStack(Path(tempfile.mkdtemp(prefix="dynaseal-httpauthz-test-")), direct=True,
-                        variants=chosen) as running:
+    with HttpAuthzStack(tmp_path_factory.mktemp("httpauthz"), direct=True, variants=chosen) as running:
         yield running
 
 

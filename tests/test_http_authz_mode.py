@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -91,14 +90,14 @@ class Seen:
 
 
 @pytest.fixture(scope="module")
-def seen() -> Iterator[Seen]:
+def seen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seen]:
     """Each scripted answer once through a real Envoy; Envoy stopped (its log flushed) before the asserts."""
     listener, authz, admin = free_ports(3)
     loop = asyncio.new_event_loop()
     server = loop.run_until_complete(loop.create_server(Scripted, HOST, authz))
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    directory = Path(tempfile.mkdtemp(prefix="dynaseal-httpmode-"))
+    directory = tmp_path_factory.mktemp("httpmode")
     access_log = directory / "access.log"
     config = directory / "envoy.yaml"
     config.write_text(envoy_yaml(listener, authz, admin, access_log))
