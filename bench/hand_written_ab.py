@@ -1,0 +1,359 @@
+"""`python -m bench.hand_written_ab [--only NAME] [--rounds N]`: each hand-written hot-path piece beside the
+library it stands in for, in one process, rounds interleaved.
+
+Every case runs its variants in turn, once per round (the order rotates from round to round, so a busy
+moment of the machine hits all alike), and reports CPU µs per operation (`time.process_time`, this process
+only: the Redis server and the HTTP receiver run apart) and, per round, each variant's ratio to the first
+one, the project's piece. Cases:
+- `request_id`: the gateway request id (`dynaseal.policy.request_ids`) vs `uuid.uuid4` and `uuid_utils.uuid4`;
+- `strict_json`: `dynaseal.jsonsafe.loads_strict` on the bench body vs `json.loads` and `orjson.loads`
+  (what refusing duplicate keys, NaN and lone surrogates costs);
+- `redis_admit`: authz's decision with its Redis admission on the pipelined client
+  (`dynaseal.ledger.redis_pipeline`) vs redis-py's asyncio client (the pool `RedisQuota.from_url` gives it),
+  one and 16 at a time, against a real Redis;
+- `callback_post`: the consumer's callback POST (`callback_consumer.http_client`) vs httpx's and aiohttp's
+  async clients, keep-alive, one and 16 at a time, against `bench.post_receiver` in its own process;
+- `dpop_proof`: a DPoP proof's check (`dynaseal.keys.dpop.verify_proof`) vs PyJWT's `jwt.decode` with the
+  proof's own key and the same request checks.
+`--record` appends the table to bench/RESULTS.md with the command, commit and load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvloop
+
+from bench.authz_stages import median_async_us, median_us
+from bench.fixture import BODY, PROVIDER_KEY, PROVIDER_KEY_ENV, make_keys, write_config
+from bench.harness import HOST, free_ports
+from bench.results import RESULTS, git_commit, machine
+
+Measure = Callable[[], float]  # one batch of the variant: CPU µs per operation
+
+
+@dataclass
+class Variant:
+    """One way of doing the case's operation, and its samples (one per round)."""
+
+    name: str
+    measure: Measure
+    against: int = 0  # the index of the variant its ratio is taken to (the project's piece, same load)
+    samples: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Case:
+    """A piece of the project and the libraries it is compared with (the project's piece first)."""
+
+    title: str
+    variants: list[Variant]
+
+
+def interleave(variants: list[Variant], rounds: int) -> None:
+    """Run every variant once per round, the order rotated each round."""
+    for n in range(rounds):
+        for variant in variants[n % len(variants):] + variants[:n % len(variants)]:
+            variant.samples.append(variant.measure())
+
+
+def table(case: Case) -> list[str]:
+    """Median µs/op per variant and the median of its per-round ratios to the variant it is compared with."""
+    lines = [f"**{case.title}**", "",
+             "| variant | CPU µs/op (median) | rounds (µs/op) | ÷ the project's, median of rounds |",
+             "|---|---:|---|---:|"]
+    for v in case.variants:
+        base = case.variants[v.against]
+        ratio = statistics.median(s / b for s, b in zip(v.samples, base.samples, strict=True))
+        rounds = ", ".join(f"{s:.2f}" if s < 10 else f"{s:.1f}" for s in v.samples)
+        lines.append(f"| {v.name} | {statistics.median(v.samples):.2f} | {rounds} | {ratio:.2f} |")
+    return [*lines, ""]
+
+
+def request_id_case(rounds: int, ops: int) -> Case:
+    """The gateway's request id against the libraries that mint UUID4 text."""
+    import uuid_utils
+
+    from dynaseal.policy.request_ids import new_request_id
+
+    variants = [Variant("dynaseal `new_request_id`", lambda: median_us(new_request_id, ops, 1)),
+                Variant("`str(uuid.uuid4())` (stdlib)", lambda: median_us(lambda: str(uuid.uuid4()), ops, 1)),
+                Variant("`str(uuid_utils.uuid4())`", lambda: median_us(lambda: str(uuid_utils.uuid4()), ops, 1))]
+    interleave(variants, rounds)
+    return Case("request id: one UUID4 as text (`dynaseal/policy/request_ids.py`)", variants)
+
+
+def strict_json_case(rounds: int, ops: int) -> Case:
+    """The strict parse of a request body against the plain parsers (which accept duplicates)."""
+    from dynaseal.jsonsafe import loads_strict
+
+    variants = [Variant("`loads_strict` (duplicates, NaN, lone surrogates refused)",
+                        lambda: median_us(lambda: loads_strict(BODY), ops, 1)),
+                Variant("`json.loads` (stdlib, last duplicate wins)",
+                        lambda: median_us(lambda: json.loads(BODY), ops, 1)),
+                Variant("`orjson.loads` (last duplicate wins)",
+                        lambda: median_us(lambda: orjson.loads(BODY), ops, 1))]
+    interleave(variants, rounds)
+    return Case(f"strict JSON: the {len(BODY)}-byte bench body (`dynaseal/jsonsafe.py`)", variants)
+
+
+def _start_redis() -> tuple[subprocess.Popen[bytes], int]:
+    from dynaseal_launcher.probes import redis_ping
+    from dynaseal_launcher.stack import redis_server_binary
+
+    port = free_ports(1)[0]
+    redis = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", HOST, "--save", "",
+                              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        if redis_ping(HOST, port):
+            return redis, port
+        time.sleep(0.05)
+    redis.kill()
+    raise RuntimeError("redis-server did not answer")
+
+
+def redis_admit_case(rounds: int, ops: int) -> Case:
+    """authz's decision with the Redis admission, on each client, against one real Redis."""
+    from redis.asyncio import BlockingConnectionPool
+    from redis.asyncio import Redis as AsyncRedis
+
+    from authz_service.envoy_adapter import to_auth_request
+    from bench.check_client import check_request
+    from dynaseal.config import load_config
+    from dynaseal.keys.tenants import build_registry
+    from dynaseal.ledger.quota import RedisQuota
+    from dynaseal.policy.authorizer import Authorizer
+
+    os.environ.setdefault(PROVIDER_KEY_ENV, PROVIDER_KEY)
+    redis, port = _start_redis()
+    loop = uvloop.new_event_loop()
+    try:
+        keys = make_keys()
+        with tempfile.TemporaryDirectory() as tmp:
+            registry = build_registry(load_config(write_config(Path(tmp), {"redis": port}, keys)))
+        url = f"redis://{HOST}:{port}/0"
+        pipelined = Authorizer(registry, quota=RedisQuota.from_url(url, 0.5))
+        # What RedisQuota.from_url gives a URL the pipelined client does not take (TLS, unix sockets).
+        pool = BlockingConnectionPool.from_url(url, max_connections=64, timeout=0.5, socket_timeout=0.5,
+                                               socket_connect_timeout=0.5)
+        redis_py = Authorizer(registry, quota=RedisQuota(AsyncRedis(connection_pool=pool), timeout_s=0.5))
+        request = to_auth_request(check_request(keys.token))
+        for authorizer in (pipelined, redis_py):
+            decision = loop.run_until_complete(authorizer.decide(request))
+            assert decision.allowed, decision
+
+        def decide(authorizer: Authorizer) -> Callable[[], Awaitable[Any]]:
+            return lambda: authorizer.decide(request)
+
+        variants = [
+            Variant("pipelined client, 1 at a time", lambda: median_async_us(loop, decide(pipelined), ops, 1)),
+            Variant("redis-py asyncio, 1 at a time", lambda: median_async_us(loop, decide(redis_py), ops, 1)),
+            Variant("pipelined client, 16 at a time", lambda: median_async_us(loop, decide(pipelined), ops, 1, 16), 2),
+            Variant("redis-py asyncio, 16 at a time", lambda: median_async_us(loop, decide(redis_py), ops, 1, 16), 2),
+        ]
+        interleave(variants, rounds)
+        loop.run_until_complete(pool.aclose())
+        return Case("Redis admission: authz's decision + one admit script (`dynaseal/ledger/redis_pipeline.py`)",
+                    variants)
+    finally:
+        loop.close()
+        redis.terminate()
+        redis.wait(timeout=10)
+
+
+def _start_receiver() -> tuple[subprocess.Popen[str], str]:
+    port = free_ports(1)[0]
+    receiver = subprocess.Popen([sys.executable, "-m", "bench.post_receiver", str(port)], stdout=subprocess.PIPE,
+                                text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert receiver.stdout is not None
+    if receiver.stdout.readline().strip() != "ready":
+        receiver.kill()
+        raise RuntimeError("bench.post_receiver did not start")
+    return receiver, f"http://{HOST}:{port}/v1/callback/usage"
+
+
+# A usage callback's size and headers as the consumer sends them (the signature is not checked here).
+CALLBACK_BODY = orjson.dumps({"type": "usage", "event_id": "ev-1", "content": "", "tokens": 57,
+                              "usage": {"prompt_tokens": 12, "completion_tokens": 45, "total_tokens": 57},
+                              "model": "gpt-4o-mini", "key_id": "bench-key-0001", "sub": "bench-user-0000000001",
+                              "request_id": "0b8e3f0c-4f51-4c3e-9d55-2f1f3a0c9a11", "status": 200,
+                              "started_at": "2026-12-06T20:00:00.000Z", "cb": {}})
+CALLBACK_HEADERS = {"content-type": "application/json", "webhook-id": "0b8e3f0c-4f51-4c3e-9d55-2f1f3a0c9a11",
+                    "webhook-timestamp": "1796000000",
+                    "webhook-signature": "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4="}
+Post = Callable[[], Awaitable[int]]
+
+
+def _clients(loop: asyncio.AbstractEventLoop, url: str) -> tuple[list[tuple[str, Post]], Callable[[], None]]:
+    """(name, one POST returning its status) per client, and how to close them all."""
+    import aiohttp
+    import httpx
+
+    from callback_consumer.http_client import CallbackClient
+
+    ours = CallbackClient(url, max_idle=16)
+    httpx_client = httpx.AsyncClient(limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
+                                     timeout=5.0)
+
+    async def open_session() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16),
+                                     timeout=aiohttp.ClientTimeout(total=5.0))
+
+    session = loop.run_until_complete(open_session())
+
+    async def post_ours() -> int:
+        return (await ours.post(CALLBACK_BODY, CALLBACK_HEADERS, 5.0)).status
+
+    async def post_httpx() -> int:
+        return (await httpx_client.post(url, content=CALLBACK_BODY, headers=CALLBACK_HEADERS)).status_code
+
+    async def post_aiohttp() -> int:
+        async with session.post(url, data=CALLBACK_BODY, headers=CALLBACK_HEADERS) as reply:
+            await reply.read()
+            return reply.status
+
+    def close() -> None:
+        ours.close()
+        loop.run_until_complete(httpx_client.aclose())
+        loop.run_until_complete(session.close())
+
+    return [("`CallbackClient` (asyncio streams + h11)", post_ours), ("httpx `AsyncClient`", post_httpx),
+            ("aiohttp `ClientSession`", post_aiohttp)], close
+
+
+def _checked(post: Post) -> Callable[[], Awaitable[None]]:
+    """One POST that must be answered 200 (a failing client cannot pass for a fast one)."""
+    async def one() -> None:
+        if (status := await post()) != 200:
+            raise RuntimeError(f"the receiver answered {status}")
+    return one
+
+
+def callback_post_case(rounds: int, ops: int) -> Case:
+    """The consumer's callback POST on each client, keep-alive, against a receiver in its own process."""
+    receiver, url = _start_receiver()
+    loop = uvloop.new_event_loop()
+    close: Callable[[], None] = lambda: None  # noqa: E731 - replaced once the clients are open
+    try:
+        clients, close = _clients(loop, url)
+        for _, post in clients:
+            loop.run_until_complete(_checked(post)())
+
+        def batch(post: Post, concurrent: int) -> Measure:
+            return lambda: median_async_us(loop, _checked(post), ops, 1, concurrent)
+
+        variants = [Variant(f"{name}, 1 at a time", batch(post, 1)) for name, post in clients]
+        variants += [Variant(f"{name}, 16 at a time", batch(post, 16), len(clients)) for name, post in clients]
+        interleave(variants, rounds)
+        return Case(f"callback POST: {len(CALLBACK_BODY)}-byte body, 200 reply, keep-alive "
+                    "(`callback_consumer/http_client.py`)", variants)
+    finally:
+        close()
+        loop.close()
+        receiver.kill()
+        receiver.wait(timeout=10)
+
+
+def _pyjwt_proof_check(proof: str, *, method: str, url: str, now: float, leeway_s: int, access_token: str,
+                       jkt: str) -> str:
+    """The same checks as `verify_proof`, the JWS and its claims read by PyJWT; the proof's jti."""
+    import jwt
+
+    from dynaseal.keys.dpop import ALGORITHMS, PROOF_WINDOW_S, access_token_hash, thumbprint
+
+    header = jwt.get_unverified_header(proof)
+    if header.get("typ") != "dpop+jwt" or header.get("alg") not in ALGORITHMS:
+        raise ValueError("typ or alg")
+    if thumbprint(header["jwk"]) != jkt:
+        raise ValueError("jkt")
+    key = jwt.PyJWK(header["jwk"], header["alg"]).key
+    claims = jwt.decode(proof, key, algorithms=[header["alg"]], options={"require": ["jti", "htm", "htu", "iat"],
+                                                                          "verify_iat": False})
+    if claims["htm"] != method or claims["htu"] != url or abs(now - float(claims["iat"])) > PROOF_WINDOW_S + leeway_s:
+        raise ValueError("htm, htu or iat")
+    if claims.get("ath") != access_token_hash(access_token):
+        raise ValueError("ath")
+    return str(claims["jti"])
+
+
+def dpop_proof_case(rounds: int, ops: int) -> Case:
+    """A DPoP proof's check (each request of a bound key pays one), EdDSA, by the project and by PyJWT."""
+    from dynaseal.keys.dpop import verify_proof
+    from dynaseal.keys.mint import HolderKey
+
+    token = make_keys().token
+    holder = HolderKey.generate()
+    url = "http://127.0.0.1:8000/v1/chat/completions"
+    proof, jkt, now = holder.proof("POST", url, token), holder.jkt(), time.time()
+    ours = verify_proof(proof, method="POST", url=url, now=now, leeway_s=30, access_token=token, jkt=jkt)
+    assert ours.jti == _pyjwt_proof_check(proof, method="POST", url=url, now=now, leeway_s=30, access_token=token,
+                                          jkt=jkt)
+    variants = [
+        Variant("`verify_proof` (PyJWT's algorithm objects, strict JSON, canonical base64url)",
+                lambda: median_us(lambda: verify_proof(proof, method="POST", url=url, now=now, leeway_s=30,
+                                                       access_token=token, jkt=jkt), ops, 1)),
+        Variant("PyJWT `jwt.decode` + the same claim checks",
+                lambda: median_us(lambda: _pyjwt_proof_check(proof, method="POST", url=url, now=now, leeway_s=30,
+                                                             access_token=token, jkt=jkt), ops, 1)),
+    ]
+    interleave(variants, rounds)
+    return Case("DPoP proof check, EdDSA (`dynaseal/keys/dpop.py`)", variants)
+
+
+CASES: dict[str, tuple[Callable[[int, int], Case], int]] = {
+    # name: (case, operations per batch)
+    "request_id": (request_id_case, 100_000),
+    "strict_json": (strict_json_case, 20_000),
+    "redis_admit": (redis_admit_case, 3_000),
+    "callback_post": (callback_post_case, 2_000),
+    "dpop_proof": (dpop_proof_case, 2_000),
+}
+
+
+def _load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the cases asked for, print their tables; `--record` appends them to bench/RESULTS.md."""
+    parser = argparse.ArgumentParser(prog="python -m bench.hand_written_ab", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=sorted(CASES), action="append", help="run only this case (repeatable)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every case's operations per batch")
+    parser.add_argument("--record", action="store_true", help="append the tables to bench/RESULTS.md")
+    args = parser.parse_args(argv)
+    started, load_before = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), _load_average()
+    lines: list[str] = []
+    for name in args.only or list(CASES):
+        case, ops = CASES[name]
+        section = table(case(args.rounds, max(1, int(ops * args.scale))))
+        print("\n".join(section), flush=True)
+        lines += section
+    if args.record:
+        command = "python -m bench.hand_written_ab " + " ".join(argv if argv is not None else sys.argv[1:])
+        head = [f"## {started} · commit `{git_commit()}` · hand-written pieces beside their libraries", "",
+                f"- command: `{command.strip()}`", f"- machine: {machine()}; load average {load_before} "
+                f"before, {_load_average()} after (`uptime`)", f"- {args.rounds} rounds, interleaved; CPU of this "
+                "process only (`time.process_time`)", ""]
+        with RESULTS.open("a") as f:
+            f.write("\n" + "\n".join(head + lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
