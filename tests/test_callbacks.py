@@ -200,6 +200,43 @@ def test_client_rejects_non_http_urls() -> None:
         CallbackClient("ftp://example.com/cb")
 
 
+def test_client_resends_a_post_on_a_fresh_connection_when_the_receiver_dropped_an_idle_one() -> None:
+    """Why the hand-written client is kept (bench/RESULTS.md): a receiver that closes idle keep-alive connections
+    without saying so (uvicorn after 5 s, nginx after 75 s) costs no failed attempt. aiohttp resends only
+    idempotent methods on a dropped pooled connection; a callback POST is idempotent by its webhook-id."""
+    from callback_consumer.http_client import CallbackClient
+
+    async def scenario() -> None:
+        connections: list[int] = []
+        dropped = asyncio.Event()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connections.append(1)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            await reader.readexactly(length)
+            writer.write(OK)  # keep-alive as far as the client can tell: no `connection: close`
+            await writer.drain()
+            writer.close()  # then dropped while idle
+            await writer.wait_closed()
+            dropped.set()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/cb"
+        client = CallbackClient(url)
+        try:
+            assert (await client.post(b"{}", {}, 2)).status == 200
+            await dropped.wait()
+            assert (await client.post(b"{}", {}, 2)).status == 200
+        finally:
+            client.close()
+            server.close()
+        assert len(connections) == 2
+
+    asyncio.run(scenario())
+
+
 class SeedUsageCallback(BaseModel):
     """The original Dynaseal backend's callback model, as it declares it (extra fields ignored)."""
 
