@@ -231,7 +231,7 @@ def _clients(loop: asyncio.AbstractEventLoop, url: str) -> tuple[list[tuple[str,
         loop.run_until_complete(httpx_client.aclose())
         loop.run_until_complete(session.close())
 
-    return [("`CallbackClient` (asyncio streams + h11)", post_ours), ("httpx `AsyncClient`", post_httpx),
+    return [("dynaseal `CallbackClient`", post_ours), ("httpx `AsyncClient`", post_httpx),
             ("aiohttp `ClientSession`", post_aiohttp)], close
 
 
