@@ -5,14 +5,16 @@ Every case runs its variants in turn, once per round (the order rotates from rou
 moment of the machine hits all alike), and reports CPU µs per operation (`time.process_time`, this process
 only: the Redis server and the HTTP receiver run apart) and, per round, each variant's ratio to the first
 one, the project's piece. Cases:
-- `request_id`: the gateway request id (`dynaseal.policy.request_ids`) vs `uuid.uuid4` and `uuid_utils.uuid4`;
+- `request_id`: the gateway request id (`dynaseal.policy.request_ids`) vs `uuid.uuid4` and `uuid_utils.uuid4`, and
+  the hand-written pool it was until `HAND_WRITTEN_REV` (that commit's module, read with `git show`);
 - `strict_json`: `dynaseal.jsonsafe.loads_strict` on the bench body vs `json.loads` and `orjson.loads`
   (what refusing duplicate keys, NaN and lone surrogates costs);
 - `redis_admit`: authz's decision with its Redis admission on the pipelined client
   (`dynaseal.ledger.redis_pipeline`) vs redis-py's asyncio client (the pool `RedisQuota.from_url` gives it),
   one and 16 at a time, against a real Redis;
 - `callback_post`: the consumer's callback POST (`callback_consumer.http_client`) vs httpx's and aiohttp's
-  async clients, keep-alive, one and 16 at a time, against `bench.post_receiver` in its own process;
+  async clients and the hand-written asyncio + h11 client of `HAND_WRITTEN_REV`, keep-alive, one and 16 at a
+  time, against `bench.post_receiver` in its own process;
 - `dpop_proof`: a DPoP proof's check (`dynaseal.keys.dpop.verify_proof`) vs PyJWT's `jwt.decode` with the
   proof's own key and the same request checks.
 `--record` appends the table to bench/RESULTS.md with the command, commit and load average.
@@ -33,6 +35,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import orjson
@@ -41,7 +44,7 @@ import uvloop
 from bench.authz_stages import median_async_us, median_us
 from bench.fixture import BODY, PROVIDER_KEY, PROVIDER_KEY_ENV, make_keys, write_config
 from bench.harness import HOST, free_ports
-from bench.results import RESULTS, git_commit, machine
+from bench.results import REPO, RESULTS, git_commit, machine
 
 Measure = Callable[[], float]  # one batch of the variant: CPU µs per operation
 
@@ -84,15 +87,33 @@ def table(case: Case) -> list[str]:
     return [*lines, ""]
 
 
+# The last commit with the hand-written pieces this bench had replaced, measured beside their replacements.
+HAND_WRITTEN_REV = "b413322"
+
+
+def module_at(rev: str, path: str) -> ModuleType:
+    """The module `path` as it was at `rev` (git show), imported under a name of its own."""
+    source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout
+    name = f"_at_{rev}_" + path.removesuffix(".py").replace("/", "_")
+    module = ModuleType(name)
+    module.__file__ = f"{rev}:{path}"
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    return module
+
+
 def request_id_case(rounds: int, ops: int) -> Case:
     """The gateway's request id against the libraries that mint UUID4 text."""
     import uuid_utils
 
     from dynaseal.policy.request_ids import new_request_id
 
+    pool: Callable[[], str] = module_at(HAND_WRITTEN_REV, "dynaseal/policy/request_ids.py").new_request_id
     variants = [Variant("dynaseal `new_request_id`", lambda: median_us(new_request_id, ops, 1)),
                 Variant("`str(uuid.uuid4())` (stdlib)", lambda: median_us(lambda: str(uuid.uuid4()), ops, 1)),
-                Variant("`str(uuid_utils.uuid4())`", lambda: median_us(lambda: str(uuid_utils.uuid4()), ops, 1))]
+                Variant("`str(uuid_utils.uuid4())`", lambda: median_us(lambda: str(uuid_utils.uuid4()), ops, 1)),
+                Variant(f"the hand-written urandom pool (`{HAND_WRITTEN_REV}`)", lambda: median_us(pool, ops, 1))]
     interleave(variants, rounds)
     return Case("request id: one UUID4 as text (`dynaseal/policy/request_ids.py`)", variants)
 
@@ -178,6 +199,7 @@ def redis_admit_case(rounds: int, ops: int) -> Case:
 def _start_receiver() -> tuple[subprocess.Popen[str], str]:
     port = free_ports(1)[0]
     receiver = subprocess.Popen([sys.executable, "-m", "bench.post_receiver", str(port)], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL,
                                 text=True, cwd=Path(__file__).resolve().parent.parent)
     assert receiver.stdout is not None
     if receiver.stdout.readline().strip() != "ready":
@@ -206,6 +228,8 @@ def _clients(loop: asyncio.AbstractEventLoop, url: str) -> tuple[list[tuple[str,
     from callback_consumer.http_client import CallbackClient
 
     ours = CallbackClient(url, max_idle=16)
+    # The asyncio streams + h11 client the consumer used before aiohttp.
+    hand_written = module_at(HAND_WRITTEN_REV, "callback_consumer/http_client.py").CallbackClient(url, max_idle=16)
     httpx_client = httpx.AsyncClient(limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
                                      timeout=5.0)
 
@@ -218,6 +242,9 @@ def _clients(loop: asyncio.AbstractEventLoop, url: str) -> tuple[list[tuple[str,
     async def post_ours() -> int:
         return (await ours.post(CALLBACK_BODY, CALLBACK_HEADERS, 5.0)).status
 
+    async def post_hand_written() -> int:
+        return int((await hand_written.post(CALLBACK_BODY, CALLBACK_HEADERS, 5.0)).status)
+
     async def post_httpx() -> int:
         return (await httpx_client.post(url, content=CALLBACK_BODY, headers=CALLBACK_HEADERS)).status_code
 
@@ -227,12 +254,14 @@ def _clients(loop: asyncio.AbstractEventLoop, url: str) -> tuple[list[tuple[str,
             return reply.status
 
     def close() -> None:
-        ours.close()
+        loop.run_until_complete(ours.aclose())
+        hand_written.close()
         loop.run_until_complete(httpx_client.aclose())
         loop.run_until_complete(session.close())
 
     return [("dynaseal `CallbackClient`", post_ours), ("httpx `AsyncClient`", post_httpx),
-            ("aiohttp `ClientSession`", post_aiohttp)], close
+            ("aiohttp `ClientSession`", post_aiohttp),
+            (f"the hand-written asyncio + h11 client (`{HAND_WRITTEN_REV}`)", post_hand_written)], close
 
 
 def _checked(post: Post) -> Callable[[], Awaitable[None]]:
@@ -262,10 +291,12 @@ def callback_post_case(rounds: int, ops: int) -> Case:
         return Case(f"callback POST: {len(CALLBACK_BODY)}-byte body, 200 reply, keep-alive "
                     "(`callback_consumer/http_client.py`)", variants)
     finally:
-        close()
-        loop.close()
-        receiver.kill()
-        receiver.wait(timeout=10)
+        try:
+            close()
+            loop.close()
+        finally:
+            receiver.kill()
+            receiver.wait(timeout=10)
 
 
 def _pyjwt_proof_check(proof: str, *, method: str, url: str, now: float, leeway_s: int, access_token: str,
