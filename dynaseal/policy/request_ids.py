@@ -4,7 +4,7 @@ Every Check mints one (the billing id: the usage event's request_id, the callbac
 `uuid_utils.uuid4()` draws from the Rust `uuid` crate's thread-local CSPRNG (ChaCha, seeded from the
 operating system), so the ids stay unguessable, and reseeds it in a forked child, so a child never mints
 its parent's next ids. It replaced a pool of `os.urandom` bytes formatted by hand: 0.2 µs an id against
-the pool's 1.4–2.1 and `uuid.uuid4()`'s 2.7–3.2 (bench/RESULTS.md, `python -m bench.hand_written_ab`).
+the pool's 1.4–2.0 and `uuid.uuid4()`'s 2.5–3.2 (bench/RESULTS.md, `python -m bench.hand_written_ab`).
 """
 
 from __future__ import annotations
