@@ -81,7 +81,7 @@ class CallbackClient:
             try:
                 return await self._exchange(body, headers)
             except aiohttp.ClientConnectorError as exc:
-                raise CallbackTransportError(f"cannot connect: {exc.os_error.strerror or exc}") from None
+                raise CallbackTransportError(f"cannot connect: {exc.strerror or type(exc).__name__}") from None
             except aiohttp.ClientError:
                 pass  # a kept-alive connection the receiver had closed, most likely: once more, on a fresh one
             try:

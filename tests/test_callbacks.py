@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import ssl
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from pydantic import BaseModel
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -328,5 +335,54 @@ def test_client_sends_only_the_callers_headers() -> None:
         names = sorted(line.split(b":")[0] for line in head[1:])
         assert names == [b"content-length", b"content-type", b"host", b"user-agent", b"webhook-id"]
         assert f"user-agent: {USER_AGENT}".encode() in head
+
+    asyncio.run(scenario())
+
+
+def _self_signed(directory: Path) -> ssl.SSLContext:
+    """A server context with a certificate for 127.0.0.1 that no client trusts."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "untrusted receiver")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
+            .not_valid_after(now + timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                          serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    return context
+
+
+def test_client_refuses_a_receiver_whose_certificate_it_cannot_verify(tmp_path: Path) -> None:
+    """The signed body never goes to a receiver that cannot prove who it is: a connection error (retried), not a
+    crash of the delivery."""
+    from callback_consumer.http_client import CallbackClient, CallbackTransportError
+
+    async def scenario() -> None:
+        requests: list[bytes] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                requests.append(await reader.readuntil(b"\r\n\r\n"))
+            except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=_self_signed(tmp_path))
+        client = CallbackClient(f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/cb")
+        try:
+            with pytest.raises(CallbackTransportError, match="cannot connect"):
+                await client.post(b"{}", {}, 5)
+        finally:
+            await client.aclose()
+            server.close()
+        assert requests == []
 
     asyncio.run(scenario())
