@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
@@ -280,6 +281,20 @@ class PipelinedRedis:
     async def ping(self) -> bool:
         """PING answered with PONG."""
         return bool(await self.execute("PING") == b"PONG")
+
+    async def execute_on(self, key: str, *args: Any) -> Any:
+        """One command touching `key` (a single server holds every key: the same as `execute`)."""
+        return await self.execute(*args)
+
+    async def scan_iter(self, pattern: str, count: int = 1000) -> AsyncIterator[str]:
+        """Every key name matching `pattern`, by SCAN cursor (a name may come twice, as SCAN allows)."""
+        cursor = b"0"
+        while True:
+            cursor, names = await self.execute("SCAN", cursor, "MATCH", pattern, "COUNT", count)
+            for name in names:
+                yield name.decode()
+            if cursor == b"0":
+                return
 
     async def aclose(self) -> None:
         """Close the connection (a later command reconnects)."""
