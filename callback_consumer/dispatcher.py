@@ -9,7 +9,7 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from callback_consumer import metrics
 from callback_consumer.delivery import Deliverer, Job, Outcome
@@ -28,9 +28,12 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 class Dispatcher:
     """Owns the delivery event loop; `drain` finishes what is in flight and stops it."""
 
-    def __init__(self, make_deliverer: Callable[[asyncio.Event], Deliverer]) -> None:
+    def __init__(self, make_deliverer: Callable[[asyncio.Event], Deliverer],
+                 closing: Callable[[], Awaitable[None]] | None = None) -> None:
         self.finished: queue.SimpleQueue[tuple[Job, Outcome]] = queue.SimpleQueue()
         self._make_deliverer = make_deliverer
+        # Run on the loop after the deliveries drained (the Redis client's connections belong to this loop).
+        self._closing = closing
         self._loop = _new_loop()
         self._tasks: set[asyncio.Task[None]] = set()
         # Counted, not len(self._tasks): a finished task leaves the set only in a later loop
@@ -97,6 +100,8 @@ class Dispatcher:
                 log.warning("deliveries cut off by shutdown; they will be redelivered", extra={"count": len(still)})
                 await asyncio.wait(still, timeout=1.0)
         await self._deliverer.aclose()
+        if self._closing is not None:
+            await self._closing()
 
     def drain(self, timeout_s: float) -> None:
         """Let in-flight deliveries finish (at most timeout_s), then stop the loop and its thread."""
