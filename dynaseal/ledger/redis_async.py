@@ -67,8 +67,11 @@ class RedisPyAsync:
             yield name.decode() if isinstance(name, bytes) else str(name)
 
     async def aclose(self) -> None:
-        """Close the pool."""
-        await self.client.aclose()
+        """Close the connections (a pool handed to redis-py's Redis is not closed with it unless asked)."""
+        if isinstance(self.client, AsyncRedis):
+            await self.client.aclose(close_connection_pool=True)
+        else:
+            await self.client.aclose()
 
 
 def connect(url: str, timeout_s: float, max_connections: int = 64) -> PipelinedRedis | PipelinedCluster | RedisPyAsync:
