@@ -1,10 +1,10 @@
-"""A minimal pipelined Redis client for the authz hot path: one connection, replies matched in order.
+"""A minimal pipelined Redis client (authz's hot path, the consumer's loop): one connection, replies in order.
 
 Every in-flight Check shares one connection: commands issued in the same event-loop turn go out
 in one write, and Redis answers in order (RESP guarantees it), so a Check costs a few
 microseconds of Python instead of a pool checkout, a socket of its own and redis-py's layers.
 It speaks RESP2 over plain TCP with optional AUTH and SELECT; anything else (TLS, unix sockets)
-stays with redis-py (`RedisQuota.from_url` decides). A Redis Cluster gets one of these per master
+stays with redis-py (`redis_async.connect` decides). A Redis Cluster gets one of these per master
 (`redis_cluster.PipelinedCluster`). Failures raise redis-py's own
 exception types, so callers handle both clients alike (fail closed on `RedisError`).
 """
