@@ -71,15 +71,6 @@ class ConsumerRig:
 
     def start(self) -> None:
         """Receivers, broker, consumer; returns once the consumer serves metrics."""
-        self.start_broker()
-        self.supervisor.start(ServiceSpec(
-            "consumer", [sys.executable, "-m", "callback_consumer", "--config", str(self.config_path),
-                         "--group-id", self.group_id, "--retry-base-s", "0.2", "--retry-cap-s", "1",
-                         "--session-timeout-ms", "3000", "--heartbeat-interval-ms", "300", *self.consumer_args],
-            "", lambda: http_ok(self.metrics_url), env={"PYTHONPATH": str(REPO)}, ready_timeout_s=30))
-
-    def start_broker(self) -> None:
-        """Receivers and broker only (a test that runs the consumer in its own process starts it itself)."""
         for receiver in self.receivers.values():
             receiver.__enter__()
         port = int(self.bootstrap.rsplit(":", 1)[1])
@@ -88,6 +79,11 @@ class ConsumerRig:
                       "--advertised-listener-url", f"tcp://{self.bootstrap}", "--storage-engine", "memory://tansu/"],
             "", lambda: tcp_open("127.0.0.1", port)))
         kafka_io.wait_for_topics(self.bootstrap)
+        self.supervisor.start(ServiceSpec(
+            "consumer", [sys.executable, "-m", "callback_consumer", "--config", str(self.config_path),
+                         "--group-id", self.group_id, "--retry-base-s", "0.2", "--retry-cap-s", "1",
+                         "--session-timeout-ms", "3000", "--heartbeat-interval-ms", "300", *self.consumer_args],
+            "", lambda: http_ok(self.metrics_url), env={"PYTHONPATH": str(REPO)}, ready_timeout_s=30))
 
     def stop(self) -> None:
         """Everything down."""

@@ -65,7 +65,11 @@ def test_the_consumer_awaits_every_redis_call_on_its_delivery_loop(
     monkeypatch.setattr(PipelinedRedis, "execute", spy_pipelined)
 
     rig = ConsumerRig(tmp_path / "rig", redis_server)
-    rig.start_broker()
+    start_service = rig.supervisor.start
+    # The rig's receivers and broker, not its consumer process: the consumer runs in this test's process.
+    monkeypatch.setattr(rig.supervisor, "start",
+                        lambda spec: None if spec.name == "consumer" else start_service(spec))
+    rig.start()
     before = {t.ident for t in threading.enumerate()}
     consumer = CallbackConsumer(ConsumerOptions(config_path=str(rig.config_path), bootstrap=rig.bootstrap,
                                                 group_id=rig.group_id, session_timeout_ms=3000,
