@@ -125,8 +125,8 @@ class CallbackConsumer:
         if options.park_after > 0:
             self.parked_replay = ParkedReplay(
                 lambda: self.targets, options.bootstrap, options.group_id, options.client_id,
-                self.dispatcher.loop, self.redis, self.dead_letters, self.executor, probe_s=options.park_probe_s,
-                session_timeout_ms=options.session_timeout_ms,
+                connect(self.targets.redis_url, timeout_s=REDIS_TIMEOUT_S),  # its own loop: its own client
+                self.dead_letters, probe_s=options.park_probe_s, session_timeout_ms=options.session_timeout_ms,
                 heartbeat_interval_ms=options.heartbeat_interval_ms)
         self._paused = False
         self._held_paused: set[TopicPartition] = set()
@@ -299,13 +299,13 @@ class CallbackConsumer:
     def _shutdown(self, consumer: KafkaConsumer | None) -> None:
         log.info("stopping: draining in-flight deliveries", extra={"in_flight": self.tracker.in_flight()})
         self._abandon.set()
-        if self.parked_replay is not None:  # first: its entries run on the delivery loop, which drain stops
-            self.parked_replay.stop()
         self.dispatcher.drain(self.options.drain_s)
         if consumer is not None:
             self._collect()
             self._commit(consumer, force=True)
             kafka_io.close_quietly(consumer, timeout_s=5)
+        if self.parked_replay is not None:
+            self.parked_replay.stop()
         self.dead_letters.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")

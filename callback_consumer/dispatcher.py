@@ -47,11 +47,6 @@ class Dispatcher:
         self._beside: list[Callable[[], Awaitable[None]]] = []
         self._background: list[asyncio.Task[None]] = []
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The delivery loop (running from `start` until `drain`)."""
-        return self._loop
-
     def beside(self, work: Callable[[], Awaitable[None]]) -> None:
         """Run `work()` on the delivery loop from `start` until `drain` (call before `start`)."""
         self._beside.append(work)

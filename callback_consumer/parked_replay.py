@@ -1,10 +1,8 @@
 """Replays parked events once their tenant's receiver answers again: in order, same webhook-id, no person needed.
 
-A poll thread of every consumer, with its own Kafka consumer in the group `<group>-parked` on the parked
+A thread of every consumer, with its own Kafka consumer in the group `<group>-parked` on the parked
 topic (keyed by tenant, so each tenant's parked events sit in one partition, in order, and one member
-replays them). Each entry's attempt and its Redis count run on the consumer's delivery loop (the one
-asyncio loop, with its one Redis client): this thread only polls, waits for the entry, and commits. Per
-partition it takes the oldest entry and tries it once:
+replays them) and its own delivery loop. Per partition it takes the oldest entry and tries it once:
 - 2xx: delivered; the next one follows at once;
 - a status that is not worth retrying (4xx), an unknown tenant, or an entry parked longer than
   `max_parked_s`: to the DLQ, for `dynaseal dlq replay`;
@@ -20,10 +18,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine
-from concurrent.futures import Executor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError
 from kafka import KafkaConsumer, TopicPartition
@@ -45,7 +42,6 @@ from dynaseal.usage.callbacks import callback_body, is_retryable
 from dynaseal.usage.reservation_events import webhook_id
 
 log = logging.getLogger("callback_consumer.parked")
-T = TypeVar("T")
 
 
 @dataclass
@@ -55,11 +51,10 @@ class _Wait:
 
 
 class ParkedReplay:
-    """The replay's poll thread; `stop` ends it (before the delivery loop stops)."""
+    """The replay thread; `stop` ends it."""
 
     def __init__(self, registry: Callable[[], ConsumerView], bootstrap: str, group_id: str, client_id: str,
-                 loop: asyncio.AbstractEventLoop, redis_client: AsyncLedgerRedis, dead_letters: DeadLetters,
-                 executor: Executor, probe_s: float = 2.0,
+                 redis_client: AsyncLedgerRedis, dead_letters: DeadLetters, probe_s: float = 2.0,
                  probe_cap_s: float = 30.0, max_parked_s: float = 7 * 24 * 3600,
                  session_timeout_ms: int = kafka_io.SESSION_TIMEOUT_MS,
                  heartbeat_interval_ms: int = kafka_io.HEARTBEAT_INTERVAL_MS) -> None:
@@ -67,8 +62,7 @@ class ParkedReplay:
         self.bootstrap = bootstrap
         self.group_id = f"{group_id}-parked"
         self.client_id = f"{client_id}-parked"
-        # The delivery loop and its Redis client: a client belongs to the loop that uses it.
-        self._loop = loop
+        # Used on this thread's loop only (a client belongs to the loop that first used it).
         self.redis = redis_client
         self.dead_letters = dead_letters
         self.probe_s, self.probe_cap_s, self.max_parked_s = probe_s, probe_cap_s, max_parked_s
@@ -76,8 +70,9 @@ class ParkedReplay:
         self.probe_backoff = Backoff(probe_s, probe_cap_s, jitter=0.0)
         self.session_timeout_ms, self.heartbeat_interval_ms = session_timeout_ms, heartbeat_interval_ms
         self.stopping = threading.Event()
+        self._loop = asyncio.new_event_loop()
         self._abandon = asyncio.Event()
-        self._executor = executor  # the consumer's, for the DLQ publishes (kafka-python blocks)
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="parked")
         self._deliverer = Deliverer(registry, None, dead_letters, self._executor, RetryPolicy(),
                                     1, self._abandon, max_attempts=1)
         self._waits: dict[TopicPartition, _Wait] = {}
@@ -108,18 +103,18 @@ class ParkedReplay:
                 self.stopping.wait(retries.next_delay())
         return None
 
-    def _on_loop(self, work: Coroutine[Any, Any, T]) -> T:
-        """Run `work` on the delivery loop and wait for it (this thread has nothing else to do meanwhile)."""
-        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
-
     def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
         consumer = self._connect()
         try:
             if consumer is not None:
                 kafka_io.poll_until_stopped(consumer, self._poll_once, self.stopping, "parked replay poll", log)
         finally:
             kafka_io.close_quietly(consumer, timeout_s=2)
-            self._on_loop(self._deliverer.aclose())
+            self._loop.run_until_complete(self._deliverer.aclose())
+            self._loop.run_until_complete(self.redis.aclose())
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._loop.close()
 
     def _poll_once(self, consumer: KafkaConsumer) -> None:
         now = time.monotonic()
@@ -136,7 +131,7 @@ class ParkedReplay:
 
     def _handle(self, consumer: KafkaConsumer, tp: TopicPartition, record: ConsumerRecord) -> bool:
         """Handle one entry; False if the partition must wait (its tenant is still down)."""
-        outcome = self._on_loop(self._one(record))
+        outcome = self._loop.run_until_complete(self._one(record))
         if outcome == "down":
             wait = self._waits.get(tp)
             probes = (wait.probes if wait is not None else 0) + 1
@@ -152,7 +147,7 @@ class ParkedReplay:
         metrics.REPLAYED.labels(outcome).inc()
         tenant = (record.key or b"").decode(errors="replace")  # parked events are keyed by tenant
         try:
-            self._on_loop(replayed(self.redis, tenant))
+            self._loop.run_until_complete(replayed(self.redis, tenant))
         except RedisError as exc:  # the counter expires; until then new events are parked and replayed
             log.warning("could not count down the parked events", extra={"tenant": tenant, "error": str(exc)})
         return True
