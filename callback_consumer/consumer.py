@@ -114,7 +114,7 @@ class CallbackConsumer:
         self.redis = connect(self.targets.redis_url, timeout_s=REDIS_TIMEOUT_S)
         # The only thread hop left: kafka-python's producer blocks on the broker's acknowledgement of a
         # DLQ or parked-topic publish, so those run here, never on the delivery loop.
-        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kafka-publish")
+        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kafka-publish")
         # Each tenant's callback concurrency holds over the whole group, not per member.
         self.slots = SharedSlots(self.redis, f"{options.client_id}-{uuid.uuid4().hex[:8]}")
         self.dispatcher = Dispatcher(lambda abandon: self._remember(Deliverer(
