@@ -1,8 +1,8 @@
-"""The consumer is one asyncio loop beside its Kafka poll thread: every Redis call is awaited on that loop.
+"""The consumer delivers on one asyncio loop beside its Kafka poll thread: every Redis call is awaited on a loop.
 
 - in process: while it delivers, no executor thread carries Redis work (no `blocking` pool, no default
   executor), no blocking redis-py client is called at all, and every command of the pipelined client
-  is sent from the delivery loop's thread;
+  is sent from the delivery loop's thread (or the parked replay's own small loop, idle here);
 - as its own process, with its Redis shut down and started again mid-run: settlement fails with a
   RedisError, is retried, resumes on a new connection, and every event is settled exactly once.
 """
