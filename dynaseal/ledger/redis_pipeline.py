@@ -301,3 +301,13 @@ class PipelinedRedis:
         if self._connection is not None:
             self._connection.abort(RedisConnectionError("client closed"))
             self._connection = None
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None and not connecting.done():
+            # A connect under way would otherwise outlive the close: its connection is closed as it arrives
+            # (before its waiting commands resume: they fail as on a closed client).
+            connecting.add_done_callback(_abort_late_connection)
+
+
+def _abort_late_connection(connecting: asyncio.Future[_Connection]) -> None:
+    if not connecting.cancelled() and connecting.exception() is None:
+        connecting.result().abort(RedisConnectionError("client closed"))
