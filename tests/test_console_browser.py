@@ -108,7 +108,9 @@ def stored_callbacks(cfg: DynasealConfig, jti: str) -> list[dict[str, Any]]:
 
 def test_a_wrong_token_is_refused_and_nothing_is_shown(page: Any, admin: str) -> None:
     log_in(page, admin, "not-the-token")
-    page.wait_for_function("document.querySelector('[data-testid=login-error]').textContent.length > 0")
+    # A locator wait runs in Playwright's own world; a wait_for_function string would be an eval in the
+    # page's, which the console's Content-Security-Policy (script-src 'self') rightly refuses.
+    page.get_by_test_id("login-error").filter(has_text="refused").wait_for()
     assert "refused" in str(page.get_by_test_id("login-error").text_content())
     assert page.locator("#nav").is_hidden() and page.evaluate("sessionStorage.length") == 0
 

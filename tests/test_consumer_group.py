@@ -8,6 +8,8 @@ over the whole group, not per member.
 
 from __future__ import annotations
 
+import functools
+import subprocess
 import sys
 import threading
 import time
@@ -57,15 +59,28 @@ class GroupRig(ConsumerRig):
         kafka_io.wait_for_topics(self.bootstrap)
 
     def start_member(self, name: str) -> None:
-        """One more member of the group, with its own metrics port."""
-        port = free_ports(1)[0]
-        running = self.supervisor.start(ServiceSpec(
-            name, [sys.executable, "-m", "callback_consumer", "--config", str(self.config_path),
-                   "--group-id", self.group_id, "--metrics-port", str(port), "--retry-base-s", "0.2",
-                   "--retry-cap-s", "1", "--session-timeout-ms", "3000", "--heartbeat-interval-ms", "300"],
-            "", lambda: http_ok(f"http://127.0.0.1:{port}/metrics"), env={"PYTHONPATH": str(REPO)},
-            ready_timeout_s=30))
-        self.members[name] = (running, port)
+        """One more member of the group, with its own metrics port (another if that one was taken meanwhile).
+
+        A free port can be taken by another process of the machine between the pick and the member's
+        bind; the probe would then pass against that process, and the member, unable to serve its
+        metrics, exits. So the member must still be running once its port answers, or it starts again
+        on another port.
+        """
+        for _ in range(3):
+            port = free_ports(1)[0]
+            running = self.supervisor.start(ServiceSpec(
+                name, [sys.executable, "-m", "callback_consumer", "--config", str(self.config_path),
+                       "--group-id", self.group_id, "--metrics-port", str(port), "--retry-base-s", "0.2",
+                       "--retry-cap-s", "1", "--session-timeout-ms", "3000", "--heartbeat-interval-ms", "300"],
+                "", functools.partial(http_ok, f"http://127.0.0.1:{port}/metrics"), env={"PYTHONPATH": str(REPO)},
+                ready_timeout_s=30))
+            try:
+                running.process.wait(1.0)  # exits at once (code 2) if its metrics port was taken
+            except subprocess.TimeoutExpired:
+                self.members[name] = (running, port)
+                return
+            self.supervisor.running.remove(running)
+        raise AssertionError(f"{name} could not serve its metrics on three free ports in a row")
 
     def kill(self, name: str) -> None:
         """SIGKILL a member: no drain, no commit, no leaving the group."""
