@@ -225,10 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "bench.authz_stages from each tree in turn"), *([args.note, ""] if args.note else []),
                  "### authz in process before and after", "",
                  *in_process(tree, args.rounds, args.requests, args.before)]
-        print("\n".join(lines))
-        if args.record:
-            results.append(lines)
-        return 0
+        return results.publish(lines, args.record)
     runs = []
     with AbStack(directory, tree) as stack:
         check(stack, "s_before")
@@ -244,10 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                              "warm-up; before and after alternate in one stack"),
              *([args.note, ""] if args.note else []),
              "### D before and after (gateway listener, in front of the mock)", "", *table(runs)]
-    print("\n".join(lines))
-    if args.record:
-        results.append(lines)
-    return 0
+    return results.publish(lines, args.record)
 
 
 if __name__ == "__main__":

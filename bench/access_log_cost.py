@@ -150,10 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                            "listener; wrk -t1 -c8")
     with tempfile.TemporaryDirectory(prefix="dynaseal-log-cost-") as work:
         lines += report(run(Path(work), args.seconds, args.rounds))
-    print("\n".join(lines))
-    if args.record:
-        results.append(lines)
-    return 0
+    return results.publish(lines, args.record)
 
 
 if __name__ == "__main__":

@@ -122,10 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         envoy, base = x.cpu_us_per_request("envoy"), d.cpu_us_per_request("envoy")
         lines.append(f"| {x.label} {x.name} | {x.result.rps:,.0f} | {envoy:.0f} | {base:.0f} | {envoy - base:+.0f} | "
                      f"{x.cpu_us_per_request('authz'):.0f} | {x.cpu_us_per_request('redis'):.0f} |")
-    print("\n".join(lines))
-    if args.record:
-        results.append(lines)
-    return 0
+    return results.publish(lines, args.record)
 
 
 if __name__ == "__main__":

@@ -286,10 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [*results.header(command, f"wrk -t2 -c{args.connections} {args.seconds:g} s after {args.warmup:g} s; "
                              f"Envoy --concurrency 1; `uptime` at the end: {uptime}"),
              "### ext_authz over gRPC vs HTTP/1.1, null servers (CPU µs per request)", "", *report(measured)]
-    print("\n".join(lines))
-    if args.record:
-        results.append(lines)
-    return 0
+    return results.publish(lines, args.record)
 
 
 if __name__ == "__main__":

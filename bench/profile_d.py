@@ -145,10 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [*results.header(f"python -m bench.profile_d --seconds {args.seconds:.0f}", "profile of D"),
              *([args.note, ""] if args.note else []), "### Profile of D (Envoy + authz + Redis, in front of the mock)",
              "", *summary]
-    print("\n".join(lines))
-    if args.record:
-        results.append(lines)
-    return 0
+    return results.publish(lines, args.record)
 
 
 if __name__ == "__main__":

@@ -115,3 +115,11 @@ def append(lines: list[str]) -> None:
     """Append a run's section to RESULTS.md."""
     with RESULTS.open("a") as f:
         f.write("\n" + "\n".join(lines) + "\n")
+
+
+def publish(lines: list[str], record: bool) -> int:
+    """Print a bench's section and, with `--record`, append it to RESULTS.md; the command's exit code."""
+    print("\n".join(lines))
+    if record:
+        append(lines)
+    return 0

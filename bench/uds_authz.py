@@ -130,10 +130,7 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r.label} {r.name} | {r.result.rps:,.0f} | {r.result.p50_ms:.2f} | {r.result.p99_ms:.2f} | "
               f"{own(r)} | {r.busy_before:.2f} |" for r in runs]
-    print("\n".join(lines))
-    if args.record:
-        results.append(lines)
-    return 0
+    return results.publish(lines, args.record)
 
 
 if __name__ == "__main__":
