@@ -57,3 +57,21 @@ def launched_chromium() -> Iterator[Any]:
             yield launched
         finally:
             launched.close()
+
+
+@contextlib.contextmanager
+def recorded_page(browser: Any, shot_name: str, timeout_ms: int, **context_options: Any) -> Iterator[Any]:
+    """A page in a fresh context; afterwards its full-page screenshot (`shot_name`.png in the artifacts
+    directory) and its last console messages are printed for whoever reads a failure."""
+    context = browser.new_context(**context_options)
+    opened = context.new_page()
+    opened.set_default_timeout(timeout_ms)
+    messages: list[str] = []
+    opened.on("console", lambda m: messages.append(f"{m.type}: {m.text}"))
+    try:
+        yield opened
+        shot = artifacts_dir() / f"{shot_name}.png"
+        opened.screenshot(path=str(shot), full_page=True)
+        print(f"screenshot: {shot}\nconsole: {messages[-10:]}")
+    finally:
+        context.close()

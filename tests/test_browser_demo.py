@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from browser_support import artifacts_dir, launched_chromium
+from browser_support import launched_chromium, recorded_page
 
 from dynaseal.config import DynasealConfig
 
@@ -28,16 +28,8 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
-    context = browser.new_context()
-    opened = context.new_page()
-    opened.set_default_timeout(TIMEOUT_MS)
-    messages: list[str] = []
-    opened.on("console", lambda m: messages.append(f"{m.type}: {m.text}"))
-    yield opened
-    shot = artifacts_dir() / f"{request.node.name}.png"
-    opened.screenshot(path=str(shot), full_page=True)
-    print(f"screenshot: {shot}\nconsole: {messages[-10:]}")
-    context.close()
+    with recorded_page(browser, request.node.name, TIMEOUT_MS) as opened:
+        yield opened
 
 
 def issuer(cfg: DynasealConfig, host: str = "127.0.0.1") -> str:

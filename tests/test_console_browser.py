@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 import uvicorn
-from browser_support import artifacts_dir, launched_chromium
+from browser_support import artifacts_dir, launched_chromium, recorded_page
 from conftest import DEMO_TENANT, free_ports
 from pipeline_harness import complete, new_key, wait_until
 from pydantic import SecretStr
@@ -72,16 +72,9 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    opened = context.new_page()
-    opened.set_default_timeout(TIMEOUT_MS)
-    messages: list[str] = []
-    opened.on("console", lambda m: messages.append(f"{m.type}: {m.text}"))
-    yield opened
-    shot = artifacts_dir() / f"console-{request.node.name}.png"
-    opened.screenshot(path=str(shot), full_page=True)
-    print(f"screenshot: {shot}\nconsole: {messages[-10:]}")
-    context.close()
+    viewport = {"width": 1200, "height": 900}
+    with recorded_page(browser, f"console-{request.node.name}", TIMEOUT_MS, viewport=viewport) as opened:
+        yield opened
 
 
 def log_in(page: Any, admin: str, token: str = TOKEN) -> None:
