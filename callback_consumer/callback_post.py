@@ -78,5 +78,5 @@ class CallbackPoster(TenantGates):
     async def aclose(self) -> None:
         """Close every tenant's connections."""
         for client in self._clients.values():
-            await client.aclose()
+            client.close()
         self._clients.clear()
