@@ -78,5 +78,5 @@ class CallbackPoster(TenantGates):
     async def aclose(self) -> None:
         """Close every tenant's connections."""
         for client in self._clients.values():
-            client.close()
+            await client.aclose()
         self._clients.clear()

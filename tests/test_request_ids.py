@@ -1,4 +1,4 @@
-"""Gateway request ids: random UUID4 text, one getrandom per pool of ids, never shared with a fork."""
+"""Gateway request ids: random UUID4 text from uuid_utils, no system call per id, never shared with a fork."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import uuid
 import warnings
 
 import pytest
+import uuid_utils
 
 from dynaseal.policy import request_ids
 
@@ -22,12 +23,12 @@ def test_an_id_is_uuid4_text_as_uuid_prints_it() -> None:
         assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
 
 
-def test_ids_are_distinct_across_pool_refills() -> None:
-    ids = {request_ids.new_request_id() for _ in range(5 * request_ids._POOL_IDS + 7)}
-    assert len(ids) == 5 * request_ids._POOL_IDS + 7
+def test_ids_are_distinct() -> None:
+    ids = {request_ids.new_request_id() for _ in range(5000)}
+    assert len(ids) == 5000
 
 
-def test_one_getrandom_per_pool_not_per_id(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_getrandom_per_id(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     urandom = os.urandom
 
@@ -36,24 +37,29 @@ def test_one_getrandom_per_pool_not_per_id(monkeypatch: pytest.MonkeyPatch) -> N
         return urandom(size)
 
     monkeypatch.setattr(os, "urandom", counting_urandom)  # uuid.uuid4() called it once per id
-    request_ids._POOL.reset()
-    for _ in range(request_ids._POOL_IDS):
+    for _ in range(256):
         request_ids.new_request_id()
-    assert len(calls) == 1
+    assert calls == []
+
+
+def test_the_id_comes_from_uuid_utils(monkeypatch: pytest.MonkeyPatch) -> None:
+    fixed = uuid.UUID("12345678-1234-4234-8234-123456789abc")
+    monkeypatch.setattr(uuid_utils, "uuid4", lambda: fixed)
+    assert request_ids.new_request_id() == str(fixed)
 
 
 def test_a_forked_child_does_not_mint_its_parents_next_ids() -> None:
-    request_ids._POOL.reset()
-    request_ids.new_request_id()  # the parent holds a pool with 255 ids to go
+    request_ids.new_request_id()  # the parent's generator is seeded and in use
     read, write = os.pipe()
     with warnings.catch_warnings():  # 3.12+ warns about fork in a threaded process; the child only writes
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
-        os.write(write, request_ids.new_request_id().encode())
+        os.write(write, "".join(request_ids.new_request_id() for _ in range(4)).encode())
         os._exit(0)
     os.close(write)
-    child = os.read(read, 64).decode()
+    child = os.read(read, 4 * 36).decode()
     os.close(read)
     os.waitpid(pid, 0)
-    assert child != request_ids.new_request_id()
+    parent = "".join(request_ids.new_request_id() for _ in range(4))
+    assert len(child) == 4 * 36 and child != parent
