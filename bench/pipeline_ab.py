@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     for name in ("before", "after"):
         (work / name).mkdir()
     sides = [Side(f"before ({args.before})", PipelineRig(work / "before", backlog, 1, tree)),
-             Side("after (working tree)", PipelineRig(work / "after", backlog, 1, REPO))]
+             Side(f"after (working tree, redis-py: ?{args.after_redis_query})" if args.after_redis_query
+                  else "after (working tree)", PipelineRig(work / "after", backlog, 1, REPO, args.after_redis_query))]
     rng, jtis = random.Random(7), [f"bench-key-{i}" for i in range(200)]
     try:
         for side in sides:
@@ -82,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         for side in sides:
             side.rig.stop()
     print(f"\n## Usage pipeline before/after, one consumer each, {os.cpu_count()} cores\n")
+    query = f" --after-redis-query {args.after_redis_query}" if args.after_redis_query else ""
     print(f"Command: `python -m bench.pipeline_bench --before {args.before} --rounds {args.rounds} "
-          f"--events {args.events}`\n")
+          f"--events {args.events}{query}`\n")
     print("\n".join(table(*sides)))
     return 0

@@ -176,7 +176,8 @@ def access_line(jti: str, rng: random.Random) -> tuple[str | None, bytes]:
 class PipelineRig:
     """Redis, broker, shipper, consumer and receiver on free ports in a work directory."""
 
-    def __init__(self, work: Path, tenant_backlog: int = 5000, consumers: int = 1, tree: Path = REPO) -> None:
+    def __init__(self, work: Path, tenant_backlog: int = 5000, consumers: int = 1, tree: Path = REPO,
+                 redis_query: str = "") -> None:
         self.work = work
         self.tree = tree  # whose shipper and consumer run (the receiver is always this tree's)
         self.consumers = consumers
@@ -188,9 +189,12 @@ class PipelineRig:
         os.environ["BENCH_TENANT_SECRET"] = TENANT_SECRET
         os.environ["BENCH_WEBHOOK_SECRET"] = WEBHOOK_SECRET
         self.config = work / "pipeline-bench.yaml"
+        gateway: dict[str, Any] = {"host": HOST, "data_dir": str(work / "data"),
+                                   "ports": {k: v for k, v in self.ports.items() if k != "receiver"}}
+        if redis_query:  # a URL with options: the services take redis-py's asyncio client, not the pipelined one
+            gateway["redis_url"] = f"redis://{HOST}:{self.ports['redis']}/0?{redis_query}"
         self.config.write_text(yaml.safe_dump({
-            "gateway": {"host": HOST, "data_dir": str(work / "data"),
-                        "ports": {k: v for k, v in self.ports.items() if k != "receiver"}},
+            "gateway": gateway,
             "tenants": [{"id": "bench", "keys": [{"alg": "HS256", "secret_env": "BENCH_TENANT_SECRET"}],
                          "callback": {"url": f"http://{HOST}:{self.ports['receiver']}/usage",
                                       "secret_env": "BENCH_WEBHOOK_SECRET", "include_content": True}}],
@@ -334,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", help="a git revision whose shipper and consumer drain the same backlogs in "
                         "alternating rounds beside this tree's (throughput only; bench/pipeline_ab.py)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per side with --before (default 5)")
+    parser.add_argument("--after-redis-query", default="",
+                        help="with --before: URL options for the working tree's Redis URL (e.g. "
+                             "health_check_interval=0), so its consumer runs on redis-py's asyncio client instead "
+                             "of the pipelined one")
     parser.add_argument("--serve-receiver", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_receiver:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import signal
 import socket
 import sys
-import threading
-import time
 from types import FrameType
 
 from prometheus_client import start_http_server
@@ -21,7 +20,7 @@ from callback_consumer.expiry_sweeper import ExpirySweeper
 from callback_consumer.metrics import OLDEST_RESERVATION_SECONDS
 from dynaseal.config import ConfigError
 from dynaseal.ledger.quota import RESERVATION_TTL_MS
-from dynaseal.ledger.redis_connect import sync_client
+from dynaseal.ledger.redis_async import AsyncLedgerRedis
 from dynaseal.ledger.reservation_age import oldest_open_reservation_age_s
 from dynaseal.logs import setup_logging
 from dynaseal.runtime.views import Runtime
@@ -57,23 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def watch_reservations(url: str, interval_s: float = RESERVATION_SCAN_S,
-                       reservation_ttl_ms: int = RESERVATION_TTL_MS) -> threading.Thread:
-    """Keep the oldest-open-reservation gauge current, off the delivery path (a daemon thread)."""
-    client = sync_client(url, timeout_s=5.0)  # one server or a redis+cluster:// URL
-
-    def loop() -> None:
-        while True:
-            try:
-                OLDEST_RESERVATION_SECONDS.set(oldest_open_reservation_age_s(
-                    client, reservation_ttl_ms=reservation_ttl_ms))
-            except RedisError as exc:  # the gauge keeps its last value; settlement reports Redis itself
-                logging.getLogger("dynaseal.consumer").debug("reservation scan failed: %s", exc)
-            time.sleep(interval_s)
-
-    thread = threading.Thread(target=loop, name="reservation-age", daemon=True)
-    thread.start()
-    return thread
+async def watch_reservations(client: AsyncLedgerRedis, interval_s: float = RESERVATION_SCAN_S,
+                             reservation_ttl_ms: int = RESERVATION_TTL_MS) -> None:
+    """Keep the oldest-open-reservation gauge current (on the delivery loop, between deliveries)."""
+    while True:
+        try:
+            OLDEST_RESERVATION_SECONDS.set(await oldest_open_reservation_age_s(
+                client, reservation_ttl_ms=reservation_ttl_ms))
+        except RedisError as exc:  # the gauge keeps its last value; settlement reports Redis itself
+            logging.getLogger("dynaseal.consumer").debug("reservation scan failed: %s", exc)
+        await asyncio.sleep(interval_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,19 +103,21 @@ def main(argv: list[str] | None = None) -> int:
         consumer.reload()
 
     ttl_ms = int(cfg.gateway.reservation_ttl_s * 1000)
-    watch_reservations(runtime.redis.value, min(RESERVATION_SCAN_S, ttl_ms / 4000), ttl_ms)
+    # Both on the delivery loop, on the consumer's one Redis client.
+    consumer.dispatcher.beside(lambda: watch_reservations(consumer.redis, min(RESERVATION_SCAN_S, ttl_ms / 4000),
+                                                          ttl_ms))
     sweeper = None
     if args.expiry_sweep_s > 0:
         currencies = {t.id: t.upstream.currency if t.upstream else "USD" for t in cfg.tenants}
-        sweeper = ExpirySweeper(sync_client(runtime.redis.value, timeout_s=5.0), consumer.options.bootstrap,
-                                currencies.get, args.expiry_sweep_s, consumer.options.client_id)
-        sweeper.start()
+        sweeper = ExpirySweeper(consumer.redis, consumer.options.bootstrap, currencies.get, args.expiry_sweep_s,
+                                consumer.options.client_id, consumer.executor)
+        consumer.dispatcher.beside(sweeper.run)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGHUP, _reload)
     consumer.run()
     if sweeper is not None:
-        sweeper.stop()
+        sweeper.close()
     return 0
 
 

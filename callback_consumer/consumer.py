@@ -31,7 +31,7 @@ from callback_consumer.parking import Parking
 from callback_consumer.settlement import SettlementBatcher
 from callback_consumer.tenant_slots import SharedSlots
 from dynaseal.config import ConfigError
-from dynaseal.ledger.redis_connect import sync_client
+from dynaseal.ledger.redis_async import connect
 from dynaseal.runtime.views import ConsumerView, Runtime
 from dynaseal.tenancy.source import POLL_S, TenancySource
 from dynaseal.usage import kafka_io
@@ -41,6 +41,8 @@ POLL_MS = 100
 UNKNOWN_TENANT_WAIT_S = 3 * POLL_S
 COMMIT_EVERY_S = 0.2
 LAG_EVERY_S = 1.0
+# Settlement may wait this long on Redis (authz's admits get 50 ms: a request is waiting on them).
+REDIS_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -106,18 +108,24 @@ class CallbackConsumer:
         self.tracker = OffsetTracker()
         self._abandon = threading.Event()
         self.dead_letters = DeadLetters(options.bootstrap, options.client_id, self._abandon)
-        self.redis = sync_client(self.targets.redis_url, timeout_s=2.0)  # one server or a redis+cluster:// URL
-        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blocking")
+        # One asyncio client (pipelined for redis:// and redis+cluster://), used on the delivery loop only:
+        # settlement, threshold marks, tenant slots and parking all await it there. Commands that fail take
+        # REDIS_TIMEOUT_S at most and raise RedisError, so the retry paths (settlement backoff, slot pump) run.
+        self.redis = connect(self.targets.redis_url, timeout_s=REDIS_TIMEOUT_S)
+        # The only thread hop left: kafka-python's producer blocks on the broker's acknowledgement of a
+        # DLQ or parked-topic publish, so those run here, never on the delivery loop.
+        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kafka-publish")
         # Each tenant's callback concurrency holds over the whole group, not per member.
-        slots = SharedSlots(self.redis, self.executor, f"{options.client_id}-{uuid.uuid4().hex[:8]}")
+        self.slots = SharedSlots(self.redis, f"{options.client_id}-{uuid.uuid4().hex[:8]}")
         self.dispatcher = Dispatcher(lambda abandon: self._remember(Deliverer(
-            lambda: self.targets, SettlementBatcher(self.redis, self.executor), self.dead_letters, self.executor,
-            options.policy, options.per_tenant, abandon, tenant_backlog=options.tenant_backlog, slots=slots,
-            parking=self._parking())))
+            lambda: self.targets, SettlementBatcher(self.redis), self.dead_letters, self.executor,
+            options.policy, options.per_tenant, abandon, tenant_backlog=options.tenant_backlog, slots=self.slots,
+            parking=self._parking())), closing=self._close_redis)
         self.parked_replay: ParkedReplay | None = None
         if options.park_after > 0:
             self.parked_replay = ParkedReplay(
-                lambda: self.targets, options.bootstrap, options.group_id, options.client_id, self.redis,
+                lambda: self.targets, options.bootstrap, options.group_id, options.client_id,
+                connect(self.targets.redis_url, timeout_s=REDIS_TIMEOUT_S),  # its own loop: its own client
                 self.dead_letters, probe_s=options.park_probe_s, session_timeout_ms=options.session_timeout_ms,
                 heartbeat_interval_ms=options.heartbeat_interval_ms)
         self._paused = False
@@ -126,6 +134,11 @@ class CallbackConsumer:
         self._last_commit = 0.0
         self._lag_at = 0.0
         self._lag_labels: set[str] = set()
+
+    async def _close_redis(self) -> None:
+        """On the delivery loop, once deliveries drained: the last slot releases, then the connections."""
+        await self.slots.aclose()
+        await self.redis.aclose()
 
     def _parking(self) -> Parking | None:
         if self.options.park_after <= 0:
@@ -295,5 +308,4 @@ class CallbackConsumer:
             self.parked_replay.stop()
         self.dead_letters.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
-        self.redis.close()
         log.info("stopped")

@@ -32,7 +32,6 @@ from callback_consumer.retry_policy import RetryPolicy
 from callback_consumer.settlement import SettlementBatcher
 from callback_consumer.tenant_slots import SharedSlots
 from dynaseal.backoff import Backoff
-from dynaseal.ledger import redis_keys
 from dynaseal.ledger.quota import Settlement
 from dynaseal.ledger.tenant_quota import has_tenant_limits
 from dynaseal.pb import UsageEvent
@@ -96,7 +95,8 @@ class Deliverer(CallbackPoster):
         return False
 
     async def blocking(self, fn: Callable[..., object], *args: object) -> object:
-        """Run a blocking call on the executor."""
+        """Run a blocking call on the executor: kafka-python's DLQ and parked-topic publishes only (its producer
+        blocks until the broker acknowledges); every Redis call is awaited on this loop."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def _settle(self, event: UsageEvent) -> Settlement | None:
@@ -216,7 +216,7 @@ class Deliverer(CallbackPoster):
                               job.dlq)
         # Counted before it is written: the replay may deliver it (and count it down) before an ack returns.
         try:
-            await self.blocking(self.parking.count_parked, tenant_id)
+            await self.parking.count_parked(tenant_id)
         except RedisError as exc:  # parked all the same; a new event may then be tried before it
             log.warning("could not count a parked event", extra={"tenant": tenant_id, "error": str(exc)})
         # Keyed by tenant: one partition holds a tenant's parked events, in the order they were parked.
@@ -269,8 +269,7 @@ class Deliverer(CallbackPoster):
         if self.settlements is None:
             return False
         try:
-            billed = await self.blocking(self.settlements.redis.hget, redis_keys.settled(event.tenant, event.jti),
-                                         event.request_id)
+            billed = await self.settlements.settled_mark(event.tenant, event.jti, event.request_id)
         except RedisError:
             return False  # tell the tenant rather than stay silent: a later real callback supersedes it
         return isinstance(billed, bytes) and not billed.startswith(b"p:")

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from callback_consumer import metrics
 from callback_consumer.delivery import Deliverer, Job, Outcome
@@ -28,9 +28,12 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 class Dispatcher:
     """Owns the delivery event loop; `drain` finishes what is in flight and stops it."""
 
-    def __init__(self, make_deliverer: Callable[[asyncio.Event], Deliverer]) -> None:
+    def __init__(self, make_deliverer: Callable[[asyncio.Event], Deliverer],
+                 closing: Callable[[], Awaitable[None]] | None = None) -> None:
         self.finished: queue.SimpleQueue[tuple[Job, Outcome]] = queue.SimpleQueue()
         self._make_deliverer = make_deliverer
+        # Run on the loop after the deliveries drained (the Redis client's connections belong to this loop).
+        self._closing = closing
         self._loop = _new_loop()
         self._tasks: set[asyncio.Task[None]] = set()
         # Counted, not len(self._tasks): a finished task leaves the set only in a later loop
@@ -40,6 +43,13 @@ class Dispatcher:
         self._thread = threading.Thread(target=self._run, name="deliveries", daemon=True)
         self._abandon: asyncio.Event | None = None
         self._deliverer: Deliverer | None = None
+        # Periodic work beside the deliveries, on the same loop (expiry sweeps, the reservation-age gauge).
+        self._beside: list[Callable[[], Awaitable[None]]] = []
+        self._background: list[asyncio.Task[None]] = []
+
+    def beside(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run `work()` on the delivery loop from `start` until `drain` (call before `start`)."""
+        self._beside.append(work)
 
     def start(self) -> None:
         """Start the loop thread and wait until it accepts jobs."""
@@ -50,6 +60,7 @@ class Dispatcher:
         asyncio.set_event_loop(self._loop)
         self._abandon = asyncio.Event()
         self._deliverer = self._make_deliverer(self._abandon)
+        self._background = [self._loop.create_task(self._forever(work)) for work in self._beside]
         self._loop.call_soon(self._ready.set)
         self._loop.run_forever()
 
@@ -85,8 +96,20 @@ class Dispatcher:
             self._in_flight -= 1
             metrics.IN_FLIGHT.set(self._in_flight)
 
+    @staticmethod
+    async def _forever(work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await work()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # work that dies would silently stop (a sweep, a gauge): say so
+            log.exception("background work on the delivery loop failed")
+
     async def _drain(self, timeout_s: float) -> None:
         assert self._abandon is not None and self._deliverer is not None
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         self._abandon.set()  # retries give up now; every job handed out still gets its first attempt
         pending = set(self._tasks)
         if pending:
@@ -97,6 +120,8 @@ class Dispatcher:
                 log.warning("deliveries cut off by shutdown; they will be redelivered", extra={"count": len(still)})
                 await asyncio.wait(still, timeout=1.0)
         await self._deliverer.aclose()
+        if self._closing is not None:
+            await self._closing()
 
     def drain(self, timeout_s: float) -> None:
         """Let in-flight deliveries finish (at most timeout_s), then stop the loop and its thread."""

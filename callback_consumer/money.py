@@ -17,7 +17,7 @@ from decimal import Decimal
 
 from callback_consumer import metrics
 from callback_consumer.jobs import Job, Outcome, Sender
-from dynaseal.ledger.quota import MoneySettlement, mark_thresholds
+from dynaseal.ledger.quota import MoneySettlement
 from dynaseal.money.budget_thresholds import Crossing, basis_points, threshold_body, threshold_webhook_id
 from dynaseal.money.pricing import TokenUsage
 from dynaseal.pb import UsageEvent
@@ -105,8 +105,7 @@ class ThresholdSender:
         settlements = self.deliverer.settlements
         if settlements is not None:
             try:
-                await self.deliverer.blocking(mark_thresholds, settlements.redis, event.tenant, event.jti, (crossing,),
-                                              tuple(event.chain))
+                await settlements.mark_thresholds(event.tenant, event.jti, (crossing,), tuple(event.chain))
             except Exception as exc:  # left pending: a later settlement sends it again, with the same id
                 log.warning("could not mark a threshold delivered", extra={"jti": event.jti, "error": str(exc)})
         return outcome

@@ -34,7 +34,7 @@ from callback_consumer.delivery import Deliverer, Job, RetryPolicy
 from callback_consumer.dlq import DeadLetters, dlq_headers
 from callback_consumer.parking import replayed
 from dynaseal.backoff import Backoff
-from dynaseal.ledger.redis_connect import SyncClient
+from dynaseal.ledger.redis_async import AsyncLedgerRedis
 from dynaseal.pb import UsageEvent
 from dynaseal.runtime.views import ConsumerView
 from dynaseal.usage import kafka_io
@@ -54,7 +54,7 @@ class ParkedReplay:
     """The replay thread; `stop` ends it."""
 
     def __init__(self, registry: Callable[[], ConsumerView], bootstrap: str, group_id: str, client_id: str,
-                 redis_client: SyncClient, dead_letters: DeadLetters, probe_s: float = 2.0,
+                 redis_client: AsyncLedgerRedis, dead_letters: DeadLetters, probe_s: float = 2.0,
                  probe_cap_s: float = 30.0, max_parked_s: float = 7 * 24 * 3600,
                  session_timeout_ms: int = kafka_io.SESSION_TIMEOUT_MS,
                  heartbeat_interval_ms: int = kafka_io.HEARTBEAT_INTERVAL_MS) -> None:
@@ -62,6 +62,7 @@ class ParkedReplay:
         self.bootstrap = bootstrap
         self.group_id = f"{group_id}-parked"
         self.client_id = f"{client_id}-parked"
+        # Used on this thread's loop only (a client belongs to the loop that first used it).
         self.redis = redis_client
         self.dead_letters = dead_letters
         self.probe_s, self.probe_cap_s, self.max_parked_s = probe_s, probe_cap_s, max_parked_s
@@ -111,6 +112,7 @@ class ParkedReplay:
         finally:
             kafka_io.close_quietly(consumer, timeout_s=2)
             self._loop.run_until_complete(self._deliverer.aclose())
+            self._loop.run_until_complete(self.redis.aclose())
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._loop.close()
 
@@ -145,7 +147,7 @@ class ParkedReplay:
         metrics.REPLAYED.labels(outcome).inc()
         tenant = (record.key or b"").decode(errors="replace")  # parked events are keyed by tenant
         try:
-            replayed(self.redis, tenant)
+            self._loop.run_until_complete(replayed(self.redis, tenant))
         except RedisError as exc:  # the counter expires; until then new events are parked and replayed
             log.warning("could not count down the parked events", extra={"tenant": tenant, "error": str(exc)})
         return True

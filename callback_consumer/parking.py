@@ -21,7 +21,7 @@ import time
 from redis.exceptions import RedisError
 
 from dynaseal.ledger import redis_keys
-from dynaseal.ledger.redis_connect import SyncClient
+from dynaseal.ledger.redis_async import AsyncLedgerRedis
 
 COUNT_CACHE_S = 0.25
 # A counter kept after its last park: a consumer that died between parking and counting leaves it high,
@@ -47,7 +47,7 @@ class _Tenant:
 class Parking:
     """Per-tenant failure streaks, parked counts and park ordering (on the delivery loop)."""
 
-    def __init__(self, redis_client: SyncClient, park_after: int) -> None:
+    def __init__(self, redis_client: AsyncLedgerRedis, park_after: int) -> None:
         self.redis = redis_client
         self.park_after = park_after
         self._seq = itertools.count()
@@ -104,7 +104,8 @@ class Parking:
 
     async def _refresh(self, tenant: str, state: _Tenant) -> None:
         try:
-            raw = await asyncio.get_running_loop().run_in_executor(None, self.redis.get, parked_counter(tenant))
+            name = parked_counter(tenant)
+            raw = await self.redis.execute_on(name, "GET", name)
             state.count = int(raw) if isinstance(raw, bytes | str | int) else 0
         except (RedisError, ValueError):
             pass  # keep the last known count
@@ -132,17 +133,19 @@ class Parking:
                 return False
         return True
 
-    def count_parked(self, tenant: str) -> None:
+    async def count_parked(self, tenant: str) -> None:
         """One more parked event of the tenant (called before it is written: never below the truth)."""
-        name = parked_counter(tenant)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.incr(name)
-        pipe.expire(name, COUNTER_TTL_S)
-        pipe.execute()
+        await self.redis.eval_script(_PARKED, [parked_counter(tenant)], [COUNTER_TTL_S])
         state = self._state(tenant)
         state.count += 1
         state.failures = 0
 
+
+_PARKED = """
+local n = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return n
+"""
 
 _REPLAYED = """
 local n = redis.call('DECR', KEYS[1])
@@ -151,6 +154,6 @@ return n
 """
 
 
-def replayed(redis_client: SyncClient, tenant: str) -> int:
+async def replayed(redis_client: AsyncLedgerRedis, tenant: str) -> int:
     """A parked event left the parked topic (delivered or dead-lettered); how many of the tenant's remain."""
-    return int(redis_client.eval(_REPLAYED, 1, parked_counter(tenant)))
+    return int(await redis_client.eval_script(_REPLAYED, [parked_counter(tenant)], []))

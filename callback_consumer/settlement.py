@@ -1,72 +1,54 @@
-"""Settle reservations in bursts: one Redis pipeline per burst, not a round trip and a thread hop per event.
+"""Settling reservations from the delivery loop itself, on the core's asyncio Redis client.
 
-Measured on the 2-core machine: `dynaseal.ledger.quota.settle` one call at a time from the event loop
-(via a thread) cost ~450 µs of CPU per event; a pipeline of EVALSHAs ~50 µs. Each call is the
-same SETTLE script with the same arguments as `dynaseal.ledger.quota.settle`, so it is just as
-idempotent per request_id. For a tenant with tenant-wide limits TENANT_SETTLE runs in the same
-pipeline (idempotent on its own slot: a crash between the two is repaired by the redelivery).
-On a Redis Cluster the pipeline is split per node by redis-py's RedisCluster.
+Each settlement is the SETTLE script with the same arguments as `dynaseal.ledger.quota.settle`, so it
+is just as idempotent per request_id; for a tenant with tenant-wide limits TENANT_SETTLE runs beside it
+(idempotent on its own slot: a failure between the two is repaired by the retry or the redelivery).
+On the pipelined client (`redis://`, `redis+cluster://`) the settlements issued in one loop turn go
+out in one write on one connection per node: the batching the former executor batcher built by hand
+with a redis-py pipeline on a thread, without the thread. NOSCRIPT (a restarted or just promoted
+Redis) is answered by EVAL in the client, as for authz's admits.
 """
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Executor
-from typing import Any
 
-from dynaseal.ledger import tenant_quota
-from dynaseal.ledger.quota import MoneySettlement, Settlement, settlement_call
-from dynaseal.ledger.redis_connect import Call, SyncClient, run_scripts
+from dynaseal.ledger import redis_keys, tenant_quota
+from dynaseal.ledger.quota import MoneySettlement, Settlement, key_path, settlement_call
+from dynaseal.ledger.quota_scripts import MARK_THRESHOLDS
+from dynaseal.ledger.redis_async import AsyncLedgerRedis
 from dynaseal.ledger.tenant_scripts import TENANT_SETTLE
-
-MAX_BATCH = 500
-# tenant, jti, request_id, tokens, chain (root first, for a child key), money, tenant-wide limits
-_Item = tuple[str, str, str, int, tuple[str, ...], MoneySettlement | None, bool]
+from dynaseal.money.budget_thresholds import Crossing
 
 
 class SettlementBatcher:
-    """`await settle(...)` from any task; calls arriving together share one pipeline."""
+    """`await settle(...)` from any task of one event loop; settlements issued together share a write."""
 
-    def __init__(self, redis_client: SyncClient, executor: Executor) -> None:
+    def __init__(self, redis_client: AsyncLedgerRedis) -> None:
         self.redis = redis_client
-        self.executor = executor
-        self._queue: list[tuple[_Item, asyncio.Future[Settlement]]] = []
-        self._runner: asyncio.Task[None] | None = None
 
     async def settle(self, tenant: str, jti: str, request_id: str, tokens: int, chain: tuple[str, ...] = (),
                      money: MoneySettlement | None = None, tenant_wide: bool = False) -> Settlement:
         """Replace the reservation with `tokens` (and its cost; the tenant's too if `tenant_wide`): every level
         of a child key's chain; raises RedisError if Redis failed."""
-        future: asyncio.Future[Settlement] = asyncio.get_running_loop().create_future()
-        self._queue.append(((tenant, jti, request_id, tokens, chain, money, tenant_wide), future))
-        if self._runner is None or self._runner.done():
-            self._runner = asyncio.get_running_loop().create_task(self._drain())
-        return await future
+        script, keys, args = settlement_call(tenant, jti, request_id, tokens, chain, money=money)
+        if not tenant_wide:
+            return Settlement.from_reply(await self.redis.eval_script(script, keys, args))
+        _tenant_reply, reply = await asyncio.gather(
+            self.redis.eval_script(TENANT_SETTLE, tenant_quota.tenant_keys(tenant),
+                                   tenant_quota.settle_args(request_id, tokens)),
+            self.redis.eval_script(script, keys, args))
+        return Settlement.from_reply(reply)
 
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._queue:
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            try:
-                replies = await loop.run_in_executor(self.executor, self._run, [item for item, _ in batch])
-            except Exception as exc:  # RedisError mostly; every waiter of this batch sees it and retries
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), reply in zip(batch, replies, strict=True):
-                if not future.done():
-                    future.set_result(Settlement.from_reply(reply))
+    async def mark_thresholds(self, tenant: str, jti: str, crossings: tuple[Crossing, ...],
+                              chain: tuple[str, ...] = ()) -> None:
+        """Record that these thresholds' callbacks were delivered (or dead-lettered): never reported again."""
+        if crossings:  # the same script and key as dynaseal.ledger.quota.mark_thresholds
+            counters_key = redis_keys.level_keys(tenant, key_path(jti, chain))[1]
+            await self.redis.eval_script(MARK_THRESHOLDS, [counters_key], [c.field for c in crossings])
 
-    def _run(self, items: list[_Item]) -> list[Any]:
-        """The key's settlement reply for every item (the tenant's, where there is one, runs beside it)."""
-        calls: list[Call] = []
-        key_calls: list[int] = []
-        for tenant, jti, request_id, tokens, chain, money, tenant_wide in items:
-            if tenant_wide:
-                calls.append((TENANT_SETTLE, tenant_quota.tenant_keys(tenant),
-                              tenant_quota.settle_args(request_id, tokens)))
-            key_calls.append(len(calls))
-            calls.append(settlement_call(tenant, jti, request_id, tokens, chain, money=money))
-        replies = run_scripts(self.redis, calls)
-        return [replies[i] for i in key_calls]
+    async def settled_mark(self, tenant: str, jti: str, request_id: str) -> bytes | None:
+        """What the ledger recorded as the request's settlement (`p:` while only provisional), None if nothing."""
+        key = redis_keys.settled(tenant, jti)
+        mark = await self.redis.execute_on(key, "HGET", key, request_id)
+        return mark if isinstance(mark, bytes) else None

@@ -8,7 +8,8 @@ the same moment a live one would have given up on the attempt.
 
 Per tenant one pump task asks Redis for as many leases as it has waiters (one script call for the
 lot) and hands them out in arrival order; when none is free it waits for a local release or
-POLL_S (another member's release). Releases of one loop turn go out as one ZREM.
+POLL_S (another member's release). Releases of one loop turn go out as one ZREM. Both are awaited on
+the delivery loop, on the core's asyncio Redis client (no thread hop).
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
 from dynaseal.backoff import Backoff
 from dynaseal.ledger import redis_keys
-from dynaseal.ledger.redis_connect import SyncClient, run_scripts
+from dynaseal.ledger.redis_async import AsyncLedgerRedis
 
 log = logging.getLogger("callback_consumer.tenant_slots")
 LEASE_MARGIN_S = 5.0
@@ -71,12 +71,12 @@ class _Tenant:
 class SharedSlots:
     """`async with slots.hold(tenant, limit, timeout_s):` around one callback attempt."""
 
-    def __init__(self, redis_client: SyncClient, executor: Executor, member: str) -> None:
+    def __init__(self, redis_client: AsyncLedgerRedis, member: str) -> None:
         self.redis = redis_client
-        self.executor = executor
         self.member = member
         self._ids = itertools.count()
         self._tenants: dict[str, _Tenant] = {}
+        self._flushing: set[asyncio.Task[None]] = set()
 
     @contextlib.asynccontextmanager
     async def hold(self, tenant: str, limit: int, timeout_s: float) -> AsyncIterator[None]:
@@ -106,14 +106,13 @@ class SharedSlots:
             raise
 
     async def _pump(self, tenant: str, state: _Tenant) -> None:
-        loop = asyncio.get_running_loop()
         retries = RETRY_BACKOFF.retries()
         while state.waiters:
             state.freed.clear()
             wanted = [lease for lease, future in list(state.waiters)[:state.limit] if not future.done()]
             try:
-                [granted] = await loop.run_in_executor(self.executor, run_scripts, self.redis, [
-                    (ACQUIRE, [lease_set(tenant)], [state.limit, state.lease_ms, *wanted])])
+                granted = await self.redis.eval_script(ACQUIRE, [lease_set(tenant)],
+                                                       [state.limit, state.lease_ms, *wanted])
             except RedisError as exc:
                 log.warning("callback slots unavailable; retrying", extra={"tenant": tenant, "error": str(exc)})
                 await asyncio.sleep(retries.next_delay())
@@ -136,7 +135,10 @@ class SharedSlots:
     def _release(self, tenant: str, lease: str) -> None:
         state = self._tenants[tenant]
         if not state.releasing:
-            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush(tenant, state)))
+            # The task's first step runs in the next loop turn: releases of this turn share its ZREM.
+            flush = asyncio.get_running_loop().create_task(self._flush(tenant, state))
+            self._flushing.add(flush)
+            flush.add_done_callback(self._flushing.discard)
         state.releasing.append(lease)
 
     async def _flush(self, tenant: str, state: _Tenant) -> None:
@@ -144,10 +146,16 @@ class SharedSlots:
         if not leases:
             return
         try:
-            await asyncio.get_running_loop().run_in_executor(self.executor, self._zrem, tenant, leases)
+            await self.redis.execute_on(lease_set(tenant), "ZREM", lease_set(tenant), *leases)
         except RedisError as exc:  # they expire with their lease
             log.warning("could not release callback slots", extra={"tenant": tenant, "error": str(exc)})
         state.freed.set()
 
-    def _zrem(self, tenant: str, leases: list[str]) -> None:
-        self.redis.zrem(lease_set(tenant), *leases)
+    async def aclose(self) -> None:
+        """Send the releases still pending and stop the pumps (before the Redis client closes, so no late
+        release reconnects it)."""
+        for state in self._tenants.values():
+            if state.pump is not None:
+                state.pump.cancel()
+        while self._flushing:
+            await asyncio.gather(*self._flushing, return_exceptions=True)

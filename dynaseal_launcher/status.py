@@ -13,6 +13,7 @@ Exit 0 always when it could read the config (a stage that does not answer is sho
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import sys
 import time
@@ -26,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import RedisError
 
 from dynaseal.config import ConfigError, DynasealConfig, load_config
+from dynaseal.ledger.redis_async import connect
 from dynaseal.ledger.redis_connect import SyncClient, sync_client
 from dynaseal.ledger.reservation_age import oldest_open_reservation_age_s
 from dynaseal.runtime.locations import redis_url
@@ -132,6 +134,16 @@ def dlq_reasons(bootstrap: str, max_entries: int = 1_000_000) -> Counter[str] | 
         kafka_io.close_quietly(consumer)
 
 
+async def _oldest_reservation_age_s(url: str, reservation_ttl_ms: int) -> float:
+    """The ledger's oldest open reservation, read with the services' asyncio client (a one-shot command; the
+    parked counts beside it keep a blocking client)."""
+    client = connect(url, timeout_s=5.0)
+    try:
+        return await oldest_open_reservation_age_s(client, reservation_ttl_ms=reservation_ttl_ms)
+    finally:
+        await client.aclose()
+
+
 def parked_by_tenant(client: SyncClient) -> dict[str, int]:
     """Parked events per tenant (their counters in Redis)."""
     out = {}
@@ -175,7 +187,7 @@ def report(cfg: DynasealConfig, group_id: str) -> list[str]:
     try:
         client = sync_client(redis_url(cfg), timeout_s=5.0)
         try:
-            age = oldest_open_reservation_age_s(client, reservation_ttl_ms=int(cfg.gateway.reservation_ttl_s * 1000))
+            age = asyncio.run(_oldest_reservation_age_s(redis_url(cfg), int(cfg.gateway.reservation_ttl_s * 1000)))
             lines.append(f"ledger      oldest unsettled reservation: {age:.1f} s "
                          f"(billed and reported at {cfg.gateway.reservation_ttl_s:g} s)")
             parked = parked_by_tenant(client)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
@@ -18,6 +17,7 @@ from callback_consumer.settlement import SettlementBatcher
 from dynaseal.config import DynasealConfig
 from dynaseal.ledger import redis_keys
 from dynaseal.ledger.quota import RedisQuota, counters
+from dynaseal.ledger.redis_async import connect
 from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest
 from dynaseal.usage.events import parse_line
@@ -74,8 +74,11 @@ def test_settling_never_shortens_a_long_lived_keys_counters(redis_server: str, c
     assert client.ttl(name) > lifetime  # admit: the key's lifetime plus a day
 
     async def settle_like_the_consumer() -> None:
-        with ThreadPoolExecutor(1) as pool:
-            await SettlementBatcher(client, pool).settle(OTHER_TENANT, key.jti, "r-1", 50)
+        redis_client = connect(redis_server, timeout_s=2.0)
+        try:
+            await SettlementBatcher(redis_client).settle(OTHER_TENANT, key.jti, "r-1", 50)
+        finally:
+            await redis_client.aclose()
 
     asyncio.run(settle_like_the_consumer())
     assert counters(client, OTHER_TENANT, key.jti)["uses"] == 1

@@ -214,16 +214,26 @@ def test_redis_paused_past_the_deadline_refused_requests_spend_nothing(
 
 def test_oldest_open_reservation_age_finds_an_unsettled_one(tmp_path_factory: pytest.TempPathFactory,
                                                            base_key: VerifiedKey) -> None:
+    from dynaseal.ledger.redis_async import connect
     from dynaseal.ledger.reservation_age import oldest_open_reservation_age_s
+
+    def age(now_ms: int | None = None) -> float:
+        async def read() -> float:
+            ledger = connect(url, timeout_s=2.0)
+            try:
+                return await oldest_open_reservation_age_s(ledger, now_ms)
+            finally:
+                await ledger.aclose()
+        return asyncio.run(read())
 
     with private_redis(tmp_path_factory.mktemp("age-redis")) as url:
         client = redis.Redis.from_url(url)
-        assert oldest_open_reservation_age_s(client) == 0.0
+        assert age() == 0.0
         asyncio.run(admit_many(url, base_key, 2, 5))
         later = int(time.time() * 1000) + 120_000  # two minutes on, nothing settled: the gauge says so
-        assert 119 <= oldest_open_reservation_age_s(client, later) <= 122
+        assert 119 <= age(later) <= 122
         settle(client, OTHER_TENANT, base_key.jti, "r-0", 1)
-        assert 119 <= oldest_open_reservation_age_s(client, later) <= 122  # r-1 is still open
+        assert 119 <= age(later) <= 122  # r-1 is still open
         settle(client, OTHER_TENANT, base_key.jti, "r-1", 1)
-        assert oldest_open_reservation_age_s(client, later) == 0.0
+        assert age(later) == 0.0
         client.close()

@@ -7,7 +7,6 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
@@ -223,24 +222,27 @@ def test_redis_failing_between_the_slots_leaves_nothing_reserved(redis_server: s
 
 def test_consumer_settlement_settles_tenant_and_key_on_a_cluster(cluster: LocalCluster, cfg: DynasealConfig) -> None:
     from callback_consumer.settlement import SettlementBatcher
+    from dynaseal.ledger.redis_async import connect
 
     keys = tenant_keys_of(cfg, 10, tenant_budget=TenantBudget(tokens=10_000))
     plan = [(keys[i % 10], 30, f"s-{i}") for i in range(60)]
     assert set(asyncio.run(admit_all(cluster.url, plan))) == {"ok"}
     client = sync_client(cluster.url)
-    executor = ThreadPoolExecutor(2)
 
     async def settle_all() -> None:
-        batcher = SettlementBatcher(client, executor)
-        await asyncio.gather(*(batcher.settle(key.tenant.id, key.jti, rid, 7, tenant_wide=True)
-                               for key, _, rid in plan * 2))  # every event twice: redelivery
+        redis_client = connect(cluster.url, timeout_s=2.0)  # the consumer's client: pipelined, per master
+        batcher = SettlementBatcher(redis_client)
+        try:
+            await asyncio.gather(*(batcher.settle(key.tenant.id, key.jti, rid, 7, tenant_wide=True)
+                                   for key, _, rid in plan * 2))  # every event twice: redelivery
+        finally:
+            await redis_client.aclose()
     try:
         asyncio.run(settle_all())
         window = window_id("day", time.time())
         assert tenant_counters(client, keys[0].tenant.id, window) == {"reserved": 0, "spent": 60 * 7}
         assert key_totals(client, keys) == {"uses": 60, "reserved": 0, "spent": 60 * 7}
     finally:
-        executor.shutdown()
         client.close()
 
 

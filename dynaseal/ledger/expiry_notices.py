@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from dynaseal.ledger import redis_keys
 from dynaseal.ledger.quota_scripts import _LEVELS
-from dynaseal.ledger.redis_connect import SyncClient
+from dynaseal.ledger.redis_async import AsyncLedgerRedis
 
 EXPIRED_SUFFIX = ":expired"
 CLAIMED_SUFFIX = ":claimed"
@@ -88,60 +88,62 @@ def parse_root(name: str, suffix: str) -> tuple[str, str] | None:
     return _unescape(tenant), _unescape(jti)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _names(client: SyncClient, pattern: str, max_keys: int) -> list[str]:
+async def _names(client: AsyncLedgerRedis, pattern: str, max_keys: int) -> list[str]:
     names = []
-    for seen, name in enumerate(client.scan_iter(match=pattern, count=1000), start=1):
-        names.append(_text(name))
-        if seen >= max_keys:
+    async for name in client.scan_iter(pattern):
+        names.append(name)
+        if len(names) >= max_keys:
             break
     return names
 
 
-def expire_due(client: SyncClient, now_ms: int | None = None, max_keys: int = 100_000) -> int:
+async def _due(client: AsyncLedgerRedis, name: str, now: int) -> bool:
+    """Whether the sorted set `name` holds an entry scored `now` or earlier."""
+    return bool(await client.execute_on(name, "ZRANGEBYSCORE", name, "-inf", now, "LIMIT", 0, 1))
+
+
+async def expire_due(client: AsyncLedgerRedis, now_ms: int | None = None, max_keys: int = 100_000) -> int:
     """Bill the root reservations whose deadline passed (Redis's expiry is lazy otherwise); keys touched."""
     now = int(time.time() * 1000) if now_ms is None else now_ms
     touched = 0
     deadlines = ":" + redis_keys.reservation_deadlines("t", "j").rsplit(":", 1)[1]
-    for name in _names(client, f"{redis_keys.PREFIX}:*{deadlines}", max_keys):
+    for name in await _names(client, f"{redis_keys.PREFIX}:*{deadlines}", max_keys):
         root = parse_root(name, deadlines)
-        if root is None or not client.zrangebyscore(name, "-inf", now, start=0, num=1):
+        if root is None or not await _due(client, name, now):
             continue
-        client.eval(EXPIRE_ROOT, 6, *redis_keys.level_keys(root[0], (root[1],)), now)
+        await client.eval_script(EXPIRE_ROOT, redis_keys.level_keys(root[0], (root[1],)), [now])
         touched += 1
     return touched
 
 
-def _claim_at(client: SyncClient, tenant: str, jti: str, base: str, now: int, lease_ms: int,
-              room: int) -> list[ExpiredReservation]:
-    reply = client.eval(CLAIM, 3, base + EXPIRED_SUFFIX, base + CLAIMED_SUFFIX, redis_keys.settled(tenant, jti),
-                        now, lease_ms, room, KEEP_MS)
-    items = [_text(v) for v in reply]
+async def _claim_at(client: AsyncLedgerRedis, tenant: str, jti: str, base: str, now: int, lease_ms: int,
+                    room: int) -> list[ExpiredReservation]:
+    reply = await client.eval_script(CLAIM, [base + EXPIRED_SUFFIX, base + CLAIMED_SUFFIX,
+                                             redis_keys.settled(tenant, jti)], [now, lease_ms, room, KEEP_MS])
+    items = [v.decode() if isinstance(v, bytes) else str(v) for v in reply]
     return [ExpiredReservation(tenant, jti, items[i], int(items[i + 1]), int(items[i + 2]) if items[i + 2] else None)
             for i in range(0, len(items), 3)]
 
 
-def claim(client: SyncClient, lease_ms: int, max_ids: int = 500, now_ms: int | None = None,
-          max_keys: int = 100_000) -> list[ExpiredReservation]:
+async def claim(client: AsyncLedgerRedis, lease_ms: int, max_ids: int = 500, now_ms: int | None = None,
+                max_keys: int = 100_000) -> list[ExpiredReservation]:
     """Claim up to `max_ids` expired reservations for their callbacks (each id goes to one caller per lease)."""
     now = int(time.time() * 1000) if now_ms is None else now_ms
     found: list[ExpiredReservation] = []
     # New expiries, then claims whose lease lapsed (they sit only in the claimed index).
     for suffix, due in ((EXPIRED_SUFFIX, False), (CLAIMED_SUFFIX, True)):
-        for name in _names(client, f"{redis_keys.PREFIX}:*:deadlines{suffix}", max_keys):
+        for name in await _names(client, f"{redis_keys.PREFIX}:*:deadlines{suffix}", max_keys):
             root = parse_root(name, ":deadlines" + suffix)
             if root is None or len(found) >= max_ids:
                 continue
-            if due and not client.zrangebyscore(name, "-inf", now, start=0, num=1):
+            if due and not await _due(client, name, now):
                 continue
-            found += _claim_at(client, root[0], root[1], name[:-len(suffix)], now, lease_ms, max_ids - len(found))
+            found += await _claim_at(client, root[0], root[1], name[:-len(suffix)], now, lease_ms,
+                                     max_ids - len(found))
     return found
 
 
-def done(client: SyncClient, reservation: ExpiredReservation) -> None:
+async def done(client: AsyncLedgerRedis, reservation: ExpiredReservation) -> None:
     """The notice of this reservation is on Kafka: drop its claim."""
     name = redis_keys.reservation_deadlines(reservation.tenant, reservation.jti) + CLAIMED_SUFFIX
-    client.zrem(name, reservation.request_id)
+    await client.execute_on(name, "ZREM", name, reservation.request_id)

@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio import RedisCluster as AsyncRedisCluster
 from redis.exceptions import RedisError
@@ -27,8 +26,9 @@ from dynaseal.ledger import redis_keys, tenant_quota
 from dynaseal.ledger.admission import Admission
 from dynaseal.ledger.outcomes import Admitted, LedgerUnavailable, Outcome, SettleOutcome, outcome_of
 from dynaseal.ledger.quota_scripts import ADMIT, MARK_THRESHOLDS, RELEASE, REVOKED_LEVEL, SETTLE
+from dynaseal.ledger.redis_async import RedisPyAsync, connect
 from dynaseal.ledger.redis_cluster import PipelinedCluster
-from dynaseal.ledger.redis_connect import SyncClient, async_client, is_cluster, run_scripts
+from dynaseal.ledger.redis_connect import SyncClient, run_scripts
 from dynaseal.ledger.redis_pipeline import PipelinedRedis
 from dynaseal.ledger.tenant_scripts import TENANT_ADMIT, TENANT_RELEASE, TENANT_SETTLE
 from dynaseal.money.budget_thresholds import Crossing
@@ -98,7 +98,7 @@ class Settlement:
 class RedisQuota:
     """The ledger, backed by one Redis or a Redis Cluster (`redis+cluster://`)."""
 
-    def __init__(self, client: AsyncRedis | AsyncRedisCluster | PipelinedRedis | PipelinedCluster,
+    def __init__(self, client: AsyncRedis | AsyncRedisCluster | PipelinedRedis | PipelinedCluster | RedisPyAsync,
                  reservation_ttl_ms: int = RESERVATION_TTL_MS, timeout_s: float = 0.05) -> None:
         self.client = client
         self.reservation_ttl_ms = reservation_ttl_ms
@@ -110,7 +110,7 @@ class RedisQuota:
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """One script, one round trip, on the node of its keys' slot."""
-        if isinstance(self.client, PipelinedRedis | PipelinedCluster):
+        if not isinstance(self.client, AsyncRedis | AsyncRedisCluster):
             return await self.client.eval_script(script, keys, args)
         registered = self._registered.get(script)
         if registered is None:
@@ -121,19 +121,12 @@ class RedisQuota:
     def from_url(cls, url: str, timeout_s: float = 0.05) -> RedisQuota:
         """A quota with bounded timeouts (a slow Redis must fail closed quickly).
 
-        Plain `redis://` URLs get the pipelined client (one shared connection, one EVALSHA per
-        admit), plain `redis+cluster://` URLs its cluster form (one connection per master); others
-        (TLS, unix sockets, URL options) get redis-py with a blocking pool, or its RedisCluster.
+        The client is the core's one asyncio entry point (`redis_async.connect`): plain `redis://` URLs
+        get the pipelined client (one shared connection, one EVALSHA per admit), plain `redis+cluster://`
+        URLs its cluster form (one connection per master); others (TLS, unix sockets, URL options)
+        redis-py with a blocking pool, or its RedisCluster.
         """
-        pipelined = PipelinedRedis.from_url(url, timeout_s) or PipelinedCluster.from_url(url, timeout_s)
-        if pipelined is not None:
-            return cls(pipelined, timeout_s=timeout_s)
-        if is_cluster(url):
-            return cls(async_client(url, timeout_s, max_connections=64), timeout_s=timeout_s)
-        # A blocking pool: a burst waits (bounded) for a connection instead of failing at once.
-        pool = BlockingConnectionPool.from_url(url, max_connections=64, timeout=max(timeout_s, 0.1),
-                                               socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        return cls(AsyncRedis(connection_pool=pool), timeout_s=timeout_s)
+        return cls(connect(url, timeout_s, max_connections=64), timeout_s=timeout_s)
 
     async def admit(self, admission: Admission, now_ms: int | None = None) -> Outcome:
         """Reserve for one request at every level of its chain (then on its tenant's slot, if it has one).
@@ -199,18 +192,19 @@ class RedisQuota:
 
     async def ping(self) -> bool:
         """Whether Redis answers (every master of a cluster); measures Redis's clock for the admit deadline."""
+        client = self.client.client if isinstance(self.client, RedisPyAsync) else self.client
         try:
             sent = time.time()
-            if isinstance(self.client, PipelinedCluster):
-                times = await self.client.on_every_master("TIME")
-            elif isinstance(self.client, PipelinedRedis):
-                times = [await self.client.execute("TIME")]
-            elif isinstance(self.client, AsyncRedisCluster):
+            if isinstance(client, PipelinedCluster):
+                times = await client.on_every_master("TIME")
+            elif isinstance(client, PipelinedRedis):
+                times = [await client.execute("TIME")]
+            elif isinstance(client, AsyncRedisCluster):
                 # With several target nodes redis-py answers {node: (seconds, micros)}; its stub says one pair.
-                per_node: Any = await self.client.time(target_nodes=AsyncRedisCluster.PRIMARIES)
+                per_node: Any = await client.time(target_nodes=AsyncRedisCluster.PRIMARIES)
                 times = list(per_node.values())
             else:
-                times = [await self.client.time()]
+                times = [await client.time()]
             received = time.time()
         except RedisError:
             return False

@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import random
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from redis.crc import key_slot
@@ -174,6 +175,18 @@ class PipelinedCluster:
         except RedisError:
             self._refresh_soon()
             raise
+
+    async def scan_iter(self, pattern: str) -> AsyncIterator[str]:
+        """Every key name matching `pattern`, master by master (the map is read first if unknown)."""
+        if not self._masters:
+            await self.refresh()
+        for address in list(self._masters):
+            try:
+                async for name in self.node(address).scan_iter(pattern):
+                    yield name
+            except RedisError:
+                self._refresh_soon()
+                raise
 
     async def ping(self) -> bool:
         """Every master answers PING."""

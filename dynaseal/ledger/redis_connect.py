@@ -3,9 +3,10 @@
 A cluster is named by its scheme: `redis+cluster://[user:password@]host:port[,host:port...]`
 (`rediss+cluster://` for TLS). The hosts are seeds: any reachable one gives the slot map, and
 the clients follow MOVED/ASK redirections and re-read the map after a failover. Every other URL
-is a single server, as redis-py reads it. The authz hot path has its own pipelined clients
-(`redis_pipeline`, `redis_cluster`); this module serves everything else (settlement, revocation,
-the CLI, tests), where redis-py's clients are fast enough.
+is a single server, as redis-py reads it. Services on asyncio (authz, the callback consumer) get their
+client from `redis_async.connect` (the pipelined clients where the URL allows); this module's redis-py
+clients serve the one-shot commands (the CLI's revocation and status), the issuer and admin services'
+few calls, and tests.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""A minimal pipelined Redis client for the authz hot path: one connection, replies matched in order.
+"""A minimal pipelined Redis client (authz's hot path, the consumer's loop): one connection, replies in order.
 
 Every in-flight Check shares one connection: commands issued in the same event-loop turn go out
 in one write, and Redis answers in order (RESP guarantees it), so a Check costs a few
 microseconds of Python instead of a pool checkout, a socket of its own and redis-py's layers.
 It speaks RESP2 over plain TCP with optional AUTH and SELECT; anything else (TLS, unix sockets)
-stays with redis-py (`RedisQuota.from_url` decides). A Redis Cluster gets one of these per master
+stays with redis-py (`redis_async.connect` decides). A Redis Cluster gets one of these per master
 (`redis_cluster.PipelinedCluster`). Failures raise redis-py's own
 exception types, so callers handle both clients alike (fail closed on `RedisError`).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
@@ -280,6 +281,20 @@ class PipelinedRedis:
     async def ping(self) -> bool:
         """PING answered with PONG."""
         return bool(await self.execute("PING") == b"PONG")
+
+    async def execute_on(self, key: str, *args: Any) -> Any:
+        """One command touching `key` (a single server holds every key: the same as `execute`)."""
+        return await self.execute(*args)
+
+    async def scan_iter(self, pattern: str, count: int = 1000) -> AsyncIterator[str]:
+        """Every key name matching `pattern`, by SCAN cursor (a name may come twice, as SCAN allows)."""
+        cursor = b"0"
+        while True:
+            cursor, names = await self.execute("SCAN", cursor, "MATCH", pattern, "COUNT", count)
+            for name in names:
+                yield name.decode()
+            if cursor == b"0":
+                return
 
     async def aclose(self) -> None:
         """Close the connection (a later command reconnects)."""

@@ -13,14 +13,14 @@ import time
 
 from dynaseal.ledger import redis_keys
 from dynaseal.ledger.quota import RESERVATION_TTL_MS
-from dynaseal.ledger.redis_connect import SyncClient
+from dynaseal.ledger.redis_async import AsyncLedgerRedis
 
 # Deadlines sets of every key of every tenant (`dynaseal:v2:{tenant:jti}:deadlines`).
 DEADLINES_PATTERN = f"{redis_keys.PREFIX}:*:deadlines"
 
 
-def oldest_open_reservation_age_s(client: SyncClient, now_ms: int | None = None, max_keys: int = 100_000,
-                                  reservation_ttl_ms: int = RESERVATION_TTL_MS) -> float:
+async def oldest_open_reservation_age_s(client: AsyncLedgerRedis, now_ms: int | None = None,
+                                        max_keys: int = 100_000, reservation_ttl_ms: int = RESERVATION_TTL_MS) -> float:
     """Seconds since the oldest still-open reservation was taken (0.0 when none is open).
 
     A deadline is `admitted_at + reservation_ttl_ms`, so the earliest deadline is the oldest
@@ -29,10 +29,12 @@ def oldest_open_reservation_age_s(client: SyncClient, now_ms: int | None = None,
     """
     now = int(time.time() * 1000) if now_ms is None else now_ms
     oldest_deadline: float | None = None
-    for seen, name in enumerate(client.scan_iter(match=DEADLINES_PATTERN, count=1000), start=1):
-        first = client.zrange(name, 0, 0, withscores=True)
-        if first:
-            score = float(first[0][1])
+    seen = 0
+    async for name in client.scan_iter(DEADLINES_PATTERN):
+        seen += 1
+        first = await client.execute_on(name, "ZRANGE", name, 0, 0, "WITHSCORES")
+        if first:  # [member, score]
+            score = float(first[1])
             oldest_deadline = score if oldest_deadline is None else min(oldest_deadline, score)
         if seen >= max_keys:
             break
