@@ -54,8 +54,6 @@ def test_the_consumer_awaits_every_redis_call_on_its_delivery_loop(
             return real(self, *args, **kwargs)
         return spy
 
-    monkeypatch.setattr(redis.Redis, "execute_command", record_blocking(redis.Redis.execute_command))
-    monkeypatch.setattr(Pipeline, "execute", record_blocking(Pipeline.execute))
     real_execute = PipelinedRedis.execute
 
     async def spy_pipelined(self: PipelinedRedis, *args: Any) -> Any:
@@ -69,7 +67,9 @@ def test_the_consumer_awaits_every_redis_call_on_its_delivery_loop(
     # The rig's receivers and broker, not its consumer process: the consumer runs in this test's process.
     monkeypatch.setattr(rig.supervisor, "start",
                         lambda spec: None if spec.name == "consumer" else start_service(spec))
-    rig.start()
+    rig.start()  # clears what earlier rigs left in Redis with a blocking client: the spies start after it
+    monkeypatch.setattr(redis.Redis, "execute_command", record_blocking(redis.Redis.execute_command))
+    monkeypatch.setattr(Pipeline, "execute", record_blocking(Pipeline.execute))
     before = {t.ident for t in threading.enumerate()}
     consumer = CallbackConsumer(ConsumerOptions(config_path=str(rig.config_path), bootstrap=rig.bootstrap,
                                                 group_id=rig.group_id, session_timeout_ms=3000,
