@@ -1,6 +1,6 @@
 """Settling reservations from the delivery loop itself, on the core's asyncio Redis client.
 
-Each settlement is the SETTLE script with the same arguments as `dynaseal.ledger.quota.settle`, so it
+Each settlement is the SETTLE script with the same arguments as `dynaseal.ledger.quota.settlement_call`, so it
 is just as idempotent per request_id; for a tenant with tenant-wide limits TENANT_SETTLE runs beside it
 (idempotent on its own slot: a failure between the two is repaired by the retry or the redelivery).
 On the pipelined client (`redis://`, `redis+cluster://`) the settlements issued in one loop turn go
@@ -43,7 +43,7 @@ class SettlementBatcher:
     async def mark_thresholds(self, tenant: str, jti: str, crossings: tuple[Crossing, ...],
                               chain: tuple[str, ...] = ()) -> None:
         """Record that these thresholds' callbacks were delivered (or dead-lettered): never reported again."""
-        if crossings:  # the same script and key as dynaseal.ledger.quota.mark_thresholds
+        if crossings:  # the MARK_THRESHOLDS script on the key's counters (dynaseal.ledger.quota_scripts)
             counters_key = redis_keys.level_keys(tenant, key_path(jti, chain))[1]
             await self.redis.eval_script(MARK_THRESHOLDS, [counters_key], [c.field for c in crossings])
 

@@ -21,11 +21,12 @@ import redis
 import redis.asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ledger_sync import settle
 
 from dynaseal.ledger import redis_keys
 from dynaseal.ledger.admission import Admission, LevelLimits, TenantTier
 from dynaseal.ledger.outcomes import AdmitCode, Admitted, SettleOutcome
-from dynaseal.ledger.quota import MoneySettlement, RedisQuota, settle
+from dynaseal.ledger.quota import MoneySettlement, RedisQuota
 from dynaseal.ledger.tenant_quota import window_id
 
 TTL_MS = 1000

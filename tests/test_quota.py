@@ -9,13 +9,14 @@ from dataclasses import replace
 import pytest
 import redis
 from conftest import OTHER_TENANT, private_redis, verified_key
+from ledger_sync import settle
 
 from dynaseal.config import DynasealConfig
 from dynaseal.errors import Refusal
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.keys.tenants import build_registry
 from dynaseal.ledger.outcomes import SettleOutcome
-from dynaseal.ledger.quota import RedisQuota, counters, settle
+from dynaseal.ledger.quota import RedisQuota, counters
 from dynaseal.ledger.revocation import revoke
 from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest

@@ -13,6 +13,7 @@ import pytest
 import redis
 from cluster_support import LocalCluster, start_cluster
 from conftest import acme_tenant
+from ledger_sync import settle
 from test_quota import request
 
 from dynaseal.config import DynasealConfig
@@ -20,7 +21,7 @@ from dynaseal.errors import QuotaUnavailable, Refusal
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.ledger import redis_keys
 from dynaseal.ledger.outcomes import SettleOutcome
-from dynaseal.ledger.quota import MoneySettlement, RedisQuota, counters, settle, tenant_counters
+from dynaseal.ledger.quota import MoneySettlement, RedisQuota, counters, tenant_counters
 from dynaseal.ledger.redis_connect import SyncClient, sync_client
 from dynaseal.ledger.tenant_quota import window_id
 from dynaseal.policy.quota_refusals import admit_request

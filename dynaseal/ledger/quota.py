@@ -25,12 +25,12 @@ from redis.exceptions import RedisError
 from dynaseal.ledger import redis_keys, tenant_quota
 from dynaseal.ledger.admission import Admission
 from dynaseal.ledger.outcomes import Admitted, LedgerUnavailable, Outcome, SettleOutcome, outcome_of
-from dynaseal.ledger.quota_scripts import ADMIT, MARK_THRESHOLDS, RELEASE, REVOKED_LEVEL, SETTLE
+from dynaseal.ledger.quota_scripts import ADMIT, RELEASE, REVOKED_LEVEL, SETTLE
 from dynaseal.ledger.redis_async import RedisPyAsync, connect
 from dynaseal.ledger.redis_cluster import PipelinedCluster
-from dynaseal.ledger.redis_connect import SyncClient, run_scripts
+from dynaseal.ledger.redis_connect import SyncClient
 from dynaseal.ledger.redis_pipeline import PipelinedRedis
-from dynaseal.ledger.tenant_scripts import TENANT_ADMIT, TENANT_RELEASE, TENANT_SETTLE
+from dynaseal.ledger.tenant_scripts import TENANT_ADMIT, TENANT_RELEASE
 from dynaseal.money.budget_thresholds import Crossing
 
 RESERVATION_TTL_MS = 15 * 60 * 1000
@@ -244,27 +244,6 @@ def settlement_call(tenant: str, jti: str, request_id: str, actual_tokens: int, 
     the root down to `jti`, for a child key; a plain key is a chain of one)."""
     path = key_path(jti, chain)
     return SETTLE, chain_keys(tenant, path), settle_args(request_id, actual_tokens, key_exp, money, len(path), now_ms)
-
-
-def settle(client: SyncClient, tenant: str, jti: str, request_id: str, actual_tokens: int,
-           key_exp: float | None = None, chain: tuple[str, ...] = (),
-           money: MoneySettlement | None = None, now_ms: int | None = None) -> Settlement:
-    """Replace a request's reservation with its real usage (and cost), at every level of its key's chain and
-    on the tenant; idempotent per request id."""
-    script, keys, args = settlement_call(tenant, jti, request_id, actual_tokens, chain, key_exp, money, now_ms)
-    _, reply = run_scripts(client, [
-        (TENANT_SETTLE, tenant_quota.tenant_keys(tenant),
-         tenant_quota.settle_args(request_id, actual_tokens, now_ms)),
-        (script, keys, args)])
-    return Settlement.from_reply(reply)
-
-
-def mark_thresholds(client: SyncClient, tenant: str, jti: str, crossings: tuple[Crossing, ...],
-                    chain: tuple[str, ...] = ()) -> None:
-    """Record that these thresholds' callbacks were delivered (or dead-lettered): never reported again."""
-    if crossings:
-        counters_key = redis_keys.level_keys(tenant, key_path(jti, chain))[1]
-        client.register_script(MARK_THRESHOLDS)(keys=[counters_key], args=[c.field for c in crossings])
 
 
 def tenant_counters(client: SyncClient, tenant: str, window: str) -> dict[str, int]:

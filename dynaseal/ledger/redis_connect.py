@@ -11,8 +11,6 @@ few calls, and tests.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -22,7 +20,6 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio import RedisCluster as AsyncRedisCluster
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.cluster import ClusterNode
-from redis.exceptions import NoScriptError, ResponseError
 
 CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
 
@@ -89,33 +86,3 @@ def async_client(url: str, timeout_s: float = 2.0, **options: Any) -> AsyncClien
     return AsyncRedisCluster(startup_nodes=[AsyncClusterNode(h, p) for h, p in cluster.nodes],
                              username=cluster.username, password=cluster.password, ssl=cluster.tls,
                              socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **options)
-
-
-Call = tuple[str, Sequence[str], Sequence[Any]]
-
-
-def run_scripts(client: SyncClient, calls: Sequence[Call]) -> list[Any]:
-    """Run Lua scripts, each (script, keys, args), in one pipeline, on a server or a cluster.
-
-    EVALSHA first; the calls a node answers NOSCRIPT (a replica just promoted has an empty script
-    cache) run again with EVAL. Any other error is raised, after the whole pipeline ran.
-    """
-    replies = _pipeline(client, [("EVALSHA", hashlib.sha1(script.encode()).hexdigest(), keys, args)
-                                 for script, keys, args in calls])
-    missing = [i for i, reply in enumerate(replies) if isinstance(reply, ResponseError)
-               and (isinstance(reply, NoScriptError) or str(reply).startswith("NOSCRIPT"))]
-    if missing:
-        again = _pipeline(client, [("EVAL", *calls[i]) for i in missing])
-        for i, reply in zip(missing, again, strict=True):
-            replies[i] = reply
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
-    return replies
-
-
-def _pipeline(client: SyncClient, commands: list[tuple[str, str, Sequence[str], Sequence[Any]]]) -> list[Any]:
-    pipe = client.pipeline(transaction=False)
-    for verb, body, keys, args in commands:
-        pipe.execute_command(verb, body, len(keys), *keys, *args)
-    return list(pipe.execute(raise_on_error=False))
