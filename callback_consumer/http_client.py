@@ -87,7 +87,16 @@ class CallbackClient:
             try:
                 return await self._exchange(body, headers)
             except aiohttp.ClientError as exc:
-                raise CallbackTransportError(f"{type(exc).__name__}: {exc}") from None
+                raise CallbackTransportError(self._describe(exc)) from None
+
+    def _describe(self, exc: aiohttp.ClientError) -> str:
+        """The error without the tenant's URL (its path or query may carry the receiver's own token)."""
+        if isinstance(exc, aiohttp.ClientResponseError):  # its text ends with the request's URL
+            text = f"{type(exc).__name__}: {exc.status}, {exc.message}"
+        else:
+            text = f"{type(exc).__name__}: {exc}".replace(self.url, "<callback url>").replace(
+                str(self._target), "<callback url>")
+        return text[:200]  # a parser's message may quote the receiver's bytes at length
 
     async def aclose(self) -> None:
         """Close the connections."""

@@ -123,10 +123,13 @@ class SharedSlots:
             for lease, future in state.waiters:
                 if lease not in given:
                     waiting.append((lease, future))
-                elif future.done():  # its waiter left meanwhile
-                    self._release(tenant, lease)
-                else:
+                elif not future.done():
                     future.set_result(lease)
+                    given.discard(lease)
+            # What is left was granted to waiters that left while the script ran (a cancelled delivery already
+            # dropped itself from the queue): give it back now, not when the lease expires.
+            for lease in given:
+                self._release(tenant, lease)
             state.waiters = waiting
             if state.waiters and not given:
                 with contextlib.suppress(TimeoutError):

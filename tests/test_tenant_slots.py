@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
 import redis
 
 from callback_consumer import tenant_slots
@@ -46,10 +47,11 @@ def test_two_members_share_one_limit_and_every_holder_gets_a_turn(redis_server: 
         client.close()
 
 
-def test_a_dead_members_leases_expire(redis_server: str) -> None:
+def test_a_dead_members_leases_expire(redis_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     client = redis.Redis.from_url(redis_server)
     tenant = f"slots-{uuid.uuid4().hex[:6]}"
-    tenant_slots.LEASE_MARGIN_S = 0.0  # leases last the attempt's timeout alone
+    # Leases last the attempt's timeout alone (for this test only: later tests keep the real margin).
+    monkeypatch.setattr(tenant_slots, "LEASE_MARGIN_S", 0.0)
 
     async def run() -> bool:
         redis_client = connect(redis_server, timeout_s=2.0)

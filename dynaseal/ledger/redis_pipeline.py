@@ -23,6 +23,13 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 _CRLF = b"\r\n"
+# Replies of a server that is no longer the master (see PipelinedRedis.execute).
+_NO_LONGER_MASTER = ("READONLY", "MASTERDOWN")
+
+
+def _no_longer_master(message: str) -> bool:
+    """READONLY or MASTERDOWN, as a command's reply or inside a script's error (older Redis wraps it)."""
+    return message.startswith(_NO_LONGER_MASTER) or any(f"-{kind} " in message for kind in _NO_LONGER_MASTER)
 
 
 class _Incomplete(Exception):
@@ -254,7 +261,14 @@ class PipelinedRedis:
         connection = self._connection
         if connection is None or connection.closed:
             connection = await self._ready()
-        return await connection.send(encode(args))
+        try:
+            return await connection.send(encode(args))
+        except ResponseError as exc:
+            if _no_longer_master(str(exc)):
+                # A failover demoted this server under our connection (a DNS name or floating address now
+                # names another): connect again, rather than fail every write on this connection for good.
+                connection.abort(RedisConnectionError("redis is no longer a master"))
+            raise
 
     async def execute_asking(self, *args: Any) -> Any:
         """ASKING, then the command, back to back on one connection (a Redis Cluster ASK redirection)."""
@@ -301,3 +315,13 @@ class PipelinedRedis:
         if self._connection is not None:
             self._connection.abort(RedisConnectionError("client closed"))
             self._connection = None
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None and not connecting.done():
+            # A connect under way would otherwise outlive the close: its connection is closed as it arrives
+            # (before its waiting commands resume: they fail as on a closed client).
+            connecting.add_done_callback(_abort_late_connection)
+
+
+def _abort_late_connection(connecting: asyncio.Future[_Connection]) -> None:
+    if not connecting.cancelled() and connecting.exception() is None:
+        connecting.result().abort(RedisConnectionError("client closed"))

@@ -33,8 +33,8 @@ async def oldest_open_reservation_age_s(client: AsyncLedgerRedis, now_ms: int | 
     async for name in client.scan_iter(DEADLINES_PATTERN):
         seen += 1
         first = await client.execute_on(name, "ZRANGE", name, 0, 0, "WITHSCORES")
-        if first:  # [member, score]
-            score = float(first[1])
+        if first:  # [member, score]; [[member, score]] from redis-py on RESP3 (a `protocol=3` URL)
+            score = float(first[0][1] if isinstance(first[0], list) else first[1])
             oldest_deadline = score if oldest_deadline is None else min(oldest_deadline, score)
         if seen >= max_keys:
             break
