@@ -8,7 +8,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,3 +289,18 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 15.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep each phase's report on the test item (`item.report_call`), for fixtures that explain a failure."""
+    report: pytest.TestReport = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def failed(request: pytest.FixtureRequest) -> bool:
+    """Whether the test using this fixture failed in its call phase (read at the fixture's teardown)."""
+    report = getattr(request.node, "report_call", None)
+    return report is not None and report.failed

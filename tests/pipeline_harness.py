@@ -37,6 +37,9 @@ Behaviour = Callable[[dict[str, Any], int], int]
 # The bounds below are liveness limits, not timings: on a loaded 2-core machine (two test workers, a
 # whole stack each) a stage can take several times its quiet figure, so each wait gets this much slack.
 LOAD_SLACK = 3
+# kafka-python's lines while a broker is away: hundreds a second, they bury what a failure needs.
+LOG_NOISE = ("ECONNREFUSED", "No node available", "socket disconnected", "Abort (KafkaConnectionError",
+             "Fetch to node", "appears to be retention-based")
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1) -> None:
@@ -239,6 +242,19 @@ class Services:
     def stop(self) -> None:
         """Stop everything (SIGTERM, then SIGKILL)."""
         self.supervisor.stop()
+
+    def log_tails(self, lines: int = 40) -> str:
+        """The last lines of each service's log, without the Kafka client's reconnect chatter.
+
+        Printed when a fault test fails, so a failure seen once in CI can be explained afterwards.
+        """
+        parts = []
+        for path in sorted(self.supervisor.log_dir.glob("*.log")):
+            kept = [line for line in path.read_text(errors="replace").splitlines()
+                    if not any(noise in line for noise in LOG_NOISE)]
+            parts.append(f"--- {path.name} (last {min(lines, len(kept))} of {len(kept)} lines)")
+            parts.extend(line[:400] for line in kept[-lines:])
+        return "\n".join(parts)
 
 
 # --- requests through the gateway --------------------------------------------------------------

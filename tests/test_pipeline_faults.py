@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_ports
+from conftest import failed, free_ports
 from kafka import KafkaConsumer, TopicPartition
 from pipeline_harness import (
     Delivery,
@@ -165,6 +165,14 @@ def pipeline(cfg: DynasealConfig, config_path: Path, stack: object, receiver: Re
         yield services
     finally:
         services.stop()
+
+
+@pytest.fixture(autouse=True)
+def explain_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A failed test prints the services' recent log lines (what CI keeps of a failure is its output)."""
+    yield
+    if "pipeline" in request.fixturenames and failed(request):
+        print(request.getfixturevalue("pipeline").log_tails())
 
 
 def send(cfg: DynasealConfig, key: str, count: int, pause_s: float = 0.0) -> list[int]:

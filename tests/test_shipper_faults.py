@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import REPO, free_ports
+from conftest import REPO, failed, free_ports
 from pipeline_harness import Receiver, Services, complete, new_key, pipeline_config, wait_until
 from reconcile import Report, admitted_by_authz, admitted_ids, log_lines, reconcile
 from redis import Redis
@@ -81,6 +81,14 @@ def drill(cfg: DynasealConfig, config_path: Path, stack: object, receiver: Recei
         yield services
     finally:
         services.stop()
+
+
+@pytest.fixture(autouse=True)
+def explain_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A failed test prints the services' recent log lines (what CI keeps of a failure is its output)."""
+    yield
+    if "drill" in request.fixturenames and failed(request):
+        print(request.getfixturevalue("drill").log_tails())
 
 
 def send(drill: Drill, key: str, count: int, pause_s: float = 0.0) -> int:
