@@ -165,6 +165,8 @@ class Retention:
     def _records_gone(self, client: KafkaConsumer, mark: Mark) -> bool:
         """Fetch each partition's newest marked offset: gone if missing or another record; raise if no answer."""
         partitions = {TopicPartition(self.topic, p): v for p, v in mark.offsets.items()}
+        if self._partitions_gone(client, mark):
+            return True
         client.unsubscribe()  # a fresh assignment, so no high-water mark from an earlier probe is reused
         client.assign(list(partitions))
         for tp, (offset, _) in partitions.items():
@@ -187,6 +189,19 @@ class Retention:
         if pending:
             raise KafkaError("no answer for the marked offsets")
         return False
+
+
+    def _partitions_gone(self, client: KafkaConsumer, mark: Mark) -> bool:
+        """A marked partition the topic no longer has: its records are gone.
+
+        A broker that lost the topic may have it again with fewer partitions (the dev broker creates a
+        missing topic with 4 on any client's metadata request, whatever the client asked; a topic deleted
+        and created again has the count it was given). A fetch from a partition that does not exist
+        never answers, so without this check the loss would go unnoticed and those events never be
+        produced again.
+        """
+        existing = client.partitions_for_topic(self.topic)
+        return bool(existing) and any(partition not in existing for partition in mark.offsets)
 
 
 def record_digest(value: bytes | None) -> str:
