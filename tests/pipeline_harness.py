@@ -254,7 +254,18 @@ class Services:
                     if not any(noise in line for noise in LOG_NOISE)]
             parts.append(f"--- {path.name} (last {min(lines, len(kept))} of {len(kept)} lines)")
             parts.extend(line[:400] for line in kept[-lines:])
+        for name in ("consumer", "shipper"):
+            parts.append(f"--- {name} metrics")
+            parts.extend(self._own_metrics(name))
         return "\n".join(parts)
+
+    def _own_metrics(self, name: str) -> list[str]:
+        """The service's own samples (dynaseal_*), or why there are none."""
+        try:
+            text = httpx.get(f"http://127.0.0.1:{self.ports[f'{name}_metrics']}/metrics", timeout=2).text
+        except (httpx.HTTPError, KeyError) as exc:
+            return [f"unreadable: {exc!r}"]
+        return [line for line in text.splitlines() if line.startswith("dynaseal_") and "_bucket{" not in line]
 
 
 # --- requests through the gateway --------------------------------------------------------------
