@@ -26,9 +26,9 @@ import yaml
 
 from bench.fixture import BODY, PATH, PROVIDER_KEY, PROVIDER_KEY_ENV, make_keys, write_config
 from dynaseal.config import load_config
+from dynaseal.content.fields import chat_texts
 from dynaseal.keys.tenants import build_registry
 from dynaseal.policy.authorizer import Authorizer, AuthRequest
-from dynaseal.policy.content_fields import chat_texts
 
 BUILTINS = ["payment_card", "private_key", "cloud_credentials", "email"]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"

@@ -11,7 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, RootModel, field_validator, model_validator
 
-from dynaseal.keys.origins import check_origin_pattern
+from dynaseal.content.builtin_rules import BUILTINS
+from dynaseal.content.fields import FIELDS
+from dynaseal.content.rules import CompiledRules, RuleSpec, builtin_spec, compile_rules, literal_pattern, pattern_error
+from dynaseal.origin_patterns import check_origin_pattern
 from dynaseal.upstreams import ModelRoute
 
 KID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -122,7 +125,7 @@ class Limits(StrictModel):
             if not re.fullmatch(r"[a-z0-9_]{1,64}", name):
                 raise ValueError(f"provider_features: {name!r} is not a request member name (a-z, 0-9, _)")
         return names
-    # Requests carrying what these match are refused with content_blocked (dynaseal.policy.content_rules).
+    # Requests carrying what these match are refused with content_blocked (dynaseal.content.rules).
     content_rules: ContentRules = Field(default_factory=lambda: ContentRules(()))
     # Tokens reserved per document part (chat `file`, Responses `input_file`, Messages `document`): a PDF of
     # many pages costs far more than an image, so media_part_tokens does not bound it. Unset = documents are
@@ -301,7 +304,7 @@ class TenantConfig(StrictModel):
         return self
 
 
-# Content rules (dynaseal.policy.content_rules): what a tenant never wants sent to a provider.
+# Content rules (dynaseal.content.rules): what a tenant never wants sent to a provider.
 CONTENT_RULE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -313,7 +316,7 @@ class ContentRule(StrictModel):
     literals: tuple[str, ...] = Field((), max_length=1024)
     patterns: tuple[str, ...] = Field((), max_length=256)
     case_insensitive: bool = False
-    # Field names of dynaseal.policy.content_fields; all of them when not set.
+    # Field names of dynaseal.content.fields; all of them when not set.
     where: tuple[str, ...] | None = None
     action: Literal["refuse"] = "refuse"
 
@@ -327,9 +330,6 @@ class ContentRule(StrictModel):
 
     @model_validator(mode="after")
     def _valid(self) -> ContentRule:
-        from dynaseal.policy.content_builtins import BUILTINS
-        from dynaseal.policy.content_fields import FIELDS
-
         label = f"content rule {self.name!r}"
         if self.name is None or not CONTENT_RULE_NAME.match(self.name):
             raise ValueError(f"{label}: a rule needs a name of 1-64 characters A-Z a-z 0-9 _ . -")
@@ -349,8 +349,6 @@ class ContentRule(StrictModel):
 
     def _check_matchers(self, label: str) -> None:
         """Every literal matches something less than every request; every pattern compiles on RE2."""
-        from dynaseal.policy.content_rules import pattern_error
-
         for literal in self.literals:
             if not literal:
                 raise ValueError(f"{label}: an empty literal would match every request")
@@ -365,13 +363,10 @@ class ContentRules(RootModel[tuple[ContentRule, ...]]):
 
     model_config = ConfigDict(frozen=True)
     root: tuple[ContentRule, ...] = Field((), max_length=64)
-    _compiled: Any = PrivateAttr(default=None)
+    _compiled: CompiledRules | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _compile(self) -> ContentRules:
-        from dynaseal.policy.content_fields import FIELDS
-        from dynaseal.policy.content_rules import RuleSpec, builtin_spec, compile_rules, literal_pattern
-
         names = [rule.name for rule in self.root]
         if len(names) != len(set(names)):
             raise ValueError("content rule names must be unique")
@@ -390,8 +385,9 @@ class ContentRules(RootModel[tuple[ContentRule, ...]]):
         return self
 
     @property
-    def compiled(self) -> Any:
-        """The rules as `dynaseal.policy.content_rules.CompiledRules` (typed Any: no import cycle here)."""
+    def compiled(self) -> CompiledRules:
+        """The rules compiled into one RE2 set per field (`dynaseal.content.rules.CompiledRules`)."""
+        assert self._compiled is not None  # _compile runs on every validation
         return self._compiled
 
     def __bool__(self) -> bool:

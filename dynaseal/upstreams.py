@@ -10,13 +10,10 @@ speaks; a route serves each format with those of its upstreams that speak it, an
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-if TYPE_CHECKING:
-    from dynaseal.config import DynasealConfig
 
 # The API formats an upstream may speak; each endpoint of the gateway goes only to upstreams speaking its
 # format (no translation between formats). count_tokens is part of the messages format.
@@ -115,7 +112,61 @@ def chain_name(upstreams: Iterable[str]) -> str:
     return readable if len(readable) <= 60 else "route-" + hashlib.sha256(readable.encode()).hexdigest()[:16]
 
 
-def declared_upstreams(cfg: DynasealConfig) -> dict[str, UpstreamSpec]:
+# What the functions below read of a config, as protocols: `dynaseal.config.DynasealConfig` is one, and this
+# module stays below the config (which imports it) instead of importing it back.
+class _GatewayUpstream(Protocol):
+    @property
+    def base_url(self) -> str | None: ...
+    @property
+    def api_key_env(self) -> str | None: ...
+    @property
+    def ca_file(self) -> str: ...
+
+
+class _Gateway(Protocol):
+    @property
+    def host(self) -> str: ...
+    @property
+    def upstream(self) -> _GatewayUpstream: ...
+    @property
+    def upstreams(self) -> Sequence[UpstreamSpec]: ...
+
+
+class _LocalStack(Protocol):
+    def mock_upstream_url(self, host: str) -> str: ...
+
+
+class _TenantRoutes(Protocol):
+    @property
+    def routes(self) -> Sequence[ModelRoute]: ...
+
+
+class _TenantLimits(Protocol):
+    @property
+    def models(self) -> Sequence[str]: ...
+
+
+class _Tenant(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def upstream(self) -> _TenantRoutes | None: ...
+    @property
+    def limits(self) -> _TenantLimits: ...
+
+
+class RoutedConfig(Protocol):
+    """The parts of a config that name upstreams and route to them (`dynaseal.config.DynasealConfig`)."""
+
+    @property
+    def gateway(self) -> _Gateway: ...
+    @property
+    def local(self) -> _LocalStack: ...
+    @property
+    def tenants(self) -> Sequence[_Tenant]: ...
+
+
+def declared_upstreams(cfg: RoutedConfig) -> dict[str, UpstreamSpec]:
     """Every upstream by name: the declared ones and, unless one is called so, the implicit `default`."""
     found = {u.name: u for u in cfg.gateway.upstreams}
     if IMPLICIT_UPSTREAM not in found:
@@ -178,7 +229,7 @@ def _route_problems(route: ModelRoute, upstreams: Mapping[str, UpstreamSpec]) ->
     return problems
 
 
-def route_problems(cfg: DynasealConfig) -> list[str]:
+def route_problems(cfg: RoutedConfig) -> list[str]:
     """Every inconsistency between upstreams and routes, each naming its tenant and model."""
     problems: list[str] = []
     names = [u.name for u in cfg.gateway.upstreams]

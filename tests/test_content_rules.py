@@ -8,21 +8,21 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from dynaseal.errors import ErrorCode, Refusal
-from dynaseal.policy.content_builtins import has_card_number, luhn_valid
-from dynaseal.policy.content_fields import (
+from dynaseal.content.builtin_rules import has_card_number, luhn_valid
+from dynaseal.content.fields import (
     FIELDS,
     chat_texts,
     embeddings_texts,
     messages_texts,
     responses_texts,
 )
-from dynaseal.policy.content_rules import MAX_INSPECTED_BYTES, CompiledRules, ContentBlocked, InspectionFailed
+from dynaseal.content.rules import MAX_INSPECTED_BYTES, CompiledRules, ContentBlocked, InspectionFailed
+from dynaseal.errors import ErrorCode, Refusal
 from dynaseal.tenant_config import ContentRules, Limits
 
 
 def compiled(*rules: dict[str, Any]) -> CompiledRules:
-    return ContentRules.model_validate(list(rules)).compiled  # type: ignore[no-any-return]
+    return ContentRules.model_validate(list(rules)).compiled
 
 
 def user(text: str) -> dict[str, Any]:

@@ -148,7 +148,7 @@ def test_a_scan_that_cannot_finish_fails_closed_with_503(authorizer: Authorizer,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from dataclasses import replace
 
-    from dynaseal.policy.content_rules import CompiledRules
+    from dynaseal.content.rules import CompiledRules
     from dynaseal.tenant_config import ContentRules
 
     class GaveUp:

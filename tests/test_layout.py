@@ -1,4 +1,5 @@
-"""The core's rooms: `dynaseal/` imports no service and not the launcher, and starts nothing."""
+"""The core's layout: `dynaseal/` imports no service and not the launcher, starts nothing, and its parts (rooms
+and top-level modules) import each other without cycles, checked with `dynaseal.layout`'s own graph."""
 
 from __future__ import annotations
 
@@ -7,21 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from dynaseal import layout
+from dynaseal.layout import imported_modules
+
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = ("authz_service", "issuer_api", "admin_api", "log_shipper", "callback_consumer", "mock_llm",
             "dynaseal_launcher", "usage_recorder")
 ROOMS = ("keys", "policy", "ledger", "usage", "money", "runtime", "routing", "contracts", "envoy", "usage_store",
-         "tenancy")
-
-
-def imported_modules(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-    return names
+         "tenancy", "content")
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "dynaseal").rglob("*.py")), ids=lambda p: str(p.relative_to(REPO)))
@@ -39,50 +33,54 @@ def test_every_room_says_what_it_holds() -> None:
         assert doc and len(doc.splitlines()) == 1, f"{room}: a one-line docstring at the top"
 
 
-def room_edges() -> dict[str, set[str]]:
-    """Which rooms each room imports (TYPE_CHECKING and function-local imports count too)."""
-    edges: dict[str, set[str]] = {room: set() for room in ROOMS}
-    for room in ROOMS:
-        for path in (REPO / "dynaseal" / room).rglob("*.py"):
-            for name in imported_modules(path):
-                parts = name.split(".")
-                if parts[0] == "dynaseal" and len(parts) > 1 and parts[1] in ROOMS and parts[1] != room:
-                    edges[room].add(parts[1])
-    return edges
-
-
 def test_every_core_room_is_a_room_of_the_layout() -> None:
-    rooms = {p.parent.name for p in (REPO / "dynaseal").glob("*/__init__.py")} - {"pb", "defaults"}
-    assert rooms == set(ROOMS)
+    assert set(layout.rooms()) == set(ROOMS)
 
 
-def test_the_rooms_import_each_other_without_cycles() -> None:
-    """Each room stands on the ones below it: no chain of imports leads a room back to itself."""
-    edges = room_edges()
+def test_the_top_level_modules_are_parts_of_the_graph_too() -> None:
+    """`config`, `tenant_config`, `errors`... are nodes: a chain of imports through one of them is seen."""
+    graph = layout.import_graph()
+    assert {"config", "tenant_config", "upstreams", "errors", "origin_patterns"} <= graph.keys()
+    assert set(graph) == set(ROOMS) | set(layout.top_modules())
+    assert "tenant_config" in graph["ledger"] and "config" in graph["tenancy"]  # edges the room view missed
 
-    def reaches(start: str, node: str, seen: set[str]) -> list[str] | None:
-        for nxt in sorted(edges[node]):
-            if nxt == start:
-                return [node, nxt]
-            if nxt not in seen:
-                seen.add(nxt)
-                if (path := reaches(start, nxt, seen)) is not None:
-                    return [node, *path]
-        return None
 
-    cycles = [" -> ".join([room, *path[1:]]) for room in ROOMS if (path := reaches(room, room, set()))]
-    assert not cycles, cycles
+def test_the_core_imports_itself_without_cycles() -> None:
+    """Each part stands on the ones below it: no chain of imports (module level, TYPE_CHECKING or inside a
+    function) leads a room or a top-level module back to itself."""
+    graph = layout.import_graph()
+    assert layout.layers(graph) is not None, "\n".join(layout.render(graph, layout.import_sites()))
+
+
+def _reached(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every part `start` imports, directly or through others."""
+    seen: set[str] = set()
+    pending = [start]
+    while pending:
+        for below in graph[pending.pop()] - seen:
+            seen.add(below)
+            pending.append(below)
+    return seen
+
+
+def test_the_config_schema_stands_below_the_rooms_that_read_it() -> None:
+    """Every room reads the config, so the config imports none of the rooms that decide, count or deliver:
+    what it needs to validate a file (origin patterns, content rules) lives at or below it."""
+    deciding = {"keys", "policy", "ledger", "routing", "runtime", "tenancy", "usage", "usage_store", "envoy"}
+    graph = layout.import_graph()
+    for schema in ("config", "tenant_config", "upstreams", "edge_tls", "local_stack"):
+        assert not _reached(graph, schema) & deciding, (schema, sorted(_reached(graph, schema) & deciding))
 
 
 def test_the_contracts_room_stands_on_no_other_room() -> None:
-    """What crosses a process boundary is defined below everything that uses it: contracts import no room."""
-    assert room_edges()["contracts"] == set()
+    """What crosses a process boundary is defined below everything that uses it: contracts import no part."""
+    assert layout.import_graph()["contracts"] == set()
 
 
 def _module_cycles(package: str) -> list[tuple[str, str]]:
     """Pairs of modules of one package that import each other (TYPE_CHECKING and local imports count)."""
     modules = {p.stem: p for p in (REPO / package).glob("*.py")}
-    imports = {name: {m.split(".")[1] for m in imported_modules(path)
+    imports = {name: {m.split(".")[1] for m in imported_modules(path, REPO / package)
                       if m.startswith(f"{package}.") and m.split(".")[1] in modules} for name, path in modules.items()}
     return sorted((a, b) for a in imports for b in imports[a] if a < b and a in imports.get(b, set()))
 

@@ -13,8 +13,8 @@ from conftest import DEMO_TENANT, OTHER_TENANT, TenantKeys, acme_key
 from dynaseal.config import DynasealConfig
 from dynaseal.errors import ErrorCode, status_of
 from dynaseal.keys.mint import HolderKey, SigningKey
-from dynaseal.keys.origins import check_origin_pattern, origin_matches, origin_regex
 from dynaseal.keys.tenants import build_registry
+from dynaseal.origin_patterns import check_origin_pattern, origin_matches, origin_regex
 from dynaseal.policy.authorizer import Authorizer, AuthRequest
 from dynaseal.policy.decision import Decision
 from dynaseal.tenant_config import CorsConfig

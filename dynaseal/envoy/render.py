@@ -10,7 +10,7 @@ from dynaseal.config import DynasealConfig
 from dynaseal.contracts import usage_record
 from dynaseal.envoy import admin_routes, local_replies, upstream_clusters
 from dynaseal.envoy.endpoint_routes import endpoint_routes
-from dynaseal.keys.origins import origin_regex
+from dynaseal.origin_patterns import origin_regex
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 GATEWAY_TEMPLATE = TEMPLATE_DIR / "gateway.yaml.tmpl"

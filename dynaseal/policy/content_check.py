@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 
+from dynaseal.content.fields import EXTRACTORS
+from dynaseal.content.rules import CompiledRules, ContentBlocked
 from dynaseal.keys.claims import VerifiedKey
-from dynaseal.policy.content_fields import EXTRACTORS
-from dynaseal.policy.content_rules import CompiledRules, ContentBlocked
 from dynaseal.policy.decision import Decision, deny_from
 
 __all__ = ["ContentBlocked", "blocked_decision", "check_content"]

@@ -26,7 +26,7 @@ class Endpoint:
 
     name: str  # the usage record's `endpoint`
     format: Literal["responses", "messages", "embeddings"]  # what its upstream must speak
-    content_api: str  # dynaseal.policy.content_fields.EXTRACTORS
+    content_api: str  # dynaseal.content.fields.EXTRACTORS
     check: Checker
     metered: bool = True  # False: nothing generated, nothing reserved, no usage event
     errors: Literal["openai", "anthropic"] = "openai"

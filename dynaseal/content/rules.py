@@ -2,7 +2,7 @@
 
 Every pattern — the tenant's, literals escaped, and the built-ins' — goes through RE2, whose time
 is linear in the text whatever the pattern: `(a+)+$` on a megabyte of `a`s costs what `a` does.
-For each field name (`content_fields.FIELDS`) the rules that look there are one `re2.Set`, so a
+For each field name (`fields.FIELDS`) the rules that look there are one `re2.Set`, so a
 field's text is scanned once for all of them. A refusal names the rule, never what it matched.
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import re2
 
+from dynaseal.content.builtin_rules import BUILTINS
+from dynaseal.content.fields import FIELDS, Texts
 from dynaseal.errors import ErrorCode, Refusal
-from dynaseal.policy.content_builtins import BUILTINS
-from dynaseal.policy.content_fields import FIELDS, Texts
 
 # Text looked at per request, all fields together. The gateway's body limit bounds it already; this
 # holds if that limit is raised: a request with more text than this is refused, never passed unread.

@@ -1,0 +1,1 @@
+"""A tenant's content rules: where each endpoint's text is, the built-in rules, their RE2 sets compiled at load."""
