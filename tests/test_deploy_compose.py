@@ -105,7 +105,7 @@ def test_compose_commands_pick_a_service_of_the_one_image(compose: dict[str, Any
         command = compose["services"][name]["command"]
         if command[0] in SERVICE_MODULES:
             assert name == "mock-llm" or command[1:3] == ["--config", CONFIG_MOUNT], name
-            assert name in ("mock-llm", "usage-recorder") or len(command) == 3, name
+            assert name in ("mock-llm", "usage-recorder", "log-shipper") or len(command) == 3, name
         else:
             build_parser().parse_args(command)
             assert command[:2] == ["--config", CONFIG_MOUNT], name
@@ -139,6 +139,19 @@ def test_compose_creates_the_pipeline_topics(compose: dict[str, Any]) -> None:
     command = " ".join(compose["services"]["kafka-init"]["command"])
     assert set(re.findall(r"--topic (\S+)", command)) == set(kafka_io.TOPIC_PARTITIONS)
     assert compose["services"]["kafka"]["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+
+
+def test_the_shipper_reaches_envoys_admin_api_to_rotate_the_log(compose: dict[str, Any]) -> None:
+    # The shipper runs in its own container: its default (http://<gateway.host>:<envoy_admin>) is itself.
+    from log_shipper.__main__ import build_parser
+
+    command = compose["services"]["log-shipper"]["command"]
+    admin_url = build_parser().parse_args(command[1:]).envoy_admin
+    envoy_config = yaml.safe_load((DEPLOY / "envoy" / "envoy.compose.yaml").read_text())
+    admin = envoy_config["admin"]["address"]["socket_address"]
+    assert admin_url == f"http://envoy:{admin['port_value']}"
+    assert admin["address"] == "0.0.0.0"  # reachable from the shipper's container
+    assert load_config(COMPOSE_CONFIG).gateway.access_log_max_bytes > 0  # rotation is on
 
 
 def _probe_port(service: dict[str, Any]) -> int | None:
