@@ -65,5 +65,6 @@ class GiveBack:
 
         given = await self.quota._run(RELEASE, chain_keys(tenant, path), [request_id, len(path)])
         if given and limits is not None and tenant_quota.has_tenant_limits(limits):
-            await self.quota._run(TENANT_RELEASE, tenant_quota.tenant_keys(tenant), [request_id])
+            await self.quota._run(TENANT_RELEASE, tenant_quota.tenant_keys(tenant),
+                                  tenant_quota.release_args(request_id))
         return bool(given)
