@@ -425,10 +425,10 @@ def test_a_released_id_is_never_admitted_again_on_the_tenants_slot(redis_server:
 
     def admit(at: int) -> int:
         reply = client.eval(TENANT_ADMIT, len(keys), *keys, *tenant_quota.admit_args(tier, at, "r-1", 30, 1000, 0))
-        return int(reply[0])  # type: ignore[index]
+        return int(reply[0])
 
     def release(at: int) -> int:
-        return int(client.eval(TENANT_RELEASE, len(keys), *keys,  # type: ignore[arg-type]
+        return int(client.eval(TENANT_RELEASE, len(keys), *keys,
                                *tenant_quota.release_args("r-1", at)))
     try:
         assert admit(now) == AdmitCode.ADMITTED
