@@ -439,3 +439,55 @@ def test_a_released_id_is_never_admitted_again_on_the_tenants_slot(redis_server:
         assert client.hget(redis_keys.tenant_provisional(tenant), "r-1") is None
     finally:
         client.close()
+
+
+def test_releases_and_settlements_racing_leave_every_counter_true(url: str, client: SyncClient,
+                                                                  cfg: DynasealConfig) -> None:
+    """Give-backs, compensations and the consumer's settlements of the same ids, all at once, on both slots."""
+    from callback_consumer.settlement import SettlementBatcher
+    from dynaseal.ledger.give_back import GiveBack
+    from dynaseal.ledger.redis_async import connect
+    from dynaseal.policy.quota_refusals import admission_of
+
+    keys = tenant_keys_of(cfg, 5, tenant_budget=TenantBudget(tokens=100_000), tenant_rpm=1000, rpm=1000)
+    tenant, window = keys[0].tenant.id, window_id("day", time.time())
+    plan = [(keys[i % 5], 30, f"x-{i}") for i in range(60)]  # every key has ids of every third below
+    assert set(asyncio.run(admit_all(url, plan))) == {"ok"}
+    # A third given back (twice, and compensated) while its empty event settles; a third settled with its usage
+    # (twice: redelivered) while a give-back races it; a third settled twice.
+    given, raced, settled = plan[0::3], plan[1::3], plan[2::3]
+
+    async def storm() -> None:
+        quota = RedisQuota.from_url(url, timeout_s=2.0)
+        consumer = connect(url, timeout_s=2.0)
+        batcher, giver = SettlementBatcher(consumer), GiveBack(quota)
+        limits = keys[0].tenant.limits
+
+        async def settle_one(key: VerifiedKey, rid: str, tokens: int) -> None:
+            await batcher.settle(tenant, key.jti, rid, tokens, tenant_wide=True)
+        try:
+            await asyncio.gather(
+                *(giver.run(tenant, (k.jti,), rid, limits) for k, _, rid in given * 2),
+                *(quota.release(admission_of(k, request(r), rid), tenant=True) for k, r, rid in given),
+                *(settle_one(k, rid, 0) for k, _, rid in given),
+                *(giver.run(tenant, (k.jti,), rid, limits) for k, _, rid in raced),
+                *(settle_one(k, rid, 0) for k, _, rid in raced * 2),
+                *(settle_one(k, rid, 9) for k, _, rid in settled * 2))
+        finally:
+            await quota.client.aclose()
+            await consumer.aclose()
+    asyncio.run(storm())
+    # Each id ended settled or cancelled on each slot; the counters are what those ends add up to.
+    cancelled_here = {rid for _, _, rid in plan
+                      if client.hget(redis_keys.tenant_provisional(tenant), rid) == b"c"}
+    assert cancelled_here <= {rid for _, _, rid in given + raced}  # a settlement first: the id stays settled
+    assert tenant_counters(client, tenant, window) == {"reserved": 0, "spent": 9 * len(settled)}
+    assert client.zcard(redis_keys.tenant_rate_window(tenant)) == len(plan) - len(cancelled_here)
+    assert client.hlen(redis_keys.tenant_reservations(tenant)) == 0
+    for key in keys:
+        mine = [rid for k, _, rid in plan if k is key]
+        alive = [rid for rid in mine if client.hget(redis_keys.settled(tenant, key.jti), rid) != b"c"]
+        state = counters(client, tenant, key.jti)
+        assert {name: state.get(name, 0) for name in ("uses", "reserved", "spent")} == {
+            "uses": len(alive), "reserved": 0, "spent": 9 * len([rid for k, _, rid in settled if k is key])}
+        assert client.zcard(redis_keys.rate_window(tenant, key.jti)) == len(alive)
