@@ -108,7 +108,7 @@ def test_generated_constants_are_the_same_in_lua_and_python(sync_redis: redis.Re
     assert sync_redis.eval(lua, 0) == [int(m) for m in members]
     # And no script spells a code as a bare number.
     scripts = [quota_scripts.ADMIT, quota_scripts.RELEASE, quota_scripts.SETTLE, tenant_scripts.TENANT_ADMIT,
-               tenant_scripts.TENANT_SETTLE]
+               tenant_scripts.TENANT_SETTLE, tenant_scripts.TENANT_RELEASE]
     for script in scripts:
         body = script.replace(LUA_CONSTANTS, "")
         assert not re.search(r"return \{-?\d", body)

@@ -1,5 +1,8 @@
-"""The ledger against a model: random interleavings of admit / tenant refusal / tenant failure / settle / expire
-on a three-level key chain under a tenant tier, in a real Redis, with explicit clocks and a short reservation TTL.
+"""The ledger against a model: random interleavings of admit / tenant refusal / tenant failure / settle / expire /
+release on a three-level key chain under a tenant tier, in a real Redis, with explicit clocks and a short
+reservation TTL. A release is either the compensation (`RedisQuota.release`, both tiers) or Envoy's give-back
+(`GiveBack.run`: the tenant's only when the chain gave something back), of an open, expired, settled or
+already released request.
 
 The model is plain Python: every reservation's state (open, expired and billed in full, settled, cancelled) and
 the counters that follow from it. After every step each level's uses, tokens (reserved + spent), money
@@ -25,15 +28,20 @@ from ledger_sync import settle
 
 from dynaseal.ledger import redis_keys
 from dynaseal.ledger.admission import Admission, LevelLimits, TenantTier
+from dynaseal.ledger.give_back import GiveBack
 from dynaseal.ledger.outcomes import AdmitCode, Admitted, SettleOutcome
 from dynaseal.ledger.quota import MoneySettlement, RedisQuota
 from dynaseal.ledger.tenant_quota import window_id
+from dynaseal.ledger.tenant_scripts import TENANT_ADMIT
+from dynaseal.tenant_config import Limits, TenantBudget
 
 TTL_MS = 1000
 LEVELS = (LevelLimits("R", budget=300, uses=14, rpm=9),
           LevelLimits("C", budget=160, uses=9, rpm=6, budget_cost=900),
           LevelLimits("G", budget=90, rpm=4, budget_cost=400))
 TIER = TenantTier(budget=380, window="day", rpm=7)
+# The tenant's limits as the give-back reads them (it only asks whether the tenant has a tenant tier).
+LIMITS = Limits(tenant_budget=TenantBudget(tokens=380, window="day"), tenant_rpm=7)
 FIELDS = ("uses", "reserved", "spent", "reserved_cost", "spent_cost")
 
 
@@ -47,7 +55,7 @@ class Reservation:
     cost: int | None
     deadline: int
     state: str = "open"  # open | expired | settled | cancelled
-    tenant: str = "open"  # open | expired | settled | none
+    tenant: str = "open"  # open | expired | settled | cancelled | none
     admitted_at: int = 0
 
 
@@ -84,7 +92,7 @@ class Model:
 
     def rpm_count(self, level: int | None) -> int:
         """Admissions in the last minute holding a slot (a level's, or the tenant's with None)."""
-        holders = ([r for r in self.reservations if r.tenant != "none"] if level is None
+        holders = ([r for r in self.reservations if r.tenant not in ("none", "cancelled")] if level is None
                    else [r for r in self.holding(level) if LEVELS[level].rpm is not None])
         return sum(1 for r in holders if r.admitted_at > self.now - 60_000)
 
@@ -119,6 +127,21 @@ class Model:
                                              "open" if admitted else "cancelled", "open" if admitted else "none",
                                              self.now))
         return code
+
+    def release(self, r: Reservation, give_back: bool) -> None:
+        """Undo what admission did (or an expiry's bill); settled and cancelled are final, at each tier."""
+        self.expire()
+        given = r.state in ("open", "expired")
+        if r.state == "expired":
+            for level in range(r.depth):
+                self.spent[level] -= r.tokens
+                self.spent_cost[level] -= r.cost or 0
+        if given:
+            r.state = "cancelled"
+        if (given or not give_back) and r.tenant in ("open", "expired"):
+            if r.tenant == "expired":
+                self.tenant_spent -= r.tokens
+            r.tenant = "cancelled"
 
     def settle(self, r: Reservation, tokens: int, cost: int | None) -> SettleOutcome:
         self.expire()
@@ -171,20 +194,37 @@ def check_sums(client: redis.Redis, tenant: str, model: Model) -> None:
 
 
 class FailingTenant(RedisQuota):
-    """A ledger whose tenant slot fails (the connection drops) before its script runs."""
+    """A ledger whose tenant admission fails (the connection drops) before its script runs, or after (`lost`:
+    the reply is lost, what it reserved is held until the release)."""
+
+    lost = False
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        if keys and ":tenant:" in keys[0] and len(args) > 1:
+        if script == TENANT_ADMIT:
+            if self.lost:
+                await super()._run(script, keys, args)
             raise redis.ConnectionError("connection lost")
         return await super()._run(script, keys, args)
 
 
 OPS = st.lists(st.one_of(
-    st.tuples(st.sampled_from(["admit", "admit", "admit", "tenant_fails"]), st.integers(1, 3),
+    st.tuples(st.sampled_from(["admit", "admit", "admit", "tenant_fails", "tenant_lost"]), st.integers(1, 3),
               st.integers(0, 60), st.booleans()),
+    st.tuples(st.just("release"), st.integers(0, 10**6), st.just(0), st.booleans()),
     st.tuples(st.just("settle"), st.integers(0, 10**6), st.integers(0, 100), st.booleans()),
     st.tuples(st.just("advance"), st.sampled_from([0, 1, 400, 999, 1000, 1500, 30_000, 61_000]),
               st.just(0), st.just(False))), max_size=45)
+
+
+async def release(quota: RedisQuota, model: Model, tenant: str, r: Reservation, give_back: bool) -> None:
+    """Release one request by Envoy's give-back or by the compensation, in the model and in Redis."""
+    model.release(r, give_back)
+    path = tuple(level.jti for level in LEVELS[:r.depth])
+    if give_back:
+        await GiveBack(quota).run(tenant, path, r.rid, LIMITS)
+    else:
+        admission = Admission(tenant, LEVELS[:r.depth], r.rid, r.tokens, r.cost, time.time() + 3600, TIER)
+        await quota.release(admission, tenant=True, now_ms=model.now)
 
 
 async def play(url: str, client: redis.Redis, tenant: str, ops: list[tuple[str, int, int, bool]]) -> None:
@@ -195,11 +235,12 @@ async def play(url: str, client: redis.Redis, tenant: str, ops: list[tuple[str, 
     expires_at = time.time() + 3600
     try:
         for i, (op, a, b, flag) in enumerate(ops):
-            if op in ("admit", "tenant_fails"):
+            if op in ("admit", "tenant_fails", "tenant_lost"):
                 depth, tokens = a, b
                 cost = 2 * tokens if flag else None  # unpriced: only the root (no money budget) admits it
                 admission = Admission(tenant, LEVELS[:depth], f"r-{i}", tokens, cost, expires_at, TIER)
-                want = model.admit(f"r-{i}", depth, tokens, cost, op == "tenant_fails")
+                want = model.admit(f"r-{i}", depth, tokens, cost, op != "admit")
+                failing.lost = op == "tenant_lost"
                 if want == AdmitCode.PAST_DEADLINE:
                     try:
                         await failing.admit(admission, now_ms=model.now)
@@ -218,6 +259,8 @@ async def play(url: str, client: redis.Redis, tenant: str, ops: list[tuple[str, 
                                 chain=tuple(level.jti for level in LEVELS[:r.depth]),
                                 money=MoneySettlement(cost_micros=cost), now_ms=model.now)
                 assert result.outcome == want_outcome, (i, result, want_outcome)
+            elif op == "release" and model.reservations:
+                await release(quota, model, tenant, model.reservations[a % len(model.reservations)], flag)
             elif op == "advance":
                 model.now += a
             check_sums(client, tenant, model)
@@ -248,4 +291,15 @@ def test_the_model_is_not_vacuous(redis_server: str, sync_redis: redis.Redis) ->
            ("admit", 1, 50, False), ("admit", 3, 5, False), ("advance", 1000, 0, False), ("settle", 0, 50, False),
            ("settle", 1, 100, True), ("admit", 1, 60, True), ("admit", 1, 60, True), ("admit", 1, 60, True),
            ("admit", 1, 60, True), ("admit", 1, 60, True), ("settle", 9, 10, False), ("settle", 0, 50, False)]
+    asyncio.run(play(redis_server, sync_redis, f"p-{uuid.uuid4().hex[:10]}", ops))
+
+
+def test_the_model_reaches_every_release(redis_server: str, sync_redis: redis.Redis) -> None:
+    """One fixed sequence with a release in each state: open, settled, expired, already released; by both paths."""
+    ops = [("admit", 3, 30, True), ("admit", 2, 20, True), ("admit", 1, 10, False), ("admit", 3, 5, True),
+           ("tenant_lost", 2, 5, True),  # the tenant's slot admitted, its reply lost: released at once
+           ("settle", 1, 50, False), ("release", 1, 0, False),  # after a settlement: nothing moves
+           ("release", 2, 0, True), ("release", 2, 0, True), ("settle", 2, 100, False),  # give-back, twice, settle
+           ("advance", 1000, 0, False), ("release", 0, 0, False), ("release", 3, 0, True),  # after expiry
+           ("settle", 0, 40, False), ("release", 0, 0, True), ("admit", 3, 60, True)]
     asyncio.run(play(redis_server, sync_redis, f"p-{uuid.uuid4().hex[:10]}", ops))

@@ -20,7 +20,7 @@ from dynaseal.config import DynasealConfig
 from dynaseal.errors import QuotaUnavailable, Refusal
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.ledger import redis_keys
-from dynaseal.ledger.outcomes import SettleOutcome
+from dynaseal.ledger.outcomes import Admitted, SettleOutcome
 from dynaseal.ledger.quota import MoneySettlement, RedisQuota, counters, tenant_counters
 from dynaseal.ledger.redis_connect import SyncClient, sync_client
 from dynaseal.ledger.tenant_quota import window_id
@@ -322,3 +322,172 @@ def test_the_one_release_undoes_exactly_what_admission_did_and_the_proof_stays_s
         assert client.hget(keys[5], "r-2") == b"c"
     assert settle(client, tenant, child.jti, "r-2", 99, chain=path_of(child)).duplicate
     assert counters(client, tenant, child.jti, path_of(child)).get("spent", 0) == 0
+
+
+# --- the one release on the tenant's slot: the same state machine as the chain's ----------------------------
+
+RESERVE, ACTUAL, TTL_MS = 40, 15, 1000
+# Every order a request's admit, expiry, settlement and releases can come in; the tenant's true (reserved, spent)
+# and rpm count after it. Settled and cancelled are final: what comes after either is a no-op.
+ORDERINGS: dict[str, tuple[tuple[str, ...], tuple[int, int], int]] = {
+    "admit-release": (("release",), (0, 0), 0),
+    "admit-expire-release": (("expire", "release"), (0, 0), 0),
+    "admit-settle-release": (("settle", "release"), (0, ACTUAL), 1),
+    "admit-release-settle": (("release", "settle"), (0, 0), 0),
+    "admit-expire-release-settle": (("expire", "release", "settle"), (0, 0), 0),
+    "admit-release-release": (("release", "release"), (0, 0), 0),
+    "admit-expire-release-release": (("expire", "release", "release"), (0, 0), 0),
+    "admit-expire-settle-release": (("expire", "settle", "release"), (0, ACTUAL), 1),
+    "admit-settle-release-settle": (("settle", "release", "settle"), (0, ACTUAL), 1),
+}
+
+
+class Ledger:
+    """One request of one key under a tenant tier, on an explicit clock, through the ledger's real entry points."""
+
+    def __init__(self, url: str, client: SyncClient, key: VerifiedKey, via: str) -> None:
+        self.client, self.key, self.via = client, key, via
+        self.tenant = key.tenant.id
+        self.quota = RedisQuota.from_url(url, timeout_s=2.0)
+        self.quota.reservation_ttl_ms = TTL_MS
+        self.now = int(time.time() * 1000)
+        self.window = window_id("day", self.now / 1000)
+        self.settlements: list[SettleOutcome] = []
+
+    async def step(self, op: str, rid: str) -> None:
+        from dynaseal.ledger.give_back import GiveBack
+        from dynaseal.policy.quota_refusals import admission_of
+
+        admission = admission_of(self.key, request(RESERVE), rid)
+        if op == "admit":
+            assert isinstance(await self.quota.admit(admission, now_ms=self.now), Admitted)
+        elif op == "expire":  # past the deadline; a settlement of another id makes both slots bill it in full
+            self.now += TTL_MS + 1
+            settle(self.client, self.tenant, self.key.jti, f"touch-{self.now}", 0, now_ms=self.now)
+            assert self.tenant_state()[0] == (0, RESERVE)  # billed in full, provisionally
+        elif op == "settle":
+            self.settlements.append(settle(self.client, self.tenant, self.key.jti, rid, ACTUAL,
+                                           now_ms=self.now).outcome)
+        elif self.via == "give_back":  # Envoy's give-back of an unserved request
+            await GiveBack(self.quota).run(self.tenant, (self.key.jti,), rid, self.key.tenant.limits)
+        else:  # the compensation after the tenant's slot refused or failed
+            await self.quota.release(admission, tenant=True, now_ms=self.now)
+
+    def tenant_state(self) -> tuple[tuple[int, int], int]:
+        held = tenant_counters(self.client, self.tenant, self.window)
+        return (held["reserved"], held["spent"]), int(self.client.zcard(redis_keys.tenant_rate_window(self.tenant)))
+
+    def key_state(self) -> tuple[dict[str, int], int]:
+        state = counters(self.client, self.tenant, self.key.jti)
+        return ({name: state.get(name, 0) for name in ("uses", "reserved", "spent")},
+                int(self.client.zcard(redis_keys.rate_window(self.tenant, self.key.jti))))
+
+
+@pytest.mark.parametrize("via", ["compensation", "give_back"])
+@pytest.mark.parametrize("ordering", list(ORDERINGS))
+def test_the_tenants_release_undoes_exactly_what_its_admission_did_in_every_order(
+        url: str, client: SyncClient, cfg: DynasealConfig, ordering: str, via: str) -> None:
+    """The tenant's tier ends where the chain's does: an expiry's bill is undone, settled and cancelled are final."""
+    ops, want_budget, want_rpm = ORDERINGS[ordering]
+    [key] = tenant_keys_of(cfg, 1, tenant_budget=TenantBudget(tokens=1000, window="day"), tenant_rpm=100, rpm=10)
+    ledger = Ledger(url, client, key, via)
+
+    async def run() -> None:
+        try:
+            for op in ("admit", *ops):
+                await ledger.step(op, "r-1")
+        finally:
+            await ledger.quota.client.aclose()
+    asyncio.run(run())
+    served = want_rpm == 1  # settled before any release: the request was served and stays billed
+    assert ledger.tenant_state() == (want_budget, want_rpm)
+    assert ledger.key_state() == ({"uses": int(served), "reserved": 0, "spent": ACTUAL if served else 0},
+                                  want_rpm)
+    assert client.hlen(redis_keys.tenant_reservations(key.tenant.id)) == 0
+    mark = client.hget(redis_keys.tenant_provisional(key.tenant.id), "r-1")
+    assert mark == (None if served else b"c")  # a cancelled id is remembered; a settled one needs no mark
+    # Only a settlement that came before every release billed anything.
+    first_release = ops.index("release")
+    billed = [o for o in ledger.settlements if o != SettleOutcome.ALREADY_SETTLED]
+    assert len(billed) == (1 if "settle" in ops[:first_release] else 0)
+
+
+def test_a_released_id_is_never_admitted_again_on_the_tenants_slot(redis_server: str, cfg: DynasealConfig) -> None:
+    """As on the chain's slot: the id is cancelled there, so a replayed TENANT_ADMIT is a duplicate, for a day."""
+    from dynaseal.ledger import tenant_quota
+    from dynaseal.ledger.admission import TenantTier
+    from dynaseal.ledger.outcomes import AdmitCode
+    from dynaseal.ledger.tenant_scripts import TENANT_ADMIT, TENANT_RELEASE
+
+    client = redis.Redis.from_url(redis_server)
+    tenant, tier, now = f"t-{uuid.uuid4().hex[:10]}", TenantTier(budget=100, rpm=5), int(time.time() * 1000)
+    keys = tenant_quota.tenant_keys(tenant)
+
+    def admit(at: int) -> int:
+        reply = client.eval(TENANT_ADMIT, len(keys), *keys, *tenant_quota.admit_args(tier, at, "r-1", 30, 1000, 0))
+        return int(reply[0])
+
+    def release(at: int) -> int:
+        return int(client.eval(TENANT_RELEASE, len(keys), *keys,
+                               *tenant_quota.release_args("r-1", at)))
+    try:
+        assert admit(now) == AdmitCode.ADMITTED
+        assert (release(now), release(now)) == (1, 0)
+        assert client.ttl(redis_keys.tenant_provisional(tenant)) > 0  # the mark's hash does not live forever
+        assert admit(now + 1) == AdmitCode.DUPLICATE_REQUEST
+        assert admit(now + 86_400_000 + 1) == AdmitCode.ADMITTED  # the mark is dropped a day later: no growth
+        assert client.hget(redis_keys.tenant_provisional(tenant), "r-1") is None
+    finally:
+        client.close()
+
+
+def test_releases_and_settlements_racing_leave_every_counter_true(url: str, client: SyncClient,
+                                                                  cfg: DynasealConfig) -> None:
+    """Give-backs, compensations and the consumer's settlements of the same ids, all at once, on both slots."""
+    from callback_consumer.settlement import SettlementBatcher
+    from dynaseal.ledger.give_back import GiveBack
+    from dynaseal.ledger.redis_async import connect
+    from dynaseal.policy.quota_refusals import admission_of
+
+    keys = tenant_keys_of(cfg, 5, tenant_budget=TenantBudget(tokens=100_000), tenant_rpm=1000, rpm=1000)
+    tenant, window = keys[0].tenant.id, window_id("day", time.time())
+    plan = [(keys[i % 5], 30, f"x-{i}") for i in range(60)]  # every key has ids of every third below
+    assert set(asyncio.run(admit_all(url, plan))) == {"ok"}
+    # A third given back (twice, and compensated) while its empty event settles; a third settled with its usage
+    # (twice: redelivered) while a give-back races it; a third settled twice.
+    given, raced, settled = plan[0::3], plan[1::3], plan[2::3]
+
+    async def storm() -> None:
+        quota = RedisQuota.from_url(url, timeout_s=2.0)
+        consumer = connect(url, timeout_s=2.0)
+        batcher, giver = SettlementBatcher(consumer), GiveBack(quota)
+        limits = keys[0].tenant.limits
+
+        async def settle_one(key: VerifiedKey, rid: str, tokens: int) -> None:
+            await batcher.settle(tenant, key.jti, rid, tokens, tenant_wide=True)
+        try:
+            await asyncio.gather(
+                *(giver.run(tenant, (k.jti,), rid, limits) for k, _, rid in given * 2),
+                *(quota.release(admission_of(k, request(r), rid), tenant=True) for k, r, rid in given),
+                *(settle_one(k, rid, 0) for k, _, rid in given),
+                *(giver.run(tenant, (k.jti,), rid, limits) for k, _, rid in raced),
+                *(settle_one(k, rid, 0) for k, _, rid in raced * 2),
+                *(settle_one(k, rid, 9) for k, _, rid in settled * 2))
+        finally:
+            await quota.client.aclose()
+            await consumer.aclose()
+    asyncio.run(storm())
+    # Each id ended settled or cancelled on each slot; the counters are what those ends add up to.
+    cancelled_here = {rid for _, _, rid in plan
+                      if client.hget(redis_keys.tenant_provisional(tenant), rid) == b"c"}
+    assert cancelled_here <= {rid for _, _, rid in given + raced}  # a settlement first: the id stays settled
+    assert tenant_counters(client, tenant, window) == {"reserved": 0, "spent": 9 * len(settled)}
+    assert client.zcard(redis_keys.tenant_rate_window(tenant)) == len(plan) - len(cancelled_here)
+    assert client.hlen(redis_keys.tenant_reservations(tenant)) == 0
+    for key in keys:
+        mine = [rid for k, _, rid in plan if k is key]
+        alive = [rid for rid in mine if client.hget(redis_keys.settled(tenant, key.jti), rid) != b"c"]
+        state = counters(client, tenant, key.jti)
+        assert {name: state.get(name, 0) for name in ("uses", "reserved", "spent")} == {
+            "uses": len(alive), "reserved": 0, "spent": 9 * len([rid for k, _, rid in settled if k is key])}
+        assert client.zcard(redis_keys.rate_window(tenant, key.jti)) == len(alive)

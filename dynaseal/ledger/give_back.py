@@ -7,7 +7,8 @@ marked cancelled (`c`) in the settled hash: its later settlement (the usage even
 duplicate and bills nothing; a request already settled, or never reserved, gets nothing back.
 
 It is the ledger's one release (quota_scripts.RELEASE), which undoes exactly what admission did —
-use, tokens, money, rpm slot — and marks the id cancelled, so its later settlement bills nothing.
+use, tokens, money, rpm slot — and marks the id cancelled, so its later settlement bills nothing; on
+the tenant's slot its twin TENANT_RELEASE does the same (dynaseal.ledger.tenant_scripts).
 """
 
 from __future__ import annotations
@@ -65,5 +66,6 @@ class GiveBack:
 
         given = await self.quota._run(RELEASE, chain_keys(tenant, path), [request_id, len(path)])
         if given and limits is not None and tenant_quota.has_tenant_limits(limits):
-            await self.quota._run(TENANT_RELEASE, tenant_quota.tenant_keys(tenant), [request_id])
+            await self.quota._run(TENANT_RELEASE, tenant_quota.tenant_keys(tenant),
+                                  tenant_quota.release_args(request_id))
         return bool(given)

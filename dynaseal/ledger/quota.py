@@ -160,14 +160,14 @@ class RedisQuota:
                                         self.reservation_ttl_ms, deadline))
         except RedisError as exc:
             # It may have run (the reply was lost): release both; the tenant's release is a no-op if not.
-            await self.release(admission, tenant=True)
+            await self.release(admission, tenant=True, now_ms=now_ms)
             raise LedgerUnavailable(str(exc), "redis_error") from exc
         outcome = outcome_of(reply, tenant=True)
         if not isinstance(outcome, Admitted):
-            await self.release(admission, tenant=False)
+            await self.release(admission, tenant=False, now_ms=now_ms)
         return outcome
 
-    async def release(self, admission: Admission, tenant: bool) -> None:
+    async def release(self, admission: Admission, tenant: bool, now_ms: int | None = None) -> None:
         """Give back what admitting `admission` took (every level; the tenant's too if `tenant`).
 
         Best effort: what it cannot release expires with the reservation (billed in full, never overspent).
@@ -176,7 +176,7 @@ class RedisQuota:
                               [admission.request_id, len(admission.levels)])]
         if tenant:
             releases.append(self._run(TENANT_RELEASE, tenant_quota.tenant_keys(admission.tenant),
-                                      [admission.request_id]))
+                                      tenant_quota.release_args(admission.request_id, now_ms)))
         await asyncio.gather(*releases, return_exceptions=True)
 
     async def revoked_level(self, tenant: str, path: tuple[str, ...]) -> int:

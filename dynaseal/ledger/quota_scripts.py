@@ -140,17 +140,20 @@ return {ADMITTED, levels, 0, reserve, 0}
 # (without the proof set). ARGV: request_id, levels. At every level it undoes exactly what ADMIT wrote —
 # the use, the tokens, the money, the rpm slot — or, if expiry already billed the reservation, that bill.
 # The DPoP proof stays spent. The id is marked cancelled (`c`): never admitted again, nor billed by a
-# stray settlement. Returns the number of levels released (0: nothing was held; idempotent).
+# stray settlement. A level that settled the id (or already cancelled it) is left alone, its rpm slot too.
+# Returns the number of levels released (0: nothing was held; idempotent). TENANT_RELEASE is its twin on
+# the tenant's slot (dynaseal.ledger.tenant_scripts), with the same state machine.
 RELEASE = _LEVELS + """
 local rid = ARGV[1]
 local levels = tonumber(ARGV[2])
 local released = 0
 for level = 1, levels do
-  redis.call('ZREM', key(level, 5), rid)
   local held = redis.call('HGET', key(level, 3), rid)
   local billed = redis.call('HGET', key(level, 6), rid)
   local provisional = billed and string.sub(billed, 1, 2) == 'p:'
+  -- Settled or cancelled is final: the rpm slot of a request that was served stays taken.
   if held or provisional then
+    redis.call('ZREM', key(level, 5), rid)
     if held then
       redis.call('HDEL', key(level, 3), rid)
       redis.call('ZREM', key(level, 4), rid)

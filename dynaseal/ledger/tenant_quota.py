@@ -58,3 +58,8 @@ def admit_args(tier: TenantTier, now_ms: int, request_id: str, reserve: int, res
 def settle_args(request_id: str, actual_tokens: int, now_ms: int | None = None) -> list[Any]:
     """ARGV of TENANT_SETTLE."""
     return [int(time.time() * 1000) if now_ms is None else now_ms, request_id, int(actual_tokens), TENANT_TTL_S]
+
+
+def release_args(request_id: str, now_ms: int | None = None) -> list[Any]:
+    """ARGV of TENANT_RELEASE."""
+    return [request_id, int(time.time() * 1000) if now_ms is None else now_ms, TENANT_TTL_S]

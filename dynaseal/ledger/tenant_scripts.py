@@ -8,8 +8,13 @@ nodes, so no single script can see both. The protocol (`dynaseal.ledger.tenant_q
      uses, rpm, token and money budgets.
   2. TENANT_ADMIT on the tenant's slot: tenant rpm and the tenant budget of the current window.
   3. If 2 refuses (or fails), quota_scripts.RELEASE gives every level back exactly what 1 took; the
-     request is refused.
-  Settlement runs TENANT_SETTLE next to SETTLE; each is idempotent on its own slot.
+     request is refused (after a failure TENANT_RELEASE runs too: 2 may have run, its reply lost).
+  Settlement runs TENANT_SETTLE next to SETTLE; a give-back runs TENANT_RELEASE next to RELEASE.
+
+Both tiers share one state machine per request id: open (reserved) -> settled, open -> expired (billed
+in full, provisionally) -> corrected by a settlement, open or expired -> cancelled by a release, which
+undoes the reservation or the provisional bill. Settled and cancelled are final: a settlement after a
+release, a release after a settlement and a second release or settlement are no-ops, each on its slot.
 
 Every step is atomic on its slot and each slot's sum of reservations is checked against its own
 limit, so neither the tenant nor any key can be overspent; between steps a request holds a
@@ -18,7 +23,9 @@ have admitted (never the reverse).
 
 Tenant budget hash fields: `r:<window>` (tokens held by open reservations), `s:<window>`
 (tokens settled), `w` (the current window). Reservations hash: request_id -> `<window>|<tokens>`
-(the window a request was reserved in is the one it settles in, even after midnight).
+(the window a request was reserved in is the one it settles in, even after midnight). Provisional
+hash: request_id -> `<window>|<tokens>` billed by expiry, or `c` once released (cancelled); either
+mark is dropped a day later (its deadline), so the tenant's slot never grows without bound.
 """
 
 from __future__ import annotations
@@ -105,23 +112,39 @@ for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ttl) end
 return {ADMITTED, spent, reserved + reserve, 0}
 """
 
-# Compensation: the key refused after the tenant admitted, or authz gave up. ARGV: request_id.
-# Returns 1 if a reservation was released, 0 if there was none (idempotent).
+# The tenant's half of the one release (quota_scripts.RELEASE is the chain's; the two run on their own
+# slots and follow the same state machine). ARGV: request_id, now_ms, ttl_s. It undoes exactly what
+# TENANT_ADMIT wrote — the tokens held and the rpm slot — or, if expiry already billed the reservation in
+# full, that bill; then it marks the id cancelled (`c` in `provisional`, dropped after a day like a
+# provisional bill): never admitted again here, and a late settlement is a no-op. A request settled,
+# already released or never admitted here is left alone (its rpm slot too). Returns the number of tiers
+# released: 1, or 0 when nothing was held (idempotent).
 TENANT_RELEASE = _TENANT_EXPIRE + """
 local rid = ARGV[1]
-redis.call('ZREM', KEYS[5], rid)
+local now = tonumber(ARGV[2])
 local held = redis.call('HGET', KEYS[2], rid)
-if not held then return 0 end
-local window, tokens = split(held)
-redis.call('HDEL', KEYS[2], rid)
-redis.call('ZREM', KEYS[3], rid)
-redis.call('HINCRBY', KEYS[1], 'r:' .. window, 0 - tokens)
+local billed = redis.call('HGET', KEYS[4], rid)
+if not held and (not billed or billed == 'c') then return 0 end
+if held then
+  local window, tokens = split(held)
+  redis.call('HDEL', KEYS[2], rid)
+  redis.call('HINCRBY', KEYS[1], 'r:' .. window, 0 - tokens)
+else
+  local window, tokens = split(billed)
+  redis.call('HINCRBY', KEYS[1], 's:' .. window, 0 - tokens)
+end
+redis.call('ZREM', KEYS[5], rid)
+redis.call('HSET', KEYS[4], rid, 'c')
+-- The deadline now says when the mark is dropped (tenant_expire drops a deadline holding nothing).
+redis.call('ZADD', KEYS[3], now + CORRECTION_MS, rid)
+local ttl = tonumber(ARGV[3])
+for i = 1, 5 do if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ttl) end end
 return 1
 """
 
 # ARGV: now_ms, request_id, actual_tokens, ttl_s.
 # Returns {outcome, spent of that window}: SETTLED an open reservation, CORRECTED an expired one,
-# ALREADY_SETTLED when there is nothing to do (settled before, or never reserved on the tenant).
+# ALREADY_SETTLED when there is nothing to do (settled before, released, or never reserved on the tenant).
 TENANT_SETTLE = _TENANT_EXPIRE + """
 local now = tonumber(ARGV[1])
 local rid = ARGV[2]
@@ -140,7 +163,8 @@ if held then
   outcome = SETTLED
 else
   local billed = redis.call('HGET', KEYS[4], rid)
-  if not billed then return {ALREADY_SETTLED, 0} end
+  -- Nothing held, or the id was released (cancelled): nothing to settle.
+  if not billed or billed == 'c' then return {ALREADY_SETTLED, 0} end
   local tokens
   window, tokens = split(billed)
   redis.call('HDEL', KEYS[4], rid)
