@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-import redis.asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ledger_sync import settle
@@ -27,6 +26,7 @@ from dynaseal.ledger import redis_keys
 from dynaseal.ledger.admission import Admission, LevelLimits, TenantTier
 from dynaseal.ledger.outcomes import AdmitCode, Admitted, SettleOutcome
 from dynaseal.ledger.quota import MoneySettlement, RedisQuota
+from dynaseal.ledger.redis_async import connect
 from dynaseal.ledger.tenant_quota import window_id
 
 TTL_MS = 1000
@@ -190,7 +190,7 @@ OPS = st.lists(st.one_of(
 async def play(url: str, client: redis.Redis, tenant: str, ops: list[tuple[str, int, int, bool]]) -> None:
     base = (int(time.time()) // 86400) * 86_400_000 + 3_600_000  # 01:00 UTC today: one day window throughout
     model = Model(now=base)
-    quota = RedisQuota(redis.asyncio.Redis.from_url(url), reservation_ttl_ms=TTL_MS, timeout_s=2.0)
+    quota = RedisQuota(connect(url, 2.0), reservation_ttl_ms=TTL_MS, timeout_s=2.0)
     failing = FailingTenant(quota.client, reservation_ttl_ms=TTL_MS, timeout_s=2.0)
     expires_at = time.time() + 3600
     try:
