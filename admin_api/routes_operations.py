@@ -16,8 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from admin_api.auth import require_admin
 from admin_api.console_context import ConsoleContext, console_context
-from dynaseal.ledger.redis_connect import async_client
-from dynaseal.ledger.revocation import revoke_async
+from dynaseal.ledger.revocation import revoke_at
 from dynaseal.usage import dlq_entries
 from dynaseal.usage_store import replays
 
@@ -98,13 +97,10 @@ async def revoke_key(body: Revocation, context: Context) -> dict[str, Any]:
     tenant's keys can live (every key minted under it is refused with it)."""
     lifetime_s = context.key_lifetime_s(body.tenant)
     expires = time.time() + lifetime_s
-    client = async_client(context.redis_url, REDIS_TIMEOUT_S)
     try:
-        await revoke_async(client, body.tenant, body.key_id, expires, tuple(body.ancestors))
+        await revoke_at(context.redis_url, REDIS_TIMEOUT_S, body.tenant, body.key_id, expires, tuple(body.ancestors))
     except (RedisError, OSError) as exc:
         log.warning("revocation failed", extra={"jti": body.key_id, "error": type(exc).__name__})
         raise _unavailable("the gateway's revocation store") from None
-    finally:
-        await client.aclose()
     log.info("key revoked", extra={"tenant": body.tenant, "jti": body.key_id})
     return {"tenant": body.tenant, "key_id": body.key_id, "revoked": True, "marker_ttl_s": lifetime_s}

@@ -19,6 +19,7 @@ import bcrypt
 import jwt
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
 
 from admin_api.state import AdminState, admin_state
 from admin_api.throttle import Throttle
@@ -129,10 +130,11 @@ def create_api_key(request: Request, account: Account, state: State) -> dict[str
 
 
 @router.get("/user/me")
-def me(account: Account, state: State) -> dict[str, Any]:
+async def me(account: Account, state: State) -> dict[str, Any]:
     """The account in the seed's `User` shape (no password, no keys), with the tokens its tenant spent."""
+    redis_url = await run_in_threadpool(state.redis_url)  # it reads the config file
     try:
-        total = _TOTALS.read(state.redis_url(), account.tenant_id)
+        total = await _TOTALS.read(redis_url, account.tenant_id)
     except RedisError:
         raise HTTPException(503, "usage is unavailable: the ledger cannot be reached") from None
     return {"_id": account.tenant_id, "username": account.username, "email": account.email, "total_tokens": total}

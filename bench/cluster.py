@@ -27,7 +27,7 @@ from dynaseal.errors import QuotaUnavailable
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.keys.tenants import Tenant
 from dynaseal.ledger.quota import RedisQuota
-from dynaseal.ledger.redis_connect import async_client
+from dynaseal.ledger.redis_async import redis_py
 from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest
 from dynaseal.tenant_config import Limits, TenantBudget
@@ -151,7 +151,7 @@ def run(directory: Path, seconds: float = 5.0, rate: float = 1000.0) -> list[Clu
             ("cluster · pipelined (per master)", lambda: RedisQuota.from_url(cluster.url, timeout),
              cluster_pids, False),
             ("cluster · redis-py asyncio RedisCluster",
-             lambda: RedisQuota(async_client(cluster.url, timeout, max_connections=IN_FLIGHT), timeout_s=timeout),
+             lambda: RedisQuota(redis_py(cluster.url, timeout, max_connections=IN_FLIGHT), timeout_s=timeout),
              cluster_pids, False),
             ("single Redis · pipelined · +tenant", lambda: RedisQuota.from_url(single_url, timeout),
              single_pids, True),

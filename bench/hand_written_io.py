@@ -41,14 +41,12 @@ def _start_redis() -> tuple[subprocess.Popen[bytes], int]:
 
 def redis_admit_case(rounds: int, ops: int) -> Case:
     """authz's decision with the Redis admission, on each client, against one real Redis."""
-    from redis.asyncio import BlockingConnectionPool
-    from redis.asyncio import Redis as AsyncRedis
-
     from authz_service.envoy_adapter import to_auth_request
     from bench.check_client import check_request
     from dynaseal.config import load_config
     from dynaseal.keys.tenants import build_registry
     from dynaseal.ledger.quota import RedisQuota
+    from dynaseal.ledger.redis_async import redis_py
     from dynaseal.policy.authorizer import Authorizer
 
     os.environ.setdefault(PROVIDER_KEY_ENV, PROVIDER_KEY)
@@ -61,11 +59,10 @@ def redis_admit_case(rounds: int, ops: int) -> Case:
         url = f"redis://{HOST}:{port}/0"
         pipelined = Authorizer(registry, quota=RedisQuota.from_url(url, 0.5))
         # What RedisQuota.from_url gives a URL the pipelined client does not take (TLS, unix sockets).
-        pool = BlockingConnectionPool.from_url(url, max_connections=64, timeout=0.5, socket_timeout=0.5,
-                                               socket_connect_timeout=0.5)
-        redis_py = Authorizer(registry, quota=RedisQuota(AsyncRedis(connection_pool=pool), timeout_s=0.5))
+        redis_py_quota = RedisQuota(redis_py(url, 0.5, max_connections=64), timeout_s=0.5)
+        redis_py_authorizer = Authorizer(registry, quota=redis_py_quota)
         request = to_auth_request(check_request(keys.token))
-        for authorizer in (pipelined, redis_py):
+        for authorizer in (pipelined, redis_py_authorizer):
             decision = loop.run_until_complete(authorizer.decide(request))
             assert decision.allowed, decision
 
@@ -74,12 +71,14 @@ def redis_admit_case(rounds: int, ops: int) -> Case:
 
         variants = [
             Variant("pipelined client, 1 at a time", lambda: median_async_us(loop, decide(pipelined), ops, 1)),
-            Variant("redis-py asyncio, 1 at a time", lambda: median_async_us(loop, decide(redis_py), ops, 1)),
+            Variant("redis-py asyncio, 1 at a time",
+                    lambda: median_async_us(loop, decide(redis_py_authorizer), ops, 1)),
             Variant("pipelined client, 16 at a time", lambda: median_async_us(loop, decide(pipelined), ops, 1, 16), 2),
-            Variant("redis-py asyncio, 16 at a time", lambda: median_async_us(loop, decide(redis_py), ops, 1, 16), 2),
+            Variant("redis-py asyncio, 16 at a time",
+                    lambda: median_async_us(loop, decide(redis_py_authorizer), ops, 1, 16), 2),
         ]
         interleave(variants, rounds)
-        loop.run_until_complete(pool.aclose())
+        loop.run_until_complete(redis_py_quota.client.aclose())
         return Case("Redis admission: authz's decision + one admit script (`dynaseal/ledger/redis_pipeline.py`)",
                     variants)
     finally:

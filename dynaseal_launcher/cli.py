@@ -17,6 +17,7 @@ SERVICE_MODULES = {"authz": "authz_service", "issuer": "issuer_api", "mock-llm":
                    "usage-recorder": "usage_recorder"}
 # Tools that live with a service, run the same way: `dynaseal dlq replay …`.
 TOOL_MODULES = {"dlq": "callback_consumer.dlq_replay", "status": "dynaseal_launcher.status"}
+REDIS_TIMEOUT_S = 5.0
 
 
 def _say(line: str) -> None:
@@ -81,10 +82,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def cmd_key_revoke(args: argparse.Namespace) -> int:
     """Revoke a dynamic key by jti in Redis."""
+    import asyncio
     import time
 
-    from dynaseal.ledger.redis_connect import sync_client
-    from dynaseal.ledger.revocation import revoke
+    from redis.exceptions import RedisError
+
+    from dynaseal.ledger.revocation import revoke_at
     from dynaseal.runtime.locations import redis_url
 
     cfg = load_config(args.config)
@@ -94,11 +97,12 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
         _say(f"name the key's tenant with --tenant (one of: {', '.join(sorted(tenants))})")
         return 2
     exp = args.exp or time.time() + tenants[tenant].limits.max_ttl
-    client = sync_client(redis_url(cfg))  # one server or a redis+cluster:// URL
+    # One server or a redis+cluster:// URL: the services' client, on a loop of the command's own.
     try:
-        revoke(client, tenant, args.jti, exp, leeway_s=cfg.gateway.leeway_s)
-    finally:
-        client.close()
+        asyncio.run(revoke_at(redis_url(cfg), REDIS_TIMEOUT_S, tenant, args.jti, exp, leeway_s=cfg.gateway.leeway_s))
+    except (RedisError, OSError) as exc:
+        _say(f"could not reach the gateway's Redis ({type(exc).__name__}): {args.jti} is not revoked, try again")
+        return 1
     _say(f"revoked {args.jti} of tenant {tenant}")
     return 0
 

@@ -27,8 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import RedisError
 
 from dynaseal.config import ConfigError, DynasealConfig, load_config
-from dynaseal.ledger.redis_async import connect
-from dynaseal.ledger.redis_connect import SyncClient, sync_client
+from dynaseal.ledger.redis_async import AsyncLedgerRedis, connect
 from dynaseal.ledger.reservation_age import oldest_open_reservation_age_s
 from dynaseal.runtime.locations import redis_url
 from dynaseal.runtime.views import Runtime
@@ -134,25 +133,27 @@ def dlq_reasons(bootstrap: str, max_entries: int = 1_000_000) -> Counter[str] | 
         kafka_io.close_quietly(consumer)
 
 
-async def _oldest_reservation_age_s(url: str, reservation_ttl_ms: int) -> float:
-    """The ledger's oldest open reservation, read with the services' asyncio client (a one-shot command; the
-    parked counts beside it keep a blocking client)."""
+PARKED_PREFIX, PARKED_SUFFIX = "dynaseal:v2:{cb:", "}:parked"
+
+
+async def parked_by_tenant(client: AsyncLedgerRedis) -> dict[str, int]:
+    """Parked events per tenant (their counters in Redis, on every master of a cluster)."""
+    out = {}
+    async for name in client.scan_iter(f"{PARKED_PREFIX}*{PARKED_SUFFIX}"):
+        value = await client.execute_on(name, "GET", name)
+        out[name[len(PARKED_PREFIX):-len(PARKED_SUFFIX)]] = int(value) if isinstance(value, bytes | str) else 0
+    return out
+
+
+async def _ledger(url: str, reservation_ttl_ms: int) -> tuple[float, dict[str, int]]:
+    """The ledger's oldest open reservation and the parked counts, read with the services' asyncio client
+    (a one-shot command: one loop, one client, closed after)."""
     client = connect(url, timeout_s=5.0)
     try:
-        return await oldest_open_reservation_age_s(client, reservation_ttl_ms=reservation_ttl_ms)
+        age = await oldest_open_reservation_age_s(client, reservation_ttl_ms=reservation_ttl_ms)
+        return age, await parked_by_tenant(client)
     finally:
         await client.aclose()
-
-
-def parked_by_tenant(client: SyncClient) -> dict[str, int]:
-    """Parked events per tenant (their counters in Redis)."""
-    out = {}
-    for name in client.scan_iter(match="dynaseal:v2:{cb:*}:parked", count=1000):
-        text = name.decode() if isinstance(name, bytes) else str(name)
-        tenant = text[len("dynaseal:v2:{cb:"):-len("}:parked")]
-        value = client.get(name)
-        out[tenant] = int(value) if isinstance(value, bytes | str) else 0
-    return out
 
 
 def report(cfg: DynasealConfig, group_id: str) -> list[str]:
@@ -185,15 +186,10 @@ def report(cfg: DynasealConfig, group_id: str) -> list[str]:
                      f"p99 {_ms(quantile(consumer, attempt, .99))}; event age (log line to 2xx) "
                      f"p50 {_ms(quantile(consumer, event_age, .5))}, p99 {_ms(quantile(consumer, event_age, .99))}")
     try:
-        client = sync_client(redis_url(cfg), timeout_s=5.0)
-        try:
-            age = asyncio.run(_oldest_reservation_age_s(redis_url(cfg), int(cfg.gateway.reservation_ttl_s * 1000)))
-            lines.append(f"ledger      oldest unsettled reservation: {age:.1f} s "
-                         f"(billed and reported at {cfg.gateway.reservation_ttl_s:g} s)")
-            parked = parked_by_tenant(client)
-            lines.append("parked      " + (", ".join(f"{t}: {n}" for t, n in sorted(parked.items())) or "none"))
-        finally:
-            client.close()
+        age, parked = asyncio.run(_ledger(redis_url(cfg), int(cfg.gateway.reservation_ttl_s * 1000)))
+        lines.append(f"ledger      oldest unsettled reservation: {age:.1f} s "
+                     f"(billed and reported at {cfg.gateway.reservation_ttl_s:g} s)")
+        lines.append("parked      " + (", ".join(f"{t}: {n}" for t, n in sorted(parked.items())) or "none"))
     except RedisError as exc:
         lines.append(f"ledger      Redis not answering ({type(exc).__name__})")
     reasons = dlq_reasons(bootstrap)

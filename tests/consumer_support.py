@@ -19,11 +19,11 @@ import httpx
 import yaml
 from conftest import free_ports
 from kafka import KafkaConsumer, TopicPartition
+from ledger_sync import sync_client
 from pipeline_harness import REPO, Receiver
 from prometheus_client.parser import text_string_to_metric_families
 
 from dynaseal.ledger import redis_keys
-from dynaseal.ledger.redis_connect import sync_client
 from dynaseal.pb import UsageEvent
 from dynaseal.usage import kafka_io
 from dynaseal_launcher.probes import http_ok

@@ -16,6 +16,7 @@ import httpx
 import openai
 import yaml
 from conftest import DEMO_TENANT, free_ports
+from ledger_sync import counters
 from openai.types.chat import ChatCompletionMessageParam
 from redis import Redis
 from standardwebhooks import Webhook
@@ -23,7 +24,6 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from dynaseal.config import DynasealConfig, expand_path
 from dynaseal.keys.mint import SigningKey, mint
-from dynaseal.ledger.quota import counters
 from dynaseal.local_stack import LEGACY_PORTS
 from dynaseal_launcher.probes import http_ok
 from dynaseal_launcher.processes import RunningService, ServiceSpec, Supervisor, tcp_open

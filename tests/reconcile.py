@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conftest import DEMO_TENANT
+from ledger_sync import counters
 from redis import Redis
 
-from dynaseal.ledger.quota import counters
 from dynaseal.usage.events import parse_line
 
 

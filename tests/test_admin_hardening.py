@@ -232,7 +232,7 @@ def test_many_logins_at_once_run_one_bcrypt_at_a_time(client: TestClient, monkey
 def test_usage_readings_reuse_one_redis_scan(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     scans: list[str] = []
 
-    def scan(redis_url: str | None, tenant_id: str) -> int:
+    async def scan(redis_url: str | None, tenant_id: str) -> int:
         scans.append(tenant_id)
         return 42
 

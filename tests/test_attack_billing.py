@@ -12,11 +12,12 @@ import orjson
 import pytest
 import redis
 from conftest import OTHER_TENANT, verified_key
+from ledger_sync import counters
 
 from callback_consumer.settlement import SettlementBatcher
 from dynaseal.config import DynasealConfig
 from dynaseal.ledger import redis_keys
-from dynaseal.ledger.quota import RedisQuota, counters
+from dynaseal.ledger.quota import RedisQuota
 from dynaseal.ledger.redis_async import connect
 from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest

@@ -16,13 +16,13 @@ import jwt as pyjwt
 import pytest
 import redis
 from conftest import DEMO_TENANT, jwt_payload
+from ledger_sync import revoke
 from pipeline_harness import Receiver, Services, pipeline_config, wait_until
 
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.attenuation import CHILD_TYP
 from dynaseal.keys.mint import HolderKey, SigningKey, mint
 from dynaseal.ledger import redis_keys
-from dynaseal.ledger.revocation import revoke
 from dynaseal.runtime.locations import redis_url
 
 pytestmark = pytest.mark.integration

@@ -24,11 +24,10 @@ import pytest
 from cluster_support import LocalCluster, start_cluster
 from conftest import free_ports
 from consumer_support import SLOW, ConsumerRig
+from ledger_sync import counters, sync_client
 from pipeline_harness import REPO, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from dynaseal.ledger.quota import counters
-from dynaseal.ledger.redis_connect import sync_client
 from dynaseal.usage import kafka_io
 from dynaseal_launcher.probes import http_ok
 from dynaseal_launcher.processes import RunningService, ServiceSpec, tcp_open

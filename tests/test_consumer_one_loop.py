@@ -21,12 +21,12 @@ import pytest
 import redis
 from conftest import free_ports
 from consumer_support import FAST, ConsumerRig
+from ledger_sync import counters
 from pipeline_harness import wait_until
 from redis.client import Pipeline
 
 from callback_consumer.consumer import CallbackConsumer, ConsumerOptions
 from dynaseal.ledger import redis_keys
-from dynaseal.ledger.quota import counters
 from dynaseal.ledger.redis_pipeline import PipelinedRedis
 from dynaseal_launcher.probes import redis_ping
 from dynaseal_launcher.stack import redis_server_binary

@@ -20,11 +20,11 @@ import pytest
 import redis
 import yaml
 from conftest import OTHER_TENANT, TenantKeys, wait_until, write_test_config
+from ledger_sync import counters
 from pipeline_harness import Receiver
 
 from dynaseal.config import load_config
 from dynaseal.keys.mint import mint
-from dynaseal.ledger.quota import counters
 from dynaseal.runtime.locations import redis_url
 from dynaseal_launcher.stack import LocalStack
 

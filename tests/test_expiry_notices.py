@@ -13,13 +13,13 @@ from typing import TypeVar
 import pytest
 import redis
 from conftest import OTHER_TENANT, private_redis, verified_key
-from ledger_sync import settle
+from ledger_sync import counters, settle
 
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.ledger import expiry_notices
 from dynaseal.ledger.outcomes import SettleOutcome
-from dynaseal.ledger.quota import RedisQuota, counters
+from dynaseal.ledger.quota import RedisQuota
 from dynaseal.ledger.redis_async import AsyncLedgerRedis, connect
 from dynaseal.ledger.redis_keys import reservation_deadlines
 from dynaseal.policy.quota_refusals import admit_request

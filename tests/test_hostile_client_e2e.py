@@ -16,10 +16,10 @@ import pytest
 import redis
 from conftest import DEMO_SECRET, DEMO_TENANT, OTHER_SECRET, OTHER_TENANT, jwt_payload
 from keyfactory import b64, hs256, raw_token
+from ledger_sync import counters
 
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.mint import SigningKey, mint
-from dynaseal.ledger.quota import counters
 from dynaseal.runtime.locations import redis_url
 
 pytestmark = pytest.mark.integration
@@ -106,7 +106,7 @@ def test_a_dense_prompt_cannot_overspend_a_budget(gw: str, issuer_key: SigningKe
 
 def test_another_tenant_cannot_reach_a_key_by_its_jti(gw: str, issuer_key: SigningKey, store: redis.Redis,
                                                       cfg: DynasealConfig) -> None:
-    from dynaseal.ledger.revocation import revoke
+    from ledger_sync import revoke
 
     victim = mint(issuer_key, tenant=DEMO_TENANT, models=["deepseek-chat"], max_tokens=20, ttl=300, uses=2)
     jti = str(jwt_payload(victim)["jti"])

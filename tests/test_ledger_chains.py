@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 import redis
 from conftest import OTHER_TENANT, verified_key
-from ledger_sync import settle
+from ledger_sync import counters, settle
 from test_quota_money import request as priced_request
 
 from dynaseal.config import DynasealConfig
@@ -18,7 +18,7 @@ from dynaseal.errors import Refusal
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.ledger import quota_scripts, tenant_scripts
 from dynaseal.ledger.outcomes import LUA_CONSTANTS, AdmitCode, SettleOutcome
-from dynaseal.ledger.quota import MoneySettlement, RedisQuota, counters
+from dynaseal.ledger.quota import MoneySettlement, RedisQuota
 from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-import redis.asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ledger_sync import settle
@@ -31,6 +30,7 @@ from dynaseal.ledger.admission import Admission, LevelLimits, TenantTier
 from dynaseal.ledger.give_back import GiveBack
 from dynaseal.ledger.outcomes import AdmitCode, Admitted, SettleOutcome
 from dynaseal.ledger.quota import MoneySettlement, RedisQuota
+from dynaseal.ledger.redis_async import connect
 from dynaseal.ledger.tenant_quota import window_id
 from dynaseal.ledger.tenant_scripts import TENANT_ADMIT
 from dynaseal.tenant_config import Limits, TenantBudget
@@ -230,7 +230,7 @@ async def release(quota: RedisQuota, model: Model, tenant: str, r: Reservation, 
 async def play(url: str, client: redis.Redis, tenant: str, ops: list[tuple[str, int, int, bool]]) -> None:
     base = (int(time.time()) // 86400) * 86_400_000 + 3_600_000  # 01:00 UTC today: one day window throughout
     model = Model(now=base)
-    quota = RedisQuota(redis.asyncio.Redis.from_url(url), reservation_ttl_ms=TTL_MS, timeout_s=2.0)
+    quota = RedisQuota(connect(url, 2.0), reservation_ttl_ms=TTL_MS, timeout_s=2.0)
     failing = FailingTenant(quota.client, reservation_ttl_ms=TTL_MS, timeout_s=2.0)
     expires_at = time.time() + 3600
     try:

@@ -11,10 +11,10 @@ import httpx
 import pytest
 import redis
 from conftest import DEMO_TENANT, jwt_payload
+from ledger_sync import counters
 
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.mint import SigningKey, mint
-from dynaseal.ledger.quota import counters
 from dynaseal.runtime.locations import redis_url
 
 pytestmark = pytest.mark.integration

@@ -8,10 +8,10 @@ import httpx
 import pytest
 import redis
 from conftest import DEMO_TENANT, jwt_payload
+from ledger_sync import revoke
 
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.mint import HolderKey, SigningKey, mint
-from dynaseal.ledger.revocation import revoke
 from dynaseal.runtime.locations import redis_url
 
 pytestmark = pytest.mark.integration

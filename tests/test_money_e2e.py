@@ -21,13 +21,13 @@ import httpx
 import pytest
 import yaml
 from conftest import DEMO_TENANT, free_ports
+from ledger_sync import counters
 from openai.types.chat import ChatCompletionMessageParam
 from pipeline_harness import Delivery, Receiver, Services, complete, new_key, pipeline_config, sdk, wait_until
 from redis import Redis
 
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.mint import SigningKey
-from dynaseal.ledger.quota import counters
 from dynaseal.money.budget_thresholds import threshold_webhook_id
 
 pytestmark = pytest.mark.integration

@@ -21,12 +21,11 @@ import pytest
 import yaml
 from cluster_support import LocalCluster, start_cluster
 from conftest import OTHER_TENANT, TenantKeys, free_ports
+from ledger_sync import counters, sync_client, tenant_counters
 from pipeline_harness import Receiver, wait_until
 
 from dynaseal.config import load_config
 from dynaseal.keys.mint import mint
-from dynaseal.ledger.quota import counters, tenant_counters
-from dynaseal.ledger.redis_connect import sync_client
 from dynaseal.ledger.tenant_quota import window_id
 from dynaseal.usage import kafka_io
 from dynaseal_launcher.processes import ServiceSpec, Supervisor, tcp_open

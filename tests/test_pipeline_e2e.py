@@ -18,6 +18,7 @@ import openai
 import pytest
 import yaml
 from conftest import DEMO_TENANT
+from ledger_sync import counters
 from pipeline_harness import (
     MESSAGES,
     Receiver,
@@ -35,7 +36,6 @@ from redis import Redis
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.mint import SigningKey
 from dynaseal.ledger import redis_keys
-from dynaseal.ledger.quota import counters
 
 pytestmark = pytest.mark.integration
 

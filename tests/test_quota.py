@@ -9,15 +9,15 @@ from dataclasses import replace
 import pytest
 import redis
 from conftest import OTHER_TENANT, private_redis, verified_key
-from ledger_sync import settle
+from ledger_sync import counters, revoke, settle
 
 from dynaseal.config import DynasealConfig
 from dynaseal.errors import Refusal
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.keys.tenants import build_registry
 from dynaseal.ledger.outcomes import SettleOutcome
-from dynaseal.ledger.quota import RedisQuota, counters
-from dynaseal.ledger.revocation import revoke
+from dynaseal.ledger.quota import RedisQuota
+from dynaseal.ledger.redis_async import connect
 from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest
 
@@ -94,7 +94,7 @@ def test_settlement_is_idempotent(redis_server: str, sync_redis: redis.Redis, ba
 def test_expired_reservation_is_billed_then_corrected_once(redis_server: str, sync_redis: redis.Redis,
                                                            base_key: VerifiedKey) -> None:
     async def admit_short() -> None:
-        quota = RedisQuota(redis.asyncio.Redis.from_url(redis_server), reservation_ttl_ms=1)
+        quota = RedisQuota(connect(redis_server, 2.0), reservation_ttl_ms=1)
         await admit_request(quota, base_key, request(40), "late")
         await quota.client.aclose()
     asyncio.run(admit_short())

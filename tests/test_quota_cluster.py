@@ -12,17 +12,16 @@ import pytest
 import redis
 from cluster_support import LocalCluster, start_cluster
 from conftest import OTHER_TENANT, verified_key
-from ledger_sync import settle
+from ledger_sync import counters, revoke, settle, sync_client
 from test_quota import admit_many, request
 
 from dynaseal.config import DynasealConfig
 from dynaseal.errors import QuotaUnavailable, Refusal
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.ledger import redis_keys
-from dynaseal.ledger.quota import RedisQuota, counters
+from dynaseal.ledger.quota import RedisQuota
 from dynaseal.ledger.redis_cluster import PipelinedCluster
-from dynaseal.ledger.redis_connect import parse_cluster_url, sync_client
-from dynaseal.ledger.revocation import revoke
+from dynaseal.ledger.redis_connect import parse_cluster_url
 from dynaseal.policy.quota_refusals import admit_request
 
 

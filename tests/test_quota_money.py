@@ -10,13 +10,13 @@ from decimal import Decimal
 import pytest
 import redis
 from conftest import OTHER_TENANT, verified_key
-from ledger_sync import mark_thresholds, settle
+from ledger_sync import counters, mark_thresholds, settle
 
 from dynaseal.config import DynasealConfig
 from dynaseal.errors import Refusal
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.ledger.outcomes import SettleOutcome
-from dynaseal.ledger.quota import MoneySettlement, RedisQuota, counters
+from dynaseal.ledger.quota import MoneySettlement, RedisQuota
 from dynaseal.money.pricing import Price
 from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, free_ports
+from ledger_sync import counters
 from pipeline_harness import Receiver, new_key, pipeline_config, wait_until
 from reconcile import admitted_by_authz, admitted_ids, log_lines
 from redis import Redis
@@ -26,7 +27,6 @@ from test_shipper_faults import Drill, send
 
 from dynaseal.config import DynasealConfig
 from dynaseal.keys.mint import SigningKey
-from dynaseal.ledger.quota import counters
 from dynaseal_launcher.probes import grpc_serving
 from dynaseal_launcher.processes import ServiceSpec
 from dynaseal_launcher.stack import AUTHZ_SERVICE_NAME

@@ -6,9 +6,10 @@ import time
 from typing import Any
 
 from conftest import OTHER_TENANT
+from ledger_sync import revoke
 
 from dynaseal.config import MAX_LEEWAY_S
-from dynaseal.ledger.revocation import marker, revoke
+from dynaseal.ledger.revocation import marker
 
 
 def test_the_marker_lives_exp_plus_the_configured_leeway(sync_redis: Any) -> None:

@@ -16,12 +16,12 @@ import pytest
 import redis
 import yaml
 from conftest import verified_key
-from ledger_sync import settle
+from ledger_sync import counters, settle
 
 from dynaseal.config import ConfigError, DynasealConfig, load_config
 from dynaseal.errors import Refusal
 from dynaseal.ledger.give_back import GiveBack
-from dynaseal.ledger.quota import RedisQuota, counters
+from dynaseal.ledger.quota import RedisQuota
 from dynaseal.money.pricing import Price
 from dynaseal.policy import give_back
 from dynaseal.policy.quota_refusals import admit_request

@@ -24,11 +24,11 @@ import redis
 import yaml
 from conftest import free_ports, jwt_payload
 from format_upstream_support import AnthropicUpstream, OpenAIUpstream
+from ledger_sync import counters
 from upstream_support import Behaviour
 
 from dynaseal.config import load_config
 from dynaseal.keys.mint import SigningKey, mint
-from dynaseal.ledger.quota import counters
 from dynaseal.runtime.locations import redis_url
 
 pytestmark = pytest.mark.integration

@@ -8,12 +8,13 @@ import asyncio
 import pytest
 import redis
 from conftest import OTHER_TENANT, verified_key
+from ledger_sync import counters
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from callback_consumer.settlement import SettlementBatcher
 from dynaseal.config import DynasealConfig
 from dynaseal.ledger.outcomes import SettleOutcome
-from dynaseal.ledger.quota import RedisQuota, counters
+from dynaseal.ledger.quota import RedisQuota
 from dynaseal.ledger.redis_pipeline import PipelinedRedis
 from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest

@@ -13,12 +13,12 @@ import pytest
 import redis
 import yaml
 from conftest import OTHER_TENANT, free_ports, verified_key
+from ledger_sync import counters, revoke
 
 from dynaseal.config import DynasealConfig, load_config
 from dynaseal.errors import Refusal
 from dynaseal.keys.claims import VerifiedKey
-from dynaseal.ledger.quota import RedisQuota, counters
-from dynaseal.ledger.revocation import revoke
+from dynaseal.ledger.quota import RedisQuota
 from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest
 from dynaseal_launcher.processes import ServiceSpec, Supervisor

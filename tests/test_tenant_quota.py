@@ -13,7 +13,7 @@ import pytest
 import redis
 from cluster_support import LocalCluster, start_cluster
 from conftest import acme_tenant
-from ledger_sync import settle
+from ledger_sync import SyncClient, counters, settle, sync_client, tenant_counters
 from test_quota import request
 
 from dynaseal.config import DynasealConfig
@@ -21,8 +21,7 @@ from dynaseal.errors import QuotaUnavailable, Refusal
 from dynaseal.keys.claims import VerifiedKey
 from dynaseal.ledger import redis_keys
 from dynaseal.ledger.outcomes import Admitted, SettleOutcome
-from dynaseal.ledger.quota import MoneySettlement, RedisQuota, counters, tenant_counters
-from dynaseal.ledger.redis_connect import SyncClient, sync_client
+from dynaseal.ledger.quota import MoneySettlement, RedisQuota
 from dynaseal.ledger.tenant_quota import window_id
 from dynaseal.policy.quota_refusals import admit_request
 from dynaseal.policy.request_policy import CheckedRequest
@@ -164,7 +163,7 @@ def test_a_request_the_tenant_refuses_gives_the_key_its_money_back(url: str, cli
 
 def test_a_revoked_or_exhausted_key_never_touches_the_tenant(url: str, client: SyncClient,
                                                              cfg: DynasealConfig) -> None:
-    from dynaseal.ledger.revocation import revoke
+    from ledger_sync import revoke
 
     keys = tenant_keys_of(cfg, 2, tenant_budget=TenantBudget(tokens=100), tenant_rpm=3, uses=1)
     revoke(client, keys[0].tenant.id, keys[0].jti, keys[0].exp)

@@ -36,6 +36,9 @@ class _HeldReplies:
     def scan_iter(self, pattern: str) -> Any:
         return self.inner.scan_iter(pattern)
 
+    async def on_every_master(self, *args: Any) -> list[Any]:
+        return await self.inner.on_every_master(*args)
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 

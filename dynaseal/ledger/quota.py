@@ -18,18 +18,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis as AsyncRedis
-from redis.asyncio import RedisCluster as AsyncRedisCluster
 from redis.exceptions import RedisError
 
 from dynaseal.ledger import redis_keys, tenant_quota
 from dynaseal.ledger.admission import Admission
 from dynaseal.ledger.outcomes import Admitted, LedgerUnavailable, Outcome, SettleOutcome, outcome_of
 from dynaseal.ledger.quota_scripts import ADMIT, RELEASE, REVOKED_LEVEL, SETTLE
-from dynaseal.ledger.redis_async import RedisPyAsync, connect
-from dynaseal.ledger.redis_cluster import PipelinedCluster
-from dynaseal.ledger.redis_connect import SyncClient
-from dynaseal.ledger.redis_pipeline import PipelinedRedis
+from dynaseal.ledger.redis_async import AsyncLedgerRedis, connect
 from dynaseal.ledger.tenant_scripts import TENANT_ADMIT, TENANT_RELEASE
 from dynaseal.money.budget_thresholds import Crossing
 
@@ -96,26 +91,21 @@ class Settlement:
 
 
 class RedisQuota:
-    """The ledger, backed by one Redis or a Redis Cluster (`redis+cluster://`)."""
+    """The ledger, backed by one Redis or a Redis Cluster (`redis+cluster://`), through the core's asyncio
+    client (`redis_async.connect`)."""
 
-    def __init__(self, client: AsyncRedis | AsyncRedisCluster | PipelinedRedis | PipelinedCluster | RedisPyAsync,
-                 reservation_ttl_ms: int = RESERVATION_TTL_MS, timeout_s: float = 0.05) -> None:
+    def __init__(self, client: AsyncLedgerRedis, reservation_ttl_ms: int = RESERVATION_TTL_MS,
+                 timeout_s: float = 0.05) -> None:
         self.client = client
         self.reservation_ttl_ms = reservation_ttl_ms
         self.timeout_ms = int(timeout_s * 1000)
         # Redis's clock minus ours (ms), measured by `ping`; None until first measured. The admit
         # script's deadline is written in Redis's clock so no two clocks ever have to agree.
         self.clock_offset_ms: int | None = None
-        self._registered: dict[str, Any] = {}
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """One script, one round trip, on the node of its keys' slot."""
-        if not isinstance(self.client, AsyncRedis | AsyncRedisCluster):
-            return await self.client.eval_script(script, keys, args)
-        registered = self._registered.get(script)
-        if registered is None:
-            registered = self._registered[script] = self.client.register_script(script)
-        return await registered(keys=keys, args=args)
+        return await self.client.eval_script(script, keys, args)
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float = 0.05) -> RedisQuota:
@@ -192,19 +182,9 @@ class RedisQuota:
 
     async def ping(self) -> bool:
         """Whether Redis answers (every master of a cluster); measures Redis's clock for the admit deadline."""
-        client = self.client.client if isinstance(self.client, RedisPyAsync) else self.client
         try:
             sent = time.time()
-            if isinstance(client, PipelinedCluster):
-                times = await client.on_every_master("TIME")
-            elif isinstance(client, PipelinedRedis):
-                times = [await client.execute("TIME")]
-            elif isinstance(client, AsyncRedisCluster):
-                # With several target nodes redis-py answers {node: (seconds, micros)}; its stub says one pair.
-                per_node: Any = await client.time(target_nodes=AsyncRedisCluster.PRIMARIES)
-                times = list(per_node.values())
-            else:
-                times = [await client.time()]
+            times = await self.client.on_every_master("TIME")  # [seconds, micros] each, as bytes or ints
             received = time.time()
         except RedisError:
             return False
@@ -244,15 +224,3 @@ def settlement_call(tenant: str, jti: str, request_id: str, actual_tokens: int, 
     the root down to `jti`, for a child key; a plain key is a chain of one)."""
     path = key_path(jti, chain)
     return SETTLE, chain_keys(tenant, path), settle_args(request_id, actual_tokens, key_exp, money, len(path), now_ms)
-
-
-def tenant_counters(client: SyncClient, tenant: str, window: str) -> dict[str, int]:
-    """A tenant's budget counters (reserved, spent) of one window id, for tests and tools."""
-    reserved, spent = client.hmget(redis_keys.tenant_budget(tenant), [f"r:{window}", f"s:{window}"])
-    return {"reserved": int(reserved or 0), "spent": int(spent or 0)}
-
-
-def counters(client: SyncClient, tenant: str, jti: str, chain: tuple[str, ...] = ()) -> dict[str, int]:
-    """A key's counters (uses, reserved, spent; reserved_cost, spent_cost, thr:*), for tests and tools."""
-    raw = client.hgetall(redis_keys.level_keys(tenant, key_path(jti, chain))[1])
-    return {k.decode(): int(v) for k, v in raw.items()}  # type: ignore[union-attr]

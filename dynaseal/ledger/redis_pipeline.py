@@ -300,6 +300,10 @@ class PipelinedRedis:
         """One command touching `key` (a single server holds every key: the same as `execute`)."""
         return await self.execute(*args)
 
+    async def on_every_master(self, *args: Any) -> list[Any]:
+        """One command on this server (its only master), as a list of one reply."""
+        return [await self.execute(*args)]
+
     async def scan_iter(self, pattern: str, count: int = 1000) -> AsyncIterator[str]:
         """Every key name matching `pattern`, by SCAN cursor (a name may come twice, as SCAN allows)."""
         cursor = b"0"
