@@ -199,12 +199,12 @@ class FailingTenant(RedisQuota):
 
     lost = False
 
-    async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+    async def run_script(self, script: str, keys: list[str], args: list[Any]) -> Any:
         if script == TENANT_ADMIT:
             if self.lost:
-                await super()._run(script, keys, args)
+                await super().run_script(script, keys, args)
             raise redis.ConnectionError("connection lost")
-        return await super()._run(script, keys, args)
+        return await super().run_script(script, keys, args)
 
 
 OPS = st.lists(st.one_of(

@@ -53,7 +53,7 @@ class GiveBack:
         """The shared HMAC key (created by the first authz to ask); None while Redis cannot say."""
         if self.hmac_key is None:
             try:
-                value = await self.quota._run(_SHARED_KEY, [shared_key_name()], [secrets.token_hex(32)])
+                value = await self.quota.run_script(_SHARED_KEY, [shared_key_name()], [secrets.token_hex(32)])
             except RedisError:
                 return None
             self.hmac_key = value if isinstance(value, bytes) else str(value).encode()
@@ -64,8 +64,8 @@ class GiveBack:
         jtis from the root down), and its tenant-wide reservation."""
         from dynaseal.ledger.quota import chain_keys
 
-        given = await self.quota._run(RELEASE, chain_keys(tenant, path), [request_id, len(path)])
+        given = await self.quota.run_script(RELEASE, chain_keys(tenant, path), [request_id, len(path)])
         if given and limits is not None and tenant_quota.has_tenant_limits(limits):
-            await self.quota._run(TENANT_RELEASE, tenant_quota.tenant_keys(tenant),
+            await self.quota.run_script(TENANT_RELEASE, tenant_quota.tenant_keys(tenant),
                                   tenant_quota.release_args(request_id))
         return bool(given)

@@ -103,8 +103,8 @@ class RedisQuota:
         # script's deadline is written in Redis's clock so no two clocks ever have to agree.
         self.clock_offset_ms: int | None = None
 
-    async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        """One script, one round trip, on the node of its keys' slot."""
+    async def run_script(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """One ledger script, one round trip, on the node of its keys' slot (the give-back's release too)."""
         return await self.client.eval_script(script, keys, args)
 
     @classmethod
@@ -131,7 +131,7 @@ class RedisQuota:
         # Past this instant (Redis's clock) authz has answered 503: the script must then write nothing.
         deadline = 0 if self.clock_offset_ms is None else now_ms + self.clock_offset_ms + self.timeout_ms
         try:
-            reply = await self._run(ADMIT, admit_keys(admission),
+            reply = await self.run_script(ADMIT, admit_keys(admission),
                                     admit_args(admission, now_ms, self.reservation_ttl_ms, key_ttl, deadline))
         except RedisError as exc:
             raise LedgerUnavailable(str(exc), "redis_error") from exc
@@ -144,7 +144,7 @@ class RedisQuota:
         """The tenant's slot, after the chain's admitted: on refusal or failure the chain gets it all back."""
         assert admission.tenant_tier is not None
         try:
-            reply = await self._run(
+            reply = await self.run_script(
                 TENANT_ADMIT, tenant_quota.tenant_keys(admission.tenant),
                 tenant_quota.admit_args(admission.tenant_tier, now_ms, admission.request_id, admission.reserve,
                                         self.reservation_ttl_ms, deadline))
@@ -162,10 +162,10 @@ class RedisQuota:
 
         Best effort: what it cannot release expires with the reservation (billed in full, never overspent).
         """
-        releases = [self._run(RELEASE, chain_keys(admission.tenant, admission.path),
+        releases = [self.run_script(RELEASE, chain_keys(admission.tenant, admission.path),
                               [admission.request_id, len(admission.levels)])]
         if tenant:
-            releases.append(self._run(TENANT_RELEASE, tenant_quota.tenant_keys(admission.tenant),
+            releases.append(self.run_script(TENANT_RELEASE, tenant_quota.tenant_keys(admission.tenant),
                                       tenant_quota.release_args(admission.request_id, now_ms)))
         await asyncio.gather(*releases, return_exceptions=True)
 
@@ -176,7 +176,7 @@ class RedisQuota:
         """
         markers = [redis_keys.level_keys(tenant, path[:depth])[0] for depth in range(1, len(path) + 1)]
         try:
-            return int(await self._run(REVOKED_LEVEL, markers, []))
+            return int(await self.run_script(REVOKED_LEVEL, markers, []))
         except RedisError as exc:
             raise LedgerUnavailable(str(exc), "redis_error") from exc
 
