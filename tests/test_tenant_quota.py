@@ -199,13 +199,13 @@ def test_redis_failing_between_the_slots_leaves_nothing_reserved(redis_server: s
 
     async def run() -> str:
         quota = RedisQuota.from_url(redis_server, timeout_s=2.0)
-        real = quota._run
+        real = quota.run_script
 
         async def failing(script: str, keys: list[str], args: list[object]) -> object:
             if redis_keys.tenant_tag(key.tenant.id) in keys[0] and len(args) > 1:
                 raise redis.ConnectionError("connection lost")
             return await real(script, keys, args)
-        quota._run = failing  # type: ignore[method-assign]
+        quota.run_script = failing  # type: ignore[method-assign]
         try:
             await admit_request(quota, key, request(10), "r-1")
         except QuotaUnavailable as exc:
