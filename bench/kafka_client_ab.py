@@ -253,19 +253,30 @@ def _poll_thread(consumer: KafkaConsumer, hand: Callable[[list[tuple[str, int, i
         batch = [(tp.topic, tp.partition, r.offset, r.value) for tp, rs in records.items() for r in rs]
         if batch:
             hand(batch)
-        while True:
-            try:
-                pending.update(finished.get_nowait())
-            except queue.Empty:
-                break
+        _collect(finished, pending)
         if pending and time.monotonic() - last_commit >= COMMIT_EVERY_S:
-            consumer.commit({TopicPartition(t, p): OffsetAndMetadata(n, "", -1) for (t, p), n in pending.items()})
+            _commit(consumer, pending)
             last_commit, pending = time.monotonic(), {}
+    # The loop finished the last batch before it set `stopping`: its offsets are on the queue by now.
+    _collect(finished, pending)
     if pending:
-        consumer.commit({TopicPartition(t, p): OffsetAndMetadata(n, "", -1) for (t, p), n in pending.items()})
+        _commit(consumer, pending)
 
 
-async def consume_threaded(bootstrap: str, expected: int, broker_pid: int = 0) -> ConsumeRun:
+def _collect(finished: queue.SimpleQueue[Offsets], into: Offsets) -> None:
+    """Everything the loop has finished so far, merged into `into`."""
+    while True:
+        try:
+            into.update(finished.get_nowait())
+        except queue.Empty:
+            return
+
+
+def _commit(consumer: KafkaConsumer, offsets: Offsets) -> None:
+    consumer.commit({TopicPartition(t, p): OffsetAndMetadata(n, "", -1) for (t, p), n in offsets.items()})
+
+
+async def consume_threaded(bootstrap: str, expected: int, broker_pid: int = 0, group: str = "") -> ConsumeRun:
     """(a): kafka-python's consumer polled on a thread, records handed to this loop."""
     loop = asyncio.get_running_loop()
     tally = Tally(expected, broker_pid=broker_pid)
@@ -276,7 +287,7 @@ async def consume_threaded(bootstrap: str, expected: int, broker_pid: int = 0) -
         finished.put(tally.take(batch))
 
     began = time.perf_counter()
-    consumer = kafka_io.new_consumer(bootstrap, f"ab-a-{uuid.uuid4().hex[:8]}", "bench-a")
+    consumer = kafka_io.new_consumer(bootstrap, group or f"ab-a-{uuid.uuid4().hex[:8]}", "bench-a")
     consumer.subscribe([TOPIC], listener=_KafkaListener(tally))
     thread = threading.Thread(target=_poll_thread, name="kafka-poll", daemon=True,
                               args=(consumer, lambda b: loop.call_soon_threadsafe(on_loop, b), finished, stopping))
@@ -313,11 +324,11 @@ def _aio_offsets(done: Offsets) -> dict[Any, int]:
     return {AioTopicPartition(t, p): n for (t, p), n in done.items()}
 
 
-async def consume_aio(bootstrap: str, expected: int, broker_pid: int = 0) -> ConsumeRun:
+async def consume_aio(bootstrap: str, expected: int, broker_pid: int = 0, group: str = "") -> ConsumeRun:
     """(b): aiokafka's consumer on this loop: getmany, take, commit every COMMIT_EVERY_S."""
     tally = Tally(expected, broker_pid=broker_pid)
     began = time.perf_counter()
-    consumer = aio_consumer(bootstrap, f"ab-b-{uuid.uuid4().hex[:8]}", "bench-b")
+    consumer = aio_consumer(bootstrap, group or f"ab-b-{uuid.uuid4().hex[:8]}", "bench-b")
     consumer.subscribe([TOPIC], listener=_AioListener(tally))
     await consumer.start()
     try:
@@ -498,6 +509,27 @@ def _partitions(consumer: Any) -> list[int]:
     return sorted(tp.partition for tp in consumer.assignment())
 
 
+async def _until_split(first: Any, second: Any, began: float) -> float:
+    """Poll both aiokafka members until each owns partitions and together all 6; seconds since `began`."""
+    deadline = began + 30
+    while time.monotonic() < deadline:
+        one, two = _partitions(first), _partitions(second)
+        if one and two and len(one) + len(two) == 6:
+            return time.monotonic() - began
+        await asyncio.gather(first.getmany(timeout_ms=POLL_MS), second.getmany(timeout_ms=POLL_MS))
+    raise AssertionError(f"assignments after 30 s: {_partitions(first)} / {_partitions(second)}")
+
+
+async def _wait(condition: Callable[[], bool], timeout_s: float) -> bool:
+    """Whether `condition` held within `timeout_s` (checked every 50 ms)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    return condition()
+
+
 class Checks:
     """aiokafka against tansu, step by step on one group; each step's outcome is one line of `findings`."""
 
@@ -506,17 +538,20 @@ class Checks:
         self.count = count
         self.records = usage_records(count)
         self.group = f"check-{uuid.uuid4().hex[:8]}"
-        self.first = aio_consumer(running.bootstrap, self.group, "check-1")
+        self.first: Any = None  # made in run(): aiokafka's clients need the running loop
         self.findings: list[str] = []
 
     async def run(self) -> list[str]:
         """Every step in order (the first must pass for the others to mean anything); the findings."""
         produce(self.running.bootstrap, self.records)
+        self.first = aio_consumer(self.running.bootstrap, self.group, "check-1")
         self.first.subscribe([TOPIC])
         try:
             if await self._try("join the group, get all 6 partitions, read every record", self.join):
                 await self._try("commit offsets and read them back", self.commit)
                 await self._try("a second member joins: the partitions are split between both", self.rebalance)
+                await self._try("the same with kafka-python (cooperative-sticky), for comparison",
+                                self.rebalance_kafka_python)
                 await self._try("broker kill -9 + restart (memory storage, topics recreated): consuming resumes",
                                 self.restart)
                 await self._try("commit after the restart", self.commit)
@@ -560,30 +595,73 @@ class Checks:
         """A second member joins; both keep polling until the partitions are split; new records read once."""
         second = aio_consumer(self.running.bootstrap, self.group, "check-2")
         second.subscribe([TOPIC])
+        began = time.monotonic()
         await second.start()
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not (
-                    _partitions(self.first) and _partitions(second)
-                    and len(_partitions(self.first)) + len(_partitions(second)) == 6):
-                await asyncio.gather(self.first.getmany(timeout_ms=POLL_MS), second.getmany(timeout_ms=POLL_MS))
-            split = (_partitions(self.first), _partitions(second))
-            if not split[0] or not split[1] or len(split[0]) + len(split[1]) != 6:
-                raise AssertionError(f"assignments after 30 s: {split}")
+            split_s = await _until_split(self.first, second, began)
             produce(self.running.bootstrap, self.records[:60])
-            (one, _), (two, _) = await asyncio.gather(_drain(self.first, 60, 5), _drain(second, 60, 5))
-            return f"split {split[0]} / {split[1]}; the 60 records produced then were read {one + two} times"
+            got, deadline = 0, time.monotonic() + 10
+            while time.monotonic() < deadline:  # the whole 10 s: a record read twice would show
+                for batches in await asyncio.gather(self.first.getmany(timeout_ms=POLL_MS),
+                                                    second.getmany(timeout_ms=POLL_MS)):
+                    got += sum(len(rs) for rs in batches.values())
+                if got >= 60 and time.monotonic() > deadline - 9:
+                    break
+            if got != 60:
+                raise AssertionError(f"the 60 records produced after the split were read {got} times")
+            return (f"split {_partitions(self.first)} / {_partitions(second)} {split_s:.1f} s after the second "
+                    f"member was created; the 60 records produced then were read once each")
         finally:
             await second.stop()
 
+    async def rebalance_kafka_python(self) -> str:
+        """The same scenario with kafka-python's consumers (cooperative-sticky), each polled on its own thread."""
+        group = f"check-kp-{uuid.uuid4().hex[:8]}"
+        members = [kafka_io.new_consumer(self.running.bootstrap, group, f"check-kp-{n}") for n in (1, 2)]
+        stopping = threading.Event()
+
+        def pump(consumer: KafkaConsumer) -> None:
+            while not stopping.is_set():
+                consumer.poll(timeout_ms=POLL_MS)
+
+        def owned(consumer: KafkaConsumer) -> list[int]:
+            return sorted(tp.partition for tp in consumer.assignment())
+
+        members[0].subscribe([TOPIC])
+        threads = [threading.Thread(target=pump, args=(members[0],), daemon=True)]
+        threads[0].start()
+        try:
+            if not await _wait(lambda: len(owned(members[0])) == 6, 30):
+                raise AssertionError(f"one member: {owned(members[0])} after 30 s")
+            began = time.monotonic()
+            members[1].subscribe([TOPIC])
+            threads.append(threading.Thread(target=pump, args=(members[1],), daemon=True))
+            threads[1].start()
+            if not await _wait(lambda: bool(owned(members[1])) and len(owned(members[0]) + owned(members[1])) == 6,
+                               30):
+                raise AssertionError(f"assignments after 30 s: {owned(members[0])} / {owned(members[1])}")
+            return f"split {owned(members[0])} / {owned(members[1])} {time.monotonic() - began:.1f} s after subscribe"
+        finally:
+            stopping.set()
+            for thread in threads:
+                await asyncio.to_thread(thread.join, 5)
+            for consumer in members:
+                kafka_io.close_quietly(consumer)
+
     async def restart(self) -> str:
-        """kill -9 tansu, start it again (empty), produce; the first member must read the new records."""
+        """kill -9 tansu, start it again (empty), produce; the first member must read the new records.
+
+        First the member takes back every partition (the second left) and reads again what was not committed.
+        """
+        before, _ = await _drain(self.first, 10**9, 3)
+        await self.commit()
         self.running.kill_and_restart()
         produce(self.running.bootstrap, self.records)
         got, parts = await _drain(self.first, self.count, 60)
         if got == 0:
             raise AssertionError(f"no record in 60 s after the restart (assignment {_partitions(self.first)})")
-        return (f"read {got} of the {self.count} records produced after the restart "
+        return (f"(before: {before} uncommitted records read again) read {got} of the {self.count} records "
+                f"produced after the restart "
                 f"(from partitions {sorted(parts)}, assignment {_partitions(self.first)})")
 
     async def publish_plain(self) -> str:
