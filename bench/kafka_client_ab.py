@@ -247,7 +247,7 @@ class _AioListener(AioRebalanceListener):  # type: ignore[misc]
 def _poll_thread(consumer: KafkaConsumer, hand: Callable[[list[tuple[str, int, int, bytes]]], None],
                  finished: queue.SimpleQueue[Offsets], stopping: threading.Event) -> None:
     """Poll, hand each batch to the loop, commit the loop's finished offsets every COMMIT_EVERY_S."""
-    last_commit, pending = time.monotonic(), {}
+    last_commit, pending = time.monotonic(), dict[tuple[str, int], int]()
     while not stopping.is_set():
         records = consumer.poll(timeout_ms=POLL_MS, max_records=MAX_POLL_RECORDS)
         batch = [(tp.topic, tp.partition, r.offset, r.value) for tp, rs in records.items() for r in rs]
