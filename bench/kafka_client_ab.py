@@ -555,6 +555,9 @@ class Checks:
                 await self._try("broker kill -9 + restart (memory storage, topics recreated): consuming resumes",
                                 self.restart)
                 await self._try("commit after the restart", self.commit)
+                await self._try("pause with records fetched, resume: nothing while paused, then every record once",
+                                self.pause)
+                await self._try("lag: highwater() against the position (end_offsets() beside it)", self.lag)
                 await self._try("acks=all producer, not idempotent: send_and_wait", self.publish_plain)
                 await self._try("acks=all idempotent producer: start and send_and_wait", self.publish_idempotent)
         finally:
@@ -663,6 +666,36 @@ class Checks:
         return (f"(before: {before} uncommitted records read again) read {got} of the {self.count} records "
                 f"produced after the restart "
                 f"(from partitions {sorted(parts)}, assignment {_partitions(self.first)})")
+
+    async def pause(self) -> str:
+        """Flow control: paused with records fetched but not yet returned, a member reads nothing; resumed, it
+        reads every remaining record once (kafka-python lost such records until `kafka_io.resume`'s workaround)."""
+        produce(self.running.bootstrap, self.records)
+        first: dict[Any, list[Any]] = {}
+        deadline = time.monotonic() + 10
+        while not first and time.monotonic() < deadline:
+            first = await self.first.getmany(timeout_ms=POLL_MS, max_records=10)
+        owned = list(self.first.assignment())
+        self.first.pause(*owned)
+        while_paused, _ = await _drain(self.first, 10**9, 1.5)
+        self.first.resume(*owned)
+        got = sum(len(rs) for rs in first.values())
+        after, _ = await _drain(self.first, self.count - got, 10)
+        extra, _ = await _drain(self.first, 10**9, 1)
+        if while_paused or got + after + extra != self.count:
+            raise AssertionError(f"{got} before the pause, {while_paused} while paused, {after + extra} after resume "
+                                 f"(of {self.count})")
+        return f"{got} before the pause, 0 while paused, the other {after + extra} after resume, once each"
+
+    async def lag(self) -> str:
+        """Every record read: highwater() must equal the position on each partition (no lag)."""
+        owned = sorted(self.first.assignment(), key=lambda tp: tp.partition)
+        positions = [await self.first.position(tp) for tp in owned]
+        high = [self.first.highwater(tp) for tp in owned]
+        ends = await self.first.end_offsets(owned)
+        if high != positions:
+            raise AssertionError(f"highwater {high} vs positions {positions}")
+        return f"highwater = position on every partition {high}; end_offsets() {[ends[tp] for tp in owned]}"
 
     async def publish_plain(self) -> str:
         """A non-idempotent acks=all producer publishes and is acknowledged."""
