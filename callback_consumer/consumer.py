@@ -175,7 +175,7 @@ class CallbackConsumer:
         self.stopping.set()
 
     def reload(self) -> None:
-        """Ask for the config to be loaded again (safe from a signal handler: the loop does it)."""
+        """Ask for the config to be loaded again (safe from a signal handler: the config watcher does it)."""
         self._reload_requested.set()
 
     def _reload(self) -> None:
