@@ -30,6 +30,7 @@ from callback_consumer.dlq import DeadLetters
 from callback_consumer.offsets import OffsetTracker
 from callback_consumer.parked_replay import ParkedReplay
 from callback_consumer.parking import Parking
+from callback_consumer.partitions import PartitionFlow, aio_partitions
 from callback_consumer.settlement import SettlementBatcher
 from callback_consumer.tenant_slots import SharedSlots
 from dynaseal.config import ConfigError
@@ -42,7 +43,6 @@ log = logging.getLogger("callback_consumer")
 POLL_MS = 100
 UNKNOWN_TENANT_WAIT_S = 3 * POLL_S
 COMMIT_EVERY_S = 0.2
-LAG_EVERY_S = 1.0
 # Settlement may wait this long on Redis (authz's admits get 50 ms: a request is waiting on them).
 REDIS_TIMEOUT_S = 2.0
 # aiokafka retries a commit while the broker is away: bounded, so that a shutdown is never stuck behind one.
@@ -99,11 +99,6 @@ class _Rebalance(ConsumerRebalanceListener):
         metrics.ASSIGNED_PARTITIONS.set(len(partitions))
 
 
-def _aio(tps: Iterable[Any]) -> list[TopicPartition]:
-    """aiokafka's pause/resume want its own TopicPartition type (kafka-python's compares equal, but is refused)."""
-    return [tp if isinstance(tp, TopicPartition) else TopicPartition(tp.topic, tp.partition) for tp in tps]
-
-
 class CallbackConsumer:
     """One member of the callback consumer group."""
 
@@ -147,12 +142,9 @@ class CallbackConsumer:
                 self.dead_letters, probe_s=options.park_probe_s, session_timeout_ms=options.session_timeout_ms,
                 heartbeat_interval_ms=options.heartbeat_interval_ms)
         self._kafka: Any = None  # the AIOKafkaConsumer, created on the loop
-        self._paused = False
-        self._held_paused: set[TopicPartition] = set()
+        self.flow = PartitionFlow(self.tracker, options.max_in_flight)
         self._deliverer: Deliverer | None = None
         self._last_commit = 0.0
-        self._lag_at = 0.0
-        self._lag_labels: set[str] = set()
 
     async def _close_redis(self) -> None:
         """On the delivery loop, once deliveries drained: the last slot releases, then the connections."""
@@ -254,7 +246,7 @@ class CallbackConsumer:
         if not offsets:
             return
         try:
-            await asyncio.wait_for(consumer.commit(dict(zip(_aio(offsets), offsets.values(), strict=True))),
+            await asyncio.wait_for(consumer.commit(dict(zip(aio_partitions(offsets), offsets.values(), strict=True))),
                                    COMMIT_TIMEOUT_S)
             self.tracker.committed(offsets)
         except (AioKafkaError, TimeoutError) as exc:  # lost the partitions, or the broker is away: redelivered
@@ -266,56 +258,10 @@ class CallbackConsumer:
         if self._kafka is not None:
             await self._commit_offsets(self._kafka, {tp: n for tp, n in self.tracker.committable().items()
                                                      if tp in revoked})
-        self._held_paused -= revoked
-        self._paused = False
-
-    def _flow_control(self, consumer: Any) -> None:
-        owned = consumer.assignment()
-        in_flight = self.tracker.in_flight()
-        if in_flight >= self.options.max_in_flight:
-            consumer.pause(*_aio(owned))
-            self._paused = True
-        elif self._paused and in_flight <= self.options.max_in_flight // 2:
-            consumer.resume(*_aio(set(consumer.paused()) - self._held_paused))
-            self._paused = False
-        self._hold_back(consumer, owned)
-
-    def _hold_back(self, consumer: Any, owned: set[TopicPartition]) -> None:
-        """Pause the partitions a slow tenant's queued events came from; resume them once it caught up."""
-        if self._deliverer is None:
-            return
-        held = self._deliverer.held_back.partitions() & owned
-        if held - self._held_paused:
-            consumer.pause(*_aio(held - self._held_paused))
-        freed = (self._held_paused - held) & owned
-        if freed and not self._paused:
-            consumer.resume(*_aio(freed))
-        self._held_paused = held if not self._paused else held | (freed & self._held_paused)
-        metrics.PAUSED_PARTITIONS.set(len(self._held_paused))
-
-    def _update_lag(self, consumer: Any) -> None:
-        now = time.monotonic()
-        if now - self._lag_at < LAG_EVERY_S:
-            return
-        self._lag_at = now
-        total, labels = 0, set()
-        for tp in consumer.assignment():
-            # The fetch high-water mark, not end_offsets(): the dev broker answers ListOffsets wrongly.
-            high = consumer.highwater(tp)
-            low = self.tracker.low_water(tp)
-            if high is None or low is None:
-                continue
-            lag = max(0, high - low)
-            metrics.LAG.labels(str(tp.partition)).set(lag)
-            labels.add(str(tp.partition))
-            total += lag
-        for stale in self._lag_labels - labels:
-            metrics.LAG.remove(stale)
-        self._lag_labels = labels
-        metrics.LAG_TOTAL.set(total)
+        self.flow.revoked(revoked)
 
     async def _fetch_once(self, consumer: Any) -> None:
-        self._flow_control(consumer)
+        self.flow.apply(consumer, self._deliverer.held_back.partitions() if self._deliverer is not None else set())
         records = await consumer.getmany(timeout_ms=POLL_MS)
         owned = consumer.assignment()
         jobs = []
@@ -328,7 +274,7 @@ class CallbackConsumer:
         if jobs:
             self.dispatcher.spawn(jobs)
         await self._commit(consumer)
-        self._update_lag(consumer)
+        self.flow.update_lag(consumer)
 
     async def _consume(self) -> None:
         """The main coroutine, on the delivery loop: fetch until stopped, then drain, commit and leave the group."""

@@ -54,7 +54,7 @@ def test_a_revoke_commits_the_finished_offsets_of_the_revoked_partitions_then_fo
             consumer.tracker.done(gone, offset)
         consumer.tracker.add(kept, 0)
         consumer.tracker.done(kept, 0)
-        consumer._held_paused = {gone, kept}
+        consumer.flow.held_paused = {gone, kept}
         commits_before_forget: list[Any] = []
         real_forget = consumer.tracker.forget
 
@@ -68,7 +68,7 @@ def test_a_revoke_commits_the_finished_offsets_of_the_revoked_partitions_then_fo
         assert commits_before_forget == [[{gone: 3}]]  # committed, then forgotten
         assert consumer.tracker.commit_point(gone) is None and consumer.tracker.low_water(gone) is None
         assert consumer.tracker.commit_point(kept) == 1  # untouched
-        assert consumer._held_paused == {kept}
+        assert consumer.flow.held_paused == {kept}
     finally:
         consumer.executor.shutdown()
 
