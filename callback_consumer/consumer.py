@@ -99,6 +99,18 @@ class _Rebalance(ConsumerRebalanceListener):
         metrics.ASSIGNED_PARTITIONS.set(len(partitions))
 
 
+def _in_generation(consumer: Any) -> bool:
+    """Whether the consumer is a member of the group's current generation.
+
+    Once the broker forgot the member (a dev broker restarted with its state lost, a session that expired),
+    aiokafka resets it to generation -1 and would still commit, with that generation: a broker takes such a
+    commit as a non-member's, so offsets of a log that is gone would land in the new group and its records
+    below them would be skipped. aiokafka offers no public accessor for the generation.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    return coordinator is not None and coordinator.generation >= 0 and bool(coordinator.member_id)
+
+
 class CallbackConsumer:
     """One member of the callback consumer group."""
 
@@ -243,7 +255,7 @@ class CallbackConsumer:
     async def _commit_offsets(self, consumer: Any, offsets: dict[Any, int]) -> None:
         owned = consumer.assignment()
         offsets = {tp: n for tp, n in offsets.items() if tp in owned}
-        if not offsets:
+        if not offsets or not _in_generation(consumer):
             return
         try:
             await asyncio.wait_for(consumer.commit(dict(zip(aio_partitions(offsets), offsets.values(), strict=True))),

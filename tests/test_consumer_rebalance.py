@@ -18,12 +18,25 @@ from callback_consumer.consumer import CallbackConsumer, ConsumerOptions, _Rebal
 TOPIC = "dynaseal.usage.v1"
 
 
+class _Coordinator:
+    """aiokafka's group coordinator as far as the consumer looks: the member's generation."""
+
+    def __init__(self) -> None:
+        self.generation = 3
+        self.member_id = "dynaseal-consumer-1"
+
+    def forget_member(self) -> None:
+        """What aiokafka does when the broker no longer knows the member (its `reset_generation`)."""
+        self.generation, self.member_id = -1, ""
+
+
 class _Kafka:
-    """What the consumer asks of AIOKafkaConsumer at a revoke: its assignment and commit."""
+    """What the consumer asks of AIOKafkaConsumer at a revoke: its assignment, commit and group generation."""
 
     def __init__(self, assigned: set[TopicPartition]) -> None:
         self.assigned = assigned
         self.commits: list[dict[TopicPartition, int]] = []
+        self._coordinator = _Coordinator()
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.assigned)
@@ -96,5 +109,30 @@ def test_a_revoke_with_nothing_finished_commits_nothing_and_a_failed_commit_stil
         asyncio.run(listener.on_partitions_revoked([tp]))  # the commit fails: logged, the partition forgotten
         assert kafka.commits == [{tp: 9}]
         assert consumer.tracker.in_flight() == 0 and consumer.tracker.commit_point(tp) is None
+    finally:
+        consumer.executor.shutdown()
+
+
+def test_a_revoke_after_the_broker_forgot_the_member_commits_nothing(tmp_path: Path, redis_server: str) -> None:
+    """A broker restarted with its state lost: the member's generation is reset before the revoke. A commit
+    then would write the lost log's offsets into the new group, and the new log's records below them would
+    never be read (seen: events written while the broker was down, never delivered)."""
+    consumer = _consumer(tmp_path, redis_server)
+    tp = TopicPartition(TOPIC, 4)
+    kafka = _Kafka({tp})
+    consumer._kafka = kafka
+    try:
+        for offset in range(25):
+            consumer.tracker.add(tp, offset)
+            consumer.tracker.done(tp, offset)
+        kafka._coordinator.forget_member()
+        asyncio.run(_Rebalance(consumer.tracker, consumer._before_revoke).on_partitions_revoked([tp]))
+        assert kafka.commits == []
+        assert consumer.tracker.commit_point(tp) is None  # forgotten all the same
+        consumer.tracker.add(tp, 0)  # the new log, read from its start
+        consumer.tracker.done(tp, 0)
+        kafka._coordinator.generation, kafka._coordinator.member_id = 0, "dynaseal-consumer-2"
+        asyncio.run(consumer._commit(kafka, force=True))
+        assert kafka.commits == [{tp: 1}]
     finally:
         consumer.executor.shutdown()
