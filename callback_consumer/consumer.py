@@ -1,33 +1,36 @@
-"""The consumer's poll loop: fetch, hand off to deliveries, commit in order, report lag; and a clean shutdown.
+"""The consumer's main coroutine: fetch, hand off to deliveries, commit in order, report lag; a clean shutdown.
 
-Only this thread touches the KafkaConsumer (it is not thread-safe). It polls every 100 ms whatever
-the deliveries are doing, so a slow tenant can never push it past max_poll_interval_ms; when too
-much is in flight it pauses its partitions instead of blocking.
+It runs on the delivery loop (callback_consumer.dispatcher) with aiokafka's AIOKafkaConsumer: the records a fetch
+returns become delivery tasks on the same loop, and a finished delivery marks its offset done there, with no
+thread between them. It fetches every 100 ms whatever the deliveries are doing, so a slow tenant can never push
+it past max_poll_interval_ms; when too much is in flight it pauses its partitions instead of waiting.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError as AioKafkaError  # type: ignore[import-untyped]
+from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
 
 from callback_consumer import metrics
-from callback_consumer.delivery import Deliverer, Job, RetryPolicy
+from callback_consumer.delivery import Deliverer, Job, Outcome, RetryPolicy
 from callback_consumer.dispatcher import Dispatcher
 from callback_consumer.dlq import DeadLetters
 from callback_consumer.offsets import OffsetTracker
 from callback_consumer.parked_replay import ParkedReplay
 from callback_consumer.parking import Parking
+from callback_consumer.partitions import PartitionFlow, aio_partitions
 from callback_consumer.settlement import SettlementBatcher
 from callback_consumer.tenant_slots import SharedSlots
 from dynaseal.config import ConfigError
@@ -40,9 +43,11 @@ log = logging.getLogger("callback_consumer")
 POLL_MS = 100
 UNKNOWN_TENANT_WAIT_S = 3 * POLL_S
 COMMIT_EVERY_S = 0.2
-LAG_EVERY_S = 1.0
 # Settlement may wait this long on Redis (authz's admits get 50 ms: a request is waiting on them).
 REDIS_TIMEOUT_S = 2.0
+# aiokafka retries a commit while the broker is away: bounded, so that a shutdown is never stuck behind one.
+COMMIT_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -69,14 +74,20 @@ class ConsumerOptions:
 
 
 class _Rebalance(ConsumerRebalanceListener):
-    """Runs on kafka's IO thread, where blocking calls (commit) are not allowed: it only forgets."""
+    """aiokafka calls it on the delivery loop around each rebalance (eager: every partition is given up)."""
 
-    def __init__(self, tracker: OffsetTracker) -> None:
+    def __init__(self, tracker: OffsetTracker,
+                 before_revoke: Callable[[set[TopicPartition]], Awaitable[None]] | None = None) -> None:
         self.tracker = tracker
+        self.before_revoke = before_revoke
 
-    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        """Forget revoked partitions: finished-but-uncommitted events there will be read again."""
-        self.tracker.forget(revoked)
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        """Commit what finished there (their next owner, often this member again, starts after it), then forget
+        them: finished-but-uncommitted events there would be read again, late completions are ignored."""
+        gone = set(revoked)
+        if self.before_revoke is not None and gone:
+            await self.before_revoke(gone)
+        self.tracker.forget(gone)
         metrics.REBALANCES.labels("revoked").inc()
         metrics.ASSIGNED_PARTITIONS.set(0)
 
@@ -86,6 +97,18 @@ class _Rebalance(ConsumerRebalanceListener):
         log.info("partitions assigned", extra={"partitions": partitions})
         metrics.REBALANCES.labels("assigned").inc()
         metrics.ASSIGNED_PARTITIONS.set(len(partitions))
+
+
+def _in_generation(consumer: Any) -> bool:
+    """Whether the consumer is a member of the group's current generation.
+
+    Once the broker forgot the member (a dev broker restarted with its state lost, a session that expired),
+    aiokafka resets it to generation -1 and would still commit, with that generation: a broker takes such a
+    commit as a non-member's, so offsets of a log that is gone would land in the new group and its records
+    below them would be skipped. aiokafka offers no public accessor for the generation.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    return coordinator is not None and coordinator.generation >= 0 and bool(coordinator.member_id)
 
 
 class CallbackConsumer:
@@ -113,14 +136,16 @@ class CallbackConsumer:
         # REDIS_TIMEOUT_S at most and raise RedisError, so the retry paths (settlement backoff, slot pump) run.
         self.redis = connect(self.targets.redis_url, timeout_s=REDIS_TIMEOUT_S)
         # The only thread hop left: kafka-python's producer blocks on the broker's acknowledgement of a
-        # DLQ or parked-topic publish, so those run here, never on the delivery loop.
+        # DLQ or parked-topic publish (and its admin client on topic creation), so those run here, never on
+        # the delivery loop. They stay on kafka-python on purpose: a rare path that wants an idempotent
+        # producer, and aiokafka's cannot start on the dev broker (bench/RESULTS.md, #22).
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kafka-publish")
         # Each tenant's callback concurrency holds over the whole group, not per member.
         self.slots = SharedSlots(self.redis, f"{options.client_id}-{uuid.uuid4().hex[:8]}")
         self.dispatcher = Dispatcher(lambda abandon: self._remember(Deliverer(
             lambda: self.targets, SettlementBatcher(self.redis), self.dead_letters, self.executor,
             options.policy, options.per_tenant, abandon, tenant_backlog=options.tenant_backlog, slots=self.slots,
-            parking=self._parking())), closing=self._close_redis)
+            parking=self._parking())), closing=self._close_redis, on_finished=self._finished)
         self.parked_replay: ParkedReplay | None = None
         if options.park_after > 0:
             self.parked_replay = ParkedReplay(
@@ -128,12 +153,10 @@ class CallbackConsumer:
                 connect(self.targets.redis_url, timeout_s=REDIS_TIMEOUT_S),  # its own loop: its own client
                 self.dead_letters, probe_s=options.park_probe_s, session_timeout_ms=options.session_timeout_ms,
                 heartbeat_interval_ms=options.heartbeat_interval_ms)
-        self._paused = False
-        self._held_paused: set[TopicPartition] = set()
+        self._kafka: Any = None  # the AIOKafkaConsumer, created on the loop
+        self.flow = PartitionFlow(self.tracker, options.max_in_flight)
         self._deliverer: Deliverer | None = None
         self._last_commit = 0.0
-        self._lag_at = 0.0
-        self._lag_labels: set[str] = set()
 
     async def _close_redis(self) -> None:
         """On the delivery loop, once deliveries drained: the last slot releases, then the connections."""
@@ -152,11 +175,11 @@ class CallbackConsumer:
         return deliverer
 
     def stop(self) -> None:
-        """Ask the loop to stop polling, drain and exit."""
+        """Ask the loop to stop fetching, drain and exit (safe from a signal handler)."""
         self.stopping.set()
 
     def reload(self) -> None:
-        """Ask for the config to be loaded again (safe from a signal handler: the loop does it)."""
+        """Ask for the config to be loaded again (safe from a signal handler: the config watcher does it)."""
         self._reload_requested.set()
 
     def _reload(self) -> None:
@@ -171,104 +194,87 @@ class CallbackConsumer:
             log.error("config reload rejected; keeping the previous config", extra={"error": str(exc)})
 
     def _watch_tenancy(self) -> None:
-        """Ask for a reload when the config file, a secret file or the tenant store changes."""
-        while not self.stopping.wait(POLL_S):
+        """Reload when asked (SIGHUP) or when the config file, a secret file or the tenant store changes.
+
+        Loads run here, never on the delivery loop: reading a file or the tenant store blocks.
+        """
+        while not self.stopping.is_set():
+            requested = self._reload_requested.wait(POLL_S)
+            if self.stopping.is_set():
+                return
             try:
-                if self.tenancy.changed():
-                    self._reload_requested.set()
+                if requested or self.tenancy.changed():
+                    self._reload()
             except Exception:  # a watcher that dies would silently freeze the config
                 log.exception("config watch failed; trying again")
 
-    def _connect(self) -> KafkaConsumer | None:
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, waking early once stopping is set (a signal handler sets it from the main thread)."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, POLL_MS / 1000))
+
+    async def _connect(self) -> Any:
+        """A started AIOKafkaConsumer subscribed to the usage topic; None if stopped before the broker answered."""
         retries = kafka_io.BROKER_BACKOFF.retries()
+        loop = asyncio.get_running_loop()
         while not self.stopping.is_set():
+            consumer = None
             try:
-                kafka_io.ensure_topics(self.options.bootstrap)
-                consumer = kafka_io.new_consumer(
+                # kafka-python's admin client blocks: a one-off, on the Kafka publishes' pool rather than the loop.
+                await loop.run_in_executor(self.executor, kafka_io.ensure_topics, self.options.bootstrap)
+                consumer = kafka_io.new_aio_consumer(
                     self.options.bootstrap, self.options.group_id, self.options.client_id,
                     session_timeout_ms=self.options.session_timeout_ms,
                     heartbeat_interval_ms=self.options.heartbeat_interval_ms)
-                consumer.subscribe([kafka_io.USAGE_TOPIC], listener=_Rebalance(self.tracker))
+                consumer.subscribe([kafka_io.USAGE_TOPIC], listener=_Rebalance(self.tracker, self._before_revoke))
+                self._kafka = consumer
+                await consumer.start()
                 log.info("consuming", extra={"group_id": self.options.group_id})
                 return consumer
-            except KafkaError as exc:
+            except (KafkaError, AioKafkaError) as exc:
+                self._kafka = None
+                if consumer is not None:
+                    await consumer.stop()
                 log.warning("broker unreachable; retrying", extra={"error": str(exc)})
-                self.stopping.wait(retries.next_delay())
+                await self._sleep(retries.next_delay())
         return None
 
-    def _collect(self) -> None:
-        while True:
-            try:
-                job, outcome = self.dispatcher.finished.get_nowait()
-            except queue.Empty:
-                return
-            if outcome.finished:
-                self.tracker.done(job.tp, job.offset)
+    def _finished(self, job: Job, outcome: Outcome) -> None:
+        """On the loop, as a delivery ends: its offset may be committed once every earlier one is."""
+        if outcome.finished:
+            self.tracker.done(job.tp, job.offset)
 
-    def _commit(self, consumer: KafkaConsumer, force: bool = False) -> None:
+    async def _commit(self, consumer: Any, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_commit < COMMIT_EVERY_S:
             return
         self._last_commit = now
-        offsets = self.tracker.committable()
-        if not offsets:
+        await self._commit_offsets(consumer, self.tracker.committable())
+
+    async def _commit_offsets(self, consumer: Any, offsets: dict[Any, int]) -> None:
+        owned = consumer.assignment()
+        offsets = {tp: n for tp, n in offsets.items() if tp in owned}
+        if not offsets or not _in_generation(consumer):
             return
         try:
-            consumer.commit({tp: OffsetAndMetadata(n, "", -1) for tp, n in offsets.items()})
+            await asyncio.wait_for(consumer.commit(dict(zip(aio_partitions(offsets), offsets.values(), strict=True))),
+                                   COMMIT_TIMEOUT_S)
             self.tracker.committed(offsets)
-        except KafkaError as exc:  # lost the partitions in a rebalance: their new owner redelivers
-            log.warning("offset commit failed; those events may be delivered again", extra={"error": str(exc)})
+        except (AioKafkaError, TimeoutError) as exc:  # lost the partitions, or the broker is away: redelivered
+            log.warning("offset commit failed; those events may be delivered again", extra={"error": repr(exc)})
 
-    def _flow_control(self, consumer: KafkaConsumer) -> None:
-        in_flight = self.tracker.in_flight()
-        if in_flight >= self.options.max_in_flight:
-            consumer.pause(*consumer.assignment())
-            self._paused = True
-        elif self._paused and in_flight <= self.options.max_in_flight // 2:
-            kafka_io.resume(consumer, set(consumer.paused()) - self._held_paused)
-            self._paused = False
-        self._hold_back(consumer)
+    async def _before_revoke(self, revoked: set[TopicPartition]) -> None:
+        """A rebalance takes these partitions: commit what finished there first, so their next owner repeats
+        only what is still in flight. Their pauses end with the assignment."""
+        if self._kafka is not None:
+            await self._commit_offsets(self._kafka, {tp: n for tp, n in self.tracker.committable().items()
+                                                     if tp in revoked})
+        self.flow.revoked(revoked)
 
-    def _hold_back(self, consumer: KafkaConsumer) -> None:
-        """Pause the partitions a slow tenant's queued events came from; resume them once it caught up."""
-        if self._deliverer is None:
-            return
-        owned = consumer.assignment()
-        held = self._deliverer.held_back.partitions() & owned
-        if held - self._held_paused:
-            consumer.pause(*(held - self._held_paused))
-        freed = (self._held_paused - held) & owned
-        if freed and not self._paused:
-            kafka_io.resume(consumer, freed)
-        self._held_paused = held if not self._paused else held | (freed & self._held_paused)
-        metrics.PAUSED_PARTITIONS.set(len(self._held_paused))
-
-    def _update_lag(self, consumer: KafkaConsumer) -> None:
-        now = time.monotonic()
-        if now - self._lag_at < LAG_EVERY_S:
-            return
-        self._lag_at = now
-        total, labels = 0, set()
-        for tp in consumer.assignment():
-            # The fetch high-water mark, not end_offsets(): the dev broker answers ListOffsets wrongly.
-            high = consumer.highwater(tp)
-            low = self.tracker.low_water(tp)
-            if high is None or low is None:
-                continue
-            lag = max(0, high - low)
-            metrics.LAG.labels(str(tp.partition)).set(lag)
-            labels.add(str(tp.partition))
-            total += lag
-        for stale in self._lag_labels - labels:
-            metrics.LAG.remove(stale)
-        self._lag_labels = labels
-        metrics.LAG_TOTAL.set(total)
-
-    def _poll_once(self, consumer: KafkaConsumer) -> None:
-        if self._reload_requested.is_set():
-            self._reload()
-        self._flow_control(consumer)
-        records = consumer.poll(timeout_ms=POLL_MS)
+    async def _fetch_once(self, consumer: Any) -> None:
+        self.flow.apply(consumer, self._deliverer.held_back.partitions() if self._deliverer is not None else set())
+        records = await consumer.getmany(timeout_ms=POLL_MS)
         owned = consumer.assignment()
         jobs = []
         for tp, batch in records.items():
@@ -278,10 +284,35 @@ class CallbackConsumer:
                 self.tracker.add(tp, record.offset)
                 jobs.append(Job(tp, record.offset, record.key, record.value))
         if jobs:
-            self.dispatcher.submit(jobs)
-        self._collect()
-        self._commit(consumer)
-        self._update_lag(consumer)
+            self.dispatcher.spawn(jobs)
+        await self._commit(consumer)
+        self.flow.update_lag(consumer)
+
+    async def _consume(self) -> None:
+        """The main coroutine, on the delivery loop: fetch until stopped, then drain, commit and leave the group."""
+        consumer = await self._connect()
+        try:
+            retries = kafka_io.BROKER_BACKOFF.retries()
+            while consumer is not None and not self.stopping.is_set():
+                try:
+                    await self._fetch_once(consumer)
+                    retries.reset()
+                except AioKafkaError as exc:
+                    log.warning("fetch failed; retrying", extra={"error": str(exc)})
+                    await self._sleep(retries.next_delay())
+        finally:
+            await self._shutdown(consumer)
+
+    async def _shutdown(self, consumer: Any) -> None:
+        log.info("stopping: draining in-flight deliveries", extra={"in_flight": self.tracker.in_flight()})
+        self._abandon.set()
+        await self.dispatcher.drained(self.options.drain_s)
+        if consumer is not None:
+            await self._commit(consumer, force=True)
+            try:  # leaves the group: its partitions go to the other members at once
+                await asyncio.wait_for(consumer.stop(), CLOSE_TIMEOUT_S)
+            except (AioKafkaError, TimeoutError) as exc:
+                log.warning("kafka consumer did not close cleanly", extra={"error": repr(exc)})
 
     def run(self) -> None:
         """Consume until stopped, then drain deliveries, commit and leave the group."""
@@ -289,23 +320,13 @@ class CallbackConsumer:
         threading.Thread(target=self._watch_tenancy, name="tenancy-watch", daemon=True).start()
         if self.parked_replay is not None:
             self.parked_replay.start()
-        consumer = self._connect()
         try:
-            if consumer is not None:
-                kafka_io.poll_until_stopped(consumer, self._poll_once, self.stopping, "poll", log)
+            self.dispatcher.run(self._consume)
         finally:
-            self._shutdown(consumer)
-
-    def _shutdown(self, consumer: KafkaConsumer | None) -> None:
-        log.info("stopping: draining in-flight deliveries", extra={"in_flight": self.tracker.in_flight()})
-        self._abandon.set()
-        self.dispatcher.drain(self.options.drain_s)
-        if consumer is not None:
-            self._collect()
-            self._commit(consumer, force=True)
-            kafka_io.close_quietly(consumer, timeout_s=5)
-        if self.parked_replay is not None:
-            self.parked_replay.stop()
-        self.dead_letters.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        log.info("stopped")
+            self._abandon.set()
+            self.dispatcher.drain(self.options.drain_s)  # stops the loop (its deliveries drained already)
+            if self.parked_replay is not None:
+                self.parked_replay.stop()
+            self.dead_letters.close()
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            log.info("stopped")

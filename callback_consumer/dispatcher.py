@@ -1,6 +1,8 @@
-"""Deliveries run on an asyncio loop in their own thread, so the Kafka poll loop never waits on a tenant.
+"""The consumer's one asyncio loop, in its own thread: Kafka reads, deliveries and the work beside them.
 
-The poll thread hands over whole poll batches (`submit`) and collects finished jobs from `finished`.
+The consumer's main coroutine runs on it (`run`), hands each fetched batch to delivery with `spawn` and hears
+of every finished job through `on_finished`, all on this loop. `submit` and the `finished` queue serve a
+caller on another thread (without `on_finished`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from callback_consumer import metrics
 from callback_consumer.delivery import Deliverer, Job, Outcome
@@ -29,8 +32,12 @@ class Dispatcher:
     """Owns the delivery event loop; `drain` finishes what is in flight and stops it."""
 
     def __init__(self, make_deliverer: Callable[[asyncio.Event], Deliverer],
-                 closing: Callable[[], Awaitable[None]] | None = None) -> None:
+                 closing: Callable[[], Awaitable[None]] | None = None,
+                 on_finished: Callable[[Job, Outcome], None] | None = None) -> None:
         self.finished: queue.SimpleQueue[tuple[Job, Outcome]] = queue.SimpleQueue()
+        # Called on the loop as each job ends (then `finished` stays empty): no queue between threads.
+        self._on_finished = on_finished
+        self._drained = False
         self._make_deliverer = make_deliverer
         # Run on the loop after the deliveries drained (the Redis client's connections belong to this loop).
         self._closing = closing
@@ -64,11 +71,16 @@ class Dispatcher:
         self._loop.call_soon(self._ready.set)
         self._loop.run_forever()
 
+    def run(self, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `main()` on the loop (after `start`) and wait until it returns; its exception is raised here."""
+        asyncio.run_coroutine_threadsafe(main(), self._loop).result()
+
     def submit(self, jobs: list[Job]) -> None:
         """Start delivering these jobs (thread-safe, returns at once)."""
-        self._loop.call_soon_threadsafe(self._spawn, jobs)
+        self._loop.call_soon_threadsafe(self.spawn, jobs)
 
-    def _spawn(self, jobs: list[Job]) -> None:
+    def spawn(self, jobs: list[Job]) -> None:
+        """Start delivering these jobs (on the loop only)."""
         for job in jobs:
             task = self._loop.create_task(self._one(job))
             self._tasks.add(task)
@@ -91,7 +103,10 @@ class Dispatcher:
                 log.exception("unexpected error handling an event", extra={"offset": job.offset})
                 outcome = await self._deliverer.dead_letter_on_error(job)
             metrics.DELIVERIES.labels(outcome.value).inc()
-            self.finished.put((job, outcome))
+            if self._on_finished is not None:
+                self._on_finished(job, outcome)
+            else:
+                self.finished.put((job, outcome))
         finally:  # also when shutdown cancels it: the job is no longer in flight
             self._in_flight -= 1
             metrics.IN_FLIGHT.set(self._in_flight)
@@ -105,7 +120,11 @@ class Dispatcher:
         except Exception:  # work that dies would silently stop (a sweep, a gauge): say so
             log.exception("background work on the delivery loop failed")
 
-    async def _drain(self, timeout_s: float) -> None:
+    async def drained(self, timeout_s: float) -> None:
+        """On the loop: let in-flight deliveries finish (at most timeout_s), then close what they used (once)."""
+        if self._drained:
+            return
+        self._drained = True
         assert self._abandon is not None and self._deliverer is not None
         for task in self._background:
             task.cancel()
@@ -127,7 +146,7 @@ class Dispatcher:
         """Let in-flight deliveries finish (at most timeout_s), then stop the loop and its thread."""
         if not self._thread.is_alive():
             return
-        future = asyncio.run_coroutine_threadsafe(self._drain(timeout_s), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self.drained(timeout_s), self._loop)
         try:
             future.result(timeout_s + 5)
         except Exception:

@@ -1,8 +1,10 @@
-"""The consumer delivers on one asyncio loop beside its Kafka poll thread: every Redis call is awaited on a loop.
+"""The consumer is one asyncio program: its Kafka reads and every Redis call are awaited on its delivery loop.
 
 - in process: while it delivers, no executor thread carries Redis work (no `blocking` pool, no default
   executor), no blocking redis-py client is called at all, and every command of the pipelined client
-  is sent from the delivery loop's thread (or the parked replay's own small loop, idle here);
+  is sent from the delivery loop's thread (or the parked replay's own small loop, idle here); there is
+  no Kafka poll thread: every fetch and commit of the usage topic runs on the delivery loop's thread, and
+  kafka-python's consumer is used by the parked replay alone;
 - as its own process, with its Redis shut down and started again mid-run: settlement fails with a
   RedisError, is retried, resumes on a new connection, and every event is settled exactly once.
 """
@@ -19,8 +21,10 @@ from typing import Any
 
 import pytest
 import redis
+from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from conftest import free_ports
 from consumer_support import FAST, ConsumerRig
+from kafka import KafkaConsumer
 from ledger_sync import counters
 from pipeline_harness import wait_until
 from redis.client import Pipeline
@@ -31,8 +35,9 @@ from dynaseal.ledger.redis_pipeline import PipelinedRedis
 from dynaseal_launcher.probes import redis_ping
 from dynaseal_launcher.stack import redis_server_binary
 
-# Threads a running consumer may have: the poll loop (the test's thread here), the delivery loop, the
-# config watcher, the parked replay (its own poll loop), the Kafka publishes' pool, and kafka-python's own.
+# Threads a running consumer may have: the caller of run() (the test's thread here, waiting), the delivery
+# loop, the config watcher, the parked replay (its own poll loop), the Kafka publishes' pool, and kafka-python's
+# own (the parked replay's consumer, the DLQ producer).
 ALLOWED = ("deliveries", "tenancy-watch", "parked-replay", "kafka-publish", "consumer-under-test")
 EVENTS = 30
 
@@ -61,6 +66,25 @@ def test_the_consumer_awaits_every_redis_call_on_its_delivery_loop(
         return await real_execute(self, *args)
 
     monkeypatch.setattr(PipelinedRedis, "execute", spy_pipelined)
+    fetches: list[str] = []  # thread names of AIOKafkaConsumer fetches
+    commits: list[str] = []  # and commits
+    kafka_python_polls: set[str] = set()  # thread names of kafka-python KafkaConsumer polls
+
+    def record_on(real: Any, into: list[str]) -> Any:
+        async def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+            into.append(threading.current_thread().name)
+            return await real(self, *args, **kwargs)
+        return spy
+
+    monkeypatch.setattr(AIOKafkaConsumer, "getmany", record_on(AIOKafkaConsumer.getmany, fetches))
+    monkeypatch.setattr(AIOKafkaConsumer, "commit", record_on(AIOKafkaConsumer.commit, commits))
+    real_poll = KafkaConsumer.poll
+
+    def spy_poll(self: Any, *args: Any, **kwargs: Any) -> Any:
+        kafka_python_polls.add(threading.current_thread().name)
+        return real_poll(self, *args, **kwargs)
+
+    monkeypatch.setattr(KafkaConsumer, "poll", spy_poll)
 
     rig = ConsumerRig(tmp_path / "rig", redis_server)
     start_service = rig.supervisor.start
@@ -91,6 +115,10 @@ def test_the_consumer_awaits_every_redis_call_on_its_delivery_loop(
     assert [name for name in running if not name.startswith(ALLOWED)] == [], "a thread beside the loop"
     assert blocking_calls == [], "a blocking redis-py client was used"
     assert pipelined_calls and pipelined_calls <= {"deliveries", "parked-replay"}
+    # No Kafka poll thread: the usage topic is fetched and committed on the delivery loop, nowhere else.
+    assert fetches and set(fetches) == {"deliveries"}, set(fetches)
+    assert commits and set(commits) == {"deliveries"}, set(commits)
+    assert kafka_python_polls <= {"parked-replay"}, kafka_python_polls
     client = redis.Redis.from_url(redis_server)
     try:
         assert counters(client, FAST, jti)["spent"] == 12 * EVENTS  # settled, once each

@@ -4,6 +4,7 @@ Every metric they query is one the services export (or a named Prometheus/Envoy 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -226,7 +227,7 @@ def test_rebalance_metrics_move_when_the_group_reassigns() -> None:
     listener = _Rebalance(OffsetTracker())
     assigned = metrics.REBALANCES.labels("assigned")
     before = assigned._value.get()
-    listener.on_partitions_revoked([TopicPartition("dynaseal.usage.v1", 0)])
+    asyncio.run(listener.on_partitions_revoked([TopicPartition("dynaseal.usage.v1", 0)]))  # aiokafka awaits it
     assert metrics.ASSIGNED_PARTITIONS._value.get() == 0
     listener.on_partitions_assigned([TopicPartition("dynaseal.usage.v1", p) for p in (0, 3, 5)])
     assert assigned._value.get() == before + 1

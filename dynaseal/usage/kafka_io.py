@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -146,6 +147,38 @@ def new_consumer(bootstrap: str, group_id: str, client_id: str, **overrides: obj
     }
     settings.update(overrides)
     return KafkaConsumer(**settings)
+
+
+def new_aio_consumer(bootstrap: str, group_id: str, client_id: str, **overrides: object) -> Any:
+    """`new_consumer`'s settings for aiokafka's AIOKafkaConsumer (create it on the loop that will use it).
+
+    Where aiokafka differs: no cooperative-sticky assignor (rebalances are eager: every member gives up its
+    partitions, the caller commits what is finished before that), and no `allow_auto_create_topics` (it never
+    asks for creation; `ensure_topics` creates the topics with their counts first). Its RoundRobin assignor,
+    not its sticky one: that keeps its state on the class, so two members in one process confuse each other.
+    """
+    # Imported here: only the callback consumer reads with aiokafka; the other services never load it.
+    from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
+    from aiokafka.coordinator.assignors.roundrobin import (  # type: ignore[import-untyped]
+        RoundRobinPartitionAssignor,
+    )
+
+    settings: dict[str, object] = {
+        "bootstrap_servers": bootstrap,
+        "group_id": group_id,
+        "client_id": client_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": SESSION_TIMEOUT_MS,
+        "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
+        "max_poll_records": 500,
+        "fetch_max_wait_ms": 100,
+        "max_poll_interval_ms": 60_000,
+        "request_timeout_ms": 10_000,
+        "partition_assignment_strategy": (RoundRobinPartitionAssignor,),
+    }
+    settings.update(overrides)
+    return AIOKafkaConsumer(**settings)
 
 
 def poll_until_stopped(consumer: KafkaConsumer, poll_once: Callable[[KafkaConsumer], object],
