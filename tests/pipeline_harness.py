@@ -170,6 +170,7 @@ class Services:
         self.supervisor = Supervisor(log_dir, "127.0.0.1")
         self.current: dict[str, RunningService] = {}
         self.group_id = f"test-{uuid.uuid4().hex[:8]}"
+        self.consumer_args: list[str] = []  # more options for the consumer's command line
         self.checkpoint = Path(self.cfg["gateway"]["data_dir"]) / "shipper" / "checkpoint.json"
 
     @property
@@ -193,7 +194,7 @@ class Services:
             return ServiceSpec("consumer", [*py, "callback_consumer", "--config", str(self.config_path),
                                             "--group-id", self.group_id, "--retry-base-s", "0.2",
                                             "--retry-cap-s", "2", "--session-timeout-ms", "3000",
-                                            "--heartbeat-interval-ms", "300"],
+                                            "--heartbeat-interval-ms", "300", *self.consumer_args],
                                "", lambda: http_ok(f"http://127.0.0.1:{port}/metrics"),
                                env=env, ready_timeout_s=30)
         if name == "shipper":

@@ -154,11 +154,18 @@ def test_commit_point_advances_only_over_a_finished_prefix() -> None:
 @pytest.fixture(scope="module")
 def pipeline(cfg: DynasealConfig, config_path: Path, stack: object, receiver: Receiver,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    """A private broker, shipper and consumer; the consumer gives up after 3 attempts."""
+    """A private broker, shipper and consumer; the consumer gives up after 3 attempts, and parks a tenant
+    after 3 failures in a row.
+
+    Parking at the third failure, not the default fifth, makes one failing event enough to find the tenant
+    down: with 5, parking needed the failures of two events to interleave, and an event that reached the
+    consumer alone (the shipper ships what Envoy flushed) went to the DLQ after its 3 attempts instead.
+    """
     directory = tmp_path_factory.mktemp("faults")
     config = pipeline_config(config_path, directory, receiver.url, kafka_port=free_ports(1)[0], max_attempts=3,
                              timeout_s=1.0)
     services = Services(config, cfg, directory / "logs")
+    services.consumer_args = ["--park-after", "3"]
     try:
         for name in ("kafka", "consumer", "shipper"):
             services.start(name)
@@ -306,7 +313,7 @@ def test_receiver_failing_for_a_while_gets_retried_with_the_same_webhook_id(
     assert_each_delivered_once_by_id(receiver, jti, 5)
     attempts = Counter(d.webhook_id for d in receiver.for_key(jti))
     assert set(attempts.values()) == {3}, "two failures, then a success, for every callback"
-    # Retried in place, or (five failures in a row: the tenant looked down) parked and replayed: the
+    # Retried in place, or (three failures in a row: the tenant looked down) parked and replayed: the
     # same webhook-id either way, three attempts each.
     retried = pipeline.metric("consumer", "dynaseal_consumer_callback_retries_total") - retries_before
     assert retried + pipeline.metric("consumer", "dynaseal_consumer_parked_replayed_total") >= 5
