@@ -118,9 +118,9 @@ def new_producer(bootstrap: str, client_id: str, **overrides: object) -> KafkaPr
     return KafkaProducer(**settings)
 
 
-def new_consumer(bootstrap: str, group_id: str, client_id: str, **overrides: object) -> KafkaConsumer:
-    """A manual-commit group consumer with short group timeouts, reading from the start when no offset exists."""
-    settings: dict[str, object] = {
+def group_settings(bootstrap: str, group_id: str, client_id: str) -> dict[str, object]:
+    """What every group consumer of the pipeline shares, whichever client library reads."""
+    return {
         "bootstrap_servers": bootstrap,
         "group_id": group_id,
         "client_id": client_id,
@@ -136,6 +136,13 @@ def new_consumer(bootstrap: str, group_id: str, client_id: str, **overrides: obj
         "fetch_max_wait_ms": 100,
         "max_poll_interval_ms": 60_000,
         "request_timeout_ms": 10_000,
+    }
+
+
+def new_consumer(bootstrap: str, group_id: str, client_id: str, **overrides: object) -> KafkaConsumer:
+    """A manual-commit group consumer with short group timeouts, reading from the start when no offset exists."""
+    settings: dict[str, object] = {
+        **group_settings(bootstrap, group_id, client_id),
         "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
         "reconnect_backoff_max_ms": 1000,
         "allow_auto_create_topics": False,
@@ -150,7 +157,7 @@ def new_consumer(bootstrap: str, group_id: str, client_id: str, **overrides: obj
 
 
 def new_aio_consumer(bootstrap: str, group_id: str, client_id: str, **overrides: object) -> Any:
-    """`new_consumer`'s settings for aiokafka's AIOKafkaConsumer (create it on the loop that will use it).
+    """`group_settings` for aiokafka's AIOKafkaConsumer (create it on the loop that will use it).
 
     Where aiokafka differs: no cooperative-sticky assignor (rebalances are eager: every member gives up its
     partitions, the caller commits what is finished before that), and no `allow_auto_create_topics` (it never
@@ -164,17 +171,7 @@ def new_aio_consumer(bootstrap: str, group_id: str, client_id: str, **overrides:
     )
 
     settings: dict[str, object] = {
-        "bootstrap_servers": bootstrap,
-        "group_id": group_id,
-        "client_id": client_id,
-        "enable_auto_commit": False,
-        "auto_offset_reset": "earliest",
-        "session_timeout_ms": SESSION_TIMEOUT_MS,
-        "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
-        "max_poll_records": 500,
-        "fetch_max_wait_ms": 100,
-        "max_poll_interval_ms": 60_000,
-        "request_timeout_ms": 10_000,
+        **group_settings(bootstrap, group_id, client_id),
         "partition_assignment_strategy": (RoundRobinPartitionAssignor,),
     }
     settings.update(overrides)
