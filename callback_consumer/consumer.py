@@ -273,8 +273,9 @@ class CallbackConsumer:
         self.flow.revoked(revoked)
 
     async def _fetch_once(self, consumer: Any) -> None:
-        self.flow.apply(consumer, self._deliverer.held_back.partitions() if self._deliverer is not None else set())
-        records = await consumer.getmany(timeout_ms=POLL_MS)
+        held = self._deliverer.held_back.partitions() if self._deliverer is not None else set()
+        self.flow.apply(consumer, held, self.dispatcher.in_flight)
+        records = await self._fetch(consumer)
         owned = consumer.assignment()
         jobs = []
         for tp, batch in records.items():
@@ -287,6 +288,24 @@ class CallbackConsumer:
             self.dispatcher.spawn(jobs)
         await self._commit(consumer)
         self.flow.update_lag(consumer)
+
+    async def _fetch(self, consumer: Any) -> dict[Any, list[Any]]:
+        """One `getmany`, given up (not cancelled) once stopping is set.
+
+        aiokafka's fetch waits for the group's assignment without a deadline, whatever `timeout_ms` says: from
+        the start until the first join, and through every rebalance. A broker away then would keep a SIGTERM
+        from draining and committing until it came back. Cancelling the fetch would leave aiokafka's fetch
+        count raised for good, so it is left to end with the consumer's `stop()`; what it returns then was
+        never tracked nor committed, and is read again by whoever owns the partition next.
+        """
+        fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=POLL_MS))
+        while not fetch.done():
+            await asyncio.wait({fetch}, timeout=POLL_MS / 1000)
+            if not fetch.done() and self.stopping.is_set():
+                fetch.add_done_callback(_ignore_outcome)
+                return {}
+        result: dict[Any, list[Any]] = fetch.result()
+        return result
 
     async def _consume(self) -> None:
         """The main coroutine, on the delivery loop: fetch until stopped, then drain, commit and leave the group."""
@@ -330,3 +349,9 @@ class CallbackConsumer:
             self.dead_letters.close()
             self.executor.shutdown(wait=False, cancel_futures=True)
             log.info("stopped")
+
+
+def _ignore_outcome(fetch: asyncio.Future[Any]) -> None:
+    """A fetch given up at shutdown: its records or its error (the consumer stopped) are not needed."""
+    if not fetch.cancelled():
+        fetch.exception()

@@ -35,10 +35,15 @@ class PartitionFlow:
         self._lag_at = 0.0
         self._lag_labels: set[str] = set()
 
-    def apply(self, consumer: Any, held: set[TopicPartition]) -> None:
-        """Before a fetch: pause or resume for what is in flight now and the partitions `held` back."""
+    def apply(self, consumer: Any, held: set[TopicPartition], running: int = 0) -> None:
+        """Before a fetch: pause or resume for what is in flight now and the partitions `held` back.
+
+        `running`: deliveries still under way. A rebalance makes the tracker forget its offsets while their
+        deliveries go on (eager: every partition, every time), and the same records are read again: counting
+        only the tracker would let each rebalance add another `max_in_flight` of them.
+        """
         owned = consumer.assignment()
-        in_flight = self.tracker.in_flight()
+        in_flight = max(self.tracker.in_flight(), running)
         if in_flight >= self.max_in_flight:
             consumer.pause(*aio_partitions(owned))
             self.paused = True

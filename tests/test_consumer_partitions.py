@@ -88,3 +88,21 @@ def test_lag_is_the_high_water_mark_minus_the_oldest_offset_not_done() -> None:
     flow.update_lag(kafka)
     assert metrics.LAG.labels("0")._value.get() == 10
     assert metrics.LAG_TOTAL._value.get() == 10  # P1: nothing read yet, no low-water mark
+
+
+def test_deliveries_a_rebalance_forgot_still_count_toward_the_pause() -> None:
+    # An eager rebalance makes the tracker forget every offset while their deliveries go on; the same records
+    # are then read again. Counting only the tracker, each rebalance would let another max_in_flight in.
+    tracker = OffsetTracker()
+    flow = PartitionFlow(tracker, max_in_flight=10)
+    kafka = _Kafka({P0, P1})
+    for offset in range(10):
+        tracker.add(P0, offset)
+    flow.apply(kafka, set(), running=10)
+    assert flow.paused
+    tracker.forget([P0])  # the rebalance: the tracker is empty, the ten deliveries still run
+    flow.revoked({P0, P1})
+    flow.apply(kafka, set(), running=10)
+    assert flow.paused and kafka.paused_now == {P0, P1}
+    flow.apply(kafka, set(), running=5)  # half of them finished
+    assert not flow.paused and not kafka.paused_now

@@ -136,3 +136,32 @@ def test_a_revoke_after_the_broker_forgot_the_member_commits_nothing(tmp_path: P
         assert kafka.commits == [{tp: 1}]
     finally:
         consumer.executor.shutdown()
+
+
+class _NeverAssigned:
+    """aiokafka's fetch while the group has not (re)assigned partitions: it waits, whatever timeout_ms says."""
+
+    def __init__(self) -> None:
+        self.fetches = 0
+
+    async def getmany(self, timeout_ms: int = 0) -> dict[Any, list[Any]]:
+        self.fetches += 1
+        await asyncio.sleep(3600)
+        return {}
+
+
+def test_a_stop_during_a_rebalance_is_not_stuck_behind_the_fetch(tmp_path: Path, redis_server: str) -> None:
+    """SIGTERM while the broker is away mid-rebalance: the fetch never returns, the stop must still go on to
+    drain, commit and leave."""
+    consumer = _consumer(tmp_path, redis_server)
+    kafka = _NeverAssigned()
+
+    async def stop_soon() -> dict[Any, list[Any]]:
+        asyncio.get_running_loop().call_later(0.3, consumer.stop)
+        return await asyncio.wait_for(consumer._fetch(kafka), 5)  # without the fix: TimeoutError after 5 s
+
+    try:
+        assert asyncio.run(stop_soon()) == {}
+        assert kafka.fetches == 1  # one fetch, given up, not a new one every slice
+    finally:
+        consumer.executor.shutdown()
