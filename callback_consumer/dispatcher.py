@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -33,9 +32,8 @@ class Dispatcher:
 
     def __init__(self, make_deliverer: Callable[[asyncio.Event], Deliverer],
                  closing: Callable[[], Awaitable[None]] | None = None,
-                 on_finished: Callable[[Job, Outcome], None] | None = None) -> None:
-        self.finished: queue.SimpleQueue[tuple[Job, Outcome]] = queue.SimpleQueue()
-        # Called on the loop as each job ends (then `finished` stays empty): no queue between threads.
+                 on_finished: Callable[[Job, Outcome], None] = lambda job, outcome: None) -> None:
+        # Called on the loop as each job ends: no queue between threads.
         self._on_finished = on_finished
         self._drained = False
         self._make_deliverer = make_deliverer
@@ -75,10 +73,6 @@ class Dispatcher:
         """Run `main()` on the loop (after `start`) and wait until it returns; its exception is raised here."""
         asyncio.run_coroutine_threadsafe(main(), self._loop).result()
 
-    def submit(self, jobs: list[Job]) -> None:
-        """Start delivering these jobs (thread-safe, returns at once)."""
-        self._loop.call_soon_threadsafe(self.spawn, jobs)
-
     def spawn(self, jobs: list[Job]) -> None:
         """Start delivering these jobs (on the loop only)."""
         for job in jobs:
@@ -103,10 +97,7 @@ class Dispatcher:
                 log.exception("unexpected error handling an event", extra={"offset": job.offset})
                 outcome = await self._deliverer.dead_letter_on_error(job)
             metrics.DELIVERIES.labels(outcome.value).inc()
-            if self._on_finished is not None:
-                self._on_finished(job, outcome)
-            else:
-                self.finished.put((job, outcome))
+            self._on_finished(job, outcome)
         finally:  # also when shutdown cancels it: the job is no longer in flight
             self._in_flight -= 1
             metrics.IN_FLIGHT.set(self._in_flight)

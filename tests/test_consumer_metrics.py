@@ -42,17 +42,18 @@ def _gauge() -> float:
 def test_in_flight_counts_held_jobs_and_returns_to_zero_after_a_burst() -> None:
     release = threading.Event()
     held = _HeldDeliverer(release)
-    dispatcher = Dispatcher(lambda abandon: held)  # type: ignore[arg-type,return-value]
+    finished: list[tuple[Job, Outcome]] = []
+    dispatcher = Dispatcher(lambda abandon: held,  # type: ignore[arg-type,return-value]
+                            on_finished=lambda job, outcome: finished.append((job, outcome)))
     dispatcher.start()
     try:
         tp = TopicPartition("dynaseal.usage.v1", 0)
-        dispatcher.submit([Job(tp, offset, None, b"") for offset in range(200)])
-        dispatcher.submit([Job(tp, offset, None, b"") for offset in range(200, 250)])
+        _spawn(dispatcher, [Job(tp, offset, None, b"") for offset in range(200)])
+        _spawn(dispatcher, [Job(tp, offset, None, b"") for offset in range(200, 250)])
         wait_until(lambda: held.started == 250, 10, "every job to start")
         assert _gauge() == 250
         release.set()
-        finished: list[object] = []
-        wait_until(lambda: _drain_into(dispatcher, finished) == 250, 10, "every job to finish")
+        wait_until(lambda: len(finished) == 250, 10, "every job to finish")
         # The gauge is exact once the last job reported: no scrape may see stale work.
         assert _gauge() == 0 and dispatcher.in_flight == 0
     finally:
@@ -65,13 +66,15 @@ def test_in_flight_is_zero_after_shutdown_cancels_held_jobs() -> None:
     dispatcher = Dispatcher(lambda abandon: held)  # type: ignore[arg-type,return-value]
     dispatcher.start()
     tp = TopicPartition("dynaseal.usage.v1", 1)
-    dispatcher.submit([Job(tp, offset, None, b"") for offset in range(20)])
+    _spawn(dispatcher, [Job(tp, offset, None, b"") for offset in range(20)])
     wait_until(lambda: held.started == 20, 10, "every job to start")
     dispatcher.drain(0.2)  # never released: the drain cancels them
     assert _gauge() == 0 and dispatcher.in_flight == 0
 
 
-def _drain_into(dispatcher: Dispatcher, into: list[object]) -> int:
-    while not dispatcher.finished.empty():
-        into.append(dispatcher.finished.get())
-    return len(into)
+def _spawn(dispatcher: Dispatcher, jobs: list[Job]) -> None:
+    """Hand jobs to the delivery loop as the consumer does, from a coroutine running on it."""
+    async def spawn() -> None:
+        dispatcher.spawn(jobs)
+
+    dispatcher.run(spawn)
